@@ -1,0 +1,106 @@
+//! Tunables of a Raft node, validated once at start.
+
+use crate::error::ConfigError;
+use crate::types::NodeId;
+
+/// How the leader serves linearizable reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex: confirm leadership with a quorum round before answering (safe under clock drift).
+    Safe,
+    /// Leader lease: answer without a round while a quorum acknowledged us within the election
+    /// timeout. Requires check-quorum (followers then refuse to elect anyone else during the lease).
+    Lease,
+}
+
+/// Configuration of one Raft node. Times are counted in ticks; the caller decides how long a tick is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id (non-zero).
+    pub id: NodeId,
+    /// Minimum election timeout in ticks; each timeout is drawn from `[election_tick, 2*election_tick)`.
+    pub election_tick: u32,
+    /// Heartbeat interval in ticks (must be below `election_tick`).
+    pub heartbeat_tick: u32,
+    /// Run a pre-vote round before raising the term (§9.6). On by default.
+    pub pre_vote: bool,
+    /// A leader steps down if a quorum has not answered within an election timeout. On by default.
+    pub check_quorum: bool,
+    /// Maximum AppendEntries in flight per follower in the replicate state.
+    pub max_inflight_msgs: usize,
+    /// Maximum entries in one AppendEntries.
+    pub max_entries_per_msg: usize,
+    /// Maximum payload bytes in one AppendEntries (at least one entry is always sent).
+    pub max_bytes_per_msg: usize,
+    /// Maximum uncommitted entries at the leader before proposals are refused as busy.
+    pub max_uncommitted_entries: usize,
+    /// Maximum uncommitted payload bytes at the leader before proposals are refused as busy.
+    pub max_uncommitted_bytes: usize,
+    /// Ask the application for a snapshot once this many applied entries follow the last one.
+    pub snapshot_threshold: u64,
+    /// Size of one snapshot chunk in bytes.
+    pub snapshot_chunk_size: usize,
+    /// Snapshot chunks in flight per follower.
+    pub max_inflight_snapshot_chunks: usize,
+    /// How linearizable reads are served.
+    pub read_mode: ReadMode,
+    /// Seed of the node's private RNG (election timeout randomization).
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults tuned for a LAN with a tick of about 50 ms: election timeout 10–20 ticks
+    /// (0.5–1 s, sub-second failover), heartbeat every 2 ticks.
+    pub fn new(id: NodeId) -> Self {
+        Config {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_msgs: 64,
+            max_entries_per_msg: 256,
+            max_bytes_per_msg: 1 << 20,
+            max_uncommitted_entries: 10_000,
+            max_uncommitted_bytes: 64 << 20,
+            snapshot_threshold: 10_000,
+            snapshot_chunk_size: 1 << 20,
+            max_inflight_snapshot_chunks: 4,
+            read_mode: ReadMode::Safe,
+            seed: id,
+        }
+    }
+
+    /// Checks the settings are consistent.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError("id must be non-zero".into()));
+        }
+        if self.heartbeat_tick == 0 {
+            return Err(ConfigError("heartbeat_tick must be at least 1".into()));
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return Err(ConfigError(format!(
+                "election_tick ({}) must be greater than heartbeat_tick ({})",
+                self.election_tick, self.heartbeat_tick
+            )));
+        }
+        if self.max_inflight_msgs == 0
+            || self.max_entries_per_msg == 0
+            || self.max_inflight_snapshot_chunks == 0
+            || self.snapshot_chunk_size == 0
+        {
+            return Err(ConfigError(
+                "max_inflight_msgs, max_entries_per_msg, max_inflight_snapshot_chunks and snapshot_chunk_size must be positive"
+                    .into(),
+            ));
+        }
+        if self.max_uncommitted_entries == 0 || self.max_uncommitted_bytes == 0 {
+            return Err(ConfigError("uncommitted limits must be positive".into()));
+        }
+        if self.read_mode == ReadMode::Lease && !self.check_quorum {
+            return Err(ConfigError("lease-based reads require check_quorum".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! Snapshots (§7): compaction when the application hands over a state-machine snapshot, and
+//! chunked, resumable transfer to followers behind the compaction point.
+
+use crate::error::SnapshotError;
+use crate::node::{Effect, RaftNode};
+use crate::progress::ProgressState;
+use crate::types::{LogIndex, Membership, MessageBody, NodeId, Snapshot, SnapshotMeta};
+use std::sync::Arc;
+
+impl RaftNode {
+    /// Hands over a state-machine snapshot taken at applied index `index`. The log up to it is
+    /// compacted and the snapshot is written (a `Persist` effect). Appends and applies went on
+    /// while the application was taking it.
+    pub fn snapshot_taken(&mut self, index: LogIndex, data: Vec<u8>) -> Result<(), SnapshotError> {
+        if index <= self.log.snapshot_index() || index > self.applied {
+            return Err(SnapshotError::OutOfRange {
+                index,
+                snapshot: self.log.snapshot_index(),
+                applied: self.applied,
+            });
+        }
+        let term = self.log.term(index).expect("applied entries are retained");
+        let membership = self.membership_at(index);
+        let snap = Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                membership: membership.clone(),
+            },
+            data: Arc::new(data),
+        };
+        self.log.compact_to(index, term);
+        self.configs.retain(|(i, _)| *i > index);
+        self.snapshot_membership = membership;
+        self.snapshot = Some(snap.clone());
+        self.stage_snapshot = Some(snap);
+        if let Some(from) = self.stage_from {
+            self.stage_from = Some(from.max(index + 1));
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// The configuration in force at `index` (the latest config entry at or before it).
+    fn membership_at(&self, index: LogIndex) -> Membership {
+        self.configs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| self.snapshot_membership.clone())
+    }
+
+    pub(crate) fn start_snapshot_transfer(&mut self, peer: NodeId) {
+        let Some(index) = self.snapshot.as_ref().map(|s| s.meta.index) else {
+            return;
+        };
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            pr.state = ProgressState::Snapshot {
+                index,
+                sent: 0,
+                acked: 0,
+                done_sent: false,
+                stalled: false,
+            };
+            pr.inflight.clear();
+        }
+        self.send_snapshot_chunks(peer);
+    }
+
+    /// Sends chunks of the snapshot to `peer` within its chunk window. Each follower has its own
+    /// window, so a slow one never holds up the others.
+    pub(crate) fn send_snapshot_chunks(&mut self, peer: NodeId) {
+        let Some(snap) = self.snapshot.clone() else { return };
+        let chunk = self.cfg.snapshot_chunk_size as u64;
+        let window = chunk * self.cfg.max_inflight_snapshot_chunks as u64;
+        let len = snap.data.len() as u64;
+        let seq = self.seq;
+        loop {
+            let Some(pr) = self.progress.get_mut(&peer) else { return };
+            let ProgressState::Snapshot {
+                index,
+                sent,
+                acked,
+                done_sent,
+                ..
+            } = &mut pr.state
+            else {
+                return;
+            };
+            if *index != snap.meta.index {
+                // A newer snapshot replaced the one being sent: start over with it.
+                *index = snap.meta.index;
+                *sent = 0;
+                *acked = 0;
+                *done_sent = false;
+            }
+            if *done_sent || *sent - *acked >= window {
+                return;
+            }
+            let offset = *sent;
+            let end = (offset + chunk).min(len);
+            let done = end == len;
+            *sent = end;
+            *done_sent = done;
+            let data = snap.data[offset as usize..end as usize].to_vec();
+            self.send(
+                peer,
+                MessageBody::Snapshot {
+                    meta: snap.meta.clone(),
+                    offset,
+                    data,
+                    done,
+                    seq,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+        seq: u64,
+    ) {
+        if meta.index <= self.commit {
+            // We already have everything it covers.
+            self.incoming = None;
+            self.send_durable(
+                from,
+                MessageBody::SnapshotResp {
+                    index: meta.index,
+                    next_offset: 0,
+                    done: true,
+                    seq,
+                },
+            );
+            return;
+        }
+        let same = self.incoming.as_ref().is_some_and(|(m, _)| *m == meta);
+        if !same {
+            if offset != 0 {
+                self.send(
+                    from,
+                    MessageBody::SnapshotResp {
+                        index: meta.index,
+                        next_offset: 0,
+                        done: false,
+                        seq,
+                    },
+                );
+                return;
+            }
+            self.incoming = Some((meta.clone(), Vec::new()));
+        }
+        let (_, buf) = self.incoming.as_mut().expect("set above");
+        let mut completed = false;
+        if offset == buf.len() as u64 {
+            buf.extend_from_slice(&data);
+            completed = done;
+        }
+        let next_offset = buf.len() as u64;
+        if !completed {
+            self.send(
+                from,
+                MessageBody::SnapshotResp {
+                    index: meta.index,
+                    next_offset,
+                    done: false,
+                    seq,
+                },
+            );
+            return;
+        }
+        let (meta, buf) = self.incoming.take().expect("set above");
+        self.install_snapshot(Snapshot {
+            meta,
+            data: Arc::new(buf),
+        });
+        self.send_durable(
+            from,
+            MessageBody::SnapshotResp {
+                index: self.log.snapshot_index(),
+                next_offset,
+                done: true,
+                seq,
+            },
+        );
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) {
+        let SnapshotMeta {
+            index,
+            term,
+            ref membership,
+        } = snap.meta;
+        if self.log.term(index) == Some(term) {
+            // Our log already has the snapshot's last entry: keep what follows it.
+            self.log.compact_to(index, term);
+        } else {
+            self.log.reset(index, term);
+            self.durable = 0;
+        }
+        self.snapshot_membership = membership.clone();
+        self.rebuild_configs();
+        if let Some(from) = self.stage_from {
+            self.stage_from = Some(from.max(index + 1));
+        }
+        self.commit = self.commit.max(index);
+        self.applied = self.applied.max(index);
+        self.stats.snapshots_installed += 1;
+        self.snapshot = Some(snap.clone());
+        self.stage_snapshot = Some(snap.clone());
+        self.effects.push(Effect::InstallSnapshot(snap));
+    }
+
+    pub(crate) fn handle_snapshot_resp(
+        &mut self,
+        from: NodeId,
+        index: LogIndex,
+        next_offset: u64,
+        done: bool,
+        seq: u64,
+    ) {
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.acked_seq = pr.acked_seq.max(seq);
+        if done {
+            if pr.ack(index) {
+                self.maybe_commit();
+            }
+            let pr = self.progress.get_mut(&from).expect("present");
+            if matches!(pr.state, ProgressState::Snapshot { .. }) {
+                pr.become_probe();
+            }
+            self.release_reads();
+            self.send_append(from, true);
+            return;
+        }
+        if let ProgressState::Snapshot {
+            index: si,
+            sent,
+            acked,
+            done_sent,
+            stalled,
+        } = &mut pr.state
+        {
+            if *si == index {
+                if next_offset < *acked || next_offset > *sent {
+                    // The follower lost (or already had) part of it: resume from where it is.
+                    *sent = next_offset;
+                    *done_sent = false;
+                } else if next_offset > *acked {
+                    *stalled = false;
+                }
+                *acked = next_offset;
+                if *sent < *acked {
+                    *sent = *acked;
+                }
+            }
+        }
+        self.release_reads();
+        self.send_snapshot_chunks(from);
+    }
+}

@@ -1,0 +1,178 @@
+//! The durable-storage interface of the Raft core and an in-memory implementation that models
+//! exactly what an fsync makes durable and what a crash loses.
+//!
+//! The core never calls storage itself: it emits [`WriteBatch`]es in order, the driver writes them
+//! and, once they are durable, reports the batch sequence number back with
+//! [`RaftNode::on_persisted`](crate::RaftNode::on_persisted).
+
+use crate::types::{Entry, HardState, LogIndex, Membership, Snapshot, SnapshotMeta};
+use std::sync::Arc;
+
+/// One ordered unit of durable work. Applying a batch means, in this order: install `snapshot`
+/// (keeping the log after it if the log has the snapshot's last entry, else dropping the whole log),
+/// then write `entries` (removing any existing entry at or after the first one's index), then
+/// record `hard_state`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// Position of this batch in the node's write order (starts at 1, consecutive).
+    pub seq: u64,
+    /// A snapshot to install (and compact the log to).
+    pub snapshot: Option<Snapshot>,
+    /// Entries to write; the first one's index truncates any existing suffix.
+    pub entries: Vec<Entry>,
+    /// The new hard state, if it changed.
+    pub hard_state: Option<HardState>,
+}
+
+impl WriteBatch {
+    /// True if the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// Everything a node finds on disk when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveredState {
+    /// Last durable term, vote and commit.
+    pub hard_state: HardState,
+    /// Latest durable snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// Durable entries after the snapshot, consecutive.
+    pub entries: Vec<Entry>,
+}
+
+impl RecoveredState {
+    /// The state of a founding member of a new group: an empty snapshot at index 0 whose
+    /// membership is `voters`. Nodes that join later start from `RecoveredState::default()`.
+    pub fn bootstrap(voters: impl IntoIterator<Item = u64>) -> Self {
+        RecoveredState {
+            hard_state: HardState::default(),
+            snapshot: Some(Snapshot {
+                meta: SnapshotMeta {
+                    index: 0,
+                    term: 0,
+                    membership: Membership::with_voters(voters),
+                },
+                data: Arc::new(Vec::new()),
+            }),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Applies one batch to this state, as a disk would once the batch is durable.
+    pub fn apply(&mut self, batch: &WriteBatch) {
+        if let Some(snap) = &batch.snapshot {
+            let keep = self
+                .entries
+                .iter()
+                .position(|e| e.index == snap.meta.index && e.term == snap.meta.term);
+            match keep {
+                Some(pos) => {
+                    self.entries.drain(..=pos);
+                }
+                None => self.entries.clear(),
+            }
+            self.snapshot = Some(snap.clone());
+        }
+        if let Some(first) = batch.entries.first() {
+            let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
+            let keep = first.index.saturating_sub(base + 1) as usize;
+            self.entries.truncate(keep);
+            self.entries
+                .extend(batch.entries.iter().filter(|e| e.index > base).cloned());
+        }
+        if let Some(hs) = batch.hard_state {
+            self.hard_state = hs;
+        }
+    }
+
+    /// Index of the last durable entry (or of the snapshot).
+    pub fn last_index(&self) -> LogIndex {
+        self.entries
+            .last()
+            .map(|e| e.index)
+            .or(self.snapshot.as_ref().map(|s| s.meta.index))
+            .unwrap_or(0)
+    }
+}
+
+/// Durable storage for one Raft node. Writes are buffered; `sync` makes every written batch
+/// durable (one fsync covering many batches is group commit).
+pub trait Storage {
+    /// The storage's error type.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Buffers a batch; it is not durable until a later `sync` returns.
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), Self::Error>;
+    /// Makes every written batch durable and returns the highest durable batch sequence number.
+    fn sync(&mut self) -> Result<u64, Self::Error>;
+    /// Reads the durable state (what a restarted node starts from).
+    fn recover(&self) -> Result<RecoveredState, Self::Error>;
+}
+
+/// In-memory storage that keeps written-but-not-synced batches apart from durable state, so a
+/// simulated crash loses exactly what a real one could.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    durable: RecoveredState,
+    durable_seq: u64,
+    pending: Vec<WriteBatch>,
+}
+
+/// MemStorage never fails; this type has no values.
+#[derive(Debug, thiserror::Error)]
+#[error("memory storage cannot fail")]
+pub enum Infallible {}
+
+impl MemStorage {
+    /// Storage whose durable content is `state`.
+    pub fn new(state: RecoveredState) -> Self {
+        MemStorage {
+            durable: state,
+            durable_seq: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Number of written batches not yet durable.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Simulates a crash: the first `survive` pending batches reached the disk anyway (a write
+    /// may land without its fsync having returned), the rest are lost. Sequence numbers restart
+    /// with the next incarnation of the node.
+    pub fn crash(&mut self, survive: usize) {
+        let survive = survive.min(self.pending.len());
+        for batch in self.pending.drain(..).take(survive) {
+            self.durable.apply(&batch);
+        }
+        self.durable_seq = 0;
+    }
+
+    /// The durable state, for inspection.
+    pub fn durable(&self) -> &RecoveredState {
+        &self.durable
+    }
+}
+
+impl Storage for MemStorage {
+    type Error = Infallible;
+
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), Infallible> {
+        self.pending.push(batch.clone());
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<u64, Infallible> {
+        for batch in self.pending.drain(..) {
+            self.durable.apply(&batch);
+            self.durable_seq = batch.seq;
+        }
+        Ok(self.durable_seq)
+    }
+
+    fn recover(&self) -> Result<RecoveredState, Infallible> {
+        Ok(self.durable.clone())
+    }
+}
