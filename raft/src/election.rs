@@ -9,6 +9,10 @@ use crate::types::{Entry, LogIndex, MessageBody, NodeId, Payload, Role, Term};
 impl RaftNode {
     /// Starts an election: a pre-vote round first when enabled, unless this follows a transfer.
     pub(crate) fn campaign(&mut self, transfer: bool) {
+        if self.term == Term::MAX {
+            // No later term exists (only a hostile peer can have pushed us here): never overflow.
+            return;
+        }
         if self.cfg.pre_vote && !transfer {
             self.become_pre_candidate();
         } else {
@@ -47,15 +51,16 @@ impl RaftNode {
         let (lli, llt) = (self.log.last_index(), self.log.last_term());
         let term = self.term + 1;
         for to in self.voters_except_self() {
-            self.effects.push(crate::node::Effect::Send(crate::types::Message {
-                from: self.id,
-                to,
-                term,
-                body: MessageBody::PreVote {
-                    last_log_index: lli,
-                    last_log_term: llt,
-                },
-            }));
+            self.effects
+                .push(crate::node::Effect::Send(crate::types::Message {
+                    from: self.id,
+                    to,
+                    term,
+                    body: MessageBody::PreVote {
+                        last_log_index: lli,
+                        last_log_term: llt,
+                    },
+                }));
         }
     }
 
@@ -73,7 +78,9 @@ impl RaftNode {
         self.reset_randomized_timeout();
         self.stats.elections += 1;
         if self.won() {
-            self.become_leader();
+            // A lone voter wins at once, but must not lead (and send entries of this term) before
+            // its term and vote are durable: after a crash it could otherwise lead the same term
+            // again with different entries. `on_persisted` completes the election.
             return;
         }
         let (lli, llt) = (self.log.last_index(), self.log.last_term());
@@ -90,7 +97,7 @@ impl RaftNode {
         }
     }
 
-    fn won(&self) -> bool {
+    pub(crate) fn won(&self) -> bool {
         self.membership
             .has_quorum(|id| self.votes.get(&id) == Some(&true))
     }
@@ -128,17 +135,17 @@ impl RaftNode {
         // Reaching here means the request's term is >= ours and we are not in a leader lease.
         let granted = term > self.term && self.log.is_up_to_date(lli, llt);
         let reply_term = if granted { term } else { self.term };
-        self.effects.push(crate::node::Effect::Send(crate::types::Message {
-            from: self.id,
-            to: from,
-            term: reply_term,
-            body: MessageBody::PreVoteResp { granted },
-        }));
+        self.effects
+            .push(crate::node::Effect::Send(crate::types::Message {
+                from: self.id,
+                to: from,
+                term: reply_term,
+                body: MessageBody::PreVoteResp { granted },
+            }));
     }
 
     pub(crate) fn handle_vote(&mut self, from: NodeId, lli: LogIndex, llt: Term) {
-        let can_vote =
-            self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+        let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
         let granted = can_vote && self.log.is_up_to_date(lli, llt);
         if granted {
             self.vote = Some(from);
@@ -226,11 +233,12 @@ impl RaftNode {
     pub(crate) fn sync_progress(&mut self) {
         let members = self.membership.members();
         let next = self.log.last_index() + 1;
-        self.progress
-            .retain(|id, _| members.contains(id));
+        self.progress.retain(|id, _| members.contains(id));
         for id in members {
             if id != self.id {
-                self.progress.entry(id).or_insert_with(|| Progress::new(next));
+                self.progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(next));
             }
         }
         if let Some(t) = self.transfer {

@@ -52,7 +52,13 @@ impl RaftLog {
 
     /// Entries from `lo` to `hi` inclusive, at most `max_count` and about `max_bytes` (always at
     /// least one entry if any is in range).
-    pub(crate) fn slice(&self, lo: LogIndex, hi: LogIndex, max_count: usize, max_bytes: usize) -> Vec<Entry> {
+    pub(crate) fn slice(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Vec<Entry> {
         let mut out = Vec::new();
         if lo <= self.snapshot_index || lo > hi {
             return out;

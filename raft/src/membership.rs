@@ -11,7 +11,10 @@ impl RaftNode {
     /// Proposes a membership change made of one or more steps, applied together. If the voter set
     /// changes, the group passes through a joint configuration (old and new voters must both
     /// agree) and the leader proposes the final configuration once the joint one commits.
-    pub fn propose_conf_change(&mut self, changes: &[ConfChange]) -> Result<Proposal, ProposeError> {
+    pub fn propose_conf_change(
+        &mut self,
+        changes: &[ConfChange],
+    ) -> Result<Proposal, ProposeError> {
         self.check_can_propose(0)?;
         let pending = self.pending_conf_index();
         if self.membership.is_joint() || pending > self.commit {

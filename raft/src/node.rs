@@ -13,6 +13,10 @@ use crate::types::{
     SnapshotMeta, Term,
 };
 
+/// No real log gets near this index; larger ones in a message are hostile, and would let index
+/// arithmetic (`last_index + 1`) overflow later.
+const MAX_MESSAGE_INDEX: LogIndex = LogIndex::MAX / 2;
+
 /// What the driver must do on behalf of the core, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -145,9 +149,8 @@ impl RaftNode {
             .into_iter()
             .filter(|e| e.index > snap_index)
             .collect();
-        let mut expect = snap_index + 1;
         let mut prev_term = snap_term;
-        for e in &entries {
+        for (expect, e) in (snap_index + 1..).zip(entries.iter()) {
             if e.index != expect {
                 return Err(InitError::Inconsistent(format!(
                     "log gap: expected index {expect}, found {}",
@@ -160,7 +163,6 @@ impl RaftNode {
                     e.index
                 )));
             }
-            expect += 1;
             prev_term = e.term;
         }
         let hs = state.hard_state;
@@ -295,7 +297,9 @@ impl RaftNode {
     }
     /// Replication progress of a follower, as seen by the leader: `(match_index, next_index)`.
     pub fn progress(&self, peer: NodeId) -> Option<(LogIndex, LogIndex)> {
-        self.progress.get(&peer).map(|p| (p.match_index, p.next_index))
+        self.progress
+            .get(&peer)
+            .map(|p| (p.match_index, p.next_index))
     }
     /// The target of the leadership transfer in progress, if any.
     pub fn transfer_target(&self) -> Option<NodeId> {
@@ -305,9 +309,20 @@ impl RaftNode {
     pub fn stats(&self) -> Stats {
         self.stats
     }
-    /// True if this node may campaign (it is a voter in its latest configuration).
+    /// True if this node may campaign: it is a voter in its latest configuration, or that
+    /// configuration is not yet committed and it was a voter in the one before (Raft thesis
+    /// §4.2.2: it may still be needed to commit the configuration that removes it).
     pub fn is_promotable(&self) -> bool {
-        self.membership.is_voter(self.id)
+        if self.membership.is_voter(self.id) {
+            return true;
+        }
+        match self.configs.as_slice() {
+            [.., (_, prev), (last_index, _)] if *last_index > self.commit => prev.is_voter(self.id),
+            [(last_index, _)] if *last_index > self.commit => {
+                self.snapshot_membership.is_voter(self.id)
+            }
+            _ => false,
+        }
     }
     /// The current hard state (term, vote, commit), durable or not.
     pub fn hard_state(&self) -> HardState {
@@ -351,6 +366,10 @@ impl RaftNode {
                 self.effects.push(Effect::Send(m));
             }
         }
+        if self.role == Role::Candidate && self.waiting.is_empty() && self.won() {
+            // Our own vote is durable now (see become_candidate): take office.
+            self.become_leader();
+        }
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -380,9 +399,10 @@ impl RaftNode {
                 && self.leader.is_some()
                 && self.election_elapsed < self.cfg.election_tick;
             match &m.body {
-                MessageBody::PreVote { .. } | MessageBody::Vote { transfer: false, .. }
-                    if in_lease =>
-                {
+                MessageBody::PreVote { .. }
+                | MessageBody::Vote {
+                    transfer: false, ..
+                } if in_lease => {
                     // Leader stickiness: we heard from a live leader recently; ignore the disruptor.
                     return Ok(());
                 }
@@ -509,10 +529,11 @@ impl RaftNode {
             return Err("term 0".into());
         }
         match &m.body {
-            MessageBody::PreVote { last_log_term, .. } | MessageBody::Vote { last_log_term, .. } => {
-                if *last_log_term > m.term {
-                    return Err("last log term above the campaign term".into());
-                }
+            MessageBody::PreVote { last_log_term, .. }
+            | MessageBody::Vote { last_log_term, .. }
+                if *last_log_term > m.term =>
+            {
+                return Err("last log term above the campaign term".into());
             }
             MessageBody::Append {
                 prev_index,
@@ -523,7 +544,10 @@ impl RaftNode {
                 if *prev_term > m.term {
                     return Err("prev_term above the leader's term".into());
                 }
-                if prev_index.checked_add(entries.len() as u64).is_none() {
+                if prev_index
+                    .checked_add(entries.len() as u64)
+                    .is_none_or(|last| last > MAX_MESSAGE_INDEX)
+                {
                     return Err("index overflow".into());
                 }
                 if *prev_index == 0 && *prev_term != 0 {
@@ -548,7 +572,11 @@ impl RaftNode {
             MessageBody::Snapshot {
                 meta, offset, data, ..
             } => {
-                if meta.index == 0 || meta.term == 0 || meta.term > m.term {
+                if meta.index == 0
+                    || meta.index > MAX_MESSAGE_INDEX
+                    || meta.term == 0
+                    || meta.term > m.term
+                {
                     return Err("snapshot with an impossible index or term".into());
                 }
                 if offset.checked_add(data.len() as u64).is_none() {
@@ -559,18 +587,33 @@ impl RaftNode {
                 }
             }
             MessageBody::AppendResp {
-                success,
+                success: true,
                 match_index,
                 ..
-            } => {
-                if self.role == Role::Leader
-                    && m.term == self.term
-                    && *success
-                    && *match_index > self.log.last_index()
-                {
+            } if self.role == Role::Leader
+                && m.term == self.term
+                && *match_index > self.log.last_index() =>
+            {
+                return Err(format!(
+                    "acknowledges index {match_index} beyond our last index {}",
+                    self.log.last_index()
+                ));
+            }
+            MessageBody::SnapshotResp {
+                index,
+                next_offset,
+                done,
+                ..
+            } if self.role == Role::Leader && m.term == self.term => {
+                if *done && *index > self.log.last_index() {
                     return Err(format!(
-                        "acknowledges index {match_index} beyond our last index {}",
-                        self.log.last_index()
+                        "acknowledges snapshot {index} beyond our last index"
+                    ));
+                }
+                let snap = self.snapshot.as_ref().filter(|s| s.meta.index == *index);
+                if snap.is_some_and(|s| *next_offset > s.data.len() as u64) {
+                    return Err(format!(
+                        "snapshot offset {next_offset} beyond the snapshot's end"
                     ));
                 }
             }
@@ -619,7 +662,9 @@ impl RaftNode {
         }
         if let Some(from) = self.stage_from.take() {
             let from = from.max(self.log.first_index());
-            batch.entries = self.log.slice(from, self.log.last_index(), usize::MAX, usize::MAX);
+            batch.entries = self
+                .log
+                .slice(from, self.log.last_index(), usize::MAX, usize::MAX);
         }
         let hs = self.hard_state();
         if hs != self.persisted_hs {
@@ -632,10 +677,7 @@ impl RaftNode {
             let last = if let Some(e) = batch.entries.last() {
                 Some((e.index, e.term))
             } else {
-                batch
-                    .snapshot
-                    .as_ref()
-                    .map(|s| (s.meta.index, s.meta.term))
+                batch.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term))
             };
             let msgs = std::mem::take(&mut self.held);
             self.waiting.push_back(Waiting {
@@ -673,9 +715,7 @@ impl RaftNode {
             return;
         }
         let lo = self.applied + 1;
-        let entries = self
-            .log
-            .slice(lo, self.commit, usize::MAX, usize::MAX);
+        let entries = self.log.slice(lo, self.commit, usize::MAX, usize::MAX);
         if let Some(last) = entries.last() {
             self.applied = last.index;
             self.effects.push(Effect::Apply(entries));
@@ -719,9 +759,9 @@ impl RaftNode {
             if self.cfg.check_quorum {
                 let id = self.id;
                 let progress = &self.progress;
-                let active = self.membership.has_quorum(|p| {
-                    p == id || progress.get(&p).is_some_and(|pr| pr.recent_active)
-                });
+                let active = self
+                    .membership
+                    .has_quorum(|p| p == id || progress.get(&p).is_some_and(|pr| pr.recent_active));
                 for pr in self.progress.values_mut() {
                     pr.recent_active = false;
                 }

@@ -79,7 +79,9 @@ impl RaftNode {
     pub(crate) fn send_append(&mut self, peer: NodeId, allow_empty: bool) {
         let mut allow_empty = allow_empty;
         loop {
-            let Some(pr) = self.progress.get(&peer) else { return };
+            let Some(pr) = self.progress.get(&peer) else {
+                return;
+            };
             match pr.state {
                 ProgressState::Snapshot { .. } => {
                     self.send_snapshot_chunks(peer);
@@ -313,8 +315,11 @@ impl RaftNode {
                 }
                 _ => {}
             }
-            let probe = pr.state == ProgressState::Probe;
-            self.send_append(from, probe);
+            // Allow an empty Append even when replicating: if everything was already sent but
+            // the follower still lags, an Append was lost; the empty one at next_index - 1 either
+            // is acknowledged or rejected, which rewinds next_index and resends (§5.3: retry
+            // indefinitely, also when nothing new is proposed).
+            self.send_append(from, true);
         }
         self.release_reads();
     }

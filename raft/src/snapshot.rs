@@ -71,13 +71,17 @@ impl RaftNode {
     /// Sends chunks of the snapshot to `peer` within its chunk window. Each follower has its own
     /// window, so a slow one never holds up the others.
     pub(crate) fn send_snapshot_chunks(&mut self, peer: NodeId) {
-        let Some(snap) = self.snapshot.clone() else { return };
+        let Some(snap) = self.snapshot.clone() else {
+            return;
+        };
         let chunk = self.cfg.snapshot_chunk_size as u64;
         let window = chunk * self.cfg.max_inflight_snapshot_chunks as u64;
         let len = snap.data.len() as u64;
         let seq = self.seq;
         loop {
-            let Some(pr) = self.progress.get_mut(&peer) else { return };
+            let Some(pr) = self.progress.get_mut(&peer) else {
+                return;
+            };
             let ProgressState::Snapshot {
                 index,
                 sent,
@@ -225,7 +229,9 @@ impl RaftNode {
         done: bool,
         seq: u64,
     ) {
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         pr.acked_seq = pr.acked_seq.max(seq);
         if done {

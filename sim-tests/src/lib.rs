@@ -1,1 +1,5 @@
+//! Simulations of shoal's cores under faults, and the linearizability checker they rely on.
+
 pub mod linearizability;
+pub mod raft_sim;
+pub mod rng;

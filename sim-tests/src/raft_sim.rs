@@ -1,0 +1,1316 @@
+//! Randomized simulation of a Raft group built from the pure core.
+//!
+//! One seed draws a cluster (3–7 voters), fault rates and a schedule, then runs on simulated
+//! milliseconds: client puts, gets and compare-and-sets against a replicated key-value store;
+//! message loss, duplication, delay and reordering; symmetric and one-way partitions; crashes that
+//! lose everything not yet fsynced; membership changes (including removing the leader); snapshots
+//! taken asynchronously and streamed in chunks. Invariants are checked after every tick; the client
+//! history is checked for linearizability at the end; after the faults heal the group must elect a
+//! leader and complete new writes (liveness).
+
+use crate::linearizability::{self, CheckResult, OpKind, Operation};
+use crate::rng::Rng;
+use shoal_raft::{
+    ConfChange, Config, Effect, Entry, LogIndex, MemStorage, Message, NodeId, Payload,
+    ProposeError, RaftNode, ReadMode, RecoveredState, Role, Storage, Term,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+/// Milliseconds per Raft tick.
+const TICK_MS: u64 = 10;
+/// Keys clients touch (small, so operations contend).
+const KEYS: u64 = 3;
+
+/// Options of one simulation run.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The seed; everything is derived from it.
+    pub seed: u64,
+    /// Length of the faulty phase in simulated milliseconds.
+    pub fault_ms: u64,
+    /// Time allowed after healing for the group to recover and finish new writes.
+    pub recovery_ms: u64,
+    /// Print a trace of notable events to stderr.
+    pub verbose: bool,
+}
+
+impl SimOptions {
+    /// Defaults for a seed.
+    pub fn new(seed: u64) -> Self {
+        SimOptions {
+            seed,
+            fault_ms: 8_000,
+            recovery_ms: 10_000,
+            verbose: false,
+        }
+    }
+}
+
+/// What one seed produced.
+#[derive(Debug)]
+pub struct SimOutcome {
+    /// The seed.
+    pub seed: u64,
+    /// `None` if every check passed, else what failed.
+    pub failure: Option<String>,
+    /// The client history (for `--history`).
+    pub history: Vec<Operation>,
+    /// Whether the linearizability search ran out of budget (neither proven nor refuted).
+    pub inconclusive: bool,
+    /// Counters for the summary.
+    pub stats: SimStats,
+}
+
+/// Counters of one run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SimStats {
+    /// Client operations recorded.
+    pub ops: u64,
+    /// Writes acknowledged.
+    pub acked_writes: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Membership changes accepted.
+    pub conf_changes: u64,
+    /// Snapshots handed to the core.
+    pub snapshots: u64,
+    /// Snapshots installed from a leader.
+    pub snapshot_installs: u64,
+    /// Leaders elected.
+    pub leaders: u64,
+}
+
+struct Fault {
+    loss: f64,
+    dup: f64,
+    max_delay: u64,
+    crash_per_s: f64,
+    partition_per_s: f64,
+    conf_per_s: f64,
+    /// Probability that a newly elected leader is crashed shortly after its election.
+    churn: f64,
+    /// Maximum fsync latency in milliseconds (slow disks widen the unsynced window).
+    max_sync_ms: u64,
+}
+
+#[derive(Default)]
+struct Kv {
+    map: BTreeMap<u64, u64>,
+}
+
+/// A client command as stored in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Command {
+    op_id: u64,
+    kind: OpKind,
+    key: u64,
+    value: u64,
+    expected: Option<u64>,
+}
+
+impl Command {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(42);
+        v.extend_from_slice(&self.op_id.to_le_bytes());
+        v.push(match self.kind {
+            OpKind::Put => 0,
+            OpKind::Get => 1,
+            OpKind::Cas => 2,
+        });
+        v.extend_from_slice(&self.key.to_le_bytes());
+        v.extend_from_slice(&self.value.to_le_bytes());
+        match self.expected {
+            Some(e) => {
+                v.push(1);
+                v.extend_from_slice(&e.to_le_bytes());
+            }
+            None => v.push(0),
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Command> {
+        let u = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
+        };
+        let kind = match *b.get(8)? {
+            0 => OpKind::Put,
+            1 => OpKind::Get,
+            _ => OpKind::Cas,
+        };
+        let expected = if *b.get(25)? == 1 { Some(u(26)?) } else { None };
+        Some(Command {
+            op_id: u(0)?,
+            kind,
+            key: u(9)?,
+            value: u(17)?,
+            expected,
+        })
+    }
+}
+
+impl Kv {
+    /// Applies a command; returns (ok, observed value) as the client sees it.
+    fn apply(&mut self, c: &Command) -> (bool, Option<u64>) {
+        match c.kind {
+            OpKind::Put => {
+                self.map.insert(c.key, c.value);
+                (true, None)
+            }
+            OpKind::Get => (true, self.map.get(&c.key).copied()),
+            OpKind::Cas => {
+                let cur = self.map.get(&c.key).copied();
+                if cur == c.expected {
+                    self.map.insert(c.key, c.value);
+                    (true, None)
+                } else {
+                    (false, cur)
+                }
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (k, val) in &self.map {
+            v.extend_from_slice(&k.to_le_bytes());
+            v.extend_from_slice(&val.to_le_bytes());
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Kv {
+        let mut map = BTreeMap::new();
+        for c in b.chunks_exact(16) {
+            let k = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+            let v = u64::from_le_bytes(c[8..].try_into().expect("8 bytes"));
+            map.insert(k, v);
+        }
+        Kv { map }
+    }
+}
+
+struct SimNode {
+    raft: Option<RaftNode>,
+    storage: MemStorage,
+    cfg: Config,
+    incarnation: u64,
+    kv: Kv,
+    sm_applied: LogIndex,
+    sync_at: Option<u64>,
+    snapshot_job: Option<(u64, LogIndex, Vec<u8>)>,
+    restart_at: Option<u64>,
+    stopped: bool,
+    /// Reads confirmed by the core, waiting for the state machine: ctx -> read index.
+    ready_reads: BTreeMap<u64, LogIndex>,
+}
+
+enum Waiting {
+    Write {
+        node: NodeId,
+        index: LogIndex,
+        term: Term,
+        cmd: Command,
+    },
+    Read {
+        node: NodeId,
+        ctx: u64,
+        key: u64,
+    },
+}
+
+struct Client {
+    id: u64,
+    next_at: u64,
+    leader_hint: Option<NodeId>,
+    waiting: Option<(Waiting, u64, u64)>, // (what, start_ms, deadline_ms)
+    final_write_done: bool,
+}
+
+struct InFlight {
+    at: u64,
+    seq: u64,
+    msg: Message,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for InFlight {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// The simulated world.
+struct Sim {
+    opts: SimOptions,
+    rng: Rng,
+    now: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: BinaryHeap<Reverse<InFlight>>,
+    net_seq: u64,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    partition_until: u64,
+    fault: Fault,
+    /// Crashes scheduled by the leader-churn nemesis: (time, node).
+    crash_at: Vec<(u64, NodeId)>,
+    healed: bool,
+    clients: Vec<Client>,
+    next_op_id: u64,
+    next_ctx: u64,
+    next_node_id: NodeId,
+    history: Vec<Operation>,
+    // global truth for invariant checks
+    leaders: BTreeMap<Term, NodeId>,
+    /// (index, term) -> (payload fingerprint, term of the previous entry)
+    seen_entries: BTreeMap<(LogIndex, Term), (u64, Term)>,
+    /// index -> (entry term, fingerprint, lowest term of a node that saw it committed)
+    committed: BTreeMap<LogIndex, (Term, u64, Term)>,
+    applied: BTreeMap<LogIndex, u64>,
+    acked_writes: Vec<(LogIndex, Term)>,
+    stats: SimStats,
+    failure: Option<String>,
+}
+
+fn fingerprint(e: &Entry) -> u64 {
+    // FNV-1a over a canonical rendering of the payload.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: &[u8]| {
+        for &x in b {
+            h ^= x as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    match &e.payload {
+        Payload::Noop => feed(b"noop"),
+        Payload::Command(d) => {
+            feed(b"cmd");
+            feed(d);
+        }
+        Payload::Config(m) => {
+            feed(b"cfg");
+            for set in [&m.voters, &m.outgoing, &m.learners] {
+                for id in set {
+                    feed(&id.to_le_bytes());
+                }
+                feed(b"|");
+            }
+        }
+    }
+    h
+}
+
+impl Sim {
+    fn new(opts: SimOptions) -> Sim {
+        let mut rng = Rng::new(opts.seed);
+        let n = 3 + rng.below(5);
+        let fault = Fault {
+            loss: [0.0, 0.01, 0.05, 0.1, 0.2][rng.below(5) as usize],
+            dup: [0.0, 0.01, 0.05][rng.below(3) as usize],
+            max_delay: [1, 5, 15, 40][rng.below(4) as usize],
+            crash_per_s: [0.0, 0.3, 1.0, 2.0][rng.below(4) as usize],
+            partition_per_s: [0.0, 0.3, 1.0][rng.below(3) as usize],
+            conf_per_s: [0.0, 0.5, 2.0][rng.below(3) as usize],
+            churn: [0.0, 0.0, 0.2, 0.5][rng.below(4) as usize],
+            max_sync_ms: [1, 6, 30, 100][rng.below(4) as usize],
+        };
+        let pre_vote = rng.chance(0.85);
+        let check_quorum = rng.chance(0.85);
+        let lease = check_quorum && rng.chance(0.3);
+        let snapshot_threshold = [10, 30, 100, 1000][rng.below(4) as usize];
+        let chunk = [16, 64, 512][rng.below(3) as usize];
+        let inflight = [1, 4, 64][rng.below(3) as usize];
+        let per_msg = [1, 8, 256][rng.below(3) as usize];
+        let mut base = Config::new(1);
+        base.election_tick = 10;
+        base.heartbeat_tick = 2;
+        base.pre_vote = pre_vote;
+        base.check_quorum = check_quorum;
+        base.read_mode = if lease {
+            ReadMode::Lease
+        } else {
+            ReadMode::Safe
+        };
+        base.snapshot_threshold = snapshot_threshold;
+        base.snapshot_chunk_size = chunk;
+        base.max_inflight_snapshot_chunks = 2;
+        base.max_inflight_msgs = inflight;
+        base.max_entries_per_msg = per_msg;
+        base.max_uncommitted_entries = 200;
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let mut nodes = BTreeMap::new();
+        for &id in &ids {
+            let mut cfg = base.clone();
+            cfg.id = id;
+            cfg.seed = opts.seed.wrapping_mul(31).wrapping_add(id);
+            let storage = MemStorage::new(RecoveredState::bootstrap(ids.iter().copied()));
+            nodes.insert(id, SimNode::new(cfg, storage));
+        }
+        let nclients = 2 + rng.below(6);
+        let clients = (0..nclients)
+            .map(|i| Client {
+                id: i,
+                next_at: rng.below(20),
+                leader_hint: None,
+                waiting: None,
+                final_write_done: false,
+            })
+            .collect();
+        let mut sim = Sim {
+            opts,
+            rng,
+            now: 0,
+            nodes,
+            net: BinaryHeap::new(),
+            net_seq: 0,
+            blocked: BTreeSet::new(),
+            partition_until: 0,
+            fault,
+            crash_at: Vec::new(),
+            healed: false,
+            clients,
+            next_op_id: 1,
+            next_ctx: 1,
+            next_node_id: 100,
+            history: Vec::new(),
+            leaders: BTreeMap::new(),
+            seen_entries: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            acked_writes: Vec::new(),
+            stats: SimStats::default(),
+            failure: None,
+        };
+        let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
+        sim.log(|| {
+            format!(
+                "{} nodes, {} clients, loss {} dup {} delay<={}ms crash/s {} partition/s {} conf/s {} churn {} sync<={}ms; pre_vote {pre_vote} check_quorum {check_quorum} lease {lease} snapshot every {snapshot_threshold} chunk {chunk} inflight {inflight} per_msg {per_msg}",
+                ids.len(), sim.clients.len(), sim.fault.loss, sim.fault.dup, sim.fault.max_delay,
+                sim.fault.crash_per_s, sim.fault.partition_per_s, sim.fault.conf_per_s,
+                sim.fault.churn, sim.fault.max_sync_ms
+            )
+        });
+        for id in ids {
+            sim.start_node(id);
+        }
+        sim
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.opts.verbose {
+            eprintln!("[{:>6}ms] {}", self.now, what());
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        if self.failure.is_none() {
+            self.log(|| format!("FAILURE: {why}"));
+            self.failure = Some(why);
+        }
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        n.incarnation += 1;
+        let mut cfg = n.cfg.clone();
+        cfg.seed = cfg.seed.wrapping_add(n.incarnation.wrapping_mul(7919));
+        let state = n.storage.recover().expect("memory storage");
+        match RaftNode::new(cfg, state) {
+            Ok(r) => {
+                n.raft = Some(r);
+                n.kv = Kv::default();
+                n.sm_applied = 0;
+                n.restart_at = None;
+                self.drain(id);
+            }
+            Err(e) => self.fail(format!("node {id} failed to restart: {e}")),
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let survive = {
+            let n = &self.nodes[&id];
+            self.rng.below(n.storage.pending() as u64 + 1) as usize
+        };
+        let span = if self.rng.chance(0.5) { 60 } else { 500 };
+        let restart_in = 10 + self.rng.below(span);
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        if n.raft.is_none() {
+            return;
+        }
+        n.raft = None;
+        n.storage.crash(survive);
+        n.sync_at = None;
+        n.snapshot_job = None;
+        n.ready_reads.clear();
+        n.restart_at = Some(self.now + restart_in);
+        self.stats.crashes += 1;
+        self.log(|| format!("crash {id} (kept {survive} unsynced batches)"));
+        // Clients waiting on this node no longer know the outcome.
+        let now = self.now;
+        for c in 0..self.clients.len() {
+            let on_node = match &self.clients[c].waiting {
+                Some((Waiting::Write { node, .. }, ..))
+                | Some((Waiting::Read { node, .. }, ..)) => *node == id,
+                None => false,
+            };
+            if on_node {
+                self.give_up(c, now);
+            }
+        }
+    }
+
+    /// The client stops waiting: a write's outcome becomes unknown, a read is dropped.
+    fn give_up(&mut self, c: usize, now: u64) {
+        let Some((w, start, _)) = self.clients[c].waiting.take() else {
+            return;
+        };
+        if let Waiting::Write { cmd, .. } = w {
+            self.history.push(Operation {
+                client: self.clients[c].id,
+                op: cmd.kind,
+                key: cmd.key,
+                value: Some(cmd.value),
+                expected: cmd.expected,
+                start_ns: start * 1_000_000,
+                end_ns: u64::MAX,
+                ok: None,
+                result: None,
+            });
+        }
+        // Like a real client after a timeout, often try someone else next time.
+        if self.rng.chance(0.5) {
+            self.clients[c].leader_hint = None;
+        }
+        self.clients[c].next_at = now + 1 + self.rng.below(10);
+    }
+
+    fn send(&mut self, m: Message) {
+        if !self.healed {
+            if self.rng.chance(self.fault.loss) {
+                return;
+            }
+            if self.rng.chance(self.fault.dup) {
+                let d = 1 + self.rng.below(self.fault.max_delay * 2 + 1);
+                self.push_msg(m.clone(), d);
+            }
+        }
+        let d = 1 + self.rng.below(self.fault.max_delay);
+        self.push_msg(m, d);
+    }
+
+    fn push_msg(&mut self, msg: Message, delay: u64) {
+        self.net_seq += 1;
+        self.net.push(Reverse(InFlight {
+            at: self.now + delay,
+            seq: self.net_seq,
+            msg,
+        }));
+    }
+
+    /// Processes a node's effects until it has none.
+    fn drain(&mut self, id: NodeId) {
+        loop {
+            let effects = match self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                Some(r) => r.take_effects(),
+                None => return,
+            };
+            if effects.is_empty() {
+                return;
+            }
+            for e in effects {
+                self.handle_effect(id, e);
+            }
+        }
+    }
+
+    fn handle_effect(&mut self, id: NodeId, e: Effect) {
+        match e {
+            Effect::Send(m) => self.send(m),
+            Effect::Persist(b) => {
+                let lat = self.rng.below(self.fault.max_sync_ms);
+                let n = self.nodes.get_mut(&id).expect("node exists");
+                n.storage.write(&b).expect("memory storage");
+                if n.sync_at.is_none() {
+                    n.sync_at = Some(self.now + lat);
+                }
+            }
+            Effect::Apply(entries) => {
+                for e in entries {
+                    self.apply_entry(id, e);
+                }
+            }
+            Effect::InstallSnapshot(s) => {
+                let n = self.nodes.get_mut(&id).expect("node exists");
+                n.kv = Kv::decode(&s.data);
+                n.sm_applied = s.meta.index;
+                self.log(|| format!("node {id} installs snapshot at {}", s.meta.index));
+            }
+            Effect::SnapshotWanted { .. } => {
+                let delay = self.rng.below(60);
+                let n = self.nodes.get_mut(&id).expect("node exists");
+                if n.snapshot_job.is_none() {
+                    n.snapshot_job = Some((self.now + delay, n.sm_applied, n.kv.encode()));
+                }
+            }
+            Effect::ReadReady { ctx, index } => {
+                let n = self.nodes.get_mut(&id).expect("node exists");
+                n.ready_reads.insert(ctx, index);
+            }
+            Effect::ReadFailed { ctx, .. } => {
+                for c in 0..self.clients.len() {
+                    let hit = matches!(&self.clients[c].waiting,
+                        Some((Waiting::Read { node, ctx: x, .. }, ..)) if *node == id && *x == ctx);
+                    if hit {
+                        self.clients[c].waiting = None;
+                        self.clients[c].next_at = self.now + 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_entry(&mut self, id: NodeId, e: Entry) {
+        let fp = fingerprint(&e);
+        match self.applied.get(&e.index) {
+            Some(&f) if f != fp => {
+                self.fail(format!(
+                    "state machine safety: node {id} applied a different entry at index {}",
+                    e.index
+                ));
+                return;
+            }
+            None => {
+                self.applied.insert(e.index, fp);
+            }
+            _ => {}
+        }
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        if e.index != n.sm_applied + 1 {
+            let expected = n.sm_applied + 1;
+            self.fail(format!(
+                "node {id} applied index {} but expected {expected}",
+                e.index
+            ));
+            return;
+        }
+        n.sm_applied = e.index;
+        let Payload::Command(data) = &e.payload else {
+            return;
+        };
+        let Some(cmd) = Command::decode(data) else {
+            self.fail(format!("undecodable command at index {}", e.index));
+            return;
+        };
+        let (ok, observed) = n.kv.apply(&cmd);
+        // Complete the client waiting for this entry on this node.
+        let now = self.now;
+        for c in 0..self.clients.len() {
+            let matched = match &self.clients[c].waiting {
+                Some((
+                    Waiting::Write {
+                        node, index, term, ..
+                    },
+                    ..,
+                )) if *node == id && *index == e.index => Some(*term == e.term),
+                _ => None,
+            };
+            let Some(same) = matched else { continue };
+            let (w, start, _) = self.clients[c].waiting.take().expect("matched");
+            let Waiting::Write {
+                cmd: mine,
+                index,
+                term,
+                ..
+            } = w
+            else {
+                unreachable!()
+            };
+            self.clients[c].next_at = now + 1 + self.rng.below(20);
+            if !same {
+                // Another leader's entry took this slot: ours was never committed. Drop it.
+                continue;
+            }
+            if mine.op_id != cmd.op_id {
+                self.fail(format!("entry {index} term {term} carries another command"));
+                return;
+            }
+            self.stats.acked_writes += 1;
+            self.acked_writes.push((index, term));
+            if self.healed {
+                self.clients[c].final_write_done = true;
+            }
+            self.history.push(Operation {
+                client: self.clients[c].id,
+                op: mine.kind,
+                key: mine.key,
+                value: Some(mine.value),
+                expected: mine.expected,
+                start_ns: start * 1_000_000,
+                end_ns: now * 1_000_000,
+                ok: Some(ok),
+                result: if ok { None } else { observed },
+            });
+        }
+    }
+
+    fn client_step(&mut self, c: usize) {
+        let now = self.now;
+        if let Some((_, _, deadline)) = &self.clients[c].waiting {
+            if now >= *deadline {
+                self.give_up(c, now);
+            }
+            return;
+        }
+        if now < self.clients[c].next_at {
+            return;
+        }
+        // Pick a node: the hinted leader, else a random running one.
+        let running: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raft.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let target = match self.clients[c].leader_hint {
+            // Now and then a client asks a random node anyway (as after a reconnect).
+            Some(h) if running.contains(&h) && !self.rng.chance(0.05) => h,
+            _ => running[self.rng.below(running.len() as u64) as usize],
+        };
+        let key = 1 + self.rng.below(KEYS);
+        let roll = self.rng.below(10);
+        let kind = if self.healed || roll < 3 {
+            OpKind::Put
+        } else if roll < 8 {
+            OpKind::Get
+        } else {
+            OpKind::Cas
+        };
+        let deadline = now + 200 + self.rng.below(800);
+        let raft = self
+            .nodes
+            .get_mut(&target)
+            .and_then(|n| n.raft.as_mut())
+            .expect("running");
+        match kind {
+            OpKind::Get => {
+                let ctx = self.next_ctx;
+                self.next_ctx += 1;
+                match raft.read_index(ctx) {
+                    Ok(()) => {
+                        self.clients[c].waiting = Some((
+                            Waiting::Read {
+                                node: target,
+                                ctx,
+                                key,
+                            },
+                            now,
+                            deadline,
+                        ));
+                    }
+                    Err(shoal_raft::ReadError::NotLeader { leader }) => {
+                        self.clients[c].leader_hint = leader;
+                        self.clients[c].next_at = now + 1 + self.rng.below(5);
+                    }
+                    Err(_) => self.clients[c].next_at = now + 5,
+                }
+            }
+            _ => {
+                let op_id = self.next_op_id;
+                self.next_op_id += 1;
+                let value = op_id;
+                let expected = if kind == OpKind::Cas {
+                    // Expect a recently written value, or absence, so some succeed.
+                    if self.rng.chance(0.2) || op_id < 3 {
+                        None
+                    } else {
+                        Some(op_id - 1 - self.rng.below(3.min(op_id - 1)))
+                    }
+                } else {
+                    None
+                };
+                let cmd = Command {
+                    op_id,
+                    kind,
+                    key,
+                    value,
+                    expected,
+                };
+                match raft.propose(cmd.encode()) {
+                    Ok(p) => {
+                        self.clients[c].waiting = Some((
+                            Waiting::Write {
+                                node: target,
+                                index: p.index,
+                                term: p.term,
+                                cmd,
+                            },
+                            now,
+                            deadline,
+                        ));
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        self.clients[c].leader_hint = leader;
+                        self.clients[c].next_at = now + 1 + self.rng.below(5);
+                    }
+                    Err(_) => self.clients[c].next_at = now + 5 + self.rng.below(20),
+                }
+            }
+        }
+        self.drain(target);
+    }
+
+    /// Serves confirmed reads whose index the node's state machine has reached.
+    fn serve_reads(&mut self) {
+        let now = self.now;
+        for c in 0..self.clients.len() {
+            let Some((Waiting::Read { node, ctx, key }, start, _)) = &self.clients[c].waiting
+            else {
+                continue;
+            };
+            let (node, ctx, key, start) = (*node, *ctx, *key, *start);
+            let Some(n) = self.nodes.get_mut(&node) else {
+                continue;
+            };
+            let Some(&index) = n.ready_reads.get(&ctx) else {
+                continue;
+            };
+            if n.sm_applied < index {
+                continue;
+            }
+            n.ready_reads.remove(&ctx);
+            let value = n.kv.map.get(&key).copied();
+            let term = n.raft.as_ref().map_or(0, |r| r.term());
+            let voters = n.raft.as_ref().map(|r| r.membership().clone());
+            self.log(|| format!("client {c} read key {key} = {value:?} from node {node} (term {term}, index {index}, membership {voters:?})"));
+            self.clients[c].waiting = None;
+            self.clients[c].next_at = now + 1 + self.rng.below(20);
+            self.history.push(Operation {
+                client: self.clients[c].id,
+                op: OpKind::Get,
+                key,
+                value: None,
+                expected: None,
+                start_ns: start * 1_000_000,
+                end_ns: now * 1_000_000,
+                ok: Some(true),
+                result: value,
+            });
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let p = |per_s: f64| per_s / 1000.0;
+        // Crashes and restarts.
+        if self.rng.chance(p(self.fault.crash_per_s)) {
+            let running: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.raft.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            if !running.is_empty() {
+                // Leaders are the interesting victims: half the crashes hit the current one.
+                let id = match self.current_leader() {
+                    Some(l) if self.rng.chance(0.5) => l,
+                    _ => running[self.rng.below(running.len() as u64) as usize],
+                };
+                self.crash(id);
+            }
+        }
+        let now = self.now;
+        let due: Vec<NodeId> = self
+            .crash_at
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        self.crash_at.retain(|(t, _)| *t > now);
+        for id in due {
+            self.crash(id);
+        }
+        // Partitions.
+        if self.now >= self.partition_until && !self.blocked.is_empty() {
+            self.blocked.clear();
+            self.log(|| "partition healed".into());
+        }
+        if self.blocked.is_empty() && self.rng.chance(p(self.fault.partition_per_s)) {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            let kind = self.rng.below(3);
+            let mut side = BTreeSet::new();
+            for &id in &ids {
+                if self.rng.chance(0.5) {
+                    side.insert(id);
+                }
+            }
+            if kind == 2 {
+                // Isolate one node (often the leader).
+                side.clear();
+                let leader = self.current_leader();
+                let pick = match leader {
+                    Some(l) if self.rng.chance(0.6) => l,
+                    _ => ids[self.rng.below(ids.len() as u64) as usize],
+                };
+                side.insert(pick);
+            }
+            for &a in &ids {
+                for &b in &ids {
+                    if side.contains(&a) != side.contains(&b) {
+                        if kind == 1 {
+                            // One-way: only from `side` to the rest.
+                            if side.contains(&a) {
+                                self.blocked.insert((a, b));
+                            }
+                        } else {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+            }
+            self.partition_until = self.now + 50 + self.rng.below(2_000);
+            let s = side.clone();
+            self.log(|| format!("partition kind {kind} side {s:?}"));
+        }
+        // Membership changes.
+        if self.rng.chance(p(self.fault.conf_per_s)) {
+            self.change_membership();
+        }
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        let mut best: Option<(Term, NodeId)> = None;
+        for (id, n) in &self.nodes {
+            if let Some(r) = &n.raft {
+                if r.role() == Role::Leader && best.is_none_or(|(t, _)| r.term() > t) {
+                    best = Some((r.term(), *id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    fn change_membership(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let m = self.nodes[&leader]
+            .raft
+            .as_ref()
+            .expect("leader runs")
+            .membership()
+            .clone();
+        let members = m.members();
+        let learners: Vec<NodeId> = m
+            .learners
+            .iter()
+            .copied()
+            .filter(|l| !m.is_voter(*l))
+            .collect();
+        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        let roll = self.rng.below(5);
+        let changes: Vec<ConfChange> = match roll {
+            0 if members.len() < 7 => {
+                let id = self.next_node_id;
+                self.next_node_id += 1;
+                let mut cfg = self.nodes[&leader].cfg.clone();
+                cfg.id = id;
+                cfg.seed = self.opts.seed.wrapping_mul(31).wrapping_add(id);
+                self.nodes.insert(
+                    id,
+                    SimNode::new(cfg, MemStorage::new(RecoveredState::default())),
+                );
+                self.start_node(id);
+                vec![ConfChange::AddLearner(id)]
+            }
+            1 if !learners.is_empty() => {
+                let l = learners[self.rng.below(learners.len() as u64) as usize];
+                if voters.len() > 1 && self.rng.chance(0.3) {
+                    // Replace a voter (possibly the leader) by the learner in one change.
+                    let v = voters[self.rng.below(voters.len() as u64) as usize];
+                    vec![ConfChange::AddVoter(l), ConfChange::RemoveNode(v)]
+                } else {
+                    vec![ConfChange::AddVoter(l)]
+                }
+            }
+            2 if voters.len() > 2 => {
+                let v = voters[self.rng.below(voters.len() as u64) as usize];
+                vec![ConfChange::DemoteVoter(v)]
+            }
+            3 if members.len() > 3 => {
+                let all: Vec<NodeId> = members.iter().copied().collect();
+                let v = all[self.rng.below(all.len() as u64) as usize];
+                if m.voters.len() == 1 && m.voters.contains(&v) {
+                    return;
+                }
+                vec![ConfChange::RemoveNode(v)]
+            }
+            4 if voters.len() < 3 && !learners.is_empty() => {
+                vec![ConfChange::AddVoter(learners[0])]
+            }
+            _ => return,
+        };
+        let r = self
+            .nodes
+            .get_mut(&leader)
+            .and_then(|n| n.raft.as_mut())
+            .expect("leader runs");
+        match r.propose_conf_change(&changes) {
+            Ok(p) => {
+                self.stats.conf_changes += 1;
+                self.log(|| format!("leader {leader} proposes {changes:?} at {}", p.index));
+            }
+            Err(e) => self.log(|| format!("conf change {changes:?} refused: {e}")),
+        }
+        self.drain(leader);
+    }
+
+    /// Stops nodes whose removal is committed (as an agent would).
+    fn stop_removed(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let r = self.nodes[&leader].raft.as_ref().expect("leader runs");
+        let m = r.membership().clone();
+        let settled = r.entries().iter().rev().find_map(|e| match e.payload {
+            Payload::Config(_) => Some(e.index),
+            _ => None,
+        });
+        if settled.is_some_and(|i| i > r.commit_index()) || m.is_joint() {
+            return;
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if !m.contains(id) && !self.nodes[&id].stopped {
+                let n = self.nodes.get_mut(&id).expect("exists");
+                // Only stop nodes that had ever joined the current configuration history.
+                if n.raft
+                    .as_ref()
+                    .is_some_and(|r| r.membership().members().is_empty())
+                {
+                    continue;
+                }
+                n.stopped = true;
+                n.raft = None;
+                n.restart_at = None;
+                self.log(|| format!("node {id} stopped after its removal committed"));
+            }
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        while let Some(Reverse(top)) = self.net.peek() {
+            if top.at > self.now {
+                break;
+            }
+            let Reverse(f) = self.net.pop().expect("peeked");
+            let m = f.msg;
+            if self.blocked.contains(&(m.from, m.to)) {
+                continue;
+            }
+            let to = m.to;
+            let Some(r) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) else {
+                continue;
+            };
+            if let Err(e) = r.step(m) {
+                self.fail(format!(
+                    "node {to} rejected a message from a correct peer: {e}"
+                ));
+            }
+            self.drain(to);
+        }
+    }
+
+    fn run_io(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let now = self.now;
+            let n = self.nodes.get_mut(&id).expect("exists");
+            if n.stopped {
+                continue;
+            }
+            if n.raft.is_none() {
+                if n.restart_at.is_some_and(|t| t <= now) {
+                    self.start_node(id);
+                }
+                continue;
+            }
+            if n.sync_at.is_some_and(|t| t <= now) {
+                n.sync_at = None;
+                let seq = n.storage.sync().expect("memory storage");
+                if seq > 0 {
+                    n.raft.as_mut().expect("running").on_persisted(seq);
+                }
+                self.drain(id);
+            }
+            let n = self.nodes.get_mut(&id).expect("exists");
+            if n.snapshot_job.as_ref().is_some_and(|(t, _, _)| *t <= now) {
+                let (_, index, data) = n.snapshot_job.take().expect("checked");
+                let r = n.raft.as_mut().expect("running");
+                if index > r.snapshot_index() && r.snapshot_taken(index, data).is_ok() {
+                    self.stats.snapshots += 1;
+                }
+                self.drain(id);
+            }
+        }
+    }
+
+    fn tick_nodes(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                r.tick();
+                self.drain(id);
+            }
+        }
+    }
+
+    /// Safety invariants, checked after every tick.
+    fn check_invariants(&mut self) {
+        let mut errors = Vec::new();
+        let mut new_leaders = Vec::new();
+        for (&id, n) in &self.nodes {
+            let Some(r) = &n.raft else { continue };
+            // Election safety: one leader per term.
+            if r.role() == Role::Leader {
+                match self.leaders.get(&r.term()) {
+                    Some(&l) if l != id => errors.push(format!(
+                        "election safety: nodes {l} and {id} both led term {}",
+                        r.term()
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.leaders.insert(r.term(), id);
+                        self.stats.leaders += 1;
+                        new_leaders.push(id);
+                    }
+                }
+            }
+            // Log matching: (index, term) identifies the payload and the previous entry's term.
+            let mut prev_term = r.term_at(r.snapshot_index()).unwrap_or(0);
+            for e in r.entries() {
+                let key = (e.index, e.term);
+                let val = (fingerprint(e), prev_term);
+                match self.seen_entries.get(&key) {
+                    Some(v) if *v != val => errors.push(format!(
+                        "log matching: node {id} has a different entry or prefix at index {} term {}",
+                        e.index, e.term
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.seen_entries.insert(key, val);
+                    }
+                }
+                prev_term = e.term;
+            }
+            // Committed entries never change.
+            for i in (r.snapshot_index() + 1)..=r.commit_index() {
+                let Some(e) = r.entry(i) else {
+                    errors.push(format!(
+                        "node {id} commit {} beyond its log",
+                        r.commit_index()
+                    ));
+                    break;
+                };
+                let val = (e.term, fingerprint(e));
+                match self.committed.get_mut(&i) {
+                    Some(v) if (v.0, v.1) != val => errors.push(format!(
+                        "state machine safety: node {id} committed a different entry at index {i}"
+                    )),
+                    Some(v) => v.2 = v.2.min(r.term()),
+                    None => {
+                        self.committed.insert(i, (val.0, val.1, r.term()));
+                    }
+                }
+            }
+        }
+        // Leader completeness: every leader holds every committed entry.
+        let max_committed = self.committed.keys().next_back().copied().unwrap_or(0);
+        for (&id, n) in &self.nodes {
+            let Some(r) = &n.raft else { continue };
+            if r.role() != Role::Leader {
+                continue;
+            }
+            for (&i, &(t, fp, seen_in)) in self.committed.range(r.snapshot_index() + 1..) {
+                if seen_in >= r.term() {
+                    // A stale leader of an older term need not have it.
+                    continue;
+                }
+                match r.entry(i) {
+                    Some(e) if e.term == t && fingerprint(e) == fp => {}
+                    _ => {
+                        errors.push(format!(
+                            "leader completeness: leader {id} (term {}) lacks committed entry {i} (max committed {max_committed})",
+                            r.term()
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        for e in errors {
+            self.fail(e);
+        }
+        if !self.healed {
+            for id in new_leaders {
+                if self.rng.chance(self.fault.churn) {
+                    let at = self.now + self.rng.below(40);
+                    self.crash_at.push((at, id));
+                }
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.blocked.clear();
+        self.log(|| "faults healed".into());
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let n = &self.nodes[&id];
+            if n.raft.is_none() && !n.stopped {
+                self.start_node(id);
+            }
+        }
+    }
+
+    fn run(mut self) -> SimOutcome {
+        let end = self.opts.fault_ms + self.opts.recovery_ms;
+        let phase: u64 = self.rng.below(TICK_MS);
+        while self.now < end && self.failure.is_none() {
+            self.now += 1;
+            if !self.healed && self.now >= self.opts.fault_ms {
+                self.heal();
+            }
+            if !self.healed {
+                self.inject_faults();
+            }
+            self.deliver_due();
+            self.run_io();
+            if self.now % TICK_MS == phase {
+                self.tick_nodes();
+                self.stop_removed();
+                self.check_invariants();
+            }
+            for c in 0..self.clients.len() {
+                self.client_step(c);
+            }
+            self.serve_reads();
+            if self.healed && self.clients.iter().all(|c| c.final_write_done) {
+                break;
+            }
+        }
+        if self.failure.is_none() && !self.clients.iter().all(|c| c.final_write_done) {
+            for (id, n) in &self.nodes {
+                let state = n.raft.as_ref().map(|r| {
+                    format!(
+                        "{:?} term {} leader {:?} commit {} last {} durable {} membership {:?}",
+                        r.role(),
+                        r.term(),
+                        r.leader(),
+                        r.commit_index(),
+                        r.last_index(),
+                        r.durable_index(),
+                        r.membership()
+                    )
+                });
+                self.log(|| format!("node {id} (stopped {}): {state:?}", n.stopped));
+            }
+            let leader = self.current_leader();
+            self.fail(format!(
+                "liveness: {} ms after healing, not every client completed a write (leader: {leader:?})",
+                self.opts.recovery_ms
+            ));
+        }
+        // Clients still waiting: unknown outcome.
+        for c in 0..self.clients.len() {
+            let now = self.now;
+            self.give_up(c, now);
+        }
+        if self.failure.is_none() {
+            self.check_acked_writes();
+        }
+        let mut inconclusive = false;
+        if self.failure.is_none() {
+            match linearizability::check(&self.history) {
+                CheckResult::Linearizable => {}
+                CheckResult::Inconclusive { .. } => inconclusive = true,
+                CheckResult::NotLinearizable { key, ops } => self.fail(format!(
+                    "history not linearizable on key {key} ({} operations)",
+                    ops.len()
+                )),
+            }
+        }
+        self.stats.ops = self.history.len() as u64;
+        self.stats.snapshot_installs = self
+            .nodes
+            .values()
+            .filter_map(|n| n.raft.as_ref())
+            .map(|r| r.stats().snapshots_installed)
+            .sum();
+        SimOutcome {
+            seed: self.opts.seed,
+            failure: self.failure,
+            history: self.history,
+            inconclusive,
+            stats: self.stats,
+        }
+    }
+
+    /// No acknowledged write is lost: each is still committed with the same term.
+    fn check_acked_writes(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let r = self.nodes[&leader].raft.as_ref().expect("leader runs");
+        let mut errors = Vec::new();
+        for &(i, t) in &self.acked_writes {
+            let ok = if i > r.snapshot_index() {
+                r.term_at(i) == Some(t) && i <= r.commit_index()
+            } else {
+                self.committed.get(&i).is_none_or(|(ct, _, _)| *ct == t)
+            };
+            if !ok {
+                errors.push(format!("acknowledged write at index {i} term {t} lost"));
+            }
+        }
+        for e in errors {
+            self.fail(e);
+        }
+    }
+}
+
+impl SimNode {
+    fn new(cfg: Config, storage: MemStorage) -> SimNode {
+        SimNode {
+            raft: None,
+            storage,
+            cfg,
+            incarnation: 0,
+            kv: Kv::default(),
+            sm_applied: 0,
+            sync_at: None,
+            snapshot_job: None,
+            restart_at: None,
+            stopped: false,
+            ready_reads: BTreeMap::new(),
+        }
+    }
+}
+
+/// Runs one seed to completion and reports what it found.
+pub fn run(opts: SimOptions) -> SimOutcome {
+    Sim::new(opts).run()
+}
