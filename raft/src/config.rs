@@ -44,6 +44,9 @@ pub struct Config {
     pub max_inflight_snapshot_chunks: usize,
     /// How linearizable reads are served.
     pub read_mode: ReadMode,
+    /// A node becomes a voter only if its log is at most this many entries behind the leader's:
+    /// promoting a far-behind node would stall commits until it caught up.
+    pub max_promotion_lag: u64,
     /// Seed of the node's private RNG (election timeout randomization).
     pub seed: u64,
 }
@@ -67,6 +70,7 @@ impl Config {
             snapshot_chunk_size: 1 << 20,
             max_inflight_snapshot_chunks: 4,
             read_mode: ReadMode::Safe,
+            max_promotion_lag: 1_000,
             seed: id,
         }
     }

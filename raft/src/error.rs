@@ -42,6 +42,14 @@ pub enum ProposeError {
     /// Another membership change has not finished yet.
     #[error("a membership change is already in progress (config entry at index {0})")]
     ConfChangeInProgress(LogIndex),
+    /// The node to promote has not caught up yet; keep it a learner a little longer.
+    #[error("node {node} is {behind} entries behind the leader; promote it once it has caught up")]
+    Behind {
+        /// The node.
+        node: NodeId,
+        /// How many entries it lacks.
+        behind: u64,
+    },
     /// The membership change is invalid.
     #[error("invalid membership change: {0}")]
     InvalidConfChange(String),

@@ -21,6 +21,19 @@ impl RaftNode {
             return Err(ProposeError::ConfChangeInProgress(pending));
         }
         let next = apply_changes(&self.membership, changes)?;
+        for c in changes {
+            if let ConfChange::AddVoter(id) = *c {
+                let matched = if id == self.id {
+                    self.log.last_index()
+                } else {
+                    self.progress.get(&id).map_or(0, |p| p.match_index)
+                };
+                let behind = self.log.last_index().saturating_sub(matched);
+                if behind > self.cfg.max_promotion_lag {
+                    return Err(ProposeError::Behind { node: id, behind });
+                }
+            }
+        }
         let target = if next.voters != self.membership.voters {
             Membership {
                 voters: next.voters,

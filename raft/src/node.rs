@@ -103,7 +103,9 @@ pub struct RaftNode {
     pub(crate) snapshot_membership: Membership,
     pub(crate) configs: Vec<(LogIndex, Membership)>,
     pub(crate) snapshot: Option<Snapshot>,
-    pub(crate) incoming: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A snapshot being received: its meta, the sending leader and term, and the bytes so far.
+    /// Only the same leader in the same term may resume it (another leader's bytes may differ).
+    pub(crate) incoming: Option<(SnapshotMeta, NodeId, Term, Vec<u8>)>,
     pub(crate) snapshot_requested_at: Option<LogIndex>,
     // timers
     pub(crate) ticks: u64,
@@ -618,6 +620,21 @@ impl RaftNode {
                 }
             }
             _ => {}
+        }
+        if self.role == Role::Leader && m.term == self.term {
+            let seq = match &m.body {
+                MessageBody::AppendResp { seq, .. }
+                | MessageBody::HeartbeatResp { seq }
+                | MessageBody::SnapshotResp { seq, .. } => *seq,
+                _ => 0,
+            };
+            if seq > self.seq {
+                // Echoing a round we never sent could confirm a read without a quorum.
+                return Err(format!(
+                    "echoes round {seq} but the latest round is {}",
+                    self.seq
+                ));
+            }
         }
         Ok(())
     }

@@ -144,7 +144,11 @@ impl RaftNode {
             );
             return;
         }
-        let same = self.incoming.as_ref().is_some_and(|(m, _)| *m == meta);
+        let term = self.term;
+        let same = self
+            .incoming
+            .as_ref()
+            .is_some_and(|(m, f, t, _)| *m == meta && *f == from && *t == term);
         if !same {
             if offset != 0 {
                 self.send(
@@ -158,9 +162,9 @@ impl RaftNode {
                 );
                 return;
             }
-            self.incoming = Some((meta.clone(), Vec::new()));
+            self.incoming = Some((meta.clone(), from, term, Vec::new()));
         }
-        let (_, buf) = self.incoming.as_mut().expect("set above");
+        let (_, _, _, buf) = self.incoming.as_mut().expect("set above");
         let mut completed = false;
         if offset == buf.len() as u64 {
             buf.extend_from_slice(&data);
@@ -179,7 +183,7 @@ impl RaftNode {
             );
             return;
         }
-        let (meta, buf) = self.incoming.take().expect("set above");
+        let (meta, _, _, buf) = self.incoming.take().expect("set above");
         self.install_snapshot(Snapshot {
             meta,
             data: Arc::new(buf),

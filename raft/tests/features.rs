@@ -575,6 +575,32 @@ fn promoting_a_caught_up_learner_goes_through_a_joint_configuration() {
 }
 
 #[test]
+fn a_learner_far_behind_is_not_promoted_until_it_catches_up() {
+    let mut c = Cluster::with_config(&[1, 2, 3], |cfg| cfg.max_promotion_lag = 5);
+    c.elect(1);
+    c.add_node(4);
+    conf(&mut c, 1, &[ConfChange::AddLearner(4)]).unwrap();
+    settle(&mut c);
+    // The learner is cut off while the log grows well past the allowed lag.
+    c.isolate(4);
+    propose_range(&mut c, 1, 0..20);
+    settle(&mut c);
+    match conf(&mut c, 1, &[ConfChange::AddVoter(4)]) {
+        Err(ProposeError::Behind { node: 4, behind }) => assert!(behind >= 20, "{behind}"),
+        other => panic!("expected Behind, got {other:?}"),
+    }
+    assert!(!c.node(1).membership().is_joint(), "nothing was proposed");
+    // Once it has caught up, the same promotion is accepted.
+    c.heal();
+    c.tick_all(3);
+    settle(&mut c);
+    assert_caught_up(&c, 1, &[4]);
+    conf(&mut c, 1, &[ConfChange::AddVoter(4)]).unwrap();
+    settle(&mut c);
+    assert!(c.node(1).membership().voters.contains(&4));
+}
+
+#[test]
 fn demoting_a_voter_makes_it_a_learner() {
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);

@@ -347,6 +347,7 @@ impl Sim {
         base.max_inflight_msgs = inflight;
         base.max_entries_per_msg = per_msg;
         base.max_uncommitted_entries = 200;
+        base.max_promotion_lag = 20;
         let ids: Vec<NodeId> = (1..=n).collect();
         let mut nodes = BTreeMap::new();
         for &id in &ids {
@@ -1203,6 +1204,22 @@ impl Sim {
                 self.tick_nodes();
                 self.stop_removed();
                 self.check_invariants();
+                if self.opts.verbose && self.now % 1000 == phase {
+                    for (id, n) in &self.nodes {
+                        if let Some(r) = &n.raft {
+                            let (role, term, commit, last) =
+                                (r.role(), r.term(), r.commit_index(), r.last_index());
+                            let progress: Vec<_> = self
+                                .nodes
+                                .keys()
+                                .filter_map(|p| r.progress(*p).map(|pr| (*p, pr)))
+                                .collect();
+                            self.log(|| {
+                                format!("status {id}: {role:?} term {term} commit {commit} last {last} progress {progress:?}")
+                            });
+                        }
+                    }
+                }
             }
             for c in 0..self.clients.len() {
                 self.client_step(c);
@@ -1226,7 +1243,14 @@ impl Sim {
                         r.membership()
                     )
                 });
-                self.log(|| format!("node {id} (stopped {}): {state:?}", n.stopped));
+                self.log(|| {
+                    format!(
+                        "node {id} (stopped {}, unsynced {}, sync_at {:?}): {state:?}",
+                        n.stopped,
+                        n.storage.pending(),
+                        n.sync_at
+                    )
+                });
             }
             let leader = self.current_leader();
             self.fail(format!(
