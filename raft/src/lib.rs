@@ -8,6 +8,9 @@
 //! Safety rules that the driver relies on: a node acknowledges votes and entries only after the
 //! write that records them is durable (`on_persisted`), and the leader counts itself towards a
 //! commit only for entries it has made durable, while its followers may already be writing them.
+//!
+//! [`wal::Wal`] is the on-disk [`Storage`]: segment files of checksummed records and snapshot
+//! files. It is the one module here that does I/O; the core never calls it.
 
 mod config;
 mod election;
@@ -21,6 +24,7 @@ mod replication;
 mod snapshot;
 mod storage;
 mod types;
+pub mod wal;
 
 pub use config::{Config, ReadMode};
 pub use error::{

@@ -92,6 +92,8 @@ struct Fault {
     churn: f64,
     /// Maximum fsync latency in milliseconds (slow disks widen the unsynced window).
     max_sync_ms: u64,
+    /// Probability that a message suffers a long delay spike.
+    spike: f64,
 }
 
 #[derive(Default)]
@@ -323,6 +325,7 @@ impl Sim {
             conf_per_s: [0.0, 0.5, 2.0][rng.below(3) as usize],
             churn: [0.0, 0.0, 0.2, 0.5][rng.below(4) as usize],
             max_sync_ms: [1, 6, 30, 100][rng.below(4) as usize],
+            spike: [0.0, 0.02, 0.1][rng.below(3) as usize],
         };
         let pre_vote = rng.chance(0.85);
         let check_quorum = rng.chance(0.85);
@@ -330,7 +333,7 @@ impl Sim {
         let snapshot_threshold = [10, 30, 100, 1000][rng.below(4) as usize];
         let chunk = [16, 64, 512][rng.below(3) as usize];
         let inflight = [1, 4, 64][rng.below(3) as usize];
-        let per_msg = [1, 8, 256][rng.below(3) as usize];
+        let per_msg = [1, 1, 8, 256][rng.below(4) as usize];
         let mut base = Config::new(1);
         base.election_tick = 10;
         base.heartbeat_tick = 2;
@@ -506,7 +509,11 @@ impl Sim {
                 self.push_msg(m.clone(), d);
             }
         }
-        let d = 1 + self.rng.below(self.fault.max_delay);
+        let mut d = 1 + self.rng.below(self.fault.max_delay);
+        if !self.healed && self.rng.chance(self.fault.spike) {
+            // A delay spike (retransmission, GC pause): this message arrives very late.
+            d += 20 + self.rng.below(300);
+        }
         self.push_msg(m, d);
     }
 

@@ -1,0 +1,955 @@
+//! The durable log: a write-ahead log in segment files plus snapshot files, implementing
+//! [`Storage`]. This module does file I/O; the Raft core never calls it (the driver does).
+//!
+//! Layout of a data directory:
+//! - `wal/<seq:016x>.wal`: segments. Each starts with a 24-byte header (magic, version, segment
+//!   number, CRC32C) and then holds records `[len: u32][crc32c: u32][payload]`. One record is one
+//!   [`WriteBatch`], so a batch is recovered whole or not at all. Every segment's first record
+//!   repeats the hard state, so deleting old segments never loses it.
+//! - `snap/snap-<index:016x>-<term:016x>.snap`: snapshots, written to a `.tmp` file, fsynced,
+//!   renamed, and the directory fsynced; a `.tmp` left by a crash is ignored and removed.
+//!
+//! Replay semantics are those of [`RecoveredState::apply`]: an entry at index `i` replaces every
+//! entry from `i` on (conflict truncation never rewrites a segment); a snapshot marker drops the
+//! entries it covers (or the whole log if the log does not contain its last entry). After a
+//! snapshot is durable, segments holding only entries below it are deleted whole.
+//!
+//! Recovery: a torn tail (a partial last record, or a last record whose checksum fails, or zeros
+//! to the end of the last segment) is truncated and reported in [`Recovery::torn_tail`]; a bad
+//! record anywhere else, a missing segment or an unreadable header is an error naming the file and
+//! offset. Nothing is dropped silently.
+
+use crate::storage::{RecoveredState, Storage, WriteBatch};
+use crate::types::{Entry, HardState, LogIndex, Membership, Payload, Snapshot, SnapshotMeta, Term};
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const SEGMENT_MAGIC: &[u8; 8] = b"SHOALWAL";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SHOALSNP";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 24;
+const RECORD_HEADER: usize = 8;
+/// Largest record accepted (a batch); anything larger in a file is corruption.
+pub const MAX_RECORD: usize = 256 << 20;
+
+/// Errors of the write-ahead log; every one names the file (and offset) involved.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An I/O operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file's content is not what was written: refuse to start rather than lose data silently.
+    #[error("corrupt {path} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the bad record or header.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A segment between two others is missing.
+    #[error("missing WAL segment {missing:016x}.wal in {dir} (segments jump from {before:016x} to {after:016x})")]
+    MissingSegment {
+        /// The wal directory.
+        dir: PathBuf,
+        /// The first missing segment number.
+        missing: u64,
+        /// The segment before the gap.
+        before: u64,
+        /// The segment after the gap.
+        after: u64,
+    },
+    /// A batch too large to be one record.
+    #[error("batch of {0} bytes exceeds the record limit of {MAX_RECORD} bytes")]
+    TooLarge(usize),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+    move |source| WalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Tunables of the log.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// Start a new segment once the active one exceeds this size.
+    pub segment_bytes: u64,
+    /// Call fsync (fdatasync) on sync. Only simulations that model crashes themselves turn it off.
+    pub fsync: bool,
+    /// Snapshot files kept (the newest ones).
+    pub keep_snapshots: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes: 64 << 20,
+            fsync: true,
+            keep_snapshots: 2,
+        }
+    }
+}
+
+/// What recovery found besides the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// A torn tail that was truncated: (segment file, offset, bytes removed).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// Half-written snapshot files that were ignored and removed.
+    pub removed_temp_files: Vec<PathBuf>,
+    /// Segments replayed.
+    pub segments: usize,
+    /// Records replayed.
+    pub records: usize,
+}
+
+/// Counters for observability and group-commit measurements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// fsync calls made for log data.
+    pub fsyncs: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Entries written.
+    pub entries: u64,
+    /// Bytes appended to segments.
+    pub bytes: u64,
+    /// Segments deleted by compaction.
+    pub segments_deleted: u64,
+}
+
+struct SegmentInfo {
+    seq: u64,
+    path: PathBuf,
+    /// Highest log index mentioned in the segment (entries or snapshot marker).
+    max_index: LogIndex,
+}
+
+/// The write-ahead log of one node.
+pub struct Wal {
+    opts: WalOptions,
+    wal_dir: PathBuf,
+    snap_dir: PathBuf,
+    segments: Vec<SegmentInfo>,
+    file: File,
+    file_len: u64,
+    buffer: Vec<u8>,
+    buffer_max_index: LogIndex,
+    buffered_seq: u64,
+    durable_seq: u64,
+    buffered_hs: HardState,
+    durable_hs: HardState,
+    /// Snapshot index whose marker is buffered: compaction may run once it is durable.
+    buffered_snapshot: Option<LogIndex>,
+    stats: WalStats,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering its durable state. A torn tail is truncated.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        opts: WalOptions,
+    ) -> Result<(Wal, RecoveredState, Recovery), WalError> {
+        let dir = dir.as_ref();
+        let wal_dir = dir.join("wal");
+        let snap_dir = dir.join("snap");
+        for d in [dir, &wal_dir, &snap_dir] {
+            fs::create_dir_all(d).map_err(io("create directory", d))?;
+        }
+        let mut recovery = Recovery::default();
+        for entry in fs::read_dir(&snap_dir).map_err(io("list", &snap_dir))? {
+            let entry = entry.map_err(io("list", &snap_dir))?;
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&p).map_err(io("remove half-written snapshot", &p))?;
+                recovery.removed_temp_files.push(p);
+            }
+        }
+        let mut scan = scan(&wal_dir, &snap_dir, true)?;
+        recovery.torn_tail = scan.torn.clone();
+        recovery.segments = scan.segments.len();
+        recovery.records = scan.records;
+        if let Some((path, offset, _)) = &scan.torn {
+            if *offset < HEADER_LEN as u64 {
+                // Not even the header reached the disk: the segment never held anything.
+                fs::remove_file(path).map_err(io("remove torn segment", path))?;
+                scan.segments.pop();
+            } else {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io("open", path))?;
+                f.set_len(*offset)
+                    .map_err(io("truncate torn tail of", path))?;
+                f.sync_all().map_err(io("fsync", path))?;
+            }
+            sync_dir(&wal_dir)?;
+        }
+        // Every start appends to a fresh segment that begins with the recovered hard state, so a
+        // truncated segment is never written again and every segment carries the hard state.
+        let hs = scan.state.hard_state;
+        let seq = scan.segments.last().map_or(1, |s| s.seq + 1);
+        let (file, info) = create_segment(&wal_dir, seq, hs)?;
+        file.sync_all().map_err(io("fsync", &info.path))?;
+        sync_dir(&wal_dir)?;
+        let file_len = file.metadata().map_err(io("stat", &info.path))?.len();
+        let mut segments = scan.segments;
+        segments.push(info);
+        let mut wal = Wal {
+            opts,
+            wal_dir,
+            snap_dir,
+            segments,
+            file,
+            file_len,
+            buffer: Vec::new(),
+            buffer_max_index: 0,
+            buffered_seq: 0,
+            durable_seq: 0,
+            buffered_hs: hs,
+            durable_hs: hs,
+            buffered_snapshot: None,
+            stats: WalStats::default(),
+        };
+        wal.remove_old_snapshots()?;
+        Ok((wal, scan.state, recovery))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WalStats {
+        self.stats
+    }
+
+    /// Bytes written but not yet synced.
+    pub fn unsynced_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// For simulations: the process dies now. The first `keep` unsynced bytes reached the file
+    /// anyway (a write may land without its fsync having returned); the rest are lost.
+    pub fn simulate_crash(mut self, keep: usize) -> Result<(), WalError> {
+        let keep = keep.min(self.buffer.len());
+        let path = self.segments.last().expect("one segment").path.clone();
+        self.file
+            .write_all(&self.buffer[..keep])
+            .map_err(io("write", &path))?;
+        Ok(())
+    }
+
+    fn remove_old_snapshots(&mut self) -> Result<(), WalError> {
+        let mut snaps = list_snapshots(&self.snap_dir)?;
+        let keep = self.opts.keep_snapshots.max(1);
+        if snaps.len() > keep {
+            snaps.sort();
+            let n = snaps.len() - keep;
+            for (_, _, p) in snaps.drain(..n) {
+                fs::remove_file(&p).map_err(io("remove old snapshot", &p))?;
+            }
+            sync_dir(&self.snap_dir)?;
+        }
+        Ok(())
+    }
+
+    fn write_snapshot_file(&self, snap: &Snapshot) -> Result<(), WalError> {
+        let name = format!("snap-{:016x}-{:016x}", snap.meta.index, snap.meta.term);
+        let tmp = self.snap_dir.join(format!("{name}.tmp"));
+        let fin = self.snap_dir.join(format!("{name}.snap"));
+        let mut buf = Vec::with_capacity(snap.data.len() + 64);
+        buf.extend_from_slice(SNAPSHOT_MAGIC);
+        put_u32(&mut buf, VERSION);
+        put_u64(&mut buf, snap.meta.index);
+        put_u64(&mut buf, snap.meta.term);
+        put_membership(&mut buf, &snap.meta.membership);
+        put_u64(&mut buf, snap.data.len() as u64);
+        buf.extend_from_slice(&snap.data);
+        let crc = crc32c::crc32c(&buf);
+        put_u32(&mut buf, crc);
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&buf).map_err(io("write", &tmp))?;
+        if self.opts.fsync {
+            f.sync_all().map_err(io("fsync", &tmp))?;
+        }
+        drop(f);
+        fs::rename(&tmp, &fin).map_err(io("rename", &tmp))?;
+        if self.opts.fsync {
+            sync_dir(&self.snap_dir)?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let (file, info) = create_segment(&self.wal_dir, seq, self.durable_hs)?;
+        if self.opts.fsync {
+            file.sync_all().map_err(io("fsync", &info.path))?;
+            sync_dir(&self.wal_dir)?;
+        }
+        self.file_len = file.metadata().map_err(io("stat", &info.path))?.len();
+        self.file = file;
+        self.segments.push(info);
+        Ok(())
+    }
+
+    /// Deletes whole segments that hold nothing above `snapshot_index` (never the active one).
+    fn compact(&mut self, snapshot_index: LogIndex) -> Result<(), WalError> {
+        let n = self.segments.len();
+        let mut removed = 0;
+        // Only a prefix may go, so replay always starts at a segment boundary.
+        while removed + 1 < n && self.segments[removed].max_index < snapshot_index {
+            let p = &self.segments[removed].path;
+            fs::remove_file(p).map_err(io("remove compacted segment", p))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.segments.drain(..removed);
+            self.stats.segments_deleted += removed as u64;
+            if self.opts.fsync {
+                sync_dir(&self.wal_dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Storage for Wal {
+    type Error = WalError;
+
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), WalError> {
+        if let Some(s) = &batch.snapshot {
+            // The snapshot file is durable before its marker can be.
+            self.write_snapshot_file(s)?;
+            self.buffered_snapshot = Some(s.meta.index);
+        }
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(&[0u8; RECORD_HEADER]);
+        encode_batch(&mut self.buffer, batch);
+        let len = self.buffer.len() - start - RECORD_HEADER;
+        if len > MAX_RECORD {
+            self.buffer.truncate(start);
+            return Err(WalError::TooLarge(len));
+        }
+        let crc = crc32c::crc32c(&self.buffer[start + RECORD_HEADER..]);
+        self.buffer[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        if let Some(hs) = batch.hard_state {
+            self.buffered_hs = hs;
+        }
+        let max = batch
+            .entries
+            .last()
+            .map(|e| e.index)
+            .into_iter()
+            .chain(batch.snapshot.as_ref().map(|s| s.meta.index))
+            .max()
+            .unwrap_or(0);
+        self.buffer_max_index = self.buffer_max_index.max(max);
+        self.buffered_seq = batch.seq;
+        self.stats.batches += 1;
+        self.stats.entries += batch.entries.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<u64, WalError> {
+        if self.buffer.is_empty() {
+            return Ok(self.durable_seq);
+        }
+        if self.file_len >= self.opts.segment_bytes {
+            self.rotate()?;
+        }
+        let path = self.segments.last().expect("one segment").path.clone();
+        self.file
+            .write_all(&self.buffer)
+            .map_err(io("append to", &path))?;
+        if self.opts.fsync {
+            self.file.sync_data().map_err(io("fsync", &path))?;
+        }
+        self.stats.fsyncs += 1;
+        self.stats.bytes += self.buffer.len() as u64;
+        self.file_len += self.buffer.len() as u64;
+        self.buffer.clear();
+        let seg = self.segments.last_mut().expect("one segment");
+        seg.max_index = seg.max_index.max(self.buffer_max_index);
+        self.buffer_max_index = 0;
+        self.durable_seq = self.buffered_seq;
+        self.durable_hs = self.buffered_hs;
+        if let Some(index) = self.buffered_snapshot.take() {
+            self.compact(index)?;
+            self.remove_old_snapshots()?;
+        }
+        Ok(self.durable_seq)
+    }
+
+    fn recover(&self) -> Result<RecoveredState, WalError> {
+        Ok(scan(&self.wal_dir, &self.snap_dir, false)?.state)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.wal"))
+}
+
+fn create_segment(dir: &Path, seq: u64, hs: HardState) -> Result<(File, SegmentInfo), WalError> {
+    let path = segment_path(dir, seq);
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(SEGMENT_MAGIC);
+    put_u32(&mut buf, VERSION);
+    put_u64(&mut buf, seq);
+    let crc = crc32c::crc32c(&buf);
+    put_u32(&mut buf, crc);
+    // The first record repeats the hard state.
+    let rec_start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER]);
+    encode_batch(
+        &mut buf,
+        &WriteBatch {
+            hard_state: Some(hs),
+            ..Default::default()
+        },
+    );
+    let len = buf.len() - rec_start - RECORD_HEADER;
+    let crc = crc32c::crc32c(&buf[rec_start + RECORD_HEADER..]);
+    buf[rec_start..rec_start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[rec_start + 4..rec_start + 8].copy_from_slice(&crc.to_le_bytes());
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(io("create segment", &path))?;
+    f.write_all(&buf).map_err(io("write", &path))?;
+    Ok((
+        f,
+        SegmentInfo {
+            seq,
+            path,
+            max_index: 0,
+        },
+    ))
+}
+
+// ------------------------------------------------------------------ encoding
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_set(b: &mut Vec<u8>, s: &BTreeSet<u64>) {
+    put_u32(b, s.len() as u32);
+    for id in s {
+        put_u64(b, *id);
+    }
+}
+fn put_membership(b: &mut Vec<u8>, m: &Membership) {
+    put_set(b, &m.voters);
+    put_set(b, &m.outgoing);
+    put_set(b, &m.learners);
+}
+
+const HAS_SNAPSHOT: u8 = 1;
+const HAS_HARD_STATE: u8 = 2;
+
+fn encode_batch(b: &mut Vec<u8>, batch: &WriteBatch) {
+    let mut flags = 0;
+    if batch.snapshot.is_some() {
+        flags |= HAS_SNAPSHOT;
+    }
+    if batch.hard_state.is_some() {
+        flags |= HAS_HARD_STATE;
+    }
+    b.push(flags);
+    if let Some(s) = &batch.snapshot {
+        put_u64(b, s.meta.index);
+        put_u64(b, s.meta.term);
+    }
+    if let Some(hs) = &batch.hard_state {
+        put_u64(b, hs.term);
+        put_u64(b, hs.vote.unwrap_or(0));
+        put_u64(b, hs.commit);
+    }
+    put_u32(b, batch.entries.len() as u32);
+    for e in &batch.entries {
+        put_u64(b, e.index);
+        put_u64(b, e.term);
+        match &e.payload {
+            Payload::Noop => b.push(0),
+            Payload::Command(d) => {
+                b.push(1);
+                put_u32(b, d.len() as u32);
+                b.extend_from_slice(d);
+            }
+            Payload::Config(m) => {
+                b.push(2);
+                put_membership(b, m);
+            }
+        }
+    }
+}
+
+/// A bounds-checked reader over a byte slice.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.b.len() - self.pos < n {
+            return Err(format!(
+                "field of {n} bytes at {} runs past the end ({} bytes)",
+                self.pos,
+                self.b.len()
+            ));
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn set(&mut self) -> Result<BTreeSet<u64>, String> {
+        let n = self.u32()? as usize;
+        if n > (self.b.len() - self.pos) / 8 {
+            return Err(format!("set of {n} ids cannot fit"));
+        }
+        (0..n).map(|_| self.u64()).collect()
+    }
+    fn membership(&mut self) -> Result<Membership, String> {
+        Ok(Membership {
+            voters: self.set()?,
+            outgoing: self.set()?,
+            learners: self.set()?,
+        })
+    }
+}
+
+/// A decoded record: snapshot marker, hard state, entries.
+struct Record {
+    snapshot: Option<(LogIndex, Term)>,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+}
+
+fn decode_batch(b: &[u8]) -> Result<Record, String> {
+    let mut c = Cursor { b, pos: 0 };
+    let flags = c.u8()?;
+    if flags & !(HAS_SNAPSHOT | HAS_HARD_STATE) != 0 {
+        return Err(format!("unknown record flags {flags:#x}"));
+    }
+    let snapshot = if flags & HAS_SNAPSHOT != 0 {
+        Some((c.u64()?, c.u64()?))
+    } else {
+        None
+    };
+    let hard_state = if flags & HAS_HARD_STATE != 0 {
+        let term = c.u64()?;
+        let vote = c.u64()?;
+        let commit = c.u64()?;
+        Some(HardState {
+            term,
+            vote: (vote != 0).then_some(vote),
+            commit,
+        })
+    } else {
+        None
+    };
+    let n = c.u32()? as usize;
+    if n > b.len() / 17 {
+        return Err(format!(
+            "{n} entries cannot fit in a {}-byte record",
+            b.len()
+        ));
+    }
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let index = c.u64()?;
+        let term = c.u64()?;
+        let payload = match c.u8()? {
+            0 => Payload::Noop,
+            1 => {
+                let len = c.u32()? as usize;
+                Payload::Command(c.take(len)?.to_vec())
+            }
+            2 => Payload::Config(c.membership()?),
+            k => return Err(format!("unknown entry kind {k}")),
+        };
+        if let Some(prev) = entries.last() {
+            let prev: &Entry = prev;
+            if index != prev.index + 1 {
+                return Err(format!(
+                    "entries not consecutive ({} then {index})",
+                    prev.index
+                ));
+            }
+        }
+        entries.push(Entry {
+            term,
+            index,
+            payload,
+        });
+    }
+    if c.pos != b.len() {
+        return Err(format!("{} trailing bytes", b.len() - c.pos));
+    }
+    Ok(Record {
+        snapshot,
+        hard_state,
+        entries,
+    })
+}
+
+// ------------------------------------------------------------------ recovery
+
+/// The log as replayed: entries after a base point whose term may be unknown (when the segments
+/// before it were compacted away).
+#[derive(Default)]
+struct Replay {
+    base_index: Option<LogIndex>,
+    base_term: Option<Term>,
+    entries: Vec<Entry>,
+    hard_state: HardState,
+}
+
+impl Replay {
+    fn last_index(&self) -> Option<LogIndex> {
+        self.entries.last().map(|e| e.index).or(self.base_index)
+    }
+
+    fn contains(&self, index: LogIndex, term: Term) -> bool {
+        if self.base_index == Some(index) && self.base_term == Some(term) {
+            return true;
+        }
+        let Some(base) = self.base_index else {
+            return false;
+        };
+        index > base
+            && self
+                .entries
+                .get((index - base - 1) as usize)
+                .is_some_and(|e| e.term == term)
+    }
+
+    fn apply_snapshot(&mut self, index: LogIndex, term: Term) {
+        if self.contains(index, term) {
+            let base = self.base_index.expect("contains implies a base");
+            let drop = ((index - base) as usize).min(self.entries.len());
+            self.entries.drain(..drop);
+        } else {
+            self.entries.clear();
+        }
+        self.base_index = Some(index);
+        self.base_term = Some(term);
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let first_index = first.index;
+        match self.last_index() {
+            None => {
+                self.base_index = Some(first_index - 1);
+                self.base_term = None;
+            }
+            Some(last) if first_index > last + 1 => {
+                return Err(format!(
+                    "entry {first_index} leaves a gap after index {last}"
+                ));
+            }
+            Some(_) => {}
+        }
+        let base = self.base_index.expect("set above");
+        let mut it = entries.into_iter().filter(|e| e.index > base).peekable();
+        if let Some(e) = it.peek() {
+            self.entries.truncate((e.index - base - 1) as usize);
+        }
+        self.entries.extend(it);
+        Ok(())
+    }
+}
+
+struct Scan {
+    state: RecoveredState,
+    segments: Vec<SegmentInfo>,
+    torn: Option<(PathBuf, u64, u64)>,
+    records: usize,
+}
+
+fn list_snapshots(dir: &Path) -> Result<Vec<(LogIndex, Term, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
+        let p = entry.map_err(io("list", dir))?.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(rest) = name
+            .strip_prefix("snap-")
+            .and_then(|r| r.strip_suffix(".snap"))
+        else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let (Some(i), Some(t), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if let (Ok(i), Ok(t)) = (u64::from_str_radix(i, 16), u64::from_str_radix(t, 16)) {
+            out.push((i, t, p));
+        }
+    }
+    Ok(out)
+}
+
+fn read_snapshot(path: &Path) -> Result<Snapshot, WalError> {
+    let mut buf = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(io("read", path))?;
+    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    if buf.len() < 8 + 4 + 16 + 4 || &buf[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt(
+            0,
+            "not a shoal snapshot (bad magic or too short)".into(),
+        ));
+    }
+    let body = &buf[..buf.len() - 4];
+    let stored = u32::from_le_bytes(buf[buf.len() - 4..].try_into().expect("4 bytes"));
+    if crc32c::crc32c(body) != stored {
+        return Err(corrupt(buf.len() - 4, "snapshot checksum mismatch".into()));
+    }
+    let mut c = Cursor { b: body, pos: 8 };
+    let parse = |c: &mut Cursor| -> Result<Snapshot, String> {
+        let version = c.u32()?;
+        if version != VERSION {
+            return Err(format!("unsupported snapshot version {version}"));
+        }
+        let index = c.u64()?;
+        let term = c.u64()?;
+        let membership = c.membership()?;
+        let len = c.u64()? as usize;
+        let data = c.take(len)?.to_vec();
+        if c.pos != c.b.len() {
+            return Err("trailing bytes".into());
+        }
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                membership,
+            },
+            data: Arc::new(data),
+        })
+    };
+    parse(&mut c).map_err(|r| corrupt(c.pos, r))
+}
+
+fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalError> {
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(wal_dir).map_err(io("list", wal_dir))? {
+        let p = entry.map_err(io("list", wal_dir))?.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(hex) = name.strip_suffix(".wal") {
+            if let Ok(seq) = u64::from_str_radix(hex, 16) {
+                seqs.push(seq);
+            }
+        }
+    }
+    seqs.sort_unstable();
+    for w in seqs.windows(2) {
+        if w[1] != w[0] + 1 {
+            return Err(WalError::MissingSegment {
+                dir: wal_dir.to_path_buf(),
+                missing: w[0] + 1,
+                before: w[0],
+                after: w[1],
+            });
+        }
+    }
+    let mut replay = Replay::default();
+    let mut segments = Vec::new();
+    let mut torn = None;
+    let mut records = 0;
+    let nseg = seqs.len();
+    for (k, seq) in seqs.into_iter().enumerate() {
+        let path = segment_path(wal_dir, seq);
+        let is_last = k + 1 == nseg;
+        let mut buf = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut buf))
+            .map_err(io("read", &path))?;
+        let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        if buf.len() < HEADER_LEN {
+            if is_last && allow_torn {
+                // A segment whose header never fully reached the disk: nothing in it was acknowledged.
+                torn = Some((path.clone(), 0, buf.len() as u64));
+                segments.push(SegmentInfo {
+                    seq,
+                    path,
+                    max_index: 0,
+                });
+                break;
+            }
+            return Err(corrupt(0, "segment header is incomplete".into()));
+        }
+        if &buf[..8] != SEGMENT_MAGIC {
+            return Err(corrupt(0, "bad segment magic".into()));
+        }
+        let stored = u32::from_le_bytes(buf[20..24].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&buf[..20]) != stored {
+            return Err(corrupt(0, "segment header checksum mismatch".into()));
+        }
+        let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(corrupt(8, format!("unsupported WAL version {version}")));
+        }
+        let hseq = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes"));
+        if hseq != seq {
+            return Err(corrupt(12, format!("header says segment {hseq:016x}")));
+        }
+        let mut max_index = 0;
+        let mut off = HEADER_LEN;
+        while off < buf.len() {
+            let rest = buf.len() - off;
+            let tail_torn = |reason: &str| -> Option<String> {
+                (is_last && allow_torn).then(|| reason.to_string())
+            };
+            let mut torn_here = None;
+            if rest < RECORD_HEADER {
+                torn_here = tail_torn("partial record header");
+                if torn_here.is_none() {
+                    return Err(corrupt(off, "partial record header".into()));
+                }
+            } else {
+                let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
+                let crc = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4"));
+                if len == 0 && crc == 0 && buf[off..].iter().all(|&b| b == 0) {
+                    torn_here = tail_torn("zeros to the end of the segment");
+                    if torn_here.is_none() {
+                        return Err(corrupt(off, "zeroed record".into()));
+                    }
+                } else if len > MAX_RECORD || len > rest - RECORD_HEADER {
+                    torn_here = tail_torn("record runs past the end of the segment");
+                    if torn_here.is_none() {
+                        return Err(corrupt(
+                            off,
+                            format!("record of {len} bytes runs past the end of the segment"),
+                        ));
+                    }
+                } else {
+                    let payload = &buf[off + RECORD_HEADER..off + RECORD_HEADER + len];
+                    let end = off + RECORD_HEADER + len;
+                    if crc32c::crc32c(payload) != crc {
+                        if end == buf.len() {
+                            torn_here = tail_torn("checksum mismatch in the last record");
+                        }
+                        if torn_here.is_none() {
+                            return Err(corrupt(off, "record checksum mismatch".into()));
+                        }
+                    } else {
+                        let rec = decode_batch(payload).map_err(|r| corrupt(off, r))?;
+                        if let Some((i, t)) = rec.snapshot {
+                            replay.apply_snapshot(i, t);
+                            max_index = max_index.max(i);
+                        }
+                        if let Some(e) = rec.entries.last() {
+                            max_index = max_index.max(e.index);
+                        }
+                        replay
+                            .apply_entries(rec.entries)
+                            .map_err(|r| corrupt(off, r))?;
+                        if let Some(hs) = rec.hard_state {
+                            replay.hard_state = hs;
+                        }
+                        records += 1;
+                        off = end;
+                        continue;
+                    }
+                }
+            }
+            let _ = torn_here;
+            torn = Some((path.clone(), off as u64, (buf.len() - off) as u64));
+            break;
+        }
+        segments.push(SegmentInfo {
+            seq,
+            path,
+            max_index,
+        });
+    }
+
+    // The newest snapshot file is authoritative for everything it covers.
+    let mut snaps = list_snapshots(snap_dir)?;
+    snaps.sort();
+    let snapshot = match snaps.pop() {
+        Some((_, _, p)) => Some(read_snapshot(&p)?),
+        None => None,
+    };
+    if let Some(s) = &snapshot {
+        let (i, t) = (s.meta.index, s.meta.term);
+        if replay.base_index.is_none_or(|b| b < i) || replay.contains(i, t) {
+            replay.apply_snapshot(i, t);
+        }
+    } else if replay.base_index.is_some_and(|b| b > 0) {
+        return Err(WalError::Corrupt {
+            path: wal_dir.to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "the log starts after index {} but no snapshot covers what precedes it",
+                replay.base_index.unwrap_or(0)
+            ),
+        });
+    }
+    let mut hard_state = replay.hard_state;
+    let last = replay.last_index().unwrap_or(0);
+    hard_state.commit = hard_state.commit.min(last);
+    Ok(Scan {
+        state: RecoveredState {
+            hard_state,
+            snapshot,
+            entries: replay.entries,
+        },
+        segments,
+        torn,
+        records,
+    })
+}
