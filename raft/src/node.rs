@@ -129,7 +129,8 @@ pub struct RaftNode {
     // persistence
     pub(crate) durable: LogIndex,
     pub(crate) stage_from: Option<LogIndex>,
-    pub(crate) stage_snapshot: Option<Snapshot>,
+    /// A snapshot to write with the next batch, and whether it replaces the whole log.
+    pub(crate) stage_snapshot: Option<(Snapshot, bool)>,
     pub(crate) persisted_hs: HardState,
     pub(crate) next_seq: u64,
     pub(crate) waiting: VecDeque<Waiting>,
@@ -674,8 +675,9 @@ impl RaftNode {
     /// committed entries, and issues snapshot and read notifications.
     pub(crate) fn flush(&mut self) {
         let mut batch = WriteBatch::default();
-        if let Some(s) = self.stage_snapshot.take() {
+        if let Some((s, reset)) = self.stage_snapshot.take() {
             batch.snapshot = Some(s);
+            batch.reset_log = reset;
         }
         if let Some(from) = self.stage_from.take() {
             let from = from.max(self.log.first_index());

@@ -33,7 +33,8 @@ impl RaftNode {
         self.configs.retain(|(i, _)| *i > index);
         self.snapshot_membership = membership;
         self.snapshot = Some(snap.clone());
-        self.stage_snapshot = Some(snap);
+        let reset = self.stage_snapshot.as_ref().is_some_and(|(_, r)| *r);
+        self.stage_snapshot = Some((snap, reset));
         if let Some(from) = self.stage_from {
             self.stage_from = Some(from.max(index + 1));
         }
@@ -205,12 +206,13 @@ impl RaftNode {
             term,
             ref membership,
         } = snap.meta;
-        if self.log.term(index) == Some(term) {
-            // Our log already has the snapshot's last entry: keep what follows it.
-            self.log.compact_to(index, term);
-        } else {
+        let reset = self.log.term(index) != Some(term);
+        if reset {
             self.log.reset(index, term);
             self.durable = 0;
+        } else {
+            // Our log already has the snapshot's last entry: keep what follows it.
+            self.log.compact_to(index, term);
         }
         self.snapshot_membership = membership.clone();
         self.rebuild_configs();
@@ -221,7 +223,8 @@ impl RaftNode {
         self.applied = self.applied.max(index);
         self.stats.snapshots_installed += 1;
         self.snapshot = Some(snap.clone());
-        self.stage_snapshot = Some(snap.clone());
+        let reset = reset || self.stage_snapshot.as_ref().is_some_and(|(_, r)| *r);
+        self.stage_snapshot = Some((snap.clone(), reset));
         self.effects.push(Effect::InstallSnapshot(snap));
     }
 

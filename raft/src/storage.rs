@@ -9,15 +9,19 @@ use crate::types::{Entry, HardState, LogIndex, Membership, Snapshot, SnapshotMet
 use std::sync::Arc;
 
 /// One ordered unit of durable work. Applying a batch means, in this order: install `snapshot`
-/// (keeping the log after it if the log has the snapshot's last entry, else dropping the whole log),
-/// then write `entries` (removing any existing entry at or after the first one's index), then
-/// record `hard_state`.
+/// (dropping the entries it covers, or the whole log when `reset_log` is set), then write
+/// `entries` (removing any existing entry at or after the first one's index), then record
+/// `hard_state`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     /// Position of this batch in the node's write order (starts at 1, consecutive).
     pub seq: u64,
     /// A snapshot to install (and compact the log to).
     pub snapshot: Option<Snapshot>,
+    /// The snapshot replaces the whole log: the log did not contain the snapshot's last entry
+    /// (a follower far behind, or with a conflicting suffix). Otherwise only the covered prefix
+    /// is dropped and the entries after the snapshot are kept.
+    pub reset_log: bool,
     /// Entries to write; the first one's index truncates any existing suffix.
     pub entries: Vec<Entry>,
     /// The new hard state, if it changed.
@@ -63,15 +67,10 @@ impl RecoveredState {
     /// Applies one batch to this state, as a disk would once the batch is durable.
     pub fn apply(&mut self, batch: &WriteBatch) {
         if let Some(snap) = &batch.snapshot {
-            let keep = self
-                .entries
-                .iter()
-                .position(|e| e.index == snap.meta.index && e.term == snap.meta.term);
-            match keep {
-                Some(pos) => {
-                    self.entries.drain(..=pos);
-                }
-                None => self.entries.clear(),
+            if batch.reset_log {
+                self.entries.clear();
+            } else {
+                self.entries.retain(|e| e.index > snap.meta.index);
             }
             self.snapshot = Some(snap.clone());
         }

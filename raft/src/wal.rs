@@ -468,6 +468,7 @@ fn put_membership(b: &mut Vec<u8>, m: &Membership) {
 
 const HAS_SNAPSHOT: u8 = 1;
 const HAS_HARD_STATE: u8 = 2;
+const RESETS_LOG: u8 = 4;
 
 fn encode_batch(b: &mut Vec<u8>, batch: &WriteBatch) {
     let mut flags = 0;
@@ -476,6 +477,9 @@ fn encode_batch(b: &mut Vec<u8>, batch: &WriteBatch) {
     }
     if batch.hard_state.is_some() {
         flags |= HAS_HARD_STATE;
+    }
+    if batch.snapshot.is_some() && batch.reset_log {
+        flags |= RESETS_LOG;
     }
     b.push(flags);
     if let Some(s) = &batch.snapshot {
@@ -554,9 +558,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A decoded record: snapshot marker, hard state, entries.
+/// A decoded record: snapshot marker (index, term, resets the log), hard state, entries.
 struct Record {
-    snapshot: Option<(LogIndex, Term)>,
+    snapshot: Option<(LogIndex, Term, bool)>,
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
 }
@@ -564,11 +568,11 @@ struct Record {
 fn decode_batch(b: &[u8]) -> Result<Record, String> {
     let mut c = Cursor { b, pos: 0 };
     let flags = c.u8()?;
-    if flags & !(HAS_SNAPSHOT | HAS_HARD_STATE) != 0 {
+    if flags & !(HAS_SNAPSHOT | HAS_HARD_STATE | RESETS_LOG) != 0 {
         return Err(format!("unknown record flags {flags:#x}"));
     }
     let snapshot = if flags & HAS_SNAPSHOT != 0 {
-        Some((c.u64()?, c.u64()?))
+        Some((c.u64()?, c.u64()?, flags & RESETS_LOG != 0))
     } else {
         None
     };
@@ -672,20 +676,40 @@ impl Replay {
         self.base_term = Some(term);
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), String> {
-        let Some(first) = entries.first() else {
-            return Ok(());
-        };
-        let first_index = first.index;
+    /// Applies a record's entries. A gap (entries missing before these) is legitimate only when
+    /// the missing entries lived in segments deleted because a snapshot covers them; it is
+    /// returned as `(last index before the gap, first index after)` for the caller to check.
+    /// A snapshot marker as written: drop the covered prefix, or the whole log on a reset.
+    fn apply_marker(&mut self, index: LogIndex, term: Term, reset: bool) {
+        if reset {
+            self.entries.clear();
+        } else if let Some(base) = self.base_index {
+            if index <= base {
+                if index == base {
+                    self.base_term = Some(term);
+                }
+                return;
+            }
+            let drop = ((index - base) as usize).min(self.entries.len());
+            self.entries.drain(..drop);
+        }
+        self.base_index = Some(index);
+        self.base_term = Some(term);
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Option<(LogIndex, LogIndex)> {
+        let first_index = entries.first()?.index;
+        let mut gap = None;
         match self.last_index() {
             None => {
                 self.base_index = Some(first_index - 1);
                 self.base_term = None;
             }
             Some(last) if first_index > last + 1 => {
-                return Err(format!(
-                    "entry {first_index} leaves a gap after index {last}"
-                ));
+                gap = Some((last, first_index));
+                self.entries.clear();
+                self.base_index = Some(first_index - 1);
+                self.base_term = None;
             }
             Some(_) => {}
         }
@@ -695,7 +719,7 @@ impl Replay {
             self.entries.truncate((e.index - base - 1) as usize);
         }
         self.entries.extend(it);
-        Ok(())
+        gap
     }
 }
 
@@ -802,6 +826,8 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
         }
     }
     let mut replay = Replay::default();
+    // The highest gap seen: (file, offset, last index before it, first index after it).
+    let mut gap: Option<(PathBuf, usize, LogIndex, LogIndex)> = None;
     let mut segments = Vec::new();
     let mut torn = None;
     let mut records = 0;
@@ -887,16 +913,18 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
                         }
                     } else {
                         let rec = decode_batch(payload).map_err(|r| corrupt(off, r))?;
-                        if let Some((i, t)) = rec.snapshot {
-                            replay.apply_snapshot(i, t);
+                        if let Some((i, t, reset)) = rec.snapshot {
+                            replay.apply_marker(i, t, reset);
                             max_index = max_index.max(i);
                         }
                         if let Some(e) = rec.entries.last() {
                             max_index = max_index.max(e.index);
                         }
-                        replay
-                            .apply_entries(rec.entries)
-                            .map_err(|r| corrupt(off, r))?;
+                        if let Some((before, after)) = replay.apply_entries(rec.entries) {
+                            if gap.as_ref().is_none_or(|g| g.3 < after) {
+                                gap = Some((path.clone(), off, before, after));
+                            }
+                        }
                         if let Some(hs) = rec.hard_state {
                             replay.hard_state = hs;
                         }
@@ -924,6 +952,17 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
         Some((_, _, p)) => Some(read_snapshot(&p)?),
         None => None,
     };
+    if let Some((path, offset, before, after)) = gap {
+        if snapshot.as_ref().is_none_or(|s| s.meta.index < after - 1) {
+            return Err(WalError::Corrupt {
+                path,
+                offset: offset as u64,
+                reason: format!(
+                    "entry {after} leaves a gap after index {before} that no snapshot covers"
+                ),
+            });
+        }
+    }
     if let Some(s) = &snapshot {
         let (i, t) = (s.meta.index, s.meta.term);
         if replay.base_index.is_none_or(|b| b < i) || replay.contains(i, t) {

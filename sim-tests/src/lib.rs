@@ -3,3 +3,4 @@
 pub mod linearizability;
 pub mod raft_sim;
 pub mod rng;
+pub mod sim_storage;

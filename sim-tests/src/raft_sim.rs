@@ -10,9 +10,10 @@
 
 use crate::linearizability::{self, CheckResult, OpKind, Operation};
 use crate::rng::Rng;
+use crate::sim_storage::{SimStorage, StorageKind};
 use shoal_raft::{
-    ConfChange, Config, Effect, Entry, LogIndex, MemStorage, Message, NodeId, Payload,
-    ProposeError, RaftNode, ReadMode, RecoveredState, Role, Storage, Term,
+    ConfChange, Config, Effect, Entry, LogIndex, Message, NodeId, Payload, ProposeError, RaftNode,
+    ReadMode, RecoveredState, Role, Term,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -33,6 +34,8 @@ pub struct SimOptions {
     pub recovery_ms: u64,
     /// Print a trace of notable events to stderr.
     pub verbose: bool,
+    /// Storage the nodes use.
+    pub storage: StorageKind,
 }
 
 impl SimOptions {
@@ -43,6 +46,7 @@ impl SimOptions {
             fault_ms: 8_000,
             recovery_ms: 10_000,
             verbose: false,
+            storage: StorageKind::Mem,
         }
     }
 }
@@ -195,7 +199,7 @@ impl Kv {
 
 struct SimNode {
     raft: Option<RaftNode>,
-    storage: MemStorage,
+    storage: SimStorage,
     cfg: Config,
     incarnation: u64,
     kv: Kv,
@@ -357,7 +361,9 @@ impl Sim {
             let mut cfg = base.clone();
             cfg.id = id;
             cfg.seed = opts.seed.wrapping_mul(31).wrapping_add(id);
-            let storage = MemStorage::new(RecoveredState::bootstrap(ids.iter().copied()));
+            let storage =
+                SimStorage::new(opts.storage, RecoveredState::bootstrap(ids.iter().copied()))
+                    .expect("storage for a founding node");
             nodes.insert(id, SimNode::new(cfg, storage));
         }
         let nclients = 2 + rng.below(6);
@@ -428,7 +434,13 @@ impl Sim {
         n.incarnation += 1;
         let mut cfg = n.cfg.clone();
         cfg.seed = cfg.seed.wrapping_add(n.incarnation.wrapping_mul(7919));
-        let state = n.storage.recover().expect("memory storage");
+        let state = match n.storage.recover() {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(format!("node {id} cannot recover its storage: {e}"));
+                return;
+            }
+        };
         match RaftNode::new(cfg, state) {
             Ok(r) => {
                 n.raft = Some(r);
@@ -444,7 +456,7 @@ impl Sim {
     fn crash(&mut self, id: NodeId) {
         let survive = {
             let n = &self.nodes[&id];
-            self.rng.below(n.storage.pending() as u64 + 1) as usize
+            self.rng.below(n.storage.unsynced() + 1)
         };
         let span = if self.rng.chance(0.5) { 60 } else { 500 };
         let restart_in = 10 + self.rng.below(span);
@@ -453,13 +465,16 @@ impl Sim {
             return;
         }
         n.raft = None;
-        n.storage.crash(survive);
+        if let Err(e) = n.storage.crash(survive) {
+            self.fail(format!("node {id} crash: {e}"));
+            return;
+        }
         n.sync_at = None;
         n.snapshot_job = None;
         n.ready_reads.clear();
         n.restart_at = Some(self.now + restart_in);
         self.stats.crashes += 1;
-        self.log(|| format!("crash {id} (kept {survive} unsynced batches)"));
+        self.log(|| format!("crash {id} (kept {survive} unsynced units)"));
         // Clients waiting on this node no longer know the outcome.
         let now = self.now;
         for c in 0..self.clients.len() {
@@ -548,7 +563,10 @@ impl Sim {
             Effect::Persist(b) => {
                 let lat = self.rng.below(self.fault.max_sync_ms);
                 let n = self.nodes.get_mut(&id).expect("node exists");
-                n.storage.write(&b).expect("memory storage");
+                if let Err(e) = n.storage.write(&b) {
+                    self.fail(format!("node {id} storage write: {e}"));
+                    return;
+                }
                 if n.sync_at.is_none() {
                     n.sync_at = Some(self.now + lat);
                 }
@@ -936,10 +954,14 @@ impl Sim {
                 let mut cfg = self.nodes[&leader].cfg.clone();
                 cfg.id = id;
                 cfg.seed = self.opts.seed.wrapping_mul(31).wrapping_add(id);
-                self.nodes.insert(
-                    id,
-                    SimNode::new(cfg, MemStorage::new(RecoveredState::default())),
-                );
+                let storage = match SimStorage::new(self.opts.storage, RecoveredState::default()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.fail(format!("storage for new node {id}: {e}"));
+                        return;
+                    }
+                };
+                self.nodes.insert(id, SimNode::new(cfg, storage));
                 self.start_node(id);
                 vec![ConfChange::AddLearner(id)]
             }
@@ -1012,6 +1034,7 @@ impl Sim {
                 }
                 n.stopped = true;
                 n.raft = None;
+                n.storage.stop();
                 n.restart_at = None;
                 self.log(|| format!("node {id} stopped after its removal committed"));
             }
@@ -1057,7 +1080,13 @@ impl Sim {
             }
             if n.sync_at.is_some_and(|t| t <= now) {
                 n.sync_at = None;
-                let seq = n.storage.sync().expect("memory storage");
+                let seq = match n.storage.sync() {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        self.fail(format!("node {id} storage sync: {e}"));
+                        return;
+                    }
+                };
                 if seq > 0 {
                     n.raft.as_mut().expect("running").on_persisted(seq);
                 }
@@ -1254,7 +1283,7 @@ impl Sim {
                     format!(
                         "node {id} (stopped {}, unsynced {}, sync_at {:?}): {state:?}",
                         n.stopped,
-                        n.storage.pending(),
+                        n.storage.unsynced(),
                         n.sync_at
                     )
                 });
@@ -1324,7 +1353,7 @@ impl Sim {
 }
 
 impl SimNode {
-    fn new(cfg: Config, storage: MemStorage) -> SimNode {
+    fn new(cfg: Config, storage: SimStorage) -> SimNode {
         SimNode {
             raft: None,
             storage,

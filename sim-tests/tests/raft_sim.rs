@@ -1,7 +1,9 @@
 //! Runs the randomized Raft simulation over many seeds as part of the test suite.
-//! `SHOAL_SIM_SEEDS` (default 300) and `SHOAL_SIM_START` (default 0) choose the seeds.
+//! `SHOAL_SIM_SEEDS` (default 300), `SHOAL_SIM_WAL_SEEDS` (default 50, on the real WAL) and
+//! `SHOAL_SIM_START` (default 0) choose the seeds.
 
 use shoal_sim::raft_sim::{run, SimOptions};
+use shoal_sim::sim_storage::StorageKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -36,6 +38,23 @@ fn raft_simulation_seeds_are_safe_linearizable_and_live() {
         }
     });
     let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn raft_simulation_on_the_real_wal() {
+    let seeds = env_u64("SHOAL_SIM_WAL_SEEDS", 50);
+    let start = env_u64("SHOAL_SIM_START", 0);
+    let mut failures = Vec::new();
+    for seed in start..start + seeds {
+        let mut opts = SimOptions::new(seed);
+        opts.storage = StorageKind::Wal;
+        if let Some(f) = run(opts).failure {
+            failures.push(format!(
+                "seed {seed} FAILED: {f} (replay: cargo run --release -p shoal-sim --bin raft-sim -- --seed {seed} --storage wal -v)"
+            ));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -4,6 +4,7 @@
 
 use shoal_sim::linearizability::write_history;
 use shoal_sim::raft_sim::{run, SimOptions, SimOutcome};
+use shoal_sim::sim_storage::StorageKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -13,11 +14,12 @@ struct Args {
     history: Option<String>,
     jobs: usize,
     verbose: bool,
+    storage: StorageKind,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: raft-sim --seeds N [--start S] [--jobs J] [-v]\n       raft-sim --seed S [--history FILE] [-v]"
+        "usage: raft-sim --seeds N [--start S] [--jobs J] [--storage mem|wal] [-v]\n       raft-sim --seed S [--history FILE] [--storage mem|wal] [-v]"
     );
     std::process::exit(2)
 }
@@ -29,6 +31,7 @@ fn parse() -> Args {
         history: None,
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         verbose: false,
+        storage: StorageKind::Mem,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> u64 {
@@ -51,6 +54,16 @@ fn parse() -> Args {
             "--jobs" => a.jobs = num(it.next(), "--jobs").max(1) as usize,
             "--history" => a.history = Some(it.next().unwrap_or_else(|| usage())),
             "-v" | "--verbose" => a.verbose = true,
+            "--storage" => {
+                a.storage = match it.next().as_deref() {
+                    Some("mem") => StorageKind::Mem,
+                    Some("wal") => StorageKind::Wal,
+                    _ => {
+                        eprintln!("raft-sim: --storage takes mem or wal");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("raft-sim: unknown argument {other:?}");
@@ -75,10 +88,15 @@ fn main() {
                 }
                 let mut opts = SimOptions::new(seed);
                 opts.verbose = args.verbose;
+                opts.storage = args.storage;
                 let out = run(opts);
                 if let Some(f) = &out.failure {
+                    let storage = match args.storage {
+                        StorageKind::Mem => "",
+                        StorageKind::Wal => " --storage wal",
+                    };
                     println!(
-                        "seed {seed} FAILED: {f} (replay: cargo run --release -p shoal-sim --bin raft-sim -- --seed {seed} -v)"
+                        "seed {seed} FAILED: {f} (replay: cargo run --release -p shoal-sim --bin raft-sim -- --seed {seed}{storage} -v)"
                     );
                 }
                 results.lock().expect("no poisoning").push(out);
