@@ -86,6 +86,11 @@ impl RaftLog {
         self.entries.extend_from_slice(entries);
     }
 
+    /// Makes room for `n` more entries.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
+    }
+
     /// Appends one entry at the end.
     pub(crate) fn push(&mut self, entry: Entry) {
         debug_assert_eq!(entry.index, self.last_index() + 1);

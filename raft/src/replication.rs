@@ -15,6 +15,42 @@ impl RaftNode {
         Ok(p)
     }
 
+    /// Proposes several commands at once: they take consecutive indices from the returned one
+    /// and travel in as few messages as the batching bounds allow. All or nothing.
+    pub fn propose_batch(&mut self, data: Vec<Vec<u8>>) -> Result<Proposal, ProposeError> {
+        let n = data.len();
+        let bytes: usize = data.iter().map(Vec::len).sum();
+        self.check_can_propose(bytes)?;
+        if n > 1 && self.uncommitted_entries + n > self.cfg.max_uncommitted_entries {
+            return Err(ProposeError::Busy {
+                entries: self.uncommitted_entries,
+                bytes: self.uncommitted_bytes,
+            });
+        }
+        let first = Proposal {
+            index: self.log.last_index() + 1,
+            term: self.term,
+        };
+        self.log.reserve(n);
+        for d in data {
+            let entry = Entry {
+                term: self.term,
+                index: self.log.last_index() + 1,
+                payload: Payload::Command(d),
+            };
+            self.uncommitted_entries += 1;
+            self.uncommitted_bytes += entry.payload.size();
+            self.log.push(entry);
+        }
+        if n > 0 {
+            self.stage_entries(first.index);
+            self.maybe_commit();
+            self.broadcast_append(false);
+        }
+        self.flush();
+        Ok(first)
+    }
+
     pub(crate) fn check_can_propose(&self, size: usize) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
