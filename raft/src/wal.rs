@@ -7,7 +7,9 @@
 //!   [`WriteBatch`], so a batch is recovered whole or not at all. Every segment's first record
 //!   repeats the hard state, so deleting old segments never loses it.
 //! - `snap/snap-<index:016x>-<term:016x>.snap`: snapshots, written to a `.tmp` file, fsynced,
-//!   renamed, and the directory fsynced; a `.tmp` left by a crash is ignored and removed.
+//!   renamed, and the directory fsynced, before the record carrying their marker; a `.tmp` left
+//!   by a crash is ignored and removed. The snapshot in use is the one the last durable marker
+//!   names; a newer file (its batch was lost in a crash) is ignored and removed too.
 //!
 //! Replay semantics are those of [`RecoveredState::apply`]: an entry at index `i` replaces every
 //! entry from `i` on (conflict truncation never rewrites a segment); a snapshot marker drops the
@@ -15,9 +17,9 @@
 //! snapshot is durable, segments holding only entries below it are deleted whole.
 //!
 //! Recovery: a torn tail (a partial last record, or a last record whose checksum fails, or zeros
-//! to the end of the last segment) is truncated and reported in [`Recovery::torn_tail`]; a bad
-//! record anywhere else, a missing segment or an unreadable header is an error naming the file and
-//! offset. Nothing is dropped silently.
+//! to the end of the last segment, also right after a record header) is truncated and reported
+//! in [`Recovery::torn_tail`]; a bad record anywhere else, a missing segment or an unreadable
+//! header is an error naming the file and offset. Nothing is dropped silently.
 
 use crate::storage::{RecoveredState, Storage, WriteBatch};
 use crate::types::{Entry, HardState, LogIndex, Membership, Payload, Snapshot, SnapshotMeta, Term};
@@ -109,7 +111,9 @@ impl Default for WalOptions {
 pub struct Recovery {
     /// A torn tail that was truncated: (segment file, offset, bytes removed).
     pub torn_tail: Option<(PathBuf, u64, u64)>,
-    /// Half-written snapshot files that were ignored and removed.
+    /// Half-written snapshot files that were ignored and removed: `.tmp` files, and snapshot
+    /// files newer than the last durable snapshot marker (written, but their batch never became
+    /// durable).
     pub removed_temp_files: Vec<PathBuf>,
     /// Segments replayed.
     pub segments: usize,
@@ -180,6 +184,31 @@ impl Wal {
             }
         }
         let mut scan = scan(&wal_dir, &snap_dir, true)?;
+        let snaps = list_snapshots(&snap_dir)?;
+        if scan.records == 0 && !snaps.is_empty() {
+            // Snapshot files are only written through an opened log, whose first segment and
+            // record are durable by then: the log itself is gone. Starting empty would forget
+            // the term and vote, and the orphan clean-up below would delete the snapshots.
+            return Err(WalError::Corrupt {
+                path: wal_dir,
+                offset: 0,
+                reason: "snapshot files exist but the log has no record".into(),
+            });
+        }
+        // A snapshot file is written before its batch's record: one newer than the last durable
+        // marker belongs to a batch lost in a crash. Remove it, so that it can never be taken
+        // for the current snapshot nor make `keep_snapshots` delete the one in use.
+        let mut orphans = false;
+        for (i, t, p) in snaps {
+            if scan.marker.is_none_or(|m| (i, t) > m) {
+                fs::remove_file(&p).map_err(io("remove orphaned snapshot", &p))?;
+                recovery.removed_temp_files.push(p);
+                orphans = true;
+            }
+        }
+        if orphans {
+            sync_dir(&snap_dir)?;
+        }
         recovery.torn_tail = scan.torn.clone();
         recovery.segments = scan.segments.len();
         recovery.records = scan.records;
@@ -204,8 +233,10 @@ impl Wal {
         let hs = scan.state.hard_state;
         let seq = scan.segments.last().map_or(1, |s| s.seq + 1);
         let (file, info) = create_segment(&wal_dir, seq, hs)?;
-        file.sync_all().map_err(io("fsync", &info.path))?;
-        sync_dir(&wal_dir)?;
+        if opts.fsync {
+            file.sync_all().map_err(io("fsync", &info.path))?;
+            sync_dir(&wal_dir)?;
+        }
         let file_len = file.metadata().map_err(io("stat", &info.path))?.len();
         let mut segments = scan.segments;
         segments.push(info);
@@ -265,9 +296,10 @@ impl Wal {
     }
 
     fn write_snapshot_file(&self, snap: &Snapshot) -> Result<(), WalError> {
-        let name = format!("snap-{:016x}-{:016x}", snap.meta.index, snap.meta.term);
-        let tmp = self.snap_dir.join(format!("{name}.tmp"));
-        let fin = self.snap_dir.join(format!("{name}.snap"));
+        let fin = self
+            .snap_dir
+            .join(snapshot_file_name(snap.meta.index, snap.meta.term));
+        let tmp = fin.with_extension("tmp");
         let mut buf = Vec::with_capacity(snap.data.len() + 64);
         buf.extend_from_slice(SNAPSHOT_MAGIC);
         put_u32(&mut buf, VERSION);
@@ -329,11 +361,6 @@ impl Storage for Wal {
     type Error = WalError;
 
     fn write(&mut self, batch: &WriteBatch) -> Result<(), WalError> {
-        if let Some(s) = &batch.snapshot {
-            // The snapshot file is durable before its marker can be.
-            self.write_snapshot_file(s)?;
-            self.buffered_snapshot = Some(s.meta.index);
-        }
         let start = self.buffer.len();
         self.buffer.extend_from_slice(&[0u8; RECORD_HEADER]);
         encode_batch(&mut self.buffer, batch);
@@ -341,6 +368,14 @@ impl Storage for Wal {
         if len > MAX_RECORD {
             self.buffer.truncate(start);
             return Err(WalError::TooLarge(len));
+        }
+        if let Some(s) = &batch.snapshot {
+            // The snapshot file is durable before its marker (still only buffered) can be.
+            if let Err(e) = self.write_snapshot_file(s) {
+                self.buffer.truncate(start);
+                return Err(e);
+            }
+            self.buffered_snapshot = Some(s.meta.index);
         }
         let crc = crc32c::crc32c(&self.buffer[start + RECORD_HEADER..]);
         self.buffer[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -402,6 +437,10 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync directory", dir))
+}
+
+fn snapshot_file_name(index: LogIndex, term: Term) -> String {
+    format!("snap-{index:016x}-{term:016x}.snap")
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -725,6 +764,8 @@ impl Replay {
 
 struct Scan {
     state: RecoveredState,
+    /// The last snapshot marker replayed: it names the snapshot file in use.
+    marker: Option<(LogIndex, Term)>,
     segments: Vec<SegmentInfo>,
     torn: Option<(PathBuf, u64, u64)>,
     records: usize,
@@ -831,6 +872,7 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
     let mut segments = Vec::new();
     let mut torn = None;
     let mut records = 0;
+    let mut marker = None;
     let nseg = seqs.len();
     for (k, seq) in seqs.into_iter().enumerate() {
         let path = segment_path(wal_dir, seq);
@@ -905,7 +947,9 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
                     let payload = &buf[off + RECORD_HEADER..off + RECORD_HEADER + len];
                     let end = off + RECORD_HEADER + len;
                     if crc32c::crc32c(payload) != crc {
-                        if end == buf.len() {
+                        // Also the last record when only zeros follow its header: a write whose
+                        // tail never landed (zero-filled) can shorten the length it starts with.
+                        if end == buf.len() || buf[off + RECORD_HEADER..].iter().all(|&b| b == 0) {
                             torn_here = tail_torn("checksum mismatch in the last record");
                         }
                         if torn_here.is_none() {
@@ -915,6 +959,7 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
                         let rec = decode_batch(payload).map_err(|r| corrupt(off, r))?;
                         if let Some((i, t, reset)) = rec.snapshot {
                             replay.apply_marker(i, t, reset);
+                            marker = Some((i, t));
                             max_index = max_index.max(i);
                         }
                         if let Some(e) = rec.entries.last() {
@@ -945,11 +990,31 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
         });
     }
 
-    // The newest snapshot file is authoritative for everything it covers.
-    let mut snaps = list_snapshots(snap_dir)?;
-    snaps.sort();
-    let snapshot = match snaps.pop() {
-        Some((_, _, p)) => Some(read_snapshot(&p)?),
+    // The snapshot in use is the one the last durable marker names. A newer file belongs to a
+    // batch that never became durable (its file is written before its record is synced).
+    let snapshot = match marker {
+        Some((i, t)) => {
+            let p = snap_dir.join(snapshot_file_name(i, t));
+            if !p.exists() {
+                return Err(WalError::Corrupt {
+                    path: p,
+                    offset: 0,
+                    reason: "the snapshot file named by the last snapshot marker is missing".into(),
+                });
+            }
+            let s = read_snapshot(&p)?;
+            if (s.meta.index, s.meta.term) != (i, t) {
+                return Err(WalError::Corrupt {
+                    path: p,
+                    offset: 0,
+                    reason: format!(
+                        "holds snapshot {}/{} instead of {i}/{t}",
+                        s.meta.index, s.meta.term
+                    ),
+                });
+            }
+            Some(s)
+        }
         None => None,
     };
     if let Some((path, offset, before, after)) = gap {
@@ -968,7 +1033,9 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
         if replay.base_index.is_none_or(|b| b < i) || replay.contains(i, t) {
             replay.apply_snapshot(i, t);
         }
-    } else if replay.base_index.is_some_and(|b| b > 0) {
+    }
+    let covered = snapshot.as_ref().map_or(0, |s| s.meta.index);
+    if replay.base_index.is_some_and(|b| b > covered) {
         return Err(WalError::Corrupt {
             path: wal_dir.to_path_buf(),
             offset: 0,
@@ -987,6 +1054,7 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
             snapshot,
             entries: replay.entries,
         },
+        marker,
         segments,
         torn,
         records,

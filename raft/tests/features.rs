@@ -1837,3 +1837,29 @@ fn random_garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_batch_of_proposals_takes_consecutive_indices_and_commits_in_order() {
+    let mut c = Cluster::with_config(&[1, 2, 3], |cfg| cfg.max_uncommitted_entries = 8);
+    c.elect(1);
+    let batch: Vec<Vec<u8>> = (0..5).map(cmd).collect();
+    let first = c.node_mut(1).propose_batch(batch.clone()).unwrap();
+    assert_eq!(c.node(1).last_index(), first.index + 4);
+    settle(&mut c);
+    for id in [1, 2, 3] {
+        assert_eq!(c.applied_commands(id), batch, "node {id}");
+    }
+    // A follower refuses with the leader's id; a batch beyond the uncommitted bound is refused whole.
+    assert!(matches!(
+        c.node_mut(2).propose_batch(vec![cmd(9)]),
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    ));
+    c.isolate(2);
+    c.isolate(3);
+    let last = c.node(1).last_index();
+    assert!(matches!(
+        c.node_mut(1).propose_batch((0..9).map(cmd).collect()),
+        Err(ProposeError::Busy { .. })
+    ));
+    assert_eq!(c.node(1).last_index(), last, "nothing was appended");
+}
