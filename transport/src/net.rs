@@ -1,0 +1,1027 @@
+//! Typed channels over one quinn endpoint per node.
+//!
+//! - **Raft**: one long-lived unidirectional stream per peer, so messages stay ordered and are
+//!   pipelined.
+//! - **Snapshots**: a second unidirectional stream per peer with its own queue and task, so a
+//!   large transfer never delays Raft heartbeats.
+//! - **Gossip**: QUIC datagrams on the same authenticated connection (unreliable, like SWIM's UDP).
+//! - **Requests**: a bidirectional stream per call (joins and control calls).
+//!
+//! Each peer has its own connection manager (connect with jittered exponential backoff, reconnect
+//! when the connection is lost) and bounded queues: sending never waits, so an unreachable peer
+//! never blocks sends to the others; what does not fit is dropped and counted. Peers unused for
+//! the idle timeout are closed, and at most `max_peers` are kept (least recently used evicted).
+//! Every inbound frame is size-checked before allocation and decoded by [`crate::frame`]; bad
+//! input is dropped and counted in [`WireStats`], never a panic.
+
+use crate::frame::{self, Envelope, FrameError, Kind, ReadError};
+use crate::pki::{self, ClusterId, Denylist, NodeCertificate, NodeId};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+/// Largest request accepted from a node that has no certificate (a join request is a few KiB).
+pub const MAX_UNAUTHENTICATED_REQUEST: usize = 64 << 10;
+
+/// Tunables of the transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Largest Raft or request frame accepted.
+    pub max_frame: usize,
+    /// Largest snapshot chunk frame accepted.
+    pub max_snapshot_frame: usize,
+    /// Outbound Raft messages buffered per peer while it is slow or unreachable.
+    pub raft_queue: usize,
+    /// Outbound snapshot chunks buffered per peer.
+    pub snapshot_queue: usize,
+    /// Inbound messages buffered per channel before streams are back-pressured.
+    pub inbound_queue: usize,
+    /// Peers with an open connection kept at most (least recently used evicted).
+    pub max_peers: usize,
+    /// A peer unused for this long is disconnected.
+    pub idle_timeout: Duration,
+    /// First reconnect delay; doubles up to `backoff_max`, with jitter.
+    pub backoff_base: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Time allowed for a request and its response.
+    pub request_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            max_snapshot_frame: 64 << 20,
+            raft_queue: 4096,
+            snapshot_queue: 16,
+            inbound_queue: 4096,
+            max_peers: 256,
+            idle_timeout: Duration::from_secs(60),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of what crossed the transport and what was refused.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    /// Frames and datagrams sent.
+    pub sent: AtomicU64,
+    /// Frames and datagrams delivered to a channel.
+    pub received: AtomicU64,
+    /// Inbound frames over the size limit.
+    pub oversized: AtomicU64,
+    /// Inbound frames cut short.
+    pub truncated: AtomicU64,
+    /// Inbound envelopes of an unknown version.
+    pub unknown_version: AtomicU64,
+    /// Inbound envelopes of an unknown kind (or a kind not allowed on that path).
+    pub unknown_kind: AtomicU64,
+    /// Inbound envelopes that do not decode.
+    pub malformed: AtomicU64,
+    /// Messages from peers without a certificate on a channel that needs one.
+    pub unauthenticated: AtomicU64,
+    /// Outbound messages dropped because the peer's queue was full.
+    pub queue_full: AtomicU64,
+    /// Datagrams dropped because the peer was not connected (or too large).
+    pub datagrams_dropped: AtomicU64,
+    /// Inbound messages dropped because the local channel was full or closed.
+    pub inbound_dropped: AtomicU64,
+    /// Connections established (outbound).
+    pub connects: AtomicU64,
+    /// Connection attempts that failed.
+    pub connect_failures: AtomicU64,
+}
+
+impl WireStats {
+    fn count_frame_error(&self, e: &FrameError) {
+        let c = match e {
+            FrameError::TooLarge { .. } => &self.oversized,
+            FrameError::Truncated { .. } => &self.truncated,
+            FrameError::UnknownVersion(_) => &self.unknown_version,
+            FrameError::UnknownKind(_) => &self.unknown_kind,
+            FrameError::Malformed(_) => &self.malformed,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Total inbound input refused for any reason.
+    pub fn rejected(&self) -> u64 {
+        [
+            &self.oversized,
+            &self.truncated,
+            &self.unknown_version,
+            &self.unknown_kind,
+            &self.malformed,
+            &self.unauthenticated,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// No address is known for the peer.
+    #[error("no address known for node {0:016x}")]
+    UnknownPeer(NodeId),
+    /// The peer could not be reached in time.
+    #[error("node {0:016x} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    /// Connecting failed.
+    #[error("connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The request timed out.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The stream failed.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The peer answered with invalid bytes.
+    #[error("bad response: {0}")]
+    BadResponse(String),
+}
+
+/// A request received on the request channel; answer it with [`IncomingRequest::respond`].
+#[derive(Debug)]
+pub struct IncomingRequest {
+    /// The authenticated sender, or `None` for a node that has no certificate yet (joining).
+    pub from: Option<NodeCertificate>,
+    /// The sender's address.
+    pub remote: SocketAddr,
+    /// The request payload.
+    pub body: Vec<u8>,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
+impl IncomingRequest {
+    /// Sends the response (dropping the request without responding closes the stream).
+    pub fn respond(self, body: Vec<u8>) {
+        let _ = self.reply.send(body);
+    }
+}
+
+/// The receiving ends of the transport's channels.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Raft messages, in order per peer.
+    pub raft: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    /// Snapshot chunks, in order per peer.
+    pub snapshot: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    /// Gossip datagrams.
+    pub gossip: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    /// Requests (joins, control calls).
+    pub requests: mpsc::Receiver<IncomingRequest>,
+}
+
+struct InboundTx {
+    raft: mpsc::Sender<(NodeId, Vec<u8>)>,
+    snapshot: mpsc::Sender<(NodeId, Vec<u8>)>,
+    gossip: mpsc::Sender<(NodeId, Vec<u8>)>,
+    requests: mpsc::Sender<IncomingRequest>,
+}
+
+struct Peer {
+    raft: mpsc::Sender<Vec<u8>>,
+    snapshot: mpsc::Sender<Vec<u8>>,
+    conn: watch::Receiver<Option<quinn::Connection>>,
+    reconnect: Arc<Notify>,
+    last_used: Arc<AtomicU64>,
+    shutdown: Arc<Notify>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    cluster_id: ClusterId,
+    local_id: NodeId,
+    cfg: TransportConfig,
+    stats: Arc<WireStats>,
+    denylist: Denylist,
+    addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    peers: Mutex<BTreeMap<NodeId, Peer>>,
+    inbound_conns: Mutex<BTreeMap<NodeId, Vec<quinn::Connection>>>,
+    tx: InboundTx,
+    started: Instant,
+}
+
+/// A node's transport: one quinn endpoint, typed channels to every peer.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("local_id", &self.inner.local_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+impl Transport {
+    /// Starts the transport on `endpoint` (built on a real or simulated socket, with the node's
+    /// server configuration). `client_config` authenticates this node to its peers.
+    pub fn start(
+        endpoint: quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        local_id: NodeId,
+        cluster_id: ClusterId,
+        denylist: Denylist,
+        cfg: TransportConfig,
+    ) -> (Transport, Inbound) {
+        let q = cfg.inbound_queue.max(1);
+        let (raft_tx, raft) = mpsc::channel(q);
+        let (snap_tx, snapshot) = mpsc::channel(q);
+        let (gossip_tx, gossip) = mpsc::channel(q);
+        let (req_tx, requests) = mpsc::channel(q);
+        let inner = Arc::new(Inner {
+            endpoint,
+            client_config,
+            cluster_id,
+            local_id,
+            cfg,
+            stats: Arc::new(WireStats::default()),
+            denylist,
+            addrs: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
+            inbound_conns: Mutex::new(BTreeMap::new()),
+            tx: InboundTx {
+                raft: raft_tx,
+                snapshot: snap_tx,
+                gossip: gossip_tx,
+                requests: req_tx,
+            },
+            started: Instant::now(),
+        });
+        let t = Transport { inner };
+        tokio::spawn(accept_loop(
+            Arc::downgrade(&t.inner),
+            t.inner.endpoint.clone(),
+        ));
+        (
+            t,
+            Inbound {
+                raft,
+                snapshot,
+                gossip,
+                requests,
+            },
+        )
+    }
+
+    /// This node's id.
+    pub fn local_id(&self) -> NodeId {
+        self.inner.local_id
+    }
+
+    /// The endpoint's local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &WireStats {
+        &self.inner.stats
+    }
+
+    /// Records (or changes) a peer's address. A changed address reconnects.
+    pub fn set_peer_addr(&self, peer: NodeId, addr: SocketAddr) {
+        let changed = self
+            .inner
+            .addrs
+            .lock()
+            .expect("addrs lock")
+            .insert(peer, addr)
+            .is_some_and(|old| old != addr);
+        if changed {
+            if let Some(p) = self.inner.peers.lock().expect("peers lock").get(&peer) {
+                p.reconnect.notify_one();
+            }
+        }
+    }
+
+    /// Denies a node: its certificate is refused from now on and its connections are closed.
+    pub fn deny(&self, node: NodeId) {
+        self.inner.denylist.deny(node);
+        if let Some(p) = self.inner.peers.lock().expect("peers lock").remove(&node) {
+            p.shutdown.notify_one();
+        }
+        if let Some(conns) = self
+            .inner
+            .inbound_conns
+            .lock()
+            .expect("conns lock")
+            .remove(&node)
+        {
+            for c in conns {
+                c.close(1u32.into(), b"denied");
+            }
+        }
+    }
+
+    /// Queues a Raft message for `peer`. Never waits: if the peer's queue is full the message is
+    /// dropped and counted (Raft retransmits).
+    pub fn send_raft(&self, peer: NodeId, body: Vec<u8>) -> bool {
+        self.enqueue(peer, body, false)
+    }
+
+    /// Queues a snapshot chunk for `peer` on its own stream. Never waits.
+    pub fn send_snapshot(&self, peer: NodeId, body: Vec<u8>) -> bool {
+        self.enqueue(peer, body, true)
+    }
+
+    fn enqueue(&self, peer: NodeId, body: Vec<u8>, snapshot: bool) -> bool {
+        let Some((tx, last_used)) = self.with_peer(peer, |p| {
+            (
+                if snapshot {
+                    p.snapshot.clone()
+                } else {
+                    p.raft.clone()
+                },
+                p.last_used.clone(),
+            )
+        }) else {
+            self.inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        last_used.store(now_ms(self.inner.started), Ordering::Relaxed);
+        match tx.try_send(body) {
+            Ok(()) => true,
+            Err(_) => {
+                self.inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Sends a gossip datagram to `peer` if it is connected (unreliable by design); otherwise
+    /// drops it, counts it and starts connecting so later datagrams get through.
+    pub fn send_gossip(&self, peer: NodeId, body: &[u8]) -> bool {
+        let Some((conn, last_used)) =
+            self.with_peer(peer, |p| (p.conn.borrow().clone(), p.last_used.clone()))
+        else {
+            self.inner
+                .stats
+                .datagrams_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        last_used.store(now_ms(self.inner.started), Ordering::Relaxed);
+        let env = frame::encode(Kind::Gossip, body);
+        match conn {
+            Some(c) if c.close_reason().is_none() => match c.send_datagram(Bytes::from(env)) {
+                Ok(()) => {
+                    self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(_) => {
+                    self.inner
+                        .stats
+                        .datagrams_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            },
+            _ => {
+                self.inner
+                    .stats
+                    .datagrams_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Sends a request to an authenticated peer and waits for its response.
+    pub async fn request(&self, peer: NodeId, body: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let timeout = self.inner.cfg.request_timeout;
+        let mut conn_rx = self
+            .with_peer(peer, |p| {
+                p.last_used
+                    .store(now_ms(self.inner.started), Ordering::Relaxed);
+                p.conn.clone()
+            })
+            .ok_or(TransportError::UnknownPeer(peer))?;
+        let max = self.inner.cfg.max_frame;
+        let fut = async move {
+            let conn = loop {
+                if let Some(c) = conn_rx.borrow_and_update().clone() {
+                    if c.close_reason().is_none() {
+                        break c;
+                    }
+                }
+                if conn_rx.changed().await.is_err() {
+                    return Err(TransportError::Unreachable(peer, "peer removed".into()));
+                }
+            };
+            call(&conn, body, max).await
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))?
+    }
+
+    /// Sends one request over a fresh connection made with `client_config` to `addr`, expecting
+    /// the server to present `server_name`. Used by a node that joins (it has no certificate yet).
+    pub async fn request_once(
+        endpoint: &quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let fut = async {
+            let connecting = endpoint
+                .connect_with(client_config, addr, server_name)
+                .map_err(|e| TransportError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+            let conn = connecting.await.map_err(|e| TransportError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+            let r = call(&conn, body, frame::DEFAULT_MAX_FRAME).await;
+            conn.close(0u32.into(), b"done");
+            r
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))?
+    }
+
+    /// Runs `f` on the peer's entry, creating it (and its tasks) if needed.
+    fn with_peer<R>(&self, peer: NodeId, f: impl FnOnce(&Peer) -> R) -> Option<R> {
+        if peer == self.inner.local_id || self.inner.denylist.is_denied(peer) {
+            return None;
+        }
+        let mut peers = self.inner.peers.lock().expect("peers lock");
+        if !peers.contains_key(&peer) {
+            if !self
+                .inner
+                .addrs
+                .lock()
+                .expect("addrs lock")
+                .contains_key(&peer)
+            {
+                return None;
+            }
+            if peers.len() >= self.inner.cfg.max_peers {
+                // Evict the least recently used peer.
+                if let Some((&victim, _)) = peers
+                    .iter()
+                    .min_by_key(|(_, p)| p.last_used.load(Ordering::Relaxed))
+                {
+                    if let Some(p) = peers.remove(&victim) {
+                        p.shutdown.notify_one();
+                    }
+                }
+            }
+            let p = spawn_peer(&self.inner, peer);
+            peers.insert(peer, p);
+        }
+        peers.get(&peer).map(f)
+    }
+}
+
+/// Request/response on a new bidirectional stream of `conn`.
+async fn call(
+    conn: &quinn::Connection,
+    body: &[u8],
+    max: usize,
+) -> Result<Vec<u8>, TransportError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    let mut buf = Vec::with_capacity(body.len() + 16);
+    frame::write_frame(&mut buf, Kind::Request, body);
+    send.write_all(&buf)
+        .await
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    let _ = send.finish();
+    match frame::read_frame(&mut recv, max).await {
+        Ok(Some(Envelope {
+            kind: Kind::Response,
+            body,
+        })) => Ok(body),
+        Ok(Some(e)) => Err(TransportError::BadResponse(format!(
+            "expected a response, got {:?}",
+            e.kind
+        ))),
+        Ok(None) => Err(TransportError::BadResponse(
+            "stream closed without a response".into(),
+        )),
+        Err(e) => Err(TransportError::BadResponse(e.to_string())),
+    }
+}
+
+fn spawn_peer(inner: &Arc<Inner>, peer: NodeId) -> Peer {
+    let (raft_tx, raft_rx) = mpsc::channel(inner.cfg.raft_queue.max(1));
+    let (snap_tx, snap_rx) = mpsc::channel(inner.cfg.snapshot_queue.max(1));
+    let (conn_tx, conn_rx) = watch::channel(None);
+    let reconnect = Arc::new(Notify::new());
+    let shutdown = Arc::new(Notify::new());
+    let last_used = Arc::new(AtomicU64::new(now_ms(inner.started)));
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(connection_manager(
+        weak.clone(),
+        peer,
+        conn_tx,
+        reconnect.clone(),
+        shutdown.clone(),
+        last_used.clone(),
+    ));
+    tokio::spawn(stream_sender(
+        weak.clone(),
+        Kind::Raft,
+        raft_rx,
+        conn_rx.clone(),
+        reconnect.clone(),
+    ));
+    tokio::spawn(stream_sender(
+        weak,
+        Kind::Snapshot,
+        snap_rx,
+        conn_rx.clone(),
+        reconnect.clone(),
+    ));
+    Peer {
+        raft: raft_tx,
+        snapshot: snap_tx,
+        conn: conn_rx,
+        reconnect,
+        last_used,
+        shutdown,
+    }
+}
+
+/// Keeps one connection to `peer` alive: connects with jittered exponential backoff, publishes
+/// the connection, reconnects when it closes or a sender asks, and ends when the peer has been
+/// idle too long or is removed.
+async fn connection_manager(
+    inner: std::sync::Weak<Inner>,
+    peer: NodeId,
+    conn_tx: watch::Sender<Option<quinn::Connection>>,
+    reconnect: Arc<Notify>,
+    shutdown: Arc<Notify>,
+    last_used: Arc<AtomicU64>,
+) {
+    let mut backoff = None::<Duration>;
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let addr = i.addrs.lock().expect("addrs lock").get(&peer).copied();
+        let (cfg, started) = (i.cfg.clone(), i.started);
+        let attempt = match addr {
+            Some(addr) => {
+                let name = pki::server_name(peer, i.cluster_id);
+                match i
+                    .endpoint
+                    .connect_with(i.client_config.clone(), addr, &name)
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::debug!(peer = format!("{peer:016x}"), "connect: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let stats = i.stats.clone();
+        drop(i);
+        let conn = match attempt {
+            Some(connecting) => {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.notified() => return,
+                    r = connecting => r.ok(),
+                }
+            }
+            None => None,
+        };
+        let Some(conn) = conn else {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            let b = backoff.map_or(cfg.backoff_base, |b| (b * 2).min(cfg.backoff_max));
+            backoff = Some(b);
+            // Jitter: wait between half and all of the backoff.
+            let jitter = rand::random::<f64>() * 0.5 + 0.5;
+            tokio::select! {
+                biased;
+                _ = shutdown.notified() => return,
+                _ = reconnect.notified() => {}
+                _ = tokio::time::sleep(b.mul_f64(jitter)) => {}
+            }
+            continue;
+        };
+        backoff = None;
+        stats.connects.fetch_add(1, Ordering::Relaxed);
+        let _ = conn_tx.send(Some(conn.clone()));
+        // Serve until the connection dies, a reconnect is requested, or the peer idles out.
+        let idle = cfg.idle_timeout;
+        loop {
+            let since = now_ms(started).saturating_sub(last_used.load(Ordering::Relaxed));
+            let left = idle.saturating_sub(Duration::from_millis(since));
+            tokio::select! {
+                biased;
+                _ = shutdown.notified() => {
+                    conn.close(0u32.into(), b"peer removed");
+                    let _ = conn_tx.send(None);
+                    return;
+                }
+                _ = conn.closed() => break,
+                _ = reconnect.notified() => {
+                    conn.close(0u32.into(), b"reconnect");
+                    break;
+                }
+                _ = tokio::time::sleep(left.max(Duration::from_millis(10))) => {
+                    let since = now_ms(started).saturating_sub(last_used.load(Ordering::Relaxed));
+                    if Duration::from_millis(since) >= idle {
+                        conn.close(0u32.into(), b"idle");
+                        let _ = conn_tx.send(None);
+                        if let Some(i) = inner.upgrade() {
+                            i.peers.lock().expect("peers lock").remove(&peer);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = conn_tx.send(None);
+    }
+}
+
+/// Writes one kind of frames to `peer` on a long-lived unidirectional stream, in order.
+async fn stream_sender(
+    inner: std::sync::Weak<Inner>,
+    kind: Kind,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut conn_rx: watch::Receiver<Option<quinn::Connection>>,
+    reconnect: Arc<Notify>,
+) {
+    let mut stream: Option<(quinn::Connection, quinn::SendStream)> = None;
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        // Batch whatever else is already queued into one write.
+        buf.clear();
+        frame::write_frame(&mut buf, kind, &first);
+        let mut n = 1u64;
+        while buf.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(b) => {
+                    frame::write_frame(&mut buf, kind, &b);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        // Get a live stream, waiting for the connection if needed.
+        loop {
+            if let Some((c, _)) = &stream {
+                if c.close_reason().is_some() {
+                    stream = None;
+                }
+            }
+            if stream.is_none() {
+                let conn = loop {
+                    if let Some(c) = conn_rx.borrow_and_update().clone() {
+                        if c.close_reason().is_none() {
+                            break Some(c);
+                        }
+                    }
+                    if conn_rx.changed().await.is_err() {
+                        break None;
+                    }
+                };
+                let Some(conn) = conn else { return };
+                match conn.open_uni().await {
+                    Ok(s) => stream = Some((conn, s)),
+                    Err(_) => {
+                        reconnect.notify_one();
+                        continue;
+                    }
+                }
+            }
+            let (_, s) = stream.as_mut().expect("set above");
+            match s.write_all(&buf).await {
+                Ok(()) => {
+                    if let Some(i) = inner.upgrade() {
+                        i.stats.sent.fetch_add(n, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                Err(_) => {
+                    // The connection broke: these messages are lost (Raft retransmits).
+                    stream = None;
+                    reconnect.notify_one();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            serve_connection(inner, conn).await;
+        });
+    }
+}
+
+fn peer_of(conn: &quinn::Connection) -> Option<NodeCertificate> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    pki::peer_node(&certs).ok()
+}
+
+async fn serve_connection(inner: std::sync::Weak<Inner>, conn: quinn::Connection) {
+    let peer = peer_of(&conn);
+    let Some(i) = inner.upgrade() else { return };
+    if let Some(p) = &peer {
+        if i.denylist.is_denied(p.node_id) {
+            conn.close(1u32.into(), b"denied");
+            return;
+        }
+        i.inbound_conns
+            .lock()
+            .expect("conns lock")
+            .entry(p.node_id)
+            .or_default()
+            .push(conn.clone());
+    }
+    drop(i);
+    let remote = conn.remote_address();
+    let uni = {
+        let (inner, conn, peer) = (inner.clone(), conn.clone(), peer.clone());
+        async move {
+            while let Ok(recv) = conn.accept_uni().await {
+                tokio::spawn(read_stream(inner.clone(), peer.clone(), recv));
+            }
+        }
+    };
+    let bi = {
+        let (inner, conn, peer) = (inner.clone(), conn.clone(), peer.clone());
+        async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(serve_request(
+                    inner.clone(),
+                    peer.clone(),
+                    remote,
+                    send,
+                    recv,
+                ));
+            }
+        }
+    };
+    let dgram = {
+        let (inner, conn, peer) = (inner.clone(), conn.clone(), peer.clone());
+        async move {
+            while let Ok(d) = conn.read_datagram().await {
+                let Some(i) = inner.upgrade() else { return };
+                let Some(p) = &peer else {
+                    i.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                match frame::decode(&d, i.cfg.max_frame) {
+                    Ok(Envelope {
+                        kind: Kind::Gossip,
+                        body,
+                    }) => {
+                        if i.tx.gossip.try_send((p.node_id, body)).is_ok() {
+                            i.stats.received.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            i.stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => {
+                        i.stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => i.stats.count_frame_error(&e),
+                }
+            }
+        }
+    };
+    tokio::join!(uni, bi, dgram);
+    if let (Some(p), Some(i)) = (&peer, inner.upgrade()) {
+        if let Some(v) = i
+            .inbound_conns
+            .lock()
+            .expect("conns lock")
+            .get_mut(&p.node_id)
+        {
+            v.retain(|c| c.stable_id() != conn.stable_id());
+        }
+    }
+}
+
+async fn read_stream(
+    inner: std::sync::Weak<Inner>,
+    peer: Option<NodeCertificate>,
+    mut recv: quinn::RecvStream,
+) {
+    let Some(max) = inner
+        .upgrade()
+        .map(|i| i.cfg.max_frame.max(i.cfg.max_snapshot_frame))
+    else {
+        return;
+    };
+    loop {
+        let r = frame::read_frame(&mut recv, max).await;
+        let Some(i) = inner.upgrade() else { return };
+        match r {
+            Ok(None) => return,
+            Ok(Some(env)) => {
+                let Some(p) = &peer else {
+                    i.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                    let _ = recv.stop(2u32.into());
+                    return;
+                };
+                let (tx, limit) = match env.kind {
+                    Kind::Raft => (&i.tx.raft, i.cfg.max_frame),
+                    Kind::Snapshot => (&i.tx.snapshot, i.cfg.max_snapshot_frame),
+                    _ => {
+                        i.stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
+                        let _ = recv.stop(2u32.into());
+                        return;
+                    }
+                };
+                if env.body.len() > limit {
+                    i.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    let _ = recv.stop(2u32.into());
+                    return;
+                }
+                let tx = tx.clone();
+                let stats = i.stats.clone();
+                drop(i);
+                // Back-pressure: a full inbound channel slows this stream, not the others.
+                if tx.send((p.node_id, env.body)).await.is_ok() {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(ReadError::Frame(e)) => {
+                // Framing is lost on this stream: count, stop it, keep the connection.
+                i.stats.count_frame_error(&e);
+                let _ = recv.stop(2u32.into());
+                return;
+            }
+            Err(ReadError::Io(_)) => return,
+        }
+    }
+}
+
+async fn serve_request(
+    inner: std::sync::Weak<Inner>,
+    peer: Option<NodeCertificate>,
+    remote: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Some(max) = inner.upgrade().map(|i| i.cfg.max_frame) else {
+        return;
+    };
+    // A node without a certificate may only join: its requests are small.
+    let max = if peer.is_some() {
+        max
+    } else {
+        max.min(MAX_UNAUTHENTICATED_REQUEST)
+    };
+    let r = frame::read_frame(&mut recv, max).await;
+    let Some(i) = inner.upgrade() else { return };
+    let body = match r {
+        Ok(Some(Envelope {
+            kind: Kind::Request,
+            body,
+        })) => body,
+        Ok(Some(_)) => {
+            i.stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Ok(None) => return,
+        Err(ReadError::Frame(e)) => {
+            i.stats.count_frame_error(&e);
+            return;
+        }
+        Err(ReadError::Io(_)) => return,
+    };
+    let (reply, rx) = oneshot::channel();
+    let req = IncomingRequest {
+        from: peer,
+        remote,
+        body,
+        reply,
+    };
+    if i.tx.requests.try_send(req).is_err() {
+        i.stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    i.stats.received.fetch_add(1, Ordering::Relaxed);
+    drop(i);
+    if let Ok(resp) = rx.await {
+        let mut buf = Vec::with_capacity(resp.len() + 16);
+        frame::write_frame(&mut buf, Kind::Response, &resp);
+        if send.write_all(&buf).await.is_ok() {
+            let _ = send.finish();
+            // Wait until the peer has the response before the stream is dropped.
+            let _ = send.stopped().await;
+        }
+    }
+}
+
+/// Building a node's QUIC configuration failed.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    /// The certificates or keys are unusable.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// The TLS configuration is not usable for QUIC.
+    #[error("QUIC: {0}")]
+    Quic(String),
+}
+
+/// The ALPN protocol id of shoal's node-to-node traffic.
+pub const ALPN: &[u8] = b"shoal/1";
+
+fn quic_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Peers are detected as gone by Raft and SWIM; QUIC only needs to notice dead paths.
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("in range"),
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    t.max_concurrent_uni_streams(64u32.into());
+    t.max_concurrent_bidi_streams(256u32.into());
+    Arc::new(t)
+}
+
+/// Builds the QUIC server and client configurations of a node from its identity: mutual TLS
+/// 1.3 rooted in the cluster CA, denied ids refused, shoal's transport parameters.
+pub fn quic_configs(
+    identity: &pki::NodeIdentity,
+    ca_der: &[u8],
+    denylist: Denylist,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), SetupError> {
+    let server = pki::server_config(identity, ca_der, denylist.clone(), vec![ALPN.to_vec()])?;
+    let client = pki::client_config(identity, ca_der, denylist, vec![ALPN.to_vec()])?;
+    let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
+        .map_err(|e| SetupError::Quic(e.to_string()))?;
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
+        .map_err(|e| SetupError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(quic_transport_config());
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(quic_transport_config());
+    Ok((server, client))
+}
+
+/// The client configuration of a node that joins: no certificate; the manager must prove that
+/// its CA has the token's digest before anything secret is sent.
+pub fn join_quic_config(ca_digest: [u8; 32]) -> Result<quinn::ClientConfig, SetupError> {
+    let client = pki::join_client_config(ca_digest, vec![ALPN.to_vec()])?;
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
+        .map_err(|e| SetupError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(quic_transport_config());
+    Ok(client)
+}
+
+/// A quinn endpoint on a real UDP socket bound to `addr` (built with
+/// `Endpoint::new_with_abstract_socket`'s sibling so the same code runs on simulated sockets).
+pub fn udp_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime found (call from within tokio)"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+}

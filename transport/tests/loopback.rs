@@ -1,0 +1,420 @@
+//! The transport on real UDP sockets (loopback): typed channels between 2 and 5 nodes, refusal
+//! of peers that are not members in good standing, and hostile input counted, not crashing.
+
+use shoal_transport::frame::{self, Kind};
+use shoal_transport::net::{self, Inbound, Transport, TransportConfig};
+use shoal_transport::pki::{
+    self, ClusterCa, ClusterId, Denylist, NodeId, NodeIdentity, NodeKey, Role, DEFAULT_VALIDITY,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn identity(ca: &ClusterCa, id: NodeId, role: Role) -> NodeIdentity {
+    let key = NodeKey::generate().unwrap();
+    let csr = key.csr_der(id).unwrap();
+    let cert = ca
+        .issue(&csr, id, role, DEFAULT_VALIDITY, SystemTime::now())
+        .unwrap();
+    NodeIdentity::new(cert, key).unwrap()
+}
+
+struct Node {
+    t: Transport,
+    inbound: Inbound,
+    addr: SocketAddr,
+}
+
+fn start(ca: &ClusterCa, ident: &NodeIdentity, denylist: Denylist, cfg: TransportConfig) -> Node {
+    let (server, client) = net::quic_configs(ident, ca.cert_der(), denylist.clone()).unwrap();
+    let endpoint = net::udp_endpoint("127.0.0.1:0".parse().unwrap(), Some(server)).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (t, inbound) = Transport::start(
+        endpoint,
+        client,
+        ident.cert.node_id,
+        ca.cluster_id(),
+        denylist,
+        cfg,
+    );
+    Node { t, inbound, addr }
+}
+
+fn cluster(n: u64) -> (ClusterCa, Vec<Node>) {
+    let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+    let nodes: Vec<Node> = (1..=n)
+        .map(|id| {
+            start(
+                &ca,
+                &identity(&ca, id, Role::Manager),
+                Denylist::new(),
+                TransportConfig::default(),
+            )
+        })
+        .collect();
+    for a in &nodes {
+        for (i, b) in nodes.iter().enumerate() {
+            a.t.set_peer_addr(i as u64 + 1, b.addr);
+        }
+    }
+    (ca, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_exchange_ordered_raft_messages_gossip_snapshots_and_requests() {
+    let (_ca, mut nodes) = cluster(2);
+    for i in 0..500u32 {
+        assert!(nodes[0].t.send_raft(2, i.to_le_bytes().to_vec()));
+    }
+    for i in 0..500u32 {
+        let (from, body) = timeout(WAIT, nodes[1].inbound.raft.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, 1, "the sender is the certificate's node id");
+        assert_eq!(body, i.to_le_bytes(), "in order");
+    }
+    // Snapshot chunks on their own channel.
+    nodes[0].t.send_snapshot(2, vec![7u8; 100_000]);
+    let (from, chunk) = timeout(WAIT, nodes[1].inbound.snapshot.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, chunk.len()), (1, 100_000));
+    // Gossip datagrams (unreliable: retry until one arrives; the connection is up by now).
+    let got = timeout(WAIT, async {
+        loop {
+            nodes[1].t.send_gossip(1, b"ping");
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(100), nodes[0].inbound.gossip.recv())
+                    .await
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, (2, b"ping".to_vec()));
+    // A request and its response, with the caller authenticated.
+    let caller = nodes[0].t.clone();
+    let server = tokio::spawn(async move {
+        let req = nodes[1].inbound.requests.recv().await.unwrap();
+        assert_eq!(req.from.as_ref().map(|c| c.node_id), Some(1));
+        let mut body = req.body.clone();
+        body.reverse();
+        req.respond(body);
+        nodes
+    });
+    let resp = timeout(WAIT, caller.request(2, b"abc"))
+        .await
+        .unwrap()
+        .unwrap();
+    let nodes = server.await.unwrap();
+    assert_eq!(resp, b"cba");
+    assert_eq!(nodes[1].t.stats().rejected(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_all_to_all_in_order_per_sender() {
+    let (_ca, mut nodes) = cluster(5);
+    for a in 1..=5u64 {
+        for b in 1..=5u64 {
+            if a != b {
+                for i in 0..50u32 {
+                    assert!(nodes[a as usize - 1].t.send_raft(
+                        b,
+                        [a.to_le_bytes().to_vec(), i.to_le_bytes().to_vec()].concat()
+                    ));
+                }
+            }
+        }
+    }
+    for (k, n) in nodes.iter_mut().enumerate() {
+        let mut next = [0u32; 6];
+        for _ in 0..200 {
+            let (from, body) = timeout(WAIT, n.inbound.raft.recv()).await.unwrap().unwrap();
+            let claimed = u64::from_le_bytes(body[..8].try_into().unwrap());
+            let i = u32::from_le_bytes(body[8..].try_into().unwrap());
+            assert_eq!(from, claimed);
+            assert_eq!(
+                i,
+                next[from as usize],
+                "node {} got {from}'s messages out of order",
+                k + 1
+            );
+            next[from as usize] += 1;
+        }
+    }
+}
+
+/// Expects that nothing arrives on `rx` within a short grace period.
+async fn nothing_arrives<T: std::fmt::Debug>(rx: &mut tokio::sync::mpsc::Receiver<T>) {
+    let r = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;
+    assert!(r.is_err(), "unexpected delivery: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_a_valid_membership_are_refused() {
+    let (ca, mut nodes) = cluster(1);
+    let target = nodes[0].addr;
+    // A node of another cluster (another CA).
+    let other = ClusterCa::generate(ClusterId::random()).unwrap();
+    let foreign = start(
+        &other,
+        &identity(&other, 7, Role::Manager),
+        Denylist::new(),
+        TransportConfig::default(),
+    );
+    foreign.t.set_peer_addr(1, target);
+    foreign.t.send_raft(1, b"from another cluster".to_vec());
+    // An expired certificate of our own CA.
+    let key = NodeKey::generate().unwrap();
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    let cert = ca
+        .issue_with_validity(
+            &key.csr_der(8).unwrap(),
+            8,
+            Role::Worker,
+            past - Duration::from_secs(3600),
+            past,
+        )
+        .unwrap();
+    let expired = start(
+        &ca,
+        &NodeIdentity::new(cert, key).unwrap(),
+        Denylist::new(),
+        TransportConfig::default(),
+    );
+    expired.t.set_peer_addr(1, target);
+    expired.t.send_raft(1, b"expired".to_vec());
+    // A node removed from the cluster: denied.
+    nodes[0].t.deny(9);
+    let denied = start(
+        &ca,
+        &identity(&ca, 9, Role::Worker),
+        Denylist::new(),
+        TransportConfig::default(),
+    );
+    denied.t.set_peer_addr(1, target);
+    denied.t.send_raft(1, b"denied".to_vec());
+    nothing_arrives(&mut nodes[0].inbound.raft).await;
+    // The foreign node cannot even verify our certificate. (The expired and denied ones finish
+    // their side of the TLS 1.3 handshake before the server refuses their certificate, so they
+    // see a connection that is closed at once rather than a failed connect.)
+    assert!(foreign.t.stats().connect_failures.load(Ordering::Relaxed) > 0);
+    // A member in good standing still gets through.
+    let ok = start(
+        &ca,
+        &identity(&ca, 10, Role::Worker),
+        Denylist::new(),
+        TransportConfig::default(),
+    );
+    ok.t.set_peer_addr(1, target);
+    ok.t.send_raft(1, b"member".to_vec());
+    let (from, body) = timeout(WAIT, nodes[0].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, body.as_slice()), (10, &b"member"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denying_a_connected_node_cuts_it_off() {
+    let (_ca, mut nodes) = cluster(2);
+    nodes[1].t.send_raft(1, b"before".to_vec());
+    let (from, _) = timeout(WAIT, nodes[0].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, 2);
+    nodes[0].t.deny(2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        nodes[1].t.send_raft(1, b"after".to_vec());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nothing_arrives(&mut nodes[0].inbound.raft).await;
+}
+
+/// An authenticated raw quinn connection to `addr`, for sending hand-made bytes.
+async fn raw_connection(ca: &ClusterCa, id: NodeId, addr: SocketAddr) -> quinn::Connection {
+    let ident = identity(ca, id, Role::Worker);
+    let (_, client) = net::quic_configs(&ident, ca.cert_der(), Denylist::new()).unwrap();
+    let ep = net::udp_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    ep.connect_with(client, addr, &pki::server_name(1, ca.cluster_id()))
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_are_dropped_and_counted_and_the_node_keeps_working() {
+    let (ca, mut nodes) = cluster(1);
+    let addr = nodes[0].addr;
+    let stats = nodes[0].t.clone();
+    let s = || stats.stats();
+    let conn = raw_connection(&ca, 5, addr).await;
+    // Oversized: a frame announcing 4 GiB.
+    let mut st = conn.open_uni().await.unwrap();
+    st.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    let _ = st.finish();
+    wait_for("oversized", || s().oversized.load(Ordering::Relaxed) == 1).await;
+    // Truncated: 100 bytes announced, 10 sent.
+    let mut st = conn.open_uni().await.unwrap();
+    st.write_all(&100u32.to_le_bytes()).await.unwrap();
+    st.write_all(&[0u8; 10]).await.unwrap();
+    let _ = st.finish();
+    wait_for("truncated", || s().truncated.load(Ordering::Relaxed) == 1).await;
+    // Unknown version: envelope {version 9, kind 1, body "B"} in postcard.
+    let env = [9u8, 1, 1, b'B'];
+    let mut st = conn.open_uni().await.unwrap();
+    st.write_all(&(env.len() as u32).to_le_bytes())
+        .await
+        .unwrap();
+    st.write_all(&env).await.unwrap();
+    let _ = st.finish();
+    wait_for("unknown version", || {
+        s().unknown_version.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // Unknown kind.
+    let env = [frame::VERSION as u8, 77, 1, b'B'];
+    let mut st = conn.open_uni().await.unwrap();
+    st.write_all(&(env.len() as u32).to_le_bytes())
+        .await
+        .unwrap();
+    st.write_all(&env).await.unwrap();
+    let _ = st.finish();
+    wait_for("unknown kind", || {
+        s().unknown_kind.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // Garbage datagrams (each is refused as malformed or as an unknown version or kind).
+    let before = s().rejected();
+    for i in 0..20u8 {
+        let _ = conn.send_datagram(vec![0xff, i, 0xee, 0x01, 0x02].into());
+    }
+    wait_for("garbage datagrams", || s().rejected() > before).await;
+    // A good frame on the same connection is still delivered.
+    let mut st = conn.open_uni().await.unwrap();
+    let mut buf = Vec::new();
+    frame::write_frame(&mut buf, Kind::Raft, b"still fine");
+    st.write_all(&buf).await.unwrap();
+    let _ = st.finish();
+    let (from, body) = timeout(WAIT, nodes[0].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, body.as_slice()), (5, &b"still fine"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_certificate_may_only_make_requests() {
+    let (ca, mut nodes) = cluster(1);
+    let addr = nodes[0].addr;
+    let ep = net::udp_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let cfg = net::join_quic_config(ca.digest()).unwrap();
+    let conn = ep
+        .connect_with(cfg, addr, pki::JOIN_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut st = conn.open_uni().await.unwrap();
+    let mut buf = Vec::new();
+    frame::write_frame(&mut buf, Kind::Raft, b"let me vote");
+    st.write_all(&buf).await.unwrap();
+    let _ = st.finish();
+    let t = nodes[0].t.clone();
+    wait_for("unauthenticated", || {
+        t.stats().unauthenticated.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    nothing_arrives(&mut nodes[0].inbound.raft).await;
+    // But a request reaches the request channel, marked as unauthenticated.
+    let req_task = tokio::spawn(async move {
+        let req = nodes[0].inbound.requests.recv().await.unwrap();
+        assert!(req.from.is_none());
+        req.respond(b"welcome".to_vec());
+    });
+    let cfg = net::join_quic_config(ca.digest()).unwrap();
+    let resp = Transport::request_once(&ep, cfg, addr, pki::JOIN_SERVER_NAME, b"join", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(resp, b"welcome");
+    req_task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_never_blocks_sends_to_the_others() {
+    let (_ca, mut nodes) = cluster(2);
+    // Node 99's address has nobody behind it.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    nodes[0].t.set_peer_addr(99, dead_addr);
+    let mut refused = 0;
+    for i in 0..10_000u32 {
+        if !nodes[0].t.send_raft(99, i.to_le_bytes().to_vec()) {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the dead peer's queue is bounded");
+    assert!(nodes[0].t.stats().queue_full.load(Ordering::Relaxed) > 0);
+    assert!(nodes[0].t.send_raft(2, b"live".to_vec()));
+    let (from, body) = timeout(WAIT, nodes[1].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, body.as_slice()), (1, &b"live"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_never_holds_up_raft_messages() {
+    let (_ca, mut nodes) = cluster(2);
+    // Warm the connection.
+    nodes[0].t.send_raft(2, b"hello".to_vec());
+    timeout(WAIT, nodes[1].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let chunks = 12;
+    for _ in 0..chunks {
+        assert!(nodes[0].t.send_snapshot(2, vec![0xab; 4 << 20]));
+    }
+    for i in 0..10u32 {
+        nodes[0].t.send_raft(2, i.to_le_bytes().to_vec());
+    }
+    // All ten Raft messages arrive before the whole 48 MiB snapshot has.
+    let mut snapshot_chunks = 0;
+    let mut raft = 0;
+    let Inbound {
+        raft: raft_rx,
+        snapshot: snap_rx,
+        ..
+    } = &mut nodes[1].inbound;
+    while raft < 10 {
+        tokio::select! {
+            biased;
+            m = raft_rx.recv() => { m.unwrap(); raft += 1; }
+            c = snap_rx.recv() => { c.unwrap(); snapshot_chunks += 1; }
+        }
+    }
+    assert!(
+        snapshot_chunks < chunks,
+        "Raft waited for the snapshot ({snapshot_chunks} chunks first)"
+    );
+}
