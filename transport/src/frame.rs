@@ -128,11 +128,19 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Envelope, FrameError> {
     })
 }
 
-/// Appends a length-prefixed frame to `out`.
+/// Appends a length-prefixed frame to `out` (the body is copied once).
 pub fn write_frame(out: &mut Vec<u8>, kind: Kind, body: &[u8]) {
-    let env = encode(kind, body);
-    out.extend_from_slice(&(env.len() as u32).to_le_bytes());
-    out.extend_from_slice(&env);
+    let start = out.len();
+    out.extend_from_slice(&[0u8; LEN_PREFIX]);
+    let env = WireEnvelope {
+        version: VERSION,
+        kind: kind as u8,
+        body,
+    };
+    let taken = std::mem::take(out);
+    *out = postcard::to_extend(&env, taken).expect("encoding into a Vec cannot fail");
+    let len = (out.len() - start - LEN_PREFIX) as u32;
+    out[start..start + LEN_PREFIX].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Reads one length-prefixed frame from an async reader. `Ok(None)` at a clean end of stream.
@@ -193,6 +201,8 @@ pub enum ReadError {
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Bytes of `buf` already consumed (compacted lazily, so popping a frame is O(frame)).
+    start: usize,
     max: usize,
 }
 
@@ -201,36 +211,104 @@ impl FrameDecoder {
     pub fn new(max: usize) -> Self {
         FrameDecoder {
             buf: Vec::new(),
+            start: 0,
             max,
         }
     }
 
+    /// Decodes every complete frame of `chunk` (after what is buffered), calling `f` for each,
+    /// and buffers only the incomplete tail: whole frames are decoded straight from the chunk
+    /// without being copied into the buffer first. Stops at the first error.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        mut f: impl FnMut(Envelope) -> bool,
+    ) -> Result<(), FrameError> {
+        let mut rest = chunk;
+        if self.pending() > 0 {
+            // Complete the buffered frame first, copying only the bytes it needs.
+            while self.pending() > 0 && !rest.is_empty() {
+                let need = self.bytes_needed().min(rest.len());
+                self.push(&rest[..need]);
+                rest = &rest[need..];
+                let next = self.next_frame()?;
+                let stop = match next {
+                    Some(env) => !f(env),
+                    None => rest.is_empty(),
+                };
+                if stop {
+                    return Ok(());
+                }
+            }
+        }
+        loop {
+            if rest.len() < LEN_PREFIX {
+                self.push(rest);
+                return Ok(());
+            }
+            let len = u32::from_le_bytes(rest[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+            if len > self.max {
+                return Err(FrameError::TooLarge { len, max: self.max });
+            }
+            if rest.len() < LEN_PREFIX + len {
+                self.push(rest);
+                return Ok(());
+            }
+            let env = decode(&rest[LEN_PREFIX..LEN_PREFIX + len], self.max)?;
+            rest = &rest[LEN_PREFIX + len..];
+            if !f(env) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// How many more bytes the buffered partial frame needs (its prefix first).
+    fn bytes_needed(&self) -> usize {
+        let avail = &self.buf[self.start..];
+        if avail.len() < LEN_PREFIX {
+            return LEN_PREFIX - avail.len();
+        }
+        let len = u32::from_le_bytes(avail[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+        (LEN_PREFIX + len.min(self.max))
+            .saturating_sub(avail.len())
+            .max(1)
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed, or an error (after which
     /// the stream must be abandoned: framing is lost).
     pub fn next_frame(&mut self) -> Result<Option<Envelope>, FrameError> {
-        if self.buf.len() < LEN_PREFIX {
+        let avail = &self.buf[self.start..];
+        if avail.len() < LEN_PREFIX {
             return Ok(None);
         }
-        let len = u32::from_le_bytes(self.buf[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_le_bytes(avail[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
         if len > self.max {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
-        if self.buf.len() < LEN_PREFIX + len {
+        if avail.len() < LEN_PREFIX + len {
             return Ok(None);
         }
-        let env = decode(&self.buf[LEN_PREFIX..LEN_PREFIX + len], self.max);
-        self.buf.drain(..LEN_PREFIX + len);
+        let env = decode(&avail[LEN_PREFIX..LEN_PREFIX + len], self.max);
+        self.start += LEN_PREFIX + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         env.map(Some)
     }
 
     /// Bytes buffered but not yet part of a complete frame.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 
@@ -310,6 +388,40 @@ mod tests {
                 .all(|(i, e)| e.body == vec![i as u8; i * 7]));
             assert_eq!(d.pending(), 0);
         }
+    }
+
+    #[test]
+    fn feed_matches_push_for_any_chunking() {
+        let mut stream = Vec::new();
+        for i in 0..40u8 {
+            write_frame(
+                &mut stream,
+                Kind::Snapshot,
+                &vec![i; (i as usize * 37) % 900],
+            );
+        }
+        for step in [1usize, 2, 5, 13, 100, 4096, stream.len()] {
+            let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+            let mut out = Vec::new();
+            for chunk in stream.chunks(step) {
+                d.feed(chunk, |e| {
+                    out.push(e);
+                    true
+                })
+                .unwrap();
+            }
+            assert_eq!(out.len(), 40, "step {step}");
+            for (i, e) in out.iter().enumerate() {
+                assert_eq!(e.body, vec![i as u8; (i * 37) % 900]);
+            }
+            assert_eq!(d.pending(), 0);
+        }
+        // An oversized announcement is refused from a fresh chunk too.
+        let mut d = FrameDecoder::new(16);
+        assert!(matches!(
+            d.feed(&100u32.to_le_bytes(), |_| true),
+            Err(FrameError::TooLarge { len: 100, max: 16 })
+        ));
     }
 
     #[tokio::test]

@@ -852,48 +852,70 @@ async fn read_stream(
     else {
         return;
     };
+    let mut decoder = frame::FrameDecoder::new(max);
     loop {
-        let r = frame::read_frame(&mut recv, max).await;
-        let Some(i) = inner.upgrade() else { return };
-        match r {
-            Ok(None) => return,
-            Ok(Some(env)) => {
-                let Some(p) = &peer else {
-                    i.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
-                    let _ = recv.stop(2u32.into());
-                    return;
-                };
-                let (tx, limit) = match env.kind {
-                    Kind::Raft => (&i.tx.raft, i.cfg.max_frame),
-                    Kind::Snapshot => (&i.tx.snapshot, i.cfg.max_snapshot_frame),
-                    _ => {
-                        i.stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
+        // Read whatever has arrived (zero-copy chunks) and pop every complete frame.
+        let chunk = match recv.read_chunk(1 << 20, true).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                if decoder.pending() > 0 {
+                    if let Some(i) = inner.upgrade() {
+                        i.stats.truncated.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut frames = Vec::new();
+        let fed = decoder.feed(&chunk.bytes, |env| {
+            frames.push(env);
+            true
+        });
+        let mut failed = fed.err();
+        let mut frames = frames.into_iter();
+        loop {
+            let Some(i) = inner.upgrade() else { return };
+            let env = match frames.next() {
+                Some(env) => env,
+                None => match failed.take() {
+                    Some(e) => {
+                        // Framing is lost on this stream: count, stop it, keep the connection.
+                        i.stats.count_frame_error(&e);
                         let _ = recv.stop(2u32.into());
                         return;
                     }
-                };
-                if env.body.len() > limit {
-                    i.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    None => break,
+                },
+            };
+            let Some(p) = &peer else {
+                i.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                let _ = recv.stop(2u32.into());
+                return;
+            };
+            let (tx, limit) = match env.kind {
+                Kind::Raft => (&i.tx.raft, i.cfg.max_frame),
+                Kind::Snapshot => (&i.tx.snapshot, i.cfg.max_snapshot_frame),
+                _ => {
+                    i.stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
                     let _ = recv.stop(2u32.into());
                     return;
                 }
-                let tx = tx.clone();
-                let stats = i.stats.clone();
-                drop(i);
-                // Back-pressure: a full inbound channel slows this stream, not the others.
-                if tx.send((p.node_id, env.body)).await.is_ok() {
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(ReadError::Frame(e)) => {
-                // Framing is lost on this stream: count, stop it, keep the connection.
-                i.stats.count_frame_error(&e);
+            };
+            if env.body.len() > limit {
+                i.stats.oversized.fetch_add(1, Ordering::Relaxed);
                 let _ = recv.stop(2u32.into());
                 return;
             }
-            Err(ReadError::Io(_)) => return,
+            let tx = tx.clone();
+            let stats = i.stats.clone();
+            drop(i);
+            // Back-pressure: a full inbound channel slows this stream, not the others.
+            if tx.send((p.node_id, env.body)).await.is_ok() {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

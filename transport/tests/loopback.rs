@@ -366,13 +366,20 @@ async fn an_unreachable_peer_never_blocks_sends_to_the_others() {
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
     nodes[0].t.set_peer_addr(99, dead_addr);
+    // 5 MB for the dead peer: the queue (4096 messages) plus one batch being written (1 MiB)
+    // bound what it holds; the rest is refused at once.
     let mut refused = 0;
-    for i in 0..10_000u32 {
-        if !nodes[0].t.send_raft(99, i.to_le_bytes().to_vec()) {
+    for i in 0..50_000u32 {
+        let mut m = vec![0u8; 100];
+        m[..4].copy_from_slice(&i.to_le_bytes());
+        if !nodes[0].t.send_raft(99, m) {
             refused += 1;
         }
     }
-    assert!(refused > 0, "the dead peer's queue is bounded");
+    assert!(
+        refused > 30_000,
+        "the dead peer's queue is bounded ({refused} refused)"
+    );
     assert!(nodes[0].t.stats().queue_full.load(Ordering::Relaxed) > 0);
     assert!(nodes[0].t.send_raft(2, b"live".to_vec()));
     let (from, body) = timeout(WAIT, nodes[1].inbound.raft.recv())

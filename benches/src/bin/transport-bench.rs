@@ -107,17 +107,13 @@ async fn bare(p: &Pair, secs: f64, size: usize, rtt_calls: usize) -> (f64, f64, 
     let ep_b = net::udp_endpoint(any_port(), Some(p.b.0.clone())).expect("endpoint");
     let addr_b = ep_b.local_addr().expect("addr");
     let name = pki::server_name(2, p.ca.cluster_id());
-    let conn = ep_a
+    let connecting = ep_a
         .connect_with(p.a.1.clone(), addr_b, &name)
-        .expect("connect")
-        .await
-        .expect("handshake");
-    let server = ep_b
-        .accept()
-        .await
-        .expect("incoming")
-        .await
-        .expect("accept");
+        .expect("connect");
+    let (conn, server) = tokio::join!(connecting, async {
+        ep_b.accept().await.expect("incoming").await
+    });
+    let (conn, server) = (conn.expect("handshake"), server.expect("accept"));
     let count = Arc::new(AtomicU64::new(0));
     // Server: count bytes on uni streams, echo on bi streams.
     {
