@@ -143,6 +143,31 @@ pub fn write_frame(out: &mut Vec<u8>, kind: Kind, body: &[u8]) {
     out[start..start + LEN_PREFIX].copy_from_slice(&len.to_le_bytes());
 }
 
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The bytes of a length-prefixed frame that precede the body: writing them and then the body
+/// gives exactly what [`write_frame`] produces, without copying a large body.
+pub fn frame_header(kind: Kind, body_len: usize) -> Vec<u8> {
+    let mut env = Vec::with_capacity(16);
+    put_varint(&mut env, VERSION as u64);
+    env.push(kind as u8);
+    put_varint(&mut env, body_len as u64);
+    let mut out = Vec::with_capacity(LEN_PREFIX + env.len());
+    out.extend_from_slice(&((env.len() + body_len) as u32).to_le_bytes());
+    out.extend_from_slice(&env);
+    out
+}
+
 /// Reads one length-prefixed frame from an async reader. `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R>(r: &mut R, max: usize) -> Result<Option<Envelope>, ReadError>
 where
@@ -387,6 +412,18 @@ mod tests {
                 .enumerate()
                 .all(|(i, e)| e.body == vec![i as u8; i * 7]));
             assert_eq!(d.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn frame_header_plus_body_is_the_frame() {
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000, 3 << 20] {
+            let body = vec![0x42u8; len];
+            let mut framed = Vec::new();
+            write_frame(&mut framed, Kind::Snapshot, &body);
+            let mut split = frame_header(Kind::Snapshot, len);
+            split.extend_from_slice(&body);
+            assert_eq!(framed, split, "body of {len} bytes");
         }
     }
 

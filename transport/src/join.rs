@@ -1,4 +1,4 @@
-//! The join protocol (Swarm semantics).
+//! The join and renewal protocols (Swarm semantics).
 //!
 //! A node that joins holds a join token `SHOAL-1-<CA digest>-<secret>`. It generates its own
 //! private key, which never leaves it, and sends the manager a [`JoinRequest`]: the token's
@@ -13,13 +13,24 @@
 //! request on a bidirectional stream from a connection without a client certificate, so the
 //! manager sees it on its request channel with `from == None`.
 //!
-//! Both messages are postcard-encoded, decoded with a size bound and validated field by field;
-//! bad input yields an error (and, on the manager, an error response), never a panic.
+//! A member renews its certificate before it expires (see [`RenewalPlan`]: at a random moment
+//! between 50% and 80% of its validity). It generates a **new** key and sends a [`RenewRequest`]
+//! (a certificate signing request only) over its authenticated connection, so the manager sees
+//! it with `from == Some(current certificate)`. The manager issues a certificate with the node
+//! id and role of that current certificate: a renewal can neither change the id nor raise the
+//! role. It refuses callers of another cluster, with an expired certificate, or denied.
+//!
+//! On the wire both requests are a [`PkiRequest`], whose tag tells a join from a renewal; a
+//! caller without a certificate may only join and a caller with one may only renew. Both kinds
+//! are answered with a [`JoinResponse`]. Messages are postcard-encoded, decoded with a size bound
+//! and validated field by field; bad input yields an error (and, on the manager, an error
+//! response), never a panic.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
@@ -27,8 +38,8 @@ use x509_parser::prelude::FromDer;
 
 use crate::net::{self, SetupError, Transport, TransportError};
 use crate::pki::{
-    self, ClusterCa, JoinToken, JoinTokens, NodeCertificate, NodeId, NodeIdentity, NodeKey,
-    PkiError, Role, DEFAULT_VALIDITY,
+    self, ClusterCa, Denylist, JoinToken, JoinTokens, NodeCertificate, NodeId, NodeIdentity,
+    NodeKey, PkiError, Role, DEFAULT_VALIDITY,
 };
 
 /// Longest hostname accepted, in bytes (the longest DNS name).
@@ -39,15 +50,15 @@ pub const MAX_CSR_LEN: usize = 4096;
 pub const MAX_CERT_LEN: usize = 16 * 1024;
 /// Longest refusal reason accepted in a response, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
-/// Largest encoded join request accepted, checked before decoding.
+/// Largest encoded request ([`PkiRequest`], join or renewal) accepted, checked before decoding.
 pub const MAX_REQUEST_LEN: usize = 8 * 1024;
-/// Largest encoded join response accepted, checked before decoding.
+/// Largest encoded response (to a join or a renewal) accepted, checked before decoding.
 pub const MAX_RESPONSE_LEN: usize = 2 * MAX_CERT_LEN + MAX_REASON_LEN + 64;
 
 /// The refusal sent for a secret that matches no current token.
 pub const INVALID_TOKEN: &str = "invalid join token";
 
-/// Everything that can go wrong while joining or reading join messages.
+/// Everything that can go wrong while joining, renewing, or reading their messages.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     /// A join request is malformed or one of its fields is invalid.
@@ -68,8 +79,17 @@ pub enum JoinError {
     /// The manager answered with something that is not a usable join response.
     #[error("invalid join response: {0}")]
     BadResponse(String),
+    /// A renewal request is malformed, or the node cannot ask for a renewal with what it has.
+    #[error("invalid renewal request: {0}")]
+    InvalidRenewal(String),
+    /// The manager answered a renewal with a refusal.
+    #[error("the manager refused the renewal: {0}")]
+    RenewalRefused(String),
+    /// The manager answered a renewal with something that is not a usable certificate.
+    #[error("invalid renewal response: {0}")]
+    BadRenewal(String),
     /// The request could not be carried (connect, stream, timeout).
-    #[error("join request failed: {0}")]
+    #[error("request to the manager failed: {0}")]
     Transport(#[from] TransportError),
     /// Generating the key or the certificate signing request failed.
     #[error(transparent)]
@@ -126,36 +146,115 @@ impl JoinRequest {
     /// most [`MAX_CSR_LEN`] bytes.
     pub fn validate(&self) -> Result<(), JoinError> {
         validate_hostname(&self.hostname).map_err(JoinError::InvalidRequest)?;
-        if self.csr_der.is_empty() {
-            return Err(JoinError::InvalidRequest(
-                "the certificate signing request is empty".to_string(),
-            ));
-        }
-        if self.csr_der.len() > MAX_CSR_LEN {
-            return Err(JoinError::InvalidRequest(format!(
-                "the certificate signing request is {} bytes, the limit is {MAX_CSR_LEN}",
-                self.csr_der.len()
-            )));
-        }
-        Ok(())
+        validate_csr_size(&self.csr_der).map_err(JoinError::InvalidRequest)
     }
 }
 
-/// What a manager answers to a join request.
+/// Checks that a certificate signing request is non-empty and at most [`MAX_CSR_LEN`] bytes.
+fn validate_csr_size(csr_der: &[u8]) -> Result<(), String> {
+    if csr_der.is_empty() {
+        return Err("the certificate signing request is empty".to_string());
+    }
+    if csr_der.len() > MAX_CSR_LEN {
+        return Err(format!(
+            "the certificate signing request is {} bytes, the limit is {MAX_CSR_LEN}",
+            csr_der.len()
+        ));
+    }
+    Ok(())
+}
+
+/// What a member sends to a manager, over its authenticated connection, to renew its
+/// certificate. There is no node id or role to ask for: the manager takes both from the
+/// certificate the caller connected with.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// A PKCS#10 certificate signing request (DER) for the node's new key.
+    pub csr_der: Vec<u8>,
+}
+
+impl fmt::Debug for RenewRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenewRequest")
+            .field("csr_der", &format_args!("<{} bytes>", self.csr_der.len()))
+            .finish()
+    }
+}
+
+impl RenewRequest {
+    /// Checks the CSR: non-empty, at most [`MAX_CSR_LEN`] bytes.
+    pub fn validate(&self) -> Result<(), JoinError> {
+        validate_csr_size(&self.csr_der).map_err(JoinError::InvalidRenewal)
+    }
+}
+
+/// A request to the cluster PKI, as it travels on the wire. The tag tells a join from a
+/// renewal, so both share a manager's request channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PkiRequest {
+    /// A node without a certificate joins with a token.
+    Join(JoinRequest),
+    /// A member renews its certificate.
+    Renew(RenewRequest),
+}
+
+impl PkiRequest {
+    /// Encodes the request (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding into a Vec cannot fail")
+    }
+
+    /// Decodes and validates a request: at most [`MAX_REQUEST_LEN`] bytes, no trailing bytes,
+    /// a known tag and valid fields ([`JoinRequest::validate`], [`RenewRequest::validate`]).
+    /// The error is the problem alone; the receiver knows which kind of request it expected
+    /// and words the refusal accordingly.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let req: PkiRequest = decode_bounded(bytes, MAX_REQUEST_LEN)?;
+        req.validate().map_err(request_problem)?;
+        Ok(req)
+    }
+
+    /// Checks the fields of the request inside.
+    pub fn validate(&self) -> Result<(), JoinError> {
+        match self {
+            PkiRequest::Join(req) => req.validate(),
+            PkiRequest::Renew(req) => req.validate(),
+        }
+    }
+
+    /// The certificate signing request carried, whichever the kind.
+    pub fn csr_der(&self) -> &[u8] {
+        match self {
+            PkiRequest::Join(req) => &req.csr_der,
+            PkiRequest::Renew(req) => &req.csr_der,
+        }
+    }
+}
+
+/// The problem named by a request error, without the "invalid ... request" prefix.
+fn request_problem(error: JoinError) -> String {
+    match error {
+        JoinError::InvalidRequest(problem) | JoinError::InvalidRenewal(problem) => problem,
+        other => other.to_string(),
+    }
+}
+
+/// What a manager answers to a join or a renewal request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinResponse {
-    /// The join is accepted.
+    /// The join or renewal is accepted.
     Ok {
-        /// The id assigned to the new node.
+        /// The id assigned to the new node (for a renewal: the caller's id).
         node_id: NodeId,
-        /// The role of the token that matched, written in the certificate.
+        /// The role of the token that matched (for a renewal: the caller's role), written in
+        /// the certificate.
         role: Role,
-        /// The new node's certificate (DER).
+        /// The node's new certificate (DER).
         cert_der: Vec<u8>,
         /// The cluster CA certificate (DER).
         ca_der: Vec<u8>,
     },
-    /// The join is refused.
+    /// The join or renewal is refused.
     Err {
         /// Why, in one line.
         reason: String,
@@ -285,17 +384,22 @@ pub fn validate_hostname(hostname: &str) -> Result<(), String> {
 // Manager side
 // ---------------------------------------------------------------------------------------------
 
-/// Counters of the join requests a manager handled.
+/// Counters of the join and renewal requests a manager handled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JoinStats {
-    /// Joins accepted (a certificate was issued).
+    /// Joins accepted (a certificate was issued to a new node).
     pub accepted: u64,
+    /// Renewals accepted (a certificate was issued to a member).
+    pub renewed: u64,
     /// Requests that did not decode or had an invalid field.
     pub malformed: u64,
-    /// Requests whose secret matched no current token.
+    /// Joins whose secret matched no current token.
     pub invalid_token: u64,
-    /// Requests whose wanted role is not the role of their token.
+    /// Joins whose wanted role is not the role of their token.
     pub wrong_role: u64,
+    /// Requests the caller may not make: a renewal without a certificate, a join with one, a
+    /// renewal with a certificate of another cluster or CA, an expired one, or a denied node's.
+    pub unauthorized: u64,
     /// Requests whose certificate signing request could not be signed.
     pub issue_failed: u64,
 }
@@ -313,24 +417,41 @@ pub struct Joined {
     pub cert: NodeCertificate,
 }
 
-/// The result of handling one join request.
+/// A member whose certificate the authority renewed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renewed {
+    /// The member's id (that of the certificate it connected with).
+    pub node_id: NodeId,
+    /// The member's role (that of the certificate it connected with).
+    pub role: Role,
+    /// The new certificate, for the member's new key.
+    pub cert: NodeCertificate,
+}
+
+/// The result of handling one request.
 #[derive(Clone, Debug)]
 pub struct JoinOutcome {
     /// The encoded [`JoinResponse`] to send back.
     pub response: Vec<u8>,
-    /// The node that joined, when the join was accepted.
+    /// The node that joined, when a join was accepted.
     pub joined: Option<Joined>,
+    /// The member whose certificate was renewed, when a renewal was accepted.
+    pub renewed: Option<Renewed>,
 }
 
-/// A manager's side of the join protocol: the cluster CA and the current join tokens.
+/// A manager's side of the join and renewal protocols: the cluster CA, the current join tokens
+/// and the denied nodes.
 #[derive(Debug)]
 pub struct JoinAuthority {
     /// The cluster CA that signs the certificates.
     pub ca: ClusterCa,
     /// The current join tokens; rotating one invalidates future joins with it only.
     pub tokens: JoinTokens,
-    /// Validity of the certificates issued.
+    /// Validity of the certificates issued (joins and renewals).
     pub validity: Duration,
+    /// Nodes removed from the cluster: their renewals are refused. Share it with the
+    /// transport's denylist (see [`JoinAuthority::with_denylist`]).
+    pub denylist: Denylist,
     stats: JoinStats,
 }
 
@@ -338,7 +459,13 @@ enum Refusal {
     Malformed(String),
     InvalidToken,
     WrongRole(String),
+    Unauthorized(String),
     IssueFailed(String),
+}
+
+enum Granted {
+    Joined(Joined),
+    Renewed(Renewed),
 }
 
 impl JoinAuthority {
@@ -359,6 +486,7 @@ impl JoinAuthority {
             ca,
             tokens,
             validity: DEFAULT_VALIDITY,
+            denylist: Denylist::new(),
             stats: JoinStats::default(),
         })
     }
@@ -370,8 +498,16 @@ impl JoinAuthority {
             ca,
             tokens,
             validity: DEFAULT_VALIDITY,
+            denylist: Denylist::new(),
             stats: JoinStats::default(),
         }
+    }
+
+    /// Uses `denylist` (typically a clone of the transport's) to refuse renewals of removed
+    /// nodes.
+    pub fn with_denylist(mut self, denylist: Denylist) -> Self {
+        self.denylist = denylist;
+        self
     }
 
     /// What was handled so far.
@@ -379,8 +515,9 @@ impl JoinAuthority {
         self.stats
     }
 
-    /// Handles one encoded [`JoinRequest`] and returns the encoded [`JoinResponse`].
-    /// `new_node_id` is called only for an authorised request, to assign the new node's id.
+    /// Handles one encoded [`PkiRequest`] from a caller without a certificate (it may only
+    /// join) and returns the encoded [`JoinResponse`]. `new_node_id` is called only for an
+    /// authorised join, to assign the new node's id.
     pub fn handle(
         &mut self,
         req_bytes: &[u8],
@@ -398,8 +535,65 @@ impl JoinAuthority {
         now: SystemTime,
         new_node_id: impl FnOnce() -> NodeId,
     ) -> JoinOutcome {
-        match self.decide(req_bytes, now, new_node_id) {
-            Ok(joined) => {
+        let decision = self.decide_join(req_bytes, now, new_node_id);
+        self.conclude(decision.map(Granted::Joined))
+    }
+
+    /// Handles one encoded [`PkiRequest`] from a member authenticated by `from`, the
+    /// certificate it connected with (it may only renew), and returns the encoded
+    /// [`JoinResponse`]. The new certificate has the node id and role of `from`.
+    pub fn handle_renewal(
+        &mut self,
+        from: &NodeCertificate,
+        req_bytes: &[u8],
+        now: SystemTime,
+    ) -> Vec<u8> {
+        self.handle_renewal_request(from, req_bytes, now).response
+    }
+
+    /// Like [`JoinAuthority::handle_renewal`], also telling whose certificate was renewed.
+    pub fn handle_renewal_request(
+        &mut self,
+        from: &NodeCertificate,
+        req_bytes: &[u8],
+        now: SystemTime,
+    ) -> JoinOutcome {
+        let decision = self.decide_renewal(from, req_bytes, now);
+        self.conclude(decision.map(Granted::Renewed))
+    }
+
+    /// Handles a request from the transport's request channel: a caller without a certificate
+    /// (`from == None`) may only join, a member only renew. Returns the encoded response.
+    pub fn handle_any(
+        &mut self,
+        from: Option<&NodeCertificate>,
+        req_bytes: &[u8],
+        now: SystemTime,
+        new_node_id: impl FnOnce() -> NodeId,
+    ) -> Vec<u8> {
+        self.handle_any_request(from, req_bytes, now, new_node_id)
+            .response
+    }
+
+    /// Like [`JoinAuthority::handle_any`], also telling who joined or renewed.
+    pub fn handle_any_request(
+        &mut self,
+        from: Option<&NodeCertificate>,
+        req_bytes: &[u8],
+        now: SystemTime,
+        new_node_id: impl FnOnce() -> NodeId,
+    ) -> JoinOutcome {
+        match from {
+            None => self.handle_request(req_bytes, now, new_node_id),
+            Some(cert) => self.handle_renewal_request(cert, req_bytes, now),
+        }
+    }
+
+    /// Counts and logs a decision and encodes the response.
+    fn conclude(&mut self, decision: Result<Granted, Refusal>) -> JoinOutcome {
+        let ca_der = self.ca.cert_der().to_vec();
+        match decision {
+            Ok(Granted::Joined(joined)) => {
                 self.stats.accepted += 1;
                 tracing::info!(
                     node = %pki::node_hex(joined.node_id),
@@ -411,12 +605,33 @@ impl JoinAuthority {
                     node_id: joined.node_id,
                     role: joined.role,
                     cert_der: joined.cert.der.clone(),
-                    ca_der: self.ca.cert_der().to_vec(),
+                    ca_der,
                 }
                 .encode();
                 JoinOutcome {
                     response,
                     joined: Some(joined),
+                    renewed: None,
+                }
+            }
+            Ok(Granted::Renewed(renewed)) => {
+                self.stats.renewed += 1;
+                tracing::info!(
+                    node = %pki::node_hex(renewed.node_id),
+                    role = %renewed.role,
+                    "certificate renewed"
+                );
+                let response = JoinResponse::Ok {
+                    node_id: renewed.node_id,
+                    role: renewed.role,
+                    cert_der: renewed.cert.der.clone(),
+                    ca_der,
+                }
+                .encode();
+                JoinOutcome {
+                    response,
+                    joined: None,
+                    renewed: Some(renewed),
                 }
             }
             Err(refusal) => {
@@ -426,25 +641,43 @@ impl JoinAuthority {
                         (&mut self.stats.invalid_token, INVALID_TOKEN.to_string())
                     }
                     Refusal::WrongRole(r) => (&mut self.stats.wrong_role, r),
+                    Refusal::Unauthorized(r) => (&mut self.stats.unauthorized, r),
                     Refusal::IssueFailed(r) => (&mut self.stats.issue_failed, r),
                 };
                 *counter += 1;
-                tracing::debug!(%reason, "join refused");
+                tracing::debug!(%reason, "PKI request refused");
                 JoinOutcome {
                     response: JoinResponse::refused(reason).encode(),
                     joined: None,
+                    renewed: None,
                 }
             }
         }
     }
 
-    fn decide(
+    fn decide_join(
         &self,
         req_bytes: &[u8],
         now: SystemTime,
         new_node_id: impl FnOnce() -> NodeId,
     ) -> Result<Joined, Refusal> {
-        let req = JoinRequest::decode(req_bytes).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let req = match decode_bounded(req_bytes, MAX_REQUEST_LEN) {
+            Ok(PkiRequest::Join(req)) => req,
+            Ok(PkiRequest::Renew(_)) => {
+                return Err(Refusal::Unauthorized(
+                    "a renewal must be sent over a connection authenticated by the node's \
+                     current certificate; a node without a certificate may only join"
+                        .to_string(),
+                ))
+            }
+            Err(problem) => {
+                return Err(Refusal::Malformed(
+                    JoinError::InvalidRequest(problem).to_string(),
+                ))
+            }
+        };
+        req.validate()
+            .map_err(|e| Refusal::Malformed(e.to_string()))?;
         let role = self
             .tokens
             .role_for_secret(&req.secret)
@@ -467,10 +700,88 @@ impl JoinAuthority {
             cert,
         })
     }
+
+    fn decide_renewal(
+        &self,
+        from: &NodeCertificate,
+        req_bytes: &[u8],
+        now: SystemTime,
+    ) -> Result<Renewed, Refusal> {
+        // Who asks comes first: nothing a refused caller sends is looked at.
+        self.check_renewer(from, now)
+            .map_err(Refusal::Unauthorized)?;
+        let req = match decode_bounded(req_bytes, MAX_REQUEST_LEN) {
+            Ok(PkiRequest::Renew(req)) => req,
+            Ok(PkiRequest::Join(_)) => {
+                return Err(Refusal::Unauthorized(format!(
+                    "node {} is already a member: it may renew its certificate, not join again",
+                    pki::node_hex(from.node_id)
+                )))
+            }
+            Err(problem) => {
+                return Err(Refusal::Malformed(
+                    JoinError::InvalidRenewal(problem).to_string(),
+                ))
+            }
+        };
+        req.validate()
+            .map_err(|e| Refusal::Malformed(e.to_string()))?;
+        // The id and the role come from the caller's certificate, never from the request.
+        let cert = self
+            .ca
+            .issue(&req.csr_der, from.node_id, from.role, self.validity, now)
+            .map_err(|e| Refusal::IssueFailed(e.to_string()))?;
+        Ok(Renewed {
+            node_id: from.node_id,
+            role: from.role,
+            cert,
+        })
+    }
+
+    /// Whether the holder of `from` may renew it at `now`. The transport already checked the
+    /// certificate during the handshake; this checks again, at the time of the request, so
+    /// that a certificate handed over by other means, or a node denied since it connected,
+    /// gets no new certificate.
+    fn check_renewer(&self, from: &NodeCertificate, now: SystemTime) -> Result<(), String> {
+        let node = pki::node_hex(from.node_id);
+        let ours = self.ca.cluster_id();
+        if from.cluster_id != ours {
+            return Err(format!(
+                "cannot renew the certificate of node {node}: {}",
+                PkiError::WrongCluster {
+                    expected: ours,
+                    found: from.cluster_id,
+                }
+            ));
+        }
+        verify_issued_by(&from.der, self.ca.cert_der())
+            .map_err(|e| format!("cannot renew the certificate of node {node}: {e}"))?;
+        if self.denylist.is_denied(from.node_id) {
+            return Err(PkiError::Denied(from.node_id).to_string());
+        }
+        if let Ok(ago) = now.duration_since(from.not_after) {
+            if !ago.is_zero() {
+                return Err(format!(
+                    "the certificate of node {node} expired {} s ago; an expired certificate \
+                     cannot be renewed, the node must join again",
+                    ago.as_secs()
+                ));
+            }
+        }
+        if let Ok(ahead) = from.not_before.duration_since(now) {
+            if !ahead.is_zero() {
+                return Err(format!(
+                    "the certificate of node {node} is not valid yet (it starts in {} s)",
+                    ahead.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Joiner side
+// Node side: join
 // ---------------------------------------------------------------------------------------------
 
 /// Joins the cluster through the manager at `manager`: generates this node's key, sends a CSR
@@ -504,7 +815,7 @@ pub async fn join(
         client_config,
         manager,
         pki::JOIN_SERVER_NAME,
-        &request.encode(),
+        &PkiRequest::Join(request).encode(),
         timeout,
     )
     .await
@@ -547,6 +858,128 @@ pub async fn join(
         .map_err(|e| JoinError::BadResponse(format!("the certificate is not for our key: {e}")))?;
     Ok((identity, ca_der))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Node side: renewal
+// ---------------------------------------------------------------------------------------------
+
+/// Renews this node's certificate through the manager `manager` (a node id the transport has
+/// an address for): generates a new key, sends a certificate signing request for it over the
+/// transport's authenticated connection, and returns the new identity. `current` is the
+/// identity the transport was started with, `ca_der` the cluster CA certificate.
+///
+/// The response is checked: the CA certificate must be `ca_der`, the new certificate must be
+/// signed by it, name the node id, role and cluster of `current`, certify the new key and not
+/// be expired. The transport keeps presenting `current` until the caller rebuilds it from the
+/// new identity (see [`net::quic_configs`]).
+pub async fn renew(
+    transport: &Transport,
+    manager: NodeId,
+    current: &NodeIdentity,
+    ca_der: &[u8],
+) -> Result<NodeIdentity, JoinError> {
+    let ours = &current.cert;
+    let node = pki::node_hex(ours.node_id);
+    if transport.local_id() != ours.node_id {
+        return Err(JoinError::InvalidRenewal(format!(
+            "the transport authenticates node {}, the identity to renew is node {node}",
+            pki::node_hex(transport.local_id())
+        )));
+    }
+    verify_issued_by(&ours.der, ca_der).map_err(JoinError::InvalidRenewal)?;
+    if SystemTime::now() > ours.not_after {
+        return Err(JoinError::InvalidRenewal(format!(
+            "the certificate of node {node} has expired; an expired certificate cannot be \
+             renewed, the node must join again"
+        )));
+    }
+
+    let key = NodeKey::generate()?;
+    let request = RenewRequest {
+        csr_der: key.csr_der(ours.node_id)?,
+    };
+    request.validate()?;
+    let bytes = transport
+        .request(manager, &PkiRequest::Renew(request).encode())
+        .await?;
+
+    let response = JoinResponse::decode(&bytes).map_err(|e| match e {
+        JoinError::BadResponse(problem) => JoinError::BadRenewal(problem),
+        other => other,
+    })?;
+    let (node_id, role, cert_der, sent_ca) = match response {
+        JoinResponse::Ok {
+            node_id,
+            role,
+            cert_der,
+            ca_der,
+        } => (node_id, role, cert_der, ca_der),
+        JoinResponse::Err { reason } => return Err(JoinError::RenewalRefused(printable(&reason))),
+    };
+    if sent_ca != ca_der {
+        return Err(JoinError::BadRenewal(
+            "the CA certificate in the response is not the cluster's".to_string(),
+        ));
+    }
+    let cert = NodeCertificate::parse(&cert_der)
+        .map_err(|e| JoinError::BadRenewal(format!("the node certificate: {e}")))?;
+    if cert.node_id != ours.node_id || node_id != ours.node_id {
+        return Err(JoinError::BadRenewal(format!(
+            "the certificate names node {} and the response node {}, this is node {node}",
+            pki::node_hex(cert.node_id),
+            pki::node_hex(node_id)
+        )));
+    }
+    if cert.role != ours.role || role != ours.role {
+        return Err(JoinError::BadRenewal(format!(
+            "the certificate has role {} and the response {role}, node {node} is a {}",
+            cert.role, ours.role
+        )));
+    }
+    if cert.cluster_id != ours.cluster_id {
+        return Err(JoinError::BadRenewal(format!(
+            "the certificate belongs to cluster {}, node {node} to cluster {}",
+            cert.cluster_id, ours.cluster_id
+        )));
+    }
+    verify_issued_by(&cert_der, ca_der).map_err(JoinError::BadRenewal)?;
+    if SystemTime::now() > cert.not_after {
+        return Err(JoinError::BadRenewal(
+            "the new certificate has already expired".to_string(),
+        ));
+    }
+    NodeIdentity::new(cert, key)
+        .map_err(|e| JoinError::BadRenewal(format!("the certificate is not for our new key: {e}")))
+}
+
+/// When a node renews its certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenewalPlan;
+
+impl RenewalPlan {
+    /// A renewal time drawn uniformly between 50% and 80% of the certificate's validity (see
+    /// [`pki::renewal_window`]), so that nodes issued together do not all renew together.
+    /// Draw it once per certificate and keep it; test it with [`renewal_due`].
+    pub fn for_cert(cert: &NodeCertificate, rng: &mut impl Rng) -> SystemTime {
+        pki::pick_renewal_time(cert.not_before, cert.not_after, rng)
+    }
+}
+
+/// Whether `cert` should be renewed at `now`, `planned` being the time drawn for it by
+/// [`RenewalPlan::for_cert`]. The planned time is held inside the certificate's renewal window,
+/// so a plan made for another certificate (the one before) neither renews a fresh certificate
+/// at once nor lets this one run past 80% of its validity. An expired certificate is due too
+/// (although it can no longer be renewed: the node must join again).
+pub fn renewal_due(cert: &NodeCertificate, now: SystemTime, planned: SystemTime) -> bool {
+    let (start, end) = cert.renewal_window();
+    // `max` then `min` rather than `clamp`, which would panic on an inverted window.
+    let at = planned.max(start).min(end);
+    now >= at
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
 
 /// Recognises the handshake failure of a manager whose CA does not match the token.
 fn classify_transport_error(error: TransportError, manager: SocketAddr) -> JoinError {
@@ -619,7 +1052,7 @@ mod tests {
     }
 
     /// Rewrites a response, given the request it answers.
-    type Tamper = Box<dyn Fn(&JoinRequest, JoinResponse) -> Vec<u8> + Send>;
+    type Tamper = Box<dyn Fn(&PkiRequest, JoinResponse) -> Vec<u8> + Send>;
 
     impl Manager {
         fn start() -> Manager {
@@ -666,7 +1099,7 @@ mod tests {
             self.tokens = authority.tokens.clone();
         }
 
-        fn tamper(&self, f: impl Fn(&JoinRequest, JoinResponse) -> Vec<u8> + Send + 'static) {
+        fn tamper(&self, f: impl Fn(&PkiRequest, JoinResponse) -> Vec<u8> + Send + 'static) {
             *self.tamper.lock().unwrap() = Some(Box::new(f));
         }
 
@@ -675,8 +1108,8 @@ mod tests {
         }
     }
 
-    /// Answers join requests (from nodes without a certificate) with the authority; node ids
-    /// are assigned from 100 up.
+    /// Answers join requests (from nodes without a certificate) and renewals (from members)
+    /// with the authority; node ids are assigned from 100 up.
     async fn serve(
         mut requests: mpsc::Receiver<IncomingRequest>,
         authority: Arc<Mutex<JoinAuthority>>,
@@ -686,18 +1119,16 @@ mod tests {
         let mut next_id = 100;
         while let Some(req) = requests.recv().await {
             seen.fetch_add(1, Ordering::SeqCst);
-            if req.from.is_some() {
-                req.respond(b"not a join".to_vec());
-                continue;
-            }
-            let response = authority
-                .lock()
-                .unwrap()
-                .handle(&req.body, SystemTime::now(), || {
+            let response = authority.lock().unwrap().handle_any(
+                req.from.as_ref(),
+                &req.body,
+                SystemTime::now(),
+                || {
                     next_id += 1;
                     next_id
-                });
-            let response = match (&*tamper.lock().unwrap(), JoinRequest::decode(&req.body)) {
+                },
+            );
+            let response = match (&*tamper.lock().unwrap(), PkiRequest::decode(&req.body)) {
                 (Some(f), Ok(request)) => f(&request, JoinResponse::decode(&response).unwrap()),
                 _ => response,
             };
@@ -737,6 +1168,11 @@ mod tests {
             hostname: "worker-1".to_string(),
             want,
         }
+    }
+
+    /// The wire form of a join request.
+    fn wire(req: JoinRequest) -> Vec<u8> {
+        PkiRequest::Join(req).encode()
     }
 
     fn refusal(bytes: &[u8]) -> String {
@@ -930,7 +1366,7 @@ mod tests {
                 let (node_id, role, _, ca_der) = accepted(resp);
                 let cert = other
                     .issue(
-                        &req.csr_der,
+                        req.csr_der(),
                         node_id,
                         role,
                         DEFAULT_VALIDITY,
@@ -1035,35 +1471,35 @@ mod tests {
         };
 
         let reason =
-            refusal(&authority.handle(&request([9; 16], Role::Worker).encode(), now, &mut id));
+            refusal(&authority.handle(&wire(request([9; 16], Role::Worker)), now, &mut id));
         assert_eq!(reason, INVALID_TOKEN);
 
         let mut bad = request(worker, Role::Worker);
         bad.hostname = "bad host".to_string();
-        let reason = refusal(&authority.handle(&bad.encode(), now, &mut id));
+        let reason = refusal(&authority.handle(&wire(bad), now, &mut id));
         assert!(reason.contains("the hostname contains ' '"), "{reason}");
 
         let mut bad = request(worker, Role::Worker);
         bad.csr_der = vec![0x30; MAX_CSR_LEN + 1];
-        let reason = refusal(&authority.handle(&bad.encode(), now, &mut id));
+        let reason = refusal(&authority.handle(&wire(bad), now, &mut id));
         assert!(reason.contains("limit is 4096"), "{reason}");
 
         let mut bad = request(worker, Role::Worker);
         bad.csr_der = vec![0x30, 0x03, 1, 2, 3];
-        let reason = refusal(&authority.handle(&bad.encode(), now, &mut id));
+        let reason = refusal(&authority.handle(&wire(bad), now, &mut id));
         assert!(
             reason.contains("invalid certificate signing request"),
             "{reason}"
         );
 
-        let mut trailing = request(worker, Role::Worker).encode();
+        let mut trailing = wire(request(worker, Role::Worker));
         trailing.push(0);
         let reason = refusal(&authority.handle(&trailing, now, &mut id));
         assert!(reason.contains("1 trailing bytes"), "{reason}");
 
         // Only the request with a bad CSR was authorised far enough to be given an id.
         assert_eq!(calls, 1);
-        let outcome = authority.handle_request(&request(worker, Role::Worker).encode(), now, || 8);
+        let outcome = authority.handle_request(&wire(request(worker, Role::Worker)), now, || 8);
         let joined = outcome.joined.unwrap();
         assert_eq!(
             (joined.node_id, joined.role, joined.hostname.as_str()),
@@ -1075,8 +1511,8 @@ mod tests {
                 accepted: 1,
                 malformed: 3,
                 invalid_token: 1,
-                wrong_role: 0,
                 issue_failed: 1,
+                ..JoinStats::default()
             }
         );
     }
@@ -1170,5 +1606,205 @@ mod tests {
         assert!(JoinResponse::decode(&vec![0; MAX_RESPONSE_LEN + 1]).is_err());
         assert!(JoinResponse::decode(&[7]).is_err());
         assert_eq!(printable("a\u{1b}[2Jb\n"), "a [2Jb ");
+    }
+
+    // --- renewal (the manager's decisions; the loopback tests are in tests/renewal.rs) -----
+
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+    fn renewal(csr_der: Vec<u8>) -> Vec<u8> {
+        PkiRequest::Renew(RenewRequest { csr_der }).encode()
+    }
+
+    fn fresh_csr() -> Vec<u8> {
+        NodeKey::generate().unwrap().csr_der(0).unwrap()
+    }
+
+    fn granted(bytes: &[u8]) -> (NodeId, Role, NodeCertificate) {
+        match JoinResponse::decode(bytes).unwrap() {
+            JoinResponse::Ok {
+                node_id,
+                role,
+                cert_der,
+                ..
+            } => (node_id, role, NodeCertificate::parse(&cert_der).unwrap()),
+            JoinResponse::Err { reason } => panic!("expected a certificate, got {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn renew_authority_keeps_the_callers_id_and_role() {
+        let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+        let cluster_id = ca.cluster_id();
+        let mut authority = JoinAuthority::with_new_tokens(ca);
+        let now = SystemTime::now();
+        for (id, role) in [(5, Role::Worker), (6, Role::Manager)] {
+            let current = issue(&authority.ca, id, role).cert;
+            // The request names the manager's id as its wish: it is ignored.
+            let key = NodeKey::generate().unwrap();
+            // At 49 days, inside the renewal window.
+            let outcome = authority.handle_any_request(
+                Some(&current),
+                &renewal(key.csr_der(MANAGER_ID).unwrap()),
+                now + 49 * DAY,
+                || panic!("a renewal assigns no node id"),
+            );
+            assert!(outcome.joined.is_none());
+            let renewed = outcome.renewed.unwrap();
+            let (node_id, granted_role, cert) = granted(&outcome.response);
+            assert_eq!((node_id, granted_role), (id, role));
+            assert_eq!(
+                (cert.node_id, cert.role, cert.cluster_id),
+                (id, role, cluster_id)
+            );
+            assert_eq!(renewed.cert, cert);
+            assert!(cert.not_after > current.not_after, "a fresh validity");
+            NodeIdentity::new(cert, key).unwrap();
+        }
+        let stats = authority.stats();
+        assert_eq!((stats.renewed, stats.accepted), (2, 0));
+    }
+
+    #[test]
+    fn renew_authority_refusals_name_the_problem() {
+        let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+        let mut authority = JoinAuthority::with_new_tokens(ca);
+        let worker_secret = authority.tokens.worker.secret;
+        let now = SystemTime::now();
+        let member = issue(&authority.ca, 5, Role::Worker).cert;
+        let refused = |authority: &mut JoinAuthority, from: &NodeCertificate, body: &[u8]| {
+            refusal(&authority.handle_renewal(from, body, now))
+        };
+
+        // A certificate of another cluster.
+        let other = ClusterCa::generate(ClusterId::random()).unwrap();
+        let foreign = issue(&other, 5, Role::Worker).cert;
+        let reason = refused(&mut authority, &foreign, &renewal(fresh_csr()));
+        assert!(reason.contains("belongs to cluster"), "{reason}");
+        assert!(
+            reason.contains(&authority.ca.cluster_id().to_string()),
+            "{reason}"
+        );
+
+        // Our cluster id, but another CA.
+        let impostor = ClusterCa::generate(authority.ca.cluster_id()).unwrap();
+        let forged = issue(&impostor, 5, Role::Manager).cert;
+        let reason = refused(&mut authority, &forged, &renewal(fresh_csr()));
+        assert!(reason.contains("not signed by the cluster CA"), "{reason}");
+
+        // An expired certificate, and one not valid yet.
+        let key = NodeKey::generate().unwrap();
+        let csr = key.csr_der(5).unwrap();
+        let expired = authority
+            .ca
+            .issue_with_validity(&csr, 5, Role::Worker, now - 3 * DAY, now - DAY)
+            .unwrap();
+        let reason = refused(&mut authority, &expired, &renewal(fresh_csr()));
+        assert!(reason.contains("expired"), "{reason}");
+        assert!(reason.contains("must join again"), "{reason}");
+        let early = authority
+            .ca
+            .issue_with_validity(&csr, 5, Role::Worker, now + DAY, now + 3 * DAY)
+            .unwrap();
+        let reason = refused(&mut authority, &early, &renewal(fresh_csr()));
+        assert!(reason.contains("not valid yet"), "{reason}");
+
+        // A member asking to join, with a genuine worker secret.
+        let join = wire(request(worker_secret, Role::Worker));
+        let reason = refused(&mut authority, &member, &join);
+        assert!(reason.contains("already a member"), "{reason}");
+
+        // Garbage, an oversized and a smuggled field: malformed renewals.
+        let reason = refused(&mut authority, &member, b"\xff\xff");
+        assert!(reason.starts_with("invalid renewal request"), "{reason}");
+        let mut smuggled = renewal(fresh_csr());
+        smuggled.push(0); // as if a role followed
+        let reason = refused(&mut authority, &member, &smuggled);
+        assert!(reason.contains("1 trailing bytes"), "{reason}");
+        let reason = refused(&mut authority, &member, &renewal(vec![]));
+        assert!(reason.contains("request is empty"), "{reason}");
+        let reason = refused(&mut authority, &member, &vec![0; MAX_REQUEST_LEN + 1]);
+        assert!(reason.contains("the limit is 8192"), "{reason}");
+
+        // A CSR whose signature does not verify.
+        let reason = refused(&mut authority, &member, &renewal(vec![0x30, 0x03, 1, 2, 3]));
+        assert!(
+            reason.contains("invalid certificate signing request"),
+            "{reason}"
+        );
+
+        // A denied node, even with an otherwise perfect request.
+        authority.denylist.deny(5);
+        let reason = refused(&mut authority, &member, &renewal(fresh_csr()));
+        assert!(
+            reason.contains("node 0000000000000005 is denied"),
+            "{reason}"
+        );
+
+        // A caller without a certificate may not renew.
+        let reason = refusal(
+            &authority.handle(&renewal(fresh_csr()), now, || panic!("no id for a renewal")),
+        );
+        assert!(
+            reason.contains("a node without a certificate may only join"),
+            "{reason}"
+        );
+
+        assert_eq!(
+            authority.stats(),
+            JoinStats {
+                malformed: 4,
+                unauthorized: 7,
+                issue_failed: 1,
+                ..JoinStats::default()
+            }
+        );
+    }
+
+    #[test]
+    fn renew_authority_shares_the_transports_denylist() {
+        let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+        let denylist = Denylist::new();
+        let mut authority = JoinAuthority::with_new_tokens(ca).with_denylist(denylist.clone());
+        let member = issue(&authority.ca, 9, Role::Manager).cert;
+        let now = SystemTime::now();
+        granted(&authority.handle_renewal(&member, &renewal(fresh_csr()), now));
+        denylist.deny(9);
+        let reason = refusal(&authority.handle_renewal(&member, &renewal(fresh_csr()), now));
+        assert!(reason.contains("is denied"), "{reason}");
+    }
+
+    #[test]
+    fn renew_request_wire_form() {
+        let join = PkiRequest::Join(request([3; 16], Role::Worker));
+        let csr = fresh_csr();
+        let renew = PkiRequest::Renew(RenewRequest {
+            csr_der: csr.clone(),
+        });
+        for req in [&join, &renew] {
+            assert_eq!(&PkiRequest::decode(&req.encode()).unwrap(), req);
+        }
+        // The first byte is the tag.
+        assert_eq!(join.encode()[0], 0);
+        assert_eq!(renew.encode()[0], 1);
+        assert_eq!(renew.csr_der(), &csr[..]);
+        let mut unknown = renew.encode();
+        unknown[0] = 2;
+        assert!(PkiRequest::decode(&unknown).is_err());
+        // Validation applies inside the envelope.
+        let empty = PkiRequest::Renew(RenewRequest { csr_der: vec![] }).encode();
+        let e = PkiRequest::decode(&empty).unwrap_err();
+        assert!(e.contains("request is empty"), "{e}");
+        assert!(!e.contains("invalid"), "the caller words the prefix: {e}");
+        let e = PkiRequest::decode(&vec![1; MAX_REQUEST_LEN + 1]).unwrap_err();
+        assert!(e.contains("the limit is"), "{e}");
+        for garbage in [&[][..], &[0xff; 7], b"SHOAL"] {
+            assert!(PkiRequest::decode(garbage).is_err());
+        }
+        assert!(
+            !format!("{join:?}").contains("3, 3"),
+            "the secret is redacted"
+        );
+        assert!(format!("{renew:?}").contains("bytes>"));
     }
 }

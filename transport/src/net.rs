@@ -38,8 +38,12 @@ pub struct TransportConfig {
     pub max_snapshot_frame: usize,
     /// Outbound Raft messages buffered per peer while it is slow or unreachable.
     pub raft_queue: usize,
+    /// Bytes of outbound Raft messages buffered per peer, at most.
+    pub raft_queue_bytes: usize,
     /// Outbound snapshot chunks buffered per peer.
     pub snapshot_queue: usize,
+    /// Bytes of outbound snapshot chunks buffered per peer, at most.
+    pub snapshot_queue_bytes: usize,
     /// Inbound messages buffered per channel before streams are back-pressured.
     pub inbound_queue: usize,
     /// Peers with an open connection kept at most (least recently used evicted).
@@ -60,7 +64,9 @@ impl Default for TransportConfig {
             max_frame: frame::DEFAULT_MAX_FRAME,
             max_snapshot_frame: 64 << 20,
             raft_queue: 4096,
+            raft_queue_bytes: 16 << 20,
             snapshot_queue: 16,
+            snapshot_queue_bytes: 64 << 20,
             inbound_queue: 4096,
             max_peers: 256,
             idle_timeout: Duration::from_secs(60),
@@ -197,9 +203,17 @@ struct InboundTx {
     requests: mpsc::Sender<IncomingRequest>,
 }
 
+/// A per-peer outbound queue bounded by messages (the channel) and by bytes (the counter).
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Vec<u8>>,
+    bytes: Arc<AtomicU64>,
+    max_bytes: u64,
+}
+
 struct Peer {
-    raft: mpsc::Sender<Vec<u8>>,
-    snapshot: mpsc::Sender<Vec<u8>>,
+    raft: Queue,
+    snapshot: Queue,
     conn: watch::Receiver<Option<quinn::Connection>>,
     reconnect: Arc<Notify>,
     last_used: Arc<AtomicU64>,
@@ -352,7 +366,7 @@ impl Transport {
     }
 
     fn enqueue(&self, peer: NodeId, body: Vec<u8>, snapshot: bool) -> bool {
-        let Some((tx, last_used)) = self.with_peer(peer, |p| {
+        let Some((q, last_used)) = self.with_peer(peer, |p| {
             (
                 if snapshot {
                     p.snapshot.clone()
@@ -366,9 +380,17 @@ impl Transport {
             return false;
         };
         last_used.store(now_ms(self.inner.started), Ordering::Relaxed);
-        match tx.try_send(body) {
+        let len = body.len() as u64;
+        let queued = q.bytes.fetch_add(len, Ordering::Relaxed);
+        if queued > 0 && queued + len > q.max_bytes {
+            q.bytes.fetch_sub(len, Ordering::Relaxed);
+            self.inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match q.tx.try_send(body) {
             Ok(()) => true,
             Err(_) => {
+                q.bytes.fetch_sub(len, Ordering::Relaxed);
                 self.inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -506,6 +528,51 @@ impl Transport {
     }
 }
 
+/// Reads the one frame a request or response stream carries, up to the end of the stream, in as
+/// few reads as the data arrives in.
+async fn read_single_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Envelope>, ReadError> {
+    use quinn::ReadToEndError;
+    let bytes = match recv.read_to_end(max + frame::LEN_PREFIX).await {
+        Ok(b) => b,
+        Err(ReadToEndError::TooLong) => {
+            return Err(ReadError::Frame(FrameError::TooLarge {
+                len: max + frame::LEN_PREFIX + 1,
+                max,
+            }))
+        }
+        Err(ReadToEndError::Read(e)) => return Err(ReadError::Io(e.into())),
+    };
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let mut decoder = frame::FrameDecoder::new(max);
+    let mut out = None;
+    let mut extra = false;
+    decoder
+        .feed(&bytes, |e| {
+            if out.is_none() {
+                out = Some(e);
+            } else {
+                extra = true;
+            }
+            true
+        })
+        .map_err(ReadError::Frame)?;
+    match out {
+        Some(_) if extra || decoder.pending() > 0 => Err(ReadError::Frame(FrameError::Malformed(
+            "more than one frame on a request stream".into(),
+        ))),
+        Some(e) => Ok(Some(e)),
+        None => Err(ReadError::Frame(FrameError::Truncated {
+            expected: frame::LEN_PREFIX,
+            got: bytes.len(),
+        })),
+    }
+}
+
 /// Request/response on a new bidirectional stream of `conn`.
 async fn call(
     conn: &quinn::Connection,
@@ -522,7 +589,7 @@ async fn call(
         .await
         .map_err(|e| TransportError::Stream(e.to_string()))?;
     let _ = send.finish();
-    match frame::read_frame(&mut recv, max).await {
+    match read_single_frame(&mut recv, max).await {
         Ok(Some(Envelope {
             kind: Kind::Response,
             body,
@@ -541,6 +608,16 @@ async fn call(
 fn spawn_peer(inner: &Arc<Inner>, peer: NodeId) -> Peer {
     let (raft_tx, raft_rx) = mpsc::channel(inner.cfg.raft_queue.max(1));
     let (snap_tx, snap_rx) = mpsc::channel(inner.cfg.snapshot_queue.max(1));
+    let raft = Queue {
+        tx: raft_tx,
+        bytes: Arc::new(AtomicU64::new(0)),
+        max_bytes: inner.cfg.raft_queue_bytes as u64,
+    };
+    let snapshot = Queue {
+        tx: snap_tx,
+        bytes: Arc::new(AtomicU64::new(0)),
+        max_bytes: inner.cfg.snapshot_queue_bytes as u64,
+    };
     let (conn_tx, conn_rx) = watch::channel(None);
     let reconnect = Arc::new(Notify::new());
     let shutdown = Arc::new(Notify::new());
@@ -558,6 +635,7 @@ fn spawn_peer(inner: &Arc<Inner>, peer: NodeId) -> Peer {
         weak.clone(),
         Kind::Raft,
         raft_rx,
+        raft.bytes.clone(),
         conn_rx.clone(),
         reconnect.clone(),
     ));
@@ -565,12 +643,13 @@ fn spawn_peer(inner: &Arc<Inner>, peer: NodeId) -> Peer {
         weak,
         Kind::Snapshot,
         snap_rx,
+        snapshot.bytes.clone(),
         conn_rx.clone(),
         reconnect.clone(),
     ));
     Peer {
-        raft: raft_tx,
-        snapshot: snap_tx,
+        raft,
+        snapshot,
         conn: conn_rx,
         reconnect,
         last_used,
@@ -673,29 +752,44 @@ async fn connection_manager(
     }
 }
 
-/// Writes one kind of frames to `peer` on a long-lived unidirectional stream, in order.
+/// Bodies at least this large are written as their own chunk, without being copied.
+const ZERO_COPY_BODY: usize = 8 << 10;
+
+/// Writes one kind of frames to `peer` on a long-lived unidirectional stream, in order. What is
+/// queued is written together: small frames are packed into one buffer, large bodies are handed
+/// to quinn as they are.
 async fn stream_sender(
     inner: std::sync::Weak<Inner>,
     kind: Kind,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicU64>,
     mut conn_rx: watch::Receiver<Option<quinn::Connection>>,
     reconnect: Arc<Notify>,
 ) {
     let mut stream: Option<(quinn::Connection, quinn::SendStream)> = None;
-    let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
-        // Batch whatever else is already queued into one write.
-        buf.clear();
-        frame::write_frame(&mut buf, kind, &first);
-        let mut n = 1u64;
-        while buf.len() < 1 << 20 {
-            match rx.try_recv() {
-                Ok(b) => {
-                    frame::write_frame(&mut buf, kind, &b);
-                    n += 1;
-                }
-                Err(_) => break,
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut small: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        let mut n = 0u64;
+        let mut next = Some(first);
+        while let Some(body) = next.take() {
+            queued.fetch_sub(body.len() as u64, Ordering::Relaxed);
+            total += body.len();
+            n += 1;
+            if body.len() >= ZERO_COPY_BODY {
+                small.extend_from_slice(&frame::frame_header(kind, body.len()));
+                chunks.push(Bytes::from(std::mem::take(&mut small)));
+                chunks.push(Bytes::from(body));
+            } else {
+                frame::write_frame(&mut small, kind, &body);
             }
+            if total < 4 << 20 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !small.is_empty() {
+            chunks.push(Bytes::from(small));
         }
         // Get a live stream, waiting for the connection if needed.
         loop {
@@ -725,7 +819,7 @@ async fn stream_sender(
                 }
             }
             let (_, s) = stream.as_mut().expect("set above");
-            match s.write_all(&buf).await {
+            match s.write_all_chunks(&mut chunks).await {
                 Ok(()) => {
                     if let Some(i) = inner.upgrade() {
                         i.stats.sent.fetch_add(n, Ordering::Relaxed);
@@ -936,7 +1030,7 @@ async fn serve_request(
     } else {
         max.min(MAX_UNAUTHENTICATED_REQUEST)
     };
-    let r = frame::read_frame(&mut recv, max).await;
+    let r = read_single_frame(&mut recv, max).await;
     let Some(i) = inner.upgrade() else { return };
     let body = match r {
         Ok(Some(Envelope {

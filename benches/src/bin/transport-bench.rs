@@ -1,5 +1,6 @@
-//! `transport-bench [--seconds S]`: shoal's transport against bare quinn streams in the same run,
-//! on loopback, with the same TLS configuration. Prints one JSON line per case:
+//! `transport-bench [--seconds S] [--rounds R]`: shoal's transport against bare quinn streams in
+//! the same run (alternating, medians of R rounds), on loopback, with the same TLS configuration.
+//! Prints one JSON line per case:
 //! `{"case":..., "ours":X, "bare_quinn":Y, "ratio":X/Y}`.
 
 use serde_json::json;
@@ -190,13 +191,15 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
 }
 
 fn main() {
-    let mut secs = 3.0;
+    let mut secs = 2.0;
+    let mut rounds = 3;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--seconds", Some(v)) => secs = v.parse().unwrap_or(secs),
+            ("--rounds", Some(v)) => rounds = v.parse::<usize>().unwrap_or(rounds).max(1),
             _ => {
-                eprintln!("usage: transport-bench [--seconds S]");
+                eprintln!("usage: transport-bench [--seconds S] [--rounds R]");
                 std::process::exit(2);
             }
         }
@@ -209,8 +212,25 @@ fn main() {
         .build()
         .expect("runtime");
     let p = pair();
-    let (o_small, o_bulk, mut o_rtt) = rt.block_on(ours(&p, secs, 256, 2000));
-    let (b_small, b_bulk, mut b_rtt) = rt.block_on(bare(&p, secs, 256, 2000));
+    // Alternate ours and bare quinn, `rounds` times, and keep medians: the machine's speed drifts.
+    let (mut os, mut ob, mut bs, mut bb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut o_rtt, mut b_rtt) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (s, b, r) = rt.block_on(ours(&p, secs, 256, 2000));
+        os.push(s);
+        ob.push(b);
+        o_rtt.extend(r);
+        let (s, b, r) = rt.block_on(bare(&p, secs, 256, 2000));
+        bs.push(s);
+        bb.push(b);
+        b_rtt.extend(r);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (o_small, o_bulk, b_small, b_bulk) =
+        (med(&mut os), med(&mut ob), med(&mut bs), med(&mut bb));
     let line = |case: &str, ours: f64, bare: f64| {
         println!(
             "{}",
