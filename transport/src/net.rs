@@ -18,12 +18,13 @@ use crate::frame::{self, Envelope, FrameError, Kind, ReadError};
 use crate::pki::{self, ClusterId, Denylist, NodeCertificate, NodeId};
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 /// Largest request accepted from a node that has no certificate (a join request is a few KiB).
@@ -173,13 +174,27 @@ pub struct IncomingRequest {
     pub remote: SocketAddr,
     /// The request payload.
     pub body: Vec<u8>,
-    reply: oneshot::Sender<Vec<u8>>,
+    reply: quinn::SendStream,
 }
 
 impl IncomingRequest {
-    /// Sends the response (dropping the request without responding closes the stream).
+    /// Sends the response (dropping the request without responding closes the stream). A
+    /// response that fits the stream's window is written at once, from the caller; a larger one
+    /// finishes on a task of its own.
     pub fn respond(self, body: Vec<u8>) {
-        let _ = self.reply.send(body);
+        let mut buf = Vec::with_capacity(body.len() + 16);
+        frame::write_frame(&mut buf, Kind::Response, &body);
+        let mut send = self.reply;
+        let mut fut = Box::pin(async move {
+            if send.write_all(&buf).await.is_ok() {
+                // Dropping a finished stream still delivers what was written.
+                let _ = send.finish();
+            }
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(fut);
+        }
     }
 }
 
@@ -317,6 +332,11 @@ impl Transport {
     /// Counters.
     pub fn stats(&self) -> &WireStats {
         &self.inner.stats
+    }
+
+    /// Peers with a live connection manager (the connection cache's size).
+    pub fn cached_peers(&self) -> usize {
+        self.inner.peers.lock().expect("peers lock").len()
     }
 
     /// Records (or changes) a peer's address. A changed address reconnects.
@@ -741,7 +761,14 @@ async fn connection_manager(
                         conn.close(0u32.into(), b"idle");
                         let _ = conn_tx.send(None);
                         if let Some(i) = inner.upgrade() {
-                            i.peers.lock().expect("peers lock").remove(&peer);
+                            let mut peers = i.peers.lock().expect("peers lock");
+                            // Only remove our own entry, not a newer one for the same peer.
+                            if peers
+                                .get(&peer)
+                                .is_some_and(|p| Arc::ptr_eq(&p.last_used, &last_used))
+                            {
+                                peers.remove(&peer);
+                            }
                         }
                         return;
                     }
@@ -1018,7 +1045,7 @@ async fn serve_request(
     inner: std::sync::Weak<Inner>,
     peer: Option<NodeCertificate>,
     remote: SocketAddr,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let Some(max) = inner.upgrade().map(|i| i.cfg.max_frame) else {
@@ -1048,28 +1075,17 @@ async fn serve_request(
         }
         Err(ReadError::Io(_)) => return,
     };
-    let (reply, rx) = oneshot::channel();
     let req = IncomingRequest {
         from: peer,
         remote,
         body,
-        reply,
+        reply: send,
     };
     if i.tx.requests.try_send(req).is_err() {
         i.stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
     i.stats.received.fetch_add(1, Ordering::Relaxed);
-    drop(i);
-    if let Ok(resp) = rx.await {
-        let mut buf = Vec::with_capacity(resp.len() + 16);
-        frame::write_frame(&mut buf, Kind::Response, &resp);
-        if send.write_all(&buf).await.is_ok() {
-            let _ = send.finish();
-            // Wait until the peer has the response before the stream is dropped.
-            let _ = send.stopped().await;
-        }
-    }
 }
 
 /// Building a node's QUIC configuration failed.

@@ -425,3 +425,54 @@ async fn a_large_snapshot_never_holds_up_raft_messages() {
         "Raft waited for the snapshot ({snapshot_chunks} chunks first)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cache_is_bounded_and_idle_peers_are_dropped() {
+    let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+    let small = TransportConfig {
+        max_peers: 2,
+        idle_timeout: Duration::from_millis(300),
+        ..TransportConfig::default()
+    };
+    let mut hub = start(
+        &ca,
+        &identity(&ca, 1, Role::Manager),
+        Denylist::new(),
+        small,
+    );
+    let mut others: Vec<Node> = (2..=4)
+        .map(|id| {
+            start(
+                &ca,
+                &identity(&ca, id, Role::Worker),
+                Denylist::new(),
+                TransportConfig::default(),
+            )
+        })
+        .collect();
+    for (k, o) in others.iter().enumerate() {
+        hub.t.set_peer_addr(k as u64 + 2, o.addr);
+    }
+    // Three peers through a cache of two: the least recently used is evicted, and every message
+    // still arrives (an evicted peer is simply reconnected).
+    for round in 0..3u32 {
+        for (k, o) in others.iter_mut().enumerate() {
+            let id = k as u64 + 2;
+            assert!(hub.t.send_raft(id, round.to_le_bytes().to_vec()));
+            let (from, body) = timeout(WAIT, o.inbound.raft.recv()).await.unwrap().unwrap();
+            assert_eq!((from, body), (1, round.to_le_bytes().to_vec()));
+            assert!(hub.t.cached_peers() <= 2, "cache bound exceeded");
+        }
+    }
+    // Idle peers are dropped after the idle timeout…
+    let t = hub.t.clone();
+    wait_for("idle peers dropped", || t.cached_peers() == 0).await;
+    // …and come back on the next send.
+    assert!(hub.t.send_raft(3, b"again".to_vec()));
+    let (from, body) = timeout(WAIT, others[1].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, body.as_slice()), (1, &b"again"[..]));
+    let _ = &mut hub;
+}
