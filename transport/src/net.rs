@@ -237,7 +237,7 @@ struct Peer {
 
 struct Inner {
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    client_config: Mutex<quinn::ClientConfig>,
     cluster_id: ClusterId,
     local_id: NodeId,
     cfg: TransportConfig,
@@ -286,7 +286,7 @@ impl Transport {
         let (req_tx, requests) = mpsc::channel(q);
         let inner = Arc::new(Inner {
             endpoint,
-            client_config,
+            client_config: Mutex::new(client_config),
             cluster_id,
             local_id,
             cfg,
@@ -332,6 +332,22 @@ impl Transport {
     /// Counters.
     pub fn stats(&self) -> &WireStats {
         &self.inner.stats
+    }
+
+    /// Switches to a renewed identity: new connections, inbound and outbound, present the new
+    /// certificate; every peer is reconnected so none keeps using the old one.
+    pub fn set_identity(
+        &self,
+        identity: &pki::NodeIdentity,
+        ca_der: &[u8],
+    ) -> Result<(), SetupError> {
+        let (server, client) = quic_configs(identity, ca_der, self.inner.denylist.clone())?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *self.inner.client_config.lock().expect("config lock") = client;
+        for p in self.inner.peers.lock().expect("peers lock").values() {
+            p.reconnect.notify_one();
+        }
+        Ok(())
     }
 
     /// Peers with a live connection manager (the connection cache's size).
@@ -696,10 +712,11 @@ async fn connection_manager(
         let attempt = match addr {
             Some(addr) => {
                 let name = pki::server_name(peer, i.cluster_id);
-                match i
-                    .endpoint
-                    .connect_with(i.client_config.clone(), addr, &name)
-                {
+                match i.endpoint.connect_with(
+                    i.client_config.lock().expect("config lock").clone(),
+                    addr,
+                    &name,
+                ) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         tracing::debug!(peer = format!("{peer:016x}"), "connect: {e}");

@@ -149,6 +149,29 @@ async fn five_nodes_all_to_all_in_order_per_sender() {
             next[from as usize] += 1;
         }
     }
+    // Every node gossips to every other (datagrams are unreliable: resend until each has heard
+    // from all four others).
+    let mut heard = vec![std::collections::BTreeSet::new(); 5];
+    timeout(WAIT, async {
+        while heard.iter().any(|h| h.len() < 4) {
+            for a in 1..=5u64 {
+                for b in 1..=5u64 {
+                    if a != b && !heard[b as usize - 1].contains(&a) {
+                        nodes[a as usize - 1].t.send_gossip(b, &a.to_le_bytes());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for (k, n) in nodes.iter_mut().enumerate() {
+                while let Ok((from, body)) = n.inbound.gossip.try_recv() {
+                    assert_eq!(body, from.to_le_bytes());
+                    heard[k].insert(from);
+                }
+            }
+        }
+    })
+    .await
+    .expect("all gossip delivered");
 }
 
 /// Expects that nothing arrives on `rx` within a short grace period.
@@ -475,4 +498,66 @@ async fn the_connection_cache_is_bounded_and_idle_peers_are_dropped() {
         .unwrap();
     assert_eq!((from, body.as_slice()), (1, &b"again"[..]));
     let _ = &mut hub;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_used_for_new_connections() {
+    let (ca, mut nodes) = cluster(2);
+    let caller = nodes[1].t.clone();
+    let first = tokio::spawn(async move {
+        let r = caller.request(1, b"who am I").await.unwrap();
+        (caller, r)
+    });
+    let req = timeout(WAIT, nodes[0].inbound.requests.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let old_expiry = req.from.as_ref().unwrap().not_after;
+    req.respond(Vec::new());
+    let (caller, _) = first.await.unwrap();
+    // Node 2 renews: a certificate valid 30 days longer.
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .issue(
+            &key.csr_der(2).unwrap(),
+            2,
+            Role::Manager,
+            DEFAULT_VALIDITY + Duration::from_secs(30 * 86_400),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let renewed = NodeIdentity::new(cert, key).unwrap();
+    caller.set_identity(&renewed, ca.cert_der()).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    let second = tokio::spawn(async move {
+        // The reconnect may race the first attempts: keep asking until the server has seen the
+        // new certificate.
+        while !d.load(Ordering::Relaxed) {
+            let _ = caller.request(1, b"again").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let new_expiry = timeout(WAIT, async {
+        loop {
+            let req = nodes[0].inbound.requests.recv().await.unwrap();
+            let exp = req.from.as_ref().unwrap().not_after;
+            req.respond(Vec::new());
+            if exp != old_expiry {
+                return exp;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    done.store(true, Ordering::Relaxed);
+    assert!(new_expiry > old_expiry);
+    // Answer whatever is still in flight so the caller's loop ends.
+    while !second.is_finished() {
+        if let Ok(Some(req)) =
+            tokio::time::timeout(Duration::from_millis(50), nodes[0].inbound.requests.recv()).await
+        {
+            req.respond(Vec::new());
+        }
+    }
 }
