@@ -4,7 +4,7 @@
 //! it is committed (durable on a majority, the leader included) and applied on the leader.
 
 use shoal_raft::wal::{Wal, WalOptions, WalStats};
-use shoal_raft::{Config, Effect, Message, RaftNode, RecoveredState, Role, Storage, WriteBatch};
+use shoal_raft::{Config, Message, RaftNode, RecoveredState, Role, Storage, WriteBatch};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,43 +76,23 @@ struct Driver {
 
 impl Driver {
     fn pump(&mut self) {
-        loop {
-            let mut idle = true;
-            for i in 0..self.nodes.len() {
-                let effects = self.nodes[i].take_effects();
-                if effects.is_empty() {
-                    continue;
-                }
-                idle = false;
-                for e in effects {
-                    match e {
-                        Effect::Send(m) => self.queue.push_back(m),
-                        Effect::Persist(b) => {
-                            let _ = self.to_disk[i].send(b);
+        let (to_disk, waiting) = (&self.to_disk, &mut self.waiting);
+        crate::pump(
+            &mut self.nodes,
+            &mut self.queue,
+            |_, i, b| {
+                let _ = to_disk[i].send(b);
+            },
+            |i, entries| {
+                if i == 0 {
+                    for e in entries {
+                        if let Some(w) = waiting.remove(&e.index) {
+                            let _ = w.send(());
                         }
-                        Effect::Apply(entries) if i == 0 => {
-                            for e in entries {
-                                if let Some(w) = self.waiting.remove(&e.index) {
-                                    let _ = w.send(());
-                                }
-                            }
-                        }
-                        Effect::SnapshotWanted { applied } => {
-                            let _ = self.nodes[i].snapshot_taken(applied, Vec::new());
-                        }
-                        _ => {}
                     }
                 }
-            }
-            while let Some(m) = self.queue.pop_front() {
-                idle = false;
-                let to = (m.to - 1) as usize;
-                let _ = self.nodes[to].step(m);
-            }
-            if idle {
-                return;
-            }
-        }
+            },
+        );
     }
 }
 

@@ -5,7 +5,9 @@ pub mod durable;
 pub mod failover;
 pub mod inproc;
 
-use shoal_raft::{Config, Effect, Entry, LogIndex, Message, Payload, RaftNode, RecoveredState};
+use shoal_raft::{
+    Config, Effect, Entry, LogIndex, Message, Payload, RaftNode, RecoveredState, WriteBatch,
+};
 use std::collections::VecDeque;
 
 /// Three (or more) Raft nodes in one process whose network is a queue of direct calls.
@@ -52,36 +54,56 @@ impl LocalCluster {
     /// Processes every node's effects with instant, infallible persistence and direct delivery,
     /// until nothing is left to do. Commands applied on node 1 are recorded in `applied`.
     pub fn pump_instant(&mut self) {
-        loop {
-            let mut idle = true;
-            for i in 0..self.nodes.len() {
-                let effects = self.nodes[i].take_effects();
-                if effects.is_empty() {
-                    continue;
+        let applied = &mut self.applied;
+        pump(
+            &mut self.nodes,
+            &mut self.queue,
+            |node, _, b| node.on_persisted(b.seq),
+            |i, entries| {
+                if i == 0 {
+                    record_commands(applied, &entries);
                 }
-                idle = false;
-                for e in effects {
-                    match e {
-                        Effect::Send(m) => self.queue.push_back(m),
-                        Effect::Persist(b) => self.nodes[i].on_persisted(b.seq),
-                        Effect::Apply(entries) if i == 0 => {
-                            record_commands(&mut self.applied, &entries);
-                        }
-                        Effect::SnapshotWanted { applied } => {
-                            let _ = self.nodes[i].snapshot_taken(applied, Vec::new());
-                        }
-                        _ => {}
+            },
+        );
+    }
+}
+
+/// Runs a group of in-process nodes until quiescent: messages are delivered by direct calls,
+/// `persist` handles each node's write batches, `apply` its committed entries, and snapshots
+/// are taken at once (the benchmarks' state machine is empty).
+pub fn pump(
+    nodes: &mut [RaftNode],
+    queue: &mut VecDeque<Message>,
+    mut persist: impl FnMut(&mut RaftNode, usize, WriteBatch),
+    mut apply: impl FnMut(usize, Vec<Entry>),
+) {
+    loop {
+        let mut idle = true;
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let effects = node.take_effects();
+            if effects.is_empty() {
+                continue;
+            }
+            idle = false;
+            for e in effects {
+                match e {
+                    Effect::Send(m) => queue.push_back(m),
+                    Effect::Persist(b) => persist(node, i, b),
+                    Effect::Apply(entries) => apply(i, entries),
+                    Effect::SnapshotWanted { applied } => {
+                        let _ = node.snapshot_taken(applied, Vec::new());
                     }
+                    _ => {}
                 }
             }
-            while let Some(m) = self.queue.pop_front() {
-                idle = false;
-                let to = (m.to - 1) as usize;
-                let _ = self.nodes[to].step(m);
-            }
-            if idle {
-                return;
-            }
+        }
+        while let Some(m) = queue.pop_front() {
+            idle = false;
+            let to = (m.to - 1) as usize;
+            let _ = nodes[to].step(m);
+        }
+        if idle {
+            return;
         }
     }
 }
