@@ -4,3 +4,4 @@ pub mod linearizability;
 pub mod raft_sim;
 pub mod rng;
 pub mod sim_storage;
+pub mod swim_sim;

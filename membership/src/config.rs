@@ -1,0 +1,210 @@
+//! Tunables of the membership protocol, validated once at start.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::types::MAX_ADDR_LEN;
+
+/// Bytes of a packet that are not an address or metadata, counted generously: envelope, ids,
+/// incarnation, tags and length prefixes. A packet must fit one full member record besides these.
+pub(crate) const RECORD_OVERHEAD: usize = 64;
+
+/// Configuration of one member. Every member of a cluster should use the same values (in
+/// particular `max_meta_size`, which bounds what this node accepts from the others).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The SWIM protocol period: one member is probed per period (scaled by the local health).
+    pub protocol_period: Duration,
+    /// How long to wait for a direct ack before asking others to probe (scaled by the local
+    /// health). Must be below the protocol period, which bounds the whole probe.
+    pub probe_timeout: Duration,
+    /// How many members are asked to probe indirectly (ping-req) after a missed ack.
+    pub indirect_checks: usize,
+    /// Suspicion timeout multiplier: the minimum timeout is
+    /// `suspicion_mult · max(1, log10(n)) · protocol_period`.
+    pub suspicion_mult: u32,
+    /// The suspicion timeout starts at `suspicion_max_timeout_mult` times the minimum and shrinks
+    /// towards it as independent confirmations arrive (Lifeguard).
+    pub suspicion_max_timeout_mult: u32,
+    /// Each update is piggybacked about `retransmit_mult · ceil(log10(n + 1))` times.
+    pub retransmit_mult: u32,
+    /// How often queued updates are also gossiped on their own packets; zero turns it off
+    /// (updates then travel on probes, acks, ping-reqs and nacks only).
+    pub gossip_interval: Duration,
+    /// How many random members each gossip round goes to.
+    pub gossip_nodes: usize,
+    /// For how long a member declared dead still receives gossip, so it can hear of its death and
+    /// refute it.
+    pub gossip_to_the_dead: Duration,
+    /// How often the full state is exchanged with one random member (push-pull); zero turns it off.
+    pub push_pull_interval: Duration,
+    /// How often one random dead member and one seed that is not a known live member are sent a
+    /// push-pull, so that a healed partition merges back; zero turns it off.
+    pub reconnect_interval: Duration,
+    /// How often the join push-pull is sent again to the seeds until one answers.
+    pub join_retry_interval: Duration,
+    /// Dead and left members are forgotten this long after their state changed.
+    pub dead_reap_timeout: Duration,
+    /// Largest packet this node sends, in bytes (probes with their piggybacked updates, gossip,
+    /// and each chunk of a push-pull).
+    pub gossip_packet_size: usize,
+    /// Largest member metadata accepted, in bytes.
+    pub max_meta_size: usize,
+    /// Maximum of the local health multiplier (Lifeguard's "awareness").
+    pub awareness_max: u32,
+    /// Most members remembered; news of further members is ignored (and counted).
+    pub max_members: usize,
+    /// Lifeguard on: local health multiplier, dynamic suspicion timeout, nacks and the buddy
+    /// system. Off: plain SWIM with a fixed suspicion timeout (for comparison).
+    pub lifeguard: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::lan()
+    }
+}
+
+impl Config {
+    /// Defaults for a LAN, as memberlist's: one probe per second, 500 ms probe timeout, three
+    /// indirect checks, a 30 s push-pull, 1400-byte packets.
+    pub fn lan() -> Self {
+        Config {
+            protocol_period: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            indirect_checks: 3,
+            suspicion_mult: 4,
+            suspicion_max_timeout_mult: 6,
+            retransmit_mult: 4,
+            gossip_interval: Duration::from_millis(200),
+            gossip_nodes: 3,
+            gossip_to_the_dead: Duration::from_secs(30),
+            push_pull_interval: Duration::from_secs(30),
+            reconnect_interval: Duration::from_secs(30),
+            join_retry_interval: Duration::from_secs(2),
+            dead_reap_timeout: Duration::from_secs(24 * 3600),
+            gossip_packet_size: 1400,
+            max_meta_size: 512,
+            awareness_max: 8,
+            max_members: 10_000,
+            lifeguard: true,
+        }
+    }
+
+    /// Five times faster than [`Config::lan`], for tests and simulations on one machine:
+    /// 200 ms protocol period, 100 ms probe timeout, 5 s push-pull, 2 s reconnect.
+    pub fn local() -> Self {
+        Config {
+            protocol_period: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(100),
+            gossip_interval: Duration::from_millis(50),
+            gossip_to_the_dead: Duration::from_secs(5),
+            push_pull_interval: Duration::from_secs(5),
+            reconnect_interval: Duration::from_secs(2),
+            join_retry_interval: Duration::from_millis(500),
+            dead_reap_timeout: Duration::from_secs(300),
+            ..Config::lan()
+        }
+    }
+
+    /// Checks the settings are consistent.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.protocol_period.is_zero() || self.probe_timeout.is_zero() {
+            return Err(ConfigError(
+                "protocol_period and probe_timeout must be positive".into(),
+            ));
+        }
+        if self.probe_timeout >= self.protocol_period {
+            return Err(ConfigError(format!(
+                "probe_timeout ({:?}) must be below protocol_period ({:?})",
+                self.probe_timeout, self.protocol_period
+            )));
+        }
+        if self.suspicion_mult == 0 || self.suspicion_max_timeout_mult == 0 {
+            return Err(ConfigError(
+                "suspicion_mult and suspicion_max_timeout_mult must be at least 1".into(),
+            ));
+        }
+        if self.retransmit_mult == 0 {
+            return Err(ConfigError("retransmit_mult must be at least 1".into()));
+        }
+        if !self.gossip_interval.is_zero() && self.gossip_nodes == 0 {
+            return Err(ConfigError(
+                "gossip_nodes must be at least 1 when gossip_interval is set".into(),
+            ));
+        }
+        if self.join_retry_interval.is_zero() {
+            return Err(ConfigError("join_retry_interval must be positive".into()));
+        }
+        let needed = self.max_meta_size + MAX_ADDR_LEN + RECORD_OVERHEAD;
+        if self.gossip_packet_size < needed {
+            return Err(ConfigError(format!(
+                "gossip_packet_size ({}) must hold one full member record ({needed} bytes with \
+                 max_meta_size {})",
+                self.gossip_packet_size, self.max_meta_size
+            )));
+        }
+        if self.gossip_packet_size > crate::message::MAX_PACKET_SIZE {
+            return Err(ConfigError(format!(
+                "gossip_packet_size ({}) exceeds the {}-byte packet limit",
+                self.gossip_packet_size,
+                crate::message::MAX_PACKET_SIZE
+            )));
+        }
+        if self.max_members < 2 {
+            return Err(ConfigError("max_members must be at least 2".into()));
+        }
+        // Durations are multiplied by (awareness + 1) and suspicion multipliers; keep them far
+        // from overflow.
+        let day = Duration::from_secs(24 * 3600);
+        if self.protocol_period > day || self.awareness_max > 1000 || self.suspicion_mult > 1000 {
+            return Err(ConfigError(
+                "protocol_period, awareness_max or suspicion_mult is unreasonably large".into(),
+            ));
+        }
+        if self.suspicion_max_timeout_mult > 1000 {
+            return Err(ConfigError(
+                "suspicion_max_timeout_mult is unreasonably large".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_are_valid() {
+        Config::lan().validate().unwrap();
+        Config::local().validate().unwrap();
+        let lan = Config::lan();
+        assert_eq!(lan.protocol_period, Duration::from_secs(1));
+        assert_eq!(lan.probe_timeout, Duration::from_millis(500));
+        assert_eq!(lan.indirect_checks, 3);
+        assert_eq!(lan.suspicion_mult, 4);
+        assert_eq!(lan.suspicion_max_timeout_mult, 6);
+        assert_eq!(lan.retransmit_mult, 4);
+        assert_eq!(lan.push_pull_interval, Duration::from_secs(30));
+        assert_eq!(lan.gossip_packet_size, 1400);
+        assert_eq!(lan.awareness_max, 8);
+        assert!(Config::local().protocol_period < lan.protocol_period);
+    }
+
+    #[test]
+    fn rejects_inconsistent_settings() {
+        let mut c = Config::local();
+        c.probe_timeout = c.protocol_period;
+        assert!(c.validate().is_err());
+        let mut c = Config::local();
+        c.gossip_packet_size = 300;
+        assert!(c.validate().is_err());
+        let mut c = Config::local();
+        c.retransmit_mult = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::local();
+        c.gossip_nodes = 0;
+        assert!(c.validate().is_err());
+    }
+}

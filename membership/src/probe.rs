@@ -1,0 +1,260 @@
+//! Failure detection: one probe per protocol period in randomized round-robin order, indirect
+//! probes through `indirect_checks` members after a missed ack, nacks from indirect probers, the
+//! buddy system, and the local health multiplier that scales it all (Lifeguard).
+
+use std::time::Duration;
+
+use crate::memberlist::{Memberlist, MAX_INDIRECT_IN_FLIGHT};
+use crate::message::{Message, Update};
+use crate::types::{Addr, NodeId, State};
+
+/// This node's probe in progress.
+#[derive(Clone, Debug)]
+pub(crate) struct Probe {
+    /// Its sequence number, echoed by acks and nacks.
+    pub(crate) seq: u32,
+    /// The member probed.
+    pub(crate) target: NodeId,
+    /// Where it was probed.
+    pub(crate) addr: Addr,
+    /// When to fall back to indirect probes.
+    pub(crate) timeout_at: Duration,
+    /// When the probe fails if no ack has come (the end of the protocol period).
+    pub(crate) deadline: Duration,
+    /// Whether the ping-reqs went out.
+    pub(crate) indirect_sent: bool,
+    /// Nacks expected from indirect probers.
+    pub(crate) expected_nacks: u32,
+    /// Nacks received.
+    pub(crate) nacks: u32,
+}
+
+/// A probe this node runs on behalf of another member's ping-req.
+#[derive(Clone, Debug)]
+pub(crate) struct IndirectProbe {
+    /// Who asked.
+    pub(crate) requester: Addr,
+    /// The requester's sequence number.
+    pub(crate) requester_seq: u32,
+    /// Whether the requester wants a nack on timeout.
+    pub(crate) nack: bool,
+    /// When to give up (and nack).
+    pub(crate) timeout_at: Duration,
+}
+
+impl Memberlist {
+    /// Runs the probe's timeouts, then starts the next probe when its period begins.
+    pub(crate) fn tick_probe(&mut self, now: Duration) {
+        if let Some(p) = &self.probe {
+            if !p.indirect_sent && now >= p.timeout_at {
+                self.send_indirect_probes();
+            }
+        }
+        if self.probe.as_ref().is_some_and(|p| now >= p.deadline) {
+            if let Some(p) = self.probe.take() {
+                self.probe_failed(p);
+            }
+        }
+        if now >= self.next_probe_at {
+            self.start_probe(now);
+        }
+    }
+
+    /// Probes the next member in the round. The period, and the probe timeout, are scaled by
+    /// the local health multiplier.
+    fn start_probe(&mut self, now: Duration) {
+        let period = self.awareness.scale(self.cfg.protocol_period);
+        self.next_probe_at = now + period;
+        let Some(target) = self.next_probe_target() else {
+            return;
+        };
+        let Some(m) = self.members.get(&target) else {
+            return;
+        };
+        let addr = m.addr.clone();
+        // Buddy system: a suspect hears of the suspicion from its prober and can refute at once.
+        let priority = if self.cfg.lifeguard && m.state == State::Suspect {
+            vec![Update::Suspect {
+                id: target,
+                incarnation: m.incarnation,
+                from: self.id,
+            }]
+        } else {
+            Vec::new()
+        };
+        let seq = self.next_seq();
+        self.send(&addr, Message::Ping { seq, target }, priority);
+        self.stats.probes += 1;
+        self.probe = Some(Probe {
+            seq,
+            target,
+            addr,
+            timeout_at: now + self.awareness.scale(self.cfg.probe_timeout),
+            deadline: now + period,
+            indirect_sent: false,
+            expected_nacks: 0,
+            nacks: 0,
+        });
+    }
+
+    /// The next live member in the randomized round-robin order; the order is reshuffled at the
+    /// start of each round. `None` if no other member is live.
+    fn next_probe_target(&mut self) -> Option<NodeId> {
+        for _ in 0..=self.probe_order.len() {
+            if self.probe_index >= self.probe_order.len() {
+                if self.probe_order.is_empty() {
+                    return None;
+                }
+                let mut order = std::mem::take(&mut self.probe_order);
+                self.rng.shuffle(&mut order);
+                self.probe_order = order;
+                self.probe_index = 0;
+            }
+            let id = self.probe_order[self.probe_index];
+            self.probe_index += 1;
+            if self.members.get(&id).is_some_and(|m| m.is_live()) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// No direct ack in time: ask `indirect_checks` random alive members to probe the target.
+    fn send_indirect_probes(&mut self) {
+        let Some(p) = self.probe.as_mut() else {
+            return;
+        };
+        p.indirect_sent = true;
+        let (seq, target, addr) = (p.seq, p.target, p.addr.clone());
+        let candidates: Vec<Addr> = self
+            .members
+            .values()
+            .filter(|m| m.id != self.id && m.id != target && m.state == State::Alive)
+            .map(|m| m.addr.clone())
+            .collect();
+        let helpers = self.rng.choose(candidates, self.cfg.indirect_checks);
+        let nack = self.cfg.lifeguard;
+        for to in &helpers {
+            let msg = Message::PingReq {
+                seq,
+                target,
+                addr: addr.clone(),
+                nack,
+            };
+            self.send(to, msg, Vec::new());
+            self.stats.indirect_probes += 1;
+        }
+        if let Some(p) = self.probe.as_mut() {
+            p.expected_nacks = if nack { helpers.len() as u32 } else { 0 };
+        }
+    }
+
+    /// The probe ended without an ack: adjust the local health and suspect the target.
+    ///
+    /// With nacks expected, only missing nacks count against us (helpers that answered could not
+    /// reach the target either, so it is probably the target); without, the failure itself does.
+    fn probe_failed(&mut self, p: Probe) {
+        self.stats.failed_probes += 1;
+        let delta = if p.expected_nacks > 0 {
+            p.expected_nacks.saturating_sub(p.nacks)
+        } else {
+            1
+        };
+        self.awareness.apply(i64::from(delta));
+        let Some(m) = self.members.get(&p.target) else {
+            return;
+        };
+        if m.is_live() {
+            let incarnation = m.incarnation;
+            self.on_suspect(p.target, incarnation, self.id);
+        }
+    }
+
+    /// Acks a ping meant for this node. A ping for another id (a reused address) is ignored.
+    pub(crate) fn handle_ping(&mut self, from: &Addr, seq: u32, target: NodeId) {
+        if target != self.id {
+            return;
+        }
+        self.send(from, Message::Ack { seq }, Vec::new());
+    }
+
+    /// Probes `target` for the requester, forwarding its ack or, if asked, nacking on timeout.
+    pub(crate) fn handle_ping_req(
+        &mut self,
+        from: &Addr,
+        seq: u32,
+        target: NodeId,
+        addr: Addr,
+        nack: bool,
+    ) {
+        if target == self.id {
+            self.send(from, Message::Ack { seq }, Vec::new());
+            return;
+        }
+        if self.indirect.len() >= MAX_INDIRECT_IN_FLIGHT {
+            return;
+        }
+        let own = self.next_seq();
+        self.send(&addr, Message::Ping { seq: own, target }, Vec::new());
+        self.stats.indirect_probes_served += 1;
+        // Nack a little before our own probe timeout, so that the nack reaches a requester
+        // running the same configuration before the end of its period.
+        let wait = self.cfg.probe_timeout.mul_f64(0.8);
+        self.indirect.insert(
+            own,
+            IndirectProbe {
+                requester: from.clone(),
+                requester_seq: seq,
+                nack,
+                timeout_at: self.now + wait,
+            },
+        );
+    }
+
+    /// An ack: ends this node's probe, or is forwarded to the member that asked for it.
+    pub(crate) fn handle_ack(&mut self, seq: u32) {
+        if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
+            self.probe = None;
+            self.stats.acks += 1;
+            self.awareness.apply(-1);
+            return;
+        }
+        if let Some(ip) = self.indirect.remove(&seq) {
+            let msg = Message::Ack {
+                seq: ip.requester_seq,
+            };
+            self.send(&ip.requester, msg, Vec::new());
+        }
+    }
+
+    /// A nack from an indirect prober of this node's current probe.
+    pub(crate) fn handle_nack(&mut self, seq: u32) {
+        if let Some(p) = self.probe.as_mut() {
+            if p.seq == seq && p.indirect_sent && p.nacks < p.expected_nacks {
+                p.nacks += 1;
+                self.stats.nacks += 1;
+            }
+        }
+    }
+
+    /// Gives up on indirect probes that timed out, nacking them if asked.
+    pub(crate) fn tick_indirect(&mut self, now: Duration) {
+        let expired: Vec<u32> = self
+            .indirect
+            .iter()
+            .filter(|(_, ip)| ip.timeout_at <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            let Some(ip) = self.indirect.remove(&seq) else {
+                continue;
+            };
+            if ip.nack {
+                let msg = Message::Nack {
+                    seq: ip.requester_seq,
+                };
+                self.send(&ip.requester, msg, Vec::new());
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Small deterministic SWIM simulations (the figures at scale come from `swim-sim`).
+
+use shoal_sim::swim_sim::{run, SwimOptions};
+
+#[test]
+fn crashed_members_are_detected_by_everyone_without_false_positives() {
+    let mut o = SwimOptions::new(32, 90, 0.0, 11);
+    o.crash = 2;
+    let r = run(o);
+    assert!(r.converged_s.is_some(), "the joins converged");
+    assert_eq!(
+        r.undetected, 0,
+        "every live member marked both crashed members failed"
+    );
+    assert_eq!(
+        r.false_positives, 0,
+        "no live member declared failed without loss"
+    );
+    let max = r.all_detection_s_max.expect("detections happened");
+    assert!(
+        max < 30.0,
+        "detected within 30 simulated seconds, took {max}"
+    );
+    assert_eq!(
+        r.dissemination_missing, 0,
+        "the metadata update reached everyone"
+    );
+}
+
+#[test]
+fn a_partition_into_halves_merges_back_after_healing() {
+    let mut o = SwimOptions::new(32, 150, 0.0, 12);
+    o.partition = Some((30, 60));
+    let r = run(o);
+    assert!(
+        r.merge_s.is_some(),
+        "one merged membership after the partition healed: {r:?}"
+    );
+}
+
+#[test]
+fn light_loss_causes_no_false_positive() {
+    let r = run(SwimOptions::new(48, 120, 0.01, 13));
+    assert_eq!(r.false_positives, 0, "{r:?}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_figures() {
+    let a = run(SwimOptions::new(16, 40, 0.05, 14));
+    let b = run(SwimOptions::new(16, 40, 0.05, 14));
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}
