@@ -20,6 +20,11 @@
 //! - **memberlist-style** extras: gossip rounds besides piggybacking, periodic full-state
 //!   push-pull, join through seeds with retries, graceful leave, reconnect attempts to dead
 //!   members and seeds so that a healed partition merges back, opaque node metadata.
+//! - **Load-saving** departures (each can be turned off in [`Config`]): a second direct ping
+//!   before the indirect probe (`probe_retry`), gossip rounds only while an update is fresh
+//!   (`gossip_max_transmits`, piggybacking carries the rest), and a probe that fails as soon as
+//!   every indirect prober has nacked. The `lan` suspicion multiplier is 2 with Lifeguard's K
+//!   set on its own (`suspicion_confirmations`); see [`Config::lan`] for why.
 //!
 //! The wire format is one versioned envelope (a version byte, then postcard); every packet is
 //! decoded with bounds and validated, and bad input is dropped and counted, never a panic.

@@ -9,7 +9,7 @@ use crate::awareness::Awareness;
 use crate::broadcast::{retransmit_limit, Broadcasts};
 use crate::config::Config;
 use crate::error::{ConfigError, DecodeError, JoinError, MetaError};
-use crate::message::{self, Message, Packet, Update, MAX_UPDATES_PER_PACKET};
+use crate::message::{self, Message, Update, MAX_UPDATES_PER_PACKET};
 use crate::probe::{IndirectProbe, Probe};
 use crate::rng::Rng;
 use crate::suspicion::Suspicion;
@@ -110,6 +110,9 @@ pub struct Memberlist {
     pub(crate) now: Duration,
     /// Every member known, this node included.
     pub(crate) members: BTreeMap<NodeId, Member>,
+    /// How many of `members` are live (alive or suspect), kept up to date by every state change
+    /// so that the protocol's `n` costs nothing per packet.
+    pub(crate) live: usize,
     // failure detection
     pub(crate) probe_order: Vec<NodeId>,
     pub(crate) probe_index: usize,
@@ -170,6 +173,7 @@ impl Memberlist {
             rng,
             now: Duration::ZERO,
             members: BTreeMap::from([(local.id, me)]),
+            live: 1,
             probe_order: Vec::new(),
             probe_index: 0,
             probe: None,
@@ -221,7 +225,11 @@ impl Memberlist {
 
     /// How many members are believed alive (alive or suspect), this node included unless it left.
     pub fn num_alive(&self) -> usize {
-        self.members.values().filter(|m| m.is_live()).count()
+        debug_assert_eq!(
+            self.live,
+            self.members.values().filter(|m| m.is_live()).count()
+        );
+        self.live
     }
 
     /// Counters.
@@ -251,7 +259,7 @@ impl Memberlist {
             return None;
         }
         let mut t = self.next_probe_at;
-        if !self.cfg.gossip_interval.is_zero() && !self.broadcasts.is_empty() {
+        if !self.cfg.gossip_interval.is_zero() && self.has_fresh_broadcasts() {
             t = t.min(self.next_gossip_at);
         }
         if !self.cfg.push_pull_interval.is_zero() {
@@ -267,6 +275,9 @@ impl Memberlist {
             t = t.min(p.deadline);
             if !p.indirect_sent {
                 t = t.min(p.timeout_at);
+                if let Some(r) = p.retry_at {
+                    t = t.min(r);
+                }
             }
         }
         for ip in self.indirect.values() {
@@ -449,22 +460,35 @@ impl Memberlist {
 
     /// Sends `msg` to `to` with `priority` updates first, then as many queued updates as fit
     /// within the packet size limit.
+    ///
+    /// The packet is assembled from bytes: the envelope, then `(from, msg)`, then the update
+    /// count and the updates, which is exactly the postcard encoding of a [`Packet`] (its update
+    /// list comes last and its count, at most [`MAX_UPDATES_PER_PACKET`], is a one-byte varint).
+    /// Queued updates are appended from their encodings made once when queued.
     pub(crate) fn send(&mut self, to: &Addr, msg: Message, priority: Vec<Update>) {
-        let mut packet = Packet {
-            from: self.id,
-            msg,
-            updates: priority,
+        let mut bytes = Vec::with_capacity(self.cfg.gossip_packet_size.min(2048));
+        bytes.push(message::VERSION);
+        let Ok(mut bytes) = postcard::to_extend(&(self.id, &msg), bytes) else {
+            return;
         };
-        let base = 1 + message::encoded_len(&packet);
-        let room = MAX_UPDATES_PER_PACKET.saturating_sub(packet.updates.len());
-        if base < self.cfg.gossip_packet_size {
-            let limit = self.retransmit_limit();
-            let budget = self.cfg.gossip_packet_size - base;
-            packet
-                .updates
-                .extend(self.broadcasts.take(budget, room, limit));
+        let count_at = bytes.len();
+        bytes.push(0);
+        let mut count = 0usize;
+        for u in priority.iter().take(MAX_UPDATES_PER_PACKET) {
+            let Ok(b) = postcard::to_extend(u, std::mem::take(&mut bytes)) else {
+                return;
+            };
+            bytes = b;
+            count += 1;
         }
-        self.emit_packet(to, &packet);
+        let room = MAX_UPDATES_PER_PACKET - count;
+        if bytes.len() < self.cfg.gossip_packet_size && room > 0 {
+            let limit = self.retransmit_limit();
+            let budget = self.cfg.gossip_packet_size - bytes.len();
+            count += self.broadcasts.take_encoded(budget, room, limit, &mut bytes);
+        }
+        bytes[count_at] = count as u8;
+        self.emit_bytes(to, bytes);
     }
 
     /// Sends a packet carrying queued updates only; nothing if none is queued.
@@ -475,10 +499,7 @@ impl Memberlist {
         self.send(to, Message::Gossip, Vec::new());
     }
 
-    pub(crate) fn emit_packet(&mut self, to: &Addr, packet: &Packet) {
-        let Some(bytes) = message::encode(packet) else {
-            return;
-        };
+    fn emit_bytes(&mut self, to: &Addr, bytes: Vec<u8>) {
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         self.effects.push(Effect::Send {
@@ -494,29 +515,69 @@ impl Memberlist {
         }
     }
 
+    /// Up to `k` distinct random members other than this node that satisfy `pred`, uniformly
+    /// chosen among those that do, as addresses.
+    ///
+    /// Draws random positions of the probe order (every other known member) and keeps those
+    /// that qualify, so that the usual case costs O(k) instead of a scan of the whole
+    /// membership; only when a few draws do not find `k` does it fall back to the scan.
+    pub(crate) fn sample_members(&mut self, k: usize, pred: impl Fn(&Member) -> bool) -> Vec<Addr> {
+        let n = self.probe_order.len();
+        if k == 0 || n == 0 {
+            return Vec::new();
+        }
+        let mut picked: Vec<NodeId> = Vec::with_capacity(k);
+        if n >= 4 * k {
+            for _ in 0..4 * k + 8 {
+                let id = self.probe_order[self.rng.below(n)];
+                if !picked.contains(&id) && self.members.get(&id).is_some_and(&pred) {
+                    picked.push(id);
+                    if picked.len() == k {
+                        break;
+                    }
+                }
+            }
+        }
+        if picked.len() < k {
+            let candidates: Vec<NodeId> = self
+                .members
+                .values()
+                .filter(|m| m.id != self.id && pred(m))
+                .map(|m| m.id)
+                .collect();
+            picked = self.rng.choose(candidates, k);
+        }
+        picked
+            .into_iter()
+            .filter_map(|id| self.members.get(&id).map(|m| m.addr.clone()))
+            .collect()
+    }
+
+    /// True when some queued update has been sent fewer than `gossip_max_transmits` times, so
+    /// that a gossip round is worth its packets.
+    fn has_fresh_broadcasts(&self) -> bool {
+        self.broadcasts
+            .min_transmits()
+            .is_some_and(|t| t < self.cfg.gossip_max_transmits)
+    }
+
     /// Sends queued updates to `gossip_nodes` random members every `gossip_interval`: live ones,
-    /// and those declared dead recently enough that they may still refute.
+    /// and those declared dead recently enough that they may still refute. Only while a queued
+    /// update is fresh (see `Config::gossip_max_transmits`); each packet still carries as many
+    /// queued updates as fit, fresh or not.
     fn tick_gossip(&mut self, now: Duration) {
         if self.cfg.gossip_interval.is_zero() || now < self.next_gossip_at {
             return;
         }
         self.next_gossip_at = now + self.cfg.gossip_interval;
-        if self.broadcasts.is_empty() {
+        if !self.has_fresh_broadcasts() {
             return;
         }
         let to_the_dead = self.cfg.gossip_to_the_dead;
-        let candidates: Vec<Addr> = self
-            .members
-            .values()
-            .filter(|m| m.id != self.id)
-            .filter(|m| {
-                m.is_live()
-                    || (m.state == State::Dead
-                        && now.saturating_sub(m.state_changed_at) < to_the_dead)
-            })
-            .map(|m| m.addr.clone())
-            .collect();
-        let targets = self.rng.choose(candidates, self.cfg.gossip_nodes);
+        let targets = self.sample_members(self.cfg.gossip_nodes, |m| {
+            m.is_live()
+                || (m.state == State::Dead && now.saturating_sub(m.state_changed_at) < to_the_dead)
+        });
         for to in targets {
             self.send_gossip(&to);
         }

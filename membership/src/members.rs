@@ -74,6 +74,7 @@ impl Memberlist {
                     state_changed_at: now,
                 },
             );
+            self.live += 1;
             self.add_to_probe_order(id);
             self.broadcasts.push(Update::Alive {
                 id,
@@ -97,6 +98,9 @@ impl Memberlist {
         if prev != State::Alive {
             m.state = State::Alive;
             m.state_changed_at = now;
+        }
+        if matches!(prev, State::Dead | State::Left) {
+            self.live += 1;
         }
         self.suspicions.remove(&id);
         self.broadcasts.push(Update::Alive {
@@ -205,6 +209,7 @@ impl Memberlist {
         m.state = State::Dead;
         m.incarnation = incarnation;
         m.state_changed_at = now;
+        self.live -= 1;
         self.suspicions.remove(&id);
         self.stats.failures += 1;
         self.broadcasts.push(Update::Dead {
@@ -230,9 +235,13 @@ impl Memberlist {
         if incarnation < m.incarnation || m.state == State::Left {
             return;
         }
+        let was_live = m.is_live();
         m.state = State::Left;
         m.incarnation = incarnation;
         m.state_changed_at = now;
+        if was_live {
+            self.live -= 1;
+        }
         self.suspicions.remove(&id);
         self.broadcasts.push(Update::Left { id, incarnation });
         self.emit(MemberEvent::Left, id);
@@ -255,8 +264,8 @@ impl Memberlist {
         if !self.cfg.lifeguard {
             return Suspicion::new(self.now, accuser, 0, min, min);
         }
-        // Expect confirmations from all but the accuser and the suspect, up to mult − 2.
-        let mut k = self.cfg.suspicion_mult.saturating_sub(2);
+        // Expect confirmations from all but the accuser and the suspect, up to K.
+        let mut k = self.cfg.suspicion_confirmations;
         if n.saturating_sub(2) < k as usize {
             k = 0;
         }

@@ -157,8 +157,9 @@ pub(crate) fn encoded_len<T: Serialize>(value: &T) -> usize {
         .unwrap_or(usize::MAX / 4)
 }
 
-/// Encodes a packet in its envelope. `None` only if serialization itself fails, which these
-/// types never do; the caller drops the packet then.
+/// Encodes a packet in its envelope (the send path assembles the same bytes incrementally, see
+/// `Memberlist::send`). `None` only if serialization itself fails.
+#[cfg(test)]
 pub(crate) fn encode(packet: &Packet) -> Option<Vec<u8>> {
     postcard::to_extend(packet, vec![VERSION]).ok()
 }

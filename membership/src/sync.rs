@@ -165,6 +165,7 @@ impl Memberlist {
             id: me.id,
             incarnation: me.incarnation,
         };
+        self.live -= 1;
         self.left = true;
         self.joining = false;
         self.probe = None;

@@ -120,13 +120,27 @@ fn with_members(cfg: Config, id: u64, others: &[u64]) -> Memberlist {
     ml
 }
 
+/// The `local` profile with memberlist's suspicion multiplier of 4 (the `lan` profile uses 2):
+/// the suspicion tests' figures are worked out with it (n = 5: min = 800 ms, max = 4800 ms).
+fn suspicion_cfg() -> Config {
+    Config {
+        suspicion_mult: 4,
+        ..Config::local()
+    }
+}
+
 /// Ticks every millisecond from `*now` until a ping goes out; returns (target, seq, packet).
+/// The next probe's first ping (a repeated ping of the probe in progress is skipped).
 fn next_ping(ml: &mut Memberlist, now: &mut Duration) -> (NodeId, u32, Packet) {
+    let current = ml.probe.as_ref().map(|p| p.seq);
     for _ in 0..10_000 {
         *now += ms(1);
         ml.tick(*now);
         for (_, p) in packets(&ml.take_effects()) {
             if let Message::Ping { seq, target } = p.msg {
+                if Some(seq) == current {
+                    continue;
+                }
                 return (target, seq, p);
             }
         }
@@ -177,8 +191,8 @@ fn suspect_then_alive_by_refutation() {
 
 #[test]
 fn suspect_then_dead_by_timeout() {
-    // n = 5: k = suspicion_mult − 2 = 2, min = 4 · 1 · 200 ms, max = 6 · min.
-    let mut ml = with_members(Config::local(), 1, &[2, 3, 4, 5]);
+    // n = 5: k = suspicion_confirmations = 2, min = 4 · 1 · 200 ms, max = 6 · min.
+    let mut ml = with_members(suspicion_cfg(), 1, &[2, 3, 4, 5]);
     gossip(&mut ml, ms(1000), vec![suspect(2, 0, 3)]);
     ml.take_effects();
     ml.tick_suspicions(ms(1000 + 4799));
@@ -573,8 +587,9 @@ fn indirect_probes_and_nacks() {
         vec![],
     );
     assert_eq!(ml.stats().nacks, 3);
-    let deadline = ml.probe.as_ref().unwrap().deadline;
-    ml.tick(deadline);
+    // The last nack ends the probe at once, before the end of the period.
+    assert!(ml.probe.is_none(), "all nacks in: the probe failed early");
+    assert_eq!(ml.stats().failed_probes, 1);
     assert_eq!(ml.local_health(), 0, "all nacks received: no penalty");
     assert_eq!(state(&ml, target.0), State::Suspect);
 
@@ -688,7 +703,7 @@ fn answers_pings_for_itself_only() {
 #[test]
 fn suspicion_timeout_shrinks_with_independent_confirmations() {
     // n = 5: k = 2, min = 800 ms, max = 4800 ms.
-    let mut ml = with_members(Config::local(), 1, &[2, 3, 4, 5]);
+    let mut ml = with_members(suspicion_cfg(), 1, &[2, 3, 4, 5]);
     let start = ms(1000);
     gossip(&mut ml, start, vec![suspect(2, 0, 3)]);
     assert_eq!(ml.suspicions[&NodeId(2)].deadline(), start + ms(4800));
@@ -715,14 +730,14 @@ fn suspicion_timeout_shrinks_with_independent_confirmations() {
 #[test]
 fn small_clusters_expect_no_confirmations() {
     // n = 3: fewer than k + 2 members, so the timeout is the minimum from the start.
-    let mut ml = with_members(Config::local(), 1, &[2, 3]);
+    let mut ml = with_members(suspicion_cfg(), 1, &[2, 3]);
     gossip(&mut ml, ms(0), vec![suspect(2, 0, 3)]);
     assert_eq!(ml.suspicions[&NodeId(2)].deadline(), ms(800));
 }
 
 #[test]
 fn lifeguard_off_is_plain_swim() {
-    let mut cfg = Config::local();
+    let mut cfg = suspicion_cfg();
     cfg.lifeguard = false;
     let mut ml = with_members(cfg.clone(), 1, &[2, 3, 4, 5]);
     // Fixed suspicion timeout: the minimum, whatever the confirmations.
@@ -998,15 +1013,24 @@ fn next_timer_covers_the_probe_schedule() {
     let t = ml.next_timer().unwrap();
     assert!(t < ms(200));
     ml.tick(t);
-    // A probe is running: its timeout is the next thing.
+    // A probe is running: its repeated ping, then its timeout, are the next things.
     let p = ml.probe.clone().expect("probe started at the timer");
+    let retry = p.retry_at.expect("probe_retry is on");
+    ml.take_effects();
+    assert_eq!(ml.next_timer().unwrap(), retry);
+    ml.tick(retry);
+    let again = packets(&ml.take_effects());
+    assert!(
+        matches!(&again[..], [(_, q)] if q.msg == Message::Ping { seq: p.seq, target: p.target }),
+        "the ping is repeated once with the same sequence"
+    );
     assert_eq!(ml.next_timer().unwrap(), p.timeout_at);
 }
 
 #[test]
 fn push_pull_hearsay_does_not_confirm_a_suspicion() {
     // n = 5: k = 2, min = 800 ms, max = 4800 ms.
-    let mut ml = with_members(Config::local(), 1, &[2, 3, 4, 5]);
+    let mut ml = with_members(suspicion_cfg(), 1, &[2, 3, 4, 5]);
     gossip(&mut ml, ms(0), vec![suspect(2, 0, 3)]);
     let rec = crate::message::Record {
         id: NodeId(2),
@@ -1043,4 +1067,80 @@ fn push_pull_hearsay_does_not_confirm_a_suspicion() {
         vec![],
     );
     assert_eq!(state(&ml, 3), State::Suspect);
+}
+
+#[test]
+fn a_repeated_ping_spares_the_indirect_probe() {
+    let mut ml = with_members(Config::local(), 1, &[2, 3, 4, 5]);
+    let mut now = ms(0);
+    let (target, seq, _) = next_ping(&mut ml, &mut now);
+    ml.take_effects();
+    // The first ping (or its ack) was lost: half way to the timeout the ping is repeated.
+    let p = ml.probe.clone().unwrap();
+    let retry = p.retry_at.unwrap();
+    assert_eq!(retry, now + Config::local().probe_timeout / 2);
+    ml.tick(retry);
+    let sent = packets(&ml.take_effects());
+    assert!(matches!(&sent[..], [(to, q)] if *to == addr(target.0) && q.msg == Message::Ping { seq, target }));
+    // Its ack ends the probe: no ping-req at the timeout.
+    deliver(&mut ml, retry + ms(2), target.0, Message::Ack { seq }, vec![]);
+    assert!(ml.probe.is_none());
+    ml.tick(p.timeout_at);
+    assert!(packets(&ml.take_effects())
+        .iter()
+        .all(|(_, q)| !matches!(q.msg, Message::PingReq { .. })));
+    assert_eq!(ml.stats().indirect_probes, 0);
+
+    // Off: no repeated ping, the indirect probe follows the first miss.
+    let cfg = Config {
+        probe_retry: false,
+        ..Config::local()
+    };
+    let mut ml = with_members(cfg, 1, &[2, 3, 4, 5]);
+    let mut now = ms(0);
+    let (_, _, reqs) = probe_to_indirect(&mut ml, &mut now);
+    assert!(ml.probe.as_ref().unwrap().retry_at.is_none());
+    assert_eq!(reqs.len(), 3);
+}
+
+#[test]
+fn gossip_rounds_only_for_fresh_updates() {
+    let cfg = Config::local();
+    let (interval, fresh) = (cfg.gossip_interval, cfg.gossip_max_transmits);
+    let mut ml = with_members(cfg, 1, &[2, 3, 4, 5, 6, 7, 8, 9]);
+    // Let the join announcements run out first.
+    let mut now = ms(0);
+    while !ml.broadcasts.is_empty() {
+        now += ms(10);
+        ml.tick(now);
+        ml.take_effects();
+    }
+    gossip(&mut ml, now, vec![left(2, 1)]);
+    let mut rounds = 0;
+    let mut sent = 0;
+    while !ml.broadcasts.is_empty() && now < ms(10_000) {
+        now += interval;
+        ml.tick(now);
+        let gossips = packets(&ml.take_effects())
+            .into_iter()
+            .filter(|(_, p)| p.msg == Message::Gossip)
+            .count();
+        if gossips > 0 {
+            rounds += 1;
+            sent += gossips;
+        }
+        // Once sent `gossip_max_transmits` times, the update rides on probe traffic only.
+        if ml.broadcasts.transmits(NodeId(2)).is_some_and(|t| t >= fresh) {
+            let before = sent;
+            ml.tick(now + interval);
+            let more = packets(&ml.take_effects())
+                .into_iter()
+                .filter(|(_, p)| p.msg == Message::Gossip)
+                .count();
+            assert_eq!(more, 0, "no gossip round for an update sent {fresh} times");
+            assert!(before > 0);
+            break;
+        }
+    }
+    assert!(rounds >= 1, "a fresh update is gossiped at once");
 }
