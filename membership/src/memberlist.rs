@@ -485,7 +485,9 @@ impl Memberlist {
         if bytes.len() < self.cfg.gossip_packet_size && room > 0 {
             let limit = self.retransmit_limit();
             let budget = self.cfg.gossip_packet_size - bytes.len();
-            count += self.broadcasts.take_encoded(budget, room, limit, &mut bytes);
+            count += self
+                .broadcasts
+                .take_encoded(budget, room, limit, &mut bytes);
         }
         bytes[count_at] = count as u8;
         self.emit_bytes(to, bytes);

@@ -1081,9 +1081,17 @@ fn a_repeated_ping_spares_the_indirect_probe() {
     assert_eq!(retry, now + Config::local().probe_timeout / 2);
     ml.tick(retry);
     let sent = packets(&ml.take_effects());
-    assert!(matches!(&sent[..], [(to, q)] if *to == addr(target.0) && q.msg == Message::Ping { seq, target }));
+    assert!(
+        matches!(&sent[..], [(to, q)] if *to == addr(target.0) && q.msg == Message::Ping { seq, target })
+    );
     // Its ack ends the probe: no ping-req at the timeout.
-    deliver(&mut ml, retry + ms(2), target.0, Message::Ack { seq }, vec![]);
+    deliver(
+        &mut ml,
+        retry + ms(2),
+        target.0,
+        Message::Ack { seq },
+        vec![],
+    );
     assert!(ml.probe.is_none());
     ml.tick(p.timeout_at);
     assert!(packets(&ml.take_effects())
@@ -1130,7 +1138,11 @@ fn gossip_rounds_only_for_fresh_updates() {
             sent += gossips;
         }
         // Once sent `gossip_max_transmits` times, the update rides on probe traffic only.
-        if ml.broadcasts.transmits(NodeId(2)).is_some_and(|t| t >= fresh) {
+        if ml
+            .broadcasts
+            .transmits(NodeId(2))
+            .is_some_and(|t| t >= fresh)
+        {
             let before = sent;
             ml.tick(now + interval);
             let more = packets(&ml.take_effects())
