@@ -128,6 +128,8 @@ enum Ev {
     Timer(usize),
     /// Deliver packet `id` to node `to`.
     Deliver { to: usize, id: u64 },
+    /// A stalled node catches up with the packets that arrived during its stall.
+    Wake(usize),
 }
 
 struct Node {
@@ -350,12 +352,16 @@ impl World {
                         continue;
                     }
                     self.nodes[i].timer_at = None;
-                    if self.stall_check(i) {
-                        continue;
-                    }
+                    self.stall_check(i);
                     let now = self.now_d();
                     self.nodes[i].ml.tick(now);
                     self.drain(i);
+                }
+                Ev::Wake(i) => {
+                    if !self.nodes[i].crashed {
+                        self.stall_check(i);
+                        self.drain(i);
+                    }
                 }
                 Ev::Deliver { to, id } => {
                     let (from, bytes) = self.packets.remove(&id).expect("stored");
@@ -376,25 +382,15 @@ impl World {
         self.now = until;
     }
 
-    /// Starts or ends a stall of node `i`; true if the node is (still) stalled.
-    fn stall_check(&mut self, i: usize) -> bool {
-        let n = &mut self.nodes[i];
-        if !n.stalls {
-            return false;
+    /// Starts or ends a stall of node `i`. A stalled node is CPU-starved: its timers still fire
+    /// (it keeps probing), but the packets it receives are processed only when the stall ends,
+    /// seconds late — so acks to its own probes look missing.
+    fn stall_check(&mut self, i: usize) {
+        if !self.nodes[i].stalls {
+            return;
         }
-        if n.stalled_until > self.now {
-            return true;
-        }
-        if self.now >= n.next_stall {
-            // Pause for 2–6 s, then catch up with everything that arrived meanwhile.
-            let pause = 2_000_000 + self.rng.below(4_000_000);
-            let n = &mut self.nodes[i];
-            n.stalled_until = self.now + pause;
-            n.next_stall = n.stalled_until + 5_000_000 + self.rng.below(10_000_000);
-            n.timer_at = Some(n.stalled_until);
-            let at = n.stalled_until;
-            self.push(at, Ev::Timer(i));
-            return true;
+        if self.nodes[i].stalled_until > self.now {
+            return;
         }
         if !self.nodes[i].inbox.is_empty() {
             let now = self.now_d();
@@ -403,7 +399,15 @@ impl World {
                 let _ = self.nodes[i].ml.receive(now, &from_addr, &bytes);
             }
         }
-        false
+        if self.now >= self.nodes[i].next_stall {
+            // Pause for 2–6 s, then catch up with everything that arrived meanwhile.
+            let pause = 2_000_000 + self.rng.below(4_000_000);
+            let n = &mut self.nodes[i];
+            n.stalled_until = self.now + pause;
+            n.next_stall = n.stalled_until + 5_000_000 + self.rng.below(10_000_000);
+            let at = n.stalled_until;
+            self.push(at, Ev::Wake(i));
+        }
     }
 
     /// True when every live member sees every other live member alive.

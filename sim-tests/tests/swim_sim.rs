@@ -50,3 +50,19 @@ fn the_same_seed_gives_the_same_figures() {
     let b = run(SwimOptions::new(16, 40, 0.05, 14));
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+#[test]
+fn lifeguard_spares_healthy_members_from_a_starved_members_accusations() {
+    // Two members are CPU-starved (they process packets seconds late). Without Lifeguard they
+    // declare healthy members failed; with it, (almost) never.
+    let (mut on, mut off) = (0, 0);
+    for seed in 1..=3 {
+        let mut o = SwimOptions::new(64, 300, 0.0, seed);
+        o.stall = 2;
+        on += run(o.clone()).false_positives_healthy;
+        o.lifeguard = false;
+        off += run(o).false_positives_healthy;
+    }
+    assert!(off >= 20, "the scenario starves members enough to matter ({off} without Lifeguard)");
+    assert!(on * 20 <= off, "Lifeguard on: {on}, off: {off}");
+}
