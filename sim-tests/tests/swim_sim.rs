@@ -63,6 +63,9 @@ fn lifeguard_spares_healthy_members_from_a_starved_members_accusations() {
         o.lifeguard = false;
         off += run(o).false_positives_healthy;
     }
-    assert!(off >= 20, "the scenario starves members enough to matter ({off} without Lifeguard)");
+    assert!(
+        off >= 20,
+        "the scenario starves members enough to matter ({off} without Lifeguard)"
+    );
     assert!(on * 20 <= off, "Lifeguard on: {on}, off: {off}");
 }
