@@ -80,14 +80,7 @@ async fn ours(p: &Pair, secs: f64, size: usize, rtt_calls: usize) -> (f64, f64, 
                     }
                 }
             });
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let (b0, t0) = (count.load(Ordering::Relaxed), Instant::now());
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-            let (b1, dt) = (count.load(Ordering::Relaxed), t0.elapsed());
-            stop.store(true, Ordering::Relaxed);
-            let _ = sender.await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            (b1 - b0) as f64 / dt.as_secs_f64()
+            measure_rate(&count, secs, stop, sender).await
         }
     };
     let small = run(size).await / size as f64;
@@ -161,14 +154,7 @@ async fn bare(p: &Pair, secs: f64, size: usize, rtt_calls: usize) -> (f64, f64, 
                 }
                 let _ = st.finish();
             });
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let (b0, t0) = (count.load(Ordering::Relaxed), Instant::now());
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-            let (b1, dt) = (count.load(Ordering::Relaxed), t0.elapsed());
-            stop.store(true, Ordering::Relaxed);
-            let _ = sender.await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            (b1 - b0) as f64 / dt.as_secs_f64()
+            measure_rate(&count, secs, stop, sender).await
         }
     };
     let small = run(size).await / size as f64;
@@ -183,6 +169,24 @@ async fn bare(p: &Pair, secs: f64, size: usize, rtt_calls: usize) -> (f64, f64, 
         rtts.push(t.elapsed().as_micros() as u64);
     }
     (small, bulk, rtts)
+}
+
+/// Lets `sender` warm up, counts received bytes over `secs`, stops it, and lets the pipe drain.
+/// Returns bytes per second.
+async fn measure_rate(
+    count: &AtomicU64,
+    secs: f64,
+    stop: Arc<AtomicBool>,
+    sender: tokio::task::JoinHandle<()>,
+) -> f64 {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (b0, t0) = (count.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let (b1, dt) = (count.load(Ordering::Relaxed), t0.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (b1 - b0) as f64 / dt.as_secs_f64()
 }
 
 fn pct(v: &mut [u64], p: f64) -> u64 {
