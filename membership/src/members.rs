@@ -188,6 +188,9 @@ impl Memberlist {
                     from,
                 });
                 self.emit(MemberEvent::Suspected, id);
+                if from != self.id {
+                    self.maybe_probe_suspect_next(id);
+                }
             }
         }
     }
@@ -290,6 +293,33 @@ impl Memberlist {
                 let incarnation = m.incarnation;
                 self.on_dead(id, incarnation, self.id);
             }
+        }
+    }
+
+    /// Having heard that `id` is suspected, probes it next with probability
+    /// `suspect_probes / (n − 2)` (`Config::suspect_probes`): it moves to the front of the rest
+    /// of this round, so the round gets no longer and no packet is added.
+    fn maybe_probe_suspect_next(&mut self, id: NodeId) {
+        let fanout = self.cfg.suspect_probes as usize;
+        if !self.cfg.lifeguard || fanout == 0 {
+            return;
+        }
+        let others = self.live.saturating_sub(2).max(1);
+        if fanout < others && self.rng.below(others) >= fanout {
+            return;
+        }
+        let Some(pos) = self.probe_order.iter().position(|m| *m == id) else {
+            return;
+        };
+        if pos >= self.probe_index {
+            // Not probed yet this round: bring it forward.
+            self.probe_order.remove(pos);
+            self.probe_order.insert(self.probe_index, id);
+        } else {
+            // Probed already this round: once more, right now.
+            self.probe_order.remove(pos);
+            self.probe_index -= 1;
+            self.probe_order.insert(self.probe_index, id);
         }
     }
 

@@ -9,9 +9,9 @@ use crate::types::NodeId;
 
 /// `suspicion_mult · max(1, log10(n)) · period`: the minimum suspicion timeout for a cluster of
 /// `n` live members (rounded down to the millisecond, so that it does not depend on float noise).
-pub(crate) fn min_timeout(suspicion_mult: u32, n: usize, period: Duration) -> Duration {
+pub(crate) fn min_timeout(suspicion_mult: f64, n: usize, period: Duration) -> Duration {
     let scale = (n.max(1) as f64).log10().max(1.0);
-    let ms = f64::from(suspicion_mult) * scale * period.as_secs_f64() * 1000.0;
+    let ms = suspicion_mult * scale * period.as_secs_f64() * 1000.0;
     Duration::from_millis(ms.floor() as u64)
 }
 
@@ -92,10 +92,10 @@ mod tests {
     #[test]
     fn min_timeout_scales_with_log_n() {
         let p = Duration::from_secs(1);
-        assert_eq!(min_timeout(4, 1, p), Duration::from_secs(4));
-        assert_eq!(min_timeout(4, 10, p), Duration::from_secs(4));
-        assert_eq!(min_timeout(4, 100, p), Duration::from_secs(8));
-        assert_eq!(min_timeout(4, 1000, p), Duration::from_secs(12));
+        assert_eq!(min_timeout(4.0, 1, p), Duration::from_secs(4));
+        assert_eq!(min_timeout(4.0, 10, p), Duration::from_secs(4));
+        assert_eq!(min_timeout(4.0, 100, p), Duration::from_secs(8));
+        assert_eq!(min_timeout(4.0, 1000, p), Duration::from_secs(12));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Unit tests of the state transitions, the Lifeguard timers and the dissemination limits,
 //! driving one member with hand-made packets.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::broadcast::{retransmit_limit, Broadcasts};
@@ -124,7 +125,7 @@ fn with_members(cfg: Config, id: u64, others: &[u64]) -> Memberlist {
 /// the suspicion tests' figures are worked out with it (n = 5: min = 800 ms, max = 4800 ms).
 fn suspicion_cfg() -> Config {
     Config {
-        suspicion_mult: 4,
+        suspicion_mult: 4.0,
         ..Config::local()
     }
 }
@@ -531,6 +532,8 @@ fn missed_ack_scales_period_and_timeout() {
 fn local_health_is_bounded() {
     let mut cfg = Config::local();
     cfg.awareness_max = 2;
+    // Keep the lone peer suspect (not dead) for all three probes.
+    cfg.suspicion_mult = 10.0;
     let mut ml = with_members(cfg, 1, &[2]);
     let mut now = ms(0);
     for _ in 0..3 {
@@ -748,7 +751,7 @@ fn lifeguard_off_is_plain_swim() {
     assert_eq!(ml.incarnation(), 1);
     assert_eq!(ml.local_health(), 0);
     // No nacks asked for, no penalty on failed probes, no buddy suspicion on pings.
-    cfg.suspicion_mult = 20;
+    cfg.suspicion_mult = 20.0;
     let mut ml = with_members(cfg, 1, &[2, 3, 4, 5]);
     let mut now = ms(0);
     let (_, target, reqs) = probe_to_indirect(&mut ml, &mut now);
@@ -1155,4 +1158,59 @@ fn gossip_rounds_only_for_fresh_updates() {
         }
     }
     assert!(rounds >= 1, "a fresh update is gossiped at once");
+}
+
+#[test]
+fn a_member_heard_to_be_suspected_is_probed_next() {
+    // With suspect_probes ≥ n − 2 every member that hears of a suspicion probes the suspect in
+    // its next period, whatever its place in the round; the ping carries the suspicion (buddy
+    // system), so a live suspect can refute at once.
+    let mut cfg = Config::local();
+    cfg.suspect_probes = 10;
+    let others: Vec<u64> = (2..=9).collect();
+    let mut ml = with_members(cfg, 1, &others);
+    let mut now = ms(0);
+    let (first, _, _) = next_ping(&mut ml, &mut now);
+    // Pick a member whose turn in this round is still far off, and accuse it.
+    let victim = *ml.probe_order.last().unwrap();
+    now += ms(1);
+    gossip(&mut ml, now, vec![suspect(victim.0, 0, 5)]);
+    ml.take_effects();
+    let (target, _, p) = next_ping(&mut ml, &mut now);
+    assert_eq!(target, victim, "the suspect is probed next");
+    assert!(
+        p.updates
+            .iter()
+            .any(|u| matches!(u, Update::Suspect { id, .. } if *id == victim)),
+        "the ping tells the suspect it is suspected: {:?}",
+        p.updates
+    );
+    // The rest of the round still reaches every member not probed yet, once each.
+    let mut rest = BTreeSet::new();
+    for _ in 0..others.len() - 2 {
+        let (t, _, _) = next_ping(&mut ml, &mut now);
+        rest.insert(t);
+    }
+    let expected: BTreeSet<NodeId> = others
+        .iter()
+        .map(|&o| NodeId(o))
+        .filter(|&o| o != first && o != victim)
+        .collect();
+    assert_eq!(rest, expected, "no member skipped");
+}
+
+#[test]
+fn suspect_probes_off_keeps_the_round_order() {
+    let mut cfg = Config::local();
+    cfg.suspect_probes = 0;
+    let others: Vec<u64> = (2..=9).collect();
+    let mut ml = with_members(cfg, 1, &others);
+    let mut now = ms(0);
+    next_ping(&mut ml, &mut now);
+    let order = ml.probe_order.clone();
+    let index = ml.probe_index;
+    let victim = *order.last().unwrap();
+    gossip(&mut ml, now + ms(1), vec![suspect(victim.0, 0, 5)]);
+    assert_eq!(ml.probe_order, order);
+    assert_eq!(ml.probe_index, index);
 }

@@ -31,6 +31,10 @@ pub struct SwimOptions {
     pub latency_us: u64,
     /// Jitter added to the latency, up to this many microseconds.
     pub jitter_us: u64,
+    /// Overrides `Config::suspicion_mult` of the `lan` profile (to explore the trade-off).
+    pub suspicion_mult: Option<f64>,
+    /// Overrides `Config::probe_timeout` of the `lan` profile, in milliseconds.
+    pub probe_timeout_ms: Option<u64>,
 }
 
 impl SwimOptions {
@@ -47,6 +51,8 @@ impl SwimOptions {
             lifeguard: true,
             latency_us: 1_500,
             jitter_us: 1_000,
+            suspicion_mult: None,
+            probe_timeout_ms: None,
         }
     }
 }
@@ -70,8 +76,16 @@ pub struct SwimReport {
     pub msgs_per_member_per_period: f64,
     /// Bytes sent per live member per second (everything).
     pub bytes_per_member_per_s: f64,
+    /// Mean time from a crash until anyone sends the crashed member a ping (the wait for the
+    /// first probe, which dominates detection and has an exponential tail).
+    pub first_probe_s_mean: Option<f64>,
     /// Mean time from a crash to the first suspicion by anyone.
     pub first_detection_s_mean: Option<f64>,
+    /// For each crash (in member order): time until every live member marked it failed.
+    pub all_detection_s: Vec<f64>,
+    /// For each crash: seconds until its first ping, first suspicion, first and last
+    /// declaration of failure (`None` where it did not happen).
+    pub crash_timeline: Vec<[Option<f64>; 4]>,
     /// Mean time from a crash until every live member marked it failed.
     pub all_detection_s_mean: Option<f64>,
     /// Worst such time.
@@ -105,7 +119,10 @@ impl SwimReport {
             "false_positives_healthy": self.false_positives_healthy,
             "msgs_per_member_per_period": round3(self.msgs_per_member_per_period),
             "bytes_per_member_per_s": round3(self.bytes_per_member_per_s),
+            "first_probe_s_mean": self.first_probe_s_mean.map(round3),
             "first_detection_s_mean": self.first_detection_s_mean.map(round3),
+            "all_detection_s": self.all_detection_s.iter().copied().map(round3).collect::<Vec<_>>(),
+            "crash_timeline": self.crash_timeline.iter().map(|t| t.map(|x| x.map(round3))).collect::<Vec<_>>(),
             "all_detection_s_mean": self.all_detection_s_mean.map(round3),
             "all_detection_s_max": self.all_detection_s_max.map(round3),
             "undetected": self.undetected,
@@ -116,6 +133,42 @@ impl SwimReport {
             "converged_s": self.converged_s.map(round3),
         })
     }
+}
+
+/// One JSON object summarising several runs (seeds) of the same scenario: false positives
+/// summed, load and first detection averaged, and the distribution of the per-crash detection
+/// times of all runs together.
+pub fn summary(reports: &[SwimReport]) -> serde_json::Value {
+    let runs = reports.len().max(1) as f64;
+    let mut alls: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| r.all_detection_s.iter().copied())
+        .collect();
+    alls.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        (!alls.is_empty()).then(|| round3(alls[((alls.len() - 1) as f64 * p).round() as usize]))
+    };
+    let mean_of = |f: &dyn Fn(&SwimReport) -> Option<f64>| {
+        let v: Vec<f64> = reports.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| round3(v.iter().sum::<f64>() / v.len() as f64))
+    };
+    serde_json::json!({
+        "summary_of_seeds": reports.iter().map(|r| r.seed).collect::<Vec<_>>(),
+        "false_positives": reports.iter().map(|r| r.false_positives).sum::<u64>(),
+        "false_positives_healthy": reports.iter().map(|r| r.false_positives_healthy).sum::<u64>(),
+        "msgs_per_member_per_period": round3(reports.iter().map(|r| r.msgs_per_member_per_period).sum::<f64>() / runs),
+        "first_probe_s_mean": mean_of(&|r| r.first_probe_s_mean),
+        "first_detection_s_mean": mean_of(&|r| r.first_detection_s_mean),
+        "crashes": alls.len(),
+        "undetected": reports.iter().map(|r| r.undetected).sum::<usize>(),
+        "all_detection_s_mean": (!alls.is_empty()).then(|| round3(alls.iter().sum::<f64>() / alls.len() as f64)),
+        "all_detection_s_p50": pct(0.5),
+        "all_detection_s_p95": pct(0.95),
+        "all_detection_s_max": alls.last().copied().map(round3),
+        "crashes_detected_within_8s": alls.iter().filter(|&&t| t <= 8.0).count(),
+        "merge_s_max": reports.iter().filter_map(|r| r.merge_s).reduce(f64::max).map(round3),
+        "dissemination_p99_s_max": reports.iter().filter_map(|r| r.dissemination_p99_s).reduce(f64::max).map(round3),
+    })
 }
 
 fn round3(x: f64) -> f64 {
@@ -143,13 +196,23 @@ struct Node {
     next_stall: u64,
 }
 
-/// Is this packet part of a push-pull exchange? (Version byte, sender id varint, message tag.)
-fn is_push_pull(bytes: &[u8]) -> bool {
+/// The message tag of a packet: after the version byte and the sender id varint.
+fn message_tag(bytes: &[u8]) -> Option<u8> {
     let mut i = 1;
     while i < bytes.len() && bytes[i] & 0x80 != 0 {
         i += 1;
     }
-    bytes.get(i + 1) == Some(&4)
+    bytes.get(i + 1).copied()
+}
+
+/// Tag of a ping (direct or on behalf of a ping-req).
+const TAG_PING: u8 = 0;
+/// Tag of a push-pull packet.
+const TAG_PUSH_PULL: u8 = 4;
+
+/// Is this packet part of a push-pull exchange?
+fn is_push_pull(bytes: &[u8]) -> bool {
+    message_tag(bytes) == Some(TAG_PUSH_PULL)
 }
 
 struct World {
@@ -169,6 +232,7 @@ struct World {
     bytes: u64,
     crash_time: BTreeMap<usize, u64>,
     first_suspect: BTreeMap<usize, u64>,
+    first_ping: BTreeMap<usize, u64>,
     /// victim -> observer -> when it declared the victim failed (first time).
     failed_by: BTreeMap<usize, BTreeMap<usize, u64>>,
     false_positives: u64,
@@ -182,6 +246,14 @@ impl World {
         let mut rng = Rng::new(opts.seed);
         let mut cfg = Config::lan();
         cfg.lifeguard = opts.lifeguard;
+        if let Some(m) = opts.suspicion_mult {
+            cfg.suspicion_mult = m;
+        }
+        if let Some(ms) = opts.probe_timeout_ms {
+            cfg.probe_timeout = Duration::from_millis(ms);
+        }
+        cfg.validate()
+            .expect("swim-sim options give a valid configuration");
         let period_us = cfg.protocol_period.as_micros() as u64;
         let addrs: Vec<Addr> = (0..opts.nodes)
             .map(|i| Addr::new(format!("n{i}")))
@@ -233,6 +305,7 @@ impl World {
             bytes: 0,
             crash_time: BTreeMap::new(),
             first_suspect: BTreeMap::new(),
+            first_ping: BTreeMap::new(),
             failed_by: BTreeMap::new(),
             false_positives: 0,
             false_positives_healthy: 0,
@@ -271,6 +344,10 @@ impl World {
                     let Some(&j) = self.addr_index.get(&to) else {
                         continue;
                     };
+                    if self.nodes[j].crashed && message_tag(&bytes) == Some(TAG_PING) {
+                        let now = self.now;
+                        self.first_ping.entry(j).or_insert(now);
+                    }
                     if self.rng.chance(self.opts.loss) || self.partitioned(i, j) {
                         continue;
                     }
@@ -518,8 +595,19 @@ pub fn run(opts: SwimOptions) -> SwimReport {
     report.msgs_per_member_per_period = w.msgs as f64 / live / periods.max(1e-9);
     report.bytes_per_member_per_s = w.bytes as f64 / live / secs.max(1e-9);
     let live_set: Vec<usize> = (0..n).filter(|&i| !w.nodes[i].crashed).collect();
-    let (mut firsts, mut alls) = (Vec::new(), Vec::new());
+    let (mut firsts, mut alls, mut pings) = (Vec::new(), Vec::new(), Vec::new());
     for (&v, &t0) in &w.crash_time {
+        if let Some(&t) = w.first_ping.get(&v) {
+            pings.push((t - t0) as f64 / 1e6);
+        }
+        let since = |t: Option<u64>| t.map(|t| t.saturating_sub(t0) as f64 / 1e6);
+        let failed = w.failed_by.get(&v);
+        report.crash_timeline.push([
+            since(w.first_ping.get(&v).copied()),
+            since(w.first_suspect.get(&v).copied()),
+            since(failed.and_then(|b| b.values().min().copied())),
+            since(failed.and_then(|b| b.values().max().copied())),
+        ]);
         if let Some(&t) = w.first_suspect.get(&v) {
             firsts.push((t - t0) as f64 / 1e6);
         }
@@ -540,6 +628,8 @@ pub fn run(opts: SwimOptions) -> SwimReport {
     report.first_detection_s_mean = mean(&firsts);
     report.all_detection_s_mean = mean(&alls);
     report.all_detection_s_max = alls.iter().copied().reduce(f64::max);
+    report.first_probe_s_mean = mean(&pings);
+    report.all_detection_s = alls;
     if let Some((who, _, t0)) = &w.meta_update {
         let mut times: Vec<f64> = live_set
             .iter()

@@ -69,3 +69,25 @@ fn lifeguard_spares_healthy_members_from_a_starved_members_accusations() {
     );
     assert!(on * 20 <= off, "Lifeguard on: {on}, off: {off}");
 }
+
+#[test]
+fn the_lan_profile_detects_crashes_within_eight_seconds() {
+    // Simulated time: every member marks each crashed one failed within 8 s (issue 5's target,
+    // measured at n = 256 by `swim-sim`), and the first suspicion comes within ~1.6 periods.
+    let mut firsts = Vec::new();
+    for seed in 1..=3 {
+        let mut o = SwimOptions::new(64, 45, 0.0, seed);
+        o.crash = 2;
+        let r = run(o);
+        assert_eq!(r.undetected, 0, "seed {seed}: {r:?}");
+        assert_eq!(r.false_positives, 0, "seed {seed}: {r:?}");
+        let max = r.all_detection_s_max.expect("detections happened");
+        assert!(max <= 8.0, "seed {seed}: detection took {max} s: {r:?}");
+        firsts.push(r.first_detection_s_mean.expect("suspected"));
+    }
+    let mean = firsts.iter().sum::<f64>() / firsts.len() as f64;
+    assert!(
+        mean <= 2.0,
+        "first suspicion {mean} s after a crash on average"
+    );
+}
