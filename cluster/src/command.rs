@@ -1,0 +1,189 @@
+//! Commands: the only way the cluster state changes. Each is proposed through Raft as a
+//! postcard-encoded entry behind a version byte, and applied by every replica in log order.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClusterError;
+use crate::types::{Availability, ClusterInfo, NewNode, NodeDescription, NodeId, NodeStatus, Role};
+
+/// Largest encoded command accepted (a CA and two tokens fit many times over).
+pub const MAX_COMMAND_SIZE: usize = 256 * 1024;
+
+/// Version byte in front of every encoded command.
+const COMMAND_VERSION: u8 = 1;
+
+/// What `node update` changes (fields left `None` or empty are kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    /// The version the update was made against (compare-and-set), if any.
+    pub expected_version: Option<u64>,
+    /// New availability.
+    pub availability: Option<Availability>,
+    /// Labels to add or overwrite.
+    pub labels_add: BTreeMap<String, String>,
+    /// Label keys to remove (a missing key is no error, as in Docker).
+    pub labels_rm: Vec<String>,
+    /// New desired role (`promote`, `demote`, `--role`).
+    pub desired_role: Option<Role>,
+}
+
+/// A change to the cluster state. `at_ms` is the proposer's wall clock (Unix milliseconds),
+/// recorded as the node's update time so that every replica stores the same value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `swarm init`: the cluster and its first node, a manager.
+    Init {
+        /// The cluster.
+        cluster: ClusterInfo,
+        /// The first node.
+        node: NewNode,
+        /// When.
+        at_ms: u64,
+    },
+    /// A node was admitted with a join token.
+    AddNode {
+        /// The node.
+        node: NewNode,
+        /// When.
+        at_ms: u64,
+    },
+    /// A known node restarted with a new description or address.
+    UpdateDescription {
+        /// The node.
+        id: NodeId,
+        /// What it reports now.
+        description: NodeDescription,
+        /// Where it is reached now.
+        addr: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// `node update`, `node promote`, `node demote`.
+    UpdateNode {
+        /// The node.
+        id: NodeId,
+        /// The change.
+        update: NodeUpdate,
+        /// When.
+        at_ms: u64,
+    },
+    /// The reconciler achieved a role.
+    SetObservedRole {
+        /// The node.
+        id: NodeId,
+        /// Its role now.
+        role: Role,
+        /// When.
+        at_ms: u64,
+    },
+    /// The leader observed a node's liveness change.
+    SetStatus {
+        /// The node.
+        id: NodeId,
+        /// Its status.
+        status: NodeStatus,
+        /// When.
+        at_ms: u64,
+    },
+    /// `node rm` (validated before it is proposed).
+    RemoveNode {
+        /// The node.
+        id: NodeId,
+        /// When.
+        at_ms: u64,
+    },
+    /// `swarm join-token --rotate`.
+    RotateJoinToken {
+        /// Whose token.
+        role: Role,
+        /// The new token.
+        token: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// `swarm init --force-new-cluster` on `survivor`: every other manager becomes a worker (the
+    /// Raft group now has one voter); the operator promotes again.
+    ForceNewCluster {
+        /// The manager that restarted the cluster.
+        survivor: NodeId,
+        /// When.
+        at_ms: u64,
+    },
+}
+
+impl Command {
+    /// The encoded form proposed through Raft.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising these plain types into a Vec cannot fail.
+        postcard::to_extend(self, vec![COMMAND_VERSION]).expect("commands serialise")
+    }
+
+    /// Decodes an entry, refusing unknown versions, oversized input and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Command, ClusterError> {
+        let err = |why: String| ClusterError::Decode {
+            what: "command",
+            why,
+        };
+        if bytes.len() > MAX_COMMAND_SIZE {
+            return Err(err(format!(
+                "{} bytes, more than {MAX_COMMAND_SIZE}",
+                bytes.len()
+            )));
+        }
+        let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
+        if version != COMMAND_VERSION {
+            return Err(err(format!("unknown version {version}")));
+        }
+        let (cmd, rest) =
+            postcard::take_from_bytes::<Command>(body).map_err(|e| err(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(err(format!("{} trailing bytes", rest.len())));
+        }
+        Ok(cmd)
+    }
+
+    /// The node a command is about, if any.
+    pub fn node(&self) -> Option<NodeId> {
+        match self {
+            Command::Init { node, .. } | Command::AddNode { node, .. } => Some(node.id),
+            Command::UpdateDescription { id, .. }
+            | Command::UpdateNode { id, .. }
+            | Command::SetObservedRole { id, .. }
+            | Command::SetStatus { id, .. }
+            | Command::RemoveNode { id, .. } => Some(*id),
+            Command::ForceNewCluster { survivor, .. } => Some(*survivor),
+            Command::RotateJoinToken { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_garbage_is_refused() {
+        let cmd = Command::UpdateNode {
+            id: 7,
+            update: NodeUpdate {
+                availability: Some(Availability::Drain),
+                labels_add: [("zone".to_string(), "a".to_string())].into(),
+                ..Default::default()
+            },
+            at_ms: 5,
+        };
+        let bytes = cmd.encode();
+        assert_eq!(Command::decode(&bytes).unwrap(), cmd);
+        assert!(Command::decode(&[]).is_err());
+        assert!(Command::decode(&[9, 0]).is_err());
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Command::decode(&extra).is_err());
+        for cut in 0..bytes.len() {
+            assert!(Command::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(Command::decode(&vec![1; MAX_COMMAND_SIZE + 1]).is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! The replicated cluster state of shoal, applied through Raft: the cluster (id, CA, join tokens,
+//! settings) and its nodes (description, labels, desired and observed role, availability,
+//! status). Commands are validated before they are proposed and again, deterministically, when
+//! they are applied; the role reconciler decides, from the state and the leader's view of Raft,
+//! which membership change comes next.
+//!
+//! Pure: no I/O, no threads, no clock. Times come in with the commands (set by the proposer), so
+//! every replica applies the same bytes to the same result.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod command;
+mod error;
+mod reconcile;
+mod state;
+mod types;
+mod validate;
+
+pub use command::{Command, NodeUpdate, MAX_COMMAND_SIZE};
+pub use error::ClusterError;
+pub use reconcile::{reconcile, Action, RaftView, Reconciliation};
+pub use state::{ClusterState, SNAPSHOT_VERSION};
+pub use types::{
+    node_id_string, parse_label, validate_addr, validate_hostname, validate_label, Availability,
+    ClusterInfo, NewNode, Node, NodeDescription, NodeId, NodeState, NodeStatus, Platform,
+    Resources, Role,
+};
+pub use validate::{check_demote, check_leave, check_remove, no_leader, quorum, ManagerView};

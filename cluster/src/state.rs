@@ -1,0 +1,379 @@
+//! The cluster state machine: applies commands in log order, deterministically, and snapshots
+//! and restores itself whole.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, NodeUpdate};
+use crate::error::ClusterError;
+use crate::types::{
+    node_id_string, validate_addr, validate_description, validate_label, validate_labels,
+    Availability, ClusterInfo, NewNode, Node, NodeId, NodeState, NodeStatus, Role,
+};
+
+/// Version byte in front of every snapshot.
+pub const SNAPSHOT_VERSION: u8 = 1;
+
+/// Largest snapshot accepted by [`ClusterState::restore`].
+const MAX_SNAPSHOT_SIZE: usize = 256 << 20;
+
+/// The replicated state: the cluster and its nodes, and the Raft index last applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    cluster: Option<ClusterInfo>,
+    nodes: BTreeMap<NodeId, Node>,
+    applied: u64,
+}
+
+impl ClusterState {
+    /// An empty state (before `swarm init`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cluster, once initialised.
+    pub fn cluster(&self) -> Option<&ClusterInfo> {
+        self.cluster.as_ref()
+    }
+
+    /// Every node, by id.
+    pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
+        &self.nodes
+    }
+
+    /// One node.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    /// The Raft index of the last command applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Nodes whose observed role is manager.
+    pub fn managers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| n.role == Role::Manager)
+    }
+
+    /// Finds a node by exact id, exact hostname, or unique id prefix (in that order, as the
+    /// docker CLI does).
+    pub fn resolve(&self, query: &str) -> Result<&Node, ClusterError> {
+        let q = query.trim();
+        if q.is_empty() {
+            return Err(ClusterError::NodeNotFound(format!("{query:?}")));
+        }
+        if let Some(n) = self.nodes.values().find(|n| node_id_string(n.id) == q) {
+            return Ok(n);
+        }
+        let by_name: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| n.description.hostname == q)
+            .collect();
+        match by_name.len() {
+            1 => return Ok(by_name[0]),
+            0 => {}
+            count => {
+                return Err(ClusterError::AmbiguousNode {
+                    query: q.to_string(),
+                    count,
+                })
+            }
+        }
+        let lower = q.to_ascii_lowercase();
+        let by_prefix: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| node_id_string(n.id).starts_with(&lower))
+            .collect();
+        match by_prefix.len() {
+            1 => Ok(by_prefix[0]),
+            0 => Err(ClusterError::NodeNotFound(q.to_string())),
+            count => Err(ClusterError::AmbiguousNode {
+                query: q.to_string(),
+                count,
+            }),
+        }
+    }
+
+    /// Applies the command at Raft index `index`. A refused command changes nothing (but the
+    /// index still counts as applied); every replica refuses the same commands.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<(), ClusterError> {
+        self.applied = self.applied.max(index);
+        let mut next = None;
+        let result = self.check_and_build(index, cmd, &mut next);
+        if result.is_ok() {
+            match next {
+                Some(Change::Node(node)) => {
+                    self.nodes.insert(node.id, *node);
+                }
+                Some(Change::Remove(id)) => {
+                    self.nodes.remove(&id);
+                }
+                Some(Change::Cluster(c)) => self.cluster = Some(*c),
+                Some(Change::Init(c, node)) => {
+                    self.cluster = Some(*c);
+                    self.nodes.insert(node.id, *node);
+                }
+                Some(Change::Many(nodes)) => {
+                    for n in nodes {
+                        self.nodes.insert(n.id, n);
+                    }
+                }
+                None => {}
+            }
+        }
+        result
+    }
+
+    /// Validates `cmd` against the state and builds the change, without touching the state.
+    fn check_and_build(
+        &self,
+        index: u64,
+        cmd: &Command,
+        out: &mut Option<Change>,
+    ) -> Result<(), ClusterError> {
+        match cmd {
+            Command::Init {
+                cluster,
+                node,
+                at_ms,
+            } => {
+                if self.cluster.is_some() || !self.nodes.is_empty() {
+                    return Err(ClusterError::AlreadyInitialized);
+                }
+                check_cluster(cluster)?;
+                check_new_node(node)?;
+                let mut n = new_node(node, index, *at_ms);
+                n.desired_role = Role::Manager;
+                n.role = Role::Manager;
+                n.status = NodeStatus {
+                    state: NodeState::Ready,
+                    message: String::new(),
+                };
+                *out = Some(Change::Init(Box::new(cluster.clone()), Box::new(n)));
+                Ok(())
+            }
+            Command::AddNode { node, at_ms } => {
+                self.initialized()?;
+                if self.nodes.contains_key(&node.id) {
+                    return Err(ClusterError::NodeExists(node_id_string(node.id)));
+                }
+                check_new_node(node)?;
+                let mut n = new_node(node, index, *at_ms);
+                n.status = NodeStatus {
+                    state: NodeState::Ready,
+                    message: String::new(),
+                };
+                *out = Some(Change::Node(Box::new(n)));
+                Ok(())
+            }
+            Command::UpdateDescription {
+                id,
+                description,
+                addr,
+                at_ms,
+            } => {
+                let mut n = self.existing(*id)?.clone();
+                validate_description(description)?;
+                validate_addr(addr)?;
+                n.description = description.clone();
+                n.addr = addr.clone();
+                touch(&mut n, index, *at_ms);
+                *out = Some(Change::Node(Box::new(n)));
+                Ok(())
+            }
+            Command::UpdateNode { id, update, at_ms } => {
+                let mut n = self.existing(*id)?.clone();
+                apply_update(&mut n, update)?;
+                touch(&mut n, index, *at_ms);
+                *out = Some(Change::Node(Box::new(n)));
+                Ok(())
+            }
+            Command::SetObservedRole { id, role, at_ms } => {
+                let mut n = self.existing(*id)?.clone();
+                n.role = *role;
+                touch(&mut n, index, *at_ms);
+                *out = Some(Change::Node(Box::new(n)));
+                Ok(())
+            }
+            Command::SetStatus { id, status, at_ms } => {
+                let mut n = self.existing(*id)?.clone();
+                if status.message.len() > 1024 {
+                    return Err(ClusterError::Invalid("status message too long".into()));
+                }
+                n.status = status.clone();
+                touch(&mut n, index, *at_ms);
+                *out = Some(Change::Node(Box::new(n)));
+                Ok(())
+            }
+            Command::RemoveNode { id, .. } => {
+                let n = self.existing(*id)?;
+                if n.role == Role::Manager {
+                    return Err(ClusterError::RemoveManager(node_id_string(*id)));
+                }
+                *out = Some(Change::Remove(*id));
+                Ok(())
+            }
+            Command::RotateJoinToken { role, token, .. } => {
+                let mut c = self.initialized()?.clone();
+                if token.is_empty() || token.len() > 256 || token.chars().any(char::is_control) {
+                    return Err(ClusterError::Invalid("malformed join token".into()));
+                }
+                match role {
+                    Role::Worker => c.worker_token = token.clone(),
+                    Role::Manager => c.manager_token = token.clone(),
+                }
+                *out = Some(Change::Cluster(Box::new(c)));
+                Ok(())
+            }
+            Command::ForceNewCluster { survivor, at_ms } => {
+                self.initialized()?;
+                self.existing(*survivor)?;
+                let mut changed = Vec::new();
+                for n in self.nodes.values() {
+                    let mut n = n.clone();
+                    let (want, was) = if n.id == *survivor {
+                        (Role::Manager, (n.desired_role, n.role))
+                    } else {
+                        (Role::Worker, (n.desired_role, n.role))
+                    };
+                    if was != (want, want) {
+                        n.desired_role = want;
+                        n.role = want;
+                        touch(&mut n, index, *at_ms);
+                        changed.push(n);
+                    }
+                }
+                *out = Some(Change::Many(changed));
+                Ok(())
+            }
+        }
+    }
+
+    fn initialized(&self) -> Result<&ClusterInfo, ClusterError> {
+        self.cluster.as_ref().ok_or(ClusterError::NotInitialized)
+    }
+
+    fn existing(&self, id: NodeId) -> Result<&Node, ClusterError> {
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| ClusterError::NodeNotFound(node_id_string(id)))
+    }
+
+    /// The whole state, encoded for a Raft snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_extend(self, vec![SNAPSHOT_VERSION]).expect("the state serialises")
+    }
+
+    /// Restores a state from [`Self::snapshot`]'s bytes, refusing anything malformed.
+    pub fn restore(bytes: &[u8]) -> Result<ClusterState, ClusterError> {
+        let err = |why: String| ClusterError::Decode {
+            what: "snapshot",
+            why,
+        };
+        if bytes.len() > MAX_SNAPSHOT_SIZE {
+            return Err(err(format!("{} bytes is too large", bytes.len())));
+        }
+        let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
+        if version != SNAPSHOT_VERSION {
+            return Err(err(format!("unknown version {version}")));
+        }
+        let (state, rest) =
+            postcard::take_from_bytes::<ClusterState>(body).map_err(|e| err(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(err(format!("{} trailing bytes", rest.len())));
+        }
+        for (id, n) in &state.nodes {
+            if *id != n.id {
+                return Err(err(format!("node {} filed under {}", n.id, id)));
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// What a command changes, built before anything is touched so that a refusal changes nothing.
+enum Change {
+    Node(Box<Node>),
+    Remove(NodeId),
+    Cluster(Box<ClusterInfo>),
+    Init(Box<ClusterInfo>, Box<Node>),
+    Many(Vec<Node>),
+}
+
+fn check_new_node(node: &NewNode) -> Result<(), ClusterError> {
+    if node.id == 0 {
+        return Err(ClusterError::Invalid("node id 0 is reserved".into()));
+    }
+    validate_description(&node.description)?;
+    validate_addr(&node.addr)?;
+    validate_labels(&node.labels)
+}
+
+fn check_cluster(c: &ClusterInfo) -> Result<(), ClusterError> {
+    if c.id.len() != 32 || !c.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClusterError::Invalid(format!(
+            "invalid cluster id {:?}",
+            c.id
+        )));
+    }
+    if c.ca_pem.is_empty() || c.worker_token.is_empty() || c.manager_token.is_empty() {
+        return Err(ClusterError::Invalid(
+            "a cluster needs a CA and both join tokens".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn new_node(node: &NewNode, index: u64, at_ms: u64) -> Node {
+    Node {
+        id: node.id,
+        version: index,
+        created_at_ms: at_ms,
+        updated_at_ms: at_ms,
+        description: node.description.clone(),
+        addr: node.addr.clone(),
+        labels: node.labels.clone(),
+        desired_role: node.desired_role,
+        role: Role::Worker,
+        availability: Availability::Active,
+        status: NodeStatus::default(),
+    }
+}
+
+fn touch(n: &mut Node, index: u64, at_ms: u64) {
+    n.version = index;
+    n.updated_at_ms = n.updated_at_ms.max(at_ms);
+}
+
+fn apply_update(n: &mut Node, u: &NodeUpdate) -> Result<(), ClusterError> {
+    if let Some(expected) = u.expected_version {
+        if expected != n.version {
+            return Err(ClusterError::VersionMismatch {
+                node: node_id_string(n.id),
+                expected,
+                actual: n.version,
+            });
+        }
+    }
+    for (k, v) in &u.labels_add {
+        validate_label(k, v)?;
+    }
+    if let Some(a) = u.availability {
+        n.availability = a;
+    }
+    for k in &u.labels_rm {
+        n.labels.remove(k);
+    }
+    for (k, v) in &u.labels_add {
+        n.labels.insert(k.clone(), v.clone());
+    }
+    validate_labels(&n.labels)?;
+    if let Some(r) = u.desired_role {
+        n.desired_role = r;
+    }
+    Ok(())
+}
