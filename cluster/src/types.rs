@@ -19,6 +19,7 @@ pub fn node_id_string(id: NodeId) -> String {
 
 /// Manager (a Raft voter that serves the control API) or worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Runs tasks only.
     Worker,
@@ -50,6 +51,7 @@ impl std::str::FromStr for Role {
 
 /// Whether the scheduler may place tasks on a node (desired by the operator).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Availability {
     /// New tasks may be placed.
     Active,
@@ -85,6 +87,7 @@ impl std::str::FromStr for Availability {
 
 /// Observed liveness of a node (from membership).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Not observed yet.
     Unknown,

@@ -12,6 +12,7 @@ pub type LogIndex = u64;
 
 /// What a log entry carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Payload {
     /// Appended by a new leader so it can commit an entry of its own term (§5.4.2, §8).
     Noop,
@@ -34,6 +35,7 @@ impl Payload {
 
 /// One entry of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
     /// The term of the leader that created the entry.
     pub term: Term,
@@ -53,6 +55,7 @@ impl Entry {
 /// A membership configuration. Outside a joint consensus `outgoing` is empty; during one,
 /// decisions need a majority of `voters` (the incoming set) *and* of `outgoing`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Membership {
     /// Voters of the (incoming) configuration.
     pub voters: BTreeSet<NodeId>,
@@ -129,6 +132,7 @@ impl Membership {
 
 /// The state a node must persist before it answers: current term, vote, and commit index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HardState {
     /// The latest term this node has seen.
     pub term: Term,
@@ -140,6 +144,7 @@ pub struct HardState {
 
 /// Identifies a snapshot: the last index and term it covers and the membership at that point.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SnapshotMeta {
     /// Last log index included in the snapshot.
     pub index: LogIndex,
@@ -151,6 +156,7 @@ pub struct SnapshotMeta {
 
 /// A state-machine snapshot with its metadata. The data is shared, never copied per follower.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Snapshot {
     /// What the snapshot covers.
     pub meta: SnapshotMeta,
@@ -160,6 +166,7 @@ pub struct Snapshot {
 
 /// A message between Raft nodes. `term` is the sender's term (or the proposed term for pre-votes).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Message {
     /// Sender.
     pub from: NodeId,
@@ -173,6 +180,7 @@ pub struct Message {
 
 /// The kinds of Raft messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum MessageBody {
     /// Pre-vote request (§9.6): would you vote for me in `term` without anyone changing term?
     PreVote {
@@ -287,6 +295,7 @@ impl MessageBody {
 
 /// The role a node currently plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Role {
     /// Follows a leader (or waits for one).
     Follower,
@@ -300,6 +309,7 @@ pub enum Role {
 
 /// One step of a membership change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ConfChange {
     /// Add a new node as a learner (receives the log, does not vote).
     AddLearner(NodeId),

@@ -800,6 +800,32 @@ pub async fn join(
     want: Role,
     timeout: Duration,
 ) -> Result<(NodeIdentity, Vec<u8>), JoinError> {
+    join_through(endpoint, manager, token, hostname, want, timeout)
+        .await
+        .map(|j| (j.identity, j.ca_der))
+}
+
+/// What [`join_through`] returns.
+#[derive(Debug)]
+pub struct JoinedCluster {
+    /// This node's new identity.
+    pub identity: NodeIdentity,
+    /// The cluster CA certificate (DER).
+    pub ca_der: Vec<u8>,
+    /// The id of the manager that admitted this node (from the certificate it presented).
+    pub manager_id: NodeId,
+}
+
+/// Like [`join`], also telling which manager admitted this node, so that the new member can
+/// reach it over the authenticated transport right away.
+pub async fn join_through(
+    endpoint: &quinn::Endpoint,
+    manager: SocketAddr,
+    token: &JoinToken,
+    hostname: &str,
+    want: Role,
+    timeout: Duration,
+) -> Result<JoinedCluster, JoinError> {
     validate_hostname(hostname).map_err(JoinError::InvalidRequest)?;
     let key = NodeKey::generate()?;
     let request = JoinRequest {
@@ -810,7 +836,7 @@ pub async fn join(
     };
     request.validate()?;
     let client_config = net::join_quic_config(token.ca_digest)?;
-    let bytes = Transport::request_once(
+    let (bytes, server) = Transport::request_once_from(
         endpoint,
         client_config,
         manager,
@@ -820,6 +846,9 @@ pub async fn join(
     )
     .await
     .map_err(|e| classify_transport_error(e, manager))?;
+    let manager_id = server
+        .map(|c| c.node_id)
+        .ok_or_else(|| JoinError::BadResponse("the manager presented no certificate".into()))?;
 
     let (node_id, role, cert_der, ca_der) = match JoinResponse::decode(&bytes)? {
         JoinResponse::Ok {
@@ -856,7 +885,11 @@ pub async fn join(
     verify_issued_by(&cert_der, &ca_der).map_err(JoinError::BadResponse)?;
     let identity = NodeIdentity::new(cert, key)
         .map_err(|e| JoinError::BadResponse(format!("the certificate is not for our key: {e}")))?;
-    Ok((identity, ca_der))
+    Ok(JoinedCluster {
+        identity,
+        ca_der,
+        manager_id,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -510,6 +510,21 @@ impl Transport {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
+        Self::request_once_from(endpoint, client_config, addr, server_name, body, timeout)
+            .await
+            .map(|(body, _)| body)
+    }
+
+    /// Like [`Transport::request_once`], also returning the certificate the server presented
+    /// (so that a joiner learns which node admitted it).
+    pub async fn request_once_from(
+        endpoint: &quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Option<NodeCertificate>), TransportError> {
         let fut = async {
             let connecting = endpoint
                 .connect_with(client_config, addr, server_name)
@@ -521,9 +536,10 @@ impl Transport {
                 addr,
                 reason: e.to_string(),
             })?;
+            let server = peer_of(&conn);
             let r = call(&conn, body, frame::DEFAULT_MAX_FRAME).await;
             conn.close(0u32.into(), b"done");
-            r
+            r.map(|body| (body, server))
         };
         tokio::time::timeout(timeout, fut)
             .await

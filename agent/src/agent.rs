@@ -1,0 +1,1062 @@
+//! The node agent: one process per machine. Before `swarm init` or `swarm join` it only serves
+//! its control socket; once part of a cluster it runs the transport (QUIC, mutual TLS), SWIM
+//! membership, and — on managers — the Raft replica with its WAL, and answers the CLI, forwarding
+//! to the leader what must go there.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use shoal_cluster::{
+    node_id_string, parse_label, ClusterInfo, Command, NewNode, NodeDescription, Platform,
+    Resources, Role,
+};
+use shoal_membership::State;
+use shoal_transport::join::{self, JoinAuthority, JoinError};
+use shoal_transport::net::{self, Inbound, IncomingRequest, Transport, TransportConfig};
+use shoal_transport::pki::{
+    self, ClusterCa, ClusterId, Denylist, JoinToken, JoinTokens, NodeCertificate, NodeIdentity,
+    NodeKey, DEFAULT_VALIDITY,
+};
+use tokio::sync::{oneshot, RwLock};
+
+use crate::api::{Request, Response};
+use crate::gossip::{self, Gossip, GossipCmd, Meta};
+use crate::raft_driver::{self, now_ms, RaftCmd, RaftHandle, Start};
+use crate::store::{DataDir, NodeFile, StoredIdentity};
+use crate::wire::{self, AgentRequest};
+
+/// How the agent was started (`shoal agent …`).
+#[derive(Clone, Debug)]
+pub struct AgentOpts {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Address advertised to the others (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Hostname shown in `node ls`.
+    pub hostname: String,
+    /// `--label k=v`, validated.
+    pub labels: Vec<(String, String)>,
+    /// Membership timing: the `local` profile (fast) instead of `lan`.
+    pub local_gossip: bool,
+}
+
+/// The agent.
+pub struct Agent {
+    /// The data directory.
+    pub data: DataDir,
+    /// Its options.
+    pub opts: AgentOpts,
+    /// The running member, once part of a cluster.
+    pub member: RwLock<Option<Arc<Member>>>,
+    /// Serialises init, join and leave.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+/// A node that is part of a cluster.
+pub struct Member {
+    /// Its id.
+    pub id: u64,
+    /// Its cluster.
+    pub cluster_id: ClusterId,
+    /// The address it advertises.
+    pub advertise: SocketAddr,
+    /// Its hostname.
+    pub hostname: String,
+    /// The QUIC transport.
+    pub transport: Transport,
+    /// SWIM.
+    pub gossip: Gossip,
+    raft: Mutex<Option<RaftHandle>>,
+    raft_stopped_at: Mutex<Option<Instant>>,
+    data: DataDir,
+}
+
+/// What this agent reports about its machine.
+pub fn describe(hostname: &str) -> NodeDescription {
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        o => o,
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    NodeDescription {
+        hostname: hostname.to_string(),
+        platform: Platform {
+            os: os.into(),
+            arch: arch.into(),
+        },
+        resources: Resources {
+            nano_cpus: cpus * 1_000_000_000,
+            memory_bytes: memory_bytes(),
+        },
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// How long a request may wait for Raft (a commit, a leader).
+const RAFT_WAIT: Duration = Duration::from_secs(10);
+
+impl Agent {
+    /// Opens the data directory and, if this node is part of a cluster, starts it.
+    pub async fn start(data: DataDir, opts: AgentOpts) -> Result<Arc<Agent>> {
+        let agent = Arc::new(Agent {
+            data,
+            opts,
+            member: RwLock::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+        });
+        if let Some(stored) = agent.data.load()? {
+            let start = agent.data.has_raft().then_some(Start::Existing);
+            let m = agent.start_member(stored, start).await?;
+            *agent.member.write().await = Some(m.clone());
+            // Tell the managers about ourselves again (a new address or hostname).
+            tokio::spawn(register_loop(m, agent.opts.clone()));
+        }
+        Ok(agent)
+    }
+
+    fn advertise(&self) -> SocketAddr {
+        self.opts.advertise.unwrap_or(self.opts.listen)
+    }
+
+    async fn start_member(
+        self: &Arc<Self>,
+        stored: StoredIdentity,
+        raft: Option<Start>,
+    ) -> Result<Arc<Member>> {
+        let cert = NodeCertificate::from_pem(&stored.cert_pem).context("cert.pem")?;
+        let key = NodeKey::from_pem(&stored.key_pem).context("key.pem")?;
+        let ca_der = pem_cert_der(&stored.ca_cert_pem)?;
+        let cluster_id = ClusterId::from_str(&stored.node.cluster_id)
+            .map_err(|e| anyhow!("node.json: bad cluster id: {e}"))?;
+        let identity =
+            NodeIdentity::new(cert, key).context("the certificate is not for our key")?;
+        let denylist = Denylist::new();
+        let (server, client) = net::quic_configs(&identity, &ca_der, denylist.clone())?;
+        let endpoint = net::udp_endpoint(self.opts.listen, Some(server))
+            .with_context(|| format!("cannot listen on {}", self.opts.listen))?;
+        let (transport, inbound) = Transport::start(
+            endpoint,
+            client,
+            stored.node.node_id,
+            cluster_id,
+            denylist,
+            TransportConfig::default(),
+        );
+        let advertise = self.advertise();
+        let running_raft = raft.is_some();
+        let gossip = gossip::start(
+            stored.node.node_id,
+            advertise,
+            Meta {
+                manager: running_raft,
+            },
+            self.opts.local_gossip,
+            transport.clone(),
+        )?;
+        let member = Arc::new(Member {
+            id: stored.node.node_id,
+            cluster_id,
+            advertise,
+            hostname: stored.node.hostname.clone(),
+            transport: transport.clone(),
+            gossip: gossip.clone(),
+            raft: Mutex::new(None),
+            raft_stopped_at: Mutex::new(None),
+            data: self.data.clone(),
+        });
+        if let Some(how) = raft {
+            member.start_raft(how)?;
+        }
+        let mut seeds = stored.node.seeds.clone();
+        if let Some(h) = member.raft() {
+            for n in h.state.read().expect("state").nodes().values() {
+                if n.id != member.id {
+                    if let Ok(a) = n.addr.parse() {
+                        seeds.push(gossip::swim_addr(n.id, a));
+                    }
+                }
+            }
+        }
+        seeds.retain(|s| gossip::parse_swim_addr(s).is_some_and(|(id, _)| id != member.id));
+        seeds.sort();
+        seeds.dedup();
+        if !seeds.is_empty() {
+            let _ = gossip.tx.send(GossipCmd::Join(seeds)).await;
+        }
+        tokio::spawn(dispatch(member.clone(), inbound));
+        tokio::spawn(housekeeping(Arc::downgrade(&member), stored.node));
+        Ok(member)
+    }
+
+    /// Answers one request from the CLI (or forwarded by another agent).
+    pub async fn handle(self: &Arc<Self>, req: Request) -> Response {
+        match req {
+            Request::Init {
+                advertise_addr,
+                force_new_cluster,
+            } => self.init(advertise_addr, force_new_cluster).await,
+            Request::Join { token, remote_addr } => self.join(token, remote_addr).await,
+            Request::Leave { force } => self.leave(force).await,
+            Request::Info => match self.member.read().await.clone() {
+                Some(m) => Response::Info(m.info(self.opts.listen)),
+                None => Response::Info(crate::api::InfoView {
+                    swarm: "inactive".into(),
+                    node_id: String::new(),
+                    cluster_id: String::new(),
+                    role: String::new(),
+                    leader: String::new(),
+                    term: 0,
+                    commit_index: 0,
+                    applied_index: 0,
+                    voters: Vec::new(),
+                    members: BTreeMap::new(),
+                    listen_addr: self.opts.listen.to_string(),
+                }),
+            },
+            other => match self.member.read().await.clone() {
+                Some(m) => m.control(other).await,
+                None => Response::error(
+                    "this node is not part of a swarm: run `shoal swarm init` or `shoal swarm join` first",
+                ),
+            },
+        }
+    }
+
+    async fn init(self: &Arc<Self>, advertise: Option<String>, force_new: bool) -> Response {
+        let _g = self.lifecycle.lock().await;
+        match self.init_inner(advertise, force_new).await {
+            Ok(r) => r,
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    async fn init_inner(
+        self: &Arc<Self>,
+        advertise: Option<String>,
+        force_new: bool,
+    ) -> Result<Response> {
+        if force_new {
+            return self.force_new_cluster().await;
+        }
+        if self.member.read().await.is_some() {
+            return Ok(Response::error(
+                "this node is already part of a swarm: use `shoal swarm leave` first, or `--force-new-cluster` to restart a lost cluster from this manager",
+            ));
+        }
+        if let Some(a) = &advertise {
+            let parsed: SocketAddr = a
+                .parse()
+                .map_err(|_| anyhow!("invalid --advertise-addr {a:?}: expected ip:port"))?;
+            if parsed != self.advertise() {
+                return Ok(Response::error(format!(
+                    "--advertise-addr {parsed} differs from the agent's advertised address {}: restart the agent with --advertise {parsed}",
+                    self.advertise()
+                )));
+            }
+        }
+        let cluster_id = ClusterId::random();
+        let ca = ClusterCa::generate(cluster_id)?;
+        let tokens = JoinTokens::generate(ca.digest());
+        let id = random_id();
+        let key = NodeKey::generate()?;
+        let cert = ca.issue(
+            &key.csr_der(id)?,
+            id,
+            pki::Role::Manager,
+            DEFAULT_VALIDITY,
+            SystemTime::now(),
+        )?;
+        let stored = StoredIdentity {
+            node: NodeFile {
+                node_id: id,
+                cluster_id: cluster_id.to_string(),
+                advertise: self.advertise().to_string(),
+                hostname: self.opts.hostname.clone(),
+                seeds: Vec::new(),
+            },
+            key_pem: key.to_pem(),
+            cert_pem: cert.to_pem(),
+            ca_cert_pem: pem_of_cert(ca.cert_der()),
+        };
+        self.data.wipe_raft()?;
+        self.data.save(&stored)?;
+        let m = self.start_member(stored, Some(Start::Bootstrap)).await?;
+        *self.member.write().await = Some(m.clone());
+        m.wait_leader(Duration::from_secs(30)).await?;
+        let info = ClusterInfo {
+            id: cluster_id.to_string(),
+            created_at_ms: now_ms(),
+            ca_pem: ca.to_pem(),
+            worker_token: tokens.worker.to_string(),
+            manager_token: tokens.manager.to_string(),
+        };
+        let node = NewNode {
+            id,
+            description: describe(&self.opts.hostname),
+            addr: self.advertise().to_string(),
+            labels: self.opts.labels.iter().cloned().collect(),
+            desired_role: Role::Manager,
+        };
+        m.propose(Command::Init {
+            cluster: info,
+            node,
+            at_ms: now_ms(),
+        })
+        .await
+        .map_err(|e| anyhow!(e))?;
+        Ok(Response::ok(format!(
+            "Swarm initialized: current node ({}) is now a manager.\n\nTo add a worker to this swarm, run the following command:\n\n    shoal swarm join --token {} {}\n\nTo add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.",
+            node_id_string(id),
+            tokens.worker,
+            self.advertise()
+        )))
+    }
+
+    async fn force_new_cluster(self: &Arc<Self>) -> Result<Response> {
+        let Some(m) = self.member.read().await.clone() else {
+            return Ok(Response::error(
+                "--force-new-cluster needs a node that was a manager of a swarm",
+            ));
+        };
+        let Some(h) = m.take_raft() else {
+            return Ok(Response::error(
+                "--force-new-cluster needs a manager: this node holds no Raft data",
+            ));
+        };
+        // Stop the old replica: dropping every handle ends its task.
+        drop(h);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        m.start_raft(Start::ForceNewCluster)?;
+        m.wait_leader(Duration::from_secs(30)).await?;
+        m.propose(Command::ForceNewCluster {
+            survivor: m.id,
+            at_ms: now_ms(),
+        })
+        .await
+        .map_err(|e| anyhow!(e))?;
+        Ok(Response::ok(format!(
+            "Swarm initialized: current node ({}) is now a manager.\n\nThe other managers are now workers: promote nodes again to restore fault tolerance.",
+            node_id_string(m.id)
+        )))
+    }
+
+    async fn join(self: &Arc<Self>, token: String, remote: String) -> Response {
+        let _g = self.lifecycle.lock().await;
+        match self.join_inner(token, remote).await {
+            Ok(r) => r,
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    async fn join_inner(self: &Arc<Self>, token: String, remote: String) -> Result<Response> {
+        if self.member.read().await.is_some() {
+            return Ok(Response::error(
+                "this node is already part of a swarm: use `shoal swarm leave` first",
+            ));
+        }
+        let token = JoinToken::from_str(token.trim()).map_err(|e| anyhow!("{e}"))?;
+        let remote: SocketAddr = remote
+            .parse()
+            .map_err(|_| anyhow!("invalid manager address {remote:?}: expected ip:port"))?;
+        let bind = SocketAddr::new(self.opts.listen.ip(), 0);
+        let endpoint = net::udp_endpoint(bind, None)?;
+        let hostname = &self.opts.hostname;
+        let attempt = |want| {
+            join::join_through(
+                &endpoint,
+                remote,
+                &token,
+                hostname,
+                want,
+                Duration::from_secs(15),
+            )
+        };
+        let joined = match attempt(pki::Role::Worker).await {
+            Err(JoinError::Refused(reason)) if reason.contains("this token joins managers") => {
+                attempt(pki::Role::Manager).await
+            }
+            other => other,
+        }
+        .map_err(|e| anyhow!("{e}"))?;
+        endpoint.close(0u32.into(), b"joined");
+        let role = joined.identity.cert.role;
+        let stored = StoredIdentity {
+            node: NodeFile {
+                node_id: joined.identity.cert.node_id,
+                cluster_id: joined.identity.cert.cluster_id.to_string(),
+                advertise: self.advertise().to_string(),
+                hostname: self.opts.hostname.clone(),
+                seeds: vec![gossip::swim_addr(joined.manager_id, remote)],
+            },
+            key_pem: joined.identity.key.to_pem(),
+            cert_pem: joined.identity.cert.to_pem(),
+            ca_cert_pem: pem_of_cert(&joined.ca_der),
+        };
+        self.data.wipe_raft()?;
+        self.data.save(&stored)?;
+        let m = self.start_member(stored, None).await?;
+        *self.member.write().await = Some(m.clone());
+        m.transport.set_peer_addr(joined.manager_id, remote);
+        m.register(joined.manager_id, &self.opts, Duration::from_secs(30))
+            .await?;
+        Ok(Response::ok(format!(
+            "This node joined a swarm as a {}.",
+            if role == pki::Role::Manager {
+                "manager"
+            } else {
+                "worker"
+            }
+        )))
+    }
+
+    async fn leave(self: &Arc<Self>, force: bool) -> Response {
+        let _g = self.lifecycle.lock().await;
+        let Some(m) = self.member.read().await.clone() else {
+            return Response::error("this node is not part of a swarm");
+        };
+        if m.raft().is_some() && !force {
+            // Demote ourselves through the leader (it checks quorum), then wait until the
+            // replica is out of the group.
+            match m
+                .control(Request::NodeDemote {
+                    node: node_id_string(m.id),
+                })
+                .await
+            {
+                Response::Error { message } => {
+                    let message = if message.starts_with("attempting to demote the last manager") {
+                        shoal_cluster::ClusterError::LeaveLastManager.to_string()
+                    } else if let Some(rest) =
+                        message.split_once(" would result in a loss of quorum")
+                    {
+                        format!("leaving the swarm would result in a loss of quorum{} (use --force to leave anyway)", rest.1)
+                    } else {
+                        message
+                    };
+                    return Response::Error { message };
+                }
+                _ => {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while m.raft().is_some() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    if m.raft().is_some() {
+                        return Response::error(
+                            "timed out waiting for this manager's demotion; retry, or use --force",
+                        );
+                    }
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = m.gossip.tx.send(GossipCmd::Leave(tx)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), rx).await;
+        drop(m.take_raft());
+        if let Err(e) = self.data.wipe_identity() {
+            return Response::error(format!("{e:#}"));
+        }
+        *self.member.write().await = None;
+        // The endpoint and its connections belong to the old identity: exit so that the next
+        // start is clean (the CLI tells the user).
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::process::exit(0);
+        });
+        Response::ok(
+            "Node left the swarm. (The agent stops; start it again to init or join a swarm.)",
+        )
+    }
+}
+
+fn random_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn pem_of_cert(der: &[u8]) -> String {
+    // The node certificate type prints the same PEM block for any certificate DER.
+    let b64 = base64_encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("ascii"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn pem_cert_der(text: &str) -> Result<Vec<u8>> {
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64_decode(body.trim()).ok_or_else(|| anyhow!("ca.pem: malformed PEM"))
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = B64.iter().position(|&x| x == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+impl Member {
+    /// The Raft replica, if this node runs one.
+    pub fn raft(&self) -> Option<RaftHandle> {
+        self.raft.lock().expect("raft").clone()
+    }
+
+    fn take_raft(&self) -> Option<RaftHandle> {
+        self.raft.lock().expect("raft").take()
+    }
+
+    fn start_raft(self: &Arc<Self>, how: Start) -> Result<()> {
+        let h = raft_driver::start(
+            self.id,
+            self.data.raft_dir(),
+            how,
+            self.transport.clone(),
+            self.gossip.view.clone(),
+        )?;
+        *self.raft.lock().expect("raft") = Some(h);
+        let _ = self
+            .gossip
+            .tx
+            .try_send(GossipCmd::SetMeta(Meta { manager: true }));
+        Ok(())
+    }
+
+    /// Waits until some node leads (this one, after init).
+    async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
+        let h = self.raft().ok_or_else(|| anyhow!("not a manager"))?;
+        let mut rx = h.status.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().leader {
+                return Ok(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(anyhow!("no leader elected within {timeout:?}"));
+            }
+        }
+    }
+
+    /// Proposes a command on this node's replica (it must lead) and waits until applied.
+    pub async fn propose(&self, cmd: Command) -> Result<(), String> {
+        let h = self.raft().ok_or("this node is not a manager")?;
+        let (tx, rx) = oneshot::channel();
+        h.tx.send(RaftCmd::Propose(Box::new(cmd), tx))
+            .await
+            .map_err(|_| "the Raft replica stopped".to_string())?;
+        match tokio::time::timeout(RAFT_WAIT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the Raft replica stopped".into()),
+            Err(_) => Err(format!(
+                "the change was not committed within {}s: the managers may have lost quorum",
+                RAFT_WAIT.as_secs()
+            )),
+        }
+    }
+
+    /// A linearizable read barrier on this node's replica (it must lead).
+    pub(crate) async fn read_barrier(&self) -> Result<(), String> {
+        let h = self.raft().ok_or("this node is not a manager")?;
+        let (tx, rx) = oneshot::channel();
+        h.tx.send(RaftCmd::Read(tx))
+            .await
+            .map_err(|_| "the Raft replica stopped".to_string())?;
+        match tokio::time::timeout(RAFT_WAIT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the Raft replica stopped".into()),
+            Err(_) => Err("the read was not confirmed in time".into()),
+        }
+    }
+
+    /// Sends `Register` to `manager` until a leader accepts it, following the leader hints of
+    /// refusals (the manager that admitted us may not lead).
+    async fn register(&self, manager: u64, opts: &AgentOpts, within: Duration) -> Result<()> {
+        let req = AgentRequest::Register {
+            description: describe(&self.hostname),
+            addr: self.advertise.to_string(),
+            labels: opts.labels.clone(),
+        };
+        let bytes = wire::encode_request(&req);
+        let deadline = Instant::now() + within;
+        let mut target = manager;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.transport.request(target, &bytes).await {
+                Ok(resp) => match wire::decode_response(&resp) {
+                    Response::Ok { .. } => return Ok(()),
+                    Response::Error { message } => {
+                        if let Some((id, a)) = message
+                            .strip_prefix("not the leader; leader is ")
+                            .and_then(gossip::parse_swim_addr)
+                        {
+                            self.transport.set_peer_addr(id, a);
+                            target = id;
+                            continue;
+                        }
+                        last = message;
+                    }
+                    _ => last = "unexpected answer".into(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(anyhow!("could not register with the managers: {last}"))
+    }
+
+    fn info(&self, listen: SocketAddr) -> crate::api::InfoView {
+        let mut members: BTreeMap<String, usize> = BTreeMap::new();
+        for m in self.gossip.view.lock().expect("view").values() {
+            let k = match m.state {
+                State::Alive => "alive",
+                State::Suspect => "suspect",
+                State::Dead => "dead",
+                State::Left => "left",
+            };
+            *members.entry(k.into()).or_default() += 1;
+        }
+        let (leader, term, commit, applied, voters, role) = match self.raft() {
+            Some(h) => {
+                let s = h.status.borrow().clone();
+                (
+                    s.leader.map(node_id_string).unwrap_or_default(),
+                    s.term,
+                    s.commit,
+                    s.applied,
+                    s.membership
+                        .voters
+                        .iter()
+                        .map(|v| node_id_string(*v))
+                        .collect(),
+                    "manager",
+                )
+            }
+            None => (String::new(), 0, 0, 0, Vec::new(), "worker"),
+        };
+        crate::api::InfoView {
+            swarm: "active".into(),
+            node_id: node_id_string(self.id),
+            cluster_id: self.cluster_id.to_string(),
+            role: role.into(),
+            leader,
+            term,
+            commit_index: commit,
+            applied_index: applied,
+            voters,
+            members,
+            listen_addr: listen.to_string(),
+        }
+    }
+
+    /// Gossip says these voters are alive (this node included).
+    pub(crate) fn alive_voters(&self, voters: &std::collections::BTreeSet<u64>) -> usize {
+        let view = self.gossip.view.lock().expect("view");
+        voters
+            .iter()
+            .filter(|v| {
+                **v == self.id
+                    || view
+                        .get(v)
+                        .is_some_and(|m| matches!(m.state, State::Alive | State::Suspect))
+            })
+            .count()
+    }
+}
+
+/// Routes what the transport receives: Raft traffic to the replica (starting one for a node
+/// that is being promoted), gossip to SWIM, requests to the handlers.
+async fn dispatch(m: Arc<Member>, mut inbound: Inbound) {
+    loop {
+        tokio::select! {
+            biased;
+            r = inbound.raft.recv() => match r {
+                Some((from, bytes)) => m.to_raft(from, bytes).await,
+                None => return,
+            },
+            r = inbound.snapshot.recv() => match r {
+                Some((from, bytes)) => m.to_raft(from, bytes).await,
+                None => return,
+            },
+            r = inbound.gossip.recv() => match r {
+                Some((from, bytes)) => { let _ = m.gossip.tx.try_send(GossipCmd::Packet(from, bytes)); }
+                None => return,
+            },
+            r = inbound.requests.recv() => match r {
+                Some(req) => { tokio::spawn(peer_request(m.clone(), req)); }
+                None => return,
+            },
+        }
+    }
+}
+
+impl Member {
+    async fn to_raft(self: &Arc<Self>, from: u64, bytes: Vec<u8>) {
+        let h = match self.raft() {
+            Some(h) => h,
+            None => {
+                // A leader replicating to us: we are being promoted. Not right after our
+                // replica stopped (late messages from before the removal).
+                let recently_stopped = self
+                    .raft_stopped_at
+                    .lock()
+                    .expect("stopped")
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+                if recently_stopped {
+                    return;
+                }
+                if !matches!(wire::decode_raft(&bytes), Ok(msg) if matches!(msg.body,
+                    shoal_raft::MessageBody::Append { .. }
+                    | shoal_raft::MessageBody::Heartbeat { .. }
+                    | shoal_raft::MessageBody::Snapshot { .. }))
+                {
+                    return;
+                }
+                tracing::info!(leader = %node_id_string(from), "starting a Raft replica (promotion)");
+                if let Err(e) = self.start_raft(Start::Existing) {
+                    tracing::warn!("cannot start a Raft replica: {e:#}");
+                    return;
+                }
+                match self.raft() {
+                    Some(h) => h,
+                    None => return,
+                }
+            }
+        };
+        let _ = h.tx.send(RaftCmd::Step(from, bytes)).await;
+    }
+}
+
+async fn peer_request(m: Arc<Member>, req: IncomingRequest) {
+    let resp = match &req.from {
+        None => m.handle_join(&req.body).await,
+        Some(cert) if req.body.first() == Some(&wire::CONTROL_TAG) => {
+            let cert = cert.clone();
+            wire::encode_response(&match wire::decode_request(&req.body) {
+                Ok(r) => m.peer_control(&cert, r).await,
+                Err(e) => Response::error(e),
+            })
+        }
+        Some(cert) => {
+            let cert = cert.clone();
+            m.handle_renewal(&cert, &req.body).await
+        }
+    };
+    req.respond(resp);
+}
+
+impl Member {
+    /// The join authority of a manager: the cluster CA and the current tokens, from the state.
+    fn authority(&self) -> Result<JoinAuthority, String> {
+        let h = self.raft().ok_or("this node is not a manager")?;
+        let st = h.state.read().expect("state");
+        let c = st.cluster().ok_or("the swarm is not initialized yet")?;
+        let ca = ClusterCa::from_pem(&c.ca_pem).map_err(|e| e.to_string())?;
+        let worker = JoinToken::from_str(&c.worker_token).map_err(|e| e.to_string())?;
+        let manager = JoinToken::from_str(&c.manager_token).map_err(|e| e.to_string())?;
+        // Removed nodes are refused by the transport's TLS layer before they can ask.
+        JoinAuthority::new(ca, JoinTokens { worker, manager }).map_err(|e| e.to_string())
+    }
+
+    async fn handle_join(&self, body: &[u8]) -> Vec<u8> {
+        let mut authority = match self.authority() {
+            Ok(a) => a,
+            Err(e) => return join::JoinResponse::refused(e).encode(),
+        };
+        let taken: std::collections::BTreeSet<u64> = self
+            .raft()
+            .map(|h| {
+                h.state
+                    .read()
+                    .expect("state")
+                    .nodes()
+                    .keys()
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let outcome = authority.handle_request(body, SystemTime::now(), || loop {
+            let id = random_id();
+            if !taken.contains(&id) {
+                break id;
+            }
+        });
+        outcome.response
+    }
+
+    async fn handle_renewal(&self, cert: &NodeCertificate, body: &[u8]) -> Vec<u8> {
+        match self.authority() {
+            Ok(mut a) => a.handle_renewal(cert, body, SystemTime::now()),
+            Err(e) => join::JoinResponse::refused(e).encode(),
+        }
+    }
+
+    async fn peer_control(self: &Arc<Self>, from: &NodeCertificate, req: AgentRequest) -> Response {
+        match req {
+            AgentRequest::Control(r) => match r {
+                // Lifecycle requests are local to a node; never accepted from a peer.
+                Request::Init { .. } | Request::Join { .. } | Request::Leave { .. } => {
+                    Response::error("not accepted from a peer")
+                }
+                other => self.control_hop(other, true).await,
+            },
+            AgentRequest::Register {
+                description,
+                addr,
+                labels,
+            } => {
+                let role = if from.role == pki::Role::Manager {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                };
+                self.register_node(from.node_id, role, description, addr, labels)
+                    .await
+            }
+            AgentRequest::IsVoter { node } => match self.raft() {
+                Some(h) => Response::ok(h.status.borrow().membership.is_voter(node).to_string()),
+                None => Response::error("this node is not a manager"),
+            },
+        }
+    }
+
+    /// Records a node that joined (or restarted): AddNode the first time, UpdateDescription
+    /// when its description or address changed. Forwarded to the leader if needed.
+    async fn register_node(
+        self: &Arc<Self>,
+        id: u64,
+        role: Role,
+        description: NodeDescription,
+        addr: String,
+        labels: Vec<(String, String)>,
+    ) -> Response {
+        let Some(h) = self.raft() else {
+            return Response::error("this node is not a manager");
+        };
+        let leader = h.status.borrow().leader;
+        if leader != Some(self.id) {
+            // The leader takes the node's id and role from the certificate of the connection,
+            // so the node itself must reach it: tell it where the leader is.
+            return match leader {
+                Some(l) => Response::error(format!(
+                    "not the leader; leader is {}",
+                    self.leader_swim_addr(l)
+                )),
+                None => Response::error("no leader yet"),
+            };
+        }
+        let existing = h.state.read().expect("state").node(id).cloned();
+        let cmd = match existing {
+            None => Command::AddNode {
+                node: NewNode {
+                    id,
+                    description,
+                    addr,
+                    labels: labels.into_iter().collect(),
+                    desired_role: role,
+                },
+                at_ms: now_ms(),
+            },
+            Some(n) if n.description != description || n.addr != addr => {
+                Command::UpdateDescription {
+                    id,
+                    description,
+                    addr,
+                    at_ms: now_ms(),
+                }
+            }
+            Some(_) => return Response::ok(""),
+        };
+        match self.propose(cmd).await {
+            Ok(()) => Response::ok(""),
+            Err(e) => Response::error(e),
+        }
+    }
+
+    fn leader_swim_addr(&self, leader: u64) -> String {
+        let addr = self.raft().and_then(|h| {
+            h.state
+                .read()
+                .expect("state")
+                .node(leader)
+                .and_then(|n| n.addr.parse().ok())
+        });
+        match addr {
+            Some(a) => gossip::swim_addr(leader, a),
+            None => node_id_string(leader),
+        }
+    }
+}
+
+/// Re-registers after a restart (description or address may have changed), following the
+/// leader hint in refusals.
+async fn register_loop(m: Arc<Member>, opts: AgentOpts) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..120 {
+        for t in m.manager_candidates() {
+            if m.register(t, &opts, Duration::from_secs(3)).await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl Member {
+    /// Managers to talk to: the leader first if known, then live members that run Raft.
+    pub(crate) fn manager_candidates(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        if let Some(h) = self.raft() {
+            if let Some(l) = h.status.borrow().leader {
+                out.push(l);
+            }
+        }
+        let view = self.gossip.view.lock().expect("view");
+        for (id, m) in view.iter() {
+            if *id != self.id
+                && m.meta.manager
+                && matches!(m.state, State::Alive | State::Suspect)
+                && !out.contains(id)
+            {
+                out.push(*id);
+            }
+        }
+        out.retain(|id| *id != self.id);
+        out
+    }
+}
+
+/// Background chores: notices a stopped replica (demotion) and wipes its data; refreshes the
+/// seeds kept for the next start.
+async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
+    let mut last_seeds = node.seeds.clone();
+    let mut ticks = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Some(m) = m.upgrade() else { return };
+        ticks += 1;
+        let stopped = m.raft().is_some_and(|h| h.status.borrow().stopped);
+        if stopped {
+            drop(m.take_raft());
+            *m.raft_stopped_at.lock().expect("stopped") = Some(Instant::now());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Err(e) = m.data.wipe_raft() {
+                tracing::warn!("cannot wipe the Raft data after demotion: {e:#}");
+            }
+            let _ = m
+                .gossip
+                .tx
+                .send(GossipCmd::SetMeta(Meta { manager: false }))
+                .await;
+            tracing::info!("demoted: this node is a worker now");
+        }
+        if ticks.is_multiple_of(40) {
+            let mut seeds: Vec<String> = m
+                .gossip
+                .view
+                .lock()
+                .expect("view")
+                .iter()
+                .filter(|(id, i)| **id != m.id && matches!(i.state, State::Alive) && i.meta.manager)
+                .filter_map(|(id, i)| i.addr.map(|a| gossip::swim_addr(*id, a)))
+                .collect();
+            seeds.sort();
+            if !seeds.is_empty() && seeds != last_seeds {
+                node.seeds = seeds.clone();
+                if m.data.save_node(&node).is_ok() {
+                    last_seeds = seeds;
+                }
+            }
+        }
+    }
+}
+
+/// Parses `--label` values.
+pub fn parse_labels(specs: &[String]) -> Result<Vec<(String, String)>, String> {
+    specs
+        .iter()
+        .map(|s| parse_label(s).map_err(|e| e.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for n in 0..40u8 {
+            let data: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            let s = base64_encode(&data);
+            assert_eq!(base64_decode(&s).unwrap(), data, "{n} bytes");
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert!(base64_decode("@@").is_none());
+    }
+}

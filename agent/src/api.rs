@@ -1,0 +1,237 @@
+//! The control API: what the CLI asks an agent (HTTP + JSON on the Unix socket) and what one
+//! agent forwards to another (the same JSON in a transport request). One [`Request`] per
+//! operation; every answer is a [`Response`].
+//!
+//! HTTP routes (all JSON; errors come back as `{"result":"error","message":…}` with a 4xx/5xx
+//! status):
+//!
+//! | method and path | request |
+//! |---|---|
+//! | `GET /v1/info` | [`Request::Info`] |
+//! | `POST /v1/swarm/init` body `{"advertise_addr":…, "force_new_cluster":bool}` | [`Request::Init`] |
+//! | `POST /v1/swarm/join` body `{"token":…, "remote_addr":…}` | [`Request::Join`] |
+//! | `GET /v1/swarm/join-token/{worker\|manager}?rotate=true` | [`Request::JoinToken`] |
+//! | `POST /v1/swarm/leave?force=true` | [`Request::Leave`] |
+//! | `GET /v1/nodes?stale=true` | [`Request::NodeList`] |
+//! | `GET /v1/nodes/{node}?stale=true` | [`Request::NodeInspect`] |
+//! | `POST /v1/nodes/{node}/promote` | [`Request::NodePromote`] |
+//! | `POST /v1/nodes/{node}/demote` | [`Request::NodeDemote`] |
+//! | `DELETE /v1/nodes/{node}?force=true` | [`Request::NodeRemove`] |
+//! | `POST /v1/nodes/{node}/update` body [`NodeUpdateRequest`] | [`Request::NodeUpdate`] |
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shoal_cluster::{Availability, Role};
+
+/// One operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// What this agent is: its node, its cluster, who leads.
+    Info,
+    /// `swarm init`.
+    Init {
+        /// The address other nodes use to reach this one (default: the listen address).
+        advertise_addr: Option<String>,
+        /// Restart a surviving manager as a one-manager cluster keeping its committed state.
+        force_new_cluster: bool,
+    },
+    /// `swarm join --token T ADDR`.
+    Join {
+        /// The join token.
+        token: String,
+        /// A manager's address.
+        remote_addr: String,
+    },
+    /// `swarm join-token [--rotate] worker|manager`.
+    JoinToken {
+        /// Whose token.
+        role: Role,
+        /// Replace it first.
+        rotate: bool,
+    },
+    /// `swarm leave [--force]`.
+    Leave {
+        /// Leave even if it loses quorum (or is the last manager).
+        force: bool,
+    },
+    /// `node ls`.
+    NodeList {
+        /// Answer from this manager's state without a linearizable read.
+        stale: bool,
+    },
+    /// `node inspect NODE`.
+    NodeInspect {
+        /// Id, id prefix or hostname.
+        node: String,
+        /// As for `NodeList`.
+        stale: bool,
+    },
+    /// `node promote NODE`.
+    NodePromote {
+        /// Id, id prefix or hostname.
+        node: String,
+    },
+    /// `node demote NODE`.
+    NodeDemote {
+        /// Id, id prefix or hostname.
+        node: String,
+    },
+    /// `node rm [--force] NODE`.
+    NodeRemove {
+        /// Id, id prefix or hostname.
+        node: String,
+        /// Remove a node that is not down.
+        force: bool,
+    },
+    /// `node update … NODE`.
+    NodeUpdate {
+        /// Id, id prefix or hostname.
+        node: String,
+        /// The changes.
+        update: NodeUpdateRequest,
+    },
+}
+
+/// The options of `node update`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpdateRequest {
+    /// `--availability`.
+    #[serde(default)]
+    pub availability: Option<Availability>,
+    /// `--label-add k=v` (repeatable).
+    #[serde(default)]
+    pub label_add: Vec<String>,
+    /// `--label-rm k` (repeatable).
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+    /// `--role`.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// An answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; `message` is what the CLI prints (may be empty).
+    Ok {
+        /// One or more lines for the user.
+        message: String,
+    },
+    /// `node ls`.
+    Nodes {
+        /// The id of the node that answered (marked `*` by the CLI).
+        self_id: String,
+        /// Every node.
+        nodes: Vec<NodeView>,
+    },
+    /// `node inspect`.
+    Node {
+        /// The id of the node that answered.
+        self_id: String,
+        /// The node.
+        node: NodeView,
+    },
+    /// `swarm join-token`.
+    Token {
+        /// Whose token.
+        role: Role,
+        /// The token.
+        token: String,
+        /// A manager address to join through.
+        manager_addr: String,
+    },
+    /// `info`.
+    Info(InfoView),
+    /// Refused or failed: one line naming the problem.
+    Error {
+        /// The line.
+        message: String,
+    },
+}
+
+/// A node as the CLI shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// 16 hex digits.
+    pub id: String,
+    /// Hostname.
+    pub hostname: String,
+    /// `Ready`, `Down`, `Unknown` or `Disconnected`.
+    pub status: String,
+    /// Why, when not ready.
+    pub status_message: String,
+    /// `Active`, `Pause` or `Drain`.
+    pub availability: String,
+    /// `Leader`, `Reachable` or `Unreachable` for managers; empty for workers.
+    pub manager_status: String,
+    /// The agent's version.
+    pub engine_version: String,
+    /// Observed role: `manager` or `worker`.
+    pub role: String,
+    /// Desired role.
+    pub desired_role: String,
+    /// `ip:port`.
+    pub addr: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `linux`, …
+    pub os: String,
+    /// `amd64`, …
+    pub arch: String,
+    /// CPUs × 10⁹.
+    pub nano_cpus: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Unix milliseconds.
+    pub updated_at_ms: u64,
+    /// Version for compare-and-set.
+    pub version: u64,
+}
+
+/// What an agent says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoView {
+    /// `inactive` (no swarm yet) or `active`.
+    pub swarm: String,
+    /// This node's id (empty when inactive).
+    pub node_id: String,
+    /// The cluster's id (empty when inactive).
+    pub cluster_id: String,
+    /// `manager` or `worker` (empty when inactive).
+    pub role: String,
+    /// The leader's id, if known.
+    pub leader: String,
+    /// Raft term (managers).
+    pub term: u64,
+    /// Raft commit index (managers).
+    pub commit_index: u64,
+    /// Raft applied index (managers).
+    pub applied_index: u64,
+    /// Raft voters (managers).
+    pub voters: Vec<String>,
+    /// Members by SWIM state: alive, suspect, dead, left.
+    pub members: BTreeMap<String, usize>,
+    /// The QUIC listen address.
+    pub listen_addr: String,
+}
+
+impl Response {
+    /// An error response from anything displayable.
+    pub fn error(e: impl std::fmt::Display) -> Self {
+        Response::Error {
+            message: e.to_string(),
+        }
+    }
+
+    /// A success with a message.
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response::Ok {
+            message: message.into(),
+        }
+    }
+}

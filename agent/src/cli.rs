@@ -1,0 +1,1302 @@
+//! The `shoal` command line: the clap definitions of every command, and the client side of the
+//! commands that talk to a running agent (`swarm …`, `node …`, `info`).
+//!
+//! Those commands are requests on the agent's control socket ([`crate::client`], routes in
+//! [`crate::api`]). Output follows the docker CLI: results on stdout, and every failure as one
+//! line `Error: <message>` on stderr with exit status 1. User input is checked before anything
+//! is sent, so a typo never reaches the cluster.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use shoal_cluster::{parse_label, validate_label, Availability, Role};
+
+use crate::api::{NodeUpdateRequest, NodeView, Response};
+use crate::client::{self, encode_segment};
+use crate::format;
+
+/// The name of the agent's control socket in its data directory.
+pub const SOCKET_NAME: &str = "shoal.sock";
+
+/// shoal: a Swarm-style cluster of nodes (Raft managers, SWIM membership, QUIC transport).
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, propagate_version = true)]
+pub struct Cli {
+    /// The agent to talk to: unix:///path/to/shoal.sock [default: <DATA_DIR>/shoal.sock]
+    #[arg(
+        short = 'H',
+        long = "host",
+        env = "SHOAL_HOST",
+        global = true,
+        value_name = "unix:///PATH"
+    )]
+    pub host: Option<String>,
+
+    /// The agent's state directory (Raft log, certificates, control socket)
+    #[arg(
+        long,
+        env = "SHOAL_DATA_DIR",
+        global = true,
+        default_value = "/var/lib/shoal"
+    )]
+    pub data_dir: PathBuf,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent (serves the control socket in the data directory)
+    Agent(AgentArgs),
+    /// Manage the swarm: init, join, join-token, leave
+    Swarm {
+        /// The swarm command.
+        #[command(subcommand)]
+        cmd: SwarmCmd,
+    },
+    /// Manage the nodes of the swarm: ls, inspect, promote, demote, rm, update
+    Node {
+        /// The node command.
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Show what the agent knows about itself and its swarm (JSON)
+    Info,
+    /// Start a throw-away local cluster of agents and walk through the main commands
+    Demo(DemoArgs),
+}
+
+/// The options of `shoal agent` (the data directory is the global `--data-dir`).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// UDP address for QUIC, e.g. 127.0.0.1:4242
+    #[arg(long)]
+    pub listen: SocketAddr,
+
+    /// The address other nodes use to reach this one [default: the listen address]
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+
+    /// The node's hostname [default: the machine's hostname]
+    #[arg(long)]
+    pub hostname: Option<String>,
+
+    /// A label for this node, key=value or key (repeatable)
+    #[arg(long = "label", value_name = "KEY[=VALUE]")]
+    pub labels: Vec<String>,
+
+    /// Membership timing profile (`local` is 5× faster, for tests and the demo)
+    #[arg(long, default_value = "lan", value_parser = ["lan", "local"])]
+    pub gossip: String,
+}
+
+/// The options of `shoal demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's temporary directory (data dirs and logs) for inspection
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `shoal swarm …`.
+#[derive(Debug, Subcommand)]
+pub enum SwarmCmd {
+    /// Initialize a swarm with this node as its first manager
+    Init {
+        /// The address other nodes use to reach this one [default: the listen address]
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Restart this surviving manager as a one-manager swarm that keeps its state
+        #[arg(long)]
+        force_new_cluster: bool,
+    },
+    /// Join a swarm as a worker or manager (the token decides)
+    Join {
+        /// The join token (`shoal swarm join-token worker|manager` on a manager)
+        #[arg(long)]
+        token: String,
+        /// A manager's address, ip:port
+        remote_addr: String,
+    },
+    /// Show (or rotate) the token for joining as a worker or manager
+    JoinToken {
+        /// Only print the token
+        #[arg(short)]
+        quiet: bool,
+        /// Replace the token (future joins need the new one)
+        #[arg(long)]
+        rotate: bool,
+        /// worker or manager
+        role: String,
+    },
+    /// Leave the swarm
+    Leave {
+        /// Leave even if this breaks quorum or removes the last manager
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// `shoal node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List the nodes of the swarm
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only print ids
+        #[arg(short)]
+        quiet: bool,
+        /// Output format: table or json (one object per line)
+        #[arg(long)]
+        format: Option<String>,
+        /// Filter: role=manager|worker, name=…, id=…, label=KEY[=VALUE] (repeatable)
+        #[arg(short, long = "filter", value_name = "FILTER")]
+        filters: Vec<String>,
+        /// Answer from this manager's state without a linearizable read
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show the details of one or more nodes (JSON, or --pretty)
+    Inspect {
+        /// Human-readable output
+        #[arg(long)]
+        pretty: bool,
+        /// Answer from this manager's state without a linearizable read
+        #[arg(long)]
+        stale: bool,
+        /// Node ids, id prefixes or hostnames (`self`: the node answering)
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
+    /// Promote one or more workers to managers
+    Promote {
+        /// Node ids, id prefixes or hostnames
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
+    /// Demote one or more managers to workers
+    Demote {
+        /// Node ids, id prefixes or hostnames
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
+    /// Remove one or more nodes from the swarm
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Remove a node even if it is not down
+        #[arg(short, long)]
+        force: bool,
+        /// Node ids, id prefixes or hostnames
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
+    /// Update a node's availability, labels or role
+    Update {
+        /// active, pause or drain
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add or change a label, key=value or key (repeatable)
+        #[arg(long = "label-add", value_name = "KEY[=VALUE]")]
+        label_add: Vec<String>,
+        /// Remove a label by key (repeatable)
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+        /// worker or manager
+        #[arg(long)]
+        role: Option<String>,
+        /// Node id, id prefix or hostname
+        node: String,
+    },
+}
+
+/// The control socket to use: `-H unix:///path` (or a bare absolute path), else
+/// `<data-dir>/shoal.sock`.
+pub fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
+    let Some(host) = &cli.host else {
+        return Ok(cli.data_dir.join(SOCKET_NAME));
+    };
+    let path = host.strip_prefix("unix://").unwrap_or(host);
+    if path.starts_with('/') && path.len() > 1 {
+        Ok(PathBuf::from(path))
+    } else {
+        Err(format!("unsupported host {host:?}: expected unix:///path"))
+    }
+}
+
+/// Runs a `swarm`, `node` or `info` command against the agent, printing on stdout and stderr;
+/// returns the exit status (0, 1 on any error, 2 if called for `agent` or `demo`).
+pub fn run(cli: &Cli) -> i32 {
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    run_with(cli, &mut stdout.lock(), &mut stderr.lock())
+}
+
+/// [`run`] with the output streams given.
+pub fn run_with(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let mut ui = Ui {
+        out,
+        err,
+        failed: false,
+        out_broken: false,
+    };
+    let name = match &cli.command {
+        Command::Agent(_) => Some("agent"),
+        Command::Demo(_) => Some("demo"),
+        _ => None,
+    };
+    if let Some(name) = name {
+        ui.error(&format!(
+            "internal error: `shoal {name}` does not talk to an agent"
+        ));
+        return 2;
+    }
+    let result = socket_path(cli).and_then(|socket| {
+        let agent = Agent { socket };
+        match &cli.command {
+            Command::Swarm { cmd } => swarm(&agent, cmd, &mut ui),
+            Command::Node { cmd } => node(&agent, cmd, &mut ui),
+            Command::Info => info(&agent, &mut ui),
+            Command::Agent(_) | Command::Demo(_) => Ok(()),
+        }
+    });
+    if let Err(e) = result {
+        ui.error(&e);
+    }
+    i32::from(ui.failed)
+}
+
+/// Where output goes, and whether anything failed.
+struct Ui<'a> {
+    out: &'a mut dyn Write,
+    err: &'a mut dyn Write,
+    failed: bool,
+    out_broken: bool,
+}
+
+impl Ui<'_> {
+    /// Prints `text` on stdout, ending it with a newline if it lacks one (nothing if empty).
+    fn print(&mut self, text: &str) {
+        if text.is_empty() || self.out_broken {
+            return;
+        }
+        let mut result = self.out.write_all(text.as_bytes());
+        if result.is_ok() && !text.ends_with('\n') {
+            result = self.out.write_all(b"\n");
+        }
+        if let Err(e) = result.and_then(|()| self.out.flush()) {
+            self.out_broken = true;
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                self.failed = true;
+            } else {
+                self.error(&format!("cannot write the output: {e}"));
+            }
+        }
+    }
+
+    /// Prints `Error: <message>` (on one line) on stderr and marks the run failed.
+    fn error(&mut self, message: &str) {
+        self.failed = true;
+        let _ = writeln!(self.err, "Error: {}", one_line(message));
+        let _ = self.err.flush();
+    }
+}
+
+/// A message on one line: control characters (newlines included) become spaces.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .split(char::is_control)
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect();
+    if parts.is_empty() {
+        "unknown error".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Text from the agent made safe for a terminal (lines and tabs kept).
+fn clean_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The agent at a socket.
+struct Agent {
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// One request; an error answer becomes `Err(its message)`.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, String> {
+        match client::call(&self.socket, method, path, body) {
+            Ok(Response::Error { message }) if message.trim().is_empty() => {
+                Err("the agent refused the request without giving a reason".into())
+            }
+            Ok(Response::Error { message }) => Err(message),
+            Ok(response) => Ok(response),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// One request expecting a confirmation; returns its message.
+    fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<String, String> {
+        match self.call(method, path, body)? {
+            Response::Ok { message } => Ok(clean_text(&message)),
+            other => Err(unexpected("a confirmation", &other)),
+        }
+    }
+
+    /// The id of the node answering (for `self`).
+    fn self_id(&self) -> Result<String, String> {
+        match self.call("GET", "/v1/info", None)? {
+            Response::Info(info) if info.node_id.is_empty() => {
+                Err("this node is not part of a swarm".into())
+            }
+            Response::Info(info) => Ok(info.node_id),
+            other => Err(unexpected("the agent's info", &other)),
+        }
+    }
+}
+
+/// The error for an answer of the wrong kind.
+fn unexpected(wanted: &str, got: &Response) -> String {
+    let kind = match got {
+        Response::Ok { .. } => "a confirmation",
+        Response::Nodes { .. } => "a node list",
+        Response::Node { .. } => "a node",
+        Response::Token { .. } => "a join token",
+        Response::Info(_) => "the agent's info",
+        Response::Error { .. } => "an error",
+    };
+    format!("unexpected answer from the agent: expected {wanted}, got {kind}")
+}
+
+/// `path?name=true` when `on`.
+fn with_flag(path: String, name: &str, on: bool) -> String {
+    if on {
+        format!("{path}?{name}=true")
+    } else {
+        path
+    }
+}
+
+/// `/v1/nodes/{node}` plus `suffix`, the node encoded.
+fn node_path(node: &str, suffix: &str) -> String {
+    format!("/v1/nodes/{}{suffix}", encode_segment(node))
+}
+
+/// A NODE argument must name something.
+fn check_node(node: &str) -> Result<(), String> {
+    if node.trim().is_empty() {
+        Err(format!(
+            "invalid node {node:?}: expected an id, id prefix or hostname"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `f` for each NODE argument, printing its output or its error; like docker, one failure
+/// does not stop the others (the exit status says that something failed).
+fn each_node(ui: &mut Ui<'_>, nodes: &[String], f: impl Fn(&str) -> Result<String, String>) {
+    for node in nodes {
+        match check_node(node).and_then(|()| f(node)) {
+            Ok(text) => ui.print(&text),
+            Err(e) => ui.error(&e),
+        }
+    }
+}
+
+fn swarm(agent: &Agent, cmd: &SwarmCmd, ui: &mut Ui<'_>) -> Result<(), String> {
+    match cmd {
+        SwarmCmd::Init {
+            advertise_addr,
+            force_new_cluster,
+        } => {
+            let body = json!({
+                "advertise_addr": advertise_addr,
+                "force_new_cluster": force_new_cluster,
+            });
+            let message = agent.ok("POST", "/v1/swarm/init", Some(&body))?;
+            ui.print(&message);
+        }
+        SwarmCmd::Join { token, remote_addr } => {
+            if token.trim().is_empty() {
+                return Err("--token must not be empty".into());
+            }
+            if remote_addr.trim().is_empty() {
+                return Err("the manager address must not be empty".into());
+            }
+            let body = json!({ "token": token, "remote_addr": remote_addr });
+            let message = agent.ok("POST", "/v1/swarm/join", Some(&body))?;
+            ui.print(&message);
+        }
+        SwarmCmd::JoinToken {
+            quiet,
+            rotate,
+            role,
+        } => {
+            let role: Role = role
+                .parse()
+                .map_err(|e: shoal_cluster::ClusterError| e.to_string())?;
+            let path = with_flag(format!("/v1/swarm/join-token/{role}"), "rotate", *rotate);
+            let (token, addr) = match agent.call("GET", &path, None)? {
+                Response::Token {
+                    token,
+                    manager_addr,
+                    ..
+                } => (one_line(&token), one_line(&manager_addr)),
+                other => return Err(unexpected("a join token", &other)),
+            };
+            if *quiet {
+                ui.print(&token);
+            } else {
+                if *rotate {
+                    ui.print(&format!("Successfully rotated {role} join token.\n\n"));
+                }
+                ui.print(&format!(
+                    "To add a {role} to this swarm, run the following command:\n\n    \
+                     shoal swarm join --token {token} {addr}\n"
+                ));
+            }
+        }
+        SwarmCmd::Leave { force } => {
+            let path = with_flag("/v1/swarm/leave".into(), "force", *force);
+            let message = agent.ok("POST", &path, None)?;
+            ui.print(&message);
+        }
+    }
+    Ok(())
+}
+
+fn node(agent: &Agent, cmd: &NodeCmd, ui: &mut Ui<'_>) -> Result<(), String> {
+    match cmd {
+        NodeCmd::Ls {
+            quiet,
+            format,
+            filters,
+            stale,
+        } => {
+            let json = match format.as_deref() {
+                None | Some("table") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "unsupported format {other:?}: expected table or json"
+                    ))
+                }
+            };
+            // Check the filters before asking anything.
+            format::filter_nodes(Vec::new(), filters)?;
+            let path = with_flag("/v1/nodes".into(), "stale", *stale);
+            let (self_id, nodes) = match agent.call("GET", &path, None)? {
+                Response::Nodes { self_id, nodes } => (self_id, nodes),
+                other => return Err(unexpected("a node list", &other)),
+            };
+            let nodes = format::filter_nodes(nodes, filters)?;
+            let text = if json {
+                format::nodes_json(&self_id, &nodes)
+            } else if *quiet {
+                format::node_ids(&nodes)
+            } else {
+                format::node_table(&self_id, &nodes)
+            };
+            ui.print(&text);
+        }
+        NodeCmd::Inspect {
+            pretty,
+            stale,
+            nodes,
+        } => {
+            let mut found: Vec<NodeView> = Vec::new();
+            let mut answered_by = String::new();
+            let mut me: Option<String> = None;
+            for name in nodes {
+                let result = check_node(name).and_then(|()| {
+                    let target = if name == "self" {
+                        match &me {
+                            Some(id) => id.clone(),
+                            None => {
+                                let id = agent.self_id()?;
+                                me = Some(id.clone());
+                                id
+                            }
+                        }
+                    } else {
+                        name.clone()
+                    };
+                    let path = with_flag(node_path(&target, ""), "stale", *stale);
+                    match agent.call("GET", &path, None)? {
+                        Response::Node { self_id, node } => Ok((self_id, node)),
+                        other => Err(unexpected("a node", &other)),
+                    }
+                });
+                match result {
+                    Ok((self_id, node)) => {
+                        answered_by = self_id;
+                        found.push(node);
+                    }
+                    Err(e) => ui.error(&e),
+                }
+            }
+            if *pretty {
+                let views: Vec<String> = found
+                    .iter()
+                    .map(|n| format::inspect_pretty(&answered_by, n))
+                    .collect();
+                ui.print(&views.join("\n"));
+            } else {
+                ui.print(&format::inspect_json(&found));
+            }
+        }
+        NodeCmd::Promote { nodes } => each_node(ui, nodes, |n| {
+            agent.ok("POST", &node_path(n, "/promote"), None)
+        }),
+        NodeCmd::Demote { nodes } => each_node(ui, nodes, |n| {
+            agent.ok("POST", &node_path(n, "/demote"), None)
+        }),
+        NodeCmd::Rm { force, nodes } => each_node(ui, nodes, |n| {
+            let path = with_flag(node_path(n, ""), "force", *force);
+            let message = agent.ok("DELETE", &path, None)?;
+            Ok(if message.is_empty() {
+                n.to_string()
+            } else {
+                message
+            })
+        }),
+        NodeCmd::Update {
+            availability,
+            label_add,
+            label_rm,
+            role,
+            node,
+        } => {
+            let update = update_request(availability, label_add, label_rm, role)?;
+            check_node(node)?;
+            let body = serde_json::to_value(&update)
+                .map_err(|e| format!("cannot encode the update: {e}"))?;
+            agent.ok("POST", &node_path(node, "/update"), Some(&body))?;
+            ui.print(node);
+        }
+    }
+    Ok(())
+}
+
+/// Checks the options of `node update`.
+fn update_request(
+    availability: &Option<String>,
+    label_add: &[String],
+    label_rm: &[String],
+    role: &Option<String>,
+) -> Result<NodeUpdateRequest, String> {
+    let availability = match availability {
+        Some(a) => Some(a.parse::<Availability>().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let role = match role {
+        Some(r) => Some(r.parse::<Role>().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    for spec in label_add {
+        parse_label(spec).map_err(|e| e.to_string())?;
+    }
+    for key in label_rm {
+        validate_label(key, "").map_err(|e| e.to_string())?;
+    }
+    Ok(NodeUpdateRequest {
+        availability,
+        label_add: label_add.to_vec(),
+        label_rm: label_rm.to_vec(),
+        role,
+    })
+}
+
+fn info(agent: &Agent, ui: &mut Ui<'_>) -> Result<(), String> {
+    match agent.call("GET", "/v1/info", None)? {
+        Response::Info(view) => {
+            let text = serde_json::to_string_pretty(&view)
+                .map_err(|e| format!("cannot show the info: {e}"))?;
+            ui.print(&text);
+            Ok(())
+        }
+        other => Err(unexpected("the agent's info", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::api::InfoView;
+    use crate::client::testing::serve;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Runs a command line against a fake agent answering `answers`; returns the exit status,
+    /// stdout, stderr and the requests as `METHOD path body`.
+    fn run_against(
+        args: &[&str],
+        answers: Vec<(u16, Value)>,
+    ) -> (i32, String, String, Vec<String>) {
+        let agent = serve(answers);
+        let host = format!("unix://{}", agent.socket.display());
+        let mut full = vec!["shoal", "-H", &host];
+        full.extend_from_slice(args);
+        let cli = parse(&full);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(&cli, &mut out, &mut err);
+        let seen = agent
+            .seen()
+            .into_iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}",
+                    s.method,
+                    s.path,
+                    String::from_utf8_lossy(&s.body)
+                )
+                .trim_end()
+                .to_string()
+            })
+            .collect();
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+            seen,
+        )
+    }
+
+    fn ok(message: &str) -> (u16, Value) {
+        (200, json!({"result": "ok", "message": message}))
+    }
+
+    fn refused(status: u16, message: &str) -> (u16, Value) {
+        (status, json!({"result": "error", "message": message}))
+    }
+
+    fn view(id: &str, hostname: &str, role: &str, manager_status: &str) -> NodeView {
+        NodeView {
+            id: id.into(),
+            hostname: hostname.into(),
+            status: "Ready".into(),
+            status_message: String::new(),
+            availability: "Active".into(),
+            manager_status: manager_status.into(),
+            engine_version: "0.1.0".into(),
+            role: role.into(),
+            desired_role: role.into(),
+            addr: "127.0.0.1:4242".into(),
+            labels: BTreeMap::new(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            nano_cpus: 2_000_000_000,
+            memory_bytes: 1 << 30,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn clap_definitions_are_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn host_forms() {
+        let cli = |host: Option<&str>| Cli {
+            host: host.map(str::to_string),
+            data_dir: PathBuf::from("/srv/shoal"),
+            command: Command::Info,
+        };
+        assert_eq!(
+            socket_path(&cli(None)).unwrap(),
+            PathBuf::from("/srv/shoal/shoal.sock")
+        );
+        assert_eq!(
+            socket_path(&cli(Some("unix:///run/a.sock"))).unwrap(),
+            PathBuf::from("/run/a.sock")
+        );
+        assert_eq!(
+            socket_path(&cli(Some("/run/b.sock"))).unwrap(),
+            PathBuf::from("/run/b.sock")
+        );
+        for bad in [
+            "tcp://127.0.0.1:2375",
+            "unix://relative.sock",
+            "unix://",
+            "x.sock",
+            "",
+        ] {
+            assert_eq!(
+                socket_path(&cli(Some(bad))).unwrap_err(),
+                format!("unsupported host {bad:?}: expected unix:///path"),
+            );
+        }
+        let parsed = parse(&["shoal", "node", "ls", "-H", "unix:///tmp/x.sock"]);
+        assert_eq!(parsed.host.as_deref(), Some("unix:///tmp/x.sock"));
+        let parsed = parse(&["shoal", "--data-dir", "/d", "info"]);
+        assert_eq!(parsed.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn argument_parsing() {
+        let cli = parse(&[
+            "shoal",
+            "node",
+            "update",
+            "--label-add",
+            "a=b",
+            "--availability",
+            "drain",
+            "n1",
+        ]);
+        match cli.command {
+            Command::Node {
+                cmd:
+                    NodeCmd::Update {
+                        availability,
+                        label_add,
+                        label_rm,
+                        role,
+                        node,
+                    },
+            } => {
+                assert_eq!(availability.as_deref(), Some("drain"));
+                assert_eq!(label_add, ["a=b"]);
+                assert!(label_rm.is_empty() && role.is_none());
+                assert_eq!(node, "n1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "shoal",
+            "node",
+            "list",
+            "-q",
+            "-f",
+            "role=manager",
+            "--filter",
+            "name=x",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Command::Node { cmd: NodeCmd::Ls { quiet: true, ref filters, stale: false, .. } }
+                if filters == &["role=manager", "name=x"]
+        ));
+        let cli = parse(&["shoal", "node", "remove", "-f", "a", "b"]);
+        assert!(matches!(
+            cli.command,
+            Command::Node { cmd: NodeCmd::Rm { force: true, ref nodes } } if nodes == &["a", "b"]
+        ));
+        let cli = parse(&["shoal", "swarm", "join-token", "-q", "--rotate", "manager"]);
+        assert!(matches!(
+            cli.command,
+            Command::Swarm { cmd: SwarmCmd::JoinToken { quiet: true, rotate: true, ref role } }
+                if role == "manager"
+        ));
+        let cli = parse(&["shoal", "swarm", "join", "--token", "T", "10.0.0.1:4242"]);
+        assert!(matches!(
+            cli.command,
+            Command::Swarm { cmd: SwarmCmd::Join { ref token, ref remote_addr } }
+                if token == "T" && remote_addr == "10.0.0.1:4242"
+        ));
+        let cli = parse(&[
+            "shoal",
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "10.0.0.1",
+            "--force-new-cluster",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Command::Swarm { cmd: SwarmCmd::Init { ref advertise_addr, force_new_cluster: true } }
+                if advertise_addr.as_deref() == Some("10.0.0.1")
+        ));
+        let cli = parse(&[
+            "shoal",
+            "--data-dir",
+            "/d",
+            "agent",
+            "--listen",
+            "127.0.0.1:4242",
+            "--label",
+            "a=b",
+            "--label",
+            "ssd",
+            "--gossip",
+            "local",
+        ]);
+        match cli.command {
+            Command::Agent(a) => {
+                assert_eq!(a.listen, "127.0.0.1:4242".parse::<SocketAddr>().unwrap());
+                assert_eq!(a.labels, ["a=b", "ssd"]);
+                assert_eq!(a.gossip, "local");
+                assert!(a.advertise.is_none() && a.hostname.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["shoal", "agent", "--listen", "[::1]:1"]);
+        assert!(matches!(cli.command, Command::Agent(ref a) if a.gossip == "lan"));
+        assert!(matches!(
+            parse(&["shoal", "demo", "--keep"]).command,
+            Command::Demo(DemoArgs { keep: true })
+        ));
+
+        for bad in [
+            &[
+                "shoal",
+                "agent",
+                "--listen",
+                "127.0.0.1:4242",
+                "--gossip",
+                "fast",
+            ][..],
+            &["shoal", "agent", "--listen", "localhost"],
+            &["shoal", "node", "promote"],
+            &["shoal", "node", "inspect"],
+            &["shoal", "node", "update", "--availability", "drain"],
+            &["shoal", "swarm", "join", "10.0.0.1:4242"],
+            &["shoal", "swarm", "join-token"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Input errors are found before connecting (the socket does not exist).
+    #[test]
+    fn bad_input_is_refused_before_calling() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["swarm", "join-token", "boss"],
+                "invalid role \"boss\": expected worker or manager",
+            ),
+            (
+                &["node", "update", "--availability", "off", "n1"],
+                "invalid availability \"off\": expected active, pause or drain",
+            ),
+            (
+                &["node", "update", "--role", "boss", "n1"],
+                "invalid role \"boss\": expected worker or manager",
+            ),
+            (
+                &["node", "update", "--label-add=-a=1", "n1"],
+                "invalid label \"-a\": key must start with a letter or digit",
+            ),
+            (
+                &["node", "update", "--label-rm", "", "n1"],
+                "invalid label empty key",
+            ),
+            (
+                &["node", "ls", "--format", "{{.ID}}"],
+                "unsupported format \"{{.ID}}\": expected table or json",
+            ),
+            (&["node", "ls", "-f", "xyz=1"], "invalid filter 'xyz'"),
+            (
+                &["node", "ls", "-f", "role"],
+                "bad format of filter (expected name=value)",
+            ),
+            (
+                &["node", "update", ""],
+                "invalid node \"\": expected an id, id prefix or hostname",
+            ),
+            (
+                &["swarm", "join", "--token", "", "1.2.3.4:5"],
+                "--token must not be empty",
+            ),
+        ];
+        for (args, message) in cases {
+            let mut full = vec!["shoal", "-H", "unix:///nonexistent/shoal.sock"];
+            full.extend_from_slice(args);
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = run_with(&parse(&full), &mut out, &mut err);
+            assert_eq!(code, 1, "{args:?}");
+            assert!(out.is_empty());
+            assert_eq!(
+                String::from_utf8(err).unwrap(),
+                format!("Error: {message}\n"),
+                "{args:?}"
+            );
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(
+            &parse(&["shoal", "-H", "tcp://x", "info"]),
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(code, 1);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "Error: unsupported host \"tcp://x\": expected unix:///path\n"
+        );
+    }
+
+    #[test]
+    fn no_agent_is_one_line() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let cli = parse(&["shoal", "-H", "/nonexistent/shoal.sock", "node", "ls"]);
+        assert_eq!(run_with(&cli, &mut out, &mut err), 1);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "Error: cannot connect to the shoal agent at /nonexistent/shoal.sock: \
+             No such file or directory (is `shoal agent` running?)\n"
+        );
+    }
+
+    #[test]
+    fn agent_and_demo_are_not_client_commands() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let cli = parse(&["shoal", "demo"]);
+        assert_eq!(run_with(&cli, &mut out, &mut err), 2);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "Error: internal error: `shoal demo` does not talk to an agent\n"
+        );
+    }
+
+    #[test]
+    fn several_nodes_are_processed_one_by_one() {
+        let (code, out, err, seen) = run_against(
+            &["node", "promote", "n1", "my node", "n3"],
+            vec![
+                ok("Node n1 promoted to a manager in the swarm."),
+                refused(404, "node my node not found"),
+                ok("Node n3 is already a manager."),
+            ],
+        );
+        assert_eq!(code, 1);
+        assert_eq!(
+            out,
+            "Node n1 promoted to a manager in the swarm.\nNode n3 is already a manager.\n"
+        );
+        assert_eq!(err, "Error: node my node not found\n");
+        assert_eq!(
+            seen,
+            [
+                "POST /v1/nodes/n1/promote",
+                "POST /v1/nodes/my%20node/promote",
+                "POST /v1/nodes/n3/promote"
+            ]
+        );
+
+        let (code, out, err, seen) = run_against(
+            &["node", "demote", "n1"],
+            vec![ok("Manager n1 demoted in the swarm.")],
+        );
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (0, "Manager n1 demoted in the swarm.\n", "")
+        );
+        assert_eq!(seen, ["POST /v1/nodes/n1/demote"]);
+
+        let (code, out, _, seen) = run_against(
+            &["node", "rm", "--force", "n1", "n2"],
+            vec![ok("n1"), ok("")],
+        );
+        assert_eq!((code, out.as_str()), (0, "n1\nn2\n"));
+        assert_eq!(
+            seen,
+            [
+                "DELETE /v1/nodes/n1?force=true",
+                "DELETE /v1/nodes/n2?force=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn node_ls_outputs() {
+        let nodes = vec![
+            view("000000000000000a", "node10", "worker", ""),
+            view("0000000000000002", "node2", "manager", "Leader"),
+        ];
+        let answer = (
+            200,
+            serde_json::to_value(Response::Nodes {
+                self_id: "0000000000000002".into(),
+                nodes,
+            })
+            .unwrap(),
+        );
+        let (code, out, err, seen) = run_against(&["node", "ls"], vec![answer.clone()]);
+        assert_eq!((code, err.as_str()), (0, ""));
+        assert_eq!(
+            out,
+            "\
+ID                   HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS   ENGINE VERSION
+0000000000000002 *   node2      Ready    Active         Leader           0.1.0
+000000000000000a     node10     Ready    Active                          0.1.0
+"
+        );
+        assert_eq!(seen, ["GET /v1/nodes"]);
+        let (_, out, _, seen) = run_against(&["node", "ls", "-q", "--stale"], vec![answer.clone()]);
+        assert_eq!(out, "0000000000000002\n000000000000000a\n");
+        assert_eq!(seen, ["GET /v1/nodes?stale=true"]);
+        let (_, out, _, _) = run_against(
+            &["node", "ls", "-f", "role=worker", "--format", "json"],
+            vec![answer],
+        );
+        assert_eq!(
+            out,
+            "{\"ID\":\"000000000000000a\",\"Hostname\":\"node10\",\"Status\":\"Ready\",\"Availability\":\"Active\",\"ManagerStatus\":\"\",\"EngineVersion\":\"0.1.0\",\"Self\":false}\n"
+        );
+    }
+
+    #[test]
+    fn node_inspect() {
+        let node = view("0000000000000002", "node2", "manager", "Leader");
+        let found = (
+            200,
+            serde_json::to_value(Response::Node {
+                self_id: "0000000000000002".into(),
+                node: node.clone(),
+            })
+            .unwrap(),
+        );
+        let (code, out, err, seen) = run_against(
+            &["node", "inspect", "--stale", "node2", "ghost"],
+            vec![found.clone(), refused(404, "node ghost not found")],
+        );
+        assert_eq!(code, 1);
+        assert_eq!(err, "Error: node ghost not found\n");
+        assert_eq!(out, format::inspect_json(std::slice::from_ref(&node)));
+        assert_eq!(
+            seen,
+            [
+                "GET /v1/nodes/node2?stale=true",
+                "GET /v1/nodes/ghost?stale=true"
+            ]
+        );
+
+        let info = InfoView {
+            swarm: "active".into(),
+            node_id: "0000000000000002".into(),
+            cluster_id: "c".into(),
+            role: "manager".into(),
+            leader: "0000000000000002".into(),
+            term: 1,
+            commit_index: 1,
+            applied_index: 1,
+            voters: vec![],
+            members: BTreeMap::new(),
+            listen_addr: "127.0.0.1:4242".into(),
+        };
+        let (code, out, _, seen) = run_against(
+            &["node", "inspect", "--pretty", "self", "node2"],
+            vec![
+                (200, serde_json::to_value(Response::Info(info)).unwrap()),
+                found.clone(),
+                found,
+            ],
+        );
+        assert_eq!(code, 0);
+        let one = format::inspect_pretty("0000000000000002", &node);
+        assert_eq!(out, format!("{one}\n{one}"));
+        assert_eq!(
+            seen,
+            [
+                "GET /v1/info",
+                "GET /v1/nodes/0000000000000002",
+                "GET /v1/nodes/node2"
+            ]
+        );
+    }
+
+    #[test]
+    fn node_update_sends_the_checked_options() {
+        let (code, out, err, seen) = run_against(
+            &[
+                "node",
+                "update",
+                "--availability",
+                "drain",
+                "--label-add",
+                "zone=eu-1",
+                "--label-add",
+                "ssd",
+                "--label-rm",
+                "old",
+                "--role",
+                "manager",
+                "n/1",
+            ],
+            vec![ok("")],
+        );
+        assert_eq!((code, out.as_str(), err.as_str()), (0, "n/1\n", ""));
+        assert_eq!(seen.len(), 1);
+        let (head, body) = seen[0].split_once(' ').unwrap();
+        assert_eq!(head, "POST");
+        let (path, body) = body.split_once(' ').unwrap();
+        assert_eq!(path, "/v1/nodes/n%2F1/update");
+        let sent: NodeUpdateRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            sent,
+            NodeUpdateRequest {
+                availability: Some(Availability::Drain),
+                label_add: vec!["zone=eu-1".into(), "ssd".into()],
+                label_rm: vec!["old".into()],
+                role: Some(Role::Manager),
+            }
+        );
+    }
+
+    #[test]
+    fn swarm_commands() {
+        let token = |role: Role| {
+            let answer = Response::Token {
+                role,
+                token: "SHOAL-1-abc-def".into(),
+                manager_addr: "10.0.0.1:4242".into(),
+            };
+            (200, serde_json::to_value(answer).unwrap())
+        };
+        let (code, out, _, seen) = run_against(
+            &["swarm", "join-token", "worker"],
+            vec![token(Role::Worker)],
+        );
+        assert_eq!(code, 0);
+        assert_eq!(
+            out,
+            "To add a worker to this swarm, run the following command:\n\n    \
+             shoal swarm join --token SHOAL-1-abc-def 10.0.0.1:4242\n"
+        );
+        assert_eq!(seen, ["GET /v1/swarm/join-token/worker"]);
+        let (_, out, _, seen) = run_against(
+            &["swarm", "join-token", "--rotate", "manager"],
+            vec![token(Role::Manager)],
+        );
+        assert_eq!(
+            out,
+            "Successfully rotated manager join token.\n\n\
+             To add a manager to this swarm, run the following command:\n\n    \
+             shoal swarm join --token SHOAL-1-abc-def 10.0.0.1:4242\n"
+        );
+        assert_eq!(seen, ["GET /v1/swarm/join-token/manager?rotate=true"]);
+        let (_, out, _, _) = run_against(
+            &["swarm", "join-token", "-q", "--rotate", "manager"],
+            vec![token(Role::Manager)],
+        );
+        assert_eq!(out, "SHOAL-1-abc-def\n");
+
+        let (code, out, _, seen) = run_against(
+            &["swarm", "init", "--advertise-addr", "10.0.0.1:4242"],
+            vec![ok(
+                "Swarm initialized: current node (0000000000000001) is now a manager.\n",
+            )],
+        );
+        assert_eq!(code, 0);
+        assert_eq!(
+            out,
+            "Swarm initialized: current node (0000000000000001) is now a manager.\n"
+        );
+        let (head, body) = seen[0].split_at("POST /v1/swarm/init ".len());
+        assert_eq!(head, "POST /v1/swarm/init ");
+        assert_eq!(
+            serde_json::from_str::<Value>(body).unwrap(),
+            json!({"advertise_addr": "10.0.0.1:4242", "force_new_cluster": false})
+        );
+
+        let (code, out, _, seen) = run_against(
+            &[
+                "swarm",
+                "join",
+                "--token",
+                "SHOAL-1-abc-def",
+                "10.0.0.1:4242",
+            ],
+            vec![ok("This node joined a swarm as a worker.")],
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "This node joined a swarm as a worker.\n")
+        );
+        assert!(seen[0].starts_with("POST /v1/swarm/join {"));
+
+        let (code, out, err, seen) = run_against(
+            &["swarm", "leave"],
+            vec![refused(
+                409,
+                "this node is the last manager of the swarm: leaving would\ndestroy it",
+            )],
+        );
+        assert_eq!((code, out.as_str()), (1, ""));
+        assert_eq!(
+            err,
+            "Error: this node is the last manager of the swarm: leaving would destroy it\n"
+        );
+        assert_eq!(seen, ["POST /v1/swarm/leave"]);
+        let (code, _, _, seen) =
+            run_against(&["swarm", "leave", "-f"], vec![ok("Node left the swarm.")]);
+        assert_eq!(code, 0);
+        assert_eq!(seen, ["POST /v1/swarm/leave?force=true"]);
+    }
+
+    #[test]
+    fn info_and_unexpected_answers() {
+        let info = InfoView {
+            swarm: "inactive".into(),
+            node_id: String::new(),
+            cluster_id: String::new(),
+            role: String::new(),
+            leader: String::new(),
+            term: 0,
+            commit_index: 0,
+            applied_index: 0,
+            voters: vec![],
+            members: BTreeMap::new(),
+            listen_addr: "127.0.0.1:4242".into(),
+        };
+        let answer = (
+            200,
+            serde_json::to_value(Response::Info(info.clone())).unwrap(),
+        );
+        let (code, out, _, seen) = run_against(&["info"], vec![answer.clone()]);
+        assert_eq!(code, 0);
+        assert_eq!(serde_json::from_str::<InfoView>(&out).unwrap(), info);
+        assert!(out.starts_with("{\n  \"swarm\": \"inactive\","));
+        assert_eq!(seen, ["GET /v1/info"]);
+
+        let (code, out, err, _) = run_against(&["node", "ls"], vec![answer.clone()]);
+        assert_eq!((code, out.as_str()), (1, ""));
+        assert_eq!(
+            err,
+            "Error: unexpected answer from the agent: expected a node list, got the agent's info\n"
+        );
+        let (code, _, err, _) = run_against(&["node", "inspect", "self"], vec![answer]);
+        assert_eq!(
+            (code, err.as_str()),
+            (1, "Error: this node is not part of a swarm\n")
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! The control API: the HTTP + JSON server on the Unix socket, and how a member answers each
+//! request — on the leader, by forwarding to it, or (workers) through a manager. With no
+//! leader, the answer says why at once.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use shoal_cluster::{
+    check_demote, check_remove, no_leader, node_id_string, parse_label, quorum, Availability,
+    ClusterError, Command, ManagerView, Node, NodeState, NodeUpdate, Role,
+};
+use shoal_membership::State;
+use shoal_transport::pki::JoinToken;
+
+use crate::agent::{Agent, Member};
+use crate::api::{NodeUpdateRequest, NodeView, Request, Response};
+use crate::raft_driver::{now_ms, RaftHandle, RaftStatus};
+use crate::wire::{self, AgentRequest};
+
+/// How long a request waits for an election when a quorum of managers is alive.
+const ELECTION_WAIT: Duration = Duration::from_secs(5);
+/// How long a forwarded request may take before the peer is taken as unreachable. Commits wait
+/// up to 10 s on the leader, so this is longer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// Serves the control API on `socket` until the process ends.
+pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
+    if socket.exists() {
+        std::fs::remove_file(socket)?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let app = Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/swarm/init", post(init))
+        .route("/v1/swarm/join", post(join))
+        .route("/v1/swarm/join-token/{role}", get(join_token))
+        .route("/v1/swarm/leave", post(leave))
+        .route("/v1/nodes", get(node_list))
+        .route("/v1/nodes/{node}", get(node_inspect))
+        .route("/v1/nodes/{node}", delete(node_remove))
+        .route("/v1/nodes/{node}/promote", post(node_promote))
+        .route("/v1/nodes/{node}/demote", post(node_demote))
+        .route("/v1/nodes/{node}/update", post(node_update))
+        .with_state(agent);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+type Ax = AxState<Arc<Agent>>;
+
+async fn answer(agent: &Arc<Agent>, req: Request) -> axum::response::Response {
+    let resp = agent.handle(req).await;
+    let code = match &resp {
+        Response::Error { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
+    (code, Json(resp)).into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct Flags {
+    #[serde(default)]
+    stale: bool,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    rotate: bool,
+}
+
+#[derive(Deserialize)]
+struct InitBody {
+    #[serde(default)]
+    advertise_addr: Option<String>,
+    #[serde(default)]
+    force_new_cluster: bool,
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    token: String,
+    remote_addr: String,
+}
+
+async fn info(AxState(a): Ax) -> axum::response::Response {
+    answer(&a, Request::Info).await
+}
+
+async fn init(AxState(a): Ax, Json(b): Json<InitBody>) -> axum::response::Response {
+    answer(
+        &a,
+        Request::Init {
+            advertise_addr: b.advertise_addr,
+            force_new_cluster: b.force_new_cluster,
+        },
+    )
+    .await
+}
+
+async fn join(AxState(a): Ax, Json(b): Json<JoinBody>) -> axum::response::Response {
+    answer(
+        &a,
+        Request::Join {
+            token: b.token,
+            remote_addr: b.remote_addr,
+        },
+    )
+    .await
+}
+
+async fn join_token(
+    AxState(a): Ax,
+    UrlPath(role): UrlPath<String>,
+    Query(f): Query<Flags>,
+) -> axum::response::Response {
+    match Role::from_str(&role) {
+        Ok(role) => {
+            answer(
+                &a,
+                Request::JoinToken {
+                    role,
+                    rotate: f.rotate,
+                },
+            )
+            .await
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(Response::error(e))).into_response(),
+    }
+}
+
+async fn leave(AxState(a): Ax, Query(f): Query<Flags>) -> axum::response::Response {
+    answer(&a, Request::Leave { force: f.force }).await
+}
+
+async fn node_list(AxState(a): Ax, Query(f): Query<Flags>) -> axum::response::Response {
+    answer(&a, Request::NodeList { stale: f.stale }).await
+}
+
+async fn node_inspect(
+    AxState(a): Ax,
+    UrlPath(node): UrlPath<String>,
+    Query(f): Query<Flags>,
+) -> axum::response::Response {
+    answer(
+        &a,
+        Request::NodeInspect {
+            node,
+            stale: f.stale,
+        },
+    )
+    .await
+}
+
+async fn node_remove(
+    AxState(a): Ax,
+    UrlPath(node): UrlPath<String>,
+    Query(f): Query<Flags>,
+) -> axum::response::Response {
+    answer(
+        &a,
+        Request::NodeRemove {
+            node,
+            force: f.force,
+        },
+    )
+    .await
+}
+
+async fn node_promote(AxState(a): Ax, UrlPath(node): UrlPath<String>) -> axum::response::Response {
+    answer(&a, Request::NodePromote { node }).await
+}
+
+async fn node_demote(AxState(a): Ax, UrlPath(node): UrlPath<String>) -> axum::response::Response {
+    answer(&a, Request::NodeDemote { node }).await
+}
+
+async fn node_update(
+    AxState(a): Ax,
+    UrlPath(node): UrlPath<String>,
+    Json(update): Json<NodeUpdateRequest>,
+) -> axum::response::Response {
+    answer(&a, Request::NodeUpdate { node, update }).await
+}
+
+// ------------------------------------------------------------------ answering
+
+/// Is this a read that may be answered from a follower's own state?
+fn stale_read(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::NodeList { stale: true } | Request::NodeInspect { stale: true, .. }
+    )
+}
+
+impl Member {
+    /// Answers a request from this node's CLI (or one forwarded by a worker).
+    pub async fn control(self: &Arc<Self>, req: Request) -> Response {
+        let mut resp = self.control_hop(req, false).await;
+        // `*` in `node ls` marks the node the CLI talks to, whoever answered.
+        match &mut resp {
+            Response::Nodes { self_id, .. } | Response::Node { self_id, .. } => {
+                *self_id = node_id_string(self.id);
+            }
+            _ => {}
+        }
+        resp
+    }
+
+    /// `forwarded`: the request came from a manager that believed this node leads; if it no
+    /// longer does, say so rather than forwarding again (no loops).
+    pub async fn control_hop(self: &Arc<Self>, req: Request, forwarded: bool) -> Response {
+        let Some(h) = self.raft() else {
+            return self.via_manager(req).await;
+        };
+        if stale_read(&req) {
+            let status = h.status.borrow().clone();
+            return self.read(&h, &status, req);
+        }
+        // A leader that just died is still "the leader" until the election: if the leader
+        // changes while a request is forwarded to it, send it to the new one.
+        let mut rx = h.status.clone();
+        loop {
+            let leader = match self.await_leader(&h).await {
+                Ok(l) => l,
+                Err(resp) => return resp,
+            };
+            if leader == self.id {
+                return self.on_leader(&h, req).await;
+            }
+            if forwarded {
+                return Response::error("leadership moved while the request was forwarded; retry");
+            }
+            rx.borrow_and_update();
+            let fwd = self.forward(leader, req.clone(), true);
+            tokio::pin!(fwd);
+            let answered = loop {
+                tokio::select! {
+                    biased;
+                    r = &mut fwd => break Some(r),
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return Response::error("the Raft replica stopped");
+                        }
+                        if rx.borrow_and_update().leader != Some(leader) {
+                            break None;
+                        }
+                    }
+                }
+            };
+            if let Some(r) = answered {
+                return r;
+            }
+        }
+    }
+
+    /// The leader's id, waiting a little for an election if a quorum of managers is alive;
+    /// otherwise (or if none comes) the cause.
+    async fn await_leader(&self, h: &RaftHandle) -> Result<u64, Response> {
+        let mut rx = h.status.clone();
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if let Some(l) = s.leader {
+                return Ok(l);
+            }
+            let voters: BTreeSet<u64> = s.membership.voters.clone();
+            let alive = self.alive_voters(&voters);
+            let total = voters.len().max(1);
+            if alive < quorum(total) {
+                return Err(Response::error(no_leader(alive, total)));
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(Response::error(no_leader(alive, total)));
+            }
+        }
+    }
+
+    async fn forward(&self, to: u64, req: Request, to_leader: bool) -> Response {
+        let bytes = wire::encode_request(&AgentRequest::Control(req));
+        let who = if to_leader { "leader" } else { "manager" };
+        match tokio::time::timeout(FORWARD_TIMEOUT, self.transport.request(to, &bytes)).await {
+            Ok(Ok(resp)) => wire::decode_response(&resp),
+            Ok(Err(e)) => Response::error(format!(
+                "cannot reach the {who} {}: {e}",
+                node_id_string(to)
+            )),
+            Err(_) => Response::error(format!(
+                "cannot reach the {who} {}: no answer within {}s",
+                node_id_string(to),
+                FORWARD_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// A worker asks the managers it knows from membership, leader first.
+    async fn via_manager(&self, req: Request) -> Response {
+        let candidates = self.manager_candidates();
+        if candidates.is_empty() {
+            return Response::error(
+                "no manager reachable from this worker (membership knows no live manager)",
+            );
+        }
+        let mut last = String::new();
+        for m in candidates {
+            match self.forward(m, req.clone(), false).await {
+                Response::Error { message } if message.starts_with("cannot reach") => {
+                    last = message;
+                }
+                other => return other,
+            }
+        }
+        Response::error(last)
+    }
+
+    fn manager_view(&self, status: &RaftStatus) -> ManagerView {
+        let mut voters = status.membership.voters.clone();
+        voters.extend(status.membership.outgoing.iter().copied());
+        ManagerView {
+            voters,
+            reachable: status.reachable.clone(),
+        }
+    }
+
+    /// Builds the answer to a read from this node's state.
+    fn read(&self, h: &RaftHandle, status: &RaftStatus, req: Request) -> Response {
+        let st = h.state.read().expect("state");
+        let reachable = if status.leader == Some(self.id) {
+            status.reachable.clone()
+        } else {
+            self.gossip_alive()
+        };
+        let view = |n: &Node| node_view(n, status, &reachable);
+        match req {
+            Request::NodeList { .. } => Response::Nodes {
+                self_id: node_id_string(self.id),
+                nodes: st.nodes().values().map(view).collect(),
+            },
+            Request::NodeInspect { node, .. } => match st.resolve(&node) {
+                Ok(n) => Response::Node {
+                    self_id: node_id_string(self.id),
+                    node: view(n),
+                },
+                Err(e) => Response::error(e),
+            },
+            _ => Response::error("not a read"),
+        }
+    }
+
+    fn gossip_alive(&self) -> BTreeSet<u64> {
+        let view = self.gossip.view.lock().expect("view");
+        let mut out: BTreeSet<u64> = view
+            .iter()
+            .filter(|(_, m)| matches!(m.state, State::Alive | State::Suspect))
+            .map(|(id, _)| *id)
+            .collect();
+        out.insert(self.id);
+        out
+    }
+
+    async fn on_leader(self: &Arc<Self>, h: &RaftHandle, req: Request) -> Response {
+        match req {
+            Request::NodeList { .. } | Request::NodeInspect { .. } => {
+                if let Err(e) = self.read_barrier().await {
+                    return Response::error(e);
+                }
+                let status = h.status.borrow().clone();
+                self.read(h, &status, req)
+            }
+            Request::NodePromote { node } => {
+                let n = match resolve(h, &node) {
+                    Ok(n) => n,
+                    Err(e) => return *e,
+                };
+                if n.desired_role == Role::Manager {
+                    return Response::ok(format!("Node {node} is already a manager."));
+                }
+                self.update_role(
+                    n.id,
+                    Role::Manager,
+                    &node,
+                    format!("Node {node} promoted to a manager in the swarm."),
+                )
+                .await
+            }
+            Request::NodeDemote { node } => {
+                let n = match resolve(h, &node) {
+                    Ok(n) => n,
+                    Err(e) => return *e,
+                };
+                let status = h.status.borrow().clone();
+                if n.desired_role == Role::Worker && !status.membership.is_voter(n.id) {
+                    return Response::ok(format!("Node {node} is already a worker."));
+                }
+                if let Err(e) = check_demote(
+                    &h.state.read().expect("state"),
+                    n.id,
+                    &self.manager_view(&status),
+                ) {
+                    return Response::error(e);
+                }
+                self.update_role(
+                    n.id,
+                    Role::Worker,
+                    &node,
+                    format!("Manager {node} demoted in the swarm."),
+                )
+                .await
+            }
+            Request::NodeRemove { node, force } => {
+                let n = match resolve(h, &node) {
+                    Ok(n) => n,
+                    Err(e) => return *e,
+                };
+                let status = h.status.borrow().clone();
+                if let Err(e) = check_remove(
+                    &h.state.read().expect("state"),
+                    n.id,
+                    force,
+                    &self.manager_view(&status),
+                ) {
+                    return Response::error(e);
+                }
+                match self
+                    .propose(Command::RemoveNode {
+                        id: n.id,
+                        at_ms: now_ms(),
+                    })
+                    .await
+                {
+                    Ok(()) => Response::ok(node),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::NodeUpdate { node, update } => {
+                let n = match resolve(h, &node) {
+                    Ok(n) => n,
+                    Err(e) => return *e,
+                };
+                let mut u = NodeUpdate {
+                    availability: update.availability,
+                    labels_rm: update.label_rm.clone(),
+                    desired_role: update.role,
+                    ..Default::default()
+                };
+                for spec in &update.label_add {
+                    match parse_label(spec) {
+                        Ok((k, v)) => {
+                            u.labels_add.insert(k, v);
+                        }
+                        Err(e) => return Response::error(e),
+                    }
+                }
+                if update.role == Some(Role::Worker) {
+                    let status = h.status.borrow().clone();
+                    if status.membership.is_voter(n.id) || n.role == Role::Manager {
+                        if let Err(e) = check_demote(
+                            &h.state.read().expect("state"),
+                            n.id,
+                            &self.manager_view(&status),
+                        ) {
+                            return Response::error(e);
+                        }
+                    }
+                }
+                match self
+                    .propose(Command::UpdateNode {
+                        id: n.id,
+                        update: u,
+                        at_ms: now_ms(),
+                    })
+                    .await
+                {
+                    Ok(()) => Response::ok(node),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::JoinToken { role, rotate } => {
+                if rotate {
+                    let digest = {
+                        let st = h.state.read().expect("state");
+                        let Some(c) = st.cluster() else {
+                            return Response::error(ClusterError::NotInitialized);
+                        };
+                        match JoinToken::from_str(c.token(role)) {
+                            Ok(t) => t.ca_digest,
+                            Err(e) => return Response::error(e),
+                        }
+                    };
+                    let token = JoinToken::generate(digest).to_string();
+                    if let Err(e) = self
+                        .propose(Command::RotateJoinToken {
+                            role,
+                            token,
+                            at_ms: now_ms(),
+                        })
+                        .await
+                    {
+                        return Response::error(e);
+                    }
+                }
+                let st = h.state.read().expect("state");
+                match st.cluster() {
+                    Some(c) => Response::Token {
+                        role,
+                        token: c.token(role).to_string(),
+                        manager_addr: self.advertise.to_string(),
+                    },
+                    None => Response::error(ClusterError::NotInitialized),
+                }
+            }
+            Request::Info | Request::Init { .. } | Request::Join { .. } | Request::Leave { .. } => {
+                Response::error("this request is answered by the node itself")
+            }
+        }
+    }
+
+    async fn update_role(&self, id: u64, role: Role, _arg: &str, ok: String) -> Response {
+        match self
+            .propose(Command::UpdateNode {
+                id,
+                update: NodeUpdate {
+                    desired_role: Some(role),
+                    ..Default::default()
+                },
+                at_ms: now_ms(),
+            })
+            .await
+        {
+            Ok(()) => Response::ok(ok),
+            Err(e) => Response::error(e),
+        }
+    }
+}
+
+fn resolve(h: &RaftHandle, node: &str) -> Result<Node, Box<Response>> {
+    h.state
+        .read()
+        .expect("state")
+        .resolve(node)
+        .cloned()
+        .map_err(|e| Box::new(Response::error(e)))
+}
+
+/// A node as the CLI shows it. MANAGER STATUS is for Raft voters: Leader, Reachable when the
+/// leader heard from it within an election timeout (on a follower: membership says alive),
+/// else Unreachable.
+pub fn node_view(n: &Node, status: &RaftStatus, reachable: &BTreeSet<u64>) -> NodeView {
+    let manager_status = if status.membership.is_voter(n.id) {
+        if status.leader == Some(n.id) {
+            "Leader"
+        } else if reachable.contains(&n.id) {
+            "Reachable"
+        } else {
+            "Unreachable"
+        }
+    } else {
+        ""
+    };
+    NodeView {
+        id: node_id_string(n.id),
+        hostname: n.description.hostname.clone(),
+        status: match n.status.state {
+            NodeState::Ready => "Ready",
+            NodeState::Down => "Down",
+            NodeState::Unknown => "Unknown",
+            NodeState::Disconnected => "Disconnected",
+        }
+        .into(),
+        status_message: n.status.message.clone(),
+        availability: match n.availability {
+            Availability::Active => "Active",
+            Availability::Pause => "Pause",
+            Availability::Drain => "Drain",
+        }
+        .into(),
+        manager_status: manager_status.into(),
+        engine_version: n.description.engine_version.clone(),
+        role: n.role.to_string(),
+        desired_role: n.desired_role.to_string(),
+        addr: n.addr.clone(),
+        labels: n.labels.clone(),
+        os: n.description.platform.os.clone(),
+        arch: n.description.platform.arch.clone(),
+        nano_cpus: n.description.resources.nano_cpus,
+        memory_bytes: n.description.resources.memory_bytes,
+        created_at_ms: n.created_at_ms,
+        updated_at_ms: n.updated_at_ms,
+        version: n.version,
+    }
+}

@@ -1,0 +1,103 @@
+//! `shoal`: the node agent (`shoal agent`) and the CLI that drives it (`shoal swarm …`,
+//! `shoal node …`, `shoal demo`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod agent;
+mod api;
+mod cli;
+mod client;
+mod control;
+mod demo;
+mod format;
+mod gossip;
+mod raft_driver;
+mod store;
+mod wire;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match &cli.command {
+        cli::Command::Agent(a) => run_agent(&cli, a),
+        cli::Command::Demo(d) => demo::run(d),
+        _ => ExitCode::from(u8::try_from(cli::run(&cli)).unwrap_or(1)),
+    }
+}
+
+/// The machine's hostname (Linux), or `HOSTNAME`, or `localhost`.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let fail = |msg: String| {
+        eprintln!("Error: {msg}");
+        ExitCode::from(1)
+    };
+    let labels = match agent::parse_labels(&a.labels) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let hostname = a.hostname.clone().unwrap_or_else(system_hostname);
+    if let Err(e) = shoal_cluster::validate_hostname(&hostname) {
+        return fail(e.to_string());
+    }
+    if a.listen.port() == 0 || a.listen.ip().is_unspecified() && a.advertise.is_none() {
+        return fail(format!(
+            "--listen {} needs a port, and a specific IP unless --advertise is given",
+            a.listen
+        ));
+    }
+    let opts = agent::AgentOpts {
+        listen: a.listen,
+        advertise: a.advertise,
+        hostname,
+        labels,
+        local_gossip: a.gossip == "local",
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let data = store::DataDir::open(&cli.data_dir)?;
+        let socket = data.socket();
+        let agent = agent::Agent::start(data, opts).await?;
+        eprintln!(
+            "shoal agent: QUIC on {}, control socket {}",
+            a.listen,
+            socket.display()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = control::serve(agent, &socket) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = term.recv() => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("{e:#}")),
+    }
+}

@@ -1,0 +1,636 @@
+//! Drives a manager's Raft replica on tokio: ticks, messages from the transport, proposals from
+//! the control API, the WAL (every batch fsynced before `on_persisted`), applying committed
+//! commands to the cluster state, and — on the leader — the role reconciler and the node status
+//! sync from membership.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shoal_cluster::{reconcile, Action, ClusterState, Command, NodeState, NodeStatus, RaftView};
+use shoal_membership::State;
+use shoal_raft::wal::{Wal, WalOptions};
+use shoal_raft::{
+    ConfChange, Config, Effect, Entry, Membership, MessageBody, Payload, RaftNode, RecoveredState,
+    Role, Storage, WriteBatch,
+};
+use shoal_transport::net::Transport;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::gossip::View;
+use crate::wire;
+
+/// One Raft tick. The election timeout is 10–20 ticks (0.5–1 s), heartbeats every 2.
+pub const TICK: Duration = Duration::from_millis(50);
+/// A member is reachable when the leader heard from it this recently (the longest election
+/// timeout).
+pub const REACHABLE_WINDOW: Duration = Duration::from_millis(1000);
+
+/// The replica's state as the rest of the agent sees it.
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    /// The leader, if known.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// The latest configuration.
+    pub membership: Membership,
+    /// Members the leader heard from recently (itself included); leader only.
+    pub reachable: BTreeSet<u64>,
+    /// The replica stopped: this node was removed from the group.
+    pub stopped: bool,
+}
+
+/// Where a request's verdict goes.
+pub type Reply = oneshot::Sender<Result<(), String>>;
+
+/// Requests to the driver.
+pub enum RaftCmd {
+    /// Propose a command; answered once it is applied (with the state machine's verdict).
+    Propose(Box<Command>, Reply),
+    /// A linearizable read barrier: answered once the state reflects everything committed
+    /// before the request.
+    Read(Reply),
+    /// A message from a peer (authenticated id, encoded message).
+    Step(u64, Vec<u8>),
+}
+
+/// The agent's handle on its replica.
+#[derive(Clone)]
+pub struct RaftHandle {
+    /// Requests in.
+    pub tx: mpsc::Sender<RaftCmd>,
+    /// Status out.
+    pub status: watch::Receiver<RaftStatus>,
+    /// The applied cluster state.
+    pub state: Arc<RwLock<ClusterState>>,
+}
+
+/// How a replica starts.
+pub enum Start {
+    /// From whatever the WAL holds (a restart, or a learner's empty log).
+    Existing,
+    /// A founding member: write the bootstrap configuration `{self}` first.
+    Bootstrap,
+    /// `--force-new-cluster`: keep the committed state, restart as the only voter.
+    ForceNewCluster,
+}
+
+/// Milliseconds since the Unix epoch (recorded in commands by the proposer).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens the WAL in `dir` and starts the replica's task. Storage errors at start are returned;
+/// a storage error later stops the process (a replica that cannot persist must not answer).
+pub fn start(
+    id: u64,
+    dir: PathBuf,
+    how: Start,
+    transport: Transport,
+    view: View,
+) -> anyhow::Result<RaftHandle> {
+    let opts = WalOptions::default();
+    let (mut wal, mut recovered, _) = Wal::open(&dir, opts.clone())?;
+    match how {
+        Start::Existing => {}
+        Start::Bootstrap => {
+            if recovered != RecoveredState::default() {
+                anyhow::bail!("{} already holds a Raft log", dir.display());
+            }
+            let boot = RecoveredState::bootstrap([id]);
+            wal.write(&WriteBatch {
+                seq: 0,
+                snapshot: boot.snapshot.clone(),
+                reset_log: true,
+                hard_state: Some(Default::default()),
+                ..Default::default()
+            })?;
+            wal.sync()?;
+            recovered = boot;
+        }
+        Start::ForceNewCluster => {
+            drop(wal);
+            force_new_cluster(id, &dir, recovered)?;
+            let (w, r, _) = Wal::open(&dir, opts)?;
+            wal = w;
+            recovered = r;
+        }
+    }
+    // Rebuild the state machine from the snapshot and the committed entries.
+    let mut state = ClusterState::new();
+    if let Some(s) = &recovered.snapshot {
+        if s.meta.index > 0 {
+            state = ClusterState::restore(&s.data)?;
+        }
+    }
+    let mut cfg = Config::new(id);
+    cfg.seed = id ^ rand::random::<u64>();
+    cfg.snapshot_threshold = 1000;
+    let node = RaftNode::new(cfg.clone(), recovered)?;
+    let state = Arc::new(RwLock::new(state));
+    for n in state.read().expect("state").nodes().values() {
+        if let Ok(a) = n.addr.parse() {
+            transport.set_peer_addr(n.id, a);
+        }
+    }
+    let (tx, rx) = mpsc::channel(4096);
+    let (status_tx, status) = watch::channel(RaftStatus::default());
+    let driver = Driver {
+        id,
+        node,
+        wal,
+        transport,
+        view,
+        state: state.clone(),
+        status_tx,
+        proposals: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        next_read: 1,
+        ready_reads: Vec::new(),
+        last_heard: BTreeMap::new(),
+        inflight: BTreeMap::new(),
+        conf_pending: None,
+        ticks: 0,
+        max_lag: cfg.max_promotion_lag / 2,
+        was_member: false,
+    };
+    tokio::spawn(driver.run(rx));
+    Ok(RaftHandle { tx, status, state })
+}
+
+/// Rewrites the WAL in `dir` for `--force-new-cluster`: a snapshot at the commit index holding
+/// the committed state, with `{id}` as the only voter, and a higher term.
+fn force_new_cluster(
+    id: u64,
+    dir: &std::path::Path,
+    recovered: RecoveredState,
+) -> anyhow::Result<()> {
+    let commit = recovered.hard_state.commit;
+    let (mut state, mut index, mut term) = match &recovered.snapshot {
+        Some(s) if s.meta.index > 0 => (ClusterState::restore(&s.data)?, s.meta.index, s.meta.term),
+        Some(s) => (ClusterState::new(), 0, s.meta.term),
+        None => anyhow::bail!(
+            "no Raft state in {} to force a new cluster from",
+            dir.display()
+        ),
+    };
+    for e in &recovered.entries {
+        if e.index <= index || e.index > commit {
+            continue;
+        }
+        if let Payload::Command(bytes) = &e.payload {
+            if let Ok(cmd) = Command::decode(bytes) {
+                let _ = state.apply(e.index, &cmd);
+            }
+        }
+        index = e.index;
+        term = e.term;
+    }
+    // Keep the old log aside rather than deleting it: an operator may want it.
+    let aside = dir.with_extension(format!("before-force-new-cluster-{}", now_ms()));
+    std::fs::rename(dir, &aside)?;
+    let (mut wal, fresh, _) = Wal::open(dir, WalOptions::default())?;
+    debug_assert_eq!(fresh, RecoveredState::default());
+    let snapshot = shoal_raft::Snapshot {
+        meta: shoal_raft::SnapshotMeta {
+            index,
+            term,
+            membership: Membership::with_voters([id]),
+        },
+        data: Arc::new(state.snapshot()),
+    };
+    wal.write(&WriteBatch {
+        seq: 0,
+        snapshot: Some(snapshot),
+        reset_log: true,
+        hard_state: Some(shoal_raft::HardState {
+            term: recovered.hard_state.term.max(term) + 1,
+            vote: None,
+            commit: index,
+        }),
+        ..Default::default()
+    })?;
+    wal.sync()?;
+    Ok(())
+}
+
+struct Driver {
+    id: u64,
+    node: RaftNode,
+    wal: Wal,
+    transport: Transport,
+    view: View,
+    state: Arc<RwLock<ClusterState>>,
+    status_tx: watch::Sender<RaftStatus>,
+    /// index → (term, reply)
+    proposals: BTreeMap<u64, (u64, Option<Reply>)>,
+    /// read ctx → reply
+    reads: BTreeMap<u64, Reply>,
+    next_read: u64,
+    /// (read index, reply): answered once applied.
+    ready_reads: Vec<(u64, Reply)>,
+    last_heard: BTreeMap<u64, Instant>,
+    /// Reconciler and status proposals in flight: (node, what) → index.
+    inflight: BTreeMap<(u64, &'static str), u64>,
+    conf_pending: Option<u64>,
+    ticks: u64,
+    max_lag: u64,
+    was_member: bool,
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::Receiver<RaftCmd>) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd);
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(c) => self.handle(c),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    self.node.tick();
+                    self.ticks += 1;
+                    if self.node.role() == Role::Leader && self.ticks.is_multiple_of(4) {
+                        self.reconcile();
+                    }
+                    if self.node.role() == Role::Leader && self.ticks.is_multiple_of(10) {
+                        self.sync_status();
+                    }
+                }
+            }
+            if let Err(e) = self.process() {
+                // A replica that cannot persist must not go on answering.
+                eprintln!("shoal agent: fatal: Raft storage failed: {e:#}");
+                std::process::exit(70);
+            }
+            let removed = self.removed();
+            self.publish(removed);
+            if removed {
+                tracing::info!("removed from the Raft group; stopping the replica");
+                self.fail_all("this manager was removed from the Raft group");
+                break;
+            }
+        }
+    }
+
+    /// Removed from the group: the latest configuration excludes this node, and the cluster
+    /// state agrees that it should be a worker (or no longer exists).
+    fn removed(&mut self) -> bool {
+        let m = self.node.membership();
+        if m.contains(self.id) {
+            self.was_member = true;
+            return false;
+        }
+        if !self.was_member || m.is_joint() {
+            return false;
+        }
+        let st = self.state.read().expect("state");
+        st.node(self.id)
+            .is_none_or(|n| n.desired_role == shoal_cluster::Role::Worker)
+    }
+
+    fn handle(&mut self, cmd: RaftCmd) {
+        match cmd {
+            RaftCmd::Propose(c, reply) => match self.node.propose(c.encode()) {
+                Ok(p) => {
+                    self.proposals.insert(p.index, (p.term, Some(reply)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            },
+            RaftCmd::Read(reply) => {
+                let ctx = self.next_read;
+                self.next_read += 1;
+                match self.node.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            RaftCmd::Step(from, bytes) => match wire::decode_raft(&bytes) {
+                Ok(m) if m.from == from && m.to == self.id => {
+                    self.last_heard.insert(from, Instant::now());
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!("dropped raft message: {e}");
+                    }
+                }
+                Ok(_) => tracing::debug!("raft message with a forged sender or receiver dropped"),
+                Err(e) => tracing::debug!("{e}"),
+            },
+        }
+    }
+
+    /// Runs the core's effects until it has none: sends, WAL writes (one fsync for all batches
+    /// of a round), applies, snapshots and reads.
+    fn process(&mut self) -> anyhow::Result<()> {
+        loop {
+            let effects = self.node.take_effects();
+            if effects.is_empty() {
+                break;
+            }
+            let mut persisted = false;
+            for e in effects {
+                match e {
+                    Effect::Send(m) => {
+                        let to = m.to;
+                        let snapshot = matches!(m.body, MessageBody::Snapshot { .. });
+                        let bytes = wire::encode_raft(&m);
+                        if snapshot {
+                            self.transport.send_snapshot(to, bytes);
+                        } else {
+                            self.transport.send_raft(to, bytes);
+                        }
+                    }
+                    Effect::Persist(b) => {
+                        self.wal.write(&b)?;
+                        persisted = true;
+                    }
+                    Effect::Apply(entries) => self.apply(entries),
+                    Effect::InstallSnapshot(s) => {
+                        let restored = ClusterState::restore(&s.data)?;
+                        *self.state.write().expect("state") = restored;
+                        self.refresh_addrs();
+                    }
+                    Effect::SnapshotWanted { .. } => {
+                        let data = self.state.read().expect("state").snapshot();
+                        let index = self.node.applied_index();
+                        if let Err(e) = self.node.snapshot_taken(index, data) {
+                            tracing::debug!("snapshot not taken: {e}");
+                        }
+                    }
+                    Effect::ReadReady { ctx, index } => {
+                        if let Some(r) = self.reads.remove(&ctx) {
+                            self.ready_reads.push((index, r));
+                        }
+                    }
+                    Effect::ReadFailed { ctx, error } => {
+                        if let Some(r) = self.reads.remove(&ctx) {
+                            let _ = r.send(Err(error.to_string()));
+                        }
+                    }
+                }
+            }
+            if persisted {
+                let durable = self.wal.sync()?;
+                self.node.on_persisted(durable);
+            }
+        }
+        let applied = self.node.applied_index();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
+        self.ready_reads = waiting;
+        for (_, r) in done {
+            let _ = r.send(Ok(()));
+        }
+        if self.node.role() != Role::Leader && !self.reads.is_empty() {
+            for (_, r) in std::mem::take(&mut self.reads) {
+                let _ = r.send(Err("leadership lost before the read was confirmed".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            let result = match &e.payload {
+                Payload::Command(bytes) => match Command::decode(bytes) {
+                    Ok(cmd) => {
+                        let r = self
+                            .state
+                            .write()
+                            .expect("state")
+                            .apply(e.index, &cmd)
+                            .map_err(|e| e.to_string());
+                        if r.is_ok() {
+                            self.after_apply(&cmd);
+                        }
+                        r
+                    }
+                    Err(err) => Err(err.to_string()),
+                },
+                _ => Ok(()),
+            };
+            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+                let verdict = if term == e.term {
+                    result
+                } else {
+                    Err("the request was lost in a leader change; retry it".into())
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(verdict);
+                }
+            }
+            self.inflight.retain(|_, i| *i > e.index);
+            if self.conf_pending.is_some_and(|i| i <= e.index) {
+                self.conf_pending = None;
+            }
+        }
+    }
+
+    /// Side effects of an applied command on this node's transport.
+    fn after_apply(&self, cmd: &Command) {
+        match cmd {
+            Command::RemoveNode { id, .. } => self.transport.deny(*id),
+            Command::AddNode { node, .. } => {
+                if let Ok(a) = node.addr.parse() {
+                    self.transport.set_peer_addr(node.id, a);
+                }
+            }
+            Command::UpdateDescription { id, addr, .. } => {
+                if let Ok(a) = addr.parse() {
+                    self.transport.set_peer_addr(*id, a);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn refresh_addrs(&self) {
+        for n in self.state.read().expect("state").nodes().values() {
+            if let Ok(a) = n.addr.parse() {
+                self.transport.set_peer_addr(n.id, a);
+            }
+        }
+    }
+
+    fn reachable(&self) -> BTreeSet<u64> {
+        let mut r: BTreeSet<u64> = self
+            .last_heard
+            .iter()
+            .filter(|(_, t)| t.elapsed() < REACHABLE_WINDOW)
+            .map(|(id, _)| *id)
+            .collect();
+        r.insert(self.id);
+        r
+    }
+
+    /// Proposes a command on the leader's own behalf (reconciler, status sync), once per
+    /// (node, kind) at a time.
+    fn propose_internal(&mut self, node: u64, kind: &'static str, cmd: Command) {
+        if self.inflight.contains_key(&(node, kind)) {
+            return;
+        }
+        if let Ok(p) = self.node.propose(cmd.encode()) {
+            self.inflight.insert((node, kind), p.index);
+            self.proposals.insert(p.index, (p.term, None));
+        }
+    }
+
+    fn reconcile(&mut self) {
+        let membership = self.node.membership().clone();
+        let matched = membership
+            .members()
+            .into_iter()
+            .filter(|m| *m != self.id)
+            .map(|m| (m, self.node.progress(m).map_or(0, |(matched, _)| matched)))
+            .collect();
+        let view = RaftView {
+            leader: self.id,
+            conf_change_pending: self
+                .conf_pending
+                .is_some_and(|i| i > self.node.commit_index()),
+            membership,
+            last_index: self.node.last_index(),
+            matched,
+            reachable: self.reachable(),
+            max_lag: self.max_lag,
+        };
+        let plan = reconcile(&self.state.read().expect("state"), &view);
+        for a in plan.actions {
+            let conf = match a {
+                Action::AddLearner(n) => Some(ConfChange::AddLearner(n)),
+                Action::PromoteVoter(n) => Some(ConfChange::AddVoter(n)),
+                Action::RemoveFromRaft(n) => Some(ConfChange::RemoveNode(n)),
+                Action::TransferLeadership(to) => {
+                    if self.node.transfer_target().is_none() {
+                        tracing::info!(to = %format!("{to:016x}"), "handing leadership over before demotion");
+                        let _ = self.node.transfer_leadership(to);
+                    }
+                    None
+                }
+                Action::SetObservedRole(n, role) => {
+                    self.propose_internal(
+                        n,
+                        "role",
+                        Command::SetObservedRole {
+                            id: n,
+                            role,
+                            at_ms: now_ms(),
+                        },
+                    );
+                    None
+                }
+            };
+            if let Some(c) = conf {
+                match self.node.propose_conf_change(std::slice::from_ref(&c)) {
+                    Ok(p) => {
+                        tracing::info!(change = ?c, "configuration change proposed");
+                        self.conf_pending = Some(p.index);
+                    }
+                    Err(e) => tracing::debug!(change = ?c, "configuration change refused: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The leader records liveness changes that membership observed: alive → Ready, failed →
+    /// Down, left → Down with a message.
+    fn sync_status(&mut self) {
+        let wanted: Vec<(u64, NodeStatus)> = {
+            let st = self.state.read().expect("state");
+            let view = self.view.lock().expect("view");
+            st.nodes()
+                .values()
+                .filter_map(|n| {
+                    let want = if n.id == self.id {
+                        NodeStatus {
+                            state: NodeState::Ready,
+                            message: String::new(),
+                        }
+                    } else {
+                        let m = view.get(&n.id)?;
+                        match m.state {
+                            State::Alive | State::Suspect => NodeStatus {
+                                state: NodeState::Ready,
+                                message: String::new(),
+                            },
+                            State::Dead => NodeStatus {
+                                state: NodeState::Down,
+                                message: "heartbeat failure".into(),
+                            },
+                            State::Left => NodeStatus {
+                                state: NodeState::Down,
+                                message: "node left the swarm".into(),
+                            },
+                        }
+                    };
+                    (n.status != want).then_some((n.id, want))
+                })
+                .collect()
+        };
+        for (id, status) in wanted {
+            self.propose_internal(
+                id,
+                "status",
+                Command::SetStatus {
+                    id,
+                    status,
+                    at_ms: now_ms(),
+                },
+            );
+        }
+    }
+
+    fn publish(&mut self, stopped: bool) {
+        let leader = self.node.role() == Role::Leader;
+        let status = RaftStatus {
+            leader: self.node.leader(),
+            term: self.node.term(),
+            commit: self.node.commit_index(),
+            applied: self.node.applied_index(),
+            membership: self.node.membership().clone(),
+            reachable: if leader {
+                self.reachable()
+            } else {
+                BTreeSet::new()
+            },
+            stopped,
+        };
+        self.status_tx.send_replace(status);
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            if let Some(r) = r {
+                let _ = r.send(Err(why.to_string()));
+            }
+        }
+        for (_, r) in std::mem::take(&mut self.reads) {
+            let _ = r.send(Err(why.to_string()));
+        }
+        for (_, r) in std::mem::take(&mut self.ready_reads) {
+            let _ = r.send(Err(why.to_string()));
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The agent's data directory: the node's identity (id, cluster, key, certificate, CA), the
+//! Raft log of a manager (`raft/`) and the control socket. Files are written to a temporary
+//! name, fsynced, renamed and the directory fsynced, so a crash leaves the old or the new
+//! version, never a torn one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// What the node remembers about itself across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFile {
+    /// Its id.
+    pub node_id: u64,
+    /// Its cluster's id (32 hex digits).
+    pub cluster_id: String,
+    /// The address it advertises.
+    pub advertise: String,
+    /// Its hostname in the cluster.
+    pub hostname: String,
+    /// Members to contact first after a restart (`hex@ip:port`), refreshed as it runs.
+    pub seeds: Vec<String>,
+}
+
+/// A node's identity as stored.
+#[derive(Clone, Debug)]
+pub struct StoredIdentity {
+    /// `node.json`.
+    pub node: NodeFile,
+    /// The node's private key (PEM).
+    pub key_pem: String,
+    /// The node's certificate (PEM).
+    pub cert_pem: String,
+    /// The cluster CA certificate (PEM).
+    pub ca_cert_pem: String,
+}
+
+/// The data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating) the directory, private to the user.
+    pub fn open(root: &Path) -> Result<DataDir> {
+        fs::create_dir_all(root)
+            .with_context(|| format!("cannot create data directory {}", root.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o700));
+        }
+        Ok(DataDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join(crate::cli::SOCKET_NAME)
+    }
+
+    /// The Raft log of a manager.
+    pub fn raft_dir(&self) -> PathBuf {
+        self.root.join("raft")
+    }
+
+    /// Whether this node holds Raft data (it is, or was until a crash, a manager).
+    pub fn has_raft(&self) -> bool {
+        self.raft_dir().join("wal").is_dir()
+    }
+
+    /// Removes the Raft data (a demoted or departing manager).
+    pub fn wipe_raft(&self) -> Result<()> {
+        let dir = self.raft_dir();
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+            sync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the identity, if this node is part of a cluster.
+    pub fn load(&self) -> Result<Option<StoredIdentity>> {
+        let node_path = self.root.join("node.json");
+        if !node_path.exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            let p = self.root.join(name);
+            fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let node: NodeFile = serde_json::from_str(&read("node.json")?)
+            .with_context(|| format!("{} is malformed", node_path.display()))?;
+        Ok(Some(StoredIdentity {
+            node,
+            key_pem: read("key.pem")?,
+            cert_pem: read("cert.pem")?,
+            ca_cert_pem: read("ca.pem")?,
+        }))
+    }
+
+    /// Saves an identity: key, certificate and CA first, `node.json` last (its presence means
+    /// the rest is complete).
+    pub fn save(&self, id: &StoredIdentity) -> Result<()> {
+        write_atomic(&self.root.join("key.pem"), id.key_pem.as_bytes(), true)?;
+        write_atomic(&self.root.join("cert.pem"), id.cert_pem.as_bytes(), false)?;
+        write_atomic(&self.root.join("ca.pem"), id.ca_cert_pem.as_bytes(), false)?;
+        self.save_node(&id.node)
+    }
+
+    /// Saves `node.json` alone (the seeds change as the node runs).
+    pub fn save_node(&self, node: &NodeFile) -> Result<()> {
+        let json = serde_json::to_vec_pretty(node).context("encode node.json")?;
+        write_atomic(&self.root.join("node.json"), &json, false)
+    }
+
+    /// Forgets the identity and the Raft data (`swarm leave`).
+    pub fn wipe_identity(&self) -> Result<()> {
+        self.wipe_raft()?;
+        for name in ["node.json", "cert.pem", "key.pem", "ca.pem"] {
+            let p = self.root.join(name);
+            if p.exists() {
+                fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+        sync_dir(&self.root)
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot fsync {}", tmp.display()))?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_and_leave_forgets_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        assert!(dir.load().unwrap().is_none());
+        let id = StoredIdentity {
+            node: NodeFile {
+                node_id: 7,
+                cluster_id: "ab".repeat(16),
+                advertise: "127.0.0.1:4000".into(),
+                hostname: "n1".into(),
+                seeds: vec!["0000000000000001@127.0.0.1:4001".into()],
+            },
+            key_pem: "key".into(),
+            cert_pem: "cert".into(),
+            ca_cert_pem: "ca".into(),
+        };
+        dir.save(&id).unwrap();
+        let back = dir.load().unwrap().unwrap();
+        assert_eq!(back.node, id.node);
+        assert_eq!(back.key_pem, "key");
+        fs::create_dir_all(dir.raft_dir().join("wal")).unwrap();
+        assert!(dir.has_raft());
+        dir.wipe_identity().unwrap();
+        assert!(dir.load().unwrap().is_none());
+        assert!(!dir.has_raft());
+    }
+
+    #[test]
+    fn a_malformed_node_file_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        fs::write(tmp.path().join("node.json"), b"{not json").unwrap();
+        let e = dir.load().unwrap_err();
+        assert!(format!("{e:#}").contains("is malformed"), "{e:#}");
+    }
+}

@@ -1,0 +1,120 @@
+//! What agents send each other besides SWIM packets: Raft messages (postcard, behind a version
+//! byte) and control requests (JSON, behind a tag byte that tells them from the PKI's join and
+//! renewal requests on the same request channel).
+
+use serde::{Deserialize, Serialize};
+use shoal_cluster::{NodeDescription, NodeId};
+
+use crate::api::{Request, Response};
+
+/// Version byte of an encoded Raft message.
+const RAFT_VERSION: u8 = 1;
+/// First byte of a control request (PKI requests never start with it: their postcard enum tag
+/// is 0 or 1).
+pub const CONTROL_TAG: u8 = 0xC7;
+
+/// Encodes a Raft message for the transport.
+pub fn encode_raft(m: &shoal_raft::Message) -> Vec<u8> {
+    postcard::to_extend(m, vec![RAFT_VERSION]).expect("raft messages serialise")
+}
+
+/// Decodes a Raft message; the transport already bounded its size.
+pub fn decode_raft(bytes: &[u8]) -> Result<shoal_raft::Message, String> {
+    let (&v, body) = bytes.split_first().ok_or("empty raft message")?;
+    if v != RAFT_VERSION {
+        return Err(format!("unknown raft message version {v}"));
+    }
+    let (m, rest) = postcard::take_from_bytes::<shoal_raft::Message>(body)
+        .map_err(|e| format!("malformed raft message: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after a raft message".into());
+    }
+    Ok(m)
+}
+
+/// A request from one agent to another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AgentRequest {
+    /// A CLI request forwarded (worker → manager, follower → leader).
+    Control(Request),
+    /// A node that just joined (or restarted) tells the managers about itself. Its id and role
+    /// come from its certificate, never from this message.
+    Register {
+        /// What it reports.
+        description: NodeDescription,
+        /// Where it is reached.
+        addr: String,
+        /// Its `--label`s (applied on first registration only).
+        labels: Vec<(String, String)>,
+    },
+    /// Is `node` still a Raft voter? (a leaving manager waits for its demotion)
+    IsVoter {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// Encodes an agent request.
+pub fn encode_request(r: &AgentRequest) -> Vec<u8> {
+    let mut out = vec![CONTROL_TAG];
+    out.extend(serde_json::to_vec(r).expect("requests serialise"));
+    out
+}
+
+/// Decodes an agent request (the tag byte already checked by the caller).
+pub fn decode_request(bytes: &[u8]) -> Result<AgentRequest, String> {
+    match bytes.split_first() {
+        Some((&CONTROL_TAG, body)) => {
+            serde_json::from_slice(body).map_err(|e| format!("malformed agent request: {e}"))
+        }
+        _ => Err("not an agent request".into()),
+    }
+}
+
+/// Encodes a response.
+pub fn encode_response(r: &Response) -> Vec<u8> {
+    serde_json::to_vec(r).expect("responses serialise")
+}
+
+/// Decodes a response.
+pub fn decode_response(bytes: &[u8]) -> Response {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| Response::error(format!("malformed response from a manager: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_raft::{Message, MessageBody};
+
+    #[test]
+    fn raft_messages_round_trip_and_garbage_is_refused() {
+        let m = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::Heartbeat { commit: 4, seq: 5 },
+        };
+        let b = encode_raft(&m);
+        assert_eq!(decode_raft(&b).unwrap(), m);
+        assert!(decode_raft(&[]).is_err());
+        assert!(decode_raft(&[9]).is_err());
+        assert!(decode_raft(&b[..b.len() - 1]).is_err());
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(decode_raft(&extra).is_err());
+    }
+
+    #[test]
+    fn agent_requests_round_trip() {
+        let r = AgentRequest::Control(Request::NodeList { stale: false });
+        let b = encode_request(&r);
+        assert_eq!(b[0], CONTROL_TAG);
+        assert!(matches!(
+            decode_request(&b).unwrap(),
+            AgentRequest::Control(Request::NodeList { stale: false })
+        ));
+        assert!(decode_request(&[0, 1, 2]).is_err());
+        assert!(decode_request(&[CONTROL_TAG, b'{']).is_err());
+    }
+}
