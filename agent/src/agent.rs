@@ -72,6 +72,9 @@ pub struct Member {
     pub gossip: Gossip,
     raft: Mutex<Option<RaftHandle>>,
     raft_stopped_at: Mutex<Option<Instant>>,
+    /// Managers known from the join (and the seeds saved since), tried when membership does
+    /// not know a live manager yet.
+    seed_managers: Vec<u64>,
     data: DataDir,
 }
 
@@ -183,6 +186,17 @@ impl Agent {
             gossip: gossip.clone(),
             raft: Mutex::new(None),
             raft_stopped_at: Mutex::new(None),
+            seed_managers: stored
+                .node
+                .seeds
+                .iter()
+                .filter_map(|s| gossip::parse_swim_addr(s))
+                .map(|(id, a)| {
+                    transport.set_peer_addr(id, a);
+                    id
+                })
+                .filter(|id| *id != stored.node.node_id)
+                .collect(),
             data: self.data.clone(),
         });
         if let Some(how) = raft {
@@ -466,6 +480,18 @@ impl Agent {
                             "timed out waiting for this manager's demotion; retry, or use --force",
                         );
                     }
+                }
+            }
+        }
+        // Tell the managers first, so that the node shows Down at once (best effort: gossip
+        // carries the news too).
+        let bytes = wire::encode_request(&AgentRequest::Leaving { node: m.id });
+        for t in m.manager_candidates().into_iter().take(3) {
+            if let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(3), m.transport.request(t, &bytes)).await
+            {
+                if matches!(wire::decode_response(&resp), Response::Ok { .. }) {
+                    break;
                 }
             }
         }
@@ -858,13 +884,17 @@ impl Member {
 
     async fn peer_control(self: &Arc<Self>, from: &NodeCertificate, req: AgentRequest) -> Response {
         match req {
-            AgentRequest::Control(r) => match r {
+            AgentRequest::Control(r) | AgentRequest::ToLeader(r)
+                if matches!(
+                    r,
+                    Request::Init { .. } | Request::Join { .. } | Request::Leave { .. }
+                ) =>
+            {
                 // Lifecycle requests are local to a node; never accepted from a peer.
-                Request::Init { .. } | Request::Join { .. } | Request::Leave { .. } => {
-                    Response::error("not accepted from a peer")
-                }
-                other => self.control_hop(other, true).await,
-            },
+                Response::error("not accepted from a peer")
+            }
+            AgentRequest::Control(r) => self.control_hop(r, false).await,
+            AgentRequest::ToLeader(r) => self.control_hop(r, true).await,
             AgentRequest::Register {
                 description,
                 addr,
@@ -878,10 +908,44 @@ impl Member {
                 self.register_node(from.node_id, role, description, addr, labels)
                     .await
             }
-            AgentRequest::IsVoter { node } => match self.raft() {
-                Some(h) => Response::ok(h.status.borrow().membership.is_voter(node).to_string()),
-                None => Response::error("this node is not a manager"),
-            },
+            AgentRequest::Leaving { node } => {
+                let Some(h) = self.raft() else {
+                    return Response::error("this node is not a manager");
+                };
+                let status = h.status.borrow().clone();
+                if from.node_id != node && !status.membership.is_voter(from.node_id) {
+                    return Response::error("only the node itself may say it leaves");
+                }
+                match status.leader {
+                    Some(l) if l == self.id => {
+                        let cmd = Command::SetStatus {
+                            id: node,
+                            status: shoal_cluster::NodeStatus {
+                                state: shoal_cluster::NodeState::Down,
+                                message: "node left the swarm".into(),
+                            },
+                            at_ms: now_ms(),
+                        };
+                        match self.propose(cmd).await {
+                            Ok(()) => Response::ok(""),
+                            Err(e) => Response::error(e),
+                        }
+                    }
+                    Some(l) if from.node_id == node => {
+                        let bytes = wire::encode_request(&AgentRequest::Leaving { node });
+                        match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            self.transport.request(l, &bytes),
+                        )
+                        .await
+                        {
+                            Ok(Ok(resp)) => wire::decode_response(&resp),
+                            _ => Response::error("cannot reach the leader"),
+                        }
+                    }
+                    _ => Response::error("no leader"),
+                }
+            }
         }
     }
 
@@ -983,6 +1047,11 @@ impl Member {
                 && matches!(m.state, State::Alive | State::Suspect)
                 && !out.contains(id)
             {
+                out.push(*id);
+            }
+        }
+        for id in &self.seed_managers {
+            if !out.contains(id) {
                 out.push(*id);
             }
         }

@@ -292,7 +292,11 @@ impl Member {
     }
 
     async fn forward(&self, to: u64, req: Request, to_leader: bool) -> Response {
-        let bytes = wire::encode_request(&AgentRequest::Control(req));
+        let bytes = wire::encode_request(&if to_leader {
+            AgentRequest::ToLeader(req)
+        } else {
+            AgentRequest::Control(req)
+        });
         let who = if to_leader { "leader" } else { "manager" };
         match tokio::time::timeout(FORWARD_TIMEOUT, self.transport.request(to, &bytes)).await {
             Ok(Ok(resp)) => wire::decode_response(&resp),

@@ -35,8 +35,10 @@ pub fn decode_raft(bytes: &[u8]) -> Result<shoal_raft::Message, String> {
 /// A request from one agent to another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AgentRequest {
-    /// A CLI request forwarded (worker → manager, follower → leader).
+    /// A CLI request forwarded by a worker to a manager (which may forward it to the leader).
     Control(Request),
+    /// A CLI request forwarded by a manager to the leader (never forwarded again).
+    ToLeader(Request),
     /// A node that just joined (or restarted) tells the managers about itself. Its id and role
     /// come from its certificate, never from this message.
     Register {
@@ -47,8 +49,10 @@ pub enum AgentRequest {
         /// Its `--label`s (applied on first registration only).
         labels: Vec<(String, String)>,
     },
-    /// Is `node` still a Raft voter? (a leaving manager waits for its demotion)
-    IsVoter {
+    /// `node` is leaving the swarm: record it as Down ("node left the swarm") right away
+    /// instead of waiting for membership to notice. Accepted from the node itself, or from a
+    /// Raft voter that forwards it to the leader.
+    Leaving {
         /// The node.
         node: NodeId,
     },

@@ -1,0 +1,244 @@
+//! A harness for end-to-end tests: real `shoal agent` processes on loopback, each in its own
+//! data directory, driven through the `shoal` CLI. Every wait polls a condition with a generous
+//! deadline (a loaded 2-core machine), never a fixed sleep.
+
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+/// Longest wait for any condition.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// One scenario at a time: each starts several processes, and a 2-core machine running two
+/// clusters at once makes elections flap.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One agent.
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub listen: String,
+    child: Option<Child>,
+}
+
+/// Several agents in one temporary directory.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+/// What a CLI call printed.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(self) -> String {
+        assert_eq!(
+            self.code, 0,
+            "command failed: stdout {:?} stderr {:?}",
+            self.stdout, self.stderr
+        );
+        self.stdout
+    }
+
+    /// Asserts failure and returns stderr.
+    #[track_caller]
+    pub fn err(self) -> String {
+        assert_ne!(self.code, 0, "command succeeded: {:?}", self.stdout);
+        self.stderr
+    }
+}
+
+fn free_port() -> String {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    s.local_addr().expect("addr").to_string()
+}
+
+impl Cluster {
+    /// `n` agents, started, not yet in a swarm (hostnames node-1 … node-n).
+    pub fn start(n: usize) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut c = Cluster {
+            tmp,
+            nodes: Vec::new(),
+        };
+        for i in 1..=n {
+            let dir = c.tmp.path().join(format!("node-{i}"));
+            c.nodes.push(Node {
+                name: format!("node-{i}"),
+                dir,
+                listen: free_port(),
+                child: None,
+            });
+        }
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Starts (or restarts) agent `i`, waiting until its control socket answers.
+    pub fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join(format!("node-{}.log", i + 1)))
+            .expect("log");
+        let n = &mut self.nodes[i];
+        let child = Command::new(SHOAL)
+            .args(["--data-dir"])
+            .arg(&n.dir)
+            .args(["agent", "--listen", &n.listen, "--hostname", &n.name])
+            .args(["--gossip", "local"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the agent");
+        n.child = Some(child);
+        let name = n.name.clone();
+        self.wait(&format!("{name} to answer"), || {
+            (self.shoal(i, &["info"]).code == 0).then_some(())
+        });
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against agent `i`.
+    pub fn shoal(&self, i: usize, args: &[&str]) -> Out {
+        let o = Command::new(SHOAL)
+            .arg("--data-dir")
+            .arg(&self.nodes[i].dir)
+            .args(args)
+            .output()
+            .expect("run the CLI");
+        Out::from(o)
+    }
+
+    /// Polls `f` until it returns something, or fails the test after [`DEADLINE`] with the
+    /// agents' logs.
+    #[track_caller]
+    pub fn wait<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if start.elapsed() > DEADLINE {
+                let mut logs = String::new();
+                for i in 0..self.nodes.len() {
+                    let p = self.tmp.path().join(format!("node-{}.log", i + 1));
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    logs.push_str(&format!(
+                        "--- node-{} ---\n{}\n",
+                        i + 1,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ));
+                }
+                panic!("timed out waiting for {what}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `node ls --format json` on agent `i`, one object per node.
+    pub fn ls(&self, i: usize) -> Option<Vec<Value>> {
+        let out = self.shoal(i, &["node", "ls", "--format", "json"]);
+        if out.code != 0 {
+            return None;
+        }
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// `node inspect NODE` on agent `i`.
+    pub fn inspect(&self, i: usize, node: &str) -> Option<Value> {
+        let out = self.shoal(i, &["node", "inspect", node]);
+        if out.code != 0 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out.stdout).ok()?;
+        v.get(0).cloned()
+    }
+
+    /// The hostname of the leader, as agent `i` sees it.
+    pub fn leader(&self, i: usize) -> Option<String> {
+        let ls = self.ls(i)?;
+        ls.iter()
+            .find(|n| n["ManagerStatus"] == "Leader")
+            .and_then(|n| n["Hostname"].as_str().map(String::from))
+    }
+
+    /// The index of the agent named `name`.
+    pub fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("a node of that name")
+    }
+
+    /// `swarm init` on agent 0, then joins: the first `managers - 1` others with the manager
+    /// token, the rest with the worker token; waits until everyone is Ready and the managers
+    /// are voters.
+    pub fn form(&self, managers: usize) {
+        self.shoal(0, &["swarm", "init"]).ok();
+        let mtoken = self
+            .shoal(0, &["swarm", "join-token", "-q", "manager"])
+            .ok();
+        let wtoken = self.shoal(0, &["swarm", "join-token", "-q", "worker"]).ok();
+        let addr = self.nodes[0].listen.clone();
+        for i in 1..self.nodes.len() {
+            let token = if i < managers { &mtoken } else { &wtoken };
+            let out = self
+                .shoal(i, &["swarm", "join", "--token", token.trim(), &addr])
+                .ok();
+            let role = if i < managers { "manager" } else { "worker" };
+            assert_eq!(out.trim(), format!("This node joined a swarm as a {role}."));
+        }
+        let total = self.nodes.len();
+        self.wait("every node Ready and the managers voters", || {
+            let ls = self.ls(0)?;
+            let ready = ls.iter().filter(|n| n["Status"] == "Ready").count();
+            let voters = ls.iter().filter(|n| n["ManagerStatus"] != "").count();
+            (ls.len() == total && ready == total && voters == managers).then_some(())
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
