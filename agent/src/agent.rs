@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use shoal_cluster::{
@@ -42,6 +44,37 @@ pub struct AgentOpts {
     pub labels: Vec<(String, String)>,
     /// Membership timing: the `local` profile (fast) instead of `lan`.
     pub local_gossip: bool,
+    /// Run on turmoil's simulated network (inside a turmoil host) instead of real UDP.
+    pub simulated: bool,
+    /// fsync the WAL (off only in simulations, where the process never really crashes).
+    pub fsync: bool,
+    /// Seed for node ids and the Raft and SWIM randomness (simulations, so that a seed
+    /// replays); `None` draws from the operating system.
+    pub seed: Option<u64>,
+}
+
+impl AgentOpts {
+    /// A QUIC endpoint on this agent's network: real UDP, or turmoil's.
+    async fn endpoint(
+        &self,
+        addr: SocketAddr,
+        server: Option<quinn::ServerConfig>,
+    ) -> std::io::Result<quinn::Endpoint> {
+        if self.simulated {
+            let socket = shoal_transport::sim::bind(addr).await?;
+            let mut cfg = quinn::EndpointConfig::default();
+            if let Some(seed) = self.seed {
+                // quinn's own randomness (packet numbers skipped, connection ids) too.
+                let mut bytes = [0u8; 32];
+                bytes[..8].copy_from_slice(&seed.to_le_bytes());
+                bytes[8..16].copy_from_slice(&u64::from(addr.port()).to_le_bytes());
+                cfg.rng_seed(Some(bytes));
+            }
+            shoal_transport::sim::endpoint_with_config(socket, cfg, server)
+        } else {
+            net::udp_endpoint(addr, server)
+        }
+    }
 }
 
 /// The agent.
@@ -54,6 +87,7 @@ pub struct Agent {
     pub member: RwLock<Option<Arc<Member>>>,
     /// Serialises init, join and leave.
     lifecycle: tokio::sync::Mutex<()>,
+    entropy: Arc<Entropy>,
 }
 
 /// A node that is part of a cluster.
@@ -71,6 +105,8 @@ pub struct Member {
     /// SWIM.
     pub gossip: Gossip,
     raft: Mutex<Option<RaftHandle>>,
+    fsync: bool,
+    entropy: Arc<Entropy>,
     raft_stopped_at: Mutex<Option<Instant>>,
     /// Managers known from the join (and the seeds saved since), tried when membership does
     /// not know a live manager yet.
@@ -124,9 +160,10 @@ impl Agent {
     pub async fn start(data: DataDir, opts: AgentOpts) -> Result<Arc<Agent>> {
         let agent = Arc::new(Agent {
             data,
-            opts,
             member: RwLock::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
+            entropy: Arc::new(Entropy::new(opts.seed)),
+            opts,
         });
         if let Some(stored) = agent.data.load()? {
             let start = agent.data.has_raft().then_some(Start::Existing);
@@ -136,6 +173,23 @@ impl Agent {
             tokio::spawn(register_loop(m, agent.opts.clone()));
         }
         Ok(agent)
+    }
+
+    /// This node's id and its Raft replica's status, if it runs one (for simulations and
+    /// tests).
+    pub async fn raft_status(&self) -> Option<(u64, raft_driver::RaftStatus)> {
+        let m = self.member.read().await.clone()?;
+        let h = m.raft()?;
+        let s = h.status.borrow().clone();
+        Some((m.id, s))
+    }
+
+    /// The cluster state this node's replica has applied, if it runs one.
+    pub async fn cluster_state(&self) -> Option<shoal_cluster::ClusterState> {
+        let m = self.member.read().await.clone()?;
+        let h = m.raft()?;
+        let st = h.state.read().expect("state").clone();
+        Some(st)
     }
 
     fn advertise(&self) -> SocketAddr {
@@ -156,7 +210,10 @@ impl Agent {
             NodeIdentity::new(cert, key).context("the certificate is not for our key")?;
         let denylist = Denylist::new();
         let (server, client) = net::quic_configs(&identity, &ca_der, denylist.clone())?;
-        let endpoint = net::udp_endpoint(self.opts.listen, Some(server))
+        let endpoint = self
+            .opts
+            .endpoint(self.opts.listen, Some(server))
+            .await
             .with_context(|| format!("cannot listen on {}", self.opts.listen))?;
         let (transport, inbound) = Transport::start(
             endpoint,
@@ -169,6 +226,7 @@ impl Agent {
         let advertise = self.advertise();
         let running_raft = raft.is_some();
         let gossip = gossip::start(
+            self.entropy.next(),
             stored.node.node_id,
             advertise,
             Meta {
@@ -185,6 +243,8 @@ impl Agent {
             transport: transport.clone(),
             gossip: gossip.clone(),
             raft: Mutex::new(None),
+            fsync: self.opts.fsync,
+            entropy: self.entropy.clone(),
             raft_stopped_at: Mutex::new(None),
             seed_managers: stored
                 .node
@@ -292,7 +352,7 @@ impl Agent {
         let cluster_id = ClusterId::random();
         let ca = ClusterCa::generate(cluster_id)?;
         let tokens = JoinTokens::generate(ca.digest());
-        let id = random_id();
+        let id = self.entropy.node_id();
         let key = NodeKey::generate()?;
         let cert = ca.issue(
             &key.csr_der(id)?,
@@ -394,7 +454,7 @@ impl Agent {
             .parse()
             .map_err(|_| anyhow!("invalid manager address {remote:?}: expected ip:port"))?;
         let bind = SocketAddr::new(self.opts.listen.ip(), 0);
-        let endpoint = net::udp_endpoint(bind, None)?;
+        let endpoint = self.opts.endpoint(bind, None).await?;
         let hostname = &self.opts.hostname;
         let attempt = |want| {
             join::join_through(
@@ -515,11 +575,36 @@ impl Agent {
     }
 }
 
-fn random_id() -> u64 {
-    loop {
-        let id = rand::random::<u64>();
-        if id != 0 {
-            return id;
+/// Random numbers for ids and protocol seeds: seeded in simulations, from the OS otherwise.
+pub(crate) struct Entropy(Mutex<Option<u64>>);
+
+impl Entropy {
+    fn new(seed: Option<u64>) -> Self {
+        Entropy(Mutex::new(seed))
+    }
+
+    /// The next random number (splitmix64 when seeded).
+    pub(crate) fn next(&self) -> u64 {
+        let mut s = self.0.lock().expect("entropy");
+        match s.as_mut() {
+            None => rand::random(),
+            Some(x) => {
+                *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            }
+        }
+    }
+
+    /// A non-zero node id.
+    fn node_id(&self) -> u64 {
+        loop {
+            let id = self.next();
+            if id != 0 {
+                return id;
+            }
         }
     }
 }
@@ -599,6 +684,8 @@ impl Member {
         let h = raft_driver::start(
             self.id,
             self.data.raft_dir(),
+            self.fsync,
+            self.entropy.next(),
             how,
             self.transport.clone(),
             self.gossip.view.clone(),
@@ -867,7 +954,7 @@ impl Member {
             })
             .unwrap_or_default();
         let outcome = authority.handle_request(body, SystemTime::now(), || loop {
-            let id = random_id();
+            let id = self.entropy.node_id();
             if !taken.contains(&id) {
                 break id;
             }

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use shoal_membership::{Addr, Config, Effect, MemberEvent, Memberlist, NodeId, NodeInfo, State};
@@ -72,6 +74,7 @@ pub fn parse_swim_addr(s: &str) -> Option<(u64, SocketAddr)> {
 
 /// Starts the gossip task.
 pub fn start(
+    seed: u64,
     id: u64,
     advertise: SocketAddr,
     meta: Meta,
@@ -88,7 +91,7 @@ pub fn start(
         addr: Addr::new(swim_addr(id, advertise)),
         meta: serde_json::to_vec(&meta)?,
     };
-    let seed = id ^ rand::random::<u64>();
+    let seed = id ^ seed;
     let ml = Memberlist::new(cfg, info, seed).map_err(|e| anyhow::anyhow!("membership: {e}"))?;
     let (tx, rx) = mpsc::channel(4096);
     let view: View = Arc::new(Mutex::new(BTreeMap::new()));

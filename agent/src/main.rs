@@ -4,19 +4,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod agent;
-mod api;
-mod cli;
-mod client;
-mod control;
-mod demo;
-mod format;
-mod gossip;
-mod raft_driver;
-mod store;
-mod wire;
-
 use std::process::ExitCode;
+
+use shoal_agent::{agent, cli, control, demo, store};
 
 use clap::Parser;
 
@@ -71,6 +61,9 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
         hostname,
         labels,
         local_gossip: a.gossip == "local",
+        simulated: false,
+        fsync: true,
+        seed: None,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use shoal_cluster::{reconcile, Action, ClusterState, Command, NodeState, NodeStatus, RaftView};
 use shoal_membership::State;
@@ -93,11 +95,16 @@ pub fn now_ms() -> u64 {
 pub fn start(
     id: u64,
     dir: PathBuf,
+    fsync: bool,
+    seed: u64,
     how: Start,
     transport: Transport,
     view: View,
 ) -> anyhow::Result<RaftHandle> {
-    let opts = WalOptions::default();
+    let opts = WalOptions {
+        fsync,
+        ..WalOptions::default()
+    };
     let (mut wal, mut recovered, _) = Wal::open(&dir, opts.clone())?;
     match how {
         Start::Existing => {}
@@ -118,7 +125,7 @@ pub fn start(
         }
         Start::ForceNewCluster => {
             drop(wal);
-            force_new_cluster(id, &dir, recovered)?;
+            force_new_cluster(id, &dir, recovered, &opts)?;
             let (w, r, _) = Wal::open(&dir, opts)?;
             wal = w;
             recovered = r;
@@ -132,7 +139,7 @@ pub fn start(
         }
     }
     let mut cfg = Config::new(id);
-    cfg.seed = id ^ rand::random::<u64>();
+    cfg.seed = id ^ seed;
     cfg.snapshot_threshold = 1000;
     let node = RaftNode::new(cfg.clone(), recovered)?;
     let state = Arc::new(RwLock::new(state));
@@ -172,6 +179,7 @@ fn force_new_cluster(
     id: u64,
     dir: &std::path::Path,
     recovered: RecoveredState,
+    opts: &WalOptions,
 ) -> anyhow::Result<()> {
     let commit = recovered.hard_state.commit;
     let (mut state, mut index, mut term) = match &recovered.snapshot {
@@ -197,7 +205,7 @@ fn force_new_cluster(
     // Keep the old log aside rather than deleting it: an operator may want it.
     let aside = dir.with_extension(format!("before-force-new-cluster-{}", now_ms()));
     std::fs::rename(dir, &aside)?;
-    let (mut wal, fresh, _) = Wal::open(dir, WalOptions::default())?;
+    let (mut wal, fresh, _) = Wal::open(dir, opts.clone())?;
     debug_assert_eq!(fresh, RecoveredState::default());
     let snapshot = shoal_raft::Snapshot {
         meta: shoal_raft::SnapshotMeta {

@@ -60,8 +60,10 @@ pub struct Reconciliation {
 }
 
 /// Decides the next steps. Configuration changes go one at a time (never during a joint
-/// consensus or while one is pending); removals come before additions so that a cluster being
-/// reshaped never grows its quorum while a removal is due.
+/// consensus or while one is pending). Additions come before removals: a learner never counts
+/// toward quorum and is made a voter only once caught up and reachable, so adding first never
+/// costs availability, while removing first can leave the group with no node meant to stay a
+/// manager (the leader would then have nobody to hand leadership to).
 pub fn reconcile(state: &ClusterState, view: &RaftView) -> Reconciliation {
     let mut out = Reconciliation::default();
     let m = &view.membership;
@@ -95,10 +97,10 @@ pub fn reconcile(state: &ClusterState, view: &RaftView) -> Reconciliation {
                         out.waiting
                             .push((id, "promotion waits: the node is not reachable".into()));
                     } else {
-                        conf.push((3, Action::PromoteVoter(id)));
+                        conf.push((1, Action::PromoteVoter(id)));
                     }
                 } else {
-                    conf.push((4, Action::AddLearner(id)));
+                    conf.push((2, Action::AddLearner(id)));
                 }
             }
             Role::Worker => {
@@ -119,9 +121,16 @@ pub fn reconcile(state: &ClusterState, view: &RaftView) -> Reconciliation {
                             ),
                         ));
                     } else if id == view.leader {
+                        // Hand over only to a voter that is meant to stay a manager: handing
+                        // over to another node being demoted would just hand back.
                         let target = remaining
                             .iter()
                             .filter(|v| view.reachable.contains(v))
+                            .filter(|v| {
+                                state
+                                    .node(**v)
+                                    .is_some_and(|n| n.desired_role == Role::Manager)
+                            })
                             .max_by_key(|v| {
                                 (view.matched.get(v).copied().unwrap_or(0), Reverse(**v))
                             });
@@ -129,14 +138,15 @@ pub fn reconcile(state: &ClusterState, view: &RaftView) -> Reconciliation {
                             Some(t) => out.actions.push(Action::TransferLeadership(*t)),
                             None => out.waiting.push((
                                 id,
-                                "demotion waits: no reachable manager to hand leadership to".into(),
+                                "demotion waits: no reachable manager to hand leadership to yet"
+                                    .into(),
                             )),
                         }
                     } else {
-                        conf.push((1, Action::RemoveFromRaft(id)));
+                        conf.push((3, Action::RemoveFromRaft(id)));
                     }
                 } else if learner {
-                    conf.push((2, Action::RemoveFromRaft(id)));
+                    conf.push((4, Action::RemoveFromRaft(id)));
                 } else if n.role != Role::Worker {
                     out.actions.push(Action::SetObservedRole(id, Role::Worker));
                 }

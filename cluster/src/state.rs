@@ -187,6 +187,17 @@ impl ClusterState {
             }
             Command::UpdateNode { id, update, at_ms } => {
                 let mut n = self.existing(*id)?.clone();
+                // Some node must stay meant to be a manager, whatever the order in which
+                // concurrent demotions were checked.
+                if update.desired_role == Some(Role::Worker)
+                    && n.desired_role == Role::Manager
+                    && !self
+                        .nodes
+                        .values()
+                        .any(|o| o.id != *id && o.desired_role == Role::Manager)
+                {
+                    return Err(ClusterError::LastManager);
+                }
                 apply_update(&mut n, update)?;
                 touch(&mut n, index, *at_ms);
                 *out = Some(Change::Node(Box::new(n)));

@@ -49,8 +49,10 @@ fn check_quorum_without(id: NodeId, view: &ManagerView, what: String) -> Result<
 }
 
 /// `node demote`: refused for the last manager, and when the managers still reachable after
-/// the demotion would not be a majority of the remaining ones. Demoting a worker (or a node
-/// whose promotion has not completed) is allowed: it cancels the promotion.
+/// the demotion would not be a majority of the remaining ones. The remaining managers are the
+/// other voters not being demoted themselves, so that concurrent demotions cannot add up to a
+/// loss of quorum or to no manager at all. Demoting a worker (or a node whose promotion has not
+/// completed) is allowed: it cancels the promotion.
 pub fn check_demote(
     state: &ClusterState,
     id: NodeId,
@@ -62,10 +64,28 @@ pub fn check_demote(
     if !view.voters.contains(&id) && node.role == Role::Worker {
         return Ok(());
     }
-    if view.voters.iter().all(|v| *v == id) {
+    // The managers that stay: the other voters not themselves being demoted.
+    let staying = |v: &NodeId| {
+        *v != id
+            && state
+                .node(*v)
+                .is_some_and(|n| n.desired_role == Role::Manager)
+    };
+    let after: BTreeSet<NodeId> = view.voters.iter().copied().filter(staying).collect();
+    if after.is_empty() {
         return Err(ClusterError::LastManager);
     }
-    check_quorum_without(id, view, format!("demoting node {}", node_id_string(id)))
+    let reachable = after.intersection(&view.reachable).count();
+    let needed = quorum(after.len());
+    if reachable < needed {
+        return Err(ClusterError::QuorumLoss {
+            what: format!("demoting node {}", node_id_string(id)),
+            reachable,
+            remaining: after.len(),
+            needed,
+        });
+    }
+    Ok(())
 }
 
 /// `node rm`: refused for a manager (demote first) and for a node that is not down unless

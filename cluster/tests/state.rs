@@ -277,6 +277,42 @@ fn demote_is_refused_for_the_last_manager_and_on_quorum_loss() {
 }
 
 #[test]
+fn concurrent_demotions_cannot_remove_the_last_manager_or_quorum() {
+    let mut s = cluster(3, 0);
+    // Node 3 is being demoted (still a voter): demoting node 2 would leave only node 1.
+    promote(&mut s, 10, 3, Role::Worker);
+    assert!(check_demote(&s, 2, &view(&[1, 2, 3], &[1, 2, 3])).is_ok());
+    let e = check_demote(&s, 2, &view(&[1, 2, 3], &[2, 3])).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 of the 1 remaining managers reachable")
+            || e.to_string()
+                .contains("0 of the 1 remaining managers reachable"),
+        "{e}"
+    );
+    promote(&mut s, 11, 2, Role::Worker);
+    assert_eq!(
+        check_demote(&s, 1, &view(&[1, 2, 3], &[1, 2, 3])),
+        Err(ClusterError::LastManager),
+        "nodes 2 and 3 are on their way out"
+    );
+    // Even if a demotion slipped past the check, applying it is refused.
+    let r = s.apply(
+        12,
+        &Command::UpdateNode {
+            id: 1,
+            update: NodeUpdate {
+                desired_role: Some(Role::Worker),
+                ..Default::default()
+            },
+            at_ms: 1,
+        },
+    );
+    assert_eq!(r, Err(ClusterError::LastManager));
+    assert_eq!(s.node(1).unwrap().desired_role, Role::Manager);
+}
+
+#[test]
 fn rm_is_refused_for_managers_and_live_nodes_without_force() {
     let mut s = cluster(2, 1);
     let v = view(&[1, 2], &[1, 2]);
@@ -490,6 +526,31 @@ fn demoting_the_leader_hands_leadership_over_first() {
 }
 
 #[test]
+fn the_leader_hands_over_only_to_a_node_meant_to_stay_a_manager() {
+    // Voters 2 and 3 are both being demoted and 4 promoted: leader 3 must not hand over to 2
+    // (which would hand back); 4 is added and promoted first, then leadership goes to it.
+    let mut s = cluster(3, 2);
+    promote(&mut s, 10, 4, Role::Manager);
+    promote(&mut s, 11, 1, Role::Worker);
+    promote(&mut s, 12, 2, Role::Worker);
+    promote(&mut s, 13, 3, Role::Worker);
+    let r = reconcile(&s, &raft(3, &[2, 3], &[], &[2, 3, 4]));
+    assert!(r.actions.contains(&Action::AddLearner(4)), "{r:?}");
+    assert!(
+        !r.actions
+            .iter()
+            .any(|a| matches!(a, Action::TransferLeadership(_))),
+        "{r:?}"
+    );
+    assert!(r
+        .waiting
+        .iter()
+        .any(|(id, why)| *id == 3 && why.contains("no reachable manager to hand leadership to")));
+    let r = reconcile(&s, &raft(3, &[2, 3, 4], &[], &[2, 3, 4]));
+    assert!(r.actions.contains(&Action::TransferLeadership(4)), "{r:?}");
+}
+
+#[test]
 fn demotion_waits_while_it_would_lose_quorum() {
     let mut s = cluster(3, 0);
     promote(&mut s, 10, 2, Role::Worker);
@@ -505,12 +566,16 @@ fn demotion_waits_while_it_would_lose_quorum() {
 }
 
 #[test]
-fn one_configuration_change_at_a_time_removals_first() {
+fn one_configuration_change_at_a_time_additions_first() {
     let mut s = cluster(3, 2);
     promote(&mut s, 10, 4, Role::Manager);
     promote(&mut s, 11, 3, Role::Worker);
     let r = reconcile(&s, &raft(1, &[1, 2, 3], &[], &[1, 2, 3, 4]));
-    assert_eq!(r.actions, vec![Action::RemoveFromRaft(3)]);
+    assert_eq!(r.actions, vec![Action::AddLearner(4)]);
+    let r = reconcile(&s, &raft(1, &[1, 2, 3], &[4], &[1, 2, 3, 4]));
+    assert_eq!(r.actions, vec![Action::PromoteVoter(4)]);
+    let r = reconcile(&s, &raft(1, &[1, 2, 3, 4], &[], &[1, 2, 3, 4]));
+    assert!(r.actions.contains(&Action::RemoveFromRaft(3)), "{r:?}");
     let mut v = raft(1, &[1, 2, 3], &[], &[1, 2, 3, 4]);
     v.conf_change_pending = true;
     let r = reconcile(&s, &v);

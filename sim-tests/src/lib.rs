@@ -1,5 +1,6 @@
 //! Simulations of shoal's cores under faults, and the linearizability checker they rely on.
 
+pub mod cluster_sim;
 pub mod linearizability;
 pub mod raft_sim;
 pub mod rng;

@@ -1,0 +1,18 @@
+//! The shoal node agent as a library: the agent runtime (Raft replica, membership, transport,
+//! control API), the CLI and its client, and the demo. The `shoal` binary is a thin `main` over
+//! it; simulations (`shoal-sim`'s `cluster-sim`) run the same agent on turmoil.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod control;
+pub mod demo;
+pub mod format;
+pub mod gossip;
+pub mod raft_driver;
+pub mod store;
+pub mod wire;

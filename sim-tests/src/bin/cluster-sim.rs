@@ -1,0 +1,72 @@
+//! `cluster-sim --seeds N [--start S] [--seconds T] [-v]`: five real agents on turmoil's
+//! simulated network under partitions and crashes while nodes are promoted, demoted and
+//! updated; one line per failing seed, then `N passed, M failed`.
+
+use shoal_sim::cluster_sim::{run, ClusterSimOptions};
+
+fn usage(msg: &str) -> ! {
+    eprintln!("cluster-sim: {msg}");
+    eprintln!("usage: cluster-sim --seeds N [--start S] [--seconds T] [-v]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let (mut seeds, mut start, mut secs, mut verbose) = (20u64, 0u64, 30u64, false);
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut v = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--seeds" => seeds = v().parse().unwrap_or_else(|_| usage("--seeds: a count")),
+            "--start" | "--seed" => {
+                start = v().parse().unwrap_or_else(|_| usage("--start: an integer"));
+                if a == "--seed" {
+                    seeds = 1;
+                }
+            }
+            "--seconds" => secs = v().parse().unwrap_or_else(|_| usage("--seconds: seconds")),
+            "-v" | "--verbose" => verbose = true,
+            _ => usage(&format!("unknown argument {a:?}")),
+        }
+    }
+    if secs == 0 || secs > 3600 {
+        usage("--seconds must be in 1..=3600");
+    }
+    let (mut passed, mut failed) = (0, 0);
+    let mut totals = (0usize, 0usize, 0usize, 0usize, 0usize);
+    for seed in start..start.saturating_add(seeds) {
+        let r = run(&ClusterSimOptions {
+            seed,
+            chaos_secs: secs,
+        });
+        totals.0 += r.acked_updates;
+        totals.1 += r.role_changes;
+        totals.2 += r.crashes;
+        totals.3 += r.partitions;
+        totals.4 += r.terms_with_leader;
+        match &r.failure {
+            None => {
+                passed += 1;
+                if verbose {
+                    println!("seed {seed}: ok ({r:?})");
+                }
+            }
+            Some(f) => {
+                failed += 1;
+                println!(
+                    "seed {seed}: FAILED: {f}  (replay: cargo run --release -p shoal-sim --bin cluster-sim -- --seed {seed} --seconds {secs} -v)"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "totals: {} acknowledged updates, {} role changes, {} crashes, {} partitions, {} terms with a leader",
+        totals.0, totals.1, totals.2, totals.3, totals.4
+    );
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
