@@ -107,6 +107,11 @@ pub struct Member {
     raft: Mutex<Option<RaftHandle>>,
     fsync: bool,
     entropy: Arc<Entropy>,
+    /// The certificate and key the transport presents (renewed when the role changes).
+    identity: Mutex<NodeIdentity>,
+    ca_der: Vec<u8>,
+    /// When to renew the certificate (drawn once per certificate).
+    renew_at: Mutex<SystemTime>,
     raft_stopped_at: Mutex<Option<Instant>>,
     /// Managers known from the join (and the seeds saved since), tried when membership does
     /// not know a live manager yet.
@@ -245,6 +250,12 @@ impl Agent {
             raft: Mutex::new(None),
             fsync: self.opts.fsync,
             entropy: self.entropy.clone(),
+            renew_at: Mutex::new(join::RenewalPlan::for_cert(
+                &identity.cert,
+                &mut rand::thread_rng(),
+            )),
+            identity: Mutex::new(identity.clone()),
+            ca_der: ca_der.clone(),
             raft_stopped_at: Mutex::new(None),
             seed_managers: stored
                 .node
@@ -707,11 +718,10 @@ impl Member {
             if let Some(l) = rx.borrow().leader {
                 return Ok(l);
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(anyhow!("no leader elected within {timeout:?}"));
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(anyhow!("the Raft replica stopped")),
+                Err(_) => return Err(anyhow!("no leader elected within {timeout:?}")),
             }
         }
     }
@@ -962,11 +972,163 @@ impl Member {
         outcome.response
     }
 
+    /// Renews a member's certificate with the role the cluster state gives it: manager once
+    /// its promotion completed (so that it can admit joining nodes), worker otherwise.
     async fn handle_renewal(&self, cert: &NodeCertificate, body: &[u8]) -> Vec<u8> {
+        let role = self.raft().and_then(|h| {
+            h.state
+                .read()
+                .expect("state")
+                .node(cert.node_id)
+                .map(|n| n.role)
+        });
+        let role = match role {
+            Some(Role::Manager) => pki::Role::Manager,
+            Some(Role::Worker) => pki::Role::Worker,
+            None => return join::JoinResponse::refused("unknown node").encode(),
+        };
         match self.authority() {
-            Ok(mut a) => a.handle_renewal(cert, body, SystemTime::now()),
+            Ok(mut a) => {
+                a.handle_renewal_as(cert, body, SystemTime::now(), role)
+                    .response
+            }
             Err(e) => join::JoinResponse::refused(e).encode(),
         }
+    }
+
+    /// Keeps the certificate right: a node whose promotion completed gets a manager
+    /// certificate (a joiner accepts only a manager's), a demoted node a worker one, and every
+    /// certificate is renewed at a random moment between 50 % and 80 % of its validity. The
+    /// role is decided by a manager from the cluster state, never by the node.
+    async fn maintain_certificate(&self) {
+        let current = self.identity.lock().expect("identity").clone();
+        let raft = self.raft();
+        let (leader, observed, voter) = match &raft {
+            Some(h) => {
+                let status = h.status.borrow().clone();
+                let st = h.state.read().expect("state");
+                (
+                    status.leader,
+                    st.node(self.id).map(|n| n.role),
+                    status.membership.is_voter(self.id),
+                )
+            }
+            None => (None, None, false),
+        };
+        let demoted = raft.is_none() && self.raft_stopped_at.lock().expect("stopped").is_some();
+        let planned = *self.renew_at.lock().expect("renew_at");
+        let role =
+            if voter && observed == Some(Role::Manager) && current.cert.role == pki::Role::Worker {
+                pki::Role::Manager
+            } else if demoted && current.cert.role == pki::Role::Manager {
+                pki::Role::Worker
+            } else if join::renewal_due(&current.cert, SystemTime::now(), planned) {
+                current.cert.role
+            } else {
+                return;
+            };
+        let renewed = if leader == Some(self.id) {
+            // The leader signs its own: it holds the CA.
+            self.self_issue(&current, role)
+        } else {
+            let mut result = Err(anyhow!("no manager to renew with"));
+            let mut targets: Vec<u64> = leader.into_iter().collect();
+            for t in self.manager_candidates() {
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+            for t in targets {
+                result = join::renew_as(&self.transport, t, &current, &self.ca_der, role)
+                    .await
+                    .map_err(|e| anyhow!("{e}"));
+                if result.is_ok() {
+                    break;
+                }
+            }
+            result
+        };
+        match renewed {
+            Ok(new) => {
+                if let Err(e) = self
+                    .data
+                    .save_key_and_cert(&new.key.to_pem(), &new.cert.to_pem())
+                {
+                    tracing::warn!("cannot save the renewed certificate: {e:#}");
+                    return;
+                }
+                if let Err(e) = self.transport.set_identity(&new, &self.ca_der) {
+                    tracing::warn!("cannot present the renewed certificate: {e}");
+                    return;
+                }
+                *self.renew_at.lock().expect("renew_at") =
+                    join::RenewalPlan::for_cert(&new.cert, &mut rand::thread_rng());
+                tracing::info!(role = %new.cert.role, "certificate renewed");
+                *self.identity.lock().expect("identity") = new;
+            }
+            Err(e) => tracing::debug!("certificate renewal not done yet: {e:#}"),
+        }
+    }
+
+    /// Out of the configuration this node knows, and meant to be a worker: ask the leader
+    /// whether the removal is done, and retire the replica if so.
+    async fn confirm_removal(&self) {
+        let Some(h) = self.raft() else { return };
+        let (leaving, leader) = {
+            let s = h.status.borrow();
+            (s.leaving && !s.stopped, s.leader)
+        };
+        let worker = h
+            .state
+            .read()
+            .expect("state")
+            .node(self.id)
+            .is_none_or(|n| n.desired_role == Role::Worker);
+        if !leaving || !worker {
+            return;
+        }
+        let bytes = wire::encode_request(&AgentRequest::IsMember { node: self.id });
+        let mut targets: Vec<u64> = leader.into_iter().filter(|l| *l != self.id).collect();
+        for t in self.manager_candidates() {
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+        for t in targets {
+            let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(3), self.transport.request(t, &bytes))
+                    .await
+            else {
+                continue;
+            };
+            if let Response::Ok { message } = wire::decode_response(&resp) {
+                if message == "false" {
+                    let _ = h.tx.send(RaftCmd::Retire).await;
+                }
+                return;
+            }
+        }
+    }
+
+    fn self_issue(&self, current: &NodeIdentity, role: pki::Role) -> Result<NodeIdentity> {
+        let h = self.raft().ok_or_else(|| anyhow!("not a manager"))?;
+        let ca_pem = h
+            .state
+            .read()
+            .expect("state")
+            .cluster()
+            .map(|c| c.ca_pem.clone())
+            .ok_or_else(|| anyhow!("no cluster"))?;
+        let ca = ClusterCa::from_pem(&ca_pem)?;
+        let key = NodeKey::generate()?;
+        let cert = ca.issue(
+            &key.csr_der(current.cert.node_id)?,
+            current.cert.node_id,
+            role,
+            DEFAULT_VALIDITY,
+            SystemTime::now(),
+        )?;
+        Ok(NodeIdentity::new(cert, key)?)
     }
 
     async fn peer_control(self: &Arc<Self>, from: &NodeCertificate, req: AgentRequest) -> Response {
@@ -995,6 +1157,16 @@ impl Member {
                 self.register_node(from.node_id, role, description, addr, labels)
                     .await
             }
+            AgentRequest::IsMember { node } => match self.raft() {
+                Some(h) => {
+                    let status = h.status.borrow().clone();
+                    if status.leader != Some(self.id) {
+                        return Response::error("not the leader");
+                    }
+                    Response::ok(status.membership.contains(node).to_string())
+                }
+                None => Response::error("this node is not a manager"),
+            },
             AgentRequest::Leaving { node } => {
                 let Some(h) = self.raft() else {
                     return Response::error("this node is not a manager");
@@ -1156,6 +1328,12 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Some(m) = m.upgrade() else { return };
         ticks += 1;
+        if ticks.is_multiple_of(8) {
+            m.maintain_certificate().await;
+        }
+        if ticks.is_multiple_of(4) {
+            m.confirm_removal().await;
+        }
         let stopped = m.raft().is_some_and(|h| h.status.borrow().stopped);
         if stopped {
             drop(m.take_raft());

@@ -222,7 +222,8 @@ impl Member {
     /// `forwarded`: the request came from a manager that believed this node leads; if it no
     /// longer does, say so rather than forwarding again (no loops).
     pub async fn control_hop(self: &Arc<Self>, req: Request, forwarded: bool) -> Response {
-        let Some(h) = self.raft() else {
+        // A replica that just stopped (demotion) is as good as none.
+        let Some(h) = self.raft().filter(|h| !h.status.borrow().stopped) else {
             return self.via_manager(req).await;
         };
         if stale_read(&req) {
@@ -282,16 +283,36 @@ impl Member {
             if alive < quorum(total) {
                 return Err(Response::error(no_leader(alive, total)));
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(Response::error(no_leader(alive, total)));
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The replica stopped (this manager was just demoted): nothing will change.
+                Ok(Err(_)) => {
+                    return Err(Response::error("this node is no longer a manager; retry"))
+                }
+                Err(_) => return Err(Response::error(no_leader(alive, total))),
             }
         }
     }
 
+    /// Forwards `req`, retrying twice when the connection broke (a peer renewing its
+    /// certificate reconnects, for instance); a peer that does not answer at all is reported.
     async fn forward(&self, to: u64, req: Request, to_leader: bool) -> Response {
+        let mut answer = self.forward_once(to, req.clone(), to_leader).await;
+        for _ in 0..2 {
+            match &answer {
+                Response::Error { message }
+                    if message.starts_with("cannot reach") && message.contains("connection") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    answer = self.forward_once(to, req.clone(), to_leader).await;
+                }
+                _ => break,
+            }
+        }
+        answer
+    }
+
+    async fn forward_once(&self, to: u64, req: Request, to_leader: bool) -> Response {
         let bytes = wire::encode_request(&if to_leader {
             AgentRequest::ToLeader(req)
         } else {

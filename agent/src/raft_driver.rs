@@ -46,6 +46,8 @@ pub struct RaftStatus {
     pub reachable: BTreeSet<u64>,
     /// The replica stopped: this node was removed from the group.
     pub stopped: bool,
+    /// This node is out of the latest configuration it knows (the agent asks the leader).
+    pub leaving: bool,
 }
 
 /// Where a request's verdict goes.
@@ -60,6 +62,8 @@ pub enum RaftCmd {
     Read(Reply),
     /// A message from a peer (authenticated id, encoded message).
     Step(u64, Vec<u8>),
+    /// The leader confirmed that this node is out of the configuration: stop the replica.
+    Retire,
 }
 
 /// The agent's handle on its replica.
@@ -168,6 +172,7 @@ pub fn start(
         ticks: 0,
         max_lag: cfg.max_promotion_lag / 2,
         was_member: false,
+        retired: false,
     };
     tokio::spawn(driver.run(rx));
     Ok(RaftHandle { tx, status, state })
@@ -252,6 +257,7 @@ struct Driver {
     ticks: u64,
     max_lag: u64,
     was_member: bool,
+    retired: bool,
 }
 
 impl Driver {
@@ -301,16 +307,30 @@ impl Driver {
     /// state agrees that it should be a worker (or no longer exists).
     fn removed(&mut self) -> bool {
         let m = self.node.membership();
-        if m.contains(self.id) {
+        if m.voters.contains(&self.id) || m.learners.contains(&self.id) {
             self.was_member = true;
             return false;
         }
-        if !self.was_member || m.is_joint() {
+        if !self.was_member {
+            return false;
+        }
+        // Still needed to commit a joint change that removes it (it votes in the outgoing
+        // half) — unless the leader confirmed it is out (`RaftCmd::Retire`): a node removed by
+        // a joint change may never learn that the change committed, since the leader stops
+        // replicating to it as soon as the final configuration is in its log.
+        if m.is_joint() && !self.retired && self.node.commit_index() < self.node.last_index() {
             return false;
         }
         let st = self.state.read().expect("state");
         st.node(self.id)
             .is_none_or(|n| n.desired_role == shoal_cluster::Role::Worker)
+    }
+
+    /// Whether this node is out of the latest configuration it knows, as far as it can tell
+    /// (the agent then asks the leader, and retires the replica if the leader agrees).
+    pub fn leaving(&self) -> bool {
+        let m = self.node.membership();
+        self.was_member && !m.voters.contains(&self.id) && !m.learners.contains(&self.id)
     }
 
     fn handle(&mut self, cmd: RaftCmd) {
@@ -335,6 +355,7 @@ impl Driver {
                     }
                 }
             }
+            RaftCmd::Retire => self.retired = true,
             RaftCmd::Step(from, bytes) => match wire::decode_raft(&bytes) {
                 Ok(m) if m.from == from && m.to == self.id => {
                     self.last_heard.insert(from, Instant::now());
@@ -624,6 +645,7 @@ impl Driver {
                 BTreeSet::new()
             },
             stopped,
+            leaving: self.leaving(),
         };
         self.status_tx.send_replace(status);
     }

@@ -90,6 +90,7 @@ impl DataDir {
         if !node_path.exists() {
             return Ok(None);
         }
+        self.finish_key_swap()?;
         let read = |name: &str| {
             let p = self.root.join(name);
             fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
@@ -111,6 +112,46 @@ impl DataDir {
         write_atomic(&self.root.join("cert.pem"), id.cert_pem.as_bytes(), false)?;
         write_atomic(&self.root.join("ca.pem"), id.ca_cert_pem.as_bytes(), false)?;
         self.save_node(&id.node)
+    }
+
+    /// Replaces the key and certificate by a renewed pair. Both are written to `.next` files
+    /// first; then the key, then the certificate, is renamed into place. A crash between the
+    /// two renames is finished at the next load ([`DataDir::load`]), and a crash before them
+    /// keeps the old pair: the two files always match.
+    pub fn save_key_and_cert(&self, key_pem: &str, cert_pem: &str) -> Result<()> {
+        let (key_next, cert_next) = (
+            self.root.join("key.pem.next"),
+            self.root.join("cert.pem.next"),
+        );
+        write_atomic(&key_next, key_pem.as_bytes(), true)?;
+        write_atomic(&cert_next, cert_pem.as_bytes(), false)?;
+        fs::rename(&key_next, self.root.join("key.pem")).context("cannot install the new key")?;
+        sync_dir(&self.root)?;
+        fs::rename(&cert_next, self.root.join("cert.pem"))
+            .context("cannot install the new certificate")?;
+        sync_dir(&self.root)
+    }
+
+    /// Finishes or undoes a key swap interrupted by a crash: with both `.next` files present
+    /// nothing was installed yet (drop them); with only the certificate's, the key is installed
+    /// and the certificate must follow.
+    fn finish_key_swap(&self) -> Result<()> {
+        let (key_next, cert_next) = (
+            self.root.join("key.pem.next"),
+            self.root.join("cert.pem.next"),
+        );
+        match (key_next.exists(), cert_next.exists()) {
+            (true, true) => {
+                fs::remove_file(&key_next)?;
+                fs::remove_file(&cert_next)?;
+            }
+            (false, true) => {
+                fs::rename(&cert_next, self.root.join("cert.pem"))?;
+            }
+            (true, false) => fs::remove_file(&key_next)?,
+            (false, false) => return Ok(()),
+        }
+        sync_dir(&self.root)
     }
 
     /// Saves `node.json` alone (the seeds change as the node runs).
@@ -196,6 +237,49 @@ mod tests {
         dir.wipe_identity().unwrap();
         assert!(dir.load().unwrap().is_none());
         assert!(!dir.has_raft());
+    }
+
+    #[test]
+    fn an_interrupted_key_swap_never_leaves_a_mismatched_pair() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let id = StoredIdentity {
+            node: NodeFile {
+                node_id: 7,
+                cluster_id: "ab".repeat(16),
+                advertise: "127.0.0.1:4000".into(),
+                hostname: "n1".into(),
+                seeds: Vec::new(),
+            },
+            key_pem: "key1".into(),
+            cert_pem: "cert1".into(),
+            ca_cert_pem: "ca".into(),
+        };
+        dir.save(&id).unwrap();
+        // Crash after writing both .next files: the old pair stays.
+        fs::write(tmp.path().join("key.pem.next"), "key2").unwrap();
+        fs::write(tmp.path().join("cert.pem.next"), "cert2").unwrap();
+        let back = dir.load().unwrap().unwrap();
+        assert_eq!(
+            (back.key_pem.as_str(), back.cert_pem.as_str()),
+            ("key1", "cert1")
+        );
+        // Crash between the two renames: the new pair is completed.
+        fs::write(tmp.path().join("key.pem"), "key3").unwrap();
+        fs::write(tmp.path().join("cert.pem.next"), "cert3").unwrap();
+        let back = dir.load().unwrap().unwrap();
+        assert_eq!(
+            (back.key_pem.as_str(), back.cert_pem.as_str()),
+            ("key3", "cert3")
+        );
+        // A complete swap.
+        dir.save_key_and_cert("key4", "cert4").unwrap();
+        let back = dir.load().unwrap().unwrap();
+        assert_eq!(
+            (back.key_pem.as_str(), back.cert_pem.as_str()),
+            ("key4", "cert4")
+        );
+        assert!(!tmp.path().join("cert.pem.next").exists());
     }
 
     #[test]

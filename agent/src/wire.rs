@@ -49,6 +49,12 @@ pub enum AgentRequest {
         /// Its `--label`s (applied on first registration only).
         labels: Vec<(String, String)>,
     },
+    /// Is `node` in the leader's latest Raft configuration? Answered `true`/`false` by the
+    /// leader only (a node removed by a joint change asks before stopping its replica).
+    IsMember {
+        /// The node.
+        node: NodeId,
+    },
     /// `node` is leaving the swarm: record it as Down ("node left the swarm") right away
     /// instead of waiting for membership to notice. Accepted from the node itself, or from a
     /// Raft voter that forwards it to the leader.

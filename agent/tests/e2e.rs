@@ -136,6 +136,14 @@ fn a_five_node_cluster_through_promotion_demotion_failover_and_restart() {
     c.wait("node-1's observed role worker", || {
         (c.inspect(1, "node-1")?["role"] == "worker").then_some(())
     });
+    c.wait(
+        "node-1 presenting a worker certificate after its demotion",
+        || {
+            let pem = std::fs::read_to_string(c.nodes[0].dir.join("cert.pem")).ok()?;
+            let cert = shoal_transport::pki::NodeCertificate::from_pem(&pem).ok()?;
+            (cert.role == shoal_transport::pki::Role::Worker).then_some(())
+        },
+    );
     watching.store(false, Ordering::Relaxed);
     let leaders = seen.join().expect("watcher");
     assert!(
@@ -181,6 +189,26 @@ fn a_five_node_cluster_through_promotion_demotion_failover_and_restart() {
         );
     }
 
+    // A node promoted from worker gets a manager certificate, so new nodes can join through it.
+    let n4 = c.index("node-4");
+    c.wait("node-4 presenting a manager certificate", || {
+        let pem = std::fs::read_to_string(c.nodes[n4].dir.join("cert.pem")).ok()?;
+        let cert = shoal_transport::pki::NodeCertificate::from_pem(&pem).ok()?;
+        (cert.role == shoal_transport::pki::Role::Manager).then_some(())
+    });
+    let token = c
+        .shoal(asker, &["swarm", "join-token", "-q", "worker"])
+        .ok();
+    let n6 = c.add();
+    let via = c.nodes[n4].listen.clone();
+    let out = c
+        .shoal(n6, &["swarm", "join", "--token", token.trim(), &via])
+        .ok();
+    assert_eq!(out.trim(), "This node joined a swarm as a worker.");
+    c.wait("node-6 Ready", || {
+        (node(&c.ls(asker)?, "node-6")?["Status"] == "Ready").then_some(())
+    });
+
     // rm: refused for a manager, and for a Ready node without --force.
     let e = c.shoal(asker, &["node", "rm", "node-2"]).err();
     assert!(
@@ -193,7 +221,7 @@ fn a_five_node_cluster_through_promotion_demotion_failover_and_restart() {
     c.shoal(asker, &["node", "rm", "--force", "node-1"]).ok();
     c.wait("node-1 gone", || {
         let ls = c.ls(asker)?;
-        (ls.len() == 4 && node(&ls, "node-1").is_none()).then_some(())
+        (ls.len() == 5 && node(&ls, "node-1").is_none()).then_some(())
     });
 }
 

@@ -88,7 +88,14 @@ pub fn reconcile(state: &ClusterState, view: &RaftView) -> Reconciliation {
                 } else if learner {
                     let matched = view.matched.get(&id).copied().unwrap_or(0);
                     let behind = view.last_index.saturating_sub(matched);
-                    if behind > view.max_lag {
+                    if matched == 0 {
+                        // Nothing acknowledged yet: the node may not even run a replica, and a
+                        // voter that cannot answer costs the group its quorum.
+                        out.waiting.push((
+                            id,
+                            "promotion waits: the learner has not answered yet".into(),
+                        ));
+                    } else if behind > view.max_lag {
                         out.waiting.push((
                             id,
                             format!("promotion waits: {behind} entries behind the leader"),

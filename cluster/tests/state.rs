@@ -478,6 +478,19 @@ fn promotion_goes_learner_then_voter_then_observed_role() {
             "promotion waits: 50 entries behind the leader".to_string()
         )]
     );
+    // Nothing acknowledged yet (a re-added node that has not started its replica): waits,
+    // even though 100 entries is within the lag allowed.
+    let mut v = raft(1, &[1], &[2], &[1, 2, 3]);
+    v.matched.insert(2, 0);
+    let r = reconcile(&s, &v);
+    assert!(r.actions.is_empty(), "{r:?}");
+    assert_eq!(
+        r.waiting,
+        vec![(
+            2,
+            "promotion waits: the learner has not answered yet".to_string()
+        )]
+    );
     // Caught up: becomes a voter.
     let r = reconcile(&s, &raft(1, &[1], &[2], &[1, 2, 3]));
     assert_eq!(r.actions, vec![Action::PromoteVoter(2)]);

@@ -558,7 +558,22 @@ impl JoinAuthority {
         req_bytes: &[u8],
         now: SystemTime,
     ) -> JoinOutcome {
-        let decision = self.decide_renewal(from, req_bytes, now);
+        let decision = self.decide_renewal(from, req_bytes, now, from.role);
+        self.conclude(decision.map(Granted::Renewed))
+    }
+
+    /// Like [`JoinAuthority::handle_renewal_request`], issuing the new certificate with `role`
+    /// instead of the caller's current one. The caller (a manager) decides the role from the
+    /// cluster state: a promoted node gets a manager certificate once it is a manager, a demoted
+    /// one a worker certificate. The node id still comes from the caller's certificate.
+    pub fn handle_renewal_as(
+        &mut self,
+        from: &NodeCertificate,
+        req_bytes: &[u8],
+        now: SystemTime,
+        role: Role,
+    ) -> JoinOutcome {
+        let decision = self.decide_renewal(from, req_bytes, now, role);
         self.conclude(decision.map(Granted::Renewed))
     }
 
@@ -706,6 +721,7 @@ impl JoinAuthority {
         from: &NodeCertificate,
         req_bytes: &[u8],
         now: SystemTime,
+        role: Role,
     ) -> Result<Renewed, Refusal> {
         // Who asks comes first: nothing a refused caller sends is looked at.
         self.check_renewer(from, now)
@@ -726,14 +742,15 @@ impl JoinAuthority {
         };
         req.validate()
             .map_err(|e| Refusal::Malformed(e.to_string()))?;
-        // The id and the role come from the caller's certificate, never from the request.
+        // The id comes from the caller's certificate and the role from the authority's caller,
+        // never from the request.
         let cert = self
             .ca
-            .issue(&req.csr_der, from.node_id, from.role, self.validity, now)
+            .issue(&req.csr_der, from.node_id, role, self.validity, now)
             .map_err(|e| Refusal::IssueFailed(e.to_string()))?;
         Ok(Renewed {
             node_id: from.node_id,
-            role: from.role,
+            role,
             cert,
         })
     }
@@ -911,6 +928,18 @@ pub async fn renew(
     current: &NodeIdentity,
     ca_der: &[u8],
 ) -> Result<NodeIdentity, JoinError> {
+    renew_as(transport, manager, current, ca_der, current.cert.role).await
+}
+
+/// Like [`renew`], expecting the new certificate to have `role` (a node that was promoted or
+/// demoted; the manager decides, from the cluster state, and this checks it decided `role`).
+pub async fn renew_as(
+    transport: &Transport,
+    manager: NodeId,
+    current: &NodeIdentity,
+    ca_der: &[u8],
+    role_wanted: Role,
+) -> Result<NodeIdentity, JoinError> {
     let ours = &current.cert;
     let node = pki::node_hex(ours.node_id);
     if transport.local_id() != ours.node_id {
@@ -963,10 +992,10 @@ pub async fn renew(
             pki::node_hex(node_id)
         )));
     }
-    if cert.role != ours.role || role != ours.role {
+    if cert.role != role_wanted || role != role_wanted {
         return Err(JoinError::BadRenewal(format!(
-            "the certificate has role {} and the response {role}, node {node} is a {}",
-            cert.role, ours.role
+            "the certificate has role {} and the response {role}, node {node} asked for {role_wanted}",
+            cert.role
         )));
     }
     if cert.cluster_id != ours.cluster_id {

@@ -463,7 +463,8 @@ async fn renew_checks_the_response() {
     // A manager certificate for our key, announced as such.
     let auth = authority.clone();
     cases.push((
-        "has role manager and the response manager, node 0000000000000007 is a worker".to_string(),
+        "has role manager and the response manager, node 0000000000000007 asked for worker"
+            .to_string(),
         Box::new(move |req, resp| {
             let (node_id, _, _, ca_der) = accepted(resp);
             let cert_der = reissue(&auth, req, node_id, Role::Manager, valid);

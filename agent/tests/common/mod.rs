@@ -98,6 +98,19 @@ impl Cluster {
         c
     }
 
+    /// Starts one more agent (not in the swarm yet); returns its index.
+    pub fn add(&mut self) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(Node {
+            name: format!("node-{}", i + 1),
+            dir: self.tmp.path().join(format!("node-{}", i + 1)),
+            listen: free_port(),
+            child: None,
+        });
+        self.spawn(i);
+        i
+    }
+
     /// Starts (or restarts) agent `i`, waiting until its control socket answers.
     pub fn spawn(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new()

@@ -11,6 +11,13 @@ fn usage(msg: &str) -> ! {
 }
 
 fn main() {
+    // `SHOAL_LOG=shoal_agent=info` shows what the agents do (turmoil names the host in spans).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let (mut seeds, mut start, mut secs, mut verbose) = (20u64, 0u64, 30u64, false);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
