@@ -171,7 +171,9 @@ impl Agent {
             opts,
         });
         if let Some(stored) = agent.data.load()? {
-            let start = agent.data.has_raft().then_some(Start::Existing);
+            // A demoted node keeps its retired log but runs no replica until a leader calls.
+            let start =
+                (agent.data.has_raft() && !agent.data.raft_retired()).then_some(Start::Existing);
             let m = agent.start_member(stored, start).await?;
             *agent.member.write().await = Some(m.clone());
             // Tell the managers about ourselves again (a new address or hostname).
@@ -901,6 +903,10 @@ impl Member {
                     return;
                 }
                 tracing::info!(leader = %node_id_string(from), "starting a Raft replica (promotion)");
+                if let Err(e) = self.data.unretire_raft() {
+                    tracing::warn!("cannot reactivate the Raft data: {e:#}");
+                    return;
+                }
                 if let Err(e) = self.start_raft(Start::Existing) {
                     tracing::warn!("cannot start a Raft replica: {e:#}");
                     return;
@@ -1339,8 +1345,12 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
             drop(m.take_raft());
             *m.raft_stopped_at.lock().expect("stopped") = Some(Instant::now());
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Err(e) = m.data.wipe_raft() {
-                tracing::warn!("cannot wipe the Raft data after demotion: {e:#}");
+            // Keep the log and the vote, marked retired, rather than wiping them: the node id is
+            // also its Raft id, and a node that came back as a voter with an empty log could
+            // vote for a candidate missing committed entries (SwarmKit can wipe because a
+            // re-promoted node gets a fresh Raft id).
+            if let Err(e) = m.data.retire_raft() {
+                tracing::warn!("cannot mark the Raft data retired after demotion: {e:#}");
             }
             let _ = m
                 .gossip

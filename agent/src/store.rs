@@ -74,7 +74,32 @@ impl DataDir {
         self.raft_dir().join("wal").is_dir()
     }
 
-    /// Removes the Raft data (a demoted or departing manager).
+    /// Marks the Raft data retired (a demoted manager): it is kept — the node's log and vote
+    /// must survive if it is ever a voter again — but no replica runs from it at start.
+    pub fn retire_raft(&self) -> Result<()> {
+        if self.raft_dir().is_dir() {
+            write_atomic(&self.raft_dir().join("RETIRED"), b"demoted\n", false)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the Raft data is retired.
+    pub fn raft_retired(&self) -> bool {
+        self.raft_dir().join("RETIRED").exists()
+    }
+
+    /// Reactivates retired Raft data (the node is being promoted again).
+    pub fn unretire_raft(&self) -> Result<()> {
+        let marker = self.raft_dir().join("RETIRED");
+        if marker.exists() {
+            fs::remove_file(&marker)
+                .with_context(|| format!("cannot remove {}", marker.display()))?;
+            sync_dir(&self.raft_dir())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the Raft data (a departing node, or a new swarm).
     pub fn wipe_raft(&self) -> Result<()> {
         let dir = self.raft_dir();
         if dir.exists() {
@@ -234,6 +259,12 @@ mod tests {
         assert_eq!(back.key_pem, "key");
         fs::create_dir_all(dir.raft_dir().join("wal")).unwrap();
         assert!(dir.has_raft());
+        assert!(!dir.raft_retired());
+        dir.retire_raft().unwrap();
+        assert!(dir.raft_retired() && dir.has_raft(), "retired, not wiped");
+        dir.unretire_raft().unwrap();
+        assert!(!dir.raft_retired());
+        dir.retire_raft().unwrap();
         dir.wipe_identity().unwrap();
         assert!(dir.load().unwrap().is_none());
         assert!(!dir.has_raft());
