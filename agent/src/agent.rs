@@ -113,8 +113,8 @@ pub struct Member {
     /// When to renew the certificate (drawn once per certificate).
     renew_at: Mutex<SystemTime>,
     raft_stopped_at: Mutex<Option<Instant>>,
-    /// Managers known from the join (and the seeds saved since), tried when membership does
-    /// not know a live manager yet.
+    /// Members known from the join (and the seeds saved since), tried when membership does not
+    /// know a live manager yet.
     seed_managers: Vec<u64>,
     data: DataDir,
 }
@@ -1148,8 +1148,8 @@ impl Member {
                 // Lifecycle requests are local to a node; never accepted from a peer.
                 Response::error("not accepted from a peer")
             }
-            AgentRequest::Control(r) => self.control_hop(r, false).await,
-            AgentRequest::ToLeader(r) => self.control_hop(r, true).await,
+            AgentRequest::Control(r) => self.control_hop(r, false, true).await,
+            AgentRequest::ToLeader(r) => self.control_hop(r, true, true).await,
             AgentRequest::Register {
                 description,
                 addr,
@@ -1315,8 +1315,11 @@ impl Member {
                 out.push(*id);
             }
         }
+        // Seeds are any members known at the last start; membership may already say some are
+        // workers, and those are skipped (a worker would only pass the request on).
         for id in &self.seed_managers {
-            if !out.contains(id) {
+            let known_worker = view.get(id).is_some_and(|m| !m.meta.manager);
+            if !out.contains(id) && !known_worker {
                 out.push(*id);
             }
         }
@@ -1325,8 +1328,8 @@ impl Member {
     }
 }
 
-/// Background chores: notices a stopped replica (demotion) and wipes its data; refreshes the
-/// seeds kept for the next start.
+/// Background chores: notices a stopped replica (demotion) and retires its data; keeps the
+/// certificate right; refreshes the seeds kept for the next start.
 async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
     let mut last_seeds = node.seeds.clone();
     let mut ticks = 0u64;
@@ -1359,14 +1362,17 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
                 .await;
             tracing::info!("demoted: this node is a worker now");
         }
-        if ticks.is_multiple_of(40) {
+        if ticks.is_multiple_of(8) {
+            // Every live member can bring a restarted node back into the membership: keep them
+            // all (managers first), so that a node that runs no replica after a restart still
+            // knows whom to contact.
             let mut seeds: Vec<String> = m
                 .gossip
                 .view
                 .lock()
                 .expect("view")
                 .iter()
-                .filter(|(id, i)| **id != m.id && matches!(i.state, State::Alive) && i.meta.manager)
+                .filter(|(id, i)| **id != m.id && matches!(i.state, State::Alive))
                 .filter_map(|(id, i)| i.addr.map(|a| gossip::swim_addr(*id, a)))
                 .collect();
             seeds.sort();

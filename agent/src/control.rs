@@ -208,7 +208,7 @@ fn stale_read(req: &Request) -> bool {
 impl Member {
     /// Answers a request from this node's CLI (or one forwarded by a worker).
     pub async fn control(self: &Arc<Self>, req: Request) -> Response {
-        let mut resp = self.control_hop(req, false).await;
+        let mut resp = self.control_hop(req, false, false).await;
         // `*` in `node ls` marks the node the CLI talks to, whoever answered.
         match &mut resp {
             Response::Nodes { self_id, .. } | Response::Node { self_id, .. } => {
@@ -220,11 +220,17 @@ impl Member {
     }
 
     /// `forwarded`: the request came from a manager that believed this node leads; if it no
-    /// longer does, say so rather than forwarding again (no loops).
-    pub async fn control_hop(self: &Arc<Self>, req: Request, forwarded: bool) -> Response {
+    /// longer does, say so rather than forwarding again (no loops). `forwarded_by_peer`: it
+    /// came from another node at all (a worker then asks only known managers).
+    pub async fn control_hop(
+        self: &Arc<Self>,
+        req: Request,
+        forwarded: bool,
+        forwarded_by_peer: bool,
+    ) -> Response {
         // A replica that just stopped (demotion) is as good as none.
         let Some(h) = self.raft().filter(|h| !h.status.borrow().stopped) else {
-            return self.via_manager(req).await;
+            return self.via_manager(req, forwarded_by_peer).await;
         };
         if stale_read(&req) {
             let status = h.status.borrow().clone();
@@ -334,8 +340,15 @@ impl Member {
     }
 
     /// A worker asks the managers it knows from membership, leader first.
-    async fn via_manager(&self, req: Request) -> Response {
-        let candidates = self.manager_candidates();
+    async fn via_manager(&self, req: Request, from_peer: bool) -> Response {
+        let mut candidates = self.manager_candidates();
+        if from_peer {
+            // Passed on by another node that took this one for a manager: only members known
+            // to be managers, so that two nodes that know no manager never bounce it back and
+            // forth.
+            let view = self.gossip.view.lock().expect("view");
+            candidates.retain(|id| view.get(id).is_some_and(|m| m.meta.manager));
+        }
         if candidates.is_empty() {
             return Response::error(
                 "no manager reachable from this worker (membership knows no live manager)",
