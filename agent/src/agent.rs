@@ -623,64 +623,11 @@ impl Entropy {
 }
 
 fn pem_of_cert(der: &[u8]) -> String {
-    // The node certificate type prints the same PEM block for any certificate DER.
-    let b64 = base64_encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).expect("ascii"));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    pki::certificate_pem(der)
 }
 
 fn pem_cert_der(text: &str) -> Result<Vec<u8>> {
-    let body: String = text
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .concat();
-    base64_decode(body.trim()).ok_or_else(|| anyhow!("ca.pem: malformed PEM"))
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = B64.iter().position(|&x| x == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    pki::certificate_der_from_pem(text).map_err(|e| anyhow!("ca.pem: {e}"))
 }
 
 impl Member {
@@ -1392,21 +1339,4 @@ pub fn parse_labels(specs: &[String]) -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|s| parse_label(s).map_err(|e| e.to_string()))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_round_trips() {
-        for n in 0..40u8 {
-            let data: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
-            let s = base64_encode(&data);
-            assert_eq!(base64_decode(&s).unwrap(), data, "{n} bytes");
-        }
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert!(base64_decode("@@").is_none());
-    }
 }

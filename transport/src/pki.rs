@@ -341,6 +341,16 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// A certificate (DER) as PEM text, e.g. the cluster CA certificate that a node keeps.
+pub fn certificate_pem(der: &[u8]) -> String {
+    pem_encode(PEM_CERTIFICATE, der)
+}
+
+/// The DER of the only `CERTIFICATE` block of PEM text.
+pub fn certificate_der_from_pem(text: &str) -> Result<Vec<u8>> {
+    pem_single(text, PEM_CERTIFICATE)
+}
+
 fn pem_encode(tag: &str, der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(tag, der.to_vec()), config)
