@@ -20,10 +20,10 @@
 //! - **memberlist-style** extras: gossip rounds besides piggybacking, periodic full-state
 //!   push-pull, join through seeds with retries, graceful leave, reconnect attempts to dead
 //!   members and seeds so that a healed partition merges back, opaque node metadata.
-//! - **Load-saving** departures (each can be turned off in [`Config`]): a second direct ping
-//!   before the indirect probe (`probe_retry`), gossip rounds only while an update is fresh
+//! - **Load-saving** departures (each can be turned off in [`Config`]): the direct ping repeated
+//!   before the indirect probe (`probe_retries`; indirect probers repeat theirs once), gossip rounds only while an update is fresh
 //!   (`gossip_max_transmits`, piggybacking carries the rest), and a probe that fails as soon as
-//!   every indirect prober has nacked. The `lan` suspicion multiplier is 2 with Lifeguard's K
+//!   every indirect prober has nacked. The `lan` suspicion multiplier is 1.5 with Lifeguard's K
 //!   set on its own (`suspicion_confirmations`); see [`Config::lan`] for why.
 //!
 //! The wire format is one versioned envelope (a version byte, then postcard); every packet is

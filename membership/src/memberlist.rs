@@ -282,6 +282,9 @@ impl Memberlist {
         }
         for ip in self.indirect.values() {
             t = t.min(ip.timeout_at);
+            if let Some(r) = ip.retry_at {
+                t = t.min(r);
+            }
         }
         for s in self.suspicions.values() {
             t = t.min(s.deadline());

@@ -17,9 +17,13 @@ pub(crate) struct Probe {
     pub(crate) target: NodeId,
     /// Where it was probed.
     pub(crate) addr: Addr,
-    /// When to repeat the direct ping if no ack has come (`Config::probe_retry`); `None` once
-    /// done or when off.
+    /// When to repeat the direct ping if no ack has come (`Config::probe_retries`); `None` once
+    /// every repetition went out, or when off.
     pub(crate) retry_at: Option<Duration>,
+    /// Repetitions of the direct ping sent so far.
+    pub(crate) retries: u32,
+    /// When the probe started.
+    pub(crate) started: Duration,
     /// When to fall back to indirect probes.
     pub(crate) timeout_at: Duration,
     /// When the probe fails if no ack has come (the end of the protocol period).
@@ -30,6 +34,12 @@ pub(crate) struct Probe {
     pub(crate) expected_nacks: u32,
     /// Nacks received.
     pub(crate) nacks: u32,
+}
+
+/// When to send the direct ping's repetition number `done + 1` of `total`, spaced evenly
+/// between the start of the probe and its timeout; `None` once all went out.
+fn retry_time(start: Duration, timeout_at: Duration, done: u32, total: u32) -> Option<Duration> {
+    (done < total).then(|| start + (timeout_at - start) * (done + 1) / (total + 1))
 }
 
 /// A probe this node runs on behalf of another member's ping-req.
@@ -43,6 +53,12 @@ pub(crate) struct IndirectProbe {
     pub(crate) nack: bool,
     /// When to give up (and nack).
     pub(crate) timeout_at: Duration,
+    /// When to repeat the ping to the target if no ack has come; `None` once done.
+    pub(crate) retry_at: Option<Duration>,
+    /// The target probed, and where.
+    pub(crate) target: NodeId,
+    /// Its address.
+    pub(crate) addr: Addr,
 }
 
 impl Memberlist {
@@ -50,7 +66,8 @@ impl Memberlist {
     pub(crate) fn tick_probe(&mut self, now: Duration) {
         if let Some(p) = self.probe.as_mut() {
             if p.retry_at.is_some_and(|t| now >= t) && !p.indirect_sent && now < p.timeout_at {
-                p.retry_at = None;
+                p.retries += 1;
+                p.retry_at = retry_time(p.started, p.timeout_at, p.retries, self.cfg.probe_retries);
                 let (seq, target, addr) = (p.seq, p.target, p.addr.clone());
                 let priority = self.buddy_update(target);
                 self.send(&addr, Message::Ping { seq, target }, priority);
@@ -92,7 +109,9 @@ impl Memberlist {
             seq,
             target,
             addr,
-            retry_at: self.cfg.probe_retry.then(|| now + timeout / 2),
+            retry_at: retry_time(now, now + timeout, 0, self.cfg.probe_retries),
+            retries: 0,
+            started: now,
             timeout_at: now + timeout,
             deadline: now + period,
             indirect_sent: false,
@@ -219,6 +238,9 @@ impl Memberlist {
                 requester_seq: seq,
                 nack,
                 timeout_at: self.now + wait,
+                retry_at: (self.cfg.probe_retries > 0).then(|| self.now + wait / 2),
+                target,
+                addr,
             },
         );
     }
@@ -258,8 +280,21 @@ impl Memberlist {
         }
     }
 
-    /// Gives up on indirect probes that timed out, nacking them if asked.
+    /// Repeats the ping of indirect probes still without an ack half way to their timeout, then
+    /// gives up on those that timed out, nacking them if asked.
     pub(crate) fn tick_indirect(&mut self, now: Duration) {
+        let repeat: Vec<(u32, NodeId, Addr)> = self
+            .indirect
+            .iter_mut()
+            .filter(|(_, ip)| ip.retry_at.is_some_and(|t| t <= now) && now < ip.timeout_at)
+            .map(|(seq, ip)| {
+                ip.retry_at = None;
+                (*seq, ip.target, ip.addr.clone())
+            })
+            .collect();
+        for (seq, target, addr) in repeat {
+            self.send(&addr, Message::Ping { seq, target }, Vec::new());
+        }
         let expired: Vec<u32> = self
             .indirect
             .iter()

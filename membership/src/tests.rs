@@ -654,7 +654,23 @@ fn serves_indirect_probes() {
     // No answer: a nack a little before the probe timeout, if asked for.
     deliver(&mut ml, ms(100), 2, req(78, true), vec![]);
     deliver(&mut ml, ms(100), 2, req(79, false), vec![]);
-    ml.take_effects();
+    let first: Vec<Message> = packets(&ml.take_effects())
+        .into_iter()
+        .map(|(_, p)| p.msg)
+        .collect();
+    // Half way to the 80 ms wait, each ping is repeated once (same sequence).
+    // (Its own probes may go out meanwhile; only repetitions of these pings count.)
+    let repeats = |ml: &mut Memberlist| -> Vec<Addr> {
+        packets(&ml.take_effects())
+            .into_iter()
+            .filter(|(_, p)| first.contains(&p.msg))
+            .map(|(to, _)| to)
+            .collect()
+    };
+    ml.tick(ms(139));
+    assert!(repeats(&mut ml).is_empty());
+    ml.tick(ms(140));
+    assert_eq!(repeats(&mut ml), vec![addr(3), addr(3)]);
     ml.tick(ms(179));
     assert!(packets(&ml.take_effects())
         .iter()
@@ -1018,15 +1034,24 @@ fn next_timer_covers_the_probe_schedule() {
     ml.tick(t);
     // A probe is running: its repeated ping, then its timeout, are the next things.
     let p = ml.probe.clone().expect("probe started at the timer");
-    let retry = p.retry_at.expect("probe_retry is on");
     ml.take_effects();
-    assert_eq!(ml.next_timer().unwrap(), retry);
-    ml.tick(retry);
-    let again = packets(&ml.take_effects());
-    assert!(
-        matches!(&again[..], [(_, q)] if q.msg == Message::Ping { seq: p.seq, target: p.target }),
-        "the ping is repeated once with the same sequence"
-    );
+    // Each repetition of the ping is the next timer, then the timeout.
+    for _ in 0..Config::local().probe_retries {
+        let retry = ml
+            .probe
+            .as_ref()
+            .unwrap()
+            .retry_at
+            .expect("probe_retries is on");
+        assert_eq!(ml.next_timer().unwrap(), retry);
+        ml.tick(retry);
+        let again = packets(&ml.take_effects());
+        assert!(
+            matches!(&again[..], [(_, q)] if q.msg == Message::Ping { seq: p.seq, target: p.target }),
+            "the ping is repeated with the same sequence"
+        );
+    }
+    assert!(ml.probe.as_ref().unwrap().retry_at.is_none());
     assert_eq!(ml.next_timer().unwrap(), p.timeout_at);
 }
 
@@ -1078,10 +1103,11 @@ fn a_repeated_ping_spares_the_indirect_probe() {
     let mut now = ms(0);
     let (target, seq, _) = next_ping(&mut ml, &mut now);
     ml.take_effects();
-    // The first ping (or its ack) was lost: half way to the timeout the ping is repeated.
+    // The first ping (or its ack) was lost: a third of the way to the timeout the ping is
+    // repeated (two repetitions, evenly spaced).
     let p = ml.probe.clone().unwrap();
     let retry = p.retry_at.unwrap();
-    assert_eq!(retry, now + Config::local().probe_timeout / 2);
+    assert_eq!(retry, now + Config::local().probe_timeout / 3);
     ml.tick(retry);
     let sent = packets(&ml.take_effects());
     assert!(
@@ -1104,7 +1130,7 @@ fn a_repeated_ping_spares_the_indirect_probe() {
 
     // Off: no repeated ping, the indirect probe follows the first miss.
     let cfg = Config {
-        probe_retry: false,
+        probe_retries: 0,
         ..Config::local()
     };
     let mut ml = with_members(cfg, 1, &[2, 3, 4, 5]);

@@ -74,6 +74,8 @@ pub struct SwimReport {
     pub false_positives_healthy: u64,
     /// Messages (excluding push-pull) per live member per protocol period.
     pub msgs_per_member_per_period: f64,
+    /// The same split by kind: ping, ping-req, ack, nack, gossip (in that order).
+    pub msgs_by_kind: [f64; 5],
     /// Bytes sent per live member per second (everything).
     pub bytes_per_member_per_s: f64,
     /// Mean time from a crash until anyone sends the crashed member a ping (the wait for the
@@ -118,6 +120,13 @@ impl SwimReport {
             "false_positives": self.false_positives,
             "false_positives_healthy": self.false_positives_healthy,
             "msgs_per_member_per_period": round3(self.msgs_per_member_per_period),
+            "msgs_by_kind": {
+                "ping": round3(self.msgs_by_kind[0]),
+                "ping_req": round3(self.msgs_by_kind[1]),
+                "ack": round3(self.msgs_by_kind[2]),
+                "nack": round3(self.msgs_by_kind[3]),
+                "gossip": round3(self.msgs_by_kind[4]),
+            },
             "bytes_per_member_per_s": round3(self.bytes_per_member_per_s),
             "first_probe_s_mean": self.first_probe_s_mean.map(round3),
             "first_detection_s_mean": self.first_detection_s_mean.map(round3),
@@ -229,6 +238,7 @@ struct World {
     // measurements
     measuring: bool,
     msgs: u64,
+    msgs_by_tag: [u64; 6],
     bytes: u64,
     crash_time: BTreeMap<usize, u64>,
     first_suspect: BTreeMap<usize, u64>,
@@ -302,6 +312,7 @@ impl World {
             period_us,
             measuring: false,
             msgs: 0,
+            msgs_by_tag: [0; 6],
             bytes: 0,
             crash_time: BTreeMap::new(),
             first_suspect: BTreeMap::new(),
@@ -339,6 +350,9 @@ impl World {
                         self.bytes += bytes.len() as u64;
                         if !is_push_pull(&bytes) {
                             self.msgs += 1;
+                            if let Some(t) = message_tag(&bytes).filter(|&t| t < 6) {
+                                self.msgs_by_tag[t as usize] += 1;
+                            }
                         }
                     }
                     let Some(&j) = self.addr_index.get(&to) else {
@@ -593,6 +607,8 @@ pub fn run(opts: SwimOptions) -> SwimReport {
     report.false_positives = w.false_positives;
     report.false_positives_healthy = w.false_positives_healthy;
     report.msgs_per_member_per_period = w.msgs as f64 / live / periods.max(1e-9);
+    let per = |tag: usize| w.msgs_by_tag[tag] as f64 / live / periods.max(1e-9);
+    report.msgs_by_kind = [per(0), per(1), per(2), per(3), per(5)];
     report.bytes_per_member_per_s = w.bytes as f64 / live / secs.max(1e-9);
     let live_set: Vec<usize> = (0..n).filter(|&i| !w.nodes[i].crashed).collect();
     let (mut firsts, mut alls, mut pings) = (Vec::new(), Vec::new(), Vec::new());
