@@ -18,6 +18,17 @@ pub struct Config {
     /// How long to wait for a direct ack before asking others to probe (scaled by the local
     /// health). Must be below the protocol period, which bounds the whole probe.
     pub probe_timeout: Duration,
+    /// Aligned probe rounds. Each member counts its probe rounds and the counters are kept
+    /// together (every ping carries the sender's). In round `r` every member probes the live
+    /// member `s(r)` places after itself in the id-sorted list of live members, where the shift
+    /// `s(r)` runs through a pseudo-random permutation of `1..n` every `n − 1` rounds, the same
+    /// at every member. When the members agree on the list, each member is probed by exactly one
+    /// other in every round (a crashed member is probed within two periods, where with
+    /// independently shuffled orders nobody probes it for `t` periods with probability about
+    /// `e^−t`), and each member still probes every other once per `n − 1` rounds in a random
+    /// order (randomized round-robin). While views differ, it degrades to a random order.
+    /// Off: each member shuffles its own round-robin order (SWIM's original scheme).
+    pub aligned_rounds: bool,
     /// How many members are asked to probe indirectly (ping-req) after a missed ack.
     pub indirect_checks: usize,
     /// How many times the direct ping (same sequence number) is repeated before the probe
@@ -121,6 +132,7 @@ impl Config {
         Config {
             protocol_period: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(200),
+            aligned_rounds: true,
             indirect_checks: 3,
             probe_retries: 2,
             suspicion_mult: 1.5,

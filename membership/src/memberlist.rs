@@ -72,6 +72,9 @@ pub struct Stats {
     pub nacks: u64,
     /// Probes that ended without an ack.
     pub failed_probes: u64,
+    /// Failed probes that were inconclusive (some indirect prober did not nack), so the
+    /// target was probed again before being suspected.
+    pub inconclusive_probes: u64,
     /// Indirect probe requests (ping-req) sent.
     pub indirect_probes: u64,
     /// Indirect probe requests served for others.
@@ -116,6 +119,15 @@ pub struct Memberlist {
     // failure detection
     pub(crate) probe_order: Vec<NodeId>,
     pub(crate) probe_index: usize,
+    /// Ids of the live members, this node included, sorted: the ring of the aligned schedule.
+    pub(crate) ring: Vec<NodeId>,
+    /// The round of this node's next probe (`Config::aligned_rounds`), compared in
+    /// serial-number arithmetic.
+    pub(crate) round: u32,
+    /// A member to probe next instead of the scheduled one (a suspect just heard of).
+    pub(crate) probe_next: Option<NodeId>,
+    /// A member whose last probe was inconclusive, probed again next period.
+    pub(crate) recheck: Option<NodeId>,
     pub(crate) probe: Option<Probe>,
     pub(crate) next_probe_at: Duration,
     pub(crate) indirect: BTreeMap<u32, IndirectProbe>,
@@ -176,6 +188,10 @@ impl Memberlist {
             live: 1,
             probe_order: Vec::new(),
             probe_index: 0,
+            ring: vec![local.id],
+            round: 0,
+            probe_next: None,
+            recheck: None,
             probe: None,
             next_probe_at,
             indirect: BTreeMap::new(),
@@ -229,6 +245,7 @@ impl Memberlist {
             self.live,
             self.members.values().filter(|m| m.is_live()).count()
         );
+        debug_assert_eq!(self.live, self.ring.len());
         self.live
     }
 
@@ -343,7 +360,10 @@ impl Memberlist {
             self.apply(u);
         }
         match packet.msg {
-            Message::Ping { seq, target } => self.handle_ping(from, seq, target),
+            Message::Ping { seq, target, round } => {
+                self.follow_round(round);
+                self.handle_ping(from, seq, target)
+            }
             Message::PingReq {
                 seq,
                 target,
@@ -431,6 +451,22 @@ impl Memberlist {
         self.members
             .get_mut(&self.id)
             .expect("the local member is never removed")
+    }
+
+    /// Counts member `id` as live (alive or suspect) again.
+    pub(crate) fn now_live(&mut self, id: NodeId) {
+        self.live += 1;
+        if let Err(i) = self.ring.binary_search(&id) {
+            self.ring.insert(i, id);
+        }
+    }
+
+    /// Counts member `id` as no longer live (dead or left).
+    pub(crate) fn no_longer_live(&mut self, id: NodeId) {
+        self.live -= 1;
+        if let Ok(i) = self.ring.binary_search(&id) {
+            self.ring.remove(i);
+        }
     }
 
     /// Members believed alive, this node included: the `n` of the protocol's formulas.

@@ -74,7 +74,7 @@ impl Memberlist {
                     state_changed_at: now,
                 },
             );
-            self.live += 1;
+            self.now_live(id);
             self.add_to_probe_order(id);
             self.broadcasts.push(Update::Alive {
                 id,
@@ -100,7 +100,7 @@ impl Memberlist {
             m.state_changed_at = now;
         }
         if matches!(prev, State::Dead | State::Left) {
-            self.live += 1;
+            self.now_live(id);
         }
         self.suspicions.remove(&id);
         self.broadcasts.push(Update::Alive {
@@ -212,7 +212,7 @@ impl Memberlist {
         m.state = State::Dead;
         m.incarnation = incarnation;
         m.state_changed_at = now;
-        self.live -= 1;
+        self.no_longer_live(id);
         self.suspicions.remove(&id);
         self.stats.failures += 1;
         self.broadcasts.push(Update::Dead {
@@ -243,7 +243,7 @@ impl Memberlist {
         m.incarnation = incarnation;
         m.state_changed_at = now;
         if was_live {
-            self.live -= 1;
+            self.no_longer_live(id);
         }
         self.suspicions.remove(&id);
         self.broadcasts.push(Update::Left { id, incarnation });
@@ -306,6 +306,11 @@ impl Memberlist {
         }
         let others = self.live.saturating_sub(2).max(1);
         if fanout < others && self.rng.below(others) >= fanout {
+            return;
+        }
+        if self.cfg.aligned_rounds {
+            // Instead of the scheduled target: that one misses this round, which is rare.
+            self.probe_next = Some(id);
             return;
         }
         let Some(pos) = self.probe_order.iter().position(|m| *m == id) else {

@@ -8,7 +8,7 @@ use crate::error::DecodeError;
 use crate::types::{Addr, Incarnation, NodeId, State, MAX_ADDR_LEN};
 
 /// The wire version this core speaks.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 
 /// Largest packet accepted or sent, in bytes (a UDP datagram's payload bound).
 pub(crate) const MAX_PACKET_SIZE: usize = 65_507;
@@ -39,6 +39,9 @@ pub(crate) enum Message {
         seq: u32,
         /// The node the prober means to reach (an address may have been reused).
         target: NodeId,
+        /// The sender's probe round, which keeps the members' round counters together so that
+        /// their aligned probe schedules agree (`Config::aligned_rounds`).
+        round: u32,
     },
     /// Probe `target` at `addr` for me and forward its ack; send a nack if it does not answer
     /// and `nack` is set.

@@ -1,4 +1,5 @@
-//! Failure detection: one probe per protocol period in randomized round-robin order, indirect
+//! Failure detection: one probe per protocol period in an aligned, randomized round-robin
+//! schedule (every member probed by one other in each round), indirect
 //! probes through `indirect_checks` members after a missed ack, nacks from indirect probers, the
 //! buddy system, and the local health multiplier that scales it all (Lifeguard).
 
@@ -34,12 +35,50 @@ pub(crate) struct Probe {
     pub(crate) expected_nacks: u32,
     /// Nacks received.
     pub(crate) nacks: u32,
+    /// Whether this probe re-checks a target whose last probe was inconclusive.
+    pub(crate) recheck: bool,
 }
 
 /// When to send the direct ping's repetition number `done + 1` of `total`, spaced evenly
 /// between the start of the probe and its timeout; `None` once all went out.
 fn retry_time(start: Duration, timeout_at: Duration, done: u32, total: u32) -> Option<Duration> {
     (done < total).then(|| start + (timeout_at - start) * (done + 1) / (total + 1))
+}
+
+/// The aligned schedule's shift in round `round` among `m + 1` live members: a number in
+/// `1..=m`, the same at every member. Rounds are grouped in epochs of `m`; within an epoch the
+/// shift is `1 + (a·j + b) mod m` for the round's index `j`, with `a` coprime to `m` and `b`
+/// drawn from a hash of the epoch, so every shift comes once per epoch in an order that changes
+/// from epoch to epoch.
+pub(crate) fn round_shift(round: u32, m: usize) -> usize {
+    if m <= 1 {
+        return 1;
+    }
+    let m64 = m as u64;
+    let epoch = u64::from(round) / m64;
+    let j = u64::from(round) % m64;
+    let h = mix(epoch ^ (m64 << 32));
+    let mut a = 1 + (h >> 32) % (m64 - 1);
+    while gcd(a, m64) != 1 {
+        a = a % (m64 - 1) + 1;
+    }
+    let b = (h & 0xFFFF_FFFF) % m64;
+    1 + ((a * j + b) % m64) as usize
+}
+
+/// A 64-bit mixing function (splitmix64's finalizer): spreads the bits of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// A probe this node runs on behalf of another member's ping-req.
@@ -70,7 +109,8 @@ impl Memberlist {
                 p.retry_at = retry_time(p.started, p.timeout_at, p.retries, self.cfg.probe_retries);
                 let (seq, target, addr) = (p.seq, p.target, p.addr.clone());
                 let priority = self.buddy_update(target);
-                self.send(&addr, Message::Ping { seq, target }, priority);
+                let round = self.current_round();
+                self.send(&addr, Message::Ping { seq, target, round }, priority);
             }
         }
         if let Some(p) = &self.probe {
@@ -93,16 +133,19 @@ impl Memberlist {
     fn start_probe(&mut self, now: Duration) {
         let period = self.awareness.scale(self.cfg.protocol_period);
         self.next_probe_at = now + period;
-        let Some(target) = self.next_probe_target() else {
+        let round = self.round;
+        self.round = round.wrapping_add(1);
+        let Some(target) = self.next_probe_target(round) else {
             return;
         };
+        let recheck = self.recheck.take() == Some(target);
         let Some(m) = self.members.get(&target) else {
             return;
         };
         let addr = m.addr.clone();
         let priority = self.buddy_update(target);
         let seq = self.next_seq();
-        self.send(&addr, Message::Ping { seq, target }, priority);
+        self.send(&addr, Message::Ping { seq, target, round }, priority);
         self.stats.probes += 1;
         let timeout = self.awareness.scale(self.cfg.probe_timeout);
         self.probe = Some(Probe {
@@ -117,6 +160,7 @@ impl Memberlist {
             indirect_sent: false,
             expected_nacks: 0,
             nacks: 0,
+            recheck,
         });
     }
 
@@ -132,9 +176,57 @@ impl Memberlist {
         }
     }
 
+    /// The member to probe this round: a member whose last probe was inconclusive, else a
+    /// suspect just heard of, else the aligned
+    /// schedule's target (`Config::aligned_rounds`), else the next live member in this node's
+    /// own randomized round-robin order. `None` if no other member is live.
+    fn next_probe_target(&mut self, round: u32) -> Option<NodeId> {
+        if let Some(id) = self.recheck {
+            if self
+                .members
+                .get(&id)
+                .is_some_and(|m| m.state == State::Alive)
+            {
+                return Some(id);
+            }
+            self.recheck = None;
+        }
+        if let Some(id) = self.probe_next.take() {
+            if self.members.get(&id).is_some_and(|m| m.is_live()) {
+                return Some(id);
+            }
+        }
+        if self.cfg.aligned_rounds {
+            if let Ok(pos) = self.ring.binary_search(&self.id) {
+                let n = self.ring.len();
+                if n < 2 {
+                    return None;
+                }
+                let shift = round_shift(round, n - 1);
+                return Some(self.ring[(pos + shift) % n]);
+            }
+        }
+        self.next_in_own_order()
+    }
+
+    /// The round this node is in: that of its last probe.
+    pub(crate) fn current_round(&self) -> u32 {
+        self.round.wrapping_sub(1)
+    }
+
+    /// Adopts the round of a ping's sender if it is ahead: the sender is in round `round`, so
+    /// this node's next probe belongs to that round at the earliest (not to the one after, or it
+    /// would skip a round whenever its phase in the period comes after the sender's).
+    /// Serial-number comparison, so a counter that wraps keeps working.
+    pub(crate) fn follow_round(&mut self, round: u32) {
+        if (round.wrapping_sub(self.round) as i32) > 0 {
+            self.round = round;
+        }
+    }
+
     /// The next live member in the randomized round-robin order; the order is reshuffled at the
     /// start of each round. `None` if no other member is live.
-    fn next_probe_target(&mut self) -> Option<NodeId> {
+    fn next_in_own_order(&mut self) -> Option<NodeId> {
         for _ in 0..=self.probe_order.len() {
             if self.probe_index >= self.probe_order.len() {
                 if self.probe_order.is_empty() {
@@ -184,6 +276,13 @@ impl Memberlist {
     ///
     /// With nacks expected, only missing nacks count against us (helpers that answered could not
     /// reach the target either, so it is probably the target); without, the failure itself does.
+    ///
+    /// A probe is conclusive when every helper nacked: each of them is alive and could not reach
+    /// the target either. A missing nack means a lost ping-req, a lost nack, or a helper that
+    /// did reach the target and whose forwarded ack was lost: with lossy links, the common
+    /// reason a live member's probe fails. Such a probe is inconclusive: the target is probed
+    /// again next period instead of the scheduled one, and suspected only if that fails too.
+    /// On a clean network every nack arrives, so a crash is suspected as soon as before.
     fn probe_failed(&mut self, p: Probe) {
         self.stats.failed_probes += 1;
         let delta = if p.expected_nacks > 0 {
@@ -195,10 +294,17 @@ impl Memberlist {
         let Some(m) = self.members.get(&p.target) else {
             return;
         };
-        if m.is_live() {
-            let incarnation = m.incarnation;
-            self.on_suspect(p.target, incarnation, self.id);
+        if !m.is_live() {
+            return;
         }
+        let inconclusive = p.nacks < p.expected_nacks && m.state == State::Alive;
+        if inconclusive && !p.recheck {
+            self.stats.inconclusive_probes += 1;
+            self.recheck = Some(p.target);
+            return;
+        }
+        let incarnation = m.incarnation;
+        self.on_suspect(p.target, incarnation, self.id);
     }
 
     /// Acks a ping meant for this node. A ping for another id (a reused address) is ignored.
@@ -226,7 +332,13 @@ impl Memberlist {
             return;
         }
         let own = self.next_seq();
-        self.send(&addr, Message::Ping { seq: own, target }, Vec::new());
+        let round = self.current_round();
+        let msg = Message::Ping {
+            seq: own,
+            target,
+            round,
+        };
+        self.send(&addr, msg, Vec::new());
         self.stats.indirect_probes_served += 1;
         // Nack a little before our own probe timeout, so that the nack reaches a requester
         // running the same configuration before the end of its period.
@@ -292,8 +404,9 @@ impl Memberlist {
                 (*seq, ip.target, ip.addr.clone())
             })
             .collect();
+        let round = self.current_round();
         for (seq, target, addr) in repeat {
-            self.send(&addr, Message::Ping { seq, target }, Vec::new());
+            self.send(&addr, Message::Ping { seq, target, round }, Vec::new());
         }
         let expired: Vec<u32> = self
             .indirect

@@ -165,7 +165,8 @@ impl Memberlist {
             id: me.id,
             incarnation: me.incarnation,
         };
-        self.live -= 1;
+        let id = self.id;
+        self.no_longer_live(id);
         self.left = true;
         self.joining = false;
         self.probe = None;

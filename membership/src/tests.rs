@@ -138,7 +138,7 @@ fn next_ping(ml: &mut Memberlist, now: &mut Duration) -> (NodeId, u32, Packet) {
         *now += ms(1);
         ml.tick(*now);
         for (_, p) in packets(&ml.take_effects()) {
-            if let Message::Ping { seq, target } = p.msg {
+            if let Message::Ping { seq, target, .. } = p.msg {
                 if Some(seq) == current {
                     continue;
                 }
@@ -412,6 +412,7 @@ fn set_local_meta_raises_incarnation_and_disseminates() {
         Message::Ping {
             seq: 9,
             target: NodeId(1),
+            round: 0,
         },
         vec![],
     );
@@ -457,7 +458,17 @@ fn member_table_is_bounded() {
 
 #[test]
 fn probes_in_randomized_round_robin() {
-    let mut ml = with_members(Config::local(), 1, &[2, 3, 4, 5, 6]);
+    for aligned in [true, false] {
+        probes_in_randomized_round_robin_with(aligned);
+    }
+}
+
+fn probes_in_randomized_round_robin_with(aligned_rounds: bool) {
+    let cfg = Config {
+        aligned_rounds,
+        ..Config::local()
+    };
+    let mut ml = with_members(cfg, 1, &[2, 3, 4, 5, 6]);
     let mut now = ms(0);
     let mut rounds = Vec::new();
     for _ in 0..3 {
@@ -599,12 +610,48 @@ fn indirect_probes_and_nacks() {
     // Only one nack of three: two missing nacks count against us.
     let mut ml = with_members(Config::local(), 1, &[2, 3, 4, 5]);
     let mut now = ms(0);
-    let (seq, _, reqs) = probe_to_indirect(&mut ml, &mut now);
+    let (seq, target, reqs) = probe_to_indirect(&mut ml, &mut now);
     let helper: u64 = reqs[0].0.as_str()[1..].parse().unwrap();
     deliver(&mut ml, now + ms(1), helper, Message::Nack { seq }, vec![]);
     let deadline = ml.probe.as_ref().unwrap().deadline;
     ml.tick(deadline);
     assert_eq!(ml.local_health(), 2);
+    // The missing nacks may be lost packets, or forwarded acks that were lost: inconclusive.
+    // No suspicion yet; the same member is probed again next period.
+    assert_eq!(state(&ml, target.0), State::Alive);
+    assert_eq!(ml.stats().inconclusive_probes, 1);
+    // (The period ended with the probe: the next one started in the same tick.)
+    let p = ml.probe.clone().expect("the next probe started");
+    assert_eq!(p.target, target, "an inconclusive probe is repeated");
+    assert!(p.recheck);
+    assert!(packets(&ml.take_effects())
+        .iter()
+        .any(|(to, q)| *to == addr(target.0)
+            && matches!(q.msg, Message::Ping { seq, .. } if seq == p.seq)));
+    // It fails again (nobody answers at all): now it is suspected.
+    ml.tick(p.deadline);
+    assert_eq!(state(&ml, target.0), State::Suspect);
+    assert_eq!(ml.stats().failed_probes, 2);
+    assert_eq!(ml.stats().inconclusive_probes, 1);
+
+    // The repeated probe answered: never suspected, and the schedule goes on.
+    let mut ml = with_members(Config::local(), 1, &[2, 3, 4, 5]);
+    let mut now = ms(0);
+    let (_, target, _) = probe_to_indirect(&mut ml, &mut now);
+    let deadline = ml.probe.as_ref().unwrap().deadline;
+    ml.tick(deadline);
+    let p = ml.probe.clone().unwrap();
+    assert_eq!(p.target, target);
+    deliver(
+        &mut ml,
+        deadline + ms(1),
+        target.0,
+        Message::Ack { seq: p.seq },
+        vec![],
+    );
+    assert_eq!(state(&ml, target.0), State::Alive);
+    assert_eq!(ml.stats().suspicions, 0);
+    assert_eq!(ml.recheck, None);
 }
 
 #[test]
@@ -637,7 +684,7 @@ fn serves_indirect_probes() {
             [(
                 to,
                 Packet {
-                    msg: Message::Ping { seq, target },
+                    msg: Message::Ping { seq, target, .. },
                     ..
                 },
             )],
@@ -660,10 +707,19 @@ fn serves_indirect_probes() {
         .collect();
     // Half way to the 80 ms wait, each ping is repeated once (same sequence).
     // (Its own probes may go out meanwhile; only repetitions of these pings count.)
+    let same = |a: &Message, b: &Message| match (a, b) {
+        (
+            Message::Ping {
+                seq: s, target: t, ..
+            },
+            Message::Ping { seq, target, .. },
+        ) => s == seq && t == target,
+        _ => false,
+    };
     let repeats = |ml: &mut Memberlist| -> Vec<Addr> {
         packets(&ml.take_effects())
             .into_iter()
-            .filter(|(_, p)| first.contains(&p.msg))
+            .filter(|(_, p)| first.iter().any(|f| same(f, &p.msg)))
             .map(|(to, _)| to)
             .collect()
     };
@@ -695,6 +751,7 @@ fn answers_pings_for_itself_only() {
         Message::Ping {
             seq: 5,
             target: NodeId(9),
+            round: 0,
         },
         vec![],
     );
@@ -706,6 +763,7 @@ fn answers_pings_for_itself_only() {
         Message::Ping {
             seq: 5,
             target: NodeId(1),
+            round: 0,
         },
         vec![],
     );
@@ -811,6 +869,7 @@ fn each_update_is_piggybacked_retransmit_limit_times() {
             Message::Ping {
                 seq: i as u32,
                 target: NodeId(1),
+                round: 0,
             },
             vec![],
         );
@@ -1047,7 +1106,7 @@ fn next_timer_covers_the_probe_schedule() {
         ml.tick(retry);
         let again = packets(&ml.take_effects());
         assert!(
-            matches!(&again[..], [(_, q)] if q.msg == Message::Ping { seq: p.seq, target: p.target }),
+            matches!(&again[..], [(_, q)] if matches!(q.msg, Message::Ping { seq, target, .. } if seq == p.seq && target == p.target)),
             "the ping is repeated with the same sequence"
         );
     }
@@ -1111,7 +1170,7 @@ fn a_repeated_ping_spares_the_indirect_probe() {
     ml.tick(retry);
     let sent = packets(&ml.take_effects());
     assert!(
-        matches!(&sent[..], [(to, q)] if *to == addr(target.0) && q.msg == Message::Ping { seq, target })
+        matches!(&sent[..], [(to, q)] if *to == addr(target.0) && matches!(q.msg, Message::Ping { seq: s, target: t, .. } if s == seq && t == target))
     );
     // Its ack ends the probe: no ping-req at the timeout.
     deliver(
@@ -1193,10 +1252,12 @@ fn a_member_heard_to_be_suspected_is_probed_next() {
     // system), so a live suspect can refute at once.
     let mut cfg = Config::local();
     cfg.suspect_probes = 10;
+    cfg.aligned_rounds = false;
     let others: Vec<u64> = (2..=9).collect();
     let mut ml = with_members(cfg, 1, &others);
     let mut now = ms(0);
-    let (first, _, _) = next_ping(&mut ml, &mut now);
+    let (first, seq, _) = next_ping(&mut ml, &mut now);
+    deliver(&mut ml, now, first.0, Message::Ack { seq }, vec![]);
     // Pick a member whose turn in this round is still far off, and accuse it.
     let victim = *ml.probe_order.last().unwrap();
     now += ms(1);
@@ -1214,7 +1275,8 @@ fn a_member_heard_to_be_suspected_is_probed_next() {
     // The rest of the round still reaches every member not probed yet, once each.
     let mut rest = BTreeSet::new();
     for _ in 0..others.len() - 2 {
-        let (t, _, _) = next_ping(&mut ml, &mut now);
+        let (t, seq, _) = next_ping(&mut ml, &mut now);
+        deliver(&mut ml, now, t.0, Message::Ack { seq }, vec![]);
         rest.insert(t);
     }
     let expected: BTreeSet<NodeId> = others
@@ -1239,4 +1301,116 @@ fn suspect_probes_off_keeps_the_round_order() {
     gossip(&mut ml, now + ms(1), vec![suspect(victim.0, 0, 5)]);
     assert_eq!(ml.probe_order, order);
     assert_eq!(ml.probe_index, index);
+    assert_eq!(ml.probe_next, None);
+}
+
+#[test]
+fn aligned_shifts_run_through_every_offset_once_per_epoch() {
+    for m in [1usize, 2, 3, 4, 6, 7, 12, 63, 255, 999] {
+        let mut orders = BTreeSet::new();
+        for epoch in 0..4u32 {
+            let shifts: Vec<usize> = (0..m as u32)
+                .map(|j| crate::probe::round_shift(epoch * m as u32 + j, m))
+                .collect();
+            let mut sorted = shifts.clone();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                (1..=m).collect::<Vec<_>>(),
+                "m = {m}, epoch {epoch}"
+            );
+            orders.insert(shifts);
+        }
+        if m >= 6 {
+            assert!(
+                orders.len() > 1,
+                "m = {m}: the order changes between epochs"
+            );
+        }
+    }
+}
+
+#[test]
+fn aligned_rounds_probe_every_member_exactly_once_per_round() {
+    // Eight members that know each other and are in the same round: in each round their
+    // targets are all different, so every member is probed by exactly one other.
+    let ids: Vec<u64> = (1..=8).collect();
+    let mut nodes: Vec<Memberlist> = ids
+        .iter()
+        .map(|&i| {
+            let others: Vec<u64> = ids.iter().copied().filter(|&o| o != i).collect();
+            with_members(Config::local(), i, &others)
+        })
+        .collect();
+    let mut now = vec![ms(0); nodes.len()];
+    let mut seen_by = vec![BTreeSet::new(); nodes.len()];
+    for round in 0..14 {
+        let mut targets = BTreeSet::new();
+        for (k, ml) in nodes.iter_mut().enumerate() {
+            let (target, seq, p) = next_ping(ml, &mut now[k]);
+            assert!(matches!(p.msg, Message::Ping { round: r, .. } if r == round));
+            assert_ne!(target, ml.id());
+            targets.insert(target);
+            seen_by[k].insert(target);
+            deliver(ml, now[k], target.0, Message::Ack { seq }, vec![]);
+        }
+        assert_eq!(targets.len(), ids.len(), "round {round}: {targets:?}");
+    }
+    // Two epochs of seven rounds: each member probed every other one (round-robin).
+    for (k, seen) in seen_by.iter().enumerate() {
+        assert_eq!(seen.len(), ids.len() - 1, "member {}", k + 1);
+    }
+}
+
+#[test]
+fn rounds_follow_the_members_ahead() {
+    let mut ml = with_members(Config::local(), 1, &[2, 3, 4]);
+    let ping = |round| Message::Ping {
+        seq: 1,
+        target: NodeId(1),
+        round,
+    };
+    // A ping from a member in round 40: the next probe is in round 40 (not 41, which would skip
+    // a round when this member's turn in the period comes after the sender's).
+    deliver(&mut ml, ms(1), 2, ping(40), vec![]);
+    assert_eq!(ml.round, 40);
+    // Members behind do not pull it back.
+    deliver(&mut ml, ms(2), 3, ping(7), vec![]);
+    assert_eq!(ml.round, 40);
+    let mut now = ms(2);
+    let (_, _, p) = next_ping(&mut ml, &mut now);
+    assert!(matches!(p.msg, Message::Ping { round: 40, .. }));
+    assert_eq!(ml.round, 41);
+    // Serial-number arithmetic: past the wrap is ahead, and a wild value cannot stall it.
+    ml.round = u32::MAX - 1;
+    deliver(&mut ml, now, 2, ping(3), vec![]);
+    assert_eq!(ml.round, 3);
+    deliver(&mut ml, now, 2, ping(3u32.wrapping_add(1 << 31)), vec![]);
+    assert_eq!(ml.round, 3);
+}
+
+#[test]
+fn aligned_rounds_probe_a_suspect_just_heard_of_next() {
+    let mut cfg = Config::local();
+    cfg.suspect_probes = 10;
+    let others: Vec<u64> = (2..=9).collect();
+    let mut ml = with_members(cfg, 1, &others);
+    let mut now = ms(0);
+    let (first, seq, _) = next_ping(&mut ml, &mut now);
+    deliver(&mut ml, now, first.0, Message::Ack { seq }, vec![]);
+    let victim = NodeId(if first == NodeId(2) { 3 } else { 2 });
+    gossip(&mut ml, now + ms(1), vec![suspect(victim.0, 0, 5)]);
+    ml.take_effects();
+    let (target, _, p) = next_ping(&mut ml, &mut now);
+    assert_eq!(target, victim, "the suspect is probed next");
+    assert!(p
+        .updates
+        .iter()
+        .any(|u| matches!(u, Update::Suspect { id, .. } if *id == victim)));
+    // Then the schedule goes on: the round after is the aligned one.
+    let (t, _, p) = next_ping(&mut ml, &mut now);
+    let ring: Vec<NodeId> = (1..=9).map(NodeId).collect();
+    let shift = crate::probe::round_shift(2, ring.len() - 1);
+    assert!(matches!(p.msg, Message::Ping { round: 2, .. }));
+    assert_eq!(t, ring[shift % ring.len()]);
 }

@@ -35,6 +35,8 @@ pub struct SwimOptions {
     pub suspicion_mult: Option<f64>,
     /// Overrides `Config::probe_timeout` of the `lan` profile, in milliseconds.
     pub probe_timeout_ms: Option<u64>,
+    /// `Config::aligned_rounds` (on by default; off: each member shuffles its own order).
+    pub aligned_rounds: bool,
 }
 
 impl SwimOptions {
@@ -53,6 +55,7 @@ impl SwimOptions {
             jitter_us: 1_000,
             suspicion_mult: None,
             probe_timeout_ms: None,
+            aligned_rounds: true,
         }
     }
 }
@@ -104,6 +107,10 @@ pub struct SwimReport {
     pub merge_s: Option<f64>,
     /// Time for the initial joins to converge into one membership.
     pub converged_s: Option<f64>,
+    /// Suspicions started and refuted, summed over the members, while measuring.
+    pub suspicions: u64,
+    /// Suspicions (or death notices) refuted by the members concerned, while measuring.
+    pub refutations: u64,
 }
 
 impl SwimReport {
@@ -140,6 +147,9 @@ impl SwimReport {
             "dissemination_missing": self.dissemination_missing,
             "merge_s": self.merge_s.map(round3),
             "converged_s": self.converged_s.map(round3),
+            "schedule": if opts.aligned_rounds { "aligned" } else { "shuffled" },
+            "suspicions": self.suspicions,
+            "refutations": self.refutations,
         })
     }
 }
@@ -166,6 +176,8 @@ pub fn summary(reports: &[SwimReport]) -> serde_json::Value {
         "false_positives": reports.iter().map(|r| r.false_positives).sum::<u64>(),
         "false_positives_healthy": reports.iter().map(|r| r.false_positives_healthy).sum::<u64>(),
         "msgs_per_member_per_period": round3(reports.iter().map(|r| r.msgs_per_member_per_period).sum::<f64>() / runs),
+        "msgs_per_member_per_period_max": round3(reports.iter().map(|r| r.msgs_per_member_per_period).fold(0.0, f64::max)),
+        "false_positives_max": reports.iter().map(|r| r.false_positives).max(),
         "first_probe_s_mean": mean_of(&|r| r.first_probe_s_mean),
         "first_detection_s_mean": mean_of(&|r| r.first_detection_s_mean),
         "crashes": alls.len(),
@@ -256,6 +268,7 @@ impl World {
         let mut rng = Rng::new(opts.seed);
         let mut cfg = Config::lan();
         cfg.lifeguard = opts.lifeguard;
+        cfg.aligned_rounds = opts.aligned_rounds;
         if let Some(m) = opts.suspicion_mult {
             cfg.suspicion_mult = m;
         }
@@ -556,6 +569,13 @@ pub fn run(opts: SwimOptions) -> SwimReport {
     }
     let measure_start = w.now;
     w.measuring = true;
+    let counts = |w: &World| {
+        w.nodes.iter().fold((0, 0), |(s, r), node| {
+            let st = node.ml.stats();
+            (s + st.suspicions, r + st.refutations)
+        })
+    };
+    let (suspicions0, refutations0) = counts(&w);
     let alive_nodes = |w: &World| (0..n).filter(|&i| !w.nodes[i].crashed).count();
     // Crashes at a third of the run (or now, if convergence took longer).
     let crash_at = (end / 3).max(w.now);
@@ -604,6 +624,9 @@ pub fn run(opts: SwimOptions) -> SwimReport {
     let live = alive_nodes(&w) as f64;
     let secs = (end - measure_start) as f64 / 1e6;
     let periods = (end - measure_start) as f64 / w.period_us as f64;
+    let (suspicions1, refutations1) = counts(&w);
+    report.suspicions = suspicions1 - suspicions0;
+    report.refutations = refutations1 - refutations0;
     report.false_positives = w.false_positives;
     report.false_positives_healthy = w.false_positives_healthy;
     report.msgs_per_member_per_period = w.msgs as f64 / live / periods.max(1e-9);

@@ -1,6 +1,6 @@
 //! `swim-sim --nodes N --seconds T --loss P --seed S [--seeds M] [--crash K] [--stall K]
 //! [--partition halves:START:END] [--lifeguard on|off] [--suspicion-mult X]
-//! [--probe-timeout-ms T]`: runs N SWIM members on a simulated network and prints one JSON
+//! [--probe-timeout-ms T] [--schedule aligned|shuffled]`: runs N SWIM members on a simulated network and prints one JSON
 //! object with the detection, accuracy, load, dissemination and merge figures; with `--seeds M`,
 //! one per seed S, S+1, … and a last line summarising them all.
 
@@ -10,7 +10,7 @@ use std::io::Write;
 fn usage(msg: &str) -> ! {
     eprintln!("swim-sim: {msg}");
     eprintln!(
-        "usage: swim-sim --nodes N --seconds T --loss P --seed S [--seeds M] [--crash K] [--stall K] [--partition halves:START:END] [--lifeguard on|off] [--suspicion-mult X] [--probe-timeout-ms T]"
+        "usage: swim-sim --nodes N --seconds T --loss P --seed S [--seeds M] [--crash K] [--stall K] [--partition halves:START:END] [--lifeguard on|off] [--suspicion-mult X] [--probe-timeout-ms T] [--schedule aligned|shuffled]"
     );
     std::process::exit(2)
 }
@@ -62,6 +62,13 @@ fn main() {
             }
             "--crash" => o.crash = v().parse().unwrap_or_else(|_| usage("--crash: a count")),
             "--stall" => o.stall = v().parse().unwrap_or_else(|_| usage("--stall: a count")),
+            "--schedule" => {
+                o.aligned_rounds = match v().as_str() {
+                    "aligned" => true,
+                    "shuffled" => false,
+                    _ => usage("--schedule takes aligned or shuffled"),
+                }
+            }
             "--lifeguard" => {
                 o.lifeguard = match v().as_str() {
                     "on" => true,
