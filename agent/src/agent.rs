@@ -330,6 +330,19 @@ impl Agent {
         }
     }
 
+    /// The metrics of this agent in the Prometheus text format (`GET /metrics`).
+    pub async fn metrics(&self) -> String {
+        let mut snap = crate::metrics::Snapshot {
+            hostname: self.opts.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        if let Some(m) = self.member.read().await.clone() {
+            m.fill_metrics(&mut snap);
+        }
+        crate::metrics::render(&snap)
+    }
+
     async fn init(self: &Arc<Self>, advertise: Option<String>, force_new: bool) -> Response {
         let _g = self.lifecycle.lock().await;
         match self.init_inner(advertise, force_new).await {
@@ -742,7 +755,8 @@ impl Member {
         Err(anyhow!("could not register with the managers: {last}"))
     }
 
-    fn info(&self, listen: SocketAddr) -> crate::api::InfoView {
+    /// Members by SWIM state (`alive`, `suspect`, `dead`, `left`), this node included.
+    fn members_by_state(&self) -> BTreeMap<String, usize> {
         let mut members: BTreeMap<String, usize> = BTreeMap::new();
         for m in self.gossip.view.lock().expect("view").values() {
             let k = match m.state {
@@ -753,6 +767,11 @@ impl Member {
             };
             *members.entry(k.into()).or_default() += 1;
         }
+        members
+    }
+
+    fn info(&self, listen: SocketAddr) -> crate::api::InfoView {
+        let members = self.members_by_state();
         let (leader, term, commit, applied, voters, role) = match self.raft() {
             Some(h) => {
                 let s = h.status.borrow().clone();
@@ -784,6 +803,46 @@ impl Member {
             members,
             listen_addr: listen.to_string(),
         }
+    }
+
+    /// Fills in what this member contributes to a metrics scrape.
+    fn fill_metrics(&self, snap: &mut crate::metrics::Snapshot) {
+        use std::sync::atomic::Ordering::Relaxed;
+        snap.active = true;
+        snap.node_id = node_id_string(self.id);
+        snap.cluster_id = self.cluster_id.to_string();
+        snap.role = "worker".into();
+        if let Some(h) = self.raft() {
+            snap.role = "manager".into();
+            snap.raft = Some(h.status.borrow().clone());
+            let state = h.state.read().expect("state");
+            for n in state.nodes().values() {
+                *snap
+                    .nodes
+                    .entry((n.role.to_string(), n.status.state.to_string()))
+                    .or_default() += 1;
+            }
+        }
+        snap.members = self.members_by_state();
+        snap.swim = Some(*self.gossip.counters.lock().expect("counters"));
+        let w = self.transport.stats();
+        snap.transport = BTreeMap::from([
+            ("sent", w.sent.load(Relaxed)),
+            ("received", w.received.load(Relaxed)),
+            ("queue_full", w.queue_full.load(Relaxed)),
+            ("datagrams_dropped", w.datagrams_dropped.load(Relaxed)),
+            ("inbound_dropped", w.inbound_dropped.load(Relaxed)),
+            ("connects", w.connects.load(Relaxed)),
+            ("connect_failures", w.connect_failures.load(Relaxed)),
+        ]);
+        snap.transport_rejected = BTreeMap::from([
+            ("oversized", w.oversized.load(Relaxed)),
+            ("truncated", w.truncated.load(Relaxed)),
+            ("unknown_version", w.unknown_version.load(Relaxed)),
+            ("unknown_kind", w.unknown_kind.load(Relaxed)),
+            ("malformed", w.malformed.load(Relaxed)),
+            ("unauthenticated", w.unauthenticated.load(Relaxed)),
+        ]);
     }
 
     /// Gossip says these voters are alive (this node included).

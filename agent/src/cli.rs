@@ -94,6 +94,11 @@ pub struct AgentArgs {
     /// Membership timing profile (`local` is 5× faster, for tests and the demo)
     #[arg(long, default_value = "lan", value_parser = ["lan", "local"])]
     pub gossip: String,
+
+    /// Also serve GET /metrics (Prometheus text format) on this TCP address, e.g. 0.0.0.0:9464
+    /// [default: only on the control socket]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The options of `shoal demo`.

@@ -135,6 +135,17 @@ pub fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<Response, ClientError> {
+    decode(exchange(socket, method, path, body)?)
+}
+
+/// Sends one request to the agent listening on `socket` and returns the raw answer (status and
+/// body), for routes that do not answer JSON (`GET /metrics`).
+pub fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<HttpResponse, ClientError> {
     let request = build_request(method, path, body)?;
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.to_path_buf(),
@@ -158,11 +169,10 @@ pub fn call(
     // No half-close after the request: some servers take a read EOF as the client going away.
     stream.write_all(&request).map_err(io_error)?;
     stream.flush().map_err(io_error)?;
-    let response = read_response(&mut stream).map_err(|e| match e {
+    read_response(&mut stream).map_err(|e| match e {
         ReadError::Io(source) => io_error(source),
         ReadError::Parse(e) => e,
-    })?;
-    decode(response)
+    })
 }
 
 /// The bytes of one request.

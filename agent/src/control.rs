@@ -55,9 +55,32 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         .route("/v1/nodes/{node}/promote", post(node_promote))
         .route("/v1/nodes/{node}/demote", post(node_demote))
         .route("/v1/nodes/{node}/update", post(node_update))
+        .route("/metrics", get(metrics))
         .with_state(agent);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// Serves `GET /metrics` only (nothing that reads or changes the cluster) on a TCP address, for
+/// Prometheus-style scrapers on other machines.
+pub async fn serve_metrics(agent: Arc<Agent>, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(agent);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn metrics(AxState(a): Ax) -> axum::response::Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        a.metrics().await,
+    )
+        .into_response()
 }
 
 type Ax = AxState<Arc<Agent>>;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use shoal_membership::{Addr, Config, Effect, MemberEvent, Memberlist, NodeId, NodeInfo, State};
+use shoal_membership::{
+    Addr, Config, Effect, MemberEvent, Memberlist, NodeId, NodeInfo, State, Stats,
+};
 use shoal_transport::net::Transport;
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,6 +51,15 @@ pub enum GossipCmd {
     Leave(oneshot::Sender<()>),
 }
 
+/// The membership core's counters and local health, as of its last step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SwimCounters {
+    /// Probes, acks, suspicions, packets, bytes…
+    pub stats: Stats,
+    /// Lifeguard's local health multiplier (0 = healthy).
+    pub local_health: u32,
+}
+
 /// The handle the agent keeps.
 #[derive(Clone)]
 pub struct Gossip {
@@ -56,6 +67,8 @@ pub struct Gossip {
     pub tx: mpsc::Sender<GossipCmd>,
     /// The view.
     pub view: View,
+    /// The counters, for metrics.
+    pub counters: Arc<Mutex<SwimCounters>>,
 }
 
 /// Formats a SWIM address.
@@ -103,8 +116,9 @@ pub fn start(
             meta,
         },
     );
-    tokio::spawn(run(ml, rx, transport, view.clone()));
-    Ok(Gossip { tx, view })
+    let counters = Arc::new(Mutex::new(SwimCounters::default()));
+    tokio::spawn(run(ml, rx, transport, view.clone(), counters.clone()));
+    Ok(Gossip { tx, view, counters })
 }
 
 async fn run(
@@ -112,6 +126,7 @@ async fn run(
     mut rx: mpsc::Receiver<GossipCmd>,
     transport: Transport,
     view: View,
+    counters: Arc<Mutex<SwimCounters>>,
 ) {
     let start = Instant::now();
     let mut leaving: Option<(oneshot::Sender<()>, Instant)> = None;
@@ -160,6 +175,10 @@ async fn run(
             }
         }
         flush(&mut ml, &transport, &view);
+        *counters.lock().expect("counters") = SwimCounters {
+            stats: ml.stats(),
+            local_health: ml.local_health(),
+        };
         if leaving
             .as_ref()
             .is_some_and(|(_, at)| at.elapsed() > Duration::from_millis(600))

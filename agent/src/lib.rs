@@ -13,6 +13,7 @@ pub mod control;
 pub mod demo;
 pub mod format;
 pub mod gossip;
+pub mod metrics;
 pub mod raft_driver;
 pub mod store;
 pub mod wire;

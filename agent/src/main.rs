@@ -83,8 +83,18 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
             socket.display()
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let scrape = async {
+            match a.metrics_addr {
+                Some(addr) => {
+                    eprintln!("shoal agent: metrics on http://{addr}/metrics");
+                    control::serve_metrics(agent.clone(), addr).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            r = control::serve(agent, &socket) => r,
+            r = control::serve(agent.clone(), &socket) => r,
+            r = scrape => r.map_err(|e| e.context("--metrics-addr")),
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
         }

@@ -48,6 +48,23 @@ pub struct RaftStatus {
     pub stopped: bool,
     /// This node is out of the latest configuration it knows (the agent asks the leader).
     pub leaving: bool,
+    /// Index of the last entry in this replica's log.
+    pub last_index: u64,
+    /// Whether this replica leads.
+    pub is_leader: bool,
+    /// Leader only: for each other member of the configuration, how many entries it is behind
+    /// this log's end (its replication lag).
+    pub lag: BTreeMap<u64, u64>,
+    /// Elections this replica started (real votes, not pre-votes).
+    pub elections: u64,
+    /// Times this replica became leader.
+    pub leaderships: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// WAL fsync rounds (each covers every batch of one round of effects).
+    pub wal_syncs: u64,
+    /// Proposals (the users' and the leader's own) waiting to be applied.
+    pub proposals_pending: usize,
 }
 
 /// Where a request's verdict goes.
@@ -173,6 +190,7 @@ pub fn start(
         max_lag: cfg.max_promotion_lag / 2,
         was_member: false,
         retired: false,
+        wal_syncs: 0,
     };
     tokio::spawn(driver.run(rx));
     Ok(RaftHandle { tx, status, state })
@@ -258,6 +276,7 @@ struct Driver {
     max_lag: u64,
     was_member: bool,
     retired: bool,
+    wal_syncs: u64,
 }
 
 impl Driver {
@@ -421,6 +440,7 @@ impl Driver {
             }
             if persisted {
                 let durable = self.wal.sync()?;
+                self.wal_syncs += 1;
                 self.node.on_persisted(durable);
             }
         }
@@ -633,7 +653,32 @@ impl Driver {
 
     fn publish(&mut self, stopped: bool) {
         let leader = self.node.role() == Role::Leader;
+        let last_index = self.node.last_index();
+        let lag = if leader {
+            let m = self.node.membership();
+            m.voters
+                .iter()
+                .chain(&m.outgoing)
+                .chain(&m.learners)
+                .filter(|&&p| p != self.id)
+                .filter_map(|&p| {
+                    let (matched, _) = self.node.progress(p)?;
+                    Some((p, last_index.saturating_sub(matched)))
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let stats = self.node.stats();
         let status = RaftStatus {
+            last_index,
+            is_leader: leader,
+            lag,
+            elections: stats.elections,
+            leaderships: stats.leaderships,
+            snapshots_installed: stats.snapshots_installed,
+            wal_syncs: self.wal_syncs,
+            proposals_pending: self.proposals.len(),
             leader: self.node.leader(),
             term: self.node.term(),
             commit: self.node.commit_index(),

@@ -69,6 +69,49 @@ fn a_five_node_cluster_through_promotion_demotion_failover_and_restart() {
         "a worker's ls marks the worker: {from_worker}"
     );
 
+    // Metrics: the leader reports Raft, the cluster state and SWIM; a worker has no replica.
+    let scrape = |i: usize| {
+        let socket = c.nodes[i].dir.join(shoal_agent::cli::SOCKET_NAME);
+        let r = shoal_agent::client::exchange(&socket, "GET", "/metrics", None).expect("scrape");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).expect("utf-8")
+    };
+    let has = |text: &str, line: &str| text.lines().any(|l| l == line);
+    let leader_metrics = c.wait("the leader's metrics see 5 ready nodes", || {
+        let text = scrape(0);
+        (has(&text, "shoal_nodes{role=\"manager\",status=\"ready\"} 3")
+            && has(&text, "shoal_nodes{role=\"worker\",status=\"ready\"} 2")
+            && has(&text, "shoal_swim_members{state=\"alive\"} 5"))
+        .then_some(text)
+    });
+    for line in [
+        "shoal_swarm_active 1",
+        "shoal_raft_is_leader 1",
+        "shoal_raft_voters 3",
+        "# TYPE shoal_raft_replication_lag_entries gauge",
+    ] {
+        assert!(has(&leader_metrics, line), "{line:?} in:\n{leader_metrics}");
+    }
+    assert_eq!(
+        leader_metrics
+            .lines()
+            .filter(|l| l.starts_with("shoal_raft_replication_lag_entries{"))
+            .count(),
+        2,
+        "one lag per follower: {leader_metrics}"
+    );
+    let term: u64 = leader_metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal_raft_term "))
+        .and_then(|v| v.parse().ok())
+        .expect("a term");
+    assert!(term >= 1);
+    let worker_metrics = scrape(4);
+    assert!(has(&worker_metrics, "shoal_swarm_active 1"));
+    assert!(worker_metrics.contains("role=\"worker\""));
+    assert!(!worker_metrics.contains("shoal_raft_"), "{worker_metrics}");
+    assert!(worker_metrics.contains("shoal_swim_probes_total "));
+
     // Promote the two workers: 5 voters.
     let out = c.shoal(1, &["node", "promote", "node-4", "node-5"]).ok();
     assert_eq!(
