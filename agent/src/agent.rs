@@ -87,6 +87,8 @@ pub struct Agent {
     pub member: RwLock<Option<Arc<Member>>>,
     /// Serialises init, join and leave.
     lifecycle: tokio::sync::Mutex<()>,
+    /// When this agent last left a swarm (its endpoint may still be draining).
+    left_at: Mutex<Option<Instant>>,
     entropy: Arc<Entropy>,
 }
 
@@ -117,6 +119,8 @@ pub struct Member {
     /// know a live manager yet.
     seed_managers: Vec<u64>,
     data: DataDir,
+    /// Set when this member is done (the node left its swarm): its tasks end.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// What this agent reports about its machine.
@@ -167,6 +171,7 @@ impl Agent {
             data,
             member: RwLock::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
+            left_at: Mutex::new(None),
             entropy: Arc::new(Entropy::new(opts.seed)),
             opts,
         });
@@ -199,6 +204,32 @@ impl Agent {
         Some(st)
     }
 
+    /// The endpoint on the listen address. Right after `swarm leave` the previous endpoint may
+    /// still hold the port while its connections drain: an address in use is retried for a few
+    /// seconds before it is an error.
+    async fn listen_endpoint(&self, server: quinn::ServerConfig) -> Result<quinn::Endpoint> {
+        let left_at = *self.left_at.lock().expect("left_at");
+        let deadline = left_at.map(|t| t + Duration::from_secs(10));
+        loop {
+            match self
+                .opts
+                .endpoint(self.opts.listen, Some(server.clone()))
+                .await
+            {
+                Ok(e) => return Ok(e),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot listen on {}", self.opts.listen))
+                }
+            }
+        }
+    }
+
     fn advertise(&self) -> SocketAddr {
         self.opts.advertise.unwrap_or(self.opts.listen)
     }
@@ -217,11 +248,7 @@ impl Agent {
             NodeIdentity::new(cert, key).context("the certificate is not for our key")?;
         let denylist = Denylist::new();
         let (server, client) = net::quic_configs(&identity, &ca_der, denylist.clone())?;
-        let endpoint = self
-            .opts
-            .endpoint(self.opts.listen, Some(server))
-            .await
-            .with_context(|| format!("cannot listen on {}", self.opts.listen))?;
+        let endpoint = self.listen_endpoint(server).await?;
         let (transport, inbound) = Transport::start(
             endpoint,
             client,
@@ -271,6 +298,7 @@ impl Agent {
                 .filter(|id| *id != stored.node.node_id)
                 .collect(),
             data: self.data.clone(),
+            stop: tokio::sync::watch::channel(false).0,
         });
         if let Some(how) = raft {
             member.start_raft(how)?;
@@ -589,15 +617,13 @@ impl Agent {
             return Response::error(format!("{e:#}"));
         }
         *self.member.write().await = None;
-        // The endpoint and its connections belong to the old identity: exit so that the next
-        // start is clean (the CLI tells the user).
-        tokio::spawn(async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            std::process::exit(0);
-        });
-        Response::ok(
-            "Node left the swarm. (The agent stops; start it again to init or join a swarm.)",
-        )
+        // The endpoint and its connections belong to the old identity: close them and let the
+        // member's tasks end, so that the agent can init or join a swarm again (the next
+        // endpoint binds the same port once this one has drained).
+        m.stop.send_replace(true);
+        m.transport.shutdown(Duration::from_secs(2)).await;
+        *self.left_at.lock().expect("left_at") = Some(Instant::now());
+        Response::ok("Node left the swarm.")
     }
 }
 
@@ -863,9 +889,11 @@ impl Member {
 /// Routes what the transport receives: Raft traffic to the replica (starting one for a node
 /// that is being promoted), gossip to SWIM, requests to the handlers.
 async fn dispatch(m: Arc<Member>, mut inbound: Inbound) {
+    let mut stop = m.stop.subscribe();
     loop {
         tokio::select! {
             biased;
+            _ = stop.changed() => return,
             r = inbound.raft.recv() => match r {
                 Some((from, bytes)) => m.to_raft(from, bytes).await,
                 None => return,
@@ -1293,6 +1321,9 @@ impl Member {
 async fn register_loop(m: Arc<Member>, opts: AgentOpts) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..120 {
+        if *m.stop.borrow() {
+            return;
+        }
         for t in m.manager_candidates() {
             if m.register(t, &opts, Duration::from_secs(3)).await.is_ok() {
                 return;

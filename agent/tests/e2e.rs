@@ -378,9 +378,38 @@ fn join_tokens_are_checked() {
         (n["status"] == "Down" && n["status_message"] == "node left the swarm").then_some(())
     });
 
-    // The only manager may not leave without --force.
+    // The agent stays up (as docker's daemon does): the same agent joins again, as a new node;
+    // the old entry stays Down until `node rm`.
+    let info = c.shoal(2, &["info"]).ok();
+    assert!(info.contains("\"swarm\": \"inactive\""), "{info}");
+    let fresh = c.shoal(0, &["swarm", "join-token", "-q", "worker"]).ok();
+    let out = c
+        .shoal(2, &["swarm", "join", "--token", fresh.trim(), &addr])
+        .ok();
+    assert_eq!(out.trim(), "This node joined a swarm as a worker.");
+    c.wait("node-3 back as a new node, Ready", || {
+        let ls = c.ls(0)?;
+        let rows: Vec<&serde_json::Value> =
+            ls.iter().filter(|n| n["Hostname"] == "node-3").collect();
+        (rows.len() == 2
+            && rows.iter().any(|n| n["Status"] == "Down")
+            && rows.iter().any(|n| n["Status"] == "Ready"))
+        .then_some(())
+    });
+
+    // The only manager may not leave without --force; with it, it leaves and the same agent
+    // can start a new swarm.
     let e = c.shoal(0, &["swarm", "leave"]).err();
     assert!(e.contains("last manager"), "{e}");
+    let out = c.shoal(0, &["swarm", "leave", "--force"]).ok();
+    assert!(out.starts_with("Node left the swarm."), "{out}");
+    let out = c.shoal(0, &["swarm", "init"]).ok();
+    assert!(out.starts_with("Swarm initialized"), "{out}");
+    let ls = c.wait("a new one-node swarm", || {
+        let ls = c.ls(0)?;
+        (ls.len() == 1 && ls[0]["ManagerStatus"] == "Leader").then_some(ls)
+    });
+    assert_eq!(ls[0]["Hostname"], "node-1");
 }
 
 #[test]

@@ -248,6 +248,8 @@ struct Inner {
     inbound_conns: Mutex<BTreeMap<NodeId, Vec<quinn::Connection>>>,
     tx: InboundTx,
     started: Instant,
+    /// Set by [`Transport::shutdown`]: no new peer, no new connection.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A node's transport: one quinn endpoint, typed channels to every peer.
@@ -302,6 +304,7 @@ impl Transport {
                 requests: req_tx,
             },
             started: Instant::now(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let t = Transport { inner };
         tokio::spawn(accept_loop(
@@ -369,6 +372,26 @@ impl Transport {
                 p.reconnect.notify_one();
             }
         }
+    }
+
+    /// Shuts the transport down for good: every connection is closed, the peers' tasks stop,
+    /// nothing new is sent or accepted, and the UDP port is released once the connections have
+    /// drained and the last handle on this transport is dropped (a node leaving its cluster
+    /// frees the port for its next one). Waits up to `grace` for the connections to drain.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        let peers = std::mem::take(&mut *self.inner.peers.lock().expect("peers lock"));
+        for p in peers.values() {
+            p.shutdown.notify_one();
+        }
+        self.inner.inbound_conns.lock().expect("conns lock").clear();
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(grace, self.inner.endpoint.wait_idle()).await;
+    }
+
+    /// True once [`Transport::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.closed.load(Ordering::Relaxed)
     }
 
     /// Denies a node: its certificate is refused from now on and its connections are closed.
@@ -548,7 +571,10 @@ impl Transport {
 
     /// Runs `f` on the peer's entry, creating it (and its tasks) if needed.
     fn with_peer<R>(&self, peer: NodeId, f: impl FnOnce(&Peer) -> R) -> Option<R> {
-        if peer == self.inner.local_id || self.inner.denylist.is_denied(peer) {
+        if peer == self.inner.local_id
+            || self.inner.denylist.is_denied(peer)
+            || self.inner.closed.load(Ordering::Relaxed)
+        {
             return None;
         }
         let mut peers = self.inner.peers.lock().expect("peers lock");

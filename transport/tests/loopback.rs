@@ -561,3 +561,31 @@ async fn a_renewed_certificate_is_used_for_new_connections() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_the_connections_and_frees_the_port() {
+    let (_ca, mut nodes) = cluster(2);
+    // Connected both ways.
+    assert!(nodes[0].t.send_raft(2, b"hello".to_vec()));
+    let got = timeout(WAIT, nodes[1].inbound.raft.recv()).await.unwrap();
+    assert_eq!(got, Some((1, b"hello".to_vec())));
+    let Node { t, inbound, addr } = nodes.remove(0);
+    t.shutdown(Duration::from_secs(5)).await;
+    assert!(t.is_shut_down());
+    // Nothing goes out any more.
+    assert!(!t.send_raft(2, b"after".to_vec()));
+    drop(t);
+    drop(inbound);
+    // The UDP port is released: a new endpoint binds the same address.
+    let rebound = timeout(WAIT, async {
+        loop {
+            match std::net::UdpSocket::bind(addr) {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the port is released");
+    drop(rebound);
+}
