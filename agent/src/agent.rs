@@ -319,8 +319,15 @@ impl Agent {
         if !seeds.is_empty() {
             let _ = gossip.tx.send(GossipCmd::Join(seeds)).await;
         }
-        tokio::spawn(dispatch(member.clone(), inbound));
-        tokio::spawn(housekeeping(Arc::downgrade(&member), stored.node));
+        let span = tracing::info_span!("agent", node = %node_id_string(member.id));
+        tokio::spawn(tracing::Instrument::instrument(
+            dispatch(member.clone(), inbound),
+            span.clone(),
+        ));
+        tokio::spawn(tracing::Instrument::instrument(
+            housekeeping(Arc::downgrade(&member), stored.node),
+            span,
+        ));
         Ok(member)
     }
 
@@ -907,7 +914,7 @@ async fn dispatch(m: Arc<Member>, mut inbound: Inbound) {
                 None => return,
             },
             r = inbound.requests.recv() => match r {
-                Some(req) => { tokio::spawn(peer_request(m.clone(), req)); }
+                Some(req) => { tokio::spawn(tracing::Instrument::in_current_span(peer_request(m.clone(), req))); }
                 None => return,
             },
         }

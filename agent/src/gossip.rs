@@ -117,7 +117,11 @@ pub fn start(
         },
     );
     let counters = Arc::new(Mutex::new(SwimCounters::default()));
-    tokio::spawn(run(ml, rx, transport, view.clone(), counters.clone()));
+    let span = tracing::info_span!("swim", node = %format!("{id:016x}"));
+    tokio::spawn(tracing::Instrument::instrument(
+        run(ml, rx, transport, view.clone(), counters.clone()),
+        span,
+    ));
     Ok(Gossip { tx, view, counters })
 }
 

@@ -283,43 +283,73 @@ impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<RaftCmd>) {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Every log line of the replica carries the node id and its current term and role (a
+        // new span whenever they change).
+        let mut span = self.span();
+        let mut spanned = (self.node.term(), self.node.role());
         loop {
-            tokio::select! {
+            let input = tokio::select! {
                 biased;
-                cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    self.handle(cmd);
-                    for _ in 0..256 {
-                        match rx.try_recv() {
-                            Ok(c) => self.handle(c),
-                            Err(_) => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => Some(cmd),
+                    None => break,
+                },
+                _ = ticker.tick() => None,
+            };
+            let removed = span.in_scope(|| {
+                match input {
+                    Some(cmd) => {
+                        self.handle(cmd);
+                        for _ in 0..256 {
+                            match rx.try_recv() {
+                                Ok(c) => self.handle(c),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        self.node.tick();
+                        self.ticks += 1;
+                        if self.node.role() == Role::Leader && self.ticks.is_multiple_of(4) {
+                            self.reconcile();
+                        }
+                        if self.node.role() == Role::Leader && self.ticks.is_multiple_of(10) {
+                            self.sync_status();
                         }
                     }
                 }
-                _ = ticker.tick() => {
-                    self.node.tick();
-                    self.ticks += 1;
-                    if self.node.role() == Role::Leader && self.ticks.is_multiple_of(4) {
-                        self.reconcile();
-                    }
-                    if self.node.role() == Role::Leader && self.ticks.is_multiple_of(10) {
-                        self.sync_status();
-                    }
+                if let Err(e) = self.process() {
+                    // A replica that cannot persist must not go on answering.
+                    eprintln!("shoal agent: fatal: Raft storage failed: {e:#}");
+                    std::process::exit(70);
                 }
-            }
-            if let Err(e) = self.process() {
-                // A replica that cannot persist must not go on answering.
-                eprintln!("shoal agent: fatal: Raft storage failed: {e:#}");
-                std::process::exit(70);
-            }
-            let removed = self.removed();
-            self.publish(removed);
+                let removed = self.removed();
+                self.publish(removed);
+                if removed {
+                    tracing::info!("removed from the Raft group; stopping the replica");
+                    self.fail_all("this manager was removed from the Raft group");
+                }
+                removed
+            });
             if removed {
-                tracing::info!("removed from the Raft group; stopping the replica");
-                self.fail_all("this manager was removed from the Raft group");
                 break;
             }
+            let now = (self.node.term(), self.node.role());
+            if now != spanned {
+                span = self.span();
+                spanned = now;
+            }
         }
+    }
+
+    /// The span of the replica as it is now: node id, term and role.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "raft",
+            node = %format!("{:016x}", self.id),
+            term = self.node.term(),
+            role = ?self.node.role(),
+        )
     }
 
     /// Removed from the group: the latest configuration excludes this node, and the cluster
