@@ -138,6 +138,8 @@ pub struct Memberlist {
     pub(crate) broadcasts: Broadcasts,
     pub(crate) next_gossip_at: Duration,
     pub(crate) next_push_pull_at: Duration,
+    /// Extra push-pulls still due after joining (`JOIN_SYNCS`), before the periodic ones.
+    pub(crate) join_syncs_left: u32,
     pub(crate) next_reconnect_at: Duration,
     // join and leave
     pub(crate) seeds: Vec<Addr>,
@@ -200,6 +202,7 @@ impl Memberlist {
             broadcasts: Broadcasts::default(),
             next_gossip_at,
             next_push_pull_at,
+            join_syncs_left: 0,
             next_reconnect_at,
             seeds: Vec::new(),
             joining: false,

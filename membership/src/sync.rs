@@ -8,6 +8,13 @@ use crate::memberlist::Memberlist;
 use crate::message::{encoded_len, Message, Packet, Record, Update};
 use crate::types::{Addr, NodeId, State};
 
+/// Push-pulls with random members after a join, 1, 3 and 7 protocol periods after it, before
+/// the periodic ones. The seed's answer holds only the members that joined before; in a join
+/// storm (hundreds of nodes starting at once) the rest reaches the early joiners through gossip,
+/// whose retransmissions the storm's thousand fresh updates outnumber, so a few state exchanges
+/// soon after the join fill in what gossip is slow to carry.
+pub(crate) const JOIN_SYNCS: u32 = 3;
+
 impl Memberlist {
     /// Sends this node's full state to `to`, split into packets within the size limit; the first
     /// asks for the receiver's state back when `reply` is set.
@@ -77,6 +84,7 @@ impl Memberlist {
             if !self.cfg.push_pull_interval.is_zero() {
                 let soon = self.now + self.cfg.protocol_period;
                 self.next_push_pull_at = self.next_push_pull_at.min(soon);
+                self.join_syncs_left = JOIN_SYNCS;
             }
         }
         for r in members {
@@ -111,6 +119,14 @@ impl Memberlist {
             return;
         }
         self.next_push_pull_at = now + self.cfg.push_pull_interval;
+        if self.join_syncs_left > 0 {
+            // The follow-ups of a join: 2 then 4 periods after the first (at 1, 3 and 7).
+            self.join_syncs_left -= 1;
+            let gap = 2u32 << (JOIN_SYNCS - 1 - self.join_syncs_left);
+            if self.join_syncs_left > 0 {
+                self.next_push_pull_at = now + self.cfg.protocol_period * gap;
+            }
+        }
         let candidates: Vec<Addr> = self
             .members
             .values()

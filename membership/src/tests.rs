@@ -1002,6 +1002,60 @@ fn join_retries_until_a_seed_answers() {
 }
 
 #[test]
+fn a_join_is_followed_by_three_state_exchanges() {
+    // (No reconnect push-pulls: nobody answers this node's probes, so its members die.)
+    let cfg = Config {
+        reconnect_interval: Duration::ZERO,
+        ..Config::local()
+    };
+    let (period, interval) = (cfg.protocol_period, cfg.push_pull_interval);
+    let mut ml = node_with(cfg, 1);
+    ml.join(ms(0), &[addr(2)]).unwrap();
+    ml.take_effects();
+    let record = |id: u64| crate::message::Record {
+        id: NodeId(id),
+        incarnation: 0,
+        state: State::Alive,
+        addr: addr(id),
+        meta: vec![],
+    };
+    let joined = ms(100);
+    deliver(
+        &mut ml,
+        joined,
+        2,
+        Message::PushPull {
+            reply: false,
+            members: vec![record(2), record(3), record(4)],
+        },
+        vec![],
+    );
+    // Tick every 10 ms for a while and note when push-pulls asking for a reply go out.
+    let mut at = Vec::new();
+    let mut now = joined;
+    while now < joined + period * 7 + interval - ms(20) {
+        now += ms(10);
+        ml.tick(now);
+        let asks = packets(&ml.take_effects())
+            .iter()
+            .filter(|(_, p)| matches!(p.msg, Message::PushPull { reply: true, .. }))
+            .count();
+        if asks > 0 {
+            at.push(now - joined);
+        }
+    }
+    assert_eq!(at.len(), 3, "then none until the periodic one: {at:?}");
+    for (k, periods) in [1u32, 3, 7].into_iter().enumerate() {
+        let want = period * periods;
+        assert!(
+            at[k] >= want && at[k] <= want + ms(10),
+            "exchange {k} at {:?}, wanted {want:?}: {at:?}",
+            at[k]
+        );
+    }
+}
+
+#[test]
 fn push_pull_suspects_remote_dead_and_refutes_own_death() {
     let mut ml = with_members(Config::local(), 1, &[2, 3]);
     let rec = |id: u64, inc: u64, state: State| crate::message::Record {
