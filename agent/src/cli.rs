@@ -66,8 +66,12 @@ pub enum Command {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
-    /// Show what the agent knows about itself and its swarm (JSON)
-    Info,
+    /// Show what the agent knows about itself and its swarm
+    Info {
+        /// Output format: text (docker info's Swarm section) or json
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Start a throw-away local cluster of agents and walk through the main commands
     Demo(DemoArgs),
 }
@@ -266,7 +270,7 @@ pub fn run_with(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         match &cli.command {
             Command::Swarm { cmd } => swarm(&agent, cmd, &mut ui),
             Command::Node { cmd } => node(&agent, cmd, &mut ui),
-            Command::Info => info(&agent, &mut ui),
+            Command::Info { format } => info(&agent, format.as_deref(), &mut ui),
             Command::Agent(_) | Command::Demo(_) => Ok(()),
         }
     });
@@ -640,12 +644,25 @@ fn update_request(
     })
 }
 
-fn info(agent: &Agent, ui: &mut Ui<'_>) -> Result<(), String> {
+fn info(agent: &Agent, format: Option<&str>, ui: &mut Ui<'_>) -> Result<(), String> {
+    let json = match format {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(format!(
+                "unsupported format {other:?}: expected text or json"
+            ))
+        }
+    };
     match agent.call("GET", "/v1/info", None)? {
-        Response::Info(view) => {
+        Response::Info(view) if json => {
             let text = serde_json::to_string_pretty(&view)
                 .map_err(|e| format!("cannot show the info: {e}"))?;
             ui.print(&text);
+            Ok(())
+        }
+        Response::Info(view) => {
+            ui.print(format::info_text(&view).trim_end());
             Ok(())
         }
         other => Err(unexpected("the agent's info", &other)),
@@ -743,7 +760,7 @@ mod tests {
         let cli = |host: Option<&str>| Cli {
             host: host.map(str::to_string),
             data_dir: PathBuf::from("/srv/shoal"),
-            command: Command::Info,
+            command: Command::Info { format: None },
         };
         assert_eq!(
             socket_path(&cli(None)).unwrap(),
@@ -1286,11 +1303,23 @@ ID                   HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS   ENGINE 
             200,
             serde_json::to_value(Response::Info(info.clone())).unwrap(),
         );
-        let (code, out, _, seen) = run_against(&["info"], vec![answer.clone()]);
+        let (code, out, _, seen) = run_against(&["info", "--format", "json"], vec![answer.clone()]);
         assert_eq!(code, 0);
         assert_eq!(serde_json::from_str::<InfoView>(&out).unwrap(), info);
         assert!(out.starts_with("{\n  \"swarm\": \"inactive\","));
         assert_eq!(seen, ["GET /v1/info"]);
+        let (code, out, _, _) = run_against(&["info"], vec![answer.clone()]);
+        assert_eq!(code, 0);
+        assert_eq!(out, "Swarm: inactive\n Node Address: 127.0.0.1:4242\n");
+        let (code, _, err, seen) = run_against(&["info", "--format", "yaml"], vec![]);
+        assert_eq!(
+            (code, err.as_str()),
+            (
+                1,
+                "Error: unsupported format \"yaml\": expected text or json\n"
+            )
+        );
+        assert!(seen.is_empty());
 
         let (code, out, err, _) = run_against(&["node", "ls"], vec![answer.clone()]);
         assert_eq!((code, out.as_str()), (1, ""));

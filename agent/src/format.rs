@@ -251,6 +251,59 @@ fn field(out: &mut String, label: &str, value: &str) {
     out.push('\n');
 }
 
+/// `info`: the agent and its swarm for humans, in the layout of the Swarm section of
+/// `docker info`.
+pub fn info_text(info: &crate::api::InfoView) -> String {
+    let mut out = format!("Swarm: {}\n", clean(&info.swarm));
+    let mut line = |label: &str, value: &str| {
+        out.push_str(label);
+        out.push_str(": ");
+        out.push_str(&clean(value));
+        out.push('\n');
+    };
+    if info.swarm == "active" {
+        line(" NodeID", &info.node_id);
+        line(
+            " Is Manager",
+            if info.role == "manager" {
+                "true"
+            } else {
+                "false"
+            },
+        );
+        line(" ClusterID", &info.cluster_id);
+        if !info.leader.is_empty() {
+            line(" Leader", &info.leader);
+        }
+        if info.role == "manager" {
+            line(" Managers", &info.voters.len().to_string());
+        }
+        let count = |k: &str| info.members.get(k).copied().unwrap_or(0);
+        line(
+            " Members",
+            &format!(
+                "{} alive, {} suspect, {} dead, {} left",
+                count("alive"),
+                count("suspect"),
+                count("dead"),
+                count("left")
+            ),
+        );
+        if info.role == "manager" {
+            out.push_str(" Raft:\n");
+            out.push_str(&format!("  Term: {}\n", info.term));
+            out.push_str(&format!("  Commit Index: {}\n", info.commit_index));
+            out.push_str(&format!("  Applied Index: {}\n", info.applied_index));
+            out.push_str("  Voters:\n");
+            for v in &info.voters {
+                out.push_str(&format!("   {}\n", clean(v)));
+            }
+        }
+    }
+    out.push_str(&format!(" Node Address: {}\n", clean(&info.listen_addr)));
+    out
+}
+
 /// `node inspect --pretty`: the node for humans, in the layout of `docker node inspect --pretty`.
 /// The id of the node that answered is accepted for symmetry with [`node_table`]; like docker's,
 /// this view does not mark it.
@@ -416,6 +469,38 @@ mod tests {
             node("0000000000000001", "node1", "manager", "Leader"),
             n2,
         ]
+    }
+
+    #[test]
+    fn info_text_follows_docker_info_swarm_section() {
+        let mut info = crate::api::InfoView {
+            swarm: "active".into(),
+            node_id: "8a4c2401a63e94c5".into(),
+            cluster_id: "7463ae51".into(),
+            role: "manager".into(),
+            leader: "8a4c2401a63e94c5".into(),
+            term: 3,
+            commit_index: 40,
+            applied_index: 39,
+            voters: vec!["8a4c2401a63e94c5".into(), "9472f713ebe5df46".into()],
+            members: [("alive".to_string(), 2), ("dead".to_string(), 1)]
+                .into_iter()
+                .collect(),
+            listen_addr: "10.0.0.1:4242".into(),
+        };
+        assert_eq!(
+            info_text(&info),
+            "Swarm: active\n NodeID: 8a4c2401a63e94c5\n Is Manager: true\n ClusterID: 7463ae51\n \
+             Leader: 8a4c2401a63e94c5\n Managers: 2\n Members: 2 alive, 0 suspect, 1 dead, 0 left\n \
+             Raft:\n  Term: 3\n  Commit Index: 40\n  Applied Index: 39\n  Voters:\n   \
+             8a4c2401a63e94c5\n   9472f713ebe5df46\n Node Address: 10.0.0.1:4242\n"
+        );
+        info.role = "worker".into();
+        info.leader.clear();
+        info.voters.clear();
+        let text = info_text(&info);
+        assert!(text.contains(" Is Manager: false\n"), "{text}");
+        assert!(!text.contains("Raft") && !text.contains("Leader"), "{text}");
     }
 
     #[test]
