@@ -115,6 +115,9 @@ pub struct RaftNode {
     pub(crate) rng: u64,
     // candidate
     pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// An early pre-vote round sent by this follower shortly before its election timer fires:
+    /// the tick it went out, the term it is for, and the voters that granted it so far.
+    pub(crate) early_pre_vote: Option<(u64, Term, std::collections::BTreeSet<NodeId>)>,
     // leader
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     pub(crate) seq: u64,
@@ -201,6 +204,7 @@ impl RaftNode {
             heartbeat_elapsed: 0,
             randomized_timeout: 0,
             votes: BTreeMap::new(),
+            early_pre_vote: None,
             progress: BTreeMap::new(),
             seq: 0,
             rounds: VecDeque::new(),
@@ -398,17 +402,20 @@ impl RaftNode {
 
     fn step_inner(&mut self, m: Message) -> Result<(), InvalidMessage> {
         if m.term > self.term {
-            let in_lease = self.cfg.check_quorum
-                && self.leader.is_some()
-                && self.election_elapsed < self.cfg.election_tick;
+            // Leader stickiness: we heard from a live leader within the election timeout; ignore
+            // the disruptor. For a pre-vote the window ends `pre_vote_lead` ticks earlier, so
+            // that an early pre-vote round (sent that much before the sender's timer fires) is
+            // answered; a pre-vote elects nobody, and votes keep the whole window, which is
+            // what leader leases rely on.
+            let in_lease = |window: u32| {
+                self.cfg.check_quorum && self.leader.is_some() && self.election_elapsed < window
+            };
+            let pre_vote_window = self.cfg.election_tick - self.pre_vote_lead();
             match &m.body {
-                MessageBody::PreVote { .. }
-                | MessageBody::Vote {
+                MessageBody::PreVote { .. } if in_lease(pre_vote_window) => return Ok(()),
+                MessageBody::Vote {
                     transfer: false, ..
-                } if in_lease => {
-                    // Leader stickiness: we heard from a live leader recently; ignore the disruptor.
-                    return Ok(());
-                }
+                } if in_lease(self.cfg.election_tick) => return Ok(()),
                 _ => {}
             }
             match &m.body {
@@ -764,6 +771,14 @@ impl RaftNode {
 
     fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
+        let lead = self.pre_vote_lead();
+        if lead > 0
+            && self.role == Role::Follower
+            && self.is_promotable()
+            && self.election_elapsed.saturating_add(lead) == self.randomized_timeout
+        {
+            self.send_early_pre_vote();
+        }
         if self.is_promotable() && self.election_elapsed >= self.randomized_timeout {
             self.election_elapsed = 0;
             self.campaign(false);

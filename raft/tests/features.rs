@@ -1863,3 +1863,177 @@ fn a_batch_of_proposals_takes_consecutive_indices_and_commits_in_order() {
     ));
     assert_eq!(c.node(1).last_index(), last, "nothing was appended");
 }
+
+// ------------------------------------------------------------------------- early pre-vote
+
+/// A three-node cluster with node 1 leading and the others following it, settled.
+fn led_by_1() -> Cluster {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.tick_all(2);
+    c
+}
+
+#[test]
+fn the_pre_vote_round_goes_out_a_tenth_of_the_timeout_early_and_the_election_starts_on_time() {
+    let mut c = led_by_1();
+    let term = c.node(2).term();
+    c.crash(1);
+    // Node 2's timer runs from its last contact with the leader; node 3 is ticked too (it must
+    // be out of the leader's lease to answer), but only up to node 2's timeout.
+    let t = c.node(2).randomized_election_timeout() as usize;
+    let lead = ELECTION / 10;
+    for _ in 0..t - lead - 1 {
+        c.tick(2);
+        c.tick(3);
+    }
+    c.clear_queue();
+    c.tick(2);
+    let early = c.take_messages_from(2);
+    assert_eq!(early.len(), 2, "the early round: {early:?}");
+    assert!(early
+        .iter()
+        .all(|m| m.term == term + 1 && matches!(m.body, MessageBody::PreVote { .. })));
+    assert_eq!(c.node(2).role(), Role::Follower, "still a follower");
+    assert_eq!(c.node(2).term(), term, "no term change");
+    // Node 3 (out of the pre-vote window: it heard from the leader ≥ 9 ticks ago) grants it.
+    for m in early.into_iter().filter(|m| m.to == 3) {
+        c.step(3, m).unwrap();
+    }
+    let grants = c.take_messages_from(3);
+    assert!(matches!(
+        grants[..],
+        [Message {
+            body: MessageBody::PreVoteResp { granted: true },
+            ..
+        }]
+    ));
+    for m in grants {
+        c.step(2, m).unwrap();
+    }
+    assert_eq!(
+        c.node(2).role(),
+        Role::Follower,
+        "nothing happens before the timer fires"
+    );
+    // The timer fires: the real election starts at once, with no second pre-vote round.
+    c.tick(2);
+    let n = c.node(2);
+    assert_eq!((n.role(), n.term()), (Role::Candidate, term + 1));
+    let out = c.take_messages_from(2);
+    assert_eq!(out.len(), 2);
+    assert!(
+        out.iter()
+            .all(|m| matches!(m.body, MessageBody::Vote { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_leader_heard_after_the_early_round_cancels_the_election() {
+    let mut c = led_by_1();
+    let term = c.node(2).term();
+    let t = c.node(2).randomized_election_timeout() as usize;
+    let lead = ELECTION / 10;
+    // The leader's heartbeats stop reaching node 2 only: it sends its early round, which node 3
+    // (in the leader's lease) ignores and node 1 refuses as leader.
+    c.drop_link(1, 2);
+    for _ in 0..t - lead {
+        c.tick(2);
+    }
+    assert!(c
+        .queued()
+        .iter()
+        .any(|m| m.from == 2 && matches!(m.body, MessageBody::PreVote { .. })));
+    c.deliver_all();
+    // Then the leader is heard again before the timer fires: no election.
+    c.restore_link(1, 2);
+    c.tick(1);
+    c.deliver_all();
+    c.tick(2);
+    c.deliver_all();
+    assert_eq!(c.node(2).role(), Role::Follower);
+    assert_eq!(c.node(2).term(), term);
+    assert_eq!(c.node(2).leader(), Some(1));
+    c.tick_all(3 * ELECTION);
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(1).term(), term, "never deposed");
+    assert_eq!(c.node(2).stats().elections, 0);
+}
+
+#[test]
+fn voters_in_the_lease_ignore_the_early_round_and_are_asked_again_when_the_timer_fires() {
+    let mut c = led_by_1();
+    let term = c.node(2).term();
+    c.crash(1);
+    let t = c.node(2).randomized_election_timeout() as usize;
+    let lead = ELECTION / 10;
+    // Node 3 heard from the leader recently (its clock is not advanced): it ignores the early
+    // round.
+    for _ in 0..t - lead {
+        c.tick(2);
+    }
+    c.deliver_all();
+    assert!(c.take_messages_from(3).is_empty());
+    assert_eq!(c.node(2).role(), Role::Follower);
+    // Node 3's lease runs out; node 2's timer fires: a normal pre-vote round, then the election.
+    for _ in 0..ELECTION {
+        c.tick(3);
+    }
+    c.clear_queue();
+    c.tick_n(2, lead);
+    assert_eq!(c.node(2).role(), Role::PreCandidate);
+    c.deliver_all();
+    assert_eq!(c.node(2).role(), Role::Leader);
+    assert_eq!(c.node(2).term(), term + 1);
+}
+
+#[test]
+fn votes_keep_the_whole_lease_while_pre_votes_are_answered_a_tenth_earlier() {
+    let mut c = led_by_1();
+    let term = c.node(3).term();
+    let lead = ELECTION / 10;
+    // Node 3 last heard from the leader ELECTION − lead ticks ago.
+    c.crash(1);
+    for _ in 0..ELECTION - lead {
+        c.tick(3);
+    }
+    c.clear_queue();
+    let ask = |body| Message {
+        from: 2,
+        to: 3,
+        term: term + 1,
+        body,
+    };
+    let (lli, llt) = (c.node(2).last_index(), c.node(2).last_term());
+    c.step(
+        3,
+        ask(MessageBody::PreVote {
+            last_log_index: lli,
+            last_log_term: llt,
+        }),
+    )
+    .unwrap();
+    assert!(matches!(
+        c.take_messages_from(3)[..],
+        [Message {
+            body: MessageBody::PreVoteResp { granted: true },
+            ..
+        }]
+    ));
+    c.step(
+        3,
+        ask(MessageBody::Vote {
+            last_log_index: lli,
+            last_log_term: llt,
+            transfer: false,
+        }),
+    )
+    .unwrap();
+    assert!(
+        c.take_messages_from(3).is_empty(),
+        "a vote inside the lease is ignored"
+    );
+    assert_eq!(c.node(3).term(), term);
+    assert_ne!(c.node(3).vote(), Some(2));
+}

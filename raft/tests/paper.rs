@@ -17,6 +17,30 @@ use shoal_raft::{
 
 const E: usize = 10;
 
+// The paper's algorithm has the textbook election timer: shoal's early pre-vote round (sent a
+// tenth of the timeout before the timer fires; tested in features.rs) is off here.
+
+fn paper(ids: &[u64]) -> Cluster {
+    paper_with(ids, |_| {})
+}
+
+fn paper_with(ids: &[u64], configure: impl Fn(&mut Config) + 'static) -> Cluster {
+    Cluster::with_config(ids, move |cfg| {
+        cfg.early_pre_vote = false;
+        configure(cfg)
+    })
+}
+
+fn paper_from(
+    states: Vec<(u64, RecoveredState)>,
+    configure: impl Fn(&mut Config) + 'static,
+) -> Cluster {
+    Cluster::from_states(states, move |cfg| {
+        cfg.early_pre_vote = false;
+        configure(cfg)
+    })
+}
+
 fn no_pre_vote(cfg: &mut Config) {
     cfg.pre_vote = false;
 }
@@ -68,7 +92,7 @@ fn vote_req(last_log_index: u64, last_log_term: u64) -> MessageBody {
 
 /// A cluster of nodes 1..=3 where node 1 plays `role`.
 fn node1_as(role: Role, configure: fn(&mut Config)) -> Cluster {
-    let mut c = Cluster::with_config(&[1, 2, 3], configure);
+    let mut c = paper_with(&[1, 2, 3], configure);
     match role {
         Role::Leader => c.elect(1),
         Role::Follower => c.elect(2),
@@ -204,7 +228,7 @@ fn higher_term_in_any_message_makes_the_receiver_a_follower_of_that_term() {
 /// everybody's term: neither a pre-vote request nor a granted pre-vote answer changes the term.
 #[test]
 fn pre_vote_messages_do_not_change_the_receivers_term() {
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     let t = c.node(1).term();
     let pre_vote = MessageBody::PreVote {
         last_log_index: 0,
@@ -230,7 +254,7 @@ fn pre_vote_messages_do_not_change_the_receivers_term() {
 /// rejection carries the current term so a deposed leader learns it and steps down.
 #[test]
 fn stale_term_messages_are_rejected_and_answered_with_the_current_term() {
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     c.elect(1);
     c.tick_all(2);
     c.isolate(1);
@@ -297,7 +321,7 @@ fn stale_term_messages_are_rejected_and_answered_with_the_current_term() {
 /// §5.2: "When servers start up, they begin as followers."
 #[test]
 fn nodes_start_as_followers() {
-    let c = Cluster::new(&[1, 2, 3]);
+    let c = paper(&[1, 2, 3]);
     for id in [1, 2, 3] {
         let n = c.node(id);
         assert_eq!(n.role(), Role::Follower);
@@ -315,7 +339,7 @@ fn nodes_start_as_followers() {
 #[test]
 fn leader_sends_heartbeats_every_heartbeat_tick() {
     for hb in [1u32, 3] {
-        let mut c = Cluster::with_config(&[1, 2, 3], move |cfg| cfg.heartbeat_tick = hb);
+        let mut c = paper_with(&[1, 2, 3], move |cfg| cfg.heartbeat_tick = hb);
         c.elect(1);
         let term = c.node(1).term();
         for t in 1..=4 * hb {
@@ -341,7 +365,7 @@ fn leader_sends_heartbeats_every_heartbeat_tick() {
 /// §5.2: "A server remains in follower state as long as it receives valid RPCs from a leader."
 #[test]
 fn followers_stay_followers_while_heartbeats_arrive() {
-    let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+    let mut c = paper(&[1, 2, 3, 4, 5]);
     c.elect(3);
     let term = c.node(3).term();
     c.tick_all(20 * E);
@@ -358,7 +382,7 @@ fn followers_stay_followers_while_heartbeats_arrive() {
 #[test]
 fn follower_starts_an_election_after_its_election_timeout() {
     for pre_vote in [false, true] {
-        let mut c = Cluster::with_config(&[1, 2, 3], move |cfg| cfg.pre_vote = pre_vote);
+        let mut c = paper_with(&[1, 2, 3], move |cfg| cfg.pre_vote = pre_vote);
         let r = c.node(1).randomized_election_timeout() as usize;
         assert!((E..2 * E).contains(&r));
         c.tick_n(1, r - 1);
@@ -399,7 +423,7 @@ fn follower_starts_an_election_after_its_election_timeout() {
 /// candidate will time out and start a new election by incrementing its term."
 #[test]
 fn candidate_starts_a_new_election_after_timeout() {
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.campaign(1);
     c.clear_queue(); // all vote requests lost
     assert_eq!(c.node(1).role(), Role::Candidate);
@@ -420,7 +444,7 @@ fn candidate_starts_a_new_election_after_timeout() {
     }
 
     // With pre-vote, an unanswered pre-candidate retries without raising its term.
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     c.campaign(1);
     c.clear_queue();
     for _ in 0..4 {
@@ -445,7 +469,7 @@ fn candidate_with_a_majority_of_votes_becomes_leader() {
     for n in [1u64, 3, 5] {
         for pre_vote in [false, true] {
             let ids: Vec<u64> = (1..=n).collect();
-            let mut c = Cluster::with_config(&ids, move |cfg| cfg.pre_vote = pre_vote);
+            let mut c = paper_with(&ids, move |cfg| cfg.pre_vote = pre_vote);
             // Only a bare majority is up.
             for id in (n / 2 + 2)..=n {
                 c.crash(id);
@@ -466,7 +490,7 @@ fn candidate_with_a_majority_of_votes_becomes_leader() {
         }
     }
     // Without a majority up, no leader.
-    let mut c = Cluster::with_config(&[1, 2, 3, 4, 5], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3, 4, 5], no_pre_vote);
     for id in [3, 4, 5] {
         c.crash(id);
     }
@@ -481,7 +505,7 @@ fn candidate_with_a_majority_of_votes_becomes_leader() {
 /// state."
 #[test]
 fn candidate_loses_when_another_leader_is_elected() {
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.campaign(1);
     c.clear_queue(); // node 1's vote requests are lost
     c.campaign(2);
@@ -495,7 +519,7 @@ fn candidate_loses_when_another_leader_is_elected() {
     assert_eq!(n1.vote(), Some(1), "its own vote in term 1 stays recorded");
 
     // A leader of a higher term also ends the candidacy.
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.campaign(1);
     c.clear_queue();
     c.step(
@@ -512,7 +536,7 @@ fn candidate_loses_when_another_leader_is_elected() {
 #[test]
 fn candidate_rejected_by_a_majority_returns_to_follower() {
     let voters = [1, 2, 3];
-    let mut c = Cluster::from_states(
+    let mut c = paper_from(
         vec![
             (1, state_with_log(&voters, &[1], 1, 0)),
             (2, state_with_log(&voters, &[1, 1], 1, 0)),
@@ -533,7 +557,7 @@ fn candidate_rejected_by_a_majority_returns_to_follower() {
 /// new election". Four nodes, two candidates with two votes each.
 #[test]
 fn split_vote_leaves_candidates_waiting_then_a_new_election_succeeds() {
-    let mut c = Cluster::with_config(&[1, 2, 3, 4], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3, 4], no_pre_vote);
     c.campaign(1);
     c.campaign(2);
     c.set_filter(|m| {
@@ -568,7 +592,7 @@ fn split_vote_leaves_candidates_waiting_then_a_new_election_succeeds() {
 /// node vote twice in one term.
 #[test]
 fn a_node_grants_at_most_one_vote_per_term_even_across_restarts() {
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.step(3, msg(1, 3, 1, vote_req(0, 0))).unwrap();
     assert_eq!(vote_resps(&mut c, 3), vec![(1, 1, true)]);
     c.step(3, msg(2, 3, 1, vote_req(0, 0))).unwrap();
@@ -589,7 +613,7 @@ fn a_node_grants_at_most_one_vote_per_term_even_across_restarts() {
 
     // On a slow disk the grant is not sent before the vote is durable; a crash before that
     // loses the vote, and since nobody heard of it, voting again is safe.
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.set_slow_disk(3, true);
     c.step(3, msg(1, 3, 1, vote_req(0, 0))).unwrap();
     assert!(
@@ -610,7 +634,7 @@ fn a_node_grants_at_most_one_vote_per_term_even_across_restarts() {
 #[test]
 fn at_most_one_leader_per_term() {
     for seed in 0..20u64 {
-        let mut c = Cluster::with_config(&[1, 2, 3, 4, 5], move |cfg| {
+        let mut c = paper_with(&[1, 2, 3, 4, 5], move |cfg| {
             cfg.pre_vote = false;
             cfg.seed = seed * 31 + cfg.id;
         });
@@ -645,7 +669,7 @@ fn at_most_one_leader_per_term() {
 /// ... of at least the candidate's current term": it returns to follower. Same for a pre-candidate.
 #[test]
 fn candidate_steps_down_on_append_entries_from_a_leader_of_its_term() {
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.campaign(1);
     c.clear_queue();
     assert_eq!(c.node(1).role(), Role::Candidate);
@@ -677,7 +701,7 @@ fn candidate_steps_down_on_append_entries_from_a_leader_of_its_term() {
 #[test]
 fn election_timeouts_are_randomized_in_range_and_differ_across_nodes() {
     // One node, isolated, campaigning over and over: each timeout is redrawn.
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     c.isolate(1);
     let mut seen = BTreeSet::new();
     for _ in 0..200 {
@@ -723,7 +747,7 @@ fn election_timeouts_are_randomized_in_range_and_differ_across_nodes() {
     // in a single election.
     let mut single = 0;
     for base in 0..20u64 {
-        let mut c = Cluster::with_config(&[1, 2, 3, 4, 5], move |cfg| cfg.seed = base * 7 + cfg.id);
+        let mut c = paper_with(&[1, 2, 3, 4, 5], move |cfg| cfg.seed = base * 7 + cfg.id);
         let mut ticks = 0;
         while c.leader().is_none() {
             c.tick_all(1);
@@ -750,7 +774,7 @@ fn election_timeouts_are_randomized_in_range_and_differ_across_nodes() {
 /// follower right away.
 #[test]
 fn new_leader_appends_a_noop_of_its_term_and_starts_replication() {
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     c.campaign(1);
     while c.node(1).role() != Role::Leader {
         c.deliver_one().expect("election completes");
@@ -798,7 +822,7 @@ fn new_leader_appends_a_noop_of_its_term_and_starts_replication() {
 /// Followers learn the commit index and apply in log order.
 #[test]
 fn leader_commits_replicated_entries_and_followers_apply_them() {
-    let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+    let mut c = paper(&[1, 2, 3, 4, 5]);
     c.elect(1);
     c.crash(4);
     c.crash(5);
@@ -832,7 +856,7 @@ fn leader_commits_replicated_entries_and_followers_apply_them() {
 #[test]
 fn committing_a_current_term_entry_commits_all_preceding_entries() {
     let voters = [1, 2, 3];
-    let mut c = Cluster::from_states(
+    let mut c = paper_from(
         vec![
             (1, state_with_log(&voters, &[1, 2, 2], 2, 1)),
             (2, state_with_log(&voters, &[1], 2, 1)),
@@ -855,7 +879,7 @@ fn committing_a_current_term_entry_commits_all_preceding_entries() {
 fn follower_rejects_append_entries_whose_previous_entry_does_not_match() {
     let voters = [1, 2, 3];
     let state = state_with_log(&voters, &[1, 1, 1], 1, 0);
-    let mut c = Cluster::from_states(
+    let mut c = paper_from(
         vec![(1, state.clone()), (2, state.clone()), (3, state.clone())],
         |_| {},
     );
@@ -890,7 +914,7 @@ fn follower_rejects_append_entries_whose_previous_entry_does_not_match() {
 #[test]
 fn follower_truncates_a_conflicting_suffix_but_never_matching_or_committed_entries() {
     let voters = [1, 2, 3];
-    let mut c = Cluster::from_states(
+    let mut c = paper_from(
         vec![
             (1, state_with_log(&voters, &[1, 1], 3, 1)),
             (2, state_with_log(&voters, &[1, 1, 2, 2], 2, 1)),
@@ -976,7 +1000,7 @@ fn figure_7_leader_repairs_every_follower_log() {
         let last = *log.last().unwrap();
         states.push((i as u64 + 2, state_with_log(&ids, log, last, 3)));
     }
-    let mut c = Cluster::from_states(states, |_| {});
+    let mut c = paper_from(states, |_| {});
     c.elect(1);
     assert_eq!(c.node(1).term(), 8);
     c.tick_all(3);
@@ -986,7 +1010,7 @@ fn figure_7_leader_repairs_every_follower_log() {
     for (name, log) in cases {
         let voters = [1, 2, 3];
         let last = *log.last().unwrap();
-        let mut c = Cluster::from_states(
+        let mut c = paper_from(
             vec![
                 (1, state_with_log(&voters, leader, 7, 3)),
                 (2, state_with_log(&voters, leader, 7, 3)),
@@ -1010,7 +1034,7 @@ fn figure_7_leader_repairs_every_follower_log() {
 fn vote_requests_carry_the_last_entry_and_less_up_to_date_candidates_are_denied() {
     let voters = [1, 2, 3];
     for pre_vote in [false, true] {
-        let mut c = Cluster::from_states(
+        let mut c = paper_from(
             vec![
                 (1, state_with_log(&voters, &[1, 1, 2], 2, 0)),
                 (2, state_with_log(&voters, &[1], 2, 0)),
@@ -1050,7 +1074,7 @@ fn vote_requests_carry_the_last_entry_and_less_up_to_date_candidates_are_denied(
         (&[2], 3, 1, false),
     ];
     for (log, lli, llt, granted) in cases {
-        let mut c = Cluster::from_states(
+        let mut c = paper_from(
             vec![
                 (1, state_with_log(&voters, &[], 3, 0)),
                 (2, state_with_log(&voters, log, 3, 0)),
@@ -1066,7 +1090,7 @@ fn vote_requests_carry_the_last_entry_and_less_up_to_date_candidates_are_denied(
         );
         assert_eq!(c.node(2).vote(), granted.then_some(1));
         // The same rule applies to pre-votes.
-        let mut c = Cluster::from_states(
+        let mut c = paper_from(
             vec![
                 (1, state_with_log(&voters, &[], 3, 0)),
                 (2, state_with_log(&voters, log, 3, 0)),
@@ -1088,7 +1112,7 @@ fn vote_requests_carry_the_last_entry_and_less_up_to_date_candidates_are_denied(
 /// term-3 entry at index 2. S1's Appends never deliver its term-4 no-op and never reach S4/S5.
 fn figure_8() -> Cluster {
     let ids = [1, 2, 3, 4, 5];
-    let mut c = Cluster::from_states(
+    let mut c = paper_from(
         vec![
             (1, state_with_log(&ids, &[1, 2], 3, 1)),
             (2, state_with_log(&ids, &[1, 2], 2, 1)),
@@ -1203,7 +1227,7 @@ fn figure_8_old_term_entry_commits_with_a_current_term_entry() {
 /// the leader's sync completes the majority; 3 follower acks are enough without it.
 #[test]
 fn leader_counts_itself_only_once_its_own_write_is_durable() {
-    let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+    let mut c = paper(&[1, 2, 3, 4, 5]);
     c.elect(1);
     c.tick_all(1);
     c.set_slow_disk(1, true);
@@ -1223,7 +1247,7 @@ fn leader_counts_itself_only_once_its_own_write_is_durable() {
     assert_eq!(c.node(1).commit_index(), p.index);
     assert_eq!(c.applied_commands(1), vec![b"x".to_vec()]);
 
-    let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+    let mut c = paper(&[1, 2, 3, 4, 5]);
     c.elect(1);
     c.tick_all(1);
     c.set_slow_disk(1, true);
@@ -1238,7 +1262,7 @@ fn leader_counts_itself_only_once_its_own_write_is_durable() {
 /// Followers acknowledge only what is durable: a follower with a slow disk does not count.
 #[test]
 fn follower_acknowledges_entries_only_once_durable() {
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     c.elect(1);
     c.tick_all(1);
     c.set_slow_disk(2, true);
@@ -1257,7 +1281,7 @@ fn follower_acknowledges_entries_only_once_durable() {
 /// requests wait for the sync; a crash before it loses the candidacy, not a double vote.
 #[test]
 fn candidate_asks_for_votes_only_once_its_own_vote_is_durable() {
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.set_slow_disk(1, true);
     c.campaign(1);
     assert_eq!(c.node(1).role(), Role::Candidate);
@@ -1273,7 +1297,7 @@ fn candidate_asks_for_votes_only_once_its_own_vote_is_durable() {
         .all(|m| matches!(m.body, MessageBody::Vote { .. })));
 
     // Crash before the sync: nothing was sent, nothing is remembered.
-    let mut c = Cluster::with_config(&[1, 2, 3], no_pre_vote);
+    let mut c = paper_with(&[1, 2, 3], no_pre_vote);
     c.set_slow_disk(1, true);
     c.campaign(1);
     c.crash(1);
@@ -1286,7 +1310,7 @@ fn candidate_asks_for_votes_only_once_its_own_vote_is_durable() {
 /// A single-voter group is its own majority, but still commits only what it made durable.
 #[test]
 fn single_node_commits_only_after_its_own_write_is_durable() {
-    let mut c = Cluster::new(&[1]);
+    let mut c = paper(&[1]);
     c.elect(1);
     assert_eq!(c.node(1).commit_index(), 1);
     c.set_slow_disk(1, true);
@@ -1311,7 +1335,7 @@ fn single_node_commits_only_after_its_own_write_is_durable() {
 /// only AppendEntries carrying an entry is lost and nothing else is proposed afterwards.
 #[test]
 fn leader_retries_lost_append_entries_until_followers_store_them() {
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     c.elect(1);
     c.tick_all(2);
     c.crash(3);
@@ -1363,7 +1387,7 @@ fn fast_back_off_repairs_a_far_behind_conflicting_follower_in_few_round_trips() 
     ];
     for (what, log) in followers {
         let last = *log.last().unwrap();
-        let mut c = Cluster::from_states(
+        let mut c = paper_from(
             vec![
                 (1, state_with_log(&voters, &leader, 5, 5)),
                 (2, state_with_log(&voters, &leader, 5, 5)),
@@ -1399,7 +1423,7 @@ fn fast_back_off_repairs_a_far_behind_conflicting_follower_in_few_round_trips() 
 /// same order, and an entry applied somewhere is never applied differently elsewhere.
 #[test]
 fn nodes_apply_the_same_entries_in_the_same_order_across_leader_changes() {
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = paper(&[1, 2, 3]);
     let mut n = 0u32;
     for round in 0..6u64 {
         let l = 1 + round % 3;
