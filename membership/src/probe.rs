@@ -177,9 +177,9 @@ impl Memberlist {
     }
 
     /// The member to probe this round: a member whose last probe was inconclusive, else a
-    /// suspect just heard of, else the aligned
-    /// schedule's target (`Config::aligned_rounds`), else the next live member in this node's
-    /// own randomized round-robin order. `None` if no other member is live.
+    /// suspect just heard of, else the aligned schedule's target (`Config::aligned_rounds`),
+    /// else the next live member in this node's own randomized round-robin order. `None` if no
+    /// other member is live.
     fn next_probe_target(&mut self, round: u32) -> Option<NodeId> {
         if let Some(id) = self.recheck {
             if self
