@@ -106,6 +106,11 @@ fn a_five_node_cluster_through_promotion_demotion_failover_and_restart() {
         .and_then(|v| v.parse().ok())
         .expect("a term");
     assert!(term >= 1);
+    // The same over TCP (--metrics-addr), which serves nothing else.
+    let (status, tcp) = common::http_get(&c.nodes[0].metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(has(&tcp, "shoal_raft_is_leader 1"), "{tcp}");
+    assert_eq!(common::http_get(&c.nodes[0].metrics, "/v1/nodes").0, 404);
     let worker_metrics = scrape(4);
     assert!(has(&worker_metrics, "shoal_swarm_active 1"));
     assert!(worker_metrics.contains("role=\"worker\""));

@@ -26,6 +26,8 @@ pub struct Node {
     pub name: String,
     pub dir: PathBuf,
     pub listen: String,
+    /// Where the agent serves `GET /metrics` over TCP (`--metrics-addr`).
+    pub metrics: String,
     child: Option<Child>,
 }
 
@@ -75,6 +77,28 @@ fn free_port() -> String {
     s.local_addr().expect("addr").to_string()
 }
 
+fn free_tcp_port() -> String {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    s.local_addr().expect("addr").to_string()
+}
+
+/// `GET path` over plain HTTP/1.1 to `addr`; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let r = shoal_agent::client::parse_response(&raw).expect("an HTTP answer");
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
 impl Cluster {
     /// `n` agents, started, not yet in a swarm (hostnames node-1 … node-n).
     pub fn start(n: usize) -> Cluster {
@@ -89,6 +113,7 @@ impl Cluster {
                 name: format!("node-{i}"),
                 dir,
                 listen: free_port(),
+                metrics: free_tcp_port(),
                 child: None,
             });
         }
@@ -105,6 +130,7 @@ impl Cluster {
             name: format!("node-{}", i + 1),
             dir: self.tmp.path().join(format!("node-{}", i + 1)),
             listen: free_port(),
+            metrics: free_tcp_port(),
             child: None,
         });
         self.spawn(i);
@@ -123,7 +149,7 @@ impl Cluster {
             .args(["--data-dir"])
             .arg(&n.dir)
             .args(["agent", "--listen", &n.listen, "--hostname", &n.name])
-            .args(["--gossip", "local"])
+            .args(["--gossip", "local", "--metrics-addr", &n.metrics])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
