@@ -342,19 +342,9 @@ impl Agent {
             Request::Leave { force } => self.leave(force).await,
             Request::Info => match self.member.read().await.clone() {
                 Some(m) => Response::Info(m.info(self.opts.listen)),
-                None => Response::Info(crate::api::InfoView {
-                    swarm: "inactive".into(),
-                    node_id: String::new(),
-                    cluster_id: String::new(),
-                    role: String::new(),
-                    leader: String::new(),
-                    term: 0,
-                    commit_index: 0,
-                    applied_index: 0,
-                    voters: Vec::new(),
-                    members: BTreeMap::new(),
-                    listen_addr: self.opts.listen.to_string(),
-                }),
+                None => Response::Info(crate::api::InfoView::inactive(
+                    self.opts.listen.to_string(),
+                )),
             },
             other => match self.member.read().await.clone() {
                 Some(m) => m.control(other).await,

@@ -220,6 +220,25 @@ pub struct InfoView {
     pub listen_addr: String,
 }
 
+impl InfoView {
+    /// What an agent that is not part of a swarm says about itself.
+    pub fn inactive(listen_addr: String) -> Self {
+        InfoView {
+            swarm: "inactive".into(),
+            node_id: String::new(),
+            cluster_id: String::new(),
+            role: String::new(),
+            leader: String::new(),
+            term: 0,
+            commit_index: 0,
+            applied_index: 0,
+            voters: Vec::new(),
+            members: BTreeMap::new(),
+            listen_addr,
+        }
+    }
+}
+
 impl Response {
     /// An error response from anything displayable.
     pub fn error(e: impl std::fmt::Display) -> Self {

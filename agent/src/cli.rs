@@ -1286,19 +1286,7 @@ ID                   HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS   ENGINE 
 
     #[test]
     fn info_and_unexpected_answers() {
-        let info = InfoView {
-            swarm: "inactive".into(),
-            node_id: String::new(),
-            cluster_id: String::new(),
-            role: String::new(),
-            leader: String::new(),
-            term: 0,
-            commit_index: 0,
-            applied_index: 0,
-            voters: vec![],
-            members: BTreeMap::new(),
-            listen_addr: "127.0.0.1:4242".into(),
-        };
+        let info = InfoView::inactive("127.0.0.1:4242".into());
         let answer = (
             200,
             serde_json::to_value(Response::Info(info.clone())).unwrap(),

@@ -117,7 +117,7 @@ pub fn start(
         },
     );
     let counters = Arc::new(Mutex::new(SwimCounters::default()));
-    let span = tracing::info_span!("swim", node = %format!("{id:016x}"));
+    let span = tracing::info_span!("swim", node = %shoal_cluster::node_id_string(id));
     tokio::spawn(tracing::Instrument::instrument(
         run(ml, rx, transport, view.clone(), counters.clone()),
         span,

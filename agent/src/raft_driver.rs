@@ -346,7 +346,7 @@ impl Driver {
     fn span(&self) -> tracing::Span {
         tracing::info_span!(
             "raft",
-            node = %format!("{:016x}", self.id),
+            node = %shoal_cluster::node_id_string(self.id),
             term = self.node.term(),
             role = ?self.node.role(),
         )

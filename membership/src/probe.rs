@@ -57,21 +57,14 @@ pub(crate) fn round_shift(round: u32, m: usize) -> usize {
     let m64 = m as u64;
     let epoch = u64::from(round) / m64;
     let j = u64::from(round) % m64;
-    let h = mix(epoch ^ (m64 << 32));
+    // The same at every member: one splitmix64 step of the epoch and the size.
+    let h = crate::rng::Rng::new(epoch ^ (m64 << 32)).next_u64();
     let mut a = 1 + (h >> 32) % (m64 - 1);
     while gcd(a, m64) != 1 {
         a = a % (m64 - 1) + 1;
     }
     let b = (h & 0xFFFF_FFFF) % m64;
     1 + ((a * j + b) % m64) as usize
-}
-
-/// A 64-bit mixing function (splitmix64's finalizer): spreads the bits of `x`.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
