@@ -14,6 +14,39 @@ pub const MAX_COMMAND_SIZE: usize = 256 * 1024;
 /// Version byte in front of every encoded command.
 const COMMAND_VERSION: u8 = 1;
 
+/// Identifies one client request across retries: a random client id (one per CLI invocation)
+/// and a sequence number within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The client.
+    pub client: u64,
+    /// The request within the client.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}-{}", self.client, self.seq)
+    }
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = String;
+
+    /// Parses `<16 hex>-<decimal>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid request id {s:?}: expected <16 hex digits>-<number>");
+        let (c, q) = s.split_once('-').ok_or_else(bad)?;
+        if c.len() != 16 {
+            return Err(bad());
+        }
+        Ok(RequestId {
+            client: u64::from_str_radix(c, 16).map_err(|_| bad())?,
+            seq: q.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// What `node update` changes (fields left `None` or empty are kept).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeUpdate {
@@ -103,6 +136,26 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// A node admitted with a join token: recorded (status Unknown, "joining the swarm") before
+    /// its certificate is issued, so that every certificate names a node the state knows. The
+    /// token's secret is checked against the committed tokens when the command is applied, so a
+    /// token rotated before this entry refuses it on every replica.
+    AdmitNode {
+        /// The node (its desired role is the role the joiner asked for).
+        node: NewNode,
+        /// The join token's secret, lower-case hex (the tokens are in the state already).
+        secret: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// A write carrying the client's request id: applied once; a retry of the same id gets the
+    /// first result (Raft thesis §6.3).
+    Tracked {
+        /// The request id.
+        id: RequestId,
+        /// The write.
+        cmd: Box<Command>,
+    },
     /// `swarm init --force-new-cluster` on `survivor`: every other manager becomes a worker (the
     /// Raft group now has one voter); the operator promotes again.
     ForceNewCluster {
@@ -147,7 +200,10 @@ impl Command {
     /// The node a command is about, if any.
     pub fn node(&self) -> Option<NodeId> {
         match self {
-            Command::Init { node, .. } | Command::AddNode { node, .. } => Some(node.id),
+            Command::Init { node, .. }
+            | Command::AddNode { node, .. }
+            | Command::AdmitNode { node, .. } => Some(node.id),
+            Command::Tracked { cmd, .. } => cmd.node(),
             Command::UpdateDescription { id, .. }
             | Command::UpdateNode { id, .. }
             | Command::SetObservedRole { id, .. }

@@ -16,6 +16,15 @@ pub enum ClusterError {
         /// How many nodes match.
         count: usize,
     },
+    /// The node was removed from the swarm: its id is never admitted again.
+    #[error("node {0} was removed from the swarm")]
+    NodeRemoved(String),
+    /// The join token is not one of the cluster's current tokens (or is for the other role).
+    #[error("invalid join token")]
+    InvalidJoinToken,
+    /// A retried request: the first attempt's refusal, repeated.
+    #[error("{0}")]
+    Repeated(String),
     /// A node with this id exists already.
     #[error("node {0} already exists")]
     NodeExists(String),

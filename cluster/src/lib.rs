@@ -17,10 +17,10 @@ mod state;
 mod types;
 mod validate;
 
-pub use command::{Command, NodeUpdate, MAX_COMMAND_SIZE};
+pub use command::{Command, NodeUpdate, RequestId, MAX_COMMAND_SIZE};
 pub use error::ClusterError;
 pub use reconcile::{reconcile, Action, RaftView, Reconciliation};
-pub use state::{ClusterState, SNAPSHOT_VERSION};
+pub use state::{ClusterState, JOINING, MAX_REMEMBERED_REQUESTS, SNAPSHOT_VERSION};
 pub use types::{
     node_id_string, parse_label, validate_addr, validate_hostname, validate_label, Availability,
     ClusterInfo, NewNode, Node, NodeDescription, NodeId, NodeState, NodeStatus, Platform,

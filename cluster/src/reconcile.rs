@@ -106,6 +106,9 @@ pub fn reconcile(state: &ClusterState, view: &RaftView) -> Reconciliation {
                     } else {
                         conf.push((1, Action::PromoteVoter(id)));
                     }
+                } else if n.is_joining() {
+                    out.waiting
+                        .push((id, "promotion waits: the node has not connected yet".into()));
                 } else {
                     conf.push((2, Action::AddLearner(id)));
                 }

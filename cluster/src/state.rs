@@ -1,19 +1,30 @@
 //! The cluster state machine: applies commands in log order, deterministically, and snapshots
 //! and restores itself whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, NodeUpdate};
+use crate::command::{Command, NodeUpdate, RequestId};
 use crate::error::ClusterError;
 use crate::types::{
     node_id_string, validate_addr, validate_description, validate_label, validate_labels,
     Availability, ClusterInfo, NewNode, Node, NodeId, NodeState, NodeStatus, Role,
 };
 
-/// Version byte in front of every snapshot.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// Version byte in front of every snapshot (2: removed node ids and request ids).
+pub const SNAPSHOT_VERSION: u8 = 2;
+
+/// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
+/// seconds; this many writes take far longer on any real cluster.
+pub const MAX_REMEMBERED_REQUESTS: usize = 10_000;
+
+/// Status message of a node admitted with a join token that has not connected yet.
+pub const JOINING: &str = "joining the swarm";
+
+/// Most removed node ids remembered (each is 8 bytes; a cluster that removed a million nodes
+/// refuses further removals rather than growing without bound).
+const MAX_REMOVED: usize = 1_000_000;
 
 /// Largest snapshot accepted by [`ClusterState::restore`].
 const MAX_SNAPSHOT_SIZE: usize = 256 << 20;
@@ -24,6 +35,12 @@ pub struct ClusterState {
     cluster: Option<ClusterInfo>,
     nodes: BTreeMap<NodeId, Node>,
     applied: u64,
+    /// Nodes removed from the swarm: denied by every node, forever.
+    removed: BTreeSet<NodeId>,
+    /// The first result of each remembered request id.
+    requests: BTreeMap<RequestId, Result<(), String>>,
+    /// Remembered request ids, oldest first.
+    request_order: VecDeque<RequestId>,
 }
 
 impl ClusterState {
@@ -50,6 +67,21 @@ impl ClusterState {
     /// The Raft index of the last command applied.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// Ids of nodes removed from the swarm (never admitted again, denied in every handshake).
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.removed
+    }
+
+    /// Whether `id` was removed from the swarm.
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.removed.contains(&id)
+    }
+
+    /// The first result of request `id`, if it was applied and is still remembered.
+    pub fn request_result(&self, id: &RequestId) -> Option<&Result<(), String>> {
+        self.requests.get(id)
     }
 
     /// Nodes whose observed role is manager.
@@ -102,6 +134,29 @@ impl ClusterState {
     /// index still counts as applied); every replica refuses the same commands.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<(), ClusterError> {
         self.applied = self.applied.max(index);
+        let Command::Tracked { id, cmd } = cmd else {
+            return self.apply_one(index, cmd);
+        };
+        if let Some(first) = self.requests.get(id) {
+            return first.clone().map_err(ClusterError::Repeated);
+        }
+        let result = if matches!(**cmd, Command::Tracked { .. }) {
+            Err(ClusterError::Invalid("nested request ids".into()))
+        } else {
+            self.apply_one(index, cmd)
+        };
+        self.requests
+            .insert(*id, result.clone().map_err(|e| e.to_string()));
+        self.request_order.push_back(*id);
+        while self.request_order.len() > MAX_REMEMBERED_REQUESTS {
+            if let Some(old) = self.request_order.pop_front() {
+                self.requests.remove(&old);
+            }
+        }
+        result
+    }
+
+    fn apply_one(&mut self, index: u64, cmd: &Command) -> Result<(), ClusterError> {
         let mut next = None;
         let result = self.check_and_build(index, cmd, &mut next);
         if result.is_ok() {
@@ -111,6 +166,7 @@ impl ClusterState {
                 }
                 Some(Change::Remove(id)) => {
                     self.nodes.remove(&id);
+                    self.removed.insert(id);
                 }
                 Some(Change::Cluster(c)) => self.cluster = Some(*c),
                 Some(Change::Init(c, node)) => {
@@ -158,9 +214,7 @@ impl ClusterState {
             }
             Command::AddNode { node, at_ms } => {
                 self.initialized()?;
-                if self.nodes.contains_key(&node.id) {
-                    return Err(ClusterError::NodeExists(node_id_string(node.id)));
-                }
+                self.check_new_id(node.id)?;
                 check_new_node(node)?;
                 let mut n = new_node(node, index, *at_ms);
                 n.status = NodeStatus {
@@ -170,6 +224,36 @@ impl ClusterState {
                 *out = Some(Change::Node(Box::new(n)));
                 Ok(())
             }
+            Command::AdmitNode {
+                node,
+                secret,
+                at_ms,
+            } => {
+                let c = self.initialized()?;
+                self.check_new_id(node.id)?;
+                check_new_node(node)?;
+                let token = match node.desired_role {
+                    Role::Worker => &c.worker_token,
+                    Role::Manager => &c.manager_token,
+                };
+                let valid = secret.len() == 32
+                    && secret.bytes().all(|b| b.is_ascii_hexdigit())
+                    && token
+                        .rsplit('-')
+                        .next()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(secret));
+                if !valid {
+                    return Err(ClusterError::InvalidJoinToken);
+                }
+                let mut n = new_node(node, index, *at_ms);
+                n.status = NodeStatus {
+                    state: NodeState::Unknown,
+                    message: JOINING.into(),
+                };
+                *out = Some(Change::Node(Box::new(n)));
+                Ok(())
+            }
+            Command::Tracked { .. } => Err(ClusterError::Invalid("nested request ids".into())),
             Command::UpdateDescription {
                 id,
                 description,
@@ -225,6 +309,11 @@ impl ClusterState {
                 if n.role == Role::Manager {
                     return Err(ClusterError::RemoveManager(node_id_string(*id)));
                 }
+                if self.removed.len() >= MAX_REMOVED {
+                    return Err(ClusterError::Invalid(format!(
+                        "{MAX_REMOVED} nodes were removed already: no more removals"
+                    )));
+                }
                 *out = Some(Change::Remove(*id));
                 Ok(())
             }
@@ -264,6 +353,17 @@ impl ClusterState {
         }
     }
 
+    /// A new node's id must be unused, and never removed.
+    fn check_new_id(&self, id: NodeId) -> Result<(), ClusterError> {
+        if self.removed.contains(&id) {
+            return Err(ClusterError::NodeRemoved(node_id_string(id)));
+        }
+        if self.nodes.contains_key(&id) {
+            return Err(ClusterError::NodeExists(node_id_string(id)));
+        }
+        Ok(())
+    }
+
     fn initialized(&self) -> Result<&ClusterInfo, ClusterError> {
         self.cluster.as_ref().ok_or(ClusterError::NotInitialized)
     }
@@ -301,6 +401,17 @@ impl ClusterState {
             if *id != n.id {
                 return Err(err(format!("node {} filed under {}", n.id, id)));
             }
+            if state.removed.contains(id) {
+                return Err(err(format!("node {id} is both present and removed")));
+            }
+        }
+        let ordered: BTreeSet<&RequestId> = state.request_order.iter().collect();
+        if ordered.len() != state.request_order.len()
+            || state.request_order.len() != state.requests.len()
+            || state.requests.len() > MAX_REMEMBERED_REQUESTS
+            || state.requests.keys().any(|k| !ordered.contains(k))
+        {
+            return Err(err("inconsistent request ids".into()));
         }
         Ok(state)
     }

@@ -186,6 +186,14 @@ pub struct Node {
     pub status: NodeStatus,
 }
 
+impl Node {
+    /// Admitted with a join token, not connected yet (it has not registered, and membership has
+    /// not seen it).
+    pub fn is_joining(&self) -> bool {
+        self.status.state == NodeState::Unknown && self.status.message == crate::state::JOINING
+    }
+}
+
 /// A node joining: what the manager that admitted it proposes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewNode {

@@ -687,3 +687,155 @@ proptest! {
         let _ = ClusterState::restore(&with_version);
     }
 }
+
+fn token_cluster() -> (ClusterState, String, String) {
+    let worker_secret = "00112233445566778899aabbccddeeff".to_string();
+    let manager_secret = "ffeeddccbbaa99887766554433221100".to_string();
+    let mut info = cluster_info();
+    info.worker_token = format!("SHOAL-1-{}-{worker_secret}", "d".repeat(64));
+    info.manager_token = format!("SHOAL-1-{}-{manager_secret}", "d".repeat(64));
+    let mut s = ClusterState::new();
+    s.apply(
+        1,
+        &Command::Init {
+            cluster: info,
+            node: new_node(1, "n1", Role::Manager),
+            at_ms: 1,
+        },
+    )
+    .unwrap();
+    (s, worker_secret, manager_secret)
+}
+
+#[test]
+fn admission_checks_the_committed_token_and_records_a_joining_node() {
+    let (mut s, worker, manager) = token_cluster();
+    let admit = |id, role, secret: &str| Command::AdmitNode {
+        node: new_node(id, &format!("n{id}"), role),
+        secret: secret.into(),
+        at_ms: 5,
+    };
+    // The worker secret does not admit a manager, nor a garbage secret anyone.
+    assert_eq!(
+        s.apply(2, &admit(2, Role::Manager, &worker)),
+        Err(ClusterError::InvalidJoinToken)
+    );
+    assert_eq!(
+        s.apply(3, &admit(2, Role::Worker, "not-hex")),
+        Err(ClusterError::InvalidJoinToken)
+    );
+    assert!(s.node(2).is_none());
+    s.apply(4, &admit(2, Role::Worker, &worker)).unwrap();
+    s.apply(5, &admit(3, Role::Manager, &manager)).unwrap();
+    let n = s.node(2).unwrap();
+    assert!(n.is_joining());
+    assert_eq!(n.status.state, NodeState::Unknown);
+    assert_eq!(s.node(3).unwrap().desired_role, Role::Manager);
+    // A joining manager is not added to Raft before it connects.
+    let plan = reconcile(&s, &raft(1, &[1], &[], &[1]));
+    assert!(!plan.actions.contains(&Action::AddLearner(3)));
+    // A rotation committed before an admission refuses it on every replica.
+    s.apply(
+        6,
+        &Command::RotateJoinToken {
+            role: Role::Worker,
+            token: format!("SHOAL-1-{}-{}", "d".repeat(64), "1".repeat(32)),
+            at_ms: 6,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        s.apply(7, &admit(4, Role::Worker, &worker)),
+        Err(ClusterError::InvalidJoinToken)
+    );
+}
+
+#[test]
+fn removed_ids_stay_removed_across_snapshots() {
+    let (mut s, worker, _) = token_cluster();
+    s.apply(
+        2,
+        &Command::AdmitNode {
+            node: new_node(2, "n2", Role::Worker),
+            secret: worker.clone(),
+            at_ms: 2,
+        },
+    )
+    .unwrap();
+    s.apply(3, &Command::RemoveNode { id: 2, at_ms: 3 })
+        .unwrap();
+    assert!(s.is_removed(2));
+    let restored = ClusterState::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored, s);
+    assert!(restored.is_removed(2));
+    for cmd in [
+        Command::AdmitNode {
+            node: new_node(2, "n2", Role::Worker),
+            secret: worker,
+            at_ms: 4,
+        },
+        Command::AddNode {
+            node: new_node(2, "n2", Role::Worker),
+            at_ms: 4,
+        },
+    ] {
+        let mut r = restored.clone();
+        assert_eq!(
+            r.apply(4, &cmd),
+            Err(ClusterError::NodeRemoved(node_id_string(2)))
+        );
+        assert!(r.node(2).is_none());
+    }
+}
+
+#[test]
+fn a_retried_request_is_applied_once_and_gets_the_first_result() {
+    let mut s = cluster(1, 1);
+    let id = RequestId { client: 7, seq: 1 };
+    let label = |v: &str| Command::Tracked {
+        id,
+        cmd: Box::new(Command::UpdateNode {
+            id: 2,
+            update: NodeUpdate {
+                labels_add: [("v".to_string(), v.to_string())].into(),
+                ..Default::default()
+            },
+            at_ms: 50,
+        }),
+    };
+    s.apply(100, &label("first")).unwrap();
+    let version = s.node(2).unwrap().version;
+    // The retry (even with other content) changes nothing and answers like the first.
+    s.apply(101, &label("second")).unwrap();
+    assert_eq!(s.node(2).unwrap().labels["v"], "first");
+    assert_eq!(s.node(2).unwrap().version, version);
+    // A refused request is refused again with the same message, even if it would pass now.
+    let rm = RequestId { client: 7, seq: 2 };
+    let remove = Command::Tracked {
+        id: rm,
+        cmd: Box::new(Command::RemoveNode { id: 99, at_ms: 1 }),
+    };
+    let first = s.apply(102, &remove).unwrap_err().to_string();
+    assert_eq!(s.apply(103, &remove).unwrap_err().to_string(), first);
+    // Remembered in snapshots; bounded.
+    let restored = ClusterState::restore(&s.snapshot()).unwrap();
+    assert!(restored.request_result(&id).is_some());
+    let mut big = restored;
+    for i in 0..(MAX_REMEMBERED_REQUESTS as u64 + 5) {
+        let _ = big.apply(
+            200 + i,
+            &Command::Tracked {
+                id: RequestId { client: 8, seq: i },
+                cmd: Box::new(Command::RemoveNode { id: 99, at_ms: 1 }),
+            },
+        );
+    }
+    assert!(big.request_result(&id).is_none());
+    assert!(big
+        .request_result(&RequestId {
+            client: 8,
+            seq: MAX_REMEMBERED_REQUESTS as u64 + 4
+        })
+        .is_some());
+    assert!(ClusterState::restore(&big.snapshot()).is_ok());
+}
