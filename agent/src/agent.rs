@@ -121,6 +121,11 @@ pub struct Member {
     data: DataDir,
     /// Set when this member is done (the node left its swarm): its tasks end.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Nodes known to be managers, from the replicated state or a manager's directory (never
+    /// from gossip).
+    known_managers: Mutex<std::collections::BTreeSet<u64>>,
+    /// Raft messages dropped before any replica saw them (sender not a manager).
+    rejected_not_member: std::sync::atomic::AtomicU64,
 }
 
 /// What this agent reports about its machine.
@@ -160,6 +165,9 @@ fn memory_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// What a removed node is told when it comes back.
+pub const REMOVED: &str = "this node was removed from the swarm";
 
 /// How long a request may wait for Raft (a commit, a leader).
 const RAFT_WAIT: Duration = Duration::from_secs(10);
@@ -247,6 +255,9 @@ impl Agent {
         let identity =
             NodeIdentity::new(cert, key).context("the certificate is not for our key")?;
         let denylist = Denylist::new();
+        for id in self.data.load_removed() {
+            denylist.deny(id);
+        }
         let (server, client) = net::quic_configs(&identity, &ca_der, denylist.clone())?;
         let endpoint = self.listen_endpoint(server).await?;
         let (transport, inbound) = Transport::start(
@@ -292,13 +303,15 @@ impl Agent {
                 .iter()
                 .filter_map(|s| gossip::parse_swim_addr(s))
                 .map(|(id, a)| {
-                    transport.set_peer_addr(id, a);
+                    transport.hint_peer_addr(id, a);
                     id
                 })
                 .filter(|id| *id != stored.node.node_id)
                 .collect(),
             data: self.data.clone(),
             stop: tokio::sync::watch::channel(false).0,
+            rejected_not_member: Default::default(),
+            known_managers: Default::default(),
         });
         if let Some(how) = raft {
             member.start_raft(how)?;
@@ -331,8 +344,13 @@ impl Agent {
         Ok(member)
     }
 
-    /// Answers one request from the CLI (or forwarded by another agent).
-    pub async fn handle(self: &Arc<Self>, req: Request) -> Response {
+    /// Answers one request from the CLI (an operator at the control socket); `rid` identifies a
+    /// write across retries.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request,
+        rid: Option<shoal_cluster::RequestId>,
+    ) -> Response {
         match req {
             Request::Init {
                 advertise_addr,
@@ -347,7 +365,7 @@ impl Agent {
                 )),
             },
             other => match self.member.read().await.clone() {
-                Some(m) => m.control(other).await,
+                Some(m) => m.control(other, rid).await,
                 None => Response::error(
                     "this node is not part of a swarm: run `shoal swarm init` or `shoal swarm join` first",
                 ),
@@ -542,7 +560,7 @@ impl Agent {
         self.data.save(&stored)?;
         let m = self.start_member(stored, None).await?;
         *self.member.write().await = Some(m.clone());
-        m.transport.set_peer_addr(joined.manager_id, remote);
+        m.transport.pin_peer_addr(joined.manager_id, remote);
         m.register(joined.manager_id, &self.opts, Duration::from_secs(30))
             .await?;
         Ok(Response::ok(format!(
@@ -564,9 +582,12 @@ impl Agent {
             // Demote ourselves through the leader (it checks quorum), then wait until the
             // replica is out of the group.
             match m
-                .control(Request::NodeDemote {
-                    node: node_id_string(m.id),
-                })
+                .control(
+                    Request::NodeDemote {
+                        node: node_id_string(m.id),
+                    },
+                    None,
+                )
                 .await
             {
                 Response::Error { message } => {
@@ -728,6 +749,24 @@ impl Member {
         }
     }
 
+    /// Proposes `cmd`, tagged with the client's request id if it has one (applied once).
+    pub async fn propose_as(
+        &self,
+        rid: Option<shoal_cluster::RequestId>,
+        cmd: Command,
+    ) -> Result<(), String> {
+        match rid {
+            Some(id) => {
+                self.propose(Command::Tracked {
+                    id,
+                    cmd: Box::new(cmd),
+                })
+                .await
+            }
+            None => self.propose(cmd).await,
+        }
+    }
+
     /// A linearizable read barrier on this node's replica (it must lead).
     pub(crate) async fn read_barrier(&self) -> Result<(), String> {
         let h = self.raft().ok_or("this node is not a manager")?;
@@ -763,7 +802,7 @@ impl Member {
                             .strip_prefix("not the leader; leader is ")
                             .and_then(gossip::parse_swim_addr)
                         {
-                            self.transport.set_peer_addr(id, a);
+                            self.transport.hint_peer_addr(id, a);
                             target = id;
                             continue;
                         }
@@ -848,6 +887,14 @@ impl Member {
         }
         snap.members = self.members_by_state();
         snap.swim = Some(*self.gossip.counters.lock().expect("counters"));
+        let (raft_not_member, raft_malformed, raft_bad_snapshot) =
+            snap.raft.as_ref().map_or((0, 0, 0), |r| {
+                (
+                    r.rejected_not_member,
+                    r.rejected_malformed,
+                    r.rejected_snapshots,
+                )
+            });
         let w = self.transport.stats();
         snap.transport = BTreeMap::from([
             ("sent", w.sent.load(Relaxed)),
@@ -865,6 +912,12 @@ impl Member {
             ("unknown_kind", w.unknown_kind.load(Relaxed)),
             ("malformed", w.malformed.load(Relaxed)),
             ("unauthenticated", w.unauthenticated.load(Relaxed)),
+            (
+                "not_a_member",
+                self.rejected_not_member.load(Relaxed) + raft_not_member,
+            ),
+            ("malformed_raft", raft_malformed),
+            ("bad_snapshot", raft_bad_snapshot),
         ]);
     }
 
@@ -913,9 +966,16 @@ async fn dispatch(m: Arc<Member>, mut inbound: Inbound) {
 
 impl Member {
     async fn to_raft(self: &Arc<Self>, from: u64, bytes: Vec<u8>) {
+        let manager = self.transport.peer_role(from) == Some(pki::Role::Manager);
         let h = match self.raft() {
             Some(h) => h,
             None => {
+                // Only a manager's certificate may start a replica here.
+                if !manager {
+                    self.rejected_not_member
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 // A leader replicating to us: we are being promoted. Not right after our
                 // replica stopped (late messages from before the removal).
                 let recently_stopped = self
@@ -948,13 +1008,13 @@ impl Member {
                 }
             }
         };
-        let _ = h.tx.send(RaftCmd::Step(from, bytes)).await;
+        let _ = h.tx.send(RaftCmd::Step(from, manager, bytes)).await;
     }
 }
 
 async fn peer_request(m: Arc<Member>, req: IncomingRequest) {
     let resp = match &req.from {
-        None => m.handle_join(&req.body).await,
+        None => m.handle_join(&req.body, req.remote).await,
         Some(cert) if req.body.first() == Some(&wire::CONTROL_TAG) => {
             let cert = cert.clone();
             wire::encode_response(&match wire::decode_request(&req.body) {
@@ -983,30 +1043,135 @@ impl Member {
         JoinAuthority::new(ca, JoinTokens { worker, manager }).map_err(|e| e.to_string())
     }
 
-    async fn handle_join(&self, body: &[u8]) -> Vec<u8> {
+    /// Admits a joining node: the token is checked here first (cheap refusals, no Raft, no
+    /// signature), then the node is recorded through the leader, whose committed state checks the
+    /// token again (a rotation committed first refuses it), and only then is its certificate
+    /// signed. A manager cut off in a minority cannot commit, so it admits nobody. No lock on the
+    /// cluster state is held while signing.
+    async fn handle_join(&self, body: &[u8], remote: SocketAddr) -> Vec<u8> {
         let mut authority = match self.authority() {
             Ok(a) => a,
             Err(e) => return join::JoinResponse::refused(e).encode(),
         };
-        let taken: std::collections::BTreeSet<u64> = self
-            .raft()
-            .map(|h| {
-                h.state
-                    .read()
-                    .expect("state")
-                    .nodes()
-                    .keys()
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        let outcome = authority.handle_request(body, SystemTime::now(), || loop {
-            let id = self.entropy.node_id();
-            if !taken.contains(&id) {
-                break id;
+        let req = match join::PkiRequest::decode(body) {
+            Ok(join::PkiRequest::Join(r)) if r.validate().is_ok() => r,
+            // Malformed requests and renewals without a certificate: the authority refuses them
+            // with its own words, and counts them.
+            _ => {
+                return authority
+                    .handle_request(body, SystemTime::now(), || 0)
+                    .response
             }
-        });
-        outcome.response
+        };
+        let role = match authority.tokens.role_for_secret(&req.secret) {
+            Some(r) if r == req.want => r,
+            _ => {
+                return authority
+                    .handle_request(body, SystemTime::now(), || 0)
+                    .response
+            }
+        };
+        let id = {
+            let Some(h) = self.raft() else {
+                return join::JoinResponse::refused("this node is not a manager").encode();
+            };
+            let st = h.state.read().expect("state");
+            loop {
+                let id = self.entropy.node_id();
+                if st.node(id).is_none() && !st.is_removed(id) {
+                    break id;
+                }
+            }
+        };
+        let admit = AgentRequest::Admit {
+            id,
+            hostname: req.hostname.clone(),
+            addr: remote.to_string(),
+            role: if role == pki::Role::Manager {
+                Role::Manager
+            } else {
+                Role::Worker
+            },
+            secret: req.secret.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        if let Err(e) = self.admit_through_leader(admit).await {
+            return join::JoinResponse::refused(format!(
+                "the swarm could not record this node: {e}; run `shoal swarm join` again"
+            ))
+            .encode();
+        }
+        authority
+            .handle_request(body, SystemTime::now(), || id)
+            .response
+    }
+
+    /// Has the leader commit an admission (this node, if it leads), following leader changes
+    /// for a few seconds.
+    async fn admit_through_leader(&self, admit: AgentRequest) -> Result<(), String> {
+        let bytes = wire::encode_request(&admit);
+        let deadline = Instant::now() + Duration::from_secs(12);
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            let Some(h) = self.raft() else {
+                return Err("this node is no longer a manager".into());
+            };
+            let leader = h.status.borrow().leader;
+            match leader {
+                Some(l) if l == self.id => return self.record_admission(admit).await,
+                Some(l) => {
+                    match tokio::time::timeout(
+                        Duration::from_secs(11),
+                        self.transport.request(l, &bytes),
+                    )
+                    .await
+                    {
+                        Ok(Ok(resp)) => match wire::decode_response(&resp) {
+                            Response::Ok { .. } => return Ok(()),
+                            Response::Error { message } if message == "not the leader" => {
+                                last = message
+                            }
+                            Response::Error { message } => return Err(message),
+                            _ => return Err("unexpected answer from the leader".into()),
+                        },
+                        Ok(Err(e)) => last = format!("cannot reach the leader: {e}"),
+                        Err(_) => last = "the leader did not answer".into(),
+                    }
+                }
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last)
+    }
+
+    /// On the leader: proposes the admission and waits until it is applied.
+    async fn record_admission(&self, admit: AgentRequest) -> Result<(), String> {
+        let AgentRequest::Admit {
+            id,
+            hostname,
+            addr,
+            role,
+            secret,
+        } = admit
+        else {
+            return Err("not an admission".into());
+        };
+        let mut description = describe(&hostname);
+        description.platform = Platform::default();
+        description.resources = Resources::default();
+        description.engine_version = String::new();
+        self.propose(Command::AdmitNode {
+            node: NewNode {
+                id,
+                description,
+                addr,
+                labels: Default::default(),
+                desired_role: role,
+            },
+            secret,
+            at_ms: now_ms(),
+        })
+        .await
     }
 
     /// Renews a member's certificate with the role the cluster state gives it: manager once
@@ -1168,19 +1333,44 @@ impl Member {
         Ok(NodeIdentity::new(cert, key)?)
     }
 
+    /// Answers a request from another node, authorized by the role in the certificate it
+    /// connected with: a worker may only register itself, say it leaves, and ask about itself;
+    /// control requests need a manager's certificate and are then authorized by their origin.
     async fn peer_control(self: &Arc<Self>, from: &NodeCertificate, req: AgentRequest) -> Response {
+        // A manager's certificate, or a voter of the latest configuration (a node just promoted
+        // renews to a manager certificate within seconds; it is a manager already).
+        let manager = from.role == pki::Role::Manager
+            || self
+                .raft()
+                .is_some_and(|h| h.status.borrow().membership.is_voter(from.node_id));
         match req {
-            AgentRequest::Control(r) | AgentRequest::ToLeader(r)
+            AgentRequest::Control { .. } | AgentRequest::ToLeader { .. } if !manager => {
+                Response::error(crate::control::NOT_A_MANAGER)
+            }
+            AgentRequest::Control { req: r, .. } | AgentRequest::ToLeader { req: r, .. }
                 if matches!(
                     r,
-                    Request::Init { .. } | Request::Join { .. } | Request::Leave { .. }
+                    Request::Info
+                        | Request::Init { .. }
+                        | Request::Join { .. }
+                        | Request::Leave { .. }
                 ) =>
             {
                 // Lifecycle requests are local to a node; never accepted from a peer.
                 Response::error("not accepted from a peer")
             }
-            AgentRequest::Control(r) => self.control_hop(r, false, true).await,
-            AgentRequest::ToLeader(r) => self.control_hop(r, true, true).await,
+            AgentRequest::Control { req, origin, .. }
+            | AgentRequest::ToLeader { req, origin, .. }
+                if !origin.may(&req) =>
+            {
+                Response::error(crate::control::NOT_A_MANAGER)
+            }
+            AgentRequest::Control { req, rid, origin } => {
+                self.control_hop(req, rid, origin, false).await
+            }
+            AgentRequest::ToLeader { req, rid, origin } => {
+                self.control_hop(req, rid, origin, true).await
+            }
             AgentRequest::Register {
                 description,
                 addr,
@@ -1193,6 +1383,40 @@ impl Member {
                 };
                 self.register_node(from.node_id, role, description, addr, labels)
                     .await
+            }
+            AgentRequest::Directory => match self.raft() {
+                Some(h) => {
+                    let st = h.state.read().expect("state");
+                    let d = wire::Directory {
+                        nodes: st
+                            .nodes()
+                            .values()
+                            .filter(|n| !n.is_joining())
+                            .map(|n| (n.id, n.addr.clone(), n.role == Role::Manager))
+                            .collect(),
+                        removed: st.removed().iter().copied().collect(),
+                    };
+                    Response::ok(serde_json::to_string(&d).unwrap_or_default())
+                }
+                None => Response::error("this node is not a manager"),
+            },
+            AgentRequest::Admit { .. } if !manager => {
+                Response::error(crate::control::NOT_A_MANAGER)
+            }
+            AgentRequest::Admit { .. } => {
+                let leads = self
+                    .raft()
+                    .is_some_and(|h| h.status.borrow().leader == Some(self.id));
+                if !leads {
+                    return Response::error("not the leader");
+                }
+                match self.record_admission(req).await {
+                    Ok(()) => Response::ok(""),
+                    Err(e) => Response::error(e),
+                }
+            }
+            AgentRequest::IsMember { node } if node != from.node_id && !manager => {
+                Response::error("a worker may only ask about itself")
             }
             AgentRequest::IsMember { node } => match self.raft() {
                 Some(h) => {
@@ -1209,7 +1433,7 @@ impl Member {
                     return Response::error("this node is not a manager");
                 };
                 let status = h.status.borrow().clone();
-                if from.node_id != node && !status.membership.is_voter(from.node_id) {
+                if from.node_id != node && !(manager && status.membership.is_voter(from.node_id)) {
                     return Response::error("only the node itself may say it leaves");
                 }
                 match status.leader {
@@ -1271,6 +1495,28 @@ impl Member {
             };
         }
         let existing = h.state.read().expect("state").node(id).cloned();
+        if existing.is_none() {
+            // Every certificate names a node recorded at admission: one the state does not
+            // know was removed (or never admitted).
+            return Response::error(REMOVED);
+        }
+        if existing.as_ref().is_some_and(|n| n.is_joining()) && !labels.is_empty() {
+            // First registration after the admission: its --label values.
+            let update = shoal_cluster::NodeUpdate {
+                labels_add: labels.iter().cloned().collect(),
+                ..Default::default()
+            };
+            if let Err(e) = self
+                .propose(Command::UpdateNode {
+                    id,
+                    update,
+                    at_ms: now_ms(),
+                })
+                .await
+            {
+                return Response::error(e);
+            }
+        }
         let cmd = match existing {
             None => Command::AddNode {
                 node: NewNode {
@@ -1317,48 +1563,140 @@ impl Member {
 /// leader hint in refusals.
 async fn register_loop(m: Arc<Member>, opts: AgentOpts) {
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut refused_rounds = 0;
     for _ in 0..120 {
         if *m.stop.borrow() {
             return;
         }
+        let mut tried = 0;
+        let mut refused = 0;
         for t in m.manager_candidates() {
-            if m.register(t, &opts, Duration::from_secs(3)).await.is_ok() {
-                return;
+            tried += 1;
+            match m.register(t, &opts, Duration::from_secs(3)).await {
+                Ok(()) => return,
+                Err(e) if removed_error(&format!("{e:#}")) => refused += 1,
+                Err(e) => tracing::debug!("registration: {e:#}"),
             }
+        }
+        // Every manager refuses our certificate (it is valid and of this cluster, so the only
+        // reason is the denylist), or says so: this node was removed. Do not come back.
+        refused_rounds = if tried > 0 && refused == tried {
+            refused_rounds + 1
+        } else {
+            0
+        };
+        if refused_rounds >= 3 {
+            tracing::error!(
+                "{REMOVED}: its certificate is denied by every manager; run `shoal swarm leave` and join again with a token"
+            );
+            eprintln!(
+                "shoal agent: {REMOVED}; run `shoal swarm leave` and join again with a token"
+            );
+            return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
+/// Whether a failed exchange with a manager says this node is removed: the manager said so, or
+/// refused our (valid, same-cluster) certificate in the handshake.
+fn removed_error(message: &str) -> bool {
+    message.contains(REMOVED)
+        || message.contains("BadCertificate")
+        || message.contains("bad certificate")
+        || message.contains("is denied")
+}
+
 impl Member {
-    /// Managers to talk to: the leader first if known, then live members that run Raft.
+    /// Managers to talk to: the leader first if known, then the managers the replicated state
+    /// (or a manager's directory) names, live ones first, then the seeds. Gossip says only who
+    /// is alive, never who is a manager.
     pub(crate) fn manager_candidates(&self) -> Vec<u64> {
         let mut out = Vec::new();
+        let mut managers: Vec<u64> = self
+            .known_managers
+            .lock()
+            .expect("managers")
+            .iter()
+            .copied()
+            .collect();
         if let Some(h) = self.raft() {
-            if let Some(l) = h.status.borrow().leader {
+            let status = h.status.borrow().clone();
+            if let Some(l) = status.leader {
                 out.push(l);
             }
+            managers.extend(status.membership.voters.iter().copied());
+            managers.extend(h.state.read().expect("state").managers().map(|n| n.id));
         }
         let view = self.gossip.view.lock().expect("view");
-        for (id, m) in view.iter() {
-            if *id != self.id
-                && m.meta.manager
-                && matches!(m.state, State::Alive | State::Suspect)
-                && !out.contains(id)
-            {
-                out.push(*id);
+        let alive = |id: &u64| {
+            view.get(id)
+                .is_some_and(|m| matches!(m.state, State::Alive | State::Suspect))
+        };
+        managers.sort_by_key(|id| !alive(id));
+        for id in managers {
+            if !out.contains(&id) {
+                out.push(id);
             }
         }
-        // Seeds are any members known at the last start; membership may already say some are
-        // workers, and those are skipped (a worker would only pass the request on).
         for id in &self.seed_managers {
-            let known_worker = view.get(id).is_some_and(|m| !m.meta.manager);
-            if !out.contains(id) && !known_worker {
+            if !out.contains(id) {
                 out.push(*id);
             }
         }
         out.retain(|id| *id != self.id);
         out
+    }
+
+    /// A worker learns from a manager where the nodes are, which are managers and which ids
+    /// are removed: it pins those addresses (gossip cannot move them), denies the removed ids
+    /// and keeps them on disk for its next start.
+    async fn refresh_directory(&self) {
+        if self.raft().is_some() {
+            return;
+        }
+        let bytes = wire::encode_request(&AgentRequest::Directory);
+        for t in self.manager_candidates().into_iter().take(3) {
+            let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(3), self.transport.request(t, &bytes))
+                    .await
+            else {
+                continue;
+            };
+            let Response::Ok { message } = wire::decode_response(&resp) else {
+                continue;
+            };
+            let Ok(d) = serde_json::from_str::<wire::Directory>(&message) else {
+                continue;
+            };
+            let mut managers = std::collections::BTreeSet::new();
+            for (id, addr, manager) in &d.nodes {
+                if let Ok(a) = addr.parse() {
+                    if *id != self.id {
+                        self.transport.pin_peer_addr(*id, a);
+                    }
+                }
+                if *manager {
+                    managers.insert(*id);
+                }
+            }
+            *self.known_managers.lock().expect("managers") = managers;
+            let mut removed = self.data.load_removed();
+            let before = removed.len();
+            for id in &d.removed {
+                self.transport.deny(*id);
+                if !removed.contains(id) {
+                    removed.push(*id);
+                }
+            }
+            if removed.len() != before {
+                removed.sort_unstable();
+                if let Err(e) = self.data.save_removed(&removed) {
+                    tracing::warn!("cannot save the removed node ids: {e:#}");
+                }
+            }
+            return;
+        }
     }
 }
 
@@ -1376,6 +1714,9 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
         }
         if ticks.is_multiple_of(4) {
             m.confirm_removal().await;
+        }
+        if ticks.is_multiple_of(8) {
+            m.refresh_directory().await;
         }
         let stopped = m.raft().is_some_and(|h| h.status.borrow().stopped);
         if stopped {

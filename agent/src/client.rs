@@ -175,6 +175,17 @@ pub fn exchange(
     })
 }
 
+/// A new request id: this process's random client id and the next sequence number (each
+/// write of the CLI gets its own; the agents retry a forwarded write with the same one).
+pub fn request_id() -> shoal_cluster::RequestId {
+    static CLIENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    shoal_cluster::RequestId {
+        client: *CLIENT.get_or_init(rand::random),
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
 /// The bytes of one request.
 fn build_request(
     method: &str,
@@ -193,13 +204,21 @@ fn build_request(
         }
         None => Vec::new(),
     };
+    // Writes carry a request id (one per CLI process: it makes one write), so that the
+    // agents' retries of the same request are applied once.
+    let writes = method != "GET" || path.contains("rotate=true");
+    let rid = if writes {
+        format!("X-Shoal-Request-Id: {}\r\n", request_id())
+    } else {
+        String::new()
+    };
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\n\
          Host: shoal\r\n\
          Connection: close\r\n\
          Accept: application/json\r\n\
          Content-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
+         {rid}Content-Length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -881,14 +900,24 @@ mod tests {
         let raw = build_request("POST", "/v1/swarm/join", Some(&body)).unwrap();
         let text = String::from_utf8(raw).unwrap();
         let (head, sent) = text.split_once("\r\n\r\n").unwrap();
+        let (head, rest) = head.split_once("X-Shoal-Request-Id: ").unwrap();
+        let (rid, length) = rest.split_once("\r\n").unwrap();
+        assert!(rid.parse::<shoal_cluster::RequestId>().is_ok(), "{rid}");
         assert_eq!(
-            head,
+            format!("{head}{length}"),
             format!(
                 "POST /v1/swarm/join HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\
                  Accept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}",
                 sent.len()
             )
         );
+        // Each write has its own id; reads carry none.
+        let again =
+            String::from_utf8(build_request("POST", "/v1/swarm/join", Some(&body)).unwrap())
+                .unwrap();
+        assert!(!again.contains(rid));
+        let read = String::from_utf8(build_request("GET", "/v1/nodes", None).unwrap()).unwrap();
+        assert!(!read.contains("X-Shoal-Request-Id"));
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(sent).unwrap(),
             body

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Query, State as AxState};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -24,7 +24,16 @@ use shoal_transport::pki::JoinToken;
 use crate::agent::{Agent, Member};
 use crate::api::{NodeUpdateRequest, NodeView, Request, Response};
 use crate::raft_driver::{now_ms, RaftHandle, RaftStatus};
-use crate::wire::{self, AgentRequest};
+use crate::wire::{self, AgentRequest, Origin};
+use shoal_cluster::RequestId;
+
+/// What a worker's CLI (or a worker's certificate asking a manager) gets for anything that reads
+/// or changes cluster state, in docker's words.
+pub const NOT_A_MANAGER: &str = "this node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+
+/// The HTTP header carrying the CLI's request id (`<16 hex>-<n>`), so that a retried write is
+/// applied once.
+pub const REQUEST_ID_HEADER: &str = "x-shoal-request-id";
 
 /// How long a request waits for an election when a quorum of managers is alive.
 const ELECTION_WAIT: Duration = Duration::from_secs(5);
@@ -83,10 +92,40 @@ async fn metrics(AxState(a): Ax) -> axum::response::Response {
         .into_response()
 }
 
+/// The request id of a call, if it carries a well-formed one.
+fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, axum::response::Response> {
+    match headers.get(REQUEST_ID_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| "invalid request id".to_string())
+            .and_then(RequestId::from_str)
+            .map(Some)
+            .map_err(|e| (StatusCode::BAD_REQUEST, Json(Response::error(e))).into_response()),
+    }
+}
+
+macro_rules! with_rid {
+    ($a:expr, $headers:expr, $req:expr) => {
+        match request_id(&$headers) {
+            Ok(rid) => answer_with(&$a, $req, rid).await,
+            Err(resp) => resp,
+        }
+    };
+}
+
 type Ax = AxState<Arc<Agent>>;
 
 async fn answer(agent: &Arc<Agent>, req: Request) -> axum::response::Response {
-    let resp = agent.handle(req).await;
+    answer_with(agent, req, None).await
+}
+
+async fn answer_with(
+    agent: &Arc<Agent>,
+    req: Request,
+    rid: Option<RequestId>,
+) -> axum::response::Response {
+    let resp = agent.handle(req, rid).await;
     let code = match &resp {
         Response::Error { .. } => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
@@ -146,19 +185,20 @@ async fn join(AxState(a): Ax, Json(b): Json<JoinBody>) -> axum::response::Respon
 
 async fn join_token(
     AxState(a): Ax,
+    headers: HeaderMap,
     UrlPath(role): UrlPath<String>,
     Query(f): Query<Flags>,
 ) -> axum::response::Response {
     match Role::from_str(&role) {
         Ok(role) => {
-            answer(
-                &a,
+            with_rid!(
+                a,
+                headers,
                 Request::JoinToken {
                     role,
                     rotate: f.rotate,
-                },
+                }
             )
-            .await
         }
         Err(e) => (StatusCode::BAD_REQUEST, Json(Response::error(e))).into_response(),
     }
@@ -189,33 +229,43 @@ async fn node_inspect(
 
 async fn node_remove(
     AxState(a): Ax,
+    headers: HeaderMap,
     UrlPath(node): UrlPath<String>,
     Query(f): Query<Flags>,
 ) -> axum::response::Response {
-    answer(
-        &a,
+    with_rid!(
+        a,
+        headers,
         Request::NodeRemove {
             node,
             force: f.force,
-        },
+        }
     )
-    .await
 }
 
-async fn node_promote(AxState(a): Ax, UrlPath(node): UrlPath<String>) -> axum::response::Response {
-    answer(&a, Request::NodePromote { node }).await
+async fn node_promote(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    UrlPath(node): UrlPath<String>,
+) -> axum::response::Response {
+    with_rid!(a, headers, Request::NodePromote { node })
 }
 
-async fn node_demote(AxState(a): Ax, UrlPath(node): UrlPath<String>) -> axum::response::Response {
-    answer(&a, Request::NodeDemote { node }).await
+async fn node_demote(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    UrlPath(node): UrlPath<String>,
+) -> axum::response::Response {
+    with_rid!(a, headers, Request::NodeDemote { node })
 }
 
 async fn node_update(
     AxState(a): Ax,
+    headers: HeaderMap,
     UrlPath(node): UrlPath<String>,
     Json(update): Json<NodeUpdateRequest>,
 ) -> axum::response::Response {
-    answer(&a, Request::NodeUpdate { node, update }).await
+    with_rid!(a, headers, Request::NodeUpdate { node, update })
 }
 
 // ------------------------------------------------------------------ answering
@@ -229,9 +279,13 @@ fn stale_read(req: &Request) -> bool {
 }
 
 impl Member {
-    /// Answers a request from this node's CLI (or one forwarded by a worker).
-    pub async fn control(self: &Arc<Self>, req: Request) -> Response {
-        let mut resp = self.control_hop(req, false, false).await;
+    /// Answers a request from this node's CLI (an operator). A worker answers nothing about the
+    /// cluster: it holds no state, and its certificate may not ask a manager for any.
+    pub async fn control(self: &Arc<Self>, req: Request, rid: Option<RequestId>) -> Response {
+        if self.raft().is_none() {
+            return Response::error(NOT_A_MANAGER);
+        }
+        let mut resp = self.control_hop(req, rid, Origin::Operator, false).await;
         // `*` in `node ls` marks the node the CLI talks to, whoever answered.
         match &mut resp {
             Response::Nodes { self_id, .. } | Response::Node { self_id, .. } => {
@@ -242,19 +296,25 @@ impl Member {
         resp
     }
 
-    /// `forwarded`: the request came from a manager that believed this node leads; if it no
-    /// longer does, say so rather than forwarding again (no loops). `forwarded_by_peer`: it
-    /// came from another node at all (a worker then asks only known managers).
+    /// Answers `req` made by `origin` (already authorized) on this manager: on the leader, or
+    /// by forwarding it there. `forwarded`: the request came from a manager that believed this
+    /// node leads; if it no longer does, say so rather than forwarding again (no loops).
     pub async fn control_hop(
         self: &Arc<Self>,
         req: Request,
+        rid: Option<RequestId>,
+        origin: Origin,
         forwarded: bool,
-        forwarded_by_peer: bool,
     ) -> Response {
         // A replica that just stopped (demotion) is as good as none.
         let Some(h) = self.raft().filter(|h| !h.status.borrow().stopped) else {
-            return self.via_manager(req, forwarded_by_peer).await;
+            return Response::error(NOT_A_MANAGER);
         };
+        if let Some(why) = h.status.borrow().failed.clone() {
+            return Response::error(format!(
+                "this manager stopped its Raft replica: {why}; fix the disk and restart the agent"
+            ));
+        }
         if stale_read(&req) {
             let status = h.status.borrow().clone();
             return self.read(&h, &status, req);
@@ -268,13 +328,13 @@ impl Member {
                 Err(resp) => return resp,
             };
             if leader == self.id {
-                return self.on_leader(&h, req).await;
+                return self.on_leader(&h, req, rid).await;
             }
             if forwarded {
                 return Response::error("leadership moved while the request was forwarded; retry");
             }
             rx.borrow_and_update();
-            let fwd = self.forward(leader, req.clone(), true);
+            let fwd = self.forward(leader, req.clone(), rid, origin);
             tokio::pin!(fwd);
             let answered = loop {
                 tokio::select! {
@@ -323,17 +383,25 @@ impl Member {
         }
     }
 
-    /// Forwards `req`, retrying twice when the connection broke (a peer renewing its
-    /// certificate reconnects, for instance); a peer that does not answer at all is reported.
-    async fn forward(&self, to: u64, req: Request, to_leader: bool) -> Response {
-        let mut answer = self.forward_once(to, req.clone(), to_leader).await;
+    /// Forwards `req` to the leader, retrying twice when the connection broke (a peer renewing
+    /// its certificate reconnects, for instance); a peer that does not answer at all is
+    /// reported. Retries carry the same request id, so a write is applied once.
+    async fn forward(
+        &self,
+        to: u64,
+        req: Request,
+        rid: Option<RequestId>,
+        origin: Origin,
+    ) -> Response {
+        let bytes = wire::encode_request(&AgentRequest::ToLeader { req, rid, origin });
+        let mut answer = self.forward_once(to, &bytes).await;
         for _ in 0..2 {
             match &answer {
                 Response::Error { message }
                     if message.starts_with("cannot reach") && message.contains("connection") =>
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    answer = self.forward_once(to, req.clone(), to_leader).await;
+                    answer = self.forward_once(to, &bytes).await;
                 }
                 _ => break,
             }
@@ -341,52 +409,19 @@ impl Member {
         answer
     }
 
-    async fn forward_once(&self, to: u64, req: Request, to_leader: bool) -> Response {
-        let bytes = wire::encode_request(&if to_leader {
-            AgentRequest::ToLeader(req)
-        } else {
-            AgentRequest::Control(req)
-        });
-        let who = if to_leader { "leader" } else { "manager" };
-        match tokio::time::timeout(FORWARD_TIMEOUT, self.transport.request(to, &bytes)).await {
+    async fn forward_once(&self, to: u64, bytes: &[u8]) -> Response {
+        match tokio::time::timeout(FORWARD_TIMEOUT, self.transport.request(to, bytes)).await {
             Ok(Ok(resp)) => wire::decode_response(&resp),
             Ok(Err(e)) => Response::error(format!(
-                "cannot reach the {who} {}: {e}",
+                "cannot reach the leader {}: {e}",
                 node_id_string(to)
             )),
             Err(_) => Response::error(format!(
-                "cannot reach the {who} {}: no answer within {}s",
+                "cannot reach the leader {}: no answer within {}s",
                 node_id_string(to),
                 FORWARD_TIMEOUT.as_secs()
             )),
         }
-    }
-
-    /// A worker asks the managers it knows from membership, leader first.
-    async fn via_manager(&self, req: Request, from_peer: bool) -> Response {
-        let mut candidates = self.manager_candidates();
-        if from_peer {
-            // Passed on by another node that took this one for a manager: only members known
-            // to be managers, so that two nodes that know no manager never bounce it back and
-            // forth.
-            let view = self.gossip.view.lock().expect("view");
-            candidates.retain(|id| view.get(id).is_some_and(|m| m.meta.manager));
-        }
-        if candidates.is_empty() {
-            return Response::error(
-                "no manager reachable from this worker (membership knows no live manager)",
-            );
-        }
-        let mut last = String::new();
-        for m in candidates {
-            match self.forward(m, req.clone(), false).await {
-                Response::Error { message } if message.starts_with("cannot reach") => {
-                    last = message;
-                }
-                other => return other,
-            }
-        }
-        Response::error(last)
     }
 
     fn manager_view(&self, status: &RaftStatus) -> ManagerView {
@@ -434,7 +469,32 @@ impl Member {
         out
     }
 
-    async fn on_leader(self: &Arc<Self>, h: &RaftHandle, req: Request) -> Response {
+    async fn on_leader(
+        self: &Arc<Self>,
+        h: &RaftHandle,
+        mut req: Request,
+        rid: Option<RequestId>,
+    ) -> Response {
+        // A retry of a write already applied gets the first answer, before any check that the
+        // first attempt's effect would now fail ("node not found" after a remove).
+        let first = rid.and_then(|id| h.state.read().expect("state").request_result(&id).cloned());
+        match first {
+            Some(Err(message)) => return Response::error(message),
+            Some(Ok(())) => match &mut req {
+                Request::JoinToken { rotate, .. } => *rotate = false,
+                Request::NodePromote { node } => {
+                    return Response::ok(format!("Node {node} promoted to a manager in the swarm."))
+                }
+                Request::NodeDemote { node } => {
+                    return Response::ok(format!("Manager {node} demoted in the swarm."))
+                }
+                Request::NodeRemove { node, .. } | Request::NodeUpdate { node, .. } => {
+                    return Response::ok(node.clone())
+                }
+                _ => {}
+            },
+            None => {}
+        }
         match req {
             Request::NodeList { .. } | Request::NodeInspect { .. } => {
                 if let Err(e) = self.read_barrier().await {
@@ -452,6 +512,7 @@ impl Member {
                     return Response::ok(format!("Node {node} is already a manager."));
                 }
                 self.update_role(
+                    rid,
                     n.id,
                     Role::Manager,
                     &node,
@@ -476,6 +537,7 @@ impl Member {
                     return Response::error(e);
                 }
                 self.update_role(
+                    rid,
                     n.id,
                     Role::Worker,
                     &node,
@@ -498,10 +560,13 @@ impl Member {
                     return Response::error(e);
                 }
                 match self
-                    .propose(Command::RemoveNode {
-                        id: n.id,
-                        at_ms: now_ms(),
-                    })
+                    .propose_as(
+                        rid,
+                        Command::RemoveNode {
+                            id: n.id,
+                            at_ms: now_ms(),
+                        },
+                    )
                     .await
                 {
                     Ok(()) => Response::ok(node),
@@ -540,11 +605,14 @@ impl Member {
                     }
                 }
                 match self
-                    .propose(Command::UpdateNode {
-                        id: n.id,
-                        update: u,
-                        at_ms: now_ms(),
-                    })
+                    .propose_as(
+                        rid,
+                        Command::UpdateNode {
+                            id: n.id,
+                            update: u,
+                            at_ms: now_ms(),
+                        },
+                    )
                     .await
                 {
                     Ok(()) => Response::ok(node),
@@ -565,11 +633,14 @@ impl Member {
                     };
                     let token = JoinToken::generate(digest).to_string();
                     if let Err(e) = self
-                        .propose(Command::RotateJoinToken {
-                            role,
-                            token,
-                            at_ms: now_ms(),
-                        })
+                        .propose_as(
+                            rid,
+                            Command::RotateJoinToken {
+                                role,
+                                token,
+                                at_ms: now_ms(),
+                            },
+                        )
                         .await
                     {
                         return Response::error(e);
@@ -591,16 +662,26 @@ impl Member {
         }
     }
 
-    async fn update_role(&self, id: u64, role: Role, _arg: &str, ok: String) -> Response {
+    async fn update_role(
+        &self,
+        rid: Option<RequestId>,
+        id: u64,
+        role: Role,
+        _arg: &str,
+        ok: String,
+    ) -> Response {
         match self
-            .propose(Command::UpdateNode {
-                id,
-                update: NodeUpdate {
-                    desired_role: Some(role),
-                    ..Default::default()
+            .propose_as(
+                rid,
+                Command::UpdateNode {
+                    id,
+                    update: NodeUpdate {
+                        desired_role: Some(role),
+                        ..Default::default()
+                    },
+                    at_ms: now_ms(),
                 },
-                at_ms: now_ms(),
-            })
+            )
             .await
         {
             Ok(()) => Response::ok(ok),

@@ -158,7 +158,7 @@ async fn run(
                         let seeds: Vec<Addr> = seeds.into_iter().map(Addr::new).collect();
                         for s in &seeds {
                             if let Some((pid, a)) = parse_swim_addr(s.as_str()) {
-                                transport.set_peer_addr(pid, a);
+                                transport.hint_peer_addr(pid, a);
                             }
                         }
                         let _ = ml.join(now, &seeds);
@@ -208,7 +208,7 @@ fn flush(ml: &mut Memberlist, transport: &Transport, view: &View) {
     }
     for (to, bytes) in sends {
         if let Some((id, addr)) = parse_swim_addr(to.as_str()) {
-            transport.set_peer_addr(id, addr);
+            transport.hint_peer_addr(id, addr);
             transport.send_gossip(id, &bytes);
         }
     }
@@ -219,7 +219,7 @@ fn observe(ev: &MemberEvent, transport: &Transport, view: &View) {
     let parsed = parse_swim_addr(m.addr.as_str());
     if let Some((id, addr)) = parsed {
         if m.is_live() {
-            transport.set_peer_addr(id, addr);
+            transport.hint_peer_addr(id, addr);
         }
     }
     let meta: Meta = serde_json::from_slice(&m.meta).unwrap_or_default();

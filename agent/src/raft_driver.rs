@@ -65,6 +65,15 @@ pub struct RaftStatus {
     pub wal_syncs: u64,
     /// Proposals (the users' and the leader's own) waiting to be applied.
     pub proposals_pending: usize,
+    /// The replica stopped because its storage failed (a write or an fsync): why. It answers
+    /// nothing from then on; the other managers see it unreachable.
+    pub failed: Option<String>,
+    /// Raft messages dropped: from a peer that is neither a manager nor in the configuration.
+    pub rejected_not_member: u64,
+    /// Raft messages dropped: undecodable, or naming another sender or receiver.
+    pub rejected_malformed: u64,
+    /// Snapshots received whole that do not decode as a cluster state (never installed).
+    pub rejected_snapshots: u64,
 }
 
 /// Where a request's verdict goes.
@@ -77,8 +86,9 @@ pub enum RaftCmd {
     /// A linearizable read barrier: answered once the state reflects everything committed
     /// before the request.
     Read(Reply),
-    /// A message from a peer (authenticated id, encoded message).
-    Step(u64, Vec<u8>),
+    /// A message from a peer: its authenticated id, whether its certificate has the manager
+    /// role, the encoded message.
+    Step(u64, bool, Vec<u8>),
     /// The leader confirmed that this node is out of the configuration: stop the replica.
     Retire,
 }
@@ -104,6 +114,16 @@ pub enum Start {
     ForceNewCluster,
 }
 
+/// Entries applied between two snapshots: 1,000, or `SHOAL_SNAPSHOT_EVERY` (tests use a small
+/// value to exercise restarts past a snapshot).
+fn snapshot_threshold() -> u64 {
+    std::env::var("SHOAL_SNAPSHOT_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1000)
+}
+
 /// Milliseconds since the Unix epoch (recorded in commands by the proposer).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -112,7 +132,8 @@ pub fn now_ms() -> u64 {
 }
 
 /// Opens the WAL in `dir` and starts the replica's task. Storage errors at start are returned;
-/// a storage error later stops the process (a replica that cannot persist must not answer).
+/// a storage error later stops the replica (a replica that cannot persist must not answer), and
+/// its status says why.
 pub fn start(
     id: u64,
     dir: PathBuf,
@@ -161,20 +182,18 @@ pub fn start(
     }
     let mut cfg = Config::new(id);
     cfg.seed = id ^ seed;
-    cfg.snapshot_threshold = 1000;
-    let node = RaftNode::new(cfg.clone(), recovered)?;
+    cfg.snapshot_threshold = snapshot_threshold();
+    let mut node = RaftNode::new(cfg.clone(), recovered)?;
+    // A peer's snapshot that is not a cluster state never reaches the state machine.
+    node.set_snapshot_validator(|data| ClusterState::restore(data).is_ok());
     let state = Arc::new(RwLock::new(state));
-    for n in state.read().expect("state").nodes().values() {
-        if let Ok(a) = n.addr.parse() {
-            transport.set_peer_addr(n.id, a);
-        }
-    }
+    refresh_transport(&state.read().expect("state"), &transport);
     let (tx, rx) = mpsc::channel(4096);
     let (status_tx, status) = watch::channel(RaftStatus::default());
     let driver = Driver {
         id,
         node,
-        wal,
+        wal: Some(wal),
         transport,
         view,
         state: state.clone(),
@@ -191,6 +210,10 @@ pub fn start(
         was_member: false,
         retired: false,
         wal_syncs: 0,
+        failed: None,
+        rejected_not_member: 0,
+        rejected_malformed: 0,
+        last_tick: Instant::now(),
     };
     tokio::spawn(driver.run(rx));
     Ok(RaftHandle { tx, status, state })
@@ -253,10 +276,31 @@ fn force_new_cluster(
     Ok(())
 }
 
+/// Points the transport at what the state says: every known node's address (not the placeholder
+/// of a node still joining), and every removed node denied.
+fn refresh_transport(st: &ClusterState, transport: &Transport) {
+    for n in st.nodes().values() {
+        if n.is_joining() {
+            continue;
+        }
+        if let Ok(a) = n.addr.parse() {
+            transport.pin_peer_addr(n.id, a);
+        }
+    }
+    for id in st.removed() {
+        transport.deny(*id);
+    }
+}
+
+/// A node admitted but never seen this long after its admission is removed: its certificate
+/// never arrived (or it never started), and the joiner runs `swarm join` again.
+const JOIN_ABANDONED_MS: u64 = 120_000;
+
 struct Driver {
     id: u64,
     node: RaftNode,
-    wal: Wal,
+    /// The WAL; lent to a blocking thread while it syncs.
+    wal: Option<Wal>,
     transport: Transport,
     view: View,
     state: Arc<RwLock<ClusterState>>,
@@ -277,6 +321,11 @@ struct Driver {
     was_member: bool,
     retired: bool,
     wal_syncs: u64,
+    failed: Option<String>,
+    rejected_not_member: u64,
+    rejected_malformed: u64,
+    /// When the last tick was due: every elapsed tick is delivered, even after a pause.
+    last_tick: Instant,
 }
 
 impl Driver {
@@ -296,48 +345,75 @@ impl Driver {
                 },
                 _ = ticker.tick() => None,
             };
-            let removed = span.in_scope(|| {
-                match input {
-                    Some(cmd) => {
-                        self.handle(cmd);
-                        for _ in 0..256 {
-                            match rx.try_recv() {
-                                Ok(c) => self.handle(c),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    None => {
-                        self.node.tick();
-                        self.ticks += 1;
-                        if self.node.role() == Role::Leader && self.ticks.is_multiple_of(4) {
-                            self.reconcile();
-                        }
-                        if self.node.role() == Role::Leader && self.ticks.is_multiple_of(10) {
-                            self.sync_status();
-                        }
-                    }
-                }
-                if let Err(e) = self.process() {
-                    // A replica that cannot persist must not go on answering.
-                    eprintln!("shoal agent: fatal: Raft storage failed: {e:#}");
-                    std::process::exit(70);
-                }
-                let removed = self.removed();
-                self.publish(removed);
-                if removed {
-                    tracing::info!("removed from the Raft group; stopping the replica");
-                    self.fail_all("this manager was removed from the Raft group");
-                }
-                removed
-            });
-            if removed {
+            let stop =
+                tracing::Instrument::instrument(self.round(input, &mut rx), span.clone()).await;
+            if stop {
                 break;
             }
             let now = (self.node.term(), self.node.role());
             if now != spanned {
                 span = self.span();
                 spanned = now;
+            }
+        }
+    }
+
+    /// One round: the ticks that are due (first, so that a paused process never acts on a
+    /// stale clock), the input and what else is queued, then the effects. True once the
+    /// replica must stop.
+    async fn round(&mut self, input: Option<RaftCmd>, rx: &mut mpsc::Receiver<RaftCmd>) -> bool {
+        self.catch_up_ticks();
+        if let Some(cmd) = input {
+            self.handle(cmd);
+            for _ in 0..256 {
+                match rx.try_recv() {
+                    Ok(c) => self.handle(c),
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Err(e) = self.process().await {
+            // A replica that cannot persist must not go on answering: it stops here, and
+            // nothing that may not be on disk was acknowledged (the core releases those
+            // messages only after `on_persisted`).
+            let why = format!("Raft storage failed: {e:#}");
+            tracing::error!(
+                "{why}; this manager stops its replica (restart the agent once the disk is fixed)"
+            );
+            self.failed = Some(why.clone());
+            self.fail_all(&why);
+            self.publish(false);
+            return true;
+        }
+        let removed = self.removed();
+        self.publish(removed);
+        if removed {
+            tracing::info!("removed from the Raft group; stopping the replica");
+            self.fail_all("this manager was removed from the Raft group");
+        }
+        removed
+    }
+
+    /// Delivers one tick per elapsed tick interval since the last one (the core's contract:
+    /// ticks missed while the process was paused come before any other input).
+    fn catch_up_ticks(&mut self) {
+        let now = Instant::now();
+        let mut due = 0u32;
+        while self.last_tick + TICK <= now && due < 100_000 {
+            self.last_tick += TICK;
+            due += 1;
+        }
+        if due == 100_000 {
+            self.last_tick = now;
+        }
+        for _ in 0..due {
+            self.node.tick();
+            self.ticks += 1;
+            if self.node.role() == Role::Leader && self.ticks.is_multiple_of(4) {
+                self.reconcile();
+            }
+            if self.node.role() == Role::Leader && self.ticks.is_multiple_of(10) {
+                self.sync_status();
             }
         }
     }
@@ -405,22 +481,36 @@ impl Driver {
                 }
             }
             RaftCmd::Retire => self.retired = true,
-            RaftCmd::Step(from, bytes) => match wire::decode_raft(&bytes) {
+            RaftCmd::Step(from, manager, bytes) => match wire::decode_raft(&bytes) {
                 Ok(m) if m.from == from && m.to == self.id => {
+                    // Raft traffic only from managers: a manager certificate, or a member of
+                    // the latest configuration (a worker being promoted is a learner before
+                    // it renews to a manager certificate).
+                    if !manager && !self.node.membership().contains(from) {
+                        self.rejected_not_member += 1;
+                        tracing::debug!(from = %format!("{from:016x}"), "raft message from a node that is not a manager dropped");
+                        return;
+                    }
                     self.last_heard.insert(from, Instant::now());
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!("dropped raft message: {e}");
                     }
                 }
-                Ok(_) => tracing::debug!("raft message with a forged sender or receiver dropped"),
-                Err(e) => tracing::debug!("{e}"),
+                Ok(_) => {
+                    self.rejected_malformed += 1;
+                    tracing::debug!("raft message with a forged sender or receiver dropped")
+                }
+                Err(e) => {
+                    self.rejected_malformed += 1;
+                    tracing::debug!("{e}")
+                }
             },
         }
     }
 
     /// Runs the core's effects until it has none: sends, WAL writes (one fsync for all batches
     /// of a round), applies, snapshots and reads.
-    fn process(&mut self) -> anyhow::Result<()> {
+    async fn process(&mut self) -> anyhow::Result<()> {
         loop {
             let effects = self.node.take_effects();
             if effects.is_empty() {
@@ -440,7 +530,10 @@ impl Driver {
                         }
                     }
                     Effect::Persist(b) => {
-                        self.wal.write(&b)?;
+                        self.wal
+                            .as_mut()
+                            .ok_or_else(|| anyhow::anyhow!("the WAL is gone"))?
+                            .write(&b)?;
                         persisted = true;
                     }
                     Effect::Apply(entries) => self.apply(entries),
@@ -469,7 +562,20 @@ impl Driver {
                 }
             }
             if persisted {
-                let durable = self.wal.sync()?;
+                // fsync on a blocking thread: a slow disk must not stall the tokio workers
+                // (gossip, QUIC) that share this process.
+                let mut wal = self
+                    .wal
+                    .take()
+                    .ok_or_else(|| anyhow::anyhow!("the WAL is gone"))?;
+                let (wal, synced) = tokio::task::spawn_blocking(move || {
+                    let r = wal.sync();
+                    (wal, r)
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("the WAL sync thread failed: {e}"))?;
+                self.wal = Some(wal);
+                let durable = synced?;
                 self.wal_syncs += 1;
                 self.node.on_persisted(durable);
             }
@@ -530,15 +636,16 @@ impl Driver {
     /// Side effects of an applied command on this node's transport.
     fn after_apply(&self, cmd: &Command) {
         match cmd {
+            Command::Tracked { cmd, .. } => self.after_apply(cmd),
             Command::RemoveNode { id, .. } => self.transport.deny(*id),
             Command::AddNode { node, .. } => {
                 if let Ok(a) = node.addr.parse() {
-                    self.transport.set_peer_addr(node.id, a);
+                    self.transport.pin_peer_addr(node.id, a);
                 }
             }
             Command::UpdateDescription { id, addr, .. } => {
                 if let Ok(a) = addr.parse() {
-                    self.transport.set_peer_addr(*id, a);
+                    self.transport.pin_peer_addr(*id, a);
                 }
             }
             _ => {}
@@ -546,11 +653,7 @@ impl Driver {
     }
 
     fn refresh_addrs(&self) {
-        for n in self.state.read().expect("state").nodes().values() {
-            if let Ok(a) = n.addr.parse() {
-                self.transport.set_peer_addr(n.id, a);
-            }
-        }
+        refresh_transport(&self.state.read().expect("state"), &self.transport);
     }
 
     fn reachable(&self) -> BTreeSet<u64> {
@@ -636,6 +739,31 @@ impl Driver {
     /// The leader records liveness changes that membership observed: alive → Ready, failed →
     /// Down, left → Down with a message.
     fn sync_status(&mut self) {
+        let abandoned: Vec<u64> = {
+            let st = self.state.read().expect("state");
+            let view = self.view.lock().expect("view");
+            let now = now_ms();
+            st.nodes()
+                .values()
+                .filter(|n| {
+                    n.is_joining()
+                        && !view.contains_key(&n.id)
+                        && now.saturating_sub(n.created_at_ms) > JOIN_ABANDONED_MS
+                })
+                .map(|n| n.id)
+                .collect()
+        };
+        for id in abandoned {
+            tracing::info!(node = %format!("{id:016x}"), "admitted node never connected: removing it");
+            self.propose_internal(
+                id,
+                "abandoned",
+                Command::RemoveNode {
+                    id,
+                    at_ms: now_ms(),
+                },
+            );
+        }
         let wanted: Vec<(u64, NodeStatus)> = {
             let st = self.state.read().expect("state");
             let view = self.view.lock().expect("view");
@@ -705,6 +833,10 @@ impl Driver {
             is_leader: leader,
             lag,
             elections: stats.elections,
+            failed: self.failed.clone(),
+            rejected_not_member: self.rejected_not_member,
+            rejected_malformed: self.rejected_malformed,
+            rejected_snapshots: stats.snapshots_rejected,
             leaderships: stats.leaderships,
             snapshots_installed: stats.snapshots_installed,
             wal_syncs: self.wal_syncs,

@@ -185,10 +185,25 @@ impl DataDir {
         write_atomic(&self.root.join("node.json"), &json, false)
     }
 
+    /// The node ids removed from the swarm, as last learned (denied at every start, before
+    /// any manager is reached).
+    pub fn load_removed(&self) -> Vec<u64> {
+        fs::read(self.root.join("removed.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the removed node ids.
+    pub fn save_removed(&self, ids: &[u64]) -> Result<()> {
+        let json = serde_json::to_vec(ids).context("encode removed.json")?;
+        write_atomic(&self.root.join("removed.json"), &json, false)
+    }
+
     /// Forgets the identity and the Raft data (`swarm leave`).
     pub fn wipe_identity(&self) -> Result<()> {
         self.wipe_raft()?;
-        for name in ["node.json", "cert.pem", "key.pem", "ca.pem"] {
+        for name in ["node.json", "cert.pem", "key.pem", "ca.pem", "removed.json"] {
             let p = self.root.join(name);
             if p.exists() {
                 fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;

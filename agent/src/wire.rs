@@ -3,7 +3,7 @@
 //! renewal requests on the same request channel).
 
 use serde::{Deserialize, Serialize};
-use shoal_cluster::{NodeDescription, NodeId};
+use shoal_cluster::{NodeDescription, NodeId, RequestId};
 
 use crate::api::{Request, Response};
 
@@ -32,13 +32,48 @@ pub fn decode_raft(bytes: &[u8]) -> Result<shoal_raft::Message, String> {
     Ok(m)
 }
 
+/// On whose behalf a forwarded request is made: what the receiver authorizes. A manager that
+/// forwards a request passes on the original requester's origin, never its own role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// An operator at a manager's control socket: may view and change the cluster.
+    Operator,
+    /// A node acting for itself (a worker's own task status and assignments, later): may not
+    /// view or change cluster state.
+    Node(NodeId),
+}
+
+impl Origin {
+    /// Whether this origin may make `req`: operators anything; a node nothing of the control
+    /// API (its own registration and leave travel as their own requests).
+    pub fn may(&self, _req: &Request) -> bool {
+        matches!(self, Origin::Operator)
+    }
+}
+
 /// A request from one agent to another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AgentRequest {
-    /// A CLI request forwarded by a worker to a manager (which may forward it to the leader).
-    Control(Request),
-    /// A CLI request forwarded by a manager to the leader (never forwarded again).
-    ToLeader(Request),
+    /// A CLI request passed by a manager to another manager (which may forward it to the
+    /// leader). Accepted only over a manager's certificate.
+    Control {
+        /// The request.
+        req: Request,
+        /// Its id, so that a retry is applied once.
+        rid: Option<RequestId>,
+        /// Who asked.
+        origin: Origin,
+    },
+    /// A CLI request forwarded by a manager to the leader (never forwarded again). Accepted only
+    /// over a manager's certificate.
+    ToLeader {
+        /// The request.
+        req: Request,
+        /// Its id.
+        rid: Option<RequestId>,
+        /// Who asked.
+        origin: Origin,
+    },
     /// A node that just joined (or restarted) tells the managers about itself. Its id and role
     /// come from its certificate, never from this message.
     Register {
@@ -49,6 +84,24 @@ pub enum AgentRequest {
         /// Its `--label`s (applied on first registration only).
         labels: Vec<(String, String)>,
     },
+    /// A manager asks the leader to record a node it is admitting (before it signs the node's
+    /// certificate). Accepted over a manager's certificate only.
+    Admit {
+        /// The new node's id.
+        id: NodeId,
+        /// Its hostname (from its join request).
+        hostname: String,
+        /// Where its join came from (corrected when it registers).
+        addr: String,
+        /// The role of the token that matched.
+        role: shoal_cluster::Role,
+        /// The token's secret (hex), checked again against the committed tokens.
+        secret: String,
+    },
+    /// Where the nodes are, which are managers, and which ids are removed: what a worker needs
+    /// to send its traffic to the right places and to deny removed nodes. Answered by any
+    /// manager from its state, as a JSON [`Directory`].
+    Directory,
     /// Is `node` in the leader's latest Raft configuration? Answered `true`/`false` by the
     /// leader only (a node removed by a joint change asks before stopping its replica).
     IsMember {
@@ -62,6 +115,15 @@ pub enum AgentRequest {
         /// The node.
         node: NodeId,
     },
+}
+
+/// The answer to [`AgentRequest::Directory`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    /// Every node that is not still joining: id, address, whether its role is manager.
+    pub nodes: Vec<(NodeId, String, bool)>,
+    /// Removed node ids.
+    pub removed: Vec<NodeId>,
 }
 
 /// Encodes an agent request.
@@ -117,12 +179,20 @@ mod tests {
 
     #[test]
     fn agent_requests_round_trip() {
-        let r = AgentRequest::Control(Request::NodeList { stale: false });
+        let r = AgentRequest::Control {
+            req: Request::NodeList { stale: false },
+            rid: Some(RequestId { client: 1, seq: 2 }),
+            origin: Origin::Operator,
+        };
         let b = encode_request(&r);
         assert_eq!(b[0], CONTROL_TAG);
         assert!(matches!(
             decode_request(&b).unwrap(),
-            AgentRequest::Control(Request::NodeList { stale: false })
+            AgentRequest::Control {
+                req: Request::NodeList { stale: false },
+                rid: Some(RequestId { client: 1, seq: 2 }),
+                origin: Origin::Operator,
+            }
         ));
         assert!(decode_request(&[0, 1, 2]).is_err());
         assert!(decode_request(&[CONTROL_TAG, b'{']).is_err());

@@ -30,7 +30,7 @@ pub use config::{Config, ReadMode};
 pub use error::{
     ConfigError, InitError, InvalidMessage, ProposeError, ReadError, SnapshotError, TransferError,
 };
-pub use node::{Effect, Proposal, RaftNode, Stats};
+pub use node::{Effect, Proposal, RaftNode, SnapshotValidator, Stats};
 pub use storage::{Infallible, MemStorage, RecoveredState, Storage, WriteBatch};
 pub use types::{
     ConfChange, Entry, HardState, LogIndex, Membership, Message, MessageBody, NodeId, Payload,

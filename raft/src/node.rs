@@ -72,7 +72,13 @@ pub struct Stats {
     pub leaderships: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Snapshots received whole but refused by the application's validator (never installed).
+    pub snapshots_rejected: u64,
 }
+
+/// Checks a received snapshot's application data before it is installed: a peer's malformed
+/// snapshot is dropped and counted instead of reaching the state machine.
+pub type SnapshotValidator = fn(&[u8]) -> bool;
 
 pub(crate) struct Waiting {
     pub(crate) seq: u64,
@@ -140,6 +146,7 @@ pub struct RaftNode {
     pub(crate) held: Vec<Message>,
     pub(crate) effects: Vec<Effect>,
     pub(crate) stats: Stats,
+    pub(crate) snapshot_validator: Option<SnapshotValidator>,
 }
 
 impl RaftNode {
@@ -224,6 +231,7 @@ impl RaftNode {
             held: Vec::new(),
             effects: Vec::new(),
             stats: Stats::default(),
+            snapshot_validator: None,
         };
         node.rebuild_configs();
         node.reset_randomized_timeout();
@@ -343,6 +351,13 @@ impl RaftNode {
     /// Drains the effects produced so far. Call after every input.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
+    }
+
+    /// Sets the check a received snapshot's data must pass before it is installed (the
+    /// application decodes it); a snapshot that fails is dropped and counted in
+    /// [`Stats::snapshots_rejected`].
+    pub fn set_snapshot_validator(&mut self, validator: SnapshotValidator) {
+        self.snapshot_validator = Some(validator);
     }
 
     // ---------------------------------------------------------------- inputs

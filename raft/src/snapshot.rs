@@ -185,6 +185,12 @@ impl RaftNode {
             return;
         }
         let (meta, _, _, buf) = self.incoming.take().expect("set above");
+        if self.snapshot_validator.is_some_and(|valid| !valid(&buf)) {
+            // Not a state the application can restore: never install it (a peer's garbage
+            // must not reach the state machine). No answer: a faulty sender times out.
+            self.stats.snapshots_rejected += 1;
+            return;
+        }
         self.install_snapshot(Snapshot {
             meta,
             data: Arc::new(buf),

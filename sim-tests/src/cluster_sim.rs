@@ -114,7 +114,7 @@ fn host(sim: &mut turmoil::Sim<'_>, i: usize, seed: u64, dir: PathBuf, shared: A
             while let Some((req, reply)) = rx.recv().await {
                 let a = agent.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(a.handle(req).await);
+                    let _ = reply.send(a.handle(req, None).await);
                 });
             }
             Ok(())

@@ -244,6 +244,9 @@ struct Inner {
     stats: Arc<WireStats>,
     denylist: Denylist,
     addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    /// Peers whose address came from an authoritative source (`pin_peer_addr`): hints no
+    /// longer move them.
+    pinned: Mutex<std::collections::BTreeSet<NodeId>>,
     peers: Mutex<BTreeMap<NodeId, Peer>>,
     inbound_conns: Mutex<BTreeMap<NodeId, Vec<quinn::Connection>>>,
     tx: InboundTx,
@@ -295,6 +298,7 @@ impl Transport {
             stats: Arc::new(WireStats::default()),
             denylist,
             addrs: Mutex::new(BTreeMap::new()),
+            pinned: Mutex::new(std::collections::BTreeSet::new()),
             peers: Mutex::new(BTreeMap::new()),
             inbound_conns: Mutex::new(BTreeMap::new()),
             tx: InboundTx {
@@ -358,6 +362,27 @@ impl Transport {
         self.inner.peers.lock().expect("peers lock").len()
     }
 
+    /// Records a peer's address from an authoritative source (the replicated state, or what an
+    /// operator typed): from now on [`Transport::hint_peer_addr`] cannot move it.
+    pub fn pin_peer_addr(&self, peer: NodeId, addr: SocketAddr) {
+        self.inner.pinned.lock().expect("pinned lock").insert(peer);
+        self.set_peer_addr(peer, addr);
+    }
+
+    /// Records a peer's address from an unauthenticated hint (gossip about a third party),
+    /// unless an authoritative address is pinned for it: gossip cannot redirect traffic.
+    pub fn hint_peer_addr(&self, peer: NodeId, addr: SocketAddr) {
+        if !self
+            .inner
+            .pinned
+            .lock()
+            .expect("pinned lock")
+            .contains(&peer)
+        {
+            self.set_peer_addr(peer, addr);
+        }
+    }
+
     /// Records (or changes) a peer's address. A changed address reconnects.
     pub fn set_peer_addr(&self, peer: NodeId, addr: SocketAddr) {
         let changed = self
@@ -411,6 +436,21 @@ impl Transport {
                 c.close(1u32.into(), b"denied");
             }
         }
+    }
+
+    /// The highest role among the certificates `peer` presents on its open inbound connections
+    /// (what the messages it sends us were authenticated with), or `None` if it has none open.
+    pub fn peer_role(&self, peer: NodeId) -> Option<pki::Role> {
+        let conns = self.inner.inbound_conns.lock().expect("conns lock");
+        let mut role = None;
+        for c in conns.get(&peer).into_iter().flatten() {
+            match peer_of(c).map(|cert| cert.role) {
+                Some(pki::Role::Manager) => return Some(pki::Role::Manager),
+                Some(r) => role = Some(r),
+                None => {}
+            }
+        }
+        role
     }
 
     /// Queues a Raft message for `peer`. Never waits: if the peer's queue is full the message is
@@ -657,15 +697,16 @@ async fn call(
     body: &[u8],
     max: usize,
 ) -> Result<Vec<u8>, TransportError> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    // A stream error says "connection lost"; the connection's close reason says why (a peer
+    // that refused our certificate in the handshake, for instance).
+    let why = |e: String| match conn.close_reason() {
+        Some(reason) => TransportError::Stream(format!("{e} ({reason})")),
+        None => TransportError::Stream(e),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| why(e.to_string()))?;
     let mut buf = Vec::with_capacity(body.len() + 16);
     frame::write_frame(&mut buf, Kind::Request, body);
-    send.write_all(&buf)
-        .await
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    send.write_all(&buf).await.map_err(|e| why(e.to_string()))?;
     let _ = send.finish();
     match read_single_frame(&mut recv, max).await {
         Ok(Some(Envelope {
@@ -679,7 +720,10 @@ async fn call(
         Ok(None) => Err(TransportError::BadResponse(
             "stream closed without a response".into(),
         )),
-        Err(e) => Err(TransportError::BadResponse(e.to_string())),
+        Err(e) => Err(TransportError::BadResponse(match conn.close_reason() {
+            Some(reason) => format!("{e} ({reason})"),
+            None => e.to_string(),
+        })),
     }
 }
 

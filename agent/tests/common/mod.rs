@@ -35,6 +35,8 @@ pub struct Node {
 pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// Environment of every agent started (e.g. `SHOAL_SNAPSHOT_EVERY`).
+    pub env: Vec<(String, String)>,
 }
 
 /// What a CLI call printed.
@@ -102,10 +104,19 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 impl Cluster {
     /// `n` agents, started, not yet in a swarm (hostnames node-1 … node-n).
     pub fn start(n: usize) -> Cluster {
+        Self::start_with_env(n, &[])
+    }
+
+    /// Like [`Cluster::start`], every agent with these environment variables.
+    pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut c = Cluster {
             tmp,
             nodes: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for i in 1..=n {
             let dir = c.tmp.path().join(format!("node-{i}"));
@@ -150,6 +161,7 @@ impl Cluster {
             .arg(&n.dir)
             .args(["agent", "--listen", &n.listen, "--hostname", &n.name])
             .args(["--gossip", "local", "--metrics-addr", &n.metrics])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
