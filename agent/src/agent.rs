@@ -1644,6 +1644,14 @@ impl Member {
                 out.push(*id);
             }
         }
+        // Last resort (a node that knows no manager yet, e.g. the founding node just demoted):
+        // any live member; a worker answers such requests with a refusal, so nothing is taken
+        // from gossip but whom to ask.
+        for (id, m) in view.iter() {
+            if matches!(m.state, State::Alive) && !out.contains(id) {
+                out.push(*id);
+            }
+        }
         out.retain(|id| *id != self.id);
         out
     }
@@ -1720,6 +1728,18 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
         }
         let stopped = m.raft().is_some_and(|h| h.status.borrow().stopped);
         if stopped {
+            if let Some(h) = m.raft() {
+                // Remember who the managers are: a worker asks them from now on.
+                let managers = h
+                    .state
+                    .read()
+                    .expect("state")
+                    .managers()
+                    .map(|n| n.id)
+                    .filter(|id| *id != m.id)
+                    .collect();
+                *m.known_managers.lock().expect("managers") = managers;
+            }
             drop(m.take_raft());
             *m.raft_stopped_at.lock().expect("stopped") = Some(Instant::now());
             tokio::time::sleep(Duration::from_millis(200)).await;
