@@ -33,6 +33,19 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
+
+    /// etcd's MustSync rule, the one place it is decided: does this batch need an fsync before
+    /// it may be reported durable? Entries, a snapshot, or a new term or vote (compared with
+    /// `previous`, the hard state written before this batch) do. A batch whose only change is
+    /// a commit index does not: losing it in a crash is harmless, the commit index is re-learned
+    /// from the leader (and never exceeds the durable log on recovery).
+    pub fn must_sync(&self, previous: HardState) -> bool {
+        self.snapshot.is_some()
+            || !self.entries.is_empty()
+            || self
+                .hard_state
+                .is_some_and(|hs| hs.term != previous.term || hs.vote != previous.vote)
+    }
 }
 
 /// Everything a node finds on disk when it starts.
@@ -98,12 +111,17 @@ impl RecoveredState {
 
 /// Durable storage for one Raft node. Writes are buffered; `sync` makes every written batch
 /// durable (one fsync covering many batches is group commit).
+///
+/// A storage may skip the fsync when no batch written since the last one needs it
+/// ([`WriteBatch::must_sync`]): such batches only advance the commit index, and a crash that
+/// loses them is harmless. `sync` still reports them durable.
 pub trait Storage {
     /// The storage's error type.
     type Error: std::error::Error + Send + Sync + 'static;
     /// Buffers a batch; it is not durable until a later `sync` returns.
     fn write(&mut self, batch: &WriteBatch) -> Result<(), Self::Error>;
-    /// Makes every written batch durable and returns the highest durable batch sequence number.
+    /// Makes every written batch durable (see the commit-only exception above) and returns the
+    /// highest durable batch sequence number.
     fn sync(&mut self) -> Result<u64, Self::Error>;
     /// Reads the durable state (what a restarted node starts from).
     fn recover(&self) -> Result<RecoveredState, Self::Error>;
