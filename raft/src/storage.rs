@@ -193,3 +193,72 @@ impl Storage for MemStorage {
         Ok(self.durable.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Payload;
+
+    fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
+        HardState { term, vote, commit }
+    }
+
+    fn with_hs(h: HardState) -> WriteBatch {
+        WriteBatch {
+            hard_state: Some(h),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn commit_only_batches_need_no_fsync() {
+        let prev = hs(4, Some(2), 10);
+        assert!(
+            !with_hs(hs(4, Some(2), 11)).must_sync(prev),
+            "commit advance"
+        );
+        assert!(!with_hs(prev).must_sync(prev), "unchanged hard state");
+        assert!(!WriteBatch::default().must_sync(prev), "empty batch");
+        let no_vote = hs(4, None, 10);
+        assert!(
+            !with_hs(hs(4, None, 12)).must_sync(no_vote),
+            "no vote, commit"
+        );
+    }
+
+    #[test]
+    fn term_vote_entries_and_snapshots_need_an_fsync() {
+        let prev = hs(4, Some(2), 10);
+        assert!(with_hs(hs(5, Some(2), 10)).must_sync(prev), "term");
+        assert!(
+            with_hs(hs(5, None, 11)).must_sync(prev),
+            "term, vote cleared"
+        );
+        assert!(with_hs(hs(4, Some(3), 10)).must_sync(prev), "vote");
+        assert!(with_hs(hs(4, None, 10)).must_sync(prev), "vote cleared");
+        assert!(
+            with_hs(hs(4, Some(1), 10)).must_sync(hs(4, None, 10)),
+            "vote cast"
+        );
+        let entries = WriteBatch {
+            entries: vec![Entry {
+                term: 4,
+                index: 11,
+                payload: Payload::Noop,
+            }],
+            ..Default::default()
+        };
+        assert!(entries.must_sync(prev), "entries without a hard state");
+        let entries_and_commit = WriteBatch {
+            hard_state: Some(hs(4, Some(2), 11)),
+            ..entries
+        };
+        assert!(entries_and_commit.must_sync(prev), "entries with a commit");
+        let snapshot = WriteBatch {
+            snapshot: RecoveredState::bootstrap([1]).snapshot,
+            reset_log: true,
+            ..Default::default()
+        };
+        assert!(snapshot.must_sync(prev), "snapshot");
+    }
+}

@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use shoal_raft::wal::{Recovery, Wal, WalError, WalOptions};
+use shoal_raft::wal::{Recovery, Wal, WalError, WalFaults, WalOptions};
 use shoal_raft::{
-    Config, Effect, Entry, HardState, Message, NodeId, Payload, RaftNode, RecoveredState, Role,
-    Storage, WriteBatch,
+    Config, Effect, Entry, HardState, Membership, Message, NodeId, Payload, RaftNode,
+    RecoveredState, Role, Snapshot, SnapshotMeta, Storage, WriteBatch,
 };
 use wal_support::{
     assert_state, copy_of, flip, last_segment, opts, records, run, scratch, segments,
@@ -675,6 +675,581 @@ fn flipped_bytes_are_detected_and_located() {
         let (_, got, _) = open(d.path(), &opts);
         assert_state(&got, final_model, "older snapshot file flipped");
     }
+}
+
+/// Every byte of the last two records of a segment (the final segment, and the one before it)
+/// is changed, each separately, to several values (each single bit flipped, all bits flipped,
+/// zeroed): the log either opens with every synced batch recovered, or refuses naming that
+/// segment and the start of the damaged record. Never a silent loss: in format 1 a damaged last
+/// record (or a length pointing past the end) was taken for a torn write and dropped.
+#[test]
+fn changing_any_byte_of_the_last_two_records_never_loses_a_synced_record() {
+    let w = workload(
+        0x5EED_0021,
+        60,
+        Mix {
+            snapshots: 15,
+            ..Mix::ALL
+        },
+    );
+    let opts = opts(1024);
+    let golden = scratch();
+    let (wal, _) = run(golden.path(), opts.clone(), &w.batches);
+    drop(wal);
+    let segs = segments(golden.path());
+    assert!(segs.len() >= 2, "several segments");
+    let final_model = w.models.last().expect("models");
+    let (mut refused, mut opened, mut length_refused) = (0, 0, 0);
+    for (_, gpath) in &segs[segs.len() - 2..] {
+        let name = file_name(gpath);
+        let data = fs::read(gpath).expect("read segment");
+        let recs = records(&data);
+        assert!(recs.len() >= 2, "{name}: two records at least");
+        let from = recs[recs.len() - 2].0;
+        assert_eq!(recs.last().expect("records").1, data.len());
+        // One scratch copy per segment; each case rewrites the segment and undoes what open did.
+        let d = copy_of(golden.path());
+        let p = d.path().join("wal").join(&name);
+        let files: Vec<PathBuf> = segments(d.path()).into_iter().map(|s| s.1).collect();
+        for pos in from..data.len() {
+            let &(start, end) = recs
+                .iter()
+                .find(|r| r.0 <= pos && pos < r.1)
+                .expect("a record");
+            let mut values: Vec<u8> = (0..8).map(|bit| data[pos] ^ (1 << bit)).collect();
+            values.push(!data[pos]);
+            if data[pos] != 0 {
+                values.push(0);
+            }
+            for v in values {
+                let mut bytes = data.clone();
+                bytes[pos] = v;
+                fs::write(&p, &bytes).expect("write damaged segment");
+                let ctx = format!(
+                    "segment {name}, record {start}..{end}: byte {pos} {:#04x} -> {v:#04x}",
+                    data[pos]
+                );
+                match Wal::open(d.path(), opts.clone()) {
+                    Ok((_, got, rec)) => {
+                        assert_state(&got, final_model, &ctx);
+                        assert_eq!(torn(&rec), None, "{ctx}: nothing truncated");
+                        assert!(pos >= end - RECORD_TRAILER, "{ctx}: only a trailer byte");
+                        opened += 1;
+                    }
+                    Err(WalError::Corrupt {
+                        path,
+                        offset,
+                        reason,
+                    }) => {
+                        assert_eq!(path, p, "{ctx}: {reason}");
+                        assert_eq!(offset, start as u64, "{ctx}: {reason}");
+                        refused += 1;
+                        if pos < start + 4 {
+                            length_refused += 1;
+                        }
+                    }
+                    Err(e) => panic!("{ctx}: {e}"),
+                }
+                for f in segments(d.path()) {
+                    if !files.contains(&f.1) {
+                        fs::remove_file(&f.1).expect("remove the segment open created");
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{refused} damaged records refused ({length_refused} lengths), {opened} damaged trailers tolerated");
+    assert!(refused > 0 && opened > 0 && length_refused > 0);
+}
+
+/// A genuinely torn last record: the final segment cut at every offset inside its last record,
+/// as is, then zero-filled back to its length, then zero-filled beyond it. Recovery is silent
+/// (no error) and reports what it truncated; the record is recovered exactly when its payload
+/// is whole (the cut or zeros are in its trailer).
+#[test]
+fn torn_last_record_is_truncated_at_every_offset() {
+    // No snapshots: a torn snapshot batch would have open remove its file, and the cases share
+    // one directory.
+    let w = workload(0x5EED_0022, 30, Mix::NO_SNAPSHOTS);
+    let n = w.batches.len();
+    let opts = opts(1 << 20);
+    let golden = scratch();
+    let (wal, _) = run(golden.path(), opts.clone(), &w.batches);
+    drop(wal);
+    let (gpath, _) = last_segment(golden.path());
+    let name = file_name(&gpath);
+    let data = fs::read(&gpath).expect("read");
+    let &(start, end) = records(&data).last().expect("a record");
+    assert_eq!(end, data.len());
+    assert!(
+        end - start > 60,
+        "a record with a few entries ({} bytes)",
+        end - start
+    );
+    let payload_end = end - RECORD_TRAILER;
+    let d = copy_of(golden.path());
+    let p = d.path().join("wal").join(&name);
+    let files: Vec<PathBuf> = segments(d.path()).into_iter().map(|s| s.1).collect();
+    for cut in start + 1..end {
+        for (how, zeros) in [
+            ("cut", 0),
+            ("zero-filled", end - cut),
+            ("zeros past", end - cut + 600),
+        ] {
+            let mut bytes = data[..cut].to_vec();
+            bytes.resize(cut + zeros, 0);
+            fs::write(&p, &bytes).expect("write torn segment");
+            let ctx = format!("last record {start}..{end} {how} from byte {cut}");
+            let (_, got, rec) = open(d.path(), &opts);
+            let whole = cut >= payload_end;
+            assert_state(&got, &w.models[if whole { n } else { n - 1 }], &ctx);
+            // What is truncated: the damaged record, or the zeros after a whole one.
+            let kept = if whole { bytes.len().min(end) } else { start };
+            let want =
+                (kept < bytes.len()).then(|| (p.clone(), kept as u64, (bytes.len() - kept) as u64));
+            assert_eq!(torn(&rec), want, "{ctx}: torn tail");
+            if let Some(t) = &rec.torn_tail {
+                let line = rec.to_string();
+                assert!(
+                    line.contains(&name) && line.contains(&format!("offset {}", t.offset)),
+                    "{ctx}: report {line:?}"
+                );
+            }
+            let len = if want.is_some() { kept } else { bytes.len() };
+            assert_eq!(
+                fs::metadata(&p).expect("stat").len(),
+                len as u64,
+                "{ctx}: file length"
+            );
+            for f in segments(d.path()) {
+                if !files.contains(&f.1) {
+                    fs::remove_file(&f.1).expect("remove the segment open created");
+                }
+            }
+        }
+    }
+}
+
+/// A segment of format version 1 (its checksum did not cover the length) is refused with an
+/// error naming the file and the version field, not misread.
+#[test]
+fn format_version_1_is_refused() {
+    let w = workload(0x5EED_0023, 5, Mix::NO_SNAPSHOTS);
+    let dir = scratch();
+    let (wal, _) = run(dir.path(), opts(1 << 20), &w.batches);
+    drop(wal);
+    let (p, _) = last_segment(dir.path());
+    let mut bytes = fs::read(&p).expect("read");
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..20]);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&p, &bytes).expect("write");
+    let reason = expect_corrupt(
+        Wal::open(dir.path(), opts(1 << 20)),
+        &p,
+        Some(8),
+        "version 1",
+    );
+    assert!(reason.contains("version 1"), "{reason}");
+}
+
+// ------------------------------------------------------------------------------------ faults
+
+/// Options with the fault hook `faults`.
+fn faulty(faults: &WalFaults, segment_bytes: u64) -> WalOptions {
+    WalOptions {
+        faults: faults.clone(),
+        ..opts(segment_bytes)
+    }
+}
+
+/// How many of the first `k` batches of a run are durable by fsync: the trailing commit-only
+/// batches synced without one are not (a failure or crash may lose them).
+fn fsynced_prefix(placement: &wal_support::Placement) -> usize {
+    placement.len() - placement.iter().rev().take_while(|p| p.3 > 0).count()
+}
+
+/// `got` is `want` except that its commit index may be lower, down to `min_commit`: what a lost
+/// commit-only batch leaves.
+fn assert_state_but_commit(
+    got: &RecoveredState,
+    want: &RecoveredState,
+    min_commit: u64,
+    ctx: &str,
+) {
+    let mut lowered = want.clone();
+    lowered.hard_state.commit = got.hard_state.commit;
+    assert_state(got, &lowered, ctx);
+    assert!(
+        (min_commit..=want.hard_state.commit).contains(&got.hard_state.commit),
+        "{ctx}: commit {} not in {min_commit}..={}",
+        got.hard_state.commit,
+        want.hard_state.commit
+    );
+}
+
+fn expect_poisoned<T: std::fmt::Debug>(r: Result<T, WalError>, first: &str, ctx: &str) {
+    match r {
+        Err(WalError::Poisoned { first: f }) => {
+            assert!(
+                f.contains(first),
+                "{ctx}: first failure {f:?}, expected {first:?}"
+            )
+        }
+        other => panic!("{ctx}: expected Poisoned, got {other:?}"),
+    }
+}
+
+/// A failed fsync poisons the log (fsyncgate): that sync fails, and every later sync and write
+/// fails naming the first failure, without retrying the fsync (the hook would let a second one
+/// pass). The durable seq never covers the batches of the failed fsync, and a reopen recovers
+/// what was fsynced before, nothing of them.
+#[test]
+fn failed_fsync_poisons_the_log() {
+    let w = workload(0x5EED_0031, 90, Mix::ALL);
+    let mut tried = 0;
+    for at in (1..w.batches.len() - 3).step_by(5) {
+        let faults = WalFaults::default();
+        let opts = faulty(&faults, 1024);
+        let dir = scratch();
+        let (mut wal, placement) = run(dir.path(), opts.clone(), &w.batches[..at]);
+        let fsynced = fsynced_prefix(&placement);
+        let durable = wal.sync().expect("nothing new");
+        assert_eq!(durable, at as u64);
+        let group = &w.batches[at..at + 3];
+        for b in group {
+            wal.write(b).expect("write");
+        }
+        if !(at..at + 3).any(|i| !w.commit_only(i)) {
+            continue;
+        }
+        tried += 1;
+        let ctx = format!("fsync of batches {}..={} fails", at + 1, at + 3);
+        faults.fail_next_fsync();
+        let fsyncs = wal.stats().fsyncs;
+        match wal.sync() {
+            Err(WalError::Io { op: "fsync", .. }) => {}
+            other => panic!("{ctx}: expected an fsync error, got {other:?}"),
+        }
+        assert!(
+            wal.poisoned()
+                .is_some_and(|f| f.contains("injected fsync failure")),
+            "{ctx}"
+        );
+        expect_poisoned(wal.sync(), "injected fsync failure", &ctx);
+        expect_poisoned(wal.sync(), "injected fsync failure", &ctx);
+        expect_poisoned(
+            wal.write(&w.batches[at + 3]),
+            "injected fsync failure",
+            &ctx,
+        );
+        assert_eq!(wal.stats().fsyncs, fsyncs, "{ctx}: no fsync retried");
+        drop(wal);
+        let (mut wal, got, _) = open(dir.path(), &opts);
+        assert_state_but_commit(
+            &got,
+            &w.models[at],
+            w.models[fsynced].hard_state.commit,
+            &ctx,
+        );
+        assert_startable(&got, &ctx);
+        // The reopened log works: the group goes in again.
+        for b in group {
+            wal.write(b).expect("write after reopen");
+        }
+        assert_eq!(wal.sync().expect("sync after reopen"), (at + 3) as u64);
+        drop(wal);
+        let (_, got, _) = open(dir.path(), &opts);
+        assert_state(&got, &w.models[at + 3], &format!("{ctx}, written again"));
+    }
+    assert!(tried >= 10);
+}
+
+/// A failed write poisons the log the same way, including the write of a snapshot file.
+#[test]
+fn failed_write_poisons_the_log() {
+    let w = workload(0x5EED_0032, 80, Mix::ALL);
+    let snaps = w.snapshot_batches();
+    for at in [5, 17, 40, snaps[1], snaps[snaps.len() - 1]] {
+        let faults = WalFaults::default();
+        let opts = faulty(&faults, 1024);
+        let dir = scratch();
+        let (mut wal, placement) = run(dir.path(), opts.clone(), &w.batches[..at]);
+        let fsynced = fsynced_prefix(&placement);
+        faults.fail_next_write();
+        let b = &w.batches[at];
+        let ctx = format!("write of batch {} ({}) fails", b.seq, kind(b));
+        let first = "injected write failure";
+        if b.snapshot.is_some() {
+            // The snapshot file is written at once, by `write`.
+            let r = wal.write(b);
+            assert!(
+                matches!(r, Err(WalError::Io { op: "write", .. })),
+                "{ctx}: {r:?}"
+            );
+            expect_poisoned(wal.sync(), first, &ctx);
+        } else {
+            wal.write(b).expect("buffered");
+            let r = wal.sync();
+            assert!(
+                matches!(r, Err(WalError::Io { op: "write", .. })),
+                "{ctx}: {r:?}"
+            );
+        }
+        expect_poisoned(wal.write(b), first, &ctx);
+        expect_poisoned(wal.sync(), first, &ctx);
+        drop(wal);
+        let (_, got, rec) = open(dir.path(), &opts);
+        assert_state_but_commit(
+            &got,
+            &w.models[at],
+            w.models[fsynced].hard_state.commit,
+            &ctx,
+        );
+        assert_startable(&got, &ctx);
+        assert_eq!(torn(&rec), None, "{ctx}");
+    }
+}
+
+/// A full disk: the write that crosses the limit lands partially and fails with ENOSPC. The log
+/// is poisoned and cuts the partial write back to its last fsync; a reopen recovers what was
+/// fsynced before; once space is back, the batches go in again.
+#[test]
+fn full_disk_mid_write_poisons_the_log() {
+    let w = workload(0x5EED_0033, 70, Mix::NO_SNAPSHOTS);
+    let mut rng = Rng::new(0xD15C);
+    let mut cut_back = 0;
+    for at in (3..w.batches.len() - 4).step_by(3) {
+        let faults = WalFaults::default();
+        let opts = faulty(&faults, 2048);
+        let dir = scratch();
+        let (mut wal, placement) = run(dir.path(), opts.clone(), &w.batches[..at]);
+        let fsynced = fsynced_prefix(&placement);
+        let commit_only_unsynced = placement.last().map_or(0, |p| p.3);
+        let (seg, seg_len) = last_segment(dir.path());
+        let group = &w.batches[at..at + 4];
+        for b in group {
+            wal.write(b).expect("write");
+        }
+        let buffered = wal.unsynced_bytes() - commit_only_unsynced;
+        let room = rng.range(0, buffered as u64 - 1);
+        faults.disk_full_after(room);
+        let ctx = format!(
+            "disk full {room} bytes into a {buffered}-byte group commit at batch {}",
+            at + 1
+        );
+        match wal.sync() {
+            Err(WalError::Io {
+                op: "write",
+                source,
+                ..
+            }) => assert_eq!(source.raw_os_error(), Some(28), "{ctx}: ENOSPC"),
+            other => panic!("{ctx}: expected ENOSPC, got {other:?}"),
+        }
+        expect_poisoned(wal.sync(), "No space left", &ctx);
+        expect_poisoned(wal.write(&w.batches[at + 4]), "No space left", &ctx);
+        let rotated = last_segment(dir.path()).0 != seg;
+        if !rotated {
+            // Cut back to the last fsync: the partial write and the commit-only batches.
+            let len = fs::metadata(&seg).expect("stat").len();
+            assert_eq!(len, seg_len - commit_only_unsynced as u64, "{ctx}");
+            cut_back += 1;
+        }
+        drop(wal);
+        faults.disk_space_freed();
+        let (mut wal, got, rec) = open(dir.path(), &opts);
+        assert_state_but_commit(
+            &got,
+            &w.models[at],
+            w.models[fsynced].hard_state.commit,
+            &ctx,
+        );
+        assert_startable(&got, &ctx);
+        if !rotated {
+            assert_eq!(torn(&rec), None, "{ctx}: nothing partial left");
+        }
+        for b in group {
+            wal.write(b).expect("write after reopen");
+        }
+        assert_eq!(wal.sync().expect("sync after reopen"), (at + 4) as u64);
+        drop(wal);
+        let (_, got, _) = open(dir.path(), &opts);
+        assert_state(&got, &w.models[at + 4], &format!("{ctx}, written again"));
+    }
+    assert!(cut_back >= 10, "{cut_back}");
+}
+
+// ------------------------------------------------------------------------------------ MustSync
+
+fn hs(term: u64, vote: Option<u64>, commit: u64) -> Option<HardState> {
+    Some(HardState { term, vote, commit })
+}
+
+fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to)
+        .map(|index| Entry {
+            term,
+            index,
+            payload: Payload::Command(vec![index as u8; 10]),
+        })
+        .collect()
+}
+
+/// Counted with fsync on: a sync of batches that only advance the commit index makes no fsync
+/// and still returns the new seq; term, vote, entries and snapshots each need one; a group with
+/// one batch that needs it is fsynced once.
+#[test]
+fn commit_only_batches_skip_the_fsync() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = WalOptions {
+        fsync: true,
+        ..opts(1 << 20)
+    };
+    let (mut wal, _, _) = open(dir.path(), &opts);
+    let mut seq = 0;
+    let mut step = |wal: &mut Wal, batches: Vec<WriteBatch>, fsync: bool, what: &str| {
+        let before = wal.stats();
+        for mut b in batches {
+            seq += 1;
+            b.seq = seq;
+            wal.write(&b).expect("write");
+        }
+        assert_eq!(wal.sync().expect("sync"), seq, "{what}: durable seq");
+        let after = wal.stats();
+        assert_eq!(after.fsyncs - before.fsyncs, fsync as u64, "{what}: fsyncs");
+        assert_eq!(
+            after.fsyncs_skipped - before.fsyncs_skipped,
+            !fsync as u64,
+            "{what}: skipped"
+        );
+        assert_eq!(wal.unsynced_bytes() == 0, fsync, "{what}: unsynced bytes");
+    };
+    let b = |hard_state, entries| WriteBatch {
+        hard_state,
+        entries,
+        ..Default::default()
+    };
+    step(
+        &mut wal,
+        vec![b(hs(1, Some(1), 0), entries(1, 3, 1))],
+        true,
+        "term, vote, entries",
+    );
+    step(
+        &mut wal,
+        vec![b(hs(1, Some(1), 2), vec![])],
+        false,
+        "commit only",
+    );
+    step(
+        &mut wal,
+        vec![b(hs(1, Some(1), 3), vec![]), b(hs(1, Some(1), 3), vec![])],
+        false,
+        "commit only, twice",
+    );
+    step(
+        &mut wal,
+        vec![b(None, entries(4, 5, 1))],
+        true,
+        "entries only",
+    );
+    step(
+        &mut wal,
+        vec![b(hs(1, Some(1), 4), vec![]), b(None, entries(6, 6, 1))],
+        true,
+        "commit, then entries",
+    );
+    step(&mut wal, vec![b(hs(2, Some(1), 4), vec![])], true, "term");
+    step(&mut wal, vec![b(hs(2, Some(3), 4), vec![])], true, "vote");
+    step(
+        &mut wal,
+        vec![b(hs(2, None, 4), vec![])],
+        true,
+        "vote cleared",
+    );
+    step(
+        &mut wal,
+        vec![b(hs(2, None, 5), vec![])],
+        false,
+        "commit only again",
+    );
+    let snapshot = WriteBatch {
+        snapshot: Some(Snapshot {
+            meta: SnapshotMeta {
+                index: 5,
+                term: 1,
+                membership: Membership::with_voters([1, 2, 3]),
+            },
+            data: std::sync::Arc::new(vec![7; 100]),
+        }),
+        ..Default::default()
+    };
+    step(&mut wal, vec![snapshot], true, "snapshot");
+    drop(wal);
+    let (_, got, _) = open(dir.path(), &opts);
+    assert_eq!(
+        got.hard_state,
+        HardState {
+            term: 2,
+            vote: None,
+            commit: 5
+        }
+    );
+    assert_eq!(got.last_index(), 6);
+}
+
+/// A crash after commit-only batches were synced without an fsync: whatever part of them
+/// survives, the reopened hard state has the fsynced term and vote, a commit index between the
+/// fsynced one and the last written one, never beyond the durable log.
+#[test]
+fn crash_after_commit_only_batches_keeps_term_and_vote() {
+    let opts = opts(1 << 20);
+    let mut setup = vec![WriteBatch {
+        seq: 1,
+        hard_state: hs(3, Some(2), 0),
+        entries: entries(1, 10, 3),
+        ..Default::default()
+    }];
+    for (i, commit) in [2, 5, 6, 9, 10].into_iter().enumerate() {
+        setup.push(WriteBatch {
+            seq: 2 + i as u64,
+            hard_state: hs(3, Some(2), commit),
+            ..Default::default()
+        });
+    }
+    let probe = scratch();
+    let (wal, _) = run(probe.path(), opts.clone(), &setup);
+    let unsynced = wal.unsynced_bytes();
+    assert!(unsynced > 0, "commit-only batches left unsynced");
+    assert_eq!(wal.stats().fsyncs, 1);
+    drop(wal);
+    for keep in 0..=unsynced {
+        let dir = scratch();
+        let (wal, _) = run(dir.path(), opts.clone(), &setup);
+        wal.simulate_crash(keep).expect("crash");
+        let ctx = format!("crash keeping {keep} of {unsynced} unsynced bytes");
+        let (_, got, _) = open(dir.path(), &opts);
+        assert_eq!(
+            (got.hard_state.term, got.hard_state.vote),
+            (3, Some(2)),
+            "{ctx}"
+        );
+        assert!(
+            got.hard_state.commit <= 10 && got.hard_state.commit <= got.last_index(),
+            "{ctx}"
+        );
+        assert_eq!(got.last_index(), 10, "{ctx}: entries are durable");
+        assert_startable(&got, &ctx);
+    }
+}
+
+/// The log and its fault hook can move to another thread (the agent syncs from a blocking task).
+#[test]
+fn wal_is_send() {
+    fn send<T: Send + 'static>() {}
+    send::<Wal>();
+    send::<WalFaults>();
+    send::<WalError>();
 }
 
 // ------------------------------------------------------------------------------------ missing
