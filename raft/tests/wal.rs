@@ -762,6 +762,74 @@ fn changing_any_byte_of_the_last_two_records_never_loses_a_synced_record() {
     assert!(refused > 0 && opened > 0 && length_refused > 0);
 }
 
+/// The last record's trailer ends in a zero byte (about one record in 256), so its end looks
+/// like zeros: a damaged byte anywhere before the trailer is still refused (the intact trailer
+/// proves the record was written whole), never taken for a torn write.
+#[test]
+fn damaged_last_record_ending_in_a_zero_byte_is_refused() {
+    let opts = opts(1 << 20);
+    let first = WriteBatch {
+        seq: 1,
+        hard_state: Some(HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0,
+        }),
+        entries: entries(1, 3, 1),
+        ..Default::default()
+    };
+    let mut found = None;
+    for i in 0..5000u32 {
+        let last = WriteBatch {
+            seq: 2,
+            entries: vec![Entry {
+                term: 1,
+                index: 4,
+                payload: Payload::Command(i.to_le_bytes().to_vec()),
+            }],
+            ..Default::default()
+        };
+        let dir = scratch();
+        let (wal, _) = run(dir.path(), opts.clone(), &[first.clone(), last.clone()]);
+        drop(wal);
+        let (p, len) = last_segment(dir.path());
+        let data = fs::read(&p).expect("read");
+        if data[len as usize - 1] == 0 {
+            found = Some((dir, p, data, last));
+            break;
+        }
+    }
+    let (golden, gpath, data, last) = found.expect("a record whose trailer ends in zero");
+    let mut model = RecoveredState::default();
+    model.apply(&first);
+    model.apply(&last);
+    let &(start, end) = records(&data).last().expect("records");
+    let name = file_name(&gpath);
+    for pos in start..end - RECORD_TRAILER {
+        for v in [data[pos] ^ 1, data[pos] ^ 0x80, 0] {
+            if v == data[pos] {
+                continue;
+            }
+            let d = copy_of(golden.path());
+            let p = d.path().join("wal").join(&name);
+            let mut bytes = data.clone();
+            bytes[pos] = v;
+            fs::write(&p, &bytes).expect("write");
+            let ctx = format!("record {start}..{end}, byte {pos} set to {v:#04x}");
+            expect_corrupt(
+                Wal::open(d.path(), opts.clone()),
+                &p,
+                Some(start as u64),
+                &ctx,
+            );
+        }
+    }
+    // Undamaged, it opens with everything.
+    let (_, got, rec) = open(golden.path(), &opts);
+    assert_state(&got, &model, "undamaged");
+    assert!(rec.is_clean());
+}
+
 /// A genuinely torn last record: the final segment cut at every offset inside its last record,
 /// as is, then zero-filled back to its length, then zero-filled beyond it. Recovery is silent
 /// (no error) and reports what it truncated; the record is recovered exactly when its payload
