@@ -33,6 +33,19 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
+
+    /// etcd's MustSync rule, the one place it is decided: does this batch need an fsync before
+    /// it may be reported durable? Entries, a snapshot, or a new term or vote (compared with
+    /// `previous`, the hard state written before this batch) do. A batch whose only change is
+    /// a commit index does not: losing it in a crash is harmless, the commit index is re-learned
+    /// from the leader (and never exceeds the durable log on recovery).
+    pub fn must_sync(&self, previous: HardState) -> bool {
+        self.snapshot.is_some()
+            || !self.entries.is_empty()
+            || self
+                .hard_state
+                .is_some_and(|hs| hs.term != previous.term || hs.vote != previous.vote)
+    }
 }
 
 /// Everything a node finds on disk when it starts.
@@ -98,12 +111,17 @@ impl RecoveredState {
 
 /// Durable storage for one Raft node. Writes are buffered; `sync` makes every written batch
 /// durable (one fsync covering many batches is group commit).
+///
+/// A storage may skip the fsync when no batch written since the last one needs it
+/// ([`WriteBatch::must_sync`]): such batches only advance the commit index, and a crash that
+/// loses them is harmless. `sync` still reports them durable.
 pub trait Storage {
     /// The storage's error type.
     type Error: std::error::Error + Send + Sync + 'static;
     /// Buffers a batch; it is not durable until a later `sync` returns.
     fn write(&mut self, batch: &WriteBatch) -> Result<(), Self::Error>;
-    /// Makes every written batch durable and returns the highest durable batch sequence number.
+    /// Makes every written batch durable (see the commit-only exception above) and returns the
+    /// highest durable batch sequence number.
     fn sync(&mut self) -> Result<u64, Self::Error>;
     /// Reads the durable state (what a restarted node starts from).
     fn recover(&self) -> Result<RecoveredState, Self::Error>;
@@ -173,5 +191,74 @@ impl Storage for MemStorage {
 
     fn recover(&self) -> Result<RecoveredState, Infallible> {
         Ok(self.durable.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Payload;
+
+    fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
+        HardState { term, vote, commit }
+    }
+
+    fn with_hs(h: HardState) -> WriteBatch {
+        WriteBatch {
+            hard_state: Some(h),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn commit_only_batches_need_no_fsync() {
+        let prev = hs(4, Some(2), 10);
+        assert!(
+            !with_hs(hs(4, Some(2), 11)).must_sync(prev),
+            "commit advance"
+        );
+        assert!(!with_hs(prev).must_sync(prev), "unchanged hard state");
+        assert!(!WriteBatch::default().must_sync(prev), "empty batch");
+        let no_vote = hs(4, None, 10);
+        assert!(
+            !with_hs(hs(4, None, 12)).must_sync(no_vote),
+            "no vote, commit"
+        );
+    }
+
+    #[test]
+    fn term_vote_entries_and_snapshots_need_an_fsync() {
+        let prev = hs(4, Some(2), 10);
+        assert!(with_hs(hs(5, Some(2), 10)).must_sync(prev), "term");
+        assert!(
+            with_hs(hs(5, None, 11)).must_sync(prev),
+            "term, vote cleared"
+        );
+        assert!(with_hs(hs(4, Some(3), 10)).must_sync(prev), "vote");
+        assert!(with_hs(hs(4, None, 10)).must_sync(prev), "vote cleared");
+        assert!(
+            with_hs(hs(4, Some(1), 10)).must_sync(hs(4, None, 10)),
+            "vote cast"
+        );
+        let entries = WriteBatch {
+            entries: vec![Entry {
+                term: 4,
+                index: 11,
+                payload: Payload::Noop,
+            }],
+            ..Default::default()
+        };
+        assert!(entries.must_sync(prev), "entries without a hard state");
+        let entries_and_commit = WriteBatch {
+            hard_state: Some(hs(4, Some(2), 11)),
+            ..entries
+        };
+        assert!(entries_and_commit.must_sync(prev), "entries with a commit");
+        let snapshot = WriteBatch {
+            snapshot: RecoveredState::bootstrap([1]).snapshot,
+            reset_log: true,
+            ..Default::default()
+        };
+        assert!(snapshot.must_sync(prev), "snapshot");
     }
 }

@@ -43,6 +43,7 @@ fn wal_options() -> WalOptions {
         segment_bytes: 16 << 10,
         fsync: false,
         keep_snapshots: 2,
+        ..WalOptions::default()
     }
 }
 
