@@ -3,6 +3,10 @@
 use crate::error::ConfigError;
 use crate::types::NodeId;
 
+/// Upper bound of [`Config::snapshot_trailing`]: the trailing entries stay in memory, and a
+/// larger window would let the log grow without bound between snapshots.
+pub(crate) const MAX_SNAPSHOT_TRAILING: u64 = 1 << 24;
+
 /// How the leader serves linearizable reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
@@ -43,6 +47,11 @@ pub struct Config {
     pub max_uncommitted_bytes: usize,
     /// Ask the application for a snapshot once this many applied entries follow the last one.
     pub snapshot_threshold: u64,
+    /// Entries kept in the log before the index of a snapshot the node takes, so that a follower
+    /// lagging by less than this catches up from the log instead of needing a snapshot (and a
+    /// follower that just finished a long snapshot transfer continues from the log). At most
+    /// 2^24; 0 compacts the log right up to the snapshot.
+    pub snapshot_trailing: u64,
     /// Size of one snapshot chunk in bytes.
     pub snapshot_chunk_size: usize,
     /// Snapshot chunks in flight per follower.
@@ -73,6 +82,7 @@ impl Config {
             max_uncommitted_entries: 10_000,
             max_uncommitted_bytes: 64 << 20,
             snapshot_threshold: 10_000,
+            snapshot_trailing: 1_000,
             snapshot_chunk_size: 1 << 20,
             max_inflight_snapshot_chunks: 4,
             read_mode: ReadMode::Safe,
@@ -107,6 +117,12 @@ impl Config {
         }
         if self.max_uncommitted_entries == 0 || self.max_uncommitted_bytes == 0 {
             return Err(ConfigError("uncommitted limits must be positive".into()));
+        }
+        if self.snapshot_trailing > MAX_SNAPSHOT_TRAILING {
+            return Err(ConfigError(format!(
+                "snapshot_trailing ({}) must be at most {MAX_SNAPSHOT_TRAILING}: the trailing entries stay in memory",
+                self.snapshot_trailing
+            )));
         }
         if self.read_mode == ReadMode::Lease && !self.check_quorum {
             return Err(ConfigError("lease-based reads require check_quorum".into()));

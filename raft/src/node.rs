@@ -157,35 +157,16 @@ impl RaftNode {
             Some(s) => (s.meta.index, s.meta.term, s.meta.membership.clone()),
             None => (0, 0, Membership::default()),
         };
-        let entries: Vec<Entry> = state
-            .entries
-            .into_iter()
-            .filter(|e| e.index > snap_index)
-            .collect();
-        let mut prev_term = snap_term;
-        for (expect, e) in (snap_index + 1..).zip(entries.iter()) {
-            if e.index != expect {
-                return Err(InitError::Inconsistent(format!(
-                    "log gap: expected index {expect}, found {}",
-                    e.index
-                )));
-            }
-            if e.term < prev_term {
-                return Err(InitError::Inconsistent(format!(
-                    "term goes backwards at index {}",
-                    e.index
-                )));
-            }
-            prev_term = e.term;
-        }
+        let log = RaftLog::recover(snap_index, snap_term, state.entries)
+            .map_err(InitError::Inconsistent)?;
         let hs = state.hard_state;
-        if prev_term > hs.term {
+        let last_term = log.last_term();
+        if last_term > hs.term {
             return Err(InitError::Inconsistent(format!(
-                "log has term {prev_term} above the hard state's term {}",
+                "log has term {last_term} above the hard state's term {}",
                 hs.term
             )));
         }
-        let log = RaftLog::new(snap_index, snap_term, entries);
         let last = log.last_index();
         let commit = hs.commit.clamp(snap_index, last);
         let id = cfg.id;
@@ -286,9 +267,18 @@ impl RaftNode {
     pub fn durable_index(&self) -> LogIndex {
         self.durable
     }
-    /// Index covered by the latest snapshot (the log starts after it).
+    /// Index covered by the latest snapshot. The log may still hold entries before it (see
+    /// [`RaftNode::first_index`]).
     pub fn snapshot_index(&self) -> LogIndex {
-        self.log.snapshot_index()
+        self.snapshot
+            .as_ref()
+            .map_or(0, |s| s.meta.index)
+            .max(self.log.base_index())
+    }
+    /// Index of the first entry still in the log: at or before the latest snapshot's index +
+    /// 1, as trailing entries are kept for followers that lag a little.
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
     }
     /// The term of the entry at `index`, if retained (or the snapshot point).
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
@@ -298,9 +288,10 @@ impl RaftNode {
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
     }
-    /// All retained entries after the snapshot point.
+    /// The retained entries after the latest snapshot's index (trailing entries before it are
+    /// reachable with [`RaftNode::entry`]).
     pub fn entries(&self) -> &[Entry] {
-        self.log.entries()
+        self.log.entries_after(self.snapshot_index())
     }
     /// The membership in force (the latest configuration in the log, committed or not).
     pub fn membership(&self) -> &Membership {
@@ -635,7 +626,12 @@ impl RaftNode {
                         "acknowledges snapshot {index} beyond our last index"
                     ));
                 }
-                let snap = self.snapshot.as_ref().filter(|s| s.meta.index == *index);
+                // The snapshot being sent to this follower may be older than our latest.
+                let sending = self.progress.get(&m.from).and_then(|pr| pr.sending());
+                let snap = sending
+                    .into_iter()
+                    .chain(self.snapshot.as_ref())
+                    .find(|s| s.meta.index == *index);
                 if snap.is_some_and(|s| *next_offset > s.data.len() as u64) {
                     return Err(format!(
                         "snapshot offset {next_offset} beyond the snapshot's end"
@@ -698,6 +694,12 @@ impl RaftNode {
     pub(crate) fn flush(&mut self) {
         let mut batch = WriteBatch::default();
         if let Some((s, reset)) = self.stage_snapshot.take() {
+            // Trailing entries before the snapshot stay on disk too, with the entry at the
+            // compaction point (a restarted node needs its term).
+            let base = self.log.base_index();
+            if !reset && base < s.meta.index {
+                batch.compact_to = Some(base.saturating_sub(1));
+            }
             batch.snapshot = Some(s);
             batch.reset_log = reset;
         }
@@ -739,7 +741,7 @@ impl RaftNode {
             self.broadcast_heartbeat_round();
         }
         self.apply_committed();
-        let since = self.applied.saturating_sub(self.log.snapshot_index());
+        let since = self.applied.saturating_sub(self.snapshot_index());
         let requested_recently = self
             .snapshot_requested_at
             .is_some_and(|at| self.applied < at + self.cfg.snapshot_threshold);

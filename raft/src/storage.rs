@@ -9,9 +9,9 @@ use crate::types::{Entry, HardState, LogIndex, Membership, Snapshot, SnapshotMet
 use std::sync::Arc;
 
 /// One ordered unit of durable work. Applying a batch means, in this order: install `snapshot`
-/// (dropping the entries it covers, or the whole log when `reset_log` is set), then write
-/// `entries` (removing any existing entry at or after the first one's index), then record
-/// `hard_state`.
+/// (dropping the entries it covers up to `compact_to`, or the whole log when `reset_log` is
+/// set), then write `entries` (removing any existing entry at or after the first one's index),
+/// then record `hard_state`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     /// Position of this batch in the node's write order (starts at 1, consecutive).
@@ -22,6 +22,12 @@ pub struct WriteBatch {
     /// (a follower far behind, or with a conflicting suffix). Otherwise only the covered prefix
     /// is dropped and the entries after the snapshot are kept.
     pub reset_log: bool,
+    /// With a `snapshot` that does not reset the log: drop entries only up to this index
+    /// (inclusive) and keep the later ones, although the snapshot covers some of them (trailing
+    /// entries, for followers that lag a little; see `Config::snapshot_trailing`). `None` drops
+    /// every entry the snapshot covers; an index above the snapshot's counts as the snapshot's.
+    /// Ignored without a snapshot or with `reset_log`.
+    pub compact_to: Option<LogIndex>,
     /// Entries to write; the first one's index truncates any existing suffix.
     pub entries: Vec<Entry>,
     /// The new hard state, if it changed.
@@ -55,7 +61,8 @@ pub struct RecoveredState {
     pub hard_state: HardState,
     /// Latest durable snapshot, if any.
     pub snapshot: Option<Snapshot>,
-    /// Durable entries after the snapshot, consecutive.
+    /// Durable entries, consecutive. Those after the snapshot, and possibly trailing entries
+    /// before it: then they run through the snapshot's last entry.
     pub entries: Vec<Entry>,
 }
 
@@ -83,13 +90,19 @@ impl RecoveredState {
             if batch.reset_log {
                 self.entries.clear();
             } else {
-                self.entries.retain(|e| e.index > snap.meta.index);
+                let upto = batch
+                    .compact_to
+                    .map_or(snap.meta.index, |j| j.min(snap.meta.index));
+                self.entries.retain(|e| e.index > upto);
             }
             self.snapshot = Some(snap.clone());
         }
         if let Some(first) = batch.entries.first() {
             let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
-            let keep = first.index.saturating_sub(base + 1) as usize;
+            // The log may start before the snapshot (trailing entries): cut by position.
+            let start = first.index.max(base + 1);
+            let log_first = self.entries.first().map_or(base + 1, |e| e.index);
+            let keep = start.saturating_sub(log_first) as usize;
             self.entries.truncate(keep);
             self.entries
                 .extend(batch.entries.iter().filter(|e| e.index > base).cloned());
@@ -101,11 +114,8 @@ impl RecoveredState {
 
     /// Index of the last durable entry (or of the snapshot).
     pub fn last_index(&self) -> LogIndex {
-        self.entries
-            .last()
-            .map(|e| e.index)
-            .or(self.snapshot.as_ref().map(|s| s.meta.index))
-            .unwrap_or(0)
+        let snap = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        self.entries.last().map_or(snap, |e| e.index.max(snap))
     }
 }
 

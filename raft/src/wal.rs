@@ -15,8 +15,9 @@
 //!
 //! Replay semantics are those of [`RecoveredState::apply`]: an entry at index `i` replaces every
 //! entry from `i` on (conflict truncation never rewrites a segment); a snapshot marker drops the
-//! entries it covers (or the whole log if the log does not contain its last entry). After a
-//! snapshot is durable, segments holding only entries below it are deleted whole.
+//! entries it covers, only up to its `compact_to` index if it has one (or the whole log if the
+//! log does not contain its last entry). After a snapshot is durable, segments holding only
+//! entries below its compaction point are deleted whole.
 //!
 //! Recovery: a record is valid when its checksum matches (a damaged trailer alone loses nothing
 //! and is tolerated). Only what an interrupted write can leave at the end of the last segment is
@@ -634,7 +635,12 @@ impl Wal {
                 self.buffer.truncate(start);
                 return Err(e);
             }
-            self.buffered_snapshot = Some(s.meta.index);
+            // Segments are deleted only below the compaction point: trailing entries stay.
+            let upto = match batch.compact_to {
+                Some(j) if !batch.reset_log => j.min(s.meta.index),
+                _ => s.meta.index,
+            };
+            self.buffered_snapshot = Some(upto);
         }
         if batch.must_sync(self.buffered_hs) {
             self.needs_fsync = true;
@@ -806,6 +812,8 @@ fn put_membership(b: &mut Vec<u8>, m: &Membership) {
 const HAS_SNAPSHOT: u8 = 1;
 const HAS_HARD_STATE: u8 = 2;
 const RESETS_LOG: u8 = 4;
+/// The snapshot marker carries a compaction point (`WriteBatch::compact_to`) after its term.
+const COMPACTS_TO: u8 = 8;
 
 fn encode_batch(b: &mut Vec<u8>, batch: &WriteBatch) {
     let mut flags = 0;
@@ -818,10 +826,17 @@ fn encode_batch(b: &mut Vec<u8>, batch: &WriteBatch) {
     if batch.snapshot.is_some() && batch.reset_log {
         flags |= RESETS_LOG;
     }
+    let compact_to = batch.compact_to.filter(|_| !batch.reset_log);
+    if batch.snapshot.is_some() && compact_to.is_some() {
+        flags |= COMPACTS_TO;
+    }
     b.push(flags);
     if let Some(s) = &batch.snapshot {
         put_u64(b, s.meta.index);
         put_u64(b, s.meta.term);
+        if let Some(j) = compact_to {
+            put_u64(b, j);
+        }
     }
     if let Some(hs) = &batch.hard_state {
         put_u64(b, hs.term);
@@ -895,9 +910,10 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A decoded record: snapshot marker (index, term, resets the log), hard state, entries.
+/// A decoded record: snapshot marker (index, term, resets the log, compaction point), hard
+/// state, entries.
 struct Record {
-    snapshot: Option<(LogIndex, Term, bool)>,
+    snapshot: Option<(LogIndex, Term, bool, Option<LogIndex>)>,
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
 }
@@ -905,11 +921,17 @@ struct Record {
 fn decode_batch(b: &[u8]) -> Result<Record, String> {
     let mut c = Cursor { b, pos: 0 };
     let flags = c.u8()?;
-    if flags & !(HAS_SNAPSHOT | HAS_HARD_STATE | RESETS_LOG) != 0 {
+    if flags & !(HAS_SNAPSHOT | HAS_HARD_STATE | RESETS_LOG | COMPACTS_TO) != 0 {
         return Err(format!("unknown record flags {flags:#x}"));
     }
     let snapshot = if flags & HAS_SNAPSHOT != 0 {
-        Some((c.u64()?, c.u64()?, flags & RESETS_LOG != 0))
+        let (index, term) = (c.u64()?, c.u64()?);
+        let compact_to = if flags & COMPACTS_TO != 0 {
+            Some(c.u64()?)
+        } else {
+            None
+        };
+        Some((index, term, flags & RESETS_LOG != 0, compact_to))
     } else {
         None
     };
@@ -1016,8 +1038,28 @@ impl Replay {
     /// Applies a record's entries. A gap (entries missing before these) is legitimate only when
     /// the missing entries lived in segments deleted because a snapshot covers them; it is
     /// returned as `(last index before the gap, first index after)` for the caller to check.
-    /// A snapshot marker as written: drop the covered prefix, or the whole log on a reset.
-    fn apply_marker(&mut self, index: LogIndex, term: Term, reset: bool) {
+    /// A snapshot marker as written: drop the covered prefix (only up to `compact_to`, keeping
+    /// trailing entries), or the whole log on a reset.
+    fn apply_marker(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        reset: bool,
+        compact_to: Option<LogIndex>,
+    ) {
+        let trailing = compact_to.filter(|&j| !reset && j < index);
+        if let Some(j) = trailing.filter(|_| self.contains(index, term)) {
+            let base = self.base_index.expect("contains implies a base");
+            if j > base {
+                // Entries base+1..=index are present, so entry j is.
+                let drop = (j - base) as usize;
+                let j_term = self.entries[drop - 1].term;
+                self.entries.drain(..drop);
+                self.base_index = Some(j);
+                self.base_term = Some(j_term);
+            }
+            return;
+        }
         if reset {
             self.entries.clear();
         } else if let Some(base) = self.base_index {
@@ -1354,8 +1396,8 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
                 Err(Bad::Corrupt(reason)) => return Err(corrupt(off, reason)),
             };
             let rec = decode_batch(&buf[payload]).map_err(|r| corrupt(off, r))?;
-            if let Some((i, t, reset)) = rec.snapshot {
-                replay.apply_marker(i, t, reset);
+            if let Some((i, t, reset, compact_to)) = rec.snapshot {
+                replay.apply_marker(i, t, reset, compact_to);
                 marker = Some((i, t));
                 max_index = max_index.max(i);
             }
@@ -1420,7 +1462,10 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
     }
     if let Some(s) = &snapshot {
         let (i, t) = (s.meta.index, s.meta.term);
-        if replay.base_index.is_none_or(|b| b < i) || replay.contains(i, t) {
+        // A log that holds the snapshot's last entry keeps what precedes it (trailing entries
+        // a marker's `compact_to` kept).
+        let trailing = replay.base_index.is_some_and(|b| b < i) && replay.contains(i, t);
+        if !trailing && (replay.base_index.is_none_or(|b| b < i) || replay.contains(i, t)) {
             replay.apply_snapshot(i, t);
         }
     }

@@ -65,6 +65,7 @@ impl SimStorage {
                         seq: 0,
                         snapshot: initial.snapshot.clone(),
                         reset_log: true,
+                        compact_to: None,
                         entries: initial.entries.clone(),
                         hard_state: Some(initial.hard_state),
                     };
