@@ -12,8 +12,10 @@ pub(crate) const MAX_SNAPSHOT_TRAILING: u64 = 1 << 24;
 pub enum ReadMode {
     /// ReadIndex: confirm leadership with a quorum round before answering (safe under clock drift).
     Safe,
-    /// Leader lease: answer without a round while a quorum acknowledged us within the election
-    /// timeout. Requires check-quorum (followers then refuse to elect anyone else during the lease).
+    /// Leader lease: answer without a round while a quorum acknowledged a round sent less than
+    /// [`Config::lease_ticks`] ago. Requires check-quorum (followers then refuse to elect anyone
+    /// else for an election timeout), and a host that honours the tick contract of
+    /// [`RaftNode::tick`](crate::RaftNode::tick) with clocks within `max_clock_drift`.
     Lease,
 }
 
@@ -58,6 +60,10 @@ pub struct Config {
     pub max_inflight_snapshot_chunks: usize,
     /// How linearizable reads are served.
     pub read_mode: ReadMode,
+    /// Bound on how far any node's tick interval, measured in real time, may be from the nominal
+    /// one, as a ratio (0.1: every interval lies within ±10 %). The leader lease is shortened by
+    /// it (see [`Config::lease_ticks`]); must lie in `[0, 1)`.
+    pub max_clock_drift: f64,
     /// A node becomes a voter only if its log is at most this many entries behind the leader's:
     /// promoting a far-behind node would stall commits until it caught up.
     pub max_promotion_lag: u64,
@@ -86,6 +92,7 @@ impl Config {
             snapshot_chunk_size: 1 << 20,
             max_inflight_snapshot_chunks: 4,
             read_mode: ReadMode::Safe,
+            max_clock_drift: 0.1,
             max_promotion_lag: 1_000,
             seed: id,
         }
@@ -124,8 +131,20 @@ impl Config {
                 self.snapshot_trailing
             )));
         }
+        if !(0.0..1.0).contains(&self.max_clock_drift) {
+            return Err(ConfigError(format!(
+                "max_clock_drift ({}) must lie in [0, 1)",
+                self.max_clock_drift
+            )));
+        }
         if self.read_mode == ReadMode::Lease && !self.check_quorum {
             return Err(ConfigError("lease-based reads require check_quorum".into()));
+        }
+        if self.read_mode == ReadMode::Lease && self.lease_ticks() == 0 {
+            return Err(ConfigError(format!(
+                "no leader lease is left with election_tick {} and max_clock_drift {}",
+                self.election_tick, self.max_clock_drift
+            )));
         }
         Ok(())
     }

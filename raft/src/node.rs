@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::config::Config;
+use crate::config::{Config, ReadMode};
 use crate::error::{InitError, InvalidMessage, ReadError};
 use crate::log::RaftLog;
 use crate::progress::Progress;
@@ -117,6 +117,10 @@ pub struct RaftNode {
     pub(crate) ticks: u64,
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
+    /// Ticks since this node last heard from a leader of its term, or, in lease mode, since it
+    /// started (it may have acknowledged a lease round just before a crash). Not reset by role
+    /// or term changes: while it is below the election timeout, votes are refused (`in_lease`).
+    pub(crate) since_leader: u32,
     pub(crate) randomized_timeout: u32,
     pub(crate) rng: u64,
     // candidate
@@ -170,6 +174,13 @@ impl RaftNode {
         let last = log.last_index();
         let commit = hs.commit.clamp(snap_index, last);
         let id = cfg.id;
+        // Only leases need the refusal after a restart (see `since_leader`); without them a
+        // fresh or restarted node may vote at once.
+        let since_leader = if cfg.read_mode == ReadMode::Lease {
+            0
+        } else {
+            cfg.election_tick
+        };
         let mut node = RaftNode {
             rng: cfg.seed ^ 0x9E37_79B9_7F4A_7C15 ^ id.wrapping_mul(0xA24B_AED4_963E_E407),
             cfg,
@@ -190,6 +201,7 @@ impl RaftNode {
             ticks: 0,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            since_leader,
             randomized_timeout: 0,
             votes: BTreeMap::new(),
             early_pre_vote: None,
@@ -354,8 +366,16 @@ impl RaftNode {
     // ---------------------------------------------------------------- inputs
 
     /// Advances logical time by one tick.
+    ///
+    /// The host's contract (leader leases rely on it, see `ReadMode::Lease`): deliver one tick
+    /// per elapsed tick interval of a monotonic clock, counting the ticks missed while the
+    /// process was paused or descheduled, and after such a gap deliver the missed ticks before
+    /// any other input (message, request, storage completion). A host that handles the queued
+    /// messages first lets a follower grant a vote inside a lease it promised, and a leader serve
+    /// a read on a lease that has run out.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.since_leader = self.since_leader.saturating_add(1);
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -413,15 +433,12 @@ impl RaftNode {
             // that an early pre-vote round (sent that much before the sender's timer fires) is
             // answered; a pre-vote elects nobody, and votes keep the whole window, which is
             // what leader leases rely on.
-            let in_lease = |window: u32| {
-                self.cfg.check_quorum && self.leader.is_some() && self.election_elapsed < window
-            };
             let pre_vote_window = self.cfg.election_tick - self.pre_vote_lead();
             match &m.body {
-                MessageBody::PreVote { .. } if in_lease(pre_vote_window) => return Ok(()),
+                MessageBody::PreVote { .. } if self.in_lease(pre_vote_window) => return Ok(()),
                 MessageBody::Vote {
                     transfer: false, ..
-                } if in_lease(self.cfg.election_tick) => return Ok(()),
+                } if self.in_lease(self.cfg.election_tick) => return Ok(()),
                 _ => {}
             }
             match &m.body {
@@ -457,8 +474,8 @@ impl RaftNode {
             MessageBody::Vote {
                 last_log_index,
                 last_log_term,
-                ..
-            } => self.handle_vote(m.from, last_log_index, last_log_term),
+                transfer,
+            } => self.handle_vote(m.from, last_log_index, last_log_term, transfer),
             MessageBody::PreVoteResp { granted } => {
                 self.handle_pre_vote_resp(m.from, m.term, granted)
             }
@@ -531,6 +548,7 @@ impl RaftNode {
             self.become_follower(self.term, Some(from));
         }
         self.election_elapsed = 0;
+        self.since_leader = 0;
     }
 
     /// Rejects messages whose fields cannot be valid, before they touch any state.
