@@ -118,6 +118,7 @@ pub fn run(clients: usize, dir: &Path, warmup: Duration, measure: Duration) -> D
                 seq: 0,
                 snapshot: boot.snapshot.clone(),
                 reset_log: true,
+                compact_to: None,
                 entries: Vec::new(),
                 hard_state: Some(boot.hard_state),
             })

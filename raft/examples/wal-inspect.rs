@@ -10,7 +10,7 @@ fn main() {
     };
     match Wal::open(&dir, WalOptions::default()) {
         Ok((_, state, recovery)) => {
-            println!("recovery: {recovery:?}");
+            println!("recovery: {recovery}");
             println!("hard state: {:?}", state.hard_state);
             if let Some(s) = &state.snapshot {
                 println!(

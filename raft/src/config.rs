@@ -3,13 +3,19 @@
 use crate::error::ConfigError;
 use crate::types::NodeId;
 
+/// Upper bound of [`Config::snapshot_trailing`]: the trailing entries stay in memory, and a
+/// larger window would let the log grow without bound between snapshots.
+pub(crate) const MAX_SNAPSHOT_TRAILING: u64 = 1 << 24;
+
 /// How the leader serves linearizable reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
     /// ReadIndex: confirm leadership with a quorum round before answering (safe under clock drift).
     Safe,
-    /// Leader lease: answer without a round while a quorum acknowledged us within the election
-    /// timeout. Requires check-quorum (followers then refuse to elect anyone else during the lease).
+    /// Leader lease: answer without a round while a quorum acknowledged a round sent less than
+    /// [`Config::lease_ticks`] ago. Requires check-quorum (followers then refuse to elect anyone
+    /// else for an election timeout), and a host that honours the tick contract of
+    /// [`RaftNode::tick`](crate::RaftNode::tick) with clocks within `max_clock_drift`.
     Lease,
 }
 
@@ -43,12 +49,21 @@ pub struct Config {
     pub max_uncommitted_bytes: usize,
     /// Ask the application for a snapshot once this many applied entries follow the last one.
     pub snapshot_threshold: u64,
+    /// Entries kept in the log before the index of a snapshot the node takes, so that a follower
+    /// lagging by less than this catches up from the log instead of needing a snapshot (and a
+    /// follower that just finished a long snapshot transfer continues from the log). At most
+    /// 2^24; 0 compacts the log right up to the snapshot.
+    pub snapshot_trailing: u64,
     /// Size of one snapshot chunk in bytes.
     pub snapshot_chunk_size: usize,
     /// Snapshot chunks in flight per follower.
     pub max_inflight_snapshot_chunks: usize,
     /// How linearizable reads are served.
     pub read_mode: ReadMode,
+    /// Bound on how far any node's tick interval, measured in real time, may be from the nominal
+    /// one, as a ratio (0.1: every interval lies within ±10 %). The leader lease is shortened by
+    /// it (see [`Config::lease_ticks`]); must lie in `[0, 1)`.
+    pub max_clock_drift: f64,
     /// A node becomes a voter only if its log is at most this many entries behind the leader's:
     /// promoting a far-behind node would stall commits until it caught up.
     pub max_promotion_lag: u64,
@@ -73,9 +88,11 @@ impl Config {
             max_uncommitted_entries: 10_000,
             max_uncommitted_bytes: 64 << 20,
             snapshot_threshold: 10_000,
+            snapshot_trailing: 1_000,
             snapshot_chunk_size: 1 << 20,
             max_inflight_snapshot_chunks: 4,
             read_mode: ReadMode::Safe,
+            max_clock_drift: 0.1,
             max_promotion_lag: 1_000,
             seed: id,
         }
@@ -108,8 +125,26 @@ impl Config {
         if self.max_uncommitted_entries == 0 || self.max_uncommitted_bytes == 0 {
             return Err(ConfigError("uncommitted limits must be positive".into()));
         }
+        if self.snapshot_trailing > MAX_SNAPSHOT_TRAILING {
+            return Err(ConfigError(format!(
+                "snapshot_trailing ({}) must be at most {MAX_SNAPSHOT_TRAILING}: the trailing entries stay in memory",
+                self.snapshot_trailing
+            )));
+        }
+        if !(0.0..1.0).contains(&self.max_clock_drift) {
+            return Err(ConfigError(format!(
+                "max_clock_drift ({}) must lie in [0, 1)",
+                self.max_clock_drift
+            )));
+        }
         if self.read_mode == ReadMode::Lease && !self.check_quorum {
             return Err(ConfigError("lease-based reads require check_quorum".into()));
+        }
+        if self.read_mode == ReadMode::Lease && self.lease_ticks() == 0 {
+            return Err(ConfigError(format!(
+                "no leader lease is left with election_tick {} and max_clock_drift {}",
+                self.election_tick, self.max_clock_drift
+            )));
         }
         Ok(())
     }

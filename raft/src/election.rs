@@ -54,7 +54,10 @@ impl RaftNode {
     /// when its timer fires, as always. Voters still inside a leader's lease ignore the request;
     /// those grants that come back count for the pre-vote round of that election.
     pub(crate) fn send_early_pre_vote(&mut self) {
-        let term = self.term + 1;
+        let Some(term) = self.term.checked_add(1) else {
+            // No later term exists (only a hostile peer can have pushed us here).
+            return;
+        };
         self.early_pre_vote = Some((self.ticks, term, BTreeSet::new()));
         self.send_pre_votes(term, &BTreeSet::new());
     }
@@ -201,9 +204,31 @@ impl RaftNode {
             }));
     }
 
-    pub(crate) fn handle_vote(&mut self, from: NodeId, lli: LogIndex, llt: Term) {
+    /// True while this node must not help elect anyone (with check-quorum): as a follower,
+    /// fewer than `window` ticks since it last heard from a leader or since it started; as a
+    /// leader, its own check-quorum window. Leader leases rely on followers keeping this
+    /// promise for a whole election timeout whatever happens meanwhile: a restart (the promise
+    /// may have been made just before the crash) or a step to a higher term on some other
+    /// message (so the refusal covers same-term votes too, see `handle_vote`).
+    pub(crate) fn in_lease(&self, window: u32) -> bool {
+        if !self.cfg.check_quorum {
+            return false;
+        }
+        if self.role == Role::Leader {
+            self.election_elapsed < window
+        } else {
+            self.since_leader < window
+        }
+    }
+
+    pub(crate) fn handle_vote(&mut self, from: NodeId, lli: LogIndex, llt: Term, transfer: bool) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
         let granted = can_vote && self.log.is_up_to_date(lli, llt);
+        if granted && self.vote.is_none() && !transfer && self.in_lease(self.cfg.election_tick) {
+            // A candidate of our own term (we reached it through some other message) while we
+            // still owe a leader its lease: ignored, as a higher-term one would be.
+            return;
+        }
         if granted {
             self.vote = Some(from);
             self.election_elapsed = 0;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::config::Config;
+use crate::config::{Config, ReadMode};
 use crate::error::{InitError, InvalidMessage, ReadError};
 use crate::log::RaftLog;
 use crate::progress::Progress;
@@ -117,6 +117,10 @@ pub struct RaftNode {
     pub(crate) ticks: u64,
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
+    /// Ticks since this node last heard from a leader of its term, or, in lease mode, since it
+    /// started (it may have acknowledged a lease round just before a crash). Not reset by role
+    /// or term changes: while it is below the election timeout, votes are refused (`in_lease`).
+    pub(crate) since_leader: u32,
     pub(crate) randomized_timeout: u32,
     pub(crate) rng: u64,
     // candidate
@@ -157,38 +161,26 @@ impl RaftNode {
             Some(s) => (s.meta.index, s.meta.term, s.meta.membership.clone()),
             None => (0, 0, Membership::default()),
         };
-        let entries: Vec<Entry> = state
-            .entries
-            .into_iter()
-            .filter(|e| e.index > snap_index)
-            .collect();
-        let mut prev_term = snap_term;
-        for (expect, e) in (snap_index + 1..).zip(entries.iter()) {
-            if e.index != expect {
-                return Err(InitError::Inconsistent(format!(
-                    "log gap: expected index {expect}, found {}",
-                    e.index
-                )));
-            }
-            if e.term < prev_term {
-                return Err(InitError::Inconsistent(format!(
-                    "term goes backwards at index {}",
-                    e.index
-                )));
-            }
-            prev_term = e.term;
-        }
+        let log = RaftLog::recover(snap_index, snap_term, state.entries)
+            .map_err(InitError::Inconsistent)?;
         let hs = state.hard_state;
-        if prev_term > hs.term {
+        let last_term = log.last_term();
+        if last_term > hs.term {
             return Err(InitError::Inconsistent(format!(
-                "log has term {prev_term} above the hard state's term {}",
+                "log has term {last_term} above the hard state's term {}",
                 hs.term
             )));
         }
-        let log = RaftLog::new(snap_index, snap_term, entries);
         let last = log.last_index();
         let commit = hs.commit.clamp(snap_index, last);
         let id = cfg.id;
+        // Only leases need the refusal after a restart (see `since_leader`); without them a
+        // fresh or restarted node may vote at once.
+        let since_leader = if cfg.read_mode == ReadMode::Lease {
+            0
+        } else {
+            cfg.election_tick
+        };
         let mut node = RaftNode {
             rng: cfg.seed ^ 0x9E37_79B9_7F4A_7C15 ^ id.wrapping_mul(0xA24B_AED4_963E_E407),
             cfg,
@@ -209,6 +201,7 @@ impl RaftNode {
             ticks: 0,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            since_leader,
             randomized_timeout: 0,
             votes: BTreeMap::new(),
             early_pre_vote: None,
@@ -286,9 +279,18 @@ impl RaftNode {
     pub fn durable_index(&self) -> LogIndex {
         self.durable
     }
-    /// Index covered by the latest snapshot (the log starts after it).
+    /// Index covered by the latest snapshot. The log may still hold entries before it (see
+    /// [`RaftNode::first_index`]).
     pub fn snapshot_index(&self) -> LogIndex {
-        self.log.snapshot_index()
+        self.snapshot
+            .as_ref()
+            .map_or(0, |s| s.meta.index)
+            .max(self.log.base_index())
+    }
+    /// Index of the first entry still in the log: at or before the latest snapshot's index +
+    /// 1, as trailing entries are kept for followers that lag a little.
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
     }
     /// The term of the entry at `index`, if retained (or the snapshot point).
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
@@ -298,9 +300,10 @@ impl RaftNode {
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
     }
-    /// All retained entries after the snapshot point.
+    /// The retained entries after the latest snapshot's index (trailing entries before it are
+    /// reachable with [`RaftNode::entry`]).
     pub fn entries(&self) -> &[Entry] {
-        self.log.entries()
+        self.log.entries_after(self.snapshot_index())
     }
     /// The membership in force (the latest configuration in the log, committed or not).
     pub fn membership(&self) -> &Membership {
@@ -363,8 +366,16 @@ impl RaftNode {
     // ---------------------------------------------------------------- inputs
 
     /// Advances logical time by one tick.
+    ///
+    /// The host's contract (leader leases rely on it, see `ReadMode::Lease`): deliver one tick
+    /// per elapsed tick interval of a monotonic clock, counting the ticks missed while the
+    /// process was paused or descheduled, and after such a gap deliver the missed ticks before
+    /// any other input (message, request, storage completion). A host that handles the queued
+    /// messages first lets a follower grant a vote inside a lease it promised, and a leader serve
+    /// a read on a lease that has run out.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.since_leader = self.since_leader.saturating_add(1);
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -422,15 +433,12 @@ impl RaftNode {
             // that an early pre-vote round (sent that much before the sender's timer fires) is
             // answered; a pre-vote elects nobody, and votes keep the whole window, which is
             // what leader leases rely on.
-            let in_lease = |window: u32| {
-                self.cfg.check_quorum && self.leader.is_some() && self.election_elapsed < window
-            };
             let pre_vote_window = self.cfg.election_tick - self.pre_vote_lead();
             match &m.body {
-                MessageBody::PreVote { .. } if in_lease(pre_vote_window) => return Ok(()),
+                MessageBody::PreVote { .. } if self.in_lease(pre_vote_window) => return Ok(()),
                 MessageBody::Vote {
                     transfer: false, ..
-                } if in_lease(self.cfg.election_tick) => return Ok(()),
+                } if self.in_lease(self.cfg.election_tick) => return Ok(()),
                 _ => {}
             }
             match &m.body {
@@ -466,8 +474,8 @@ impl RaftNode {
             MessageBody::Vote {
                 last_log_index,
                 last_log_term,
-                ..
-            } => self.handle_vote(m.from, last_log_index, last_log_term),
+                transfer,
+            } => self.handle_vote(m.from, last_log_index, last_log_term, transfer),
             MessageBody::PreVoteResp { granted } => {
                 self.handle_pre_vote_resp(m.from, m.term, granted)
             }
@@ -540,6 +548,7 @@ impl RaftNode {
             self.become_follower(self.term, Some(from));
         }
         self.election_elapsed = 0;
+        self.since_leader = 0;
     }
 
     /// Rejects messages whose fields cannot be valid, before they touch any state.
@@ -635,7 +644,12 @@ impl RaftNode {
                         "acknowledges snapshot {index} beyond our last index"
                     ));
                 }
-                let snap = self.snapshot.as_ref().filter(|s| s.meta.index == *index);
+                // The snapshot being sent to this follower may be older than our latest.
+                let sending = self.progress.get(&m.from).and_then(|pr| pr.sending());
+                let snap = sending
+                    .into_iter()
+                    .chain(self.snapshot.as_ref())
+                    .find(|s| s.meta.index == *index);
                 if snap.is_some_and(|s| *next_offset > s.data.len() as u64) {
                     return Err(format!(
                         "snapshot offset {next_offset} beyond the snapshot's end"
@@ -698,6 +712,12 @@ impl RaftNode {
     pub(crate) fn flush(&mut self) {
         let mut batch = WriteBatch::default();
         if let Some((s, reset)) = self.stage_snapshot.take() {
+            // Trailing entries before the snapshot stay on disk too, with the entry at the
+            // compaction point (a restarted node needs its term).
+            let base = self.log.base_index();
+            if !reset && base < s.meta.index {
+                batch.compact_to = Some(base.saturating_sub(1));
+            }
             batch.snapshot = Some(s);
             batch.reset_log = reset;
         }
@@ -739,7 +759,7 @@ impl RaftNode {
             self.broadcast_heartbeat_round();
         }
         self.apply_committed();
-        let since = self.applied.saturating_sub(self.log.snapshot_index());
+        let since = self.applied.saturating_sub(self.snapshot_index());
         let requested_recently = self
             .snapshot_requested_at
             .is_some_and(|at| self.applied < at + self.cfg.snapshot_threshold);

@@ -1,6 +1,6 @@
 //! The leader's view of each follower: how far it has replicated and how to send to it.
 
-use crate::types::LogIndex;
+use crate::types::{LogIndex, Snapshot};
 use std::collections::VecDeque;
 
 /// How the leader currently talks to a follower.
@@ -10,9 +10,11 @@ pub(crate) enum ProgressState {
     Probe,
     /// Healthy: several AppendEntries pipelined, bounded by the in-flight window.
     Replicate,
-    /// Behind the compaction point: streaming the snapshot at `index` in chunks.
+    /// Behind the compaction point: streaming `snapshot` in chunks. It is the snapshot the
+    /// transfer started with, kept (the data is shared) until the follower has it even if a
+    /// newer one is taken meanwhile: restarting would never finish on a slow link.
     Snapshot {
-        index: LogIndex,
+        snapshot: Snapshot,
         /// Next byte offset to send.
         sent: u64,
         /// Offset the follower has confirmed.
@@ -49,6 +51,14 @@ impl Progress {
             inflight: VecDeque::new(),
             recent_active: false,
             acked_seq: 0,
+        }
+    }
+
+    /// The snapshot being sent to this follower, if any.
+    pub(crate) fn sending(&self) -> Option<&Snapshot> {
+        match &self.state {
+            ProgressState::Snapshot { snapshot, .. } => Some(snapshot),
+            _ => None,
         }
     }
 

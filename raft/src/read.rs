@@ -1,9 +1,53 @@
 //! Linearizable reads: ReadIndex (§6.4 of the Raft thesis) and the optional leader lease.
+//!
+//! # The lease and its margin
+//!
+//! Write `E` for `election_tick`, `T` for the nominal tick interval, `ρ` for
+//! `Config::max_clock_drift`. The host contract (see [`RaftNode::tick`]) makes a node's tick
+//! count follow its monotonic clock, and the drift bound says every node's tick interval lies
+//! in `[T(1-ρ), T(1+ρ)]` of real time.
+//!
+//! * A follower that receives a leader message at real time `r` refuses votes until its
+//!   election-timeout counter reaches `E` again. The first of those ticks may come at once, so
+//!   the refusal lasts more than `(E-1)` of its intervals: beyond `r + (E-1)·T(1-ρ)`. A restart
+//!   starts the refusal afresh (later, so it only lasts longer); a step to a higher term does
+//!   not end it.
+//! * The leader sends lease round `s` at its tick count `t_s`, at real time `x ≥` that tick.
+//!   Every follower that echoes round `s` (or a later one) received it at `r ≥ x`. The lease
+//!   holds while the leader's tick count is below `t_s + L`: it ends on or before real time
+//!   `x + L·T(1+ρ)`.
+//! * A new leader needs the vote of some node of the quorum that echoed round `s` (quorums
+//!   intersect, joint ones included), which it gets only after that node's refusal, and it can
+//!   commit only after that. So no read served under the lease can miss a write committed
+//!   elsewhere as long as `L·T(1+ρ) ≤ (E-1)·T(1-ρ)`, i.e.
+//!   `L = floor((E-1)·(1-ρ)/(1+ρ))` ([`Config::lease_ticks`]): one tick shorter than the
+//!   refusal for tick phase (nodes' ticks are not aligned), then shortened by the drift.
+//!   With `E = 10` and `ρ = 0.1` the lease is 7 ticks against a refusal of 10.
+//!
+//! A leader whose process was paused gets its missed ticks first (host contract), so its lease
+//! has run out before it handles a read queued during the pause.
 
-use crate::config::ReadMode;
+use crate::config::{Config, ReadMode};
 use crate::error::ReadError;
 use crate::node::{Effect, PendingRead, RaftNode};
 use crate::types::Role;
+
+impl Config {
+    /// Length of the leader lease in ticks: `floor((election_tick - 1)·(1 - ρ)/(1 + ρ))` with
+    /// `ρ = max_clock_drift`, shorter than the followers' vote refusal by one tick for tick
+    /// phase and by the drift bound (arithmetic in the module docs of `read.rs`). Zero means
+    /// no lease is possible; `validate` refuses lease mode then.
+    pub fn lease_ticks(&self) -> u32 {
+        let rho = self.max_clock_drift;
+        if !(0.0..1.0).contains(&rho) {
+            return 0;
+        }
+        let base = f64::from(self.election_tick.saturating_sub(1));
+        // Floor, and never above the refusal even if rounding errs.
+        ((base * (1.0 - rho) / (1.0 + rho)).floor() as u32)
+            .min(self.election_tick.saturating_sub(1))
+    }
+}
 
 impl RaftNode {
     /// Requests a linearizable read identified by `ctx`. The answer comes later as
@@ -96,8 +140,9 @@ impl RaftNode {
         }
     }
 
-    /// The lease holds while a quorum acknowledged a round sent less than an election timeout ago:
-    /// those followers refuse to elect anyone else until their own election timeout passes.
+    /// The lease holds while a quorum acknowledged a round sent less than
+    /// [`Config::lease_ticks`] ago: those followers refuse to elect anyone else for an election
+    /// timeout, which outlasts the lease by the margin explained in the module docs.
     fn lease_valid(&self) -> bool {
         if self.lease_disabled || self.transfer.is_some() {
             return false;
@@ -106,6 +151,6 @@ impl RaftNode {
         self.rounds
             .iter()
             .find(|(s, _)| *s == q)
-            .is_some_and(|(_, sent)| self.ticks < sent + self.cfg.election_tick as u64)
+            .is_some_and(|(_, sent)| self.ticks < sent + u64::from(self.cfg.lease_ticks()))
     }
 }

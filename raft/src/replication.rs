@@ -296,7 +296,9 @@ impl RaftNode {
             let moved = pr.ack(index);
             match pr.state {
                 ProgressState::Probe => pr.become_replicate(),
-                ProgressState::Snapshot { index: si, .. } if pr.match_index >= si => {
+                ProgressState::Snapshot { ref snapshot, .. }
+                    if pr.match_index >= snapshot.meta.index =>
+                {
                     pr.become_replicate()
                 }
                 _ => {}

@@ -8,14 +8,15 @@ use crate::types::{LogIndex, Membership, MessageBody, NodeId, Snapshot, Snapshot
 use std::sync::Arc;
 
 impl RaftNode {
-    /// Hands over a state-machine snapshot taken at applied index `index`. The log up to it is
-    /// compacted and the snapshot is written (a `Persist` effect). Appends and applies went on
+    /// Hands over a state-machine snapshot taken at applied index `index`. The log is compacted
+    /// up to `Config::snapshot_trailing` entries before it (those stay, for followers that lag
+    /// a little) and the snapshot is written (a `Persist` effect). Appends and applies went on
     /// while the application was taking it.
     pub fn snapshot_taken(&mut self, index: LogIndex, data: Vec<u8>) -> Result<(), SnapshotError> {
-        if index <= self.log.snapshot_index() || index > self.applied {
+        if index <= self.snapshot_index() || index > self.applied {
             return Err(SnapshotError::OutOfRange {
                 index,
-                snapshot: self.log.snapshot_index(),
+                snapshot: self.snapshot_index(),
                 applied: self.applied,
             });
         }
@@ -29,8 +30,15 @@ impl RaftNode {
             },
             data: Arc::new(data),
         };
-        self.log.compact_to(index, term);
-        self.configs.retain(|(i, _)| *i > index);
+        let keep_from = index
+            .saturating_sub(self.cfg.snapshot_trailing)
+            .max(self.log.base_index());
+        let keep_term = self.log.term(keep_from).expect("between base and applied");
+        self.log.compact_to(keep_from, keep_term);
+        // Configurations in the trailing entries stay listed, as `rebuild_configs` would list
+        // them; `snapshot_membership` is the one in force at the snapshot's index, which is
+        // what every lookup at or after it needs.
+        self.configs.retain(|(i, _)| *i > keep_from);
         self.snapshot_membership = membership;
         self.snapshot = Some(snap.clone());
         let reset = self.stage_snapshot.as_ref().is_some_and(|(_, r)| *r);
@@ -52,13 +60,14 @@ impl RaftNode {
             .unwrap_or_else(|| self.snapshot_membership.clone())
     }
 
+    /// Starts sending our latest snapshot to `peer`, which needs entries we compacted away.
     pub(crate) fn start_snapshot_transfer(&mut self, peer: NodeId) {
-        let Some(index) = self.snapshot.as_ref().map(|s| s.meta.index) else {
+        let Some(snapshot) = self.snapshot.clone() else {
             return;
         };
         if let Some(pr) = self.progress.get_mut(&peer) {
             pr.state = ProgressState::Snapshot {
-                index,
+                snapshot,
                 sent: 0,
                 acked: 0,
                 done_sent: false,
@@ -69,22 +78,19 @@ impl RaftNode {
         self.send_snapshot_chunks(peer);
     }
 
-    /// Sends chunks of the snapshot to `peer` within its chunk window. Each follower has its own
-    /// window, so a slow one never holds up the others.
+    /// Sends chunks of the snapshot being transferred to `peer` within its chunk window. Each
+    /// follower has its own window, so a slow one never holds up the others. The transfer goes
+    /// on with the snapshot it started with, even if a newer one was taken since.
     pub(crate) fn send_snapshot_chunks(&mut self, peer: NodeId) {
-        let Some(snap) = self.snapshot.clone() else {
-            return;
-        };
         let chunk = self.cfg.snapshot_chunk_size as u64;
         let window = chunk * self.cfg.max_inflight_snapshot_chunks as u64;
-        let len = snap.data.len() as u64;
         let seq = self.seq;
         loop {
             let Some(pr) = self.progress.get_mut(&peer) else {
                 return;
             };
             let ProgressState::Snapshot {
-                index,
+                snapshot: snap,
                 sent,
                 acked,
                 done_sent,
@@ -93,17 +99,12 @@ impl RaftNode {
             else {
                 return;
             };
-            if *index != snap.meta.index {
-                // A newer snapshot replaced the one being sent: start over with it.
-                *index = snap.meta.index;
-                *sent = 0;
-                *acked = 0;
-                *done_sent = false;
-            }
-            if *done_sent || *sent - *acked >= window {
+            let snap = snap.clone();
+            let len = snap.data.len() as u64;
+            if *done_sent || sent.saturating_sub(*acked) >= window {
                 return;
             }
-            let offset = *sent;
+            let offset = (*sent).min(len);
             let end = (offset + chunk).min(len);
             let done = end == len;
             *sent = end;
@@ -198,7 +199,7 @@ impl RaftNode {
         self.send_durable(
             from,
             MessageBody::SnapshotResp {
-                index: self.log.snapshot_index(),
+                index: self.snapshot_index(),
                 next_offset,
                 done: true,
                 seq,
@@ -260,14 +261,15 @@ impl RaftNode {
             return;
         }
         if let ProgressState::Snapshot {
-            index: si,
+            snapshot,
             sent,
             acked,
             done_sent,
             stalled,
         } = &mut pr.state
         {
-            if *si == index {
+            // `validate` refuses offsets beyond the end; never slice past it regardless.
+            if snapshot.meta.index == index && next_offset <= snapshot.data.len() as u64 {
                 if next_offset < *acked || next_offset > *sent {
                     // The follower lost (or already had) part of it: resume from where it is.
                     *sent = next_offset;

@@ -9,9 +9,9 @@ use crate::types::{Entry, HardState, LogIndex, Membership, Snapshot, SnapshotMet
 use std::sync::Arc;
 
 /// One ordered unit of durable work. Applying a batch means, in this order: install `snapshot`
-/// (dropping the entries it covers, or the whole log when `reset_log` is set), then write
-/// `entries` (removing any existing entry at or after the first one's index), then record
-/// `hard_state`.
+/// (dropping the entries it covers up to `compact_to`, or the whole log when `reset_log` is
+/// set), then write `entries` (removing any existing entry at or after the first one's index),
+/// then record `hard_state`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     /// Position of this batch in the node's write order (starts at 1, consecutive).
@@ -22,6 +22,12 @@ pub struct WriteBatch {
     /// (a follower far behind, or with a conflicting suffix). Otherwise only the covered prefix
     /// is dropped and the entries after the snapshot are kept.
     pub reset_log: bool,
+    /// With a `snapshot` that does not reset the log: drop entries only up to this index
+    /// (inclusive) and keep the later ones, although the snapshot covers some of them (trailing
+    /// entries, for followers that lag a little; see `Config::snapshot_trailing`). `None` drops
+    /// every entry the snapshot covers; an index above the snapshot's counts as the snapshot's.
+    /// Ignored without a snapshot or with `reset_log`.
+    pub compact_to: Option<LogIndex>,
     /// Entries to write; the first one's index truncates any existing suffix.
     pub entries: Vec<Entry>,
     /// The new hard state, if it changed.
@@ -33,6 +39,19 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
+
+    /// etcd's MustSync rule, the one place it is decided: does this batch need an fsync before
+    /// it may be reported durable? Entries, a snapshot, or a new term or vote (compared with
+    /// `previous`, the hard state written before this batch) do. A batch whose only change is
+    /// a commit index does not: losing it in a crash is harmless, the commit index is re-learned
+    /// from the leader (and never exceeds the durable log on recovery).
+    pub fn must_sync(&self, previous: HardState) -> bool {
+        self.snapshot.is_some()
+            || !self.entries.is_empty()
+            || self
+                .hard_state
+                .is_some_and(|hs| hs.term != previous.term || hs.vote != previous.vote)
+    }
 }
 
 /// Everything a node finds on disk when it starts.
@@ -42,7 +61,8 @@ pub struct RecoveredState {
     pub hard_state: HardState,
     /// Latest durable snapshot, if any.
     pub snapshot: Option<Snapshot>,
-    /// Durable entries after the snapshot, consecutive.
+    /// Durable entries, consecutive. Those after the snapshot, and possibly trailing entries
+    /// before it: then they run through the snapshot's last entry.
     pub entries: Vec<Entry>,
 }
 
@@ -70,13 +90,19 @@ impl RecoveredState {
             if batch.reset_log {
                 self.entries.clear();
             } else {
-                self.entries.retain(|e| e.index > snap.meta.index);
+                let upto = batch
+                    .compact_to
+                    .map_or(snap.meta.index, |j| j.min(snap.meta.index));
+                self.entries.retain(|e| e.index > upto);
             }
             self.snapshot = Some(snap.clone());
         }
         if let Some(first) = batch.entries.first() {
             let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
-            let keep = first.index.saturating_sub(base + 1) as usize;
+            // The log may start before the snapshot (trailing entries): cut by position.
+            let start = first.index.max(base + 1);
+            let log_first = self.entries.first().map_or(base + 1, |e| e.index);
+            let keep = start.saturating_sub(log_first) as usize;
             self.entries.truncate(keep);
             self.entries
                 .extend(batch.entries.iter().filter(|e| e.index > base).cloned());
@@ -88,22 +114,24 @@ impl RecoveredState {
 
     /// Index of the last durable entry (or of the snapshot).
     pub fn last_index(&self) -> LogIndex {
-        self.entries
-            .last()
-            .map(|e| e.index)
-            .or(self.snapshot.as_ref().map(|s| s.meta.index))
-            .unwrap_or(0)
+        let snap = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        self.entries.last().map_or(snap, |e| e.index.max(snap))
     }
 }
 
 /// Durable storage for one Raft node. Writes are buffered; `sync` makes every written batch
 /// durable (one fsync covering many batches is group commit).
+///
+/// A storage may skip the fsync when no batch written since the last one needs it
+/// ([`WriteBatch::must_sync`]): such batches only advance the commit index, and a crash that
+/// loses them is harmless. `sync` still reports them durable.
 pub trait Storage {
     /// The storage's error type.
     type Error: std::error::Error + Send + Sync + 'static;
     /// Buffers a batch; it is not durable until a later `sync` returns.
     fn write(&mut self, batch: &WriteBatch) -> Result<(), Self::Error>;
-    /// Makes every written batch durable and returns the highest durable batch sequence number.
+    /// Makes every written batch durable (see the commit-only exception above) and returns the
+    /// highest durable batch sequence number.
     fn sync(&mut self) -> Result<u64, Self::Error>;
     /// Reads the durable state (what a restarted node starts from).
     fn recover(&self) -> Result<RecoveredState, Self::Error>;
@@ -173,5 +201,74 @@ impl Storage for MemStorage {
 
     fn recover(&self) -> Result<RecoveredState, Infallible> {
         Ok(self.durable.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Payload;
+
+    fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
+        HardState { term, vote, commit }
+    }
+
+    fn with_hs(h: HardState) -> WriteBatch {
+        WriteBatch {
+            hard_state: Some(h),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn commit_only_batches_need_no_fsync() {
+        let prev = hs(4, Some(2), 10);
+        assert!(
+            !with_hs(hs(4, Some(2), 11)).must_sync(prev),
+            "commit advance"
+        );
+        assert!(!with_hs(prev).must_sync(prev), "unchanged hard state");
+        assert!(!WriteBatch::default().must_sync(prev), "empty batch");
+        let no_vote = hs(4, None, 10);
+        assert!(
+            !with_hs(hs(4, None, 12)).must_sync(no_vote),
+            "no vote, commit"
+        );
+    }
+
+    #[test]
+    fn term_vote_entries_and_snapshots_need_an_fsync() {
+        let prev = hs(4, Some(2), 10);
+        assert!(with_hs(hs(5, Some(2), 10)).must_sync(prev), "term");
+        assert!(
+            with_hs(hs(5, None, 11)).must_sync(prev),
+            "term, vote cleared"
+        );
+        assert!(with_hs(hs(4, Some(3), 10)).must_sync(prev), "vote");
+        assert!(with_hs(hs(4, None, 10)).must_sync(prev), "vote cleared");
+        assert!(
+            with_hs(hs(4, Some(1), 10)).must_sync(hs(4, None, 10)),
+            "vote cast"
+        );
+        let entries = WriteBatch {
+            entries: vec![Entry {
+                term: 4,
+                index: 11,
+                payload: Payload::Noop,
+            }],
+            ..Default::default()
+        };
+        assert!(entries.must_sync(prev), "entries without a hard state");
+        let entries_and_commit = WriteBatch {
+            hard_state: Some(hs(4, Some(2), 11)),
+            ..entries
+        };
+        assert!(entries_and_commit.must_sync(prev), "entries with a commit");
+        let snapshot = WriteBatch {
+            snapshot: RecoveredState::bootstrap([1]).snapshot,
+            reset_log: true,
+            ..Default::default()
+        };
+        assert!(snapshot.must_sync(prev), "snapshot");
     }
 }

@@ -2,10 +2,12 @@
 //! [`Storage`]. This module does file I/O; the Raft core never calls it (the driver does).
 //!
 //! Layout of a data directory:
-//! - `wal/<seq:016x>.wal`: segments. Each starts with a 24-byte header (magic, version, segment
-//!   number, CRC32C) and then holds records `[len: u32][crc32c: u32][payload]`. One record is one
-//!   [`WriteBatch`], so a batch is recovered whole or not at all. Every segment's first record
-//!   repeats the hard state, so deleting old segments never loses it.
+//! - `wal/<seq:016x>.wal`: segments. Each starts with a 24-byte header (magic, format version,
+//!   segment number, CRC32C) and then holds records `[len: u32][crc: u32][payload][!crc: u32]`:
+//!   `crc` is the CRC32C of the payload followed by the length, so a damaged length is caught
+//!   too, and the trailer (the checksum inverted) proves that the record's end was written. One
+//!   record is one [`WriteBatch`], so a batch is recovered whole or not at all. Every segment's
+//!   first record repeats the hard state, so deleting old segments never loses it.
 //! - `snap/snap-<index:016x>-<term:016x>.snap`: snapshots, written to a `.tmp` file, fsynced,
 //!   renamed, and the directory fsynced, before the record carrying their marker; a `.tmp` left
 //!   by a crash is ignored and removed. The snapshot in use is the one the last durable marker
@@ -13,27 +15,42 @@
 //!
 //! Replay semantics are those of [`RecoveredState::apply`]: an entry at index `i` replaces every
 //! entry from `i` on (conflict truncation never rewrites a segment); a snapshot marker drops the
-//! entries it covers (or the whole log if the log does not contain its last entry). After a
-//! snapshot is durable, segments holding only entries below it are deleted whole.
+//! entries it covers, only up to its `compact_to` index if it has one (or the whole log if the
+//! log does not contain its last entry). After a snapshot is durable, segments holding only
+//! entries below its compaction point are deleted whole.
 //!
-//! Recovery: a torn tail (a partial last record, or a last record whose checksum fails, or zeros
-//! to the end of the last segment, also right after a record header) is truncated and reported
-//! in [`Recovery::torn_tail`]; a bad record anywhere else, a missing segment or an unreadable
-//! header is an error naming the file and offset. Nothing is dropped silently.
+//! Recovery: a record is valid when its checksum matches (a damaged trailer alone loses nothing
+//! and is tolerated). Only what an interrupted write can leave at the end of the last segment is
+//! a torn tail, truncated and reported in [`Recovery::torn_tail`]: a partial record, zeros to
+//! the end of the file, or a last record whose end is zeros. A record that was written whole
+//! (its trailer is intact, or a valid record with a different length is there) but does not
+//! check, a bad record followed by more data, a bad record in any other segment, a missing
+//! segment or an unreadable header is an error naming the file and offset. Nothing is dropped
+//! silently. Segments of format version 1 (checksum without the length) are refused.
+//!
+//! Durability: `sync` fsyncs only when a batch written since the last fsync needs it
+//! ([`WriteBatch::must_sync`]); commit-only batches are written without one. A failed write or
+//! fsync poisons the log: every later `write` and `sync` fails (an fsync is never retried, the
+//! kernel may have dropped the dirty pages). [`WalFaults`] injects such failures in tests.
 
 use crate::storage::{RecoveredState, Storage, WriteBatch};
 use crate::types::{Entry, HardState, LogIndex, Membership, Payload, Snapshot, SnapshotMeta, Term};
 use std::collections::BTreeSet;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"SHOALWAL";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SHOALSNP";
-const VERSION: u32 = 1;
+/// Segment format: 2 since the record checksum covers the length and records carry a trailer.
+const SEGMENT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 24;
 const RECORD_HEADER: usize = 8;
+const RECORD_TRAILER: usize = 4;
 /// Largest record accepted (a batch); anything larger in a file is corruption.
 pub const MAX_RECORD: usize = 256 << 20;
 
@@ -75,6 +92,15 @@ pub enum WalError {
     /// A batch too large to be one record.
     #[error("batch of {0} bytes exceeds the record limit of {MAX_RECORD} bytes")]
     TooLarge(usize),
+    /// An earlier write or fsync failed: the log accepts nothing more (what reached the disk is
+    /// unknown, and an fsync must not be retried). Reopen the directory to recover.
+    #[error(
+        "the WAL refuses writes after an earlier failure ({first}); restart to recover from disk"
+    )]
+    Poisoned {
+        /// The first failure, as it was reported.
+        first: String,
+    },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
@@ -83,6 +109,128 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Wa
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Failure injection, a hook for tests and simulations only: makes the log's next write or
+/// fsync fail, or the disk fill up, deterministically. Clones share the same switches, so a test
+/// keeps one and passes another in [`WalOptions::faults`]. The default injects nothing.
+#[derive(Clone, Debug)]
+pub struct WalFaults(Arc<FaultSwitches>);
+
+#[derive(Debug)]
+struct FaultSwitches {
+    fail_next_write: AtomicBool,
+    fail_next_fsync: AtomicBool,
+    /// Bytes that may still be written before writes fail with ENOSPC; `u64::MAX`: no limit.
+    space_left: AtomicU64,
+}
+
+impl Default for WalFaults {
+    fn default() -> Self {
+        WalFaults(Arc::new(FaultSwitches {
+            fail_next_write: AtomicBool::new(false),
+            fail_next_fsync: AtomicBool::new(false),
+            space_left: AtomicU64::new(u64::MAX),
+        }))
+    }
+}
+
+impl WalFaults {
+    /// The next write to a log or snapshot file fails (EIO) without writing anything.
+    pub fn fail_next_write(&self) {
+        self.0.fail_next_write.store(true, Ordering::SeqCst);
+    }
+
+    /// The next fsync (of a file or directory, also where `WalOptions::fsync` is off) fails
+    /// (EIO), as after a disk error: the log then acts as if the kernel dropped its dirty pages.
+    pub fn fail_next_fsync(&self) {
+        self.0.fail_next_fsync.store(true, Ordering::SeqCst);
+    }
+
+    /// The disk fills up after `bytes` more bytes: the write crossing the limit lands partially
+    /// and then fails with ENOSPC, as would every later one.
+    pub fn disk_full_after(&self, bytes: u64) {
+        self.0.space_left.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Space is back: no write limit any more.
+    pub fn disk_space_freed(&self) {
+        self.0.space_left.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// How many of `want` bytes may be written now (charging them), or the error to report.
+    fn admit_write(&self, want: usize) -> (usize, Option<std::io::Error>) {
+        if self.0.fail_next_write.swap(false, Ordering::SeqCst) {
+            return (0, Some(injected("injected write failure")));
+        }
+        let mut left = self.0.space_left.load(Ordering::SeqCst);
+        loop {
+            if left == u64::MAX {
+                return (want, None);
+            }
+            let n = left.min(want as u64);
+            match self.0.space_left.compare_exchange(
+                left,
+                left - n,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) if n == want as u64 => return (want, None),
+                Ok(_) => {
+                    return (
+                        n as usize,
+                        Some(std::io::Error::from_raw_os_error(28 /* ENOSPC */)),
+                    );
+                }
+                Err(now) => left = now,
+            }
+        }
+    }
+
+    fn admit_fsync(&self) -> Result<(), std::io::Error> {
+        if self.0.fail_next_fsync.swap(false, Ordering::SeqCst) {
+            return Err(injected("injected fsync failure"));
+        }
+        Ok(())
+    }
+}
+
+fn injected(what: &str) -> std::io::Error {
+    std::io::Error::other(what.to_string())
+}
+
+/// Appends `bytes` to `f`, through the fault hook.
+fn write_file(faults: &WalFaults, f: &mut File, path: &Path, bytes: &[u8]) -> Result<(), WalError> {
+    let (n, err) = faults.admit_write(bytes.len());
+    f.write_all(&bytes[..n]).map_err(io("write", path))?;
+    match err {
+        Some(e) => Err(WalError::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Flushes `f` to disk (when `really`; the fault hook is consulted either way).
+fn fsync_file(faults: &WalFaults, f: &File, path: &Path, really: bool) -> Result<(), WalError> {
+    faults.admit_fsync().map_err(io("fsync", path))?;
+    if really {
+        f.sync_data().map_err(io("fsync", path))?;
+    }
+    Ok(())
+}
+
+/// Makes the entries of `dir` durable (when `really`; the fault hook is consulted either way).
+fn sync_dir(faults: &WalFaults, dir: &Path, really: bool) -> Result<(), WalError> {
+    faults.admit_fsync().map_err(io("fsync directory", dir))?;
+    if really {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory", dir))?;
+    }
+    Ok(())
 }
 
 /// Tunables of the log.
@@ -94,6 +242,8 @@ pub struct WalOptions {
     pub fsync: bool,
     /// Snapshot files kept (the newest ones).
     pub keep_snapshots: usize,
+    /// Failure injection for tests and simulations; the default injects nothing.
+    pub faults: WalFaults,
 }
 
 impl Default for WalOptions {
@@ -102,15 +252,29 @@ impl Default for WalOptions {
             segment_bytes: 64 << 20,
             fsync: true,
             keep_snapshots: 2,
+            faults: WalFaults::default(),
         }
     }
 }
 
-/// What recovery found besides the state.
+/// A torn tail found at the end of the last segment (an interrupted write) and truncated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where the removed bytes started (the end of the last whole record).
+    pub offset: u64,
+    /// How many bytes were removed.
+    pub bytes: u64,
+    /// What was there: a partial record, zeros, a record whose end never landed.
+    pub reason: String,
+}
+
+/// What recovery found besides the state; its `Display` is one line for the start-up log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// A torn tail that was truncated: (segment file, offset, bytes removed).
-    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// A torn tail that was truncated.
+    pub torn_tail: Option<TornTail>,
     /// Half-written snapshot files that were ignored and removed: `.tmp` files, and snapshot
     /// files newer than the last durable snapshot marker (written, but their batch never became
     /// durable).
@@ -121,11 +285,53 @@ pub struct Recovery {
     pub records: usize,
 }
 
+impl Recovery {
+    /// True when nothing was truncated or removed.
+    pub fn is_clean(&self) -> bool {
+        self.torn_tail.is_none() && self.removed_temp_files.is_empty()
+    }
+}
+
+impl fmt::Display for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "replayed {} records from {} segments",
+            self.records, self.segments
+        )?;
+        if let Some(t) = &self.torn_tail {
+            write!(
+                f,
+                "; truncated a torn tail of {}: {} bytes at offset {} ({})",
+                t.path.display(),
+                t.bytes,
+                t.offset,
+                t.reason
+            )?;
+        }
+        if !self.removed_temp_files.is_empty() {
+            let names: Vec<String> = self
+                .removed_temp_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            write!(
+                f,
+                "; removed unfinished snapshot files: {}",
+                names.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Counters for observability and group-commit measurements.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
-    /// fsync calls made for log data.
+    /// fsync calls made for log data (counted also where `WalOptions::fsync` is off).
     pub fsyncs: u64,
+    /// Syncs that wrote only commit-index changes and so skipped the fsync (MustSync rule).
+    pub fsyncs_skipped: u64,
     /// Batches written.
     pub batches: u64,
     /// Entries written.
@@ -150,20 +356,30 @@ pub struct Wal {
     snap_dir: PathBuf,
     segments: Vec<SegmentInfo>,
     file: File,
+    /// Bytes in the active segment.
     file_len: u64,
+    /// Bytes of the active segment known to be on disk (fsynced); the rest were written without
+    /// an fsync (commit-only batches) and a crash may lose them.
+    synced_len: u64,
     buffer: Vec<u8>,
     buffer_max_index: LogIndex,
+    /// Some batch written since the last fsync needs one before it is durable.
+    needs_fsync: bool,
     buffered_seq: u64,
     durable_seq: u64,
     buffered_hs: HardState,
     durable_hs: HardState,
     /// Snapshot index whose marker is buffered: compaction may run once it is durable.
     buffered_snapshot: Option<LogIndex>,
+    /// The first failed write or fsync: nothing is accepted after it.
+    poisoned: Option<String>,
     stats: WalStats,
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, recovering its durable state. A torn tail is truncated.
+    /// Opens (or creates) the log in `dir` and recovers its durable state, returning the log,
+    /// the state and a [`Recovery`] report (what was truncated or removed; worth logging).
+    /// A torn tail is truncated; corruption is an error naming the file and offset.
     pub fn open(
         dir: impl AsRef<Path>,
         opts: WalOptions,
@@ -174,6 +390,7 @@ impl Wal {
         for d in [dir, &wal_dir, &snap_dir] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
         }
+        let faults = &opts.faults;
         let mut recovery = Recovery::default();
         for entry in fs::read_dir(&snap_dir).map_err(io("list", &snap_dir))? {
             let entry = entry.map_err(io("list", &snap_dir))?;
@@ -207,13 +424,14 @@ impl Wal {
             }
         }
         if orphans {
-            sync_dir(&snap_dir)?;
+            sync_dir(faults, &snap_dir, true)?;
         }
         recovery.torn_tail = scan.torn.clone();
         recovery.segments = scan.segments.len();
         recovery.records = scan.records;
-        if let Some((path, offset, _)) = &scan.torn {
-            if *offset < HEADER_LEN as u64 {
+        if let Some(torn) = &scan.torn {
+            let path = &torn.path;
+            if torn.offset < HEADER_LEN as u64 {
                 // Not even the header reached the disk: the segment never held anything.
                 fs::remove_file(path).map_err(io("remove torn segment", path))?;
                 scan.segments.pop();
@@ -222,21 +440,19 @@ impl Wal {
                     .write(true)
                     .open(path)
                     .map_err(io("open", path))?;
-                f.set_len(*offset)
+                f.set_len(torn.offset)
                     .map_err(io("truncate torn tail of", path))?;
-                f.sync_all().map_err(io("fsync", path))?;
+                fsync_file(faults, &f, path, true)?;
             }
-            sync_dir(&wal_dir)?;
+            sync_dir(faults, &wal_dir, true)?;
         }
         // Every start appends to a fresh segment that begins with the recovered hard state, so a
         // truncated segment is never written again and every segment carries the hard state.
         let hs = scan.state.hard_state;
         let seq = scan.segments.last().map_or(1, |s| s.seq + 1);
-        let (file, info) = create_segment(&wal_dir, seq, hs)?;
-        if opts.fsync {
-            file.sync_all().map_err(io("fsync", &info.path))?;
-            sync_dir(&wal_dir)?;
-        }
+        let (file, info) = create_segment(faults, &wal_dir, seq, hs)?;
+        fsync_file(faults, &file, &info.path, opts.fsync)?;
+        sync_dir(faults, &wal_dir, opts.fsync)?;
         let file_len = file.metadata().map_err(io("stat", &info.path))?.len();
         let mut segments = scan.segments;
         segments.push(info);
@@ -247,13 +463,16 @@ impl Wal {
             segments,
             file,
             file_len,
+            synced_len: file_len,
             buffer: Vec::new(),
             buffer_max_index: 0,
+            needs_fsync: false,
             buffered_seq: 0,
             durable_seq: 0,
             buffered_hs: hs,
             durable_hs: hs,
             buffered_snapshot: None,
+            poisoned: None,
             stats: WalStats::default(),
         };
         wal.remove_old_snapshots()?;
@@ -265,20 +484,60 @@ impl Wal {
         self.stats
     }
 
-    /// Bytes written but not yet synced.
+    /// Bytes a crash could lose: written but not fsynced (commit-only batches whose fsync was
+    /// skipped) plus those buffered and not yet written.
     pub fn unsynced_bytes(&self) -> usize {
-        self.buffer.len()
+        (self.file_len - self.synced_len) as usize + self.buffer.len()
     }
 
-    /// For simulations: the process dies now. The first `keep` unsynced bytes reached the file
-    /// anyway (a write may land without its fsync having returned); the rest are lost.
+    /// The first write or fsync failure, if the log is poisoned (it then refuses everything).
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// For simulations: the process dies now and the machine with it. Of the bytes not yet
+    /// fsynced (see [`Wal::unsynced_bytes`]), the first `keep` reached the file anyway (a write
+    /// may land without its fsync having returned); the rest are lost.
     pub fn simulate_crash(mut self, keep: usize) -> Result<(), WalError> {
-        let keep = keep.min(self.buffer.len());
         let path = self.segments.last().expect("one segment").path.clone();
+        let mut unsynced = Vec::with_capacity(self.unsynced_bytes());
+        if self.file_len > self.synced_len {
+            let mut f = File::open(&path).map_err(io("open", &path))?;
+            f.read_to_end(&mut unsynced).map_err(io("read", &path))?;
+            unsynced.drain(..self.synced_len as usize);
+            self.file
+                .set_len(self.synced_len)
+                .map_err(io("truncate", &path))?;
+        }
+        unsynced.extend_from_slice(&self.buffer);
+        let keep = keep.min(unsynced.len());
         self.file
-            .write_all(&self.buffer[..keep])
+            .write_all(&unsynced[..keep])
             .map_err(io("write", &path))?;
         Ok(())
+    }
+
+    fn check_poisoned(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(first) => Err(WalError::Poisoned {
+                first: first.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `e` as the failure that poisons the log (the first one is kept) and returns it.
+    /// What the active segment holds beyond its last fsync is cut off (best effort): it was
+    /// never reported durable, or only as commit-only batches that may be lost, and after a
+    /// failed fsync the kernel may have dropped it anyway.
+    fn poison(&mut self, e: WalError) -> WalError {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(e.to_string());
+            let _ = self.file.set_len(self.synced_len);
+            self.file_len = self.synced_len;
+            self.buffer.clear();
+        }
+        e
     }
 
     fn remove_old_snapshots(&mut self) -> Result<(), WalError> {
@@ -290,19 +549,20 @@ impl Wal {
             for (_, _, p) in snaps.drain(..n) {
                 fs::remove_file(&p).map_err(io("remove old snapshot", &p))?;
             }
-            sync_dir(&self.snap_dir)?;
+            sync_dir(&self.opts.faults, &self.snap_dir, true)?;
         }
         Ok(())
     }
 
     fn write_snapshot_file(&self, snap: &Snapshot) -> Result<(), WalError> {
+        let faults = &self.opts.faults;
         let fin = self
             .snap_dir
             .join(snapshot_file_name(snap.meta.index, snap.meta.term));
         let tmp = fin.with_extension("tmp");
         let mut buf = Vec::with_capacity(snap.data.len() + 64);
         buf.extend_from_slice(SNAPSHOT_MAGIC);
-        put_u32(&mut buf, VERSION);
+        put_u32(&mut buf, SNAPSHOT_VERSION);
         put_u64(&mut buf, snap.meta.index);
         put_u64(&mut buf, snap.meta.term);
         put_membership(&mut buf, &snap.meta.membership);
@@ -311,26 +571,36 @@ impl Wal {
         let crc = crc32c::crc32c(&buf);
         put_u32(&mut buf, crc);
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&buf).map_err(io("write", &tmp))?;
-        if self.opts.fsync {
-            f.sync_all().map_err(io("fsync", &tmp))?;
-        }
+        write_file(faults, &mut f, &tmp, &buf)?;
+        fsync_file(faults, &f, &tmp, self.opts.fsync)?;
         drop(f);
         fs::rename(&tmp, &fin).map_err(io("rename", &tmp))?;
-        if self.opts.fsync {
-            sync_dir(&self.snap_dir)?;
-        }
+        sync_dir(faults, &self.snap_dir, self.opts.fsync)?;
+        Ok(())
+    }
+
+    /// Makes what was written to the active segment durable.
+    fn fsync_active(&mut self) -> Result<(), WalError> {
+        let path = &self.segments.last().expect("one segment").path;
+        fsync_file(&self.opts.faults, &self.file, path, self.opts.fsync)?;
+        self.stats.fsyncs += 1;
+        self.synced_len = self.file_len;
         Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), WalError> {
-        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-        let (file, info) = create_segment(&self.wal_dir, seq, self.durable_hs)?;
-        if self.opts.fsync {
-            file.sync_all().map_err(io("fsync", &info.path))?;
-            sync_dir(&self.wal_dir)?;
+        if self.synced_len < self.file_len {
+            // Commit-only records written without an fsync: a crash must not leave a torn
+            // record in a segment that is no longer the last (that would be corruption).
+            self.fsync_active()?;
         }
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let faults = &self.opts.faults;
+        let (file, info) = create_segment(faults, &self.wal_dir, seq, self.durable_hs)?;
+        fsync_file(faults, &file, &info.path, self.opts.fsync)?;
+        sync_dir(faults, &self.wal_dir, self.opts.fsync)?;
         self.file_len = file.metadata().map_err(io("stat", &info.path))?.len();
+        self.synced_len = self.file_len;
         self.file = file;
         self.segments.push(info);
         Ok(())
@@ -349,24 +619,14 @@ impl Wal {
         if removed > 0 {
             self.segments.drain(..removed);
             self.stats.segments_deleted += removed as u64;
-            if self.opts.fsync {
-                sync_dir(&self.wal_dir)?;
-            }
+            sync_dir(&self.opts.faults, &self.wal_dir, self.opts.fsync)?;
         }
         Ok(())
     }
-}
 
-impl Storage for Wal {
-    type Error = WalError;
-
-    fn write(&mut self, batch: &WriteBatch) -> Result<(), WalError> {
+    fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), WalError> {
         let start = self.buffer.len();
-        self.buffer.extend_from_slice(&[0u8; RECORD_HEADER]);
-        encode_batch(&mut self.buffer, batch);
-        let len = self.buffer.len() - start - RECORD_HEADER;
-        if len > MAX_RECORD {
-            self.buffer.truncate(start);
+        if let Err(len) = encode_record(&mut self.buffer, batch) {
             return Err(WalError::TooLarge(len));
         }
         if let Some(s) = &batch.snapshot {
@@ -375,11 +635,16 @@ impl Storage for Wal {
                 self.buffer.truncate(start);
                 return Err(e);
             }
-            self.buffered_snapshot = Some(s.meta.index);
+            // Segments are deleted only below the compaction point: trailing entries stay.
+            let upto = match batch.compact_to {
+                Some(j) if !batch.reset_log => j.min(s.meta.index),
+                _ => s.meta.index,
+            };
+            self.buffered_snapshot = Some(upto);
         }
-        let crc = crc32c::crc32c(&self.buffer[start + RECORD_HEADER..]);
-        self.buffer[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-        self.buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        if batch.must_sync(self.buffered_hs) {
+            self.needs_fsync = true;
+        }
         if let Some(hs) = batch.hard_state {
             self.buffered_hs = hs;
         }
@@ -398,7 +663,7 @@ impl Storage for Wal {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<u64, WalError> {
+    fn sync_batches(&mut self) -> Result<u64, WalError> {
         if self.buffer.is_empty() {
             return Ok(self.durable_seq);
         }
@@ -406,16 +671,17 @@ impl Storage for Wal {
             self.rotate()?;
         }
         let path = self.segments.last().expect("one segment").path.clone();
-        self.file
-            .write_all(&self.buffer)
-            .map_err(io("append to", &path))?;
-        if self.opts.fsync {
-            self.file.sync_data().map_err(io("fsync", &path))?;
-        }
-        self.stats.fsyncs += 1;
+        write_file(&self.opts.faults, &mut self.file, &path, &self.buffer)?;
         self.stats.bytes += self.buffer.len() as u64;
         self.file_len += self.buffer.len() as u64;
         self.buffer.clear();
+        if self.needs_fsync {
+            self.fsync_active()?;
+            self.needs_fsync = false;
+        } else {
+            // Only commit indexes changed: durable enough without an fsync (MustSync).
+            self.stats.fsyncs_skipped += 1;
+        }
         let seg = self.segments.last_mut().expect("one segment");
         seg.max_index = seg.max_index.max(self.buffer_max_index);
         self.buffer_max_index = 0;
@@ -427,16 +693,33 @@ impl Storage for Wal {
         }
         Ok(self.durable_seq)
     }
+}
+
+impl Storage for Wal {
+    type Error = WalError;
+
+    /// Buffers the batch (writing its snapshot file, if any, durably first). Refused once the
+    /// log is poisoned; a failure here poisons it, except a batch too large to be a record.
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        match self.write_batch(batch) {
+            Err(e @ WalError::TooLarge(_)) => Err(e),
+            Err(e) => Err(self.poison(e)),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Appends the buffered batches and fsyncs them, unless none needs it (MustSync). Refused
+    /// once the log is poisoned; a failure here poisons it, and the durable sequence number
+    /// never moves past a failed fsync.
+    fn sync(&mut self) -> Result<u64, WalError> {
+        self.check_poisoned()?;
+        self.sync_batches().map_err(|e| self.poison(e))
+    }
 
     fn recover(&self) -> Result<RecoveredState, WalError> {
         Ok(scan(&self.wal_dir, &self.snap_dir, false)?.state)
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
 }
 
 fn snapshot_file_name(index: LogIndex, term: Term) -> String {
@@ -447,34 +730,31 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.wal"))
 }
 
-fn create_segment(dir: &Path, seq: u64, hs: HardState) -> Result<(File, SegmentInfo), WalError> {
+fn create_segment(
+    faults: &WalFaults,
+    dir: &Path,
+    seq: u64,
+    hs: HardState,
+) -> Result<(File, SegmentInfo), WalError> {
     let path = segment_path(dir, seq);
     let mut buf = Vec::with_capacity(64);
     buf.extend_from_slice(SEGMENT_MAGIC);
-    put_u32(&mut buf, VERSION);
+    put_u32(&mut buf, SEGMENT_VERSION);
     put_u64(&mut buf, seq);
     let crc = crc32c::crc32c(&buf);
     put_u32(&mut buf, crc);
     // The first record repeats the hard state.
-    let rec_start = buf.len();
-    buf.extend_from_slice(&[0u8; RECORD_HEADER]);
-    encode_batch(
-        &mut buf,
-        &WriteBatch {
-            hard_state: Some(hs),
-            ..Default::default()
-        },
-    );
-    let len = buf.len() - rec_start - RECORD_HEADER;
-    let crc = crc32c::crc32c(&buf[rec_start + RECORD_HEADER..]);
-    buf[rec_start..rec_start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-    buf[rec_start + 4..rec_start + 8].copy_from_slice(&crc.to_le_bytes());
+    let hs_batch = WriteBatch {
+        hard_state: Some(hs),
+        ..Default::default()
+    };
+    encode_record(&mut buf, &hs_batch).map_err(WalError::TooLarge)?;
     let mut f = OpenOptions::new()
         .create_new(true)
         .append(true)
         .open(&path)
         .map_err(io("create segment", &path))?;
-    f.write_all(&buf).map_err(io("write", &path))?;
+    write_file(faults, &mut f, &path, &buf)?;
     Ok((
         f,
         SegmentInfo {
@@ -483,6 +763,30 @@ fn create_segment(dir: &Path, seq: u64, hs: HardState) -> Result<(File, SegmentI
             max_index: 0,
         },
     ))
+}
+
+/// The checksum of a record: CRC32C of the payload, then of the length. The length comes last so
+/// that recovery can test every candidate length of a damaged header in one pass.
+fn record_crc(len: u32, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(payload), &len.to_le_bytes())
+}
+
+/// Appends `batch` as one record `[len][crc][payload][!crc]`; `Err(len)` if the payload is over
+/// [`MAX_RECORD`] (nothing is appended then).
+fn encode_record(buf: &mut Vec<u8>, batch: &WriteBatch) -> Result<(), usize> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER]);
+    encode_batch(buf, batch);
+    let len = buf.len() - start - RECORD_HEADER;
+    if len > MAX_RECORD {
+        buf.truncate(start);
+        return Err(len);
+    }
+    let crc = record_crc(len as u32, &buf[start + RECORD_HEADER..]);
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    put_u32(buf, !crc);
+    Ok(())
 }
 
 // ------------------------------------------------------------------ encoding
@@ -508,6 +812,8 @@ fn put_membership(b: &mut Vec<u8>, m: &Membership) {
 const HAS_SNAPSHOT: u8 = 1;
 const HAS_HARD_STATE: u8 = 2;
 const RESETS_LOG: u8 = 4;
+/// The snapshot marker carries a compaction point (`WriteBatch::compact_to`) after its term.
+const COMPACTS_TO: u8 = 8;
 
 fn encode_batch(b: &mut Vec<u8>, batch: &WriteBatch) {
     let mut flags = 0;
@@ -520,10 +826,17 @@ fn encode_batch(b: &mut Vec<u8>, batch: &WriteBatch) {
     if batch.snapshot.is_some() && batch.reset_log {
         flags |= RESETS_LOG;
     }
+    let compact_to = batch.compact_to.filter(|_| !batch.reset_log);
+    if batch.snapshot.is_some() && compact_to.is_some() {
+        flags |= COMPACTS_TO;
+    }
     b.push(flags);
     if let Some(s) = &batch.snapshot {
         put_u64(b, s.meta.index);
         put_u64(b, s.meta.term);
+        if let Some(j) = compact_to {
+            put_u64(b, j);
+        }
     }
     if let Some(hs) = &batch.hard_state {
         put_u64(b, hs.term);
@@ -597,9 +910,10 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A decoded record: snapshot marker (index, term, resets the log), hard state, entries.
+/// A decoded record: snapshot marker (index, term, resets the log, compaction point), hard
+/// state, entries.
 struct Record {
-    snapshot: Option<(LogIndex, Term, bool)>,
+    snapshot: Option<(LogIndex, Term, bool, Option<LogIndex>)>,
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
 }
@@ -607,11 +921,17 @@ struct Record {
 fn decode_batch(b: &[u8]) -> Result<Record, String> {
     let mut c = Cursor { b, pos: 0 };
     let flags = c.u8()?;
-    if flags & !(HAS_SNAPSHOT | HAS_HARD_STATE | RESETS_LOG) != 0 {
+    if flags & !(HAS_SNAPSHOT | HAS_HARD_STATE | RESETS_LOG | COMPACTS_TO) != 0 {
         return Err(format!("unknown record flags {flags:#x}"));
     }
     let snapshot = if flags & HAS_SNAPSHOT != 0 {
-        Some((c.u64()?, c.u64()?, flags & RESETS_LOG != 0))
+        let (index, term) = (c.u64()?, c.u64()?);
+        let compact_to = if flags & COMPACTS_TO != 0 {
+            Some(c.u64()?)
+        } else {
+            None
+        };
+        Some((index, term, flags & RESETS_LOG != 0, compact_to))
     } else {
         None
     };
@@ -718,8 +1038,28 @@ impl Replay {
     /// Applies a record's entries. A gap (entries missing before these) is legitimate only when
     /// the missing entries lived in segments deleted because a snapshot covers them; it is
     /// returned as `(last index before the gap, first index after)` for the caller to check.
-    /// A snapshot marker as written: drop the covered prefix, or the whole log on a reset.
-    fn apply_marker(&mut self, index: LogIndex, term: Term, reset: bool) {
+    /// A snapshot marker as written: drop the covered prefix (only up to `compact_to`, keeping
+    /// trailing entries), or the whole log on a reset.
+    fn apply_marker(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        reset: bool,
+        compact_to: Option<LogIndex>,
+    ) {
+        let trailing = compact_to.filter(|&j| !reset && j < index);
+        if let Some(j) = trailing.filter(|_| self.contains(index, term)) {
+            let base = self.base_index.expect("contains implies a base");
+            if j > base {
+                // Entries base+1..=index are present, so entry j is.
+                let drop = (j - base) as usize;
+                let j_term = self.entries[drop - 1].term;
+                self.entries.drain(..drop);
+                self.base_index = Some(j);
+                self.base_term = Some(j_term);
+            }
+            return;
+        }
         if reset {
             self.entries.clear();
         } else if let Some(base) = self.base_index {
@@ -767,7 +1107,7 @@ struct Scan {
     /// The last snapshot marker replayed: it names the snapshot file in use.
     marker: Option<(LogIndex, Term)>,
     segments: Vec<SegmentInfo>,
-    torn: Option<(PathBuf, u64, u64)>,
+    torn: Option<TornTail>,
     records: usize,
 }
 
@@ -819,7 +1159,7 @@ fn read_snapshot(path: &Path) -> Result<Snapshot, WalError> {
     let mut c = Cursor { b: body, pos: 8 };
     let parse = |c: &mut Cursor| -> Result<Snapshot, String> {
         let version = c.u32()?;
-        if version != VERSION {
+        if version != SNAPSHOT_VERSION {
             return Err(format!("unsupported snapshot version {version}"));
         }
         let index = c.u64()?;
@@ -840,6 +1180,112 @@ fn read_snapshot(path: &Path) -> Result<Snapshot, WalError> {
         })
     };
     parse(&mut c).map_err(|r| corrupt(c.pos, r))
+}
+
+/// Why there is no valid record at some offset.
+enum Bad {
+    /// What an interrupted write leaves at the end of a file: a torn tail, if in the last segment.
+    Torn(&'static str),
+    /// Damage to data that was written whole.
+    Corrupt(String),
+}
+
+fn le32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Reads the record at `off` of a segment's bytes: its payload range and where the next record
+/// starts. A record is valid when its checksum matches; its trailer may then be damaged or cut
+/// short by the end of the file (its content is intact either way).
+fn read_record(buf: &[u8], off: usize) -> Result<(std::ops::Range<usize>, usize), Bad> {
+    let rest = buf.len() - off;
+    if buf[off..].iter().all(|&b| b == 0) {
+        return Err(Bad::Torn("zeros to the end of the segment"));
+    }
+    if rest < RECORD_HEADER {
+        return Err(Bad::Torn("partial record header"));
+    }
+    let len = le32(buf, off);
+    let crc = le32(buf, off + 4);
+    let start = off + RECORD_HEADER;
+    let fits = len as usize <= MAX_RECORD && len as usize <= rest - RECORD_HEADER;
+    if fits {
+        let end = start + len as usize;
+        if record_crc(len, &buf[start..end]) == crc {
+            return Ok((start..end, (end + RECORD_TRAILER).min(buf.len())));
+        }
+    }
+    Err(classify_bad_record(buf, off, len, crc))
+}
+
+/// Tells a record cut short by an interrupted write (zeros or nothing where its end should be)
+/// from one that was written whole and damaged later. Only the former may be truncated; a single
+/// damaged byte anywhere in a whole record must never pass for it.
+fn classify_bad_record(buf: &[u8], off: usize, len: u32, crc: u32) -> Bad {
+    let start = off + RECORD_HEADER;
+    let trailer_at = |end: usize| (end + RECORD_TRAILER <= buf.len()).then(|| le32(buf, end));
+    let len_fits = len as usize <= MAX_RECORD && start + len as usize <= buf.len();
+    if len_fits {
+        let end = start + len as usize;
+        if let Some(trailer) = trailer_at(end) {
+            if trailer == !crc {
+                return Bad::Corrupt(format!(
+                    "record checksum mismatch: the {len}-byte record was written whole (its \
+                     trailer is intact) and its content is damaged"
+                ));
+            }
+            if trailer == !record_crc(len, &buf[start..end]) {
+                return Bad::Corrupt(format!(
+                    "record checksum field damaged: the {len}-byte payload matches its trailer"
+                ));
+            }
+        }
+    }
+    if let Some(actual) = find_record_end(buf, off, len, crc) {
+        return Bad::Corrupt(format!(
+            "record length field damaged: it says {len} bytes, but a whole record of {actual} \
+             bytes with a matching checksum and trailer is there"
+        ));
+    }
+    if !len_fits {
+        return Bad::Torn("partial record");
+    }
+    let end = start + len as usize + RECORD_TRAILER;
+    if end < buf.len() && buf[end..].iter().any(|&b| b != 0) {
+        return Bad::Corrupt(format!(
+            "record checksum mismatch, followed by {} more bytes",
+            buf.len() - end
+        ));
+    }
+    if buf.last() == Some(&0) {
+        // The end of the record is zeros (a write whose tail never landed).
+        return Bad::Torn("last record ends in zeros");
+    }
+    Bad::Corrupt("record checksum mismatch; its trailer is damaged too".into())
+}
+
+/// Looks for the true end of a record whose header says `stated` bytes: a length other than
+/// `stated` where the trailer `!crc` sits and the checksum matches. One pass over the rest of
+/// the file (the checksum covers the payload first, so it grows byte by byte).
+fn find_record_end(buf: &[u8], off: usize, stated: u32, crc: u32) -> Option<usize> {
+    let start = off + RECORD_HEADER;
+    let last = buf.len().checked_sub(RECORD_TRAILER)?;
+    let last = last.min(start + MAX_RECORD);
+    let trailer = (!crc).to_le_bytes();
+    let mut running = 0u32;
+    let mut done = start;
+    for q in start..=last {
+        if buf[q..q + RECORD_TRAILER] != trailer || (q - start) as u64 == stated as u64 {
+            continue;
+        }
+        running = crc32c::crc32c_append(running, &buf[done..q]);
+        done = q;
+        let len = (q - start) as u32;
+        if crc32c::crc32c_append(running, &len.to_le_bytes()) == crc {
+            return Some(q - start);
+        }
+    }
+    None
 }
 
 fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalError> {
@@ -889,7 +1335,12 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
         if buf.len() < HEADER_LEN {
             if is_last && allow_torn {
                 // A segment whose header never fully reached the disk: nothing in it was acknowledged.
-                torn = Some((path.clone(), 0, buf.len() as u64));
+                torn = Some(TornTail {
+                    path: path.clone(),
+                    offset: 0,
+                    bytes: buf.len() as u64,
+                    reason: "incomplete segment header".into(),
+                });
                 segments.push(SegmentInfo {
                     seq,
                     path,
@@ -907,8 +1358,14 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
             return Err(corrupt(0, "segment header checksum mismatch".into()));
         }
         let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
-            return Err(corrupt(8, format!("unsupported WAL version {version}")));
+        if version != SEGMENT_VERSION {
+            return Err(corrupt(
+                8,
+                format!(
+                    "WAL segment format version {version} is not supported (this build reads and \
+                     writes version {SEGMENT_VERSION}); start from a build that wrote it"
+                ),
+            ));
         }
         let hseq = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes"));
         if hseq != seq {
@@ -917,71 +1374,46 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
         let mut max_index = 0;
         let mut off = HEADER_LEN;
         while off < buf.len() {
-            let rest = buf.len() - off;
-            let tail_torn = |reason: &str| -> Option<String> {
-                (is_last && allow_torn).then(|| reason.to_string())
-            };
-            let mut torn_here = None;
-            if rest < RECORD_HEADER {
-                torn_here = tail_torn("partial record header");
-                if torn_here.is_none() {
-                    return Err(corrupt(off, "partial record header".into()));
+            let (payload, next) = match read_record(&buf, off) {
+                Ok(r) => r,
+                Err(Bad::Torn(reason)) if is_last && allow_torn => {
+                    torn = Some(TornTail {
+                        path: path.clone(),
+                        offset: off as u64,
+                        bytes: (buf.len() - off) as u64,
+                        reason: reason.into(),
+                    });
+                    break;
                 }
-            } else {
-                let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
-                let crc = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4"));
-                if len == 0 && crc == 0 && buf[off..].iter().all(|&b| b == 0) {
-                    torn_here = tail_torn("zeros to the end of the segment");
-                    if torn_here.is_none() {
-                        return Err(corrupt(off, "zeroed record".into()));
-                    }
-                } else if len > MAX_RECORD || len > rest - RECORD_HEADER {
-                    torn_here = tail_torn("record runs past the end of the segment");
-                    if torn_here.is_none() {
-                        return Err(corrupt(
-                            off,
-                            format!("record of {len} bytes runs past the end of the segment"),
-                        ));
-                    }
-                } else {
-                    let payload = &buf[off + RECORD_HEADER..off + RECORD_HEADER + len];
-                    let end = off + RECORD_HEADER + len;
-                    if crc32c::crc32c(payload) != crc {
-                        // Also the last record when only zeros follow its header: a write whose
-                        // tail never landed (zero-filled) can shorten the length it starts with.
-                        if end == buf.len() || buf[off + RECORD_HEADER..].iter().all(|&b| b == 0) {
-                            torn_here = tail_torn("checksum mismatch in the last record");
-                        }
-                        if torn_here.is_none() {
-                            return Err(corrupt(off, "record checksum mismatch".into()));
-                        }
+                Err(Bad::Torn(reason)) => {
+                    let why = if is_last {
+                        "on a live log"
                     } else {
-                        let rec = decode_batch(payload).map_err(|r| corrupt(off, r))?;
-                        if let Some((i, t, reset)) = rec.snapshot {
-                            replay.apply_marker(i, t, reset);
-                            marker = Some((i, t));
-                            max_index = max_index.max(i);
-                        }
-                        if let Some(e) = rec.entries.last() {
-                            max_index = max_index.max(e.index);
-                        }
-                        if let Some((before, after)) = replay.apply_entries(rec.entries) {
-                            if gap.as_ref().is_none_or(|g| g.3 < after) {
-                                gap = Some((path.clone(), off, before, after));
-                            }
-                        }
-                        if let Some(hs) = rec.hard_state {
-                            replay.hard_state = hs;
-                        }
-                        records += 1;
-                        off = end;
-                        continue;
-                    }
+                        "in a segment that is not the last"
+                    };
+                    return Err(corrupt(off, format!("{reason} {why}")));
+                }
+                Err(Bad::Corrupt(reason)) => return Err(corrupt(off, reason)),
+            };
+            let rec = decode_batch(&buf[payload]).map_err(|r| corrupt(off, r))?;
+            if let Some((i, t, reset, compact_to)) = rec.snapshot {
+                replay.apply_marker(i, t, reset, compact_to);
+                marker = Some((i, t));
+                max_index = max_index.max(i);
+            }
+            if let Some(e) = rec.entries.last() {
+                max_index = max_index.max(e.index);
+            }
+            if let Some((before, after)) = replay.apply_entries(rec.entries) {
+                if gap.as_ref().is_none_or(|g| g.3 < after) {
+                    gap = Some((path.clone(), off, before, after));
                 }
             }
-            let _ = torn_here;
-            torn = Some((path.clone(), off as u64, (buf.len() - off) as u64));
-            break;
+            if let Some(hs) = rec.hard_state {
+                replay.hard_state = hs;
+            }
+            records += 1;
+            off = next;
         }
         segments.push(SegmentInfo {
             seq,
@@ -1030,7 +1462,10 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
     }
     if let Some(s) = &snapshot {
         let (i, t) = (s.meta.index, s.meta.term);
-        if replay.base_index.is_none_or(|b| b < i) || replay.contains(i, t) {
+        // A log that holds the snapshot's last entry keeps what precedes it (trailing entries
+        // a marker's `compact_to` kept).
+        let trailing = replay.base_index.is_some_and(|b| b < i) && replay.contains(i, t);
+        if !trailing && (replay.base_index.is_none_or(|b| b < i) || replay.contains(i, t)) {
             replay.apply_snapshot(i, t);
         }
     }

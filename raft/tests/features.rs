@@ -909,7 +909,10 @@ fn compacted_while_3_was_down(c: &mut Cluster) -> u64 {
 
 #[test]
 fn a_follower_behind_the_compaction_point_gets_the_snapshot_in_chunks() {
-    let mut c = Cluster::with_config(&[1, 2, 3], |cfg| cfg.snapshot_chunk_size = 16);
+    let mut c = Cluster::with_config(&[1, 2, 3], |cfg| {
+        cfg.snapshot_chunk_size = 16;
+        cfg.snapshot_trailing = 0;
+    });
     let index = compacted_while_3_was_down(&mut c);
     let len = c.node(1).snapshot().unwrap().data.len();
     assert_eq!(len, 40 * 8);
@@ -939,7 +942,7 @@ fn a_follower_behind_the_compaction_point_gets_the_snapshot_in_chunks() {
 
 #[test]
 fn a_follower_restores_its_snapshot_on_restart() {
-    let mut c = Cluster::new(&[1, 2, 3]);
+    let mut c = Cluster::with_config(&[1, 2, 3], |cfg| cfg.snapshot_trailing = 0);
     c.elect(1);
     propose_range(&mut c, 1, 0..10);
     settle(&mut c);
@@ -964,7 +967,10 @@ fn a_follower_restores_its_snapshot_on_restart() {
     assert_eq!(state_machine(&c, 2), state_machine(&c, 1));
 
     // Node 3 got its snapshot from the leader; it restores it on restart as well.
-    let mut c = Cluster::with_config(&[1, 2, 3], |cfg| cfg.snapshot_chunk_size = 64);
+    let mut c = Cluster::with_config(&[1, 2, 3], |cfg| {
+        cfg.snapshot_chunk_size = 64;
+        cfg.snapshot_trailing = 0;
+    });
     let index = compacted_while_3_was_down(&mut c);
     c.restart(3);
     propose_range(&mut c, 1, 40..42);
@@ -1002,6 +1008,7 @@ fn deliver_until_chunks(c: &mut Cluster, n: usize, mark: usize) {
 fn an_interrupted_snapshot_transfer_resumes_where_it_stopped() {
     let mut c = Cluster::with_config(&[1, 2, 3], |cfg| {
         cfg.snapshot_chunk_size = 10;
+        cfg.snapshot_trailing = 0;
         cfg.max_inflight_snapshot_chunks = 2;
     });
     compacted_while_3_was_down(&mut c);
@@ -1047,6 +1054,7 @@ fn an_interrupted_snapshot_transfer_resumes_where_it_stopped() {
 fn a_lost_snapshot_chunk_is_resent_from_the_followers_offset() {
     let mut c = Cluster::with_config(&[1, 2, 3], |cfg| {
         cfg.snapshot_chunk_size = 10;
+        cfg.snapshot_trailing = 0;
         cfg.max_inflight_snapshot_chunks = 3;
     });
     compacted_while_3_was_down(&mut c);
@@ -1099,6 +1107,7 @@ fn a_lost_snapshot_chunk_is_resent_from_the_followers_offset() {
 fn a_snapshot_to_an_unreachable_node_does_not_block_replication() {
     let mut c = Cluster::with_config(&[1, 2, 3], |cfg| {
         cfg.snapshot_chunk_size = 8;
+        cfg.snapshot_trailing = 0;
         cfg.max_inflight_snapshot_chunks = 1;
     });
     let index = compacted_while_3_was_down(&mut c);
@@ -1610,6 +1619,7 @@ fn hostile_messages_are_rejected_counted_and_change_nothing() {
 fn a_snapshot_ack_beyond_the_snapshot_is_rejected_by_the_leader() {
     let mut c = Cluster::with_config(&[1, 2, 3], |cfg| {
         cfg.snapshot_chunk_size = 16;
+        cfg.snapshot_trailing = 0;
         cfg.max_inflight_snapshot_chunks = 1;
     });
     let index = compacted_while_3_was_down(&mut c);

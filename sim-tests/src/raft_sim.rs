@@ -1,16 +1,21 @@
 //! Randomized simulation of a Raft group built from the pure core.
 //!
 //! One seed draws a cluster (3–7 voters), fault rates and a schedule, then runs on simulated
-//! milliseconds: client puts, gets and compare-and-sets against a replicated key-value store;
-//! message loss, duplication, delay and reordering; symmetric and one-way partitions; crashes that
-//! lose everything not yet fsynced; membership changes (including removing the leader); snapshots
-//! taken asynchronously and streamed in chunks. Invariants are checked after every tick; the client
-//! history is checked for linearizability at the end; after the faults heal the group must elect a
-//! leader and complete new writes (liveness).
+//! milliseconds: client puts (some as batches), gets and compare-and-sets against a replicated
+//! key-value store; message loss, duplication, delay and reordering; symmetric and one-way
+//! partitions (some lasting up to 30 s); crashes that lose everything not yet fsynced; failed
+//! fsyncs and full disks (the node stops, and restarts once it can); clocks out of phase and off
+//! rate by up to the configured drift bound; paused processes (no input, no ticks, then the
+//! missed ticks first, as the core's host contract says); membership changes (including removing
+//! the leader; removed nodes keep running with their old configuration); leadership transfers;
+//! snapshots taken asynchronously and streamed in chunks. Invariants are checked every tick
+//! interval; the client history is checked for linearizability at the end (an inconclusive
+//! check fails the seed); after the faults heal the group must elect a leader and complete new
+//! writes (liveness).
 
 use crate::linearizability::{self, CheckResult, OpKind, Operation};
 use crate::rng::Rng;
-use crate::sim_storage::{SimStorage, StorageKind};
+use crate::sim_storage::{SimStorage, StorageError, StorageKind};
 use shoal_raft::{
     ConfChange, Config, Effect, Entry, LogIndex, Message, NodeId, Payload, ProposeError, RaftNode,
     ReadMode, RecoveredState, Role, Term,
@@ -18,8 +23,10 @@ use shoal_raft::{
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-/// Milliseconds per Raft tick.
+/// Nominal milliseconds per Raft tick (each node's real interval is off by its drift).
 const TICK_MS: u64 = 10;
+/// Nanoseconds per millisecond: node clocks and history timestamps are in nanoseconds.
+const NS_PER_MS: u64 = 1_000_000;
 /// Keys clients touch (small, so operations contend).
 const KEYS: u64 = 3;
 
@@ -83,6 +90,12 @@ pub struct SimStats {
     pub snapshot_installs: u64,
     /// Leaders elected.
     pub leaders: u64,
+    /// Process pauses injected.
+    pub pauses: u64,
+    /// Nodes stopped by a failed fsync or a full disk.
+    pub disk_faults: u64,
+    /// Leadership transfers accepted.
+    pub transfers: u64,
 }
 
 struct Fault {
@@ -98,6 +111,18 @@ struct Fault {
     max_sync_ms: u64,
     /// Probability that a message suffers a long delay spike.
     spike: f64,
+    /// Longest partition in milliseconds.
+    partition_max_ms: u64,
+    /// Process pauses per second, and the longest in milliseconds.
+    pause_per_s: f64,
+    max_pause_ms: u64,
+    /// Failed fsyncs per second (over the whole group) and disks filling up per second.
+    fsync_fail_per_s: f64,
+    disk_full_per_s: f64,
+    /// Leadership transfers per second.
+    transfer_per_s: f64,
+    /// Probability that a put is proposed as a batch of several puts.
+    batch: f64,
 }
 
 #[derive(Default)]
@@ -207,17 +232,28 @@ struct SimNode {
     sync_at: Option<u64>,
     snapshot_job: Option<(u64, LogIndex, Vec<u8>)>,
     restart_at: Option<u64>,
-    stopped: bool,
     /// Reads confirmed by the core, waiting for the state machine: ctx -> read index.
     ready_reads: BTreeMap<u64, LogIndex>,
+    /// Real length of this node's tick interval in nanoseconds (nominal, off by the drift).
+    tick_ns: u64,
+    /// When the node's next tick is due (simulated nanoseconds).
+    next_tick_ns: u64,
+    /// The process is paused until then (ms): it takes no input and no ticks meanwhile.
+    paused_until: Option<u64>,
+    /// Messages that arrived during a pause, in arrival order.
+    inbox: Vec<Message>,
+    /// The disk is full until then (ms).
+    full_until: Option<u64>,
 }
 
 enum Waiting {
+    /// Commands proposed together: `cmds[i]` is at `first + i`; those before `next` are done.
     Write {
         node: NodeId,
-        index: LogIndex,
+        first: LogIndex,
         term: Term,
-        cmd: Command,
+        cmds: Vec<Command>,
+        next: usize,
     },
     Read {
         node: NodeId,
@@ -270,6 +306,12 @@ struct Sim {
     fault: Fault,
     /// Crashes scheduled by the leader-churn nemesis: (time, node).
     crash_at: Vec<(u64, NodeId)>,
+    /// End of the faulty phase (ms): the configured one, longer for long partitions.
+    fault_end: u64,
+    /// The clock drift bound (a ratio) and how node rates use it: 0 nominal, 1 within the
+    /// bound, 2 at the bound (each node as fast or as slow as allowed).
+    drift: f64,
+    drift_mode: u64,
     healed: bool,
     clients: Vec<Client>,
     next_op_id: u64,
@@ -330,7 +372,23 @@ impl Sim {
             churn: [0.0, 0.0, 0.2, 0.5][rng.below(4) as usize],
             max_sync_ms: [1, 6, 30, 100][rng.below(4) as usize],
             spike: [0.0, 0.02, 0.1][rng.below(3) as usize],
+            partition_max_ms: [
+                2_000, 2_000, 2_000, 2_000, 2_000, 2_000, 2_000, 2_000, 10_000, 30_000,
+            ][rng.below(10) as usize],
+            pause_per_s: [0.0, 0.2, 1.0][rng.below(3) as usize],
+            // Up to several election timeouts (an election timeout is 10–20 nominal ticks).
+            max_pause_ms: [150, 600][rng.below(2) as usize],
+            fsync_fail_per_s: [0.0, 0.0, 0.2, 1.0][rng.below(4) as usize],
+            disk_full_per_s: [0.0, 0.0, 0.1, 0.5][rng.below(4) as usize],
+            transfer_per_s: [0.0, 0.3, 1.0][rng.below(3) as usize],
+            batch: [0.0, 0.1, 0.3][rng.below(3) as usize],
         };
+        // Clock faults: the bound the nodes are configured with, and whether the nodes' tick
+        // rates stay nominal, spread within the bound, or sit at it (the lease's worst case).
+        let drift = [0.05, 0.1, 0.2][rng.below(3) as usize];
+        let drift_mode = rng.below(3);
+        // A long partition needs a faulty phase that outlasts it.
+        let fault_end = opts.fault_ms.max(fault.partition_max_ms + 2_000);
         let pre_vote = rng.chance(0.85);
         let check_quorum = rng.chance(0.85);
         let lease = check_quorum && rng.chance(0.3);
@@ -355,6 +413,7 @@ impl Sim {
         base.max_entries_per_msg = per_msg;
         base.max_uncommitted_entries = 200;
         base.max_promotion_lag = 20;
+        base.max_clock_drift = drift;
         let ids: Vec<NodeId> = (1..=n).collect();
         let mut nodes = BTreeMap::new();
         for &id in &ids {
@@ -387,6 +446,9 @@ impl Sim {
             partition_until: 0,
             fault,
             crash_at: Vec::new(),
+            fault_end,
+            drift,
+            drift_mode,
             healed: false,
             clients,
             next_op_id: 1,
@@ -404,16 +466,31 @@ impl Sim {
         let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
         sim.log(|| {
             format!(
-                "{} nodes, {} clients, loss {} dup {} delay<={}ms crash/s {} partition/s {} conf/s {} churn {} sync<={}ms; pre_vote {pre_vote} check_quorum {check_quorum} lease {lease} snapshot every {snapshot_threshold} chunk {chunk} inflight {inflight} per_msg {per_msg}",
+                "{} nodes, {} clients, loss {} dup {} delay<={}ms crash/s {} partition/s {} (<={}ms) conf/s {} churn {} sync<={}ms pause/s {} (<={}ms) fsync-fail/s {} disk-full/s {} transfer/s {} batch {} drift {} mode {}; pre_vote {pre_vote} check_quorum {check_quorum} lease {lease} snapshot every {snapshot_threshold} chunk {chunk} inflight {inflight} per_msg {per_msg}",
                 ids.len(), sim.clients.len(), sim.fault.loss, sim.fault.dup, sim.fault.max_delay,
-                sim.fault.crash_per_s, sim.fault.partition_per_s, sim.fault.conf_per_s,
-                sim.fault.churn, sim.fault.max_sync_ms
+                sim.fault.crash_per_s, sim.fault.partition_per_s, sim.fault.partition_max_ms,
+                sim.fault.conf_per_s, sim.fault.churn, sim.fault.max_sync_ms,
+                sim.fault.pause_per_s, sim.fault.max_pause_ms, sim.fault.fsync_fail_per_s,
+                sim.fault.disk_full_per_s, sim.fault.transfer_per_s, sim.fault.batch,
+                sim.drift, sim.drift_mode
             )
         });
         for id in ids {
+            sim.nodes.get_mut(&id).expect("exists").tick_ns = sim.draw_tick_ns();
             sim.start_node(id);
         }
         sim
+    }
+
+    /// A node's real tick interval: nominal, or off by up to the drift bound, or at it.
+    fn draw_tick_ns(&mut self) -> u64 {
+        let f = match self.drift_mode {
+            0 => 0.0,
+            1 => (self.rng.below(2_001) as f64 / 1_000.0 - 1.0) * self.drift,
+            _ if self.rng.chance(0.5) => self.drift,
+            _ => -self.drift,
+        };
+        ((TICK_MS * NS_PER_MS) as f64 * (1.0 + f)).round() as u64
     }
 
     fn log(&self, what: impl FnOnce() -> String) {
@@ -447,6 +524,9 @@ impl Sim {
                 n.kv = Kv::default();
                 n.sm_applied = 0;
                 n.restart_at = None;
+                // The new process's ticker starts at an arbitrary phase.
+                let phase = self.rng.below(n.tick_ns);
+                n.next_tick_ns = self.now * NS_PER_MS + phase;
                 self.drain(id);
             }
             Err(e) => self.fail(format!("node {id} failed to restart: {e}")),
@@ -472,7 +552,11 @@ impl Sim {
         n.sync_at = None;
         n.snapshot_job = None;
         n.ready_reads.clear();
-        n.restart_at = Some(self.now + restart_in);
+        n.paused_until = None;
+        n.inbox.clear();
+        // A node stopped by a full disk comes back once there is space again.
+        let after = n.full_until.map_or(0, |t| t + 1);
+        n.restart_at = Some((self.now + restart_in).max(after));
         self.stats.crashes += 1;
         self.log(|| format!("crash {id} (kept {survive} unsynced units)"));
         // Clients waiting on this node no longer know the outcome.
@@ -494,18 +578,20 @@ impl Sim {
         let Some((w, start, _)) = self.clients[c].waiting.take() else {
             return;
         };
-        if let Waiting::Write { cmd, .. } = w {
-            self.history.push(Operation {
-                client: self.clients[c].id,
-                op: cmd.kind,
-                key: cmd.key,
-                value: Some(cmd.value),
-                expected: cmd.expected,
-                start_ns: start * 1_000_000,
-                end_ns: u64::MAX,
-                ok: None,
-                result: None,
-            });
+        if let Waiting::Write { cmds, next, .. } = w {
+            for cmd in &cmds[next..] {
+                self.history.push(Operation {
+                    client: self.clients[c].id,
+                    op: cmd.kind,
+                    key: cmd.key,
+                    value: Some(cmd.value),
+                    expected: cmd.expected,
+                    start_ns: start * NS_PER_MS,
+                    end_ns: u64::MAX,
+                    ok: None,
+                    result: None,
+                });
+            }
         }
         // Like a real client after a timeout, often try someone else next time.
         if self.rng.chance(0.5) {
@@ -544,16 +630,38 @@ impl Sim {
     /// Processes a node's effects until it has none.
     fn drain(&mut self, id: NodeId) {
         loop {
-            let effects = match self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-                Some(r) => r.take_effects(),
-                None => return,
+            let (effects, incarnation) = match self.nodes.get_mut(&id) {
+                Some(SimNode {
+                    raft: Some(r),
+                    incarnation,
+                    ..
+                }) => (r.take_effects(), *incarnation),
+                _ => return,
             };
             if effects.is_empty() {
                 return;
             }
             for e in effects {
+                // A node stopped by a storage fault does nothing after the failed write.
+                let n = &self.nodes[&id];
+                if n.raft.is_none() || n.incarnation != incarnation {
+                    return;
+                }
                 self.handle_effect(id, e);
             }
+        }
+    }
+
+    /// A storage fault stops the node: an injected one is a crash (unsynced writes may be
+    /// lost), anything else is a bug.
+    fn storage_failed(&mut self, id: NodeId, what: &str, e: StorageError) {
+        match e {
+            StorageError::Fault(f) => {
+                self.stats.disk_faults += 1;
+                self.log(|| format!("node {id} {what}: {f}; it stops"));
+                self.crash(id);
+            }
+            StorageError::Broken(e) => self.fail(format!("node {id} storage {what}: {e}")),
         }
     }
 
@@ -564,7 +672,7 @@ impl Sim {
                 let lat = self.rng.below(self.fault.max_sync_ms);
                 let n = self.nodes.get_mut(&id).expect("node exists");
                 if let Err(e) = n.storage.write(&b) {
-                    self.fail(format!("node {id} storage write: {e}"));
+                    self.storage_failed(id, "write", e);
                     return;
                 }
                 if n.sync_at.is_none() {
@@ -639,33 +747,38 @@ impl Sim {
             return;
         };
         let (ok, observed) = n.kv.apply(&cmd);
-        // Complete the client waiting for this entry on this node.
+        // Complete the client command waiting for this entry on this node.
         let now = self.now;
         for c in 0..self.clients.len() {
-            let matched = match &self.clients[c].waiting {
-                Some((
-                    Waiting::Write {
-                        node, index, term, ..
-                    },
-                    ..,
-                )) if *node == id && *index == e.index => Some(*term == e.term),
-                _ => None,
-            };
-            let Some(same) = matched else { continue };
-            let (w, start, _) = self.clients[c].waiting.take().expect("matched");
-            let Waiting::Write {
-                cmd: mine,
-                index,
-                term,
-                ..
-            } = w
+            let Some((
+                Waiting::Write {
+                    node,
+                    first,
+                    term,
+                    cmds,
+                    next,
+                },
+                start,
+                _,
+            )) = &mut self.clients[c].waiting
             else {
-                unreachable!()
-            };
-            self.clients[c].next_at = now + 1 + self.rng.below(20);
-            if !same {
-                // Another leader's entry took this slot: ours was never committed. Drop it.
                 continue;
+            };
+            if *node != id || *first + *next as u64 != e.index {
+                continue;
+            }
+            let (mine, index, term, start) = (cmds[*next], e.index, *term, *start);
+            if term != e.term {
+                // Another leader's entry took this slot: ours, and those after it in the same
+                // batch, were never committed. Drop them.
+                self.clients[c].waiting = None;
+                self.clients[c].next_at = now + 1 + self.rng.below(20);
+                continue;
+            }
+            *next += 1;
+            if *next == cmds.len() {
+                self.clients[c].waiting = None;
+                self.clients[c].next_at = now + 1 + self.rng.below(20);
             }
             if mine.op_id != cmd.op_id {
                 self.fail(format!("entry {index} term {term} carries another command"));
@@ -673,7 +786,7 @@ impl Sim {
             }
             self.stats.acked_writes += 1;
             self.acked_writes.push((index, term));
-            if self.healed {
+            if self.healed && self.clients[c].waiting.is_none() {
                 self.clients[c].final_write_done = true;
             }
             self.history.push(Operation {
@@ -682,8 +795,8 @@ impl Sim {
                 key: mine.key,
                 value: Some(mine.value),
                 expected: mine.expected,
-                start_ns: start * 1_000_000,
-                end_ns: now * 1_000_000,
+                start_ns: start * NS_PER_MS,
+                end_ns: now * NS_PER_MS,
                 ok: Some(ok),
                 result: if ok { None } else { observed },
             });
@@ -701,11 +814,12 @@ impl Sim {
         if now < self.clients[c].next_at {
             return;
         }
-        // Pick a node: the hinted leader, else a random running one.
+        // Pick a node: the hinted leader, else a random running one (a paused one takes no
+        // requests: the client's connection attempt times out, it tries again later).
         let running: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.raft.is_some())
+            .filter(|(_, n)| n.raft.is_some() && n.paused_until.is_none())
             .map(|(id, _)| *id)
             .collect();
         if running.is_empty() {
@@ -755,34 +869,57 @@ impl Sim {
                 }
             }
             _ => {
-                let op_id = self.next_op_id;
-                self.next_op_id += 1;
-                let value = op_id;
-                let expected = if kind == OpKind::Cas {
-                    // Expect a recently written value, or absence, so some succeed.
-                    if self.rng.chance(0.2) || op_id < 3 {
-                        None
-                    } else {
-                        Some(op_id - 1 - self.rng.below(3.min(op_id - 1)))
-                    }
+                // Puts sometimes go as a batch of several (each its own client operation).
+                let n = if kind == OpKind::Put && self.rng.chance(self.fault.batch) {
+                    2 + self.rng.below(3)
                 } else {
-                    None
+                    1
                 };
-                let cmd = Command {
-                    op_id,
-                    kind,
-                    key,
-                    value,
-                    expected,
+                let mut cmds = Vec::new();
+                for i in 0..n {
+                    let op_id = self.next_op_id;
+                    self.next_op_id += 1;
+                    let expected = if kind == OpKind::Cas {
+                        // Expect a recently written value, or absence, so some succeed.
+                        if self.rng.chance(0.2) || op_id < 3 {
+                            None
+                        } else {
+                            Some(op_id - 1 - self.rng.below(3.min(op_id - 1)))
+                        }
+                    } else {
+                        None
+                    };
+                    cmds.push(Command {
+                        op_id,
+                        kind,
+                        key: if i == 0 {
+                            key
+                        } else {
+                            1 + self.rng.below(KEYS)
+                        },
+                        value: op_id,
+                        expected,
+                    });
+                }
+                let raft = self
+                    .nodes
+                    .get_mut(&target)
+                    .and_then(|n| n.raft.as_mut())
+                    .expect("running");
+                let proposed = if cmds.len() == 1 {
+                    raft.propose(cmds[0].encode())
+                } else {
+                    raft.propose_batch(cmds.iter().map(Command::encode).collect())
                 };
-                match raft.propose(cmd.encode()) {
+                match proposed {
                     Ok(p) => {
                         self.clients[c].waiting = Some((
                             Waiting::Write {
                                 node: target,
-                                index: p.index,
+                                first: p.index,
                                 term: p.term,
-                                cmd,
+                                cmds,
+                                next: 0,
                             },
                             now,
                             deadline,
@@ -811,6 +948,9 @@ impl Sim {
             let Some(n) = self.nodes.get_mut(&node) else {
                 continue;
             };
+            if n.paused_until.is_some() {
+                continue;
+            }
             let Some(&index) = n.ready_reads.get(&ctx) else {
                 continue;
             };
@@ -830,8 +970,8 @@ impl Sim {
                 key,
                 value: None,
                 expected: None,
-                start_ns: start * 1_000_000,
-                end_ns: now * 1_000_000,
+                start_ns: start * NS_PER_MS,
+                end_ns: now * NS_PER_MS,
                 ok: Some(true),
                 result: value,
             });
@@ -906,7 +1046,7 @@ impl Sim {
                     }
                 }
             }
-            self.partition_until = self.now + 50 + self.rng.below(2_000);
+            self.partition_until = self.now + 50 + self.rng.below(self.fault.partition_max_ms);
             let s = side.clone();
             self.log(|| format!("partition kind {kind} side {s:?}"));
         }
@@ -914,6 +1054,91 @@ impl Sim {
         if self.rng.chance(p(self.fault.conf_per_s)) {
             self.change_membership();
         }
+        // Process pauses (often of the leader): no input, no ticks, for up to several election
+        // timeouts.
+        if self.rng.chance(p(self.fault.pause_per_s)) {
+            let running = self.running();
+            if !running.is_empty() {
+                let id = match self.current_leader() {
+                    Some(l) if self.rng.chance(0.5) => l,
+                    _ => running[self.rng.below(running.len() as u64) as usize],
+                };
+                let until = self.now + 1 + self.rng.below(self.fault.max_pause_ms);
+                let n = self.nodes.get_mut(&id).expect("exists");
+                if n.paused_until.is_none() {
+                    n.paused_until = Some(until);
+                    self.stats.pauses += 1;
+                    self.log(|| format!("pause {id} until {until}ms"));
+                }
+            }
+        }
+        // Disk faults: the next fsync of a node fails, or its disk fills up for a while.
+        if self.rng.chance(p(self.fault.fsync_fail_per_s)) {
+            let running = self.running();
+            if !running.is_empty() {
+                let id = running[self.rng.below(running.len() as u64) as usize];
+                self.nodes
+                    .get_mut(&id)
+                    .expect("exists")
+                    .storage
+                    .fail_next_sync();
+                self.log(|| format!("the next fsync of node {id} fails"));
+            }
+        }
+        if self.rng.chance(p(self.fault.disk_full_per_s)) {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            let id = match self.current_leader() {
+                Some(l) if self.rng.chance(0.3) => l,
+                _ => ids[self.rng.below(ids.len() as u64) as usize],
+            };
+            let until = self.now + 50 + self.rng.below(2_000);
+            let n = self.nodes.get_mut(&id).expect("exists");
+            if n.full_until.is_none() {
+                n.full_until = Some(until);
+                n.storage.set_full(true);
+                self.log(|| format!("disk of node {id} full until {until}ms"));
+            }
+        }
+        // Leadership transfers to a random voter.
+        if self.rng.chance(p(self.fault.transfer_per_s)) {
+            if let Some(leader) = self.current_leader() {
+                let voters: Vec<NodeId> = self.nodes[&leader]
+                    .raft
+                    .as_ref()
+                    .expect("leader runs")
+                    .membership()
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != leader)
+                    .collect();
+                if !voters.is_empty() && self.nodes[&leader].paused_until.is_none() {
+                    let target = voters[self.rng.below(voters.len() as u64) as usize];
+                    let r = self
+                        .nodes
+                        .get_mut(&leader)
+                        .and_then(|n| n.raft.as_mut())
+                        .expect("leader runs");
+                    match r.transfer_leadership(target) {
+                        Ok(()) => {
+                            self.stats.transfers += 1;
+                            self.log(|| format!("leader {leader} transfers to {target}"));
+                        }
+                        Err(e) => self.log(|| format!("transfer to {target} refused: {e}")),
+                    }
+                    self.drain(leader);
+                }
+            }
+        }
+    }
+
+    /// Nodes whose process runs and is not paused.
+    fn running(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.raft.is_some() && n.paused_until.is_none())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn current_leader(&self) -> Option<NodeId> {
@@ -962,6 +1187,7 @@ impl Sim {
                     }
                 };
                 self.nodes.insert(id, SimNode::new(cfg, storage));
+                self.nodes.get_mut(&id).expect("inserted").tick_ns = self.draw_tick_ns();
                 self.start_node(id);
                 vec![ConfChange::AddLearner(id)]
             }
@@ -1007,40 +1233,6 @@ impl Sim {
         self.drain(leader);
     }
 
-    /// Stops nodes whose removal is committed (as an agent would).
-    fn stop_removed(&mut self) {
-        let Some(leader) = self.current_leader() else {
-            return;
-        };
-        let r = self.nodes[&leader].raft.as_ref().expect("leader runs");
-        let m = r.membership().clone();
-        let settled = r.entries().iter().rev().find_map(|e| match e.payload {
-            Payload::Config(_) => Some(e.index),
-            _ => None,
-        });
-        if settled.is_some_and(|i| i > r.commit_index()) || m.is_joint() {
-            return;
-        }
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            if !m.contains(id) && !self.nodes[&id].stopped {
-                let n = self.nodes.get_mut(&id).expect("exists");
-                // Only stop nodes that had ever joined the current configuration history.
-                if n.raft
-                    .as_ref()
-                    .is_some_and(|r| r.membership().members().is_empty())
-                {
-                    continue;
-                }
-                n.stopped = true;
-                n.raft = None;
-                n.storage.stop();
-                n.restart_at = None;
-                self.log(|| format!("node {id} stopped after its removal committed"));
-            }
-        }
-    }
-
     fn deliver_due(&mut self) {
         while let Some(Reverse(top)) = self.net.peek() {
             if top.at > self.now {
@@ -1052,15 +1244,43 @@ impl Sim {
                 continue;
             }
             let to = m.to;
-            let Some(r) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) else {
-                continue;
-            };
-            if let Err(e) = r.step(m) {
-                self.fail(format!(
-                    "node {to} rejected a message from a correct peer: {e}"
-                ));
+            match self.nodes.get_mut(&to) {
+                Some(n) if n.raft.is_some() && n.paused_until.is_some() => n.inbox.push(m),
+                Some(n) if n.raft.is_some() => self.step_node(to, m),
+                _ => {}
             }
-            self.drain(to);
+        }
+    }
+
+    fn step_node(&mut self, to: NodeId, m: Message) {
+        let Some(r) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) else {
+            return;
+        };
+        if let Err(e) = r.step(m) {
+            self.fail(format!(
+                "node {to} rejected a message from a correct peer: {e}"
+            ));
+        }
+        self.drain(to);
+    }
+
+    /// Ends the pauses that are over. Per the core's host contract, a resumed node first gets
+    /// the ticks it missed, then the messages that queued up meanwhile.
+    fn resume_paused(&mut self) {
+        let now = self.now;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let n = self.nodes.get_mut(&id).expect("exists");
+            if !n.paused_until.is_some_and(|t| t <= now) {
+                continue;
+            }
+            n.paused_until = None;
+            let inbox = std::mem::take(&mut n.inbox);
+            self.log(|| format!("resume {id} ({} queued messages)", inbox.len()));
+            self.tick_node(id);
+            for m in inbox {
+                self.step_node(id, m);
+            }
         }
     }
 
@@ -1069,13 +1289,17 @@ impl Sim {
         for id in ids {
             let now = self.now;
             let n = self.nodes.get_mut(&id).expect("exists");
-            if n.stopped {
-                continue;
+            if n.full_until.is_some_and(|t| t <= now) {
+                n.full_until = None;
+                n.storage.set_full(false);
             }
             if n.raft.is_none() {
-                if n.restart_at.is_some_and(|t| t <= now) {
+                if n.restart_at.is_some_and(|t| t <= now) && !n.storage.is_full() {
                     self.start_node(id);
                 }
+                continue;
+            }
+            if n.paused_until.is_some() {
                 continue;
             }
             if n.sync_at.is_some_and(|t| t <= now) {
@@ -1083,8 +1307,8 @@ impl Sim {
                 let seq = match n.storage.sync() {
                     Ok(seq) => seq,
                     Err(e) => {
-                        self.fail(format!("node {id} storage sync: {e}"));
-                        return;
+                        self.storage_failed(id, "sync", e);
+                        continue;
                     }
                 };
                 if seq > 0 {
@@ -1104,13 +1328,28 @@ impl Sim {
         }
     }
 
+    /// Gives every running, unpaused node the ticks its own clock has reached.
     fn tick_nodes(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
-            if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-                r.tick();
-                self.drain(id);
+            if self.nodes[&id].paused_until.is_none() {
+                self.tick_node(id);
             }
+        }
+    }
+
+    /// Delivers the ticks due on node `id` by now (several after a pause).
+    fn tick_node(&mut self, id: NodeId) {
+        let now_ns = self.now * NS_PER_MS;
+        loop {
+            let n = self.nodes.get_mut(&id).expect("exists");
+            if n.next_tick_ns > now_ns {
+                return;
+            }
+            let Some(r) = n.raft.as_mut() else { return };
+            n.next_tick_ns += n.tick_ns;
+            r.tick();
+            self.drain(id);
         }
     }
 
@@ -1216,29 +1455,32 @@ impl Sim {
         self.log(|| "faults healed".into());
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
-            let n = &self.nodes[&id];
-            if n.raft.is_none() && !n.stopped {
+            let n = self.nodes.get_mut(&id).expect("exists");
+            n.full_until = None;
+            n.storage.set_full(false);
+            if n.raft.is_none() {
                 self.start_node(id);
             }
         }
     }
 
     fn run(mut self) -> SimOutcome {
-        let end = self.opts.fault_ms + self.opts.recovery_ms;
+        let end = self.fault_end + self.opts.recovery_ms;
         let phase: u64 = self.rng.below(TICK_MS);
         while self.now < end && self.failure.is_none() {
             self.now += 1;
-            if !self.healed && self.now >= self.opts.fault_ms {
+            if !self.healed && self.now >= self.fault_end {
                 self.heal();
             }
             if !self.healed {
                 self.inject_faults();
             }
+            // Ticks due by now come before the messages arriving now (host contract).
+            self.resume_paused();
+            self.tick_nodes();
             self.deliver_due();
             self.run_io();
             if self.now % TICK_MS == phase {
-                self.tick_nodes();
-                self.stop_removed();
                 self.check_invariants();
                 if self.opts.verbose && self.now % 1000 == phase {
                     for (id, n) in &self.nodes {
@@ -1281,8 +1523,8 @@ impl Sim {
                 });
                 self.log(|| {
                     format!(
-                        "node {id} (stopped {}, unsynced {}, sync_at {:?}): {state:?}",
-                        n.stopped,
+                        "node {id} (paused {:?}, unsynced {}, sync_at {:?}): {state:?}",
+                        n.paused_until,
                         n.storage.unsynced(),
                         n.sync_at
                     )
@@ -1306,7 +1548,14 @@ impl Sim {
         if self.failure.is_none() {
             match linearizability::check(&self.history) {
                 CheckResult::Linearizable => {}
-                CheckResult::Inconclusive { .. } => inconclusive = true,
+                CheckResult::Inconclusive { key } => {
+                    // Not proven linearizable is not a pass.
+                    inconclusive = true;
+                    let ops = self.history.iter().filter(|o| o.key == key).count();
+                    self.fail(format!(
+                        "linearizability check inconclusive on key {key} ({ops} operations): search budget exhausted"
+                    ));
+                }
                 CheckResult::NotLinearizable { key, ops } => self.fail(format!(
                     "history not linearizable on key {key} ({} operations)",
                     ops.len()
@@ -1364,8 +1613,12 @@ impl SimNode {
             sync_at: None,
             snapshot_job: None,
             restart_at: None,
-            stopped: false,
             ready_reads: BTreeMap::new(),
+            tick_ns: TICK_MS * NS_PER_MS,
+            next_tick_ns: 0,
+            paused_until: None,
+            inbox: Vec::new(),
+            full_until: None,
         }
     }
 }

@@ -15,8 +15,8 @@ pub enum StorageKind {
     Wal,
 }
 
-/// One node's storage.
-pub enum SimStorage {
+/// The backend of one node's storage.
+enum Backend {
     /// In-memory model.
     Mem(MemStorage),
     /// The real log; `None` while the node is down.
@@ -26,6 +26,38 @@ pub enum SimStorage {
         /// The open log, if the node runs.
         wal: Option<Wal>,
     },
+}
+
+/// Why a storage call failed: a fault the simulation injected (the node must stop, as a real
+/// one would on EIO or ENOSPC), or a real error (a bug: the seed fails).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageError {
+    /// An injected fault: the fsync failed, or the disk is full.
+    Fault(&'static str),
+    /// Anything else.
+    Broken(String),
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Fault(what) => write!(f, "injected fault: {what}"),
+            StorageError::Broken(e) => f.write_str(e),
+        }
+    }
+}
+
+fn broken(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Broken(e.to_string())
+}
+
+/// One node's storage, with the disk faults the simulation injects on top of the backend: a
+/// failed fsync (the node must crash: what was not synced may or may not be on disk) and a full
+/// disk (every write fails until space is back).
+pub struct SimStorage {
+    backend: Backend,
+    fail_next_sync: bool,
+    full: bool,
 }
 
 fn base_dir() -> PathBuf {
@@ -43,14 +75,15 @@ fn wal_options() -> WalOptions {
         segment_bytes: 16 << 10,
         fsync: false,
         keep_snapshots: 2,
+        ..WalOptions::default()
     }
 }
 
 impl SimStorage {
     /// Storage holding `initial` durably.
     pub fn new(kind: StorageKind, initial: RecoveredState) -> Result<SimStorage, String> {
-        match kind {
-            StorageKind::Mem => Ok(SimStorage::Mem(MemStorage::new(initial))),
+        let backend = match kind {
+            StorageKind::Mem => Backend::Mem(MemStorage::new(initial)),
             StorageKind::Wal => {
                 let dir = tempfile::Builder::new()
                     .prefix("shoal-sim-")
@@ -64,57 +97,86 @@ impl SimStorage {
                         seq: 0,
                         snapshot: initial.snapshot.clone(),
                         reset_log: true,
+                        compact_to: None,
                         entries: initial.entries.clone(),
                         hard_state: Some(initial.hard_state),
                     };
                     wal.write(&batch).map_err(|e| e.to_string())?;
                     wal.sync().map_err(|e| e.to_string())?;
                 }
-                Ok(SimStorage::Wal { dir, wal: None })
+                Backend::Wal { dir, wal: None }
             }
-        }
+        };
+        Ok(SimStorage {
+            backend,
+            fail_next_sync: false,
+            full: false,
+        })
     }
 
-    /// Buffers a batch.
-    pub fn write(&mut self, b: &WriteBatch) -> Result<(), String> {
-        match self {
-            SimStorage::Mem(m) => m.write(b).map_err(|e| e.to_string()),
-            SimStorage::Wal { wal, .. } => wal
+    /// The next `sync` fails (and makes nothing durable).
+    pub fn fail_next_sync(&mut self) {
+        self.fail_next_sync = true;
+    }
+
+    /// Fills the disk (`true`: every write fails) or frees space again.
+    pub fn set_full(&mut self, full: bool) {
+        self.full = full;
+    }
+
+    /// True while the disk is full.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Buffers a batch; nothing is buffered if the disk is full.
+    pub fn write(&mut self, b: &WriteBatch) -> Result<(), StorageError> {
+        if self.full {
+            return Err(StorageError::Fault("disk full"));
+        }
+        match &mut self.backend {
+            Backend::Mem(m) => m.write(b).map_err(broken),
+            Backend::Wal { wal, .. } => wal
                 .as_mut()
-                .ok_or("write to a stopped node")?
+                .ok_or_else(|| broken("write to a stopped node"))?
                 .write(b)
-                .map_err(|e| e.to_string()),
+                .map_err(broken),
         }
     }
 
     /// Makes buffered batches durable; returns the highest durable batch sequence number.
-    pub fn sync(&mut self) -> Result<u64, String> {
-        match self {
-            SimStorage::Mem(m) => m.sync().map_err(|e| e.to_string()),
-            SimStorage::Wal { wal, .. } => wal
+    /// An injected fsync failure makes nothing durable: the caller must crash the node.
+    pub fn sync(&mut self) -> Result<u64, StorageError> {
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(StorageError::Fault("fsync failed"));
+        }
+        match &mut self.backend {
+            Backend::Mem(m) => m.sync().map_err(broken),
+            Backend::Wal { wal, .. } => wal
                 .as_mut()
-                .ok_or("sync of a stopped node")?
+                .ok_or_else(|| broken("sync of a stopped node"))?
                 .sync()
-                .map_err(|e| e.to_string()),
+                .map_err(broken),
         }
     }
 
     /// How much is unsynced (batches for Mem, bytes for Wal): the range a crash draws from.
     pub fn unsynced(&self) -> u64 {
-        match self {
-            SimStorage::Mem(m) => m.pending() as u64,
-            SimStorage::Wal { wal, .. } => wal.as_ref().map_or(0, |w| w.unsynced_bytes() as u64),
+        match &self.backend {
+            Backend::Mem(m) => m.pending() as u64,
+            Backend::Wal { wal, .. } => wal.as_ref().map_or(0, |w| w.unsynced_bytes() as u64),
         }
     }
 
     /// The node crashes; `survive` units of the unsynced data reach the disk anyway.
     pub fn crash(&mut self, survive: u64) -> Result<(), String> {
-        match self {
-            SimStorage::Mem(m) => {
+        self.fail_next_sync = false;
+        match &mut self.backend {
+            Backend::Mem(m) => {
                 m.crash(survive as usize);
                 Ok(())
             }
-            SimStorage::Wal { wal, .. } => match wal.take() {
+            Backend::Wal { wal, .. } => match wal.take() {
                 Some(w) => w
                     .simulate_crash(survive as usize)
                     .map_err(|e| e.to_string()),
@@ -125,16 +187,16 @@ impl SimStorage {
 
     /// Stops the node cleanly (nothing unsynced survives or is lost beyond a crash's rules).
     pub fn stop(&mut self) {
-        if let SimStorage::Wal { wal, .. } = self {
+        if let Backend::Wal { wal, .. } = &mut self.backend {
             *wal = None;
         }
     }
 
     /// What the node finds when it (re)starts; for the WAL this reopens the log from its files.
     pub fn recover(&mut self) -> Result<RecoveredState, String> {
-        match self {
-            SimStorage::Mem(m) => m.recover().map_err(|e| e.to_string()),
-            SimStorage::Wal { dir, wal } => {
+        match &mut self.backend {
+            Backend::Mem(m) => m.recover().map_err(|e| e.to_string()),
+            Backend::Wal { dir, wal } => {
                 let (w, state, _) =
                     Wal::open(dir.path(), wal_options()).map_err(|e| e.to_string())?;
                 *wal = Some(w);

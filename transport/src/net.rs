@@ -19,7 +19,7 @@ use crate::pki::{self, ClusterId, Denylist, NodeCertificate, NodeId};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +28,23 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 /// Largest request accepted from a node that has no certificate (a join request is a few KiB).
+/// Checked at the length prefix: a larger announcement is refused before any of its body is read.
 pub const MAX_UNAUTHENTICATED_REQUEST: usize = 64 << 10;
+
+/// Request streams a connection may have open at once before it is known to be a member's: the
+/// QUIC limit every inbound connection starts with (raised after the handshake for members). A
+/// node that joins needs one.
+pub const MAX_UNAUTHENTICATED_STREAMS: u32 = 4;
+
+/// Bytes a peer may have in flight on a connection before it is known to be a member's: the
+/// QUIC connection receive window every inbound connection starts with (raised after the
+/// handshake for members). Bounds what quinn buffers for a peer without a certificate.
+pub const UNAUTHENTICATED_RECEIVE_WINDOW: u32 = 2 * MAX_UNAUTHENTICATED_REQUEST as u32;
+
+/// Unidirectional streams (Raft, snapshots) a member may have open at once.
+const MEMBER_UNI_STREAMS: u32 = 64;
+/// Request streams a member may have open at once.
+const MEMBER_BIDI_STREAMS: u32 = 256;
 
 /// Tunables of the transport.
 #[derive(Clone, Debug)]
@@ -57,6 +73,17 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Time allowed for a request and its response.
     pub request_timeout: Duration,
+    /// Connections without a certificate (joining nodes) kept open at once from one IP address;
+    /// more are closed as soon as their handshake ends. Members are never counted.
+    pub max_unauth_conns_per_ip: usize,
+    /// Connections without a certificate kept open at once in total.
+    pub max_unauth_conns: usize,
+    /// Time a peer without a certificate has to send a whole request; then the stream is
+    /// stopped.
+    pub unauth_request_timeout: Duration,
+    /// Time a connection without a certificate is kept open at most (a join is one request), so
+    /// an idle one cannot hold its slot.
+    pub unauth_conn_lifetime: Duration,
 }
 
 impl Default for TransportConfig {
@@ -74,6 +101,11 @@ impl Default for TransportConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            max_unauth_conns_per_ip: 16,
+            max_unauth_conns: 256,
+            unauth_request_timeout: Duration::from_secs(5),
+            // Longer than a joiner waits for its answer (15 s).
+            unauth_conn_lifetime: Duration::from_secs(20),
         }
     }
 }
@@ -95,8 +127,21 @@ pub struct WireStats {
     pub unknown_kind: AtomicU64,
     /// Inbound envelopes that do not decode.
     pub malformed: AtomicU64,
-    /// Messages from peers without a certificate on a channel that needs one.
+    /// Messages from peers without a certificate on a channel that needs one (a stream other
+    /// than a request, a datagram; the connection is closed on a datagram).
     pub unauthenticated: AtomicU64,
+    /// Connections without a certificate closed at once because their IP address, or all of
+    /// them together, already had as many open as allowed.
+    pub unauth_conn_limit: AtomicU64,
+    /// Requests without a certificate not received whole in time (stream stopped), and
+    /// connections without a certificate closed at the end of their lifetime.
+    pub unauth_deadline: AtomicU64,
+    /// Gauge: connections without a certificate open now.
+    pub unauth_conns: AtomicU64,
+    /// Gauge: bytes of requests from peers without a certificate held now (being read, or
+    /// delivered and not yet answered or dropped). At most `max_unauth_conns` ×
+    /// [`MAX_UNAUTHENTICATED_STREAMS`] × [`MAX_UNAUTHENTICATED_REQUEST`].
+    pub unauth_buffered: AtomicU64,
     /// Outbound messages dropped because the peer's queue was full.
     pub queue_full: AtomicU64,
     /// Datagrams dropped because the peer was not connected (or too large).
@@ -130,6 +175,8 @@ impl WireStats {
             &self.unknown_kind,
             &self.malformed,
             &self.unauthenticated,
+            &self.unauth_conn_limit,
+            &self.unauth_deadline,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -175,6 +222,8 @@ pub struct IncomingRequest {
     /// The request payload.
     pub body: Vec<u8>,
     reply: quinn::SendStream,
+    /// Counts the body of an unauthenticated request as held until it is answered or dropped.
+    _held: Option<Held>,
 }
 
 impl IncomingRequest {
@@ -249,6 +298,7 @@ struct Inner {
     pinned: Mutex<std::collections::BTreeSet<NodeId>>,
     peers: Mutex<BTreeMap<NodeId, Peer>>,
     inbound_conns: Mutex<BTreeMap<NodeId, Vec<quinn::Connection>>>,
+    unauth: Mutex<UnauthConns>,
     tx: InboundTx,
     started: Instant,
     /// Set by [`Transport::shutdown`]: no new peer, no new connection.
@@ -301,6 +351,7 @@ impl Transport {
             pinned: Mutex::new(std::collections::BTreeSet::new()),
             peers: Mutex::new(BTreeMap::new()),
             inbound_conns: Mutex::new(BTreeMap::new()),
+            unauth: Mutex::new(UnauthConns::default()),
             tx: InboundTx {
                 raft: raft_tx,
                 snapshot: snap_tx,
@@ -433,7 +484,7 @@ impl Transport {
             .remove(&node)
         {
             for c in conns {
-                c.close(1u32.into(), b"denied");
+                c.close(CLOSE_DENIED.into(), b"denied");
             }
         }
     }
@@ -646,49 +697,61 @@ impl Transport {
     }
 }
 
-/// Reads the one frame a request or response stream carries, up to the end of the stream, in as
-/// few reads as the data arrives in.
+/// Reads the one frame a request or response stream carries, up to the end of the stream. The
+/// 4-byte length prefix is read first and checked against `max`, so an oversized frame is
+/// refused before any of its body is read; the body buffer grows as bytes arrive, so an
+/// announced length alone costs nothing. Bytes read are added to `held` when given.
 async fn read_single_frame(
     recv: &mut quinn::RecvStream,
     max: usize,
+    mut held: Option<&mut Held>,
 ) -> Result<Option<Envelope>, ReadError> {
-    use quinn::ReadToEndError;
-    let bytes = match recv.read_to_end(max + frame::LEN_PREFIX).await {
-        Ok(b) => b,
-        Err(ReadToEndError::TooLong) => {
-            return Err(ReadError::Frame(FrameError::TooLarge {
-                len: max + frame::LEN_PREFIX + 1,
-                max,
+    use quinn::ReadExactError;
+    let mut prefix = [0u8; frame::LEN_PREFIX];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(got)) => {
+            return Err(ReadError::Frame(FrameError::Truncated {
+                expected: frame::LEN_PREFIX,
+                got,
             }))
         }
-        Err(ReadToEndError::Read(e)) => return Err(ReadError::Io(e.into())),
-    };
-    if bytes.is_empty() {
-        return Ok(None);
+        Err(ReadExactError::ReadError(e)) => return Err(ReadError::Io(e.into())),
     }
-    let mut decoder = frame::FrameDecoder::new(max);
-    let mut out = None;
-    let mut extra = false;
-    decoder
-        .feed(&bytes, |e| {
-            if out.is_none() {
-                out = Some(e);
-            } else {
-                extra = true;
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(ReadError::Frame(FrameError::TooLarge { len, max }));
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(len.min(4 << 10));
+    while buf.len() < len {
+        match recv.read_chunk(len - buf.len(), true).await {
+            Ok(Some(chunk)) => {
+                if let Some(h) = held.as_deref_mut() {
+                    h.add(chunk.bytes.len());
+                }
+                buf.extend_from_slice(&chunk.bytes);
             }
-            true
-        })
-        .map_err(ReadError::Frame)?;
-    match out {
-        Some(_) if extra || decoder.pending() > 0 => Err(ReadError::Frame(FrameError::Malformed(
-            "more than one frame on a request stream".into(),
-        ))),
-        Some(e) => Ok(Some(e)),
-        None => Err(ReadError::Frame(FrameError::Truncated {
-            expected: frame::LEN_PREFIX,
-            got: bytes.len(),
-        })),
+            Ok(None) => {
+                return Err(ReadError::Frame(FrameError::Truncated {
+                    expected: len,
+                    got: buf.len(),
+                }))
+            }
+            Err(e) => return Err(ReadError::Io(e.into())),
+        }
     }
+    // One frame per stream: the stream must end here.
+    match recv.read_chunk(1, true).await {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            return Err(ReadError::Frame(FrameError::Malformed(
+                "more than one frame on a request stream".into(),
+            )))
+        }
+        Err(e) => return Err(ReadError::Io(e.into())),
+    }
+    frame::decode(&buf, max).map(Some).map_err(ReadError::Frame)
 }
 
 /// Request/response on a new bidirectional stream of `conn`.
@@ -708,7 +771,7 @@ async fn call(
     frame::write_frame(&mut buf, Kind::Request, body);
     send.write_all(&buf).await.map_err(|e| why(e.to_string()))?;
     let _ = send.finish();
-    match read_single_frame(&mut recv, max).await {
+    match read_single_frame(&mut recv, max, None).await {
         Ok(Some(Envelope {
             kind: Kind::Response,
             body,
@@ -985,28 +1048,128 @@ fn peer_of(conn: &quinn::Connection) -> Option<NodeCertificate> {
     pki::peer_node(&certs).ok()
 }
 
-async fn serve_connection(inner: std::sync::Weak<Inner>, conn: quinn::Connection) {
-    let peer = peer_of(&conn);
-    let Some(i) = inner.upgrade() else { return };
-    if let Some(p) = &peer {
-        if i.denylist.is_denied(p.node_id) {
-            conn.close(1u32.into(), b"denied");
-            return;
-        }
-        i.inbound_conns
-            .lock()
-            .expect("conns lock")
-            .entry(p.node_id)
-            .or_default()
-            .push(conn.clone());
+/// Bytes of input from a peer without a certificate, counted in [`WireStats::unauth_buffered`]
+/// for as long as this lives.
+#[derive(Debug)]
+struct Held {
+    stats: Arc<WireStats>,
+    bytes: u64,
+}
+
+impl Held {
+    fn new(stats: Arc<WireStats>) -> Self {
+        Held { stats, bytes: 0 }
     }
+
+    fn add(&mut self, n: usize) {
+        self.bytes += n as u64;
+        self.stats
+            .unauth_buffered
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stats
+            .unauth_buffered
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Connections without a certificate open now, per IP address and in total.
+#[derive(Debug, Default)]
+struct UnauthConns {
+    per_ip: BTreeMap<IpAddr, usize>,
+    total: usize,
+}
+
+/// The slot of one open connection without a certificate; freed when dropped.
+struct UnauthSlot {
+    inner: std::sync::Weak<Inner>,
+    ip: IpAddr,
+}
+
+impl Drop for UnauthSlot {
+    fn drop(&mut self) {
+        let Some(i) = self.inner.upgrade() else {
+            return;
+        };
+        let mut u = i.unauth.lock().expect("unauth lock");
+        u.total = u.total.saturating_sub(1);
+        if let Some(n) = u.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                u.per_ip.remove(&self.ip);
+            }
+        }
+        i.stats.unauth_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a slot for a new connection without a certificate from `ip`, or `None` if that
+/// address, or everyone together, has as many open as allowed.
+fn admit_unauthenticated(inner: &Arc<Inner>, ip: IpAddr) -> Option<UnauthSlot> {
+    let ip = ip.to_canonical();
+    let mut u = inner.unauth.lock().expect("unauth lock");
+    let from_ip = u.per_ip.get(&ip).copied().unwrap_or(0);
+    if from_ip >= inner.cfg.max_unauth_conns_per_ip || u.total >= inner.cfg.max_unauth_conns {
+        return None;
+    }
+    *u.per_ip.entry(ip).or_default() += 1;
+    u.total += 1;
+    inner.stats.unauth_conns.fetch_add(1, Ordering::Relaxed);
+    Some(UnauthSlot {
+        inner: Arc::downgrade(inner),
+        ip,
+    })
+}
+
+/// QUIC error codes this node closes connections and stops streams with.
+const CLOSE_DENIED: u32 = 1;
+const STOP_REFUSED: u32 = 2;
+const CLOSE_UNAUTHENTICATED: u32 = 3;
+const CLOSE_TOO_MANY: u32 = 4;
+const CLOSE_LIFETIME: u32 = 5;
+const STOP_DEADLINE: u32 = 6;
+
+async fn serve_connection(inner: std::sync::Weak<Inner>, conn: quinn::Connection) {
+    match peer_of(&conn) {
+        Some(peer) => serve_member(inner, conn, peer).await,
+        None => serve_unauthenticated(inner, conn).await,
+    }
+}
+
+/// Serves a connection authenticated by a member's certificate: every channel, with the
+/// members' stream limits and receive window.
+async fn serve_member(
+    inner: std::sync::Weak<Inner>,
+    conn: quinn::Connection,
+    peer: NodeCertificate,
+) {
+    let Some(i) = inner.upgrade() else { return };
+    if i.denylist.is_denied(peer.node_id) {
+        conn.close(CLOSE_DENIED.into(), b"denied");
+        return;
+    }
+    // Every connection starts with the small limits of a peer without a certificate (the
+    // transport parameters are sent before the client's certificate is seen): lift them.
+    conn.set_max_concurrent_uni_streams(MEMBER_UNI_STREAMS.into());
+    conn.set_max_concurrent_bi_streams(MEMBER_BIDI_STREAMS.into());
+    conn.set_receive_window(quinn::VarInt::MAX);
+    i.inbound_conns
+        .lock()
+        .expect("conns lock")
+        .entry(peer.node_id)
+        .or_default()
+        .push(conn.clone());
     drop(i);
     let remote = conn.remote_address();
     let uni = {
-        let (inner, conn, peer) = (inner.clone(), conn.clone(), peer.clone());
+        let (inner, conn, node) = (inner.clone(), conn.clone(), peer.node_id);
         async move {
             while let Ok(recv) = conn.accept_uni().await {
-                tokio::spawn(read_stream(inner.clone(), peer.clone(), recv));
+                tokio::spawn(read_stream(inner.clone(), node, recv));
             }
         }
     };
@@ -1016,7 +1179,7 @@ async fn serve_connection(inner: std::sync::Weak<Inner>, conn: quinn::Connection
             while let Ok((send, recv)) = conn.accept_bi().await {
                 tokio::spawn(serve_request(
                     inner.clone(),
-                    peer.clone(),
+                    Some(peer.clone()),
                     remote,
                     send,
                     recv,
@@ -1025,20 +1188,16 @@ async fn serve_connection(inner: std::sync::Weak<Inner>, conn: quinn::Connection
         }
     };
     let dgram = {
-        let (inner, conn, peer) = (inner.clone(), conn.clone(), peer.clone());
+        let (inner, conn, node) = (inner.clone(), conn.clone(), peer.node_id);
         async move {
             while let Ok(d) = conn.read_datagram().await {
                 let Some(i) = inner.upgrade() else { return };
-                let Some(p) = &peer else {
-                    i.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
                 match frame::decode(&d, i.cfg.max_frame) {
                     Ok(Envelope {
                         kind: Kind::Gossip,
                         body,
                     }) => {
-                        if i.tx.gossip.try_send((p.node_id, body)).is_ok() {
+                        if i.tx.gossip.try_send((node, body)).is_ok() {
                             i.stats.received.fetch_add(1, Ordering::Relaxed);
                         } else {
                             i.stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
@@ -1053,23 +1212,81 @@ async fn serve_connection(inner: std::sync::Weak<Inner>, conn: quinn::Connection
         }
     };
     tokio::join!(uni, bi, dgram);
-    if let (Some(p), Some(i)) = (&peer, inner.upgrade()) {
+    if let Some(i) = inner.upgrade() {
         if let Some(v) = i
             .inbound_conns
             .lock()
             .expect("conns lock")
-            .get_mut(&p.node_id)
+            .get_mut(&peer.node_id)
         {
             v.retain(|c| c.stable_id() != conn.stable_id());
         }
     }
 }
 
-async fn read_stream(
-    inner: std::sync::Weak<Inner>,
-    peer: Option<NodeCertificate>,
-    mut recv: quinn::RecvStream,
-) {
+/// Serves a connection without a certificate (a node that joins): it may only make requests,
+/// small ones, a few at a time (the QUIC limits it started with are kept), and it is closed
+/// at once beyond the per-address and total caps, on its first datagram or stream of another
+/// kind, and at the end of its lifetime.
+async fn serve_unauthenticated(inner: std::sync::Weak<Inner>, conn: quinn::Connection) {
+    let Some(i) = inner.upgrade() else { return };
+    let remote = conn.remote_address();
+    let Some(slot) = admit_unauthenticated(&i, remote.ip()) else {
+        i.stats.unauth_conn_limit.fetch_add(1, Ordering::Relaxed);
+        conn.close(
+            CLOSE_TOO_MANY.into(),
+            b"too many connections without a certificate",
+        );
+        return;
+    };
+    let (stats, lifetime) = (i.stats.clone(), i.cfg.unauth_conn_lifetime);
+    drop(i);
+    // A peer without a certificate gets no unidirectional stream credit at all; should one
+    // appear anyway, it is refused unread.
+    let uni = {
+        let (conn, stats) = (conn.clone(), stats.clone());
+        async move {
+            while let Ok(mut recv) = conn.accept_uni().await {
+                stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                let _ = recv.stop(STOP_REFUSED.into());
+            }
+        }
+    };
+    let bi = {
+        let (inner, conn) = (inner.clone(), conn.clone());
+        async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(serve_request(inner.clone(), None, remote, send, recv));
+            }
+        }
+    };
+    // Gossip is for members: the first datagram ends the connection.
+    let dgram = {
+        let (conn, stats) = (conn.clone(), stats.clone());
+        async move {
+            if conn.read_datagram().await.is_ok() {
+                stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                conn.close(
+                    CLOSE_UNAUTHENTICATED.into(),
+                    b"datagrams need a certificate",
+                );
+            }
+        }
+    };
+    let serve = async { tokio::join!(uni, bi, dgram) };
+    tokio::select! {
+        biased;
+        _ = serve => {}
+        _ = tokio::time::sleep(lifetime) => {
+            stats.unauth_deadline.fetch_add(1, Ordering::Relaxed);
+            conn.close(CLOSE_LIFETIME.into(), b"connection without a certificate expired");
+        }
+    }
+    drop(slot);
+}
+
+/// Reads the frames of a member's unidirectional stream (Raft or snapshot) and delivers them.
+async fn read_stream(inner: std::sync::Weak<Inner>, node: NodeId, mut recv: quinn::RecvStream) {
     let Some(max) = inner
         .upgrade()
         .map(|i| i.cfg.max_frame.max(i.cfg.max_snapshot_frame))
@@ -1106,36 +1323,31 @@ async fn read_stream(
                     Some(e) => {
                         // Framing is lost on this stream: count, stop it, keep the connection.
                         i.stats.count_frame_error(&e);
-                        let _ = recv.stop(2u32.into());
+                        let _ = recv.stop(STOP_REFUSED.into());
                         return;
                     }
                     None => break,
                 },
-            };
-            let Some(p) = &peer else {
-                i.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
-                let _ = recv.stop(2u32.into());
-                return;
             };
             let (tx, limit) = match env.kind {
                 Kind::Raft => (&i.tx.raft, i.cfg.max_frame),
                 Kind::Snapshot => (&i.tx.snapshot, i.cfg.max_snapshot_frame),
                 _ => {
                     i.stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
-                    let _ = recv.stop(2u32.into());
+                    let _ = recv.stop(STOP_REFUSED.into());
                     return;
                 }
             };
             if env.body.len() > limit {
                 i.stats.oversized.fetch_add(1, Ordering::Relaxed);
-                let _ = recv.stop(2u32.into());
+                let _ = recv.stop(STOP_REFUSED.into());
                 return;
             }
             let tx = tx.clone();
             let stats = i.stats.clone();
             drop(i);
             // Back-pressure: a full inbound channel slows this stream, not the others.
-            if tx.send((p.node_id, env.body)).await.is_ok() {
+            if tx.send((node, env.body)).await.is_ok() {
                 stats.received.fetch_add(1, Ordering::Relaxed);
             } else {
                 stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
@@ -1144,6 +1356,10 @@ async fn read_stream(
     }
 }
 
+/// Reads the one request of a bidirectional stream and delivers it. A peer without a
+/// certificate gets [`MAX_UNAUTHENTICATED_REQUEST`] bytes, checked at the length prefix, and
+/// `unauth_request_timeout` to send them; what it sends is counted in
+/// [`WireStats::unauth_buffered`] until the request is answered or dropped.
 async fn serve_request(
     inner: std::sync::Weak<Inner>,
     peer: Option<NodeCertificate>,
@@ -1151,38 +1367,57 @@ async fn serve_request(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let Some(max) = inner.upgrade().map(|i| i.cfg.max_frame) else {
+    let Some((max, deadline, stats)) = inner.upgrade().map(|i| {
+        (
+            i.cfg.max_frame,
+            i.cfg.unauth_request_timeout,
+            i.stats.clone(),
+        )
+    }) else {
         return;
     };
-    // A node without a certificate may only join: its requests are small.
-    let max = if peer.is_some() {
-        max
+    let (r, held) = if peer.is_some() {
+        (read_single_frame(&mut recv, max, None).await, None)
     } else {
-        max.min(MAX_UNAUTHENTICATED_REQUEST)
+        // A node without a certificate may only join: its requests are small.
+        let max = max.min(MAX_UNAUTHENTICATED_REQUEST);
+        let mut held = Held::new(stats.clone());
+        match tokio::time::timeout(deadline, read_single_frame(&mut recv, max, Some(&mut held)))
+            .await
+        {
+            Ok(r) => (r, Some(held)),
+            Err(_) => {
+                stats.unauth_deadline.fetch_add(1, Ordering::Relaxed);
+                let _ = recv.stop(STOP_DEADLINE.into());
+                return;
+            }
+        }
     };
-    let r = read_single_frame(&mut recv, max).await;
-    let Some(i) = inner.upgrade() else { return };
     let body = match r {
         Ok(Some(Envelope {
             kind: Kind::Request,
             body,
         })) => body,
         Ok(Some(_)) => {
-            i.stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
+            stats.unknown_kind.fetch_add(1, Ordering::Relaxed);
+            let _ = recv.stop(STOP_REFUSED.into());
             return;
         }
         Ok(None) => return,
         Err(ReadError::Frame(e)) => {
-            i.stats.count_frame_error(&e);
+            stats.count_frame_error(&e);
+            let _ = recv.stop(STOP_REFUSED.into());
             return;
         }
         Err(ReadError::Io(_)) => return,
     };
+    let Some(i) = inner.upgrade() else { return };
     let req = IncomingRequest {
         from: peer,
         remote,
         body,
         reply: send,
+        _held: held,
     };
     if i.tx.requests.try_send(req).is_err() {
         i.stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
@@ -1205,7 +1440,7 @@ pub enum SetupError {
 /// The ALPN protocol id of shoal's node-to-node traffic.
 pub const ALPN: &[u8] = b"shoal/1";
 
-fn quic_transport_config() -> Arc<quinn::TransportConfig> {
+fn quic_transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Peers are detected as gone by Raft and SWIM; QUIC only needs to notice dead paths.
     t.max_idle_timeout(Some(
@@ -1213,8 +1448,25 @@ fn quic_transport_config() -> Arc<quinn::TransportConfig> {
     ));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.datagram_receive_buffer_size(Some(1 << 20));
-    t.max_concurrent_uni_streams(64u32.into());
-    t.max_concurrent_bidi_streams(256u32.into());
+    t.max_concurrent_uni_streams(MEMBER_UNI_STREAMS.into());
+    t.max_concurrent_bidi_streams(MEMBER_BIDI_STREAMS.into());
+    t
+}
+
+fn quic_client_transport_config() -> Arc<quinn::TransportConfig> {
+    Arc::new(quic_transport_config())
+}
+
+/// The transport parameters a node's server side starts every connection with: those of a peer
+/// without a certificate (no unidirectional stream, [`MAX_UNAUTHENTICATED_STREAMS`] request
+/// streams, a receive window of [`UNAUTHENTICATED_RECEIVE_WINDOW`]), because they are sent
+/// before the client's certificate is seen. A member's connection gets its own limits once
+/// the handshake has authenticated it; QUIC can raise credit later, never take it back.
+fn quic_server_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quic_transport_config();
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_concurrent_bidi_streams(MAX_UNAUTHENTICATED_STREAMS.into());
+    t.receive_window(UNAUTHENTICATED_RECEIVE_WINDOW.into());
     Arc::new(t)
 }
 
@@ -1232,9 +1484,9 @@ pub fn quic_configs(
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
         .map_err(|e| SetupError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
-    server.transport_config(quic_transport_config());
+    server.transport_config(quic_server_transport_config());
     let mut client = quinn::ClientConfig::new(Arc::new(client));
-    client.transport_config(quic_transport_config());
+    client.transport_config(quic_client_transport_config());
     Ok((server, client))
 }
 
@@ -1245,7 +1497,7 @@ pub fn join_quic_config(ca_digest: [u8; 32]) -> Result<quinn::ClientConfig, Setu
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
         .map_err(|e| SetupError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client));
-    client.transport_config(quic_transport_config());
+    client.transport_config(quic_client_transport_config());
     Ok(client)
 }
 

@@ -6,6 +6,7 @@ use shoal_transport::net::{self, Inbound, Transport, TransportConfig};
 use shoal_transport::pki::{
     self, ClusterCa, ClusterId, Denylist, NodeId, NodeIdentity, NodeKey, Role, DEFAULT_VALIDITY,
 };
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -356,17 +357,26 @@ async fn a_node_without_a_certificate_may_only_make_requests() {
         .unwrap()
         .await
         .unwrap();
-    let mut st = conn.open_uni().await.unwrap();
-    let mut buf = Vec::new();
-    frame::write_frame(&mut buf, Kind::Raft, b"let me vote");
-    st.write_all(&buf).await.unwrap();
-    let _ = st.finish();
+    // No unidirectional stream can be opened at all: the node grants it no credit.
+    let mut open = Box::pin(conn.open_uni());
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    assert!(open.as_mut().poll(&mut cx).is_pending());
+    // A datagram is refused, counted, and ends the connection.
+    conn.send_datagram(frame::encode(Kind::Gossip, b"gossip").into())
+        .unwrap();
     let t = nodes[0].t.clone();
     wait_for("unauthenticated", || {
         t.stats().unauthenticated.load(Ordering::Relaxed) == 1
     })
     .await;
-    nothing_arrives(&mut nodes[0].inbound.raft).await;
+    let reason = timeout(WAIT, conn.closed()).await.unwrap();
+    assert!(
+        matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
+        "{reason:?}"
+    );
+    assert!(open.await.is_err(), "the connection is gone");
+    nothing_arrives(&mut nodes[0].inbound.gossip).await;
     // But a request reaches the request channel, marked as unauthenticated.
     let req_task = tokio::spawn(async move {
         let req = nodes[0].inbound.requests.recv().await.unwrap();

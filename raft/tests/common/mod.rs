@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use shoal_raft::{
     Config, Effect, Entry, InvalidMessage, MemStorage, Message, MessageBody, NodeId, Proposal,
-    ProposeError, RaftNode, RecoveredState, Role, Snapshot, Storage,
+    ProposeError, RaftNode, ReadMode, RecoveredState, Role, Snapshot, Storage,
 };
 
 /// Upper bound on messages handled by one [`Cluster::deliver_all`], to turn a livelock into a
@@ -448,7 +448,7 @@ impl Cluster {
     }
 
     /// Makes `id` the leader, deterministically: the other running followers that know a leader
-    /// are first ticked `election_tick` times (their outgoing messages dropped) so that their
+    /// (in lease mode: all running followers) are first ticked `election_tick` times (their outgoing messages dropped) so that their
     /// leader lease (check-quorum stickiness) expires without a competing campaign reaching
     /// anyone; then only `id` is ticked until it campaigns, and messages are delivered. Repeats
     /// a few times if the election is lost or split. Panics if `id` cannot win (e.g. its log is
@@ -464,7 +464,9 @@ impl Cluster {
         for _attempt in 0..5 {
             for other in self.live_ids() {
                 let n = self.node(other);
-                if other != id && n.role() == Role::Follower && n.leader().is_some() {
+                // In lease mode a node also refuses votes for a timeout after it starts.
+                let lease = self.config(other).read_mode == ReadMode::Lease;
+                if other != id && n.role() == Role::Follower && (n.leader().is_some() || lease) {
                     for _ in 0..e {
                         self.tick(other);
                         let _ = self.take_messages_from(other);

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use shoal_raft::wal::{Wal, WalOptions};
+use shoal_raft::wal::{Recovery, Wal, WalOptions};
 use shoal_raft::{
     Entry, HardState, LogIndex, Membership, Payload, RecoveredState, Snapshot, SnapshotMeta,
     Storage, Term, WriteBatch,
@@ -21,6 +21,8 @@ use shoal_raft::{
 pub const SEGMENT_HEADER: usize = 24;
 /// Length of a record header (`[len: u32][crc32c: u32]`).
 pub const RECORD_HEADER: usize = 8;
+/// Length of a record trailer (the checksum inverted).
+pub const RECORD_TRAILER: usize = 4;
 
 // ------------------------------------------------------------------------------------ random
 
@@ -106,6 +108,16 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Batch `i` (0-based) only advances the commit index: its sync needs no fsync.
+    pub fn commit_only(&self, i: usize) -> bool {
+        !self.batches[i].must_sync(self.models[i].hard_state)
+    }
+
+    /// How many of the first `n` batches are commit-only.
+    pub fn commit_only_count(&self, n: usize) -> u64 {
+        (0..n).filter(|&i| self.commit_only(i)).count() as u64
+    }
+
     /// Index (0-based) of every batch carrying a snapshot.
     pub fn snapshot_batches(&self) -> Vec<usize> {
         (0..self.batches.len())
@@ -330,6 +342,7 @@ pub fn opts(segment_bytes: u64) -> WalOptions {
         segment_bytes,
         fsync: false,
         keep_snapshots: 2,
+        ..WalOptions::default()
     }
 }
 
@@ -404,15 +417,16 @@ pub fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `(start, end)` of every complete record of a segment's bytes, per the documented format.
-/// Panics if the bytes after the header are not a whole number of records.
+/// `(start, end)` of every complete record of a segment's bytes, per the documented format
+/// (`[len][crc][payload][!crc]`). Panics if the bytes after the header are not a whole number of
+/// records.
 pub fn records(buf: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut off = SEGMENT_HEADER;
     while off < buf.len() {
         assert!(off + RECORD_HEADER <= buf.len(), "partial record header");
         let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
-        let end = off + RECORD_HEADER + len;
+        let end = off + RECORD_HEADER + len + RECORD_TRAILER;
         assert!(end <= buf.len(), "record runs past the end");
         out.push((off, end));
         off = end;
@@ -421,8 +435,9 @@ pub fn records(buf: &[u8]) -> Vec<(usize, usize)> {
 }
 
 /// Where each batch of a run ended up: `(segment file name, end offset of its record, segments
-/// deleted by compaction so far)`.
-pub type Placement = Vec<(String, u64, u64)>;
+/// deleted by compaction so far, bytes not fsynced after its sync)`. The last is non-zero after
+/// commit-only batches, whose sync skips the fsync.
+pub type Placement = Vec<(String, u64, u64, usize)>;
 
 /// Opens a log in `dir` (which must be empty), writes and syncs every batch one at a time and
 /// returns the open log with where each batch's record ended.
@@ -439,7 +454,12 @@ pub fn run(dir: &Path, opts: WalOptions, batches: &[WriteBatch]) -> (Wal, Placem
         assert_eq!(wal.sync().expect("sync"), b.seq);
         let (p, len) = last_segment(dir);
         let name = p.file_name().expect("name").to_string_lossy().into_owned();
-        placement.push((name, len, wal.stats().segments_deleted));
+        placement.push((
+            name,
+            len,
+            wal.stats().segments_deleted,
+            wal.unsynced_bytes(),
+        ));
     }
     (wal, placement)
 }
@@ -453,6 +473,13 @@ pub fn flip(path: &Path, pos: usize, mask: u8) {
 }
 
 // ------------------------------------------------------------------------------------ checks
+
+/// The torn tail of a recovery report as `(segment file, offset, bytes removed)`.
+pub fn torn(rec: &Recovery) -> Option<(PathBuf, u64, u64)> {
+    rec.torn_tail
+        .as_ref()
+        .map(|t| (t.path.clone(), t.offset, t.bytes))
+}
 
 /// Asserts `got == want`, field by field, saying where they differ.
 pub fn assert_state(got: &RecoveredState, want: &RecoveredState, ctx: &str) {

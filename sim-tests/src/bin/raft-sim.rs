@@ -1,6 +1,7 @@
 //! `raft-sim`: runs seeded randomized schedules of a Raft group under faults and checks safety,
 //! linearizability and liveness. Prints one line per failing seed with the command that replays
-//! it, then `N passed, M failed`; exits non-zero if any seed failed.
+//! it, then `N passed, M failed`; exits non-zero if any seed failed (an inconclusive
+//! linearizability check is a failure).
 
 use shoal_sim::linearizability::write_history;
 use shoal_sim::raft_sim::{run, SimOptions, SimOutcome};
@@ -121,6 +122,7 @@ fn main() {
     let inconclusive = results.iter().filter(|o| o.inconclusive).count();
     let (mut ops, mut acked, mut crashes, mut confs, mut snaps, mut installs, mut leaders) =
         (0, 0, 0, 0, 0, 0, 0);
+    let (mut pauses, mut disk_faults, mut transfers) = (0, 0, 0);
     for o in &results {
         ops += o.stats.ops;
         acked += o.stats.acked_writes;
@@ -129,9 +131,12 @@ fn main() {
         snaps += o.stats.snapshots;
         installs += o.stats.snapshot_installs;
         leaders += o.stats.leaders;
+        pauses += o.stats.pauses;
+        disk_faults += o.stats.disk_faults;
+        transfers += o.stats.transfers;
     }
     eprintln!(
-        "totals: {ops} client ops ({acked} acknowledged writes), {leaders} leaders, {crashes} crashes, {confs} membership changes, {snaps} snapshots taken, {installs} snapshots installed, {inconclusive} inconclusive histories"
+        "totals: {ops} client ops ({acked} acknowledged writes), {leaders} leaders, {crashes} crashes ({disk_faults} from disk faults), {pauses} pauses, {transfers} leadership transfers, {confs} membership changes, {snaps} snapshots taken, {installs} snapshots installed, {inconclusive} inconclusive histories (counted as failed)"
     );
     println!("{} passed, {} failed", results.len() - failed, failed);
     if failed > 0 {
