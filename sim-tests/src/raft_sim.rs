@@ -1321,7 +1321,7 @@ impl Sim {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             let n = self.nodes.get_mut(&id).expect("exists");
-            if !n.paused_until.is_some_and(|t| t <= now) {
+            if n.paused_until.is_none_or(|t| t > now) {
                 continue;
             }
             n.paused_until = None;
