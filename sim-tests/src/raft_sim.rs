@@ -240,13 +240,36 @@ struct SimNode {
     next_tick_ns: u64,
     /// The process is paused until then (ms): it takes no input and no ticks meanwhile.
     paused_until: Option<u64>,
-    /// Messages that arrived during a pause, in arrival order.
-    inbox: Vec<Message>,
+    /// Messages and client requests that arrived during a pause, in arrival order.
+    inbox: Vec<Input>,
     /// The disk is full until then (ms).
     full_until: Option<u64>,
 }
 
+/// A client request not yet handed to a node: a get of `key` when `cmds` is empty, else
+/// these commands (one, or a batch).
+struct Request {
+    key: u64,
+    cmds: Vec<Command>,
+}
+
+/// Input waiting for a paused node.
+enum Input {
+    Msg(Message),
+    /// Client `c`'s request number `id` (see `Waiting::Queued`).
+    Client {
+        c: usize,
+        id: u64,
+    },
+}
+
 enum Waiting {
+    /// Sent to a paused node; handed over when it resumes.
+    Queued {
+        node: NodeId,
+        id: u64,
+        req: Request,
+    },
     /// Commands proposed together: `cmds[i]` is at `first + i`; those before `next` are done.
     Write {
         node: NodeId,
@@ -564,7 +587,8 @@ impl Sim {
         for c in 0..self.clients.len() {
             let on_node = match &self.clients[c].waiting {
                 Some((Waiting::Write { node, .. }, ..))
-                | Some((Waiting::Read { node, .. }, ..)) => *node == id,
+                | Some((Waiting::Read { node, .. }, ..))
+                | Some((Waiting::Queued { node, .. }, ..)) => *node == id,
                 None => false,
             };
             if on_node {
@@ -578,8 +602,13 @@ impl Sim {
         let Some((w, start, _)) = self.clients[c].waiting.take() else {
             return;
         };
-        if let Waiting::Write { cmds, next, .. } = w {
-            for cmd in &cmds[next..] {
+        let unknown = match w {
+            Waiting::Write { cmds, next, .. } => cmds[next..].to_vec(),
+            Waiting::Queued { req, .. } => req.cmds,
+            Waiting::Read { .. } => Vec::new(),
+        };
+        {
+            for cmd in &unknown {
                 self.history.push(Operation {
                     client: self.clients[c].id,
                     op: cmd.kind,
@@ -814,12 +843,12 @@ impl Sim {
         if now < self.clients[c].next_at {
             return;
         }
-        // Pick a node: the hinted leader, else a random running one (a paused one takes no
-        // requests: the client's connection attempt times out, it tries again later).
+        // Pick a node: the hinted leader, else a random running one (a paused one queues the
+        // request and handles it when it resumes).
         let running: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.raft.is_some() && n.paused_until.is_none())
+            .filter(|(_, n)| n.raft.is_some())
             .map(|(id, _)| *id)
             .collect();
         if running.is_empty() {
@@ -840,97 +869,116 @@ impl Sim {
             OpKind::Cas
         };
         let deadline = now + 200 + self.rng.below(800);
+        let mut cmds = Vec::new();
+        if kind != OpKind::Get {
+            // Puts sometimes go as a batch of several (each its own client operation).
+            let n = if kind == OpKind::Put && self.rng.chance(self.fault.batch) {
+                2 + self.rng.below(3)
+            } else {
+                1
+            };
+            for i in 0..n {
+                let op_id = self.next_op_id;
+                self.next_op_id += 1;
+                let expected = if kind == OpKind::Cas {
+                    // Expect a recently written value, or absence, so some succeed.
+                    if self.rng.chance(0.2) || op_id < 3 {
+                        None
+                    } else {
+                        Some(op_id - 1 - self.rng.below(3.min(op_id - 1)))
+                    }
+                } else {
+                    None
+                };
+                cmds.push(Command {
+                    op_id,
+                    kind,
+                    key: if i == 0 {
+                        key
+                    } else {
+                        1 + self.rng.below(KEYS)
+                    },
+                    value: op_id,
+                    expected,
+                });
+            }
+        }
+        let req = Request { key, cmds };
+        let n = self.nodes.get_mut(&target).expect("exists");
+        if n.paused_until.is_some() {
+            // The request waits in the paused process's socket, behind its missed ticks.
+            let id = self.next_ctx;
+            self.next_ctx += 1;
+            n.inbox.push(Input::Client { c, id });
+            self.clients[c].waiting = Some((
+                Waiting::Queued {
+                    node: target,
+                    id,
+                    req,
+                },
+                now,
+                deadline,
+            ));
+            return;
+        }
+        self.submit(c, target, req, now, deadline);
+    }
+
+    /// Hands a client's request to node `target` (running, not paused).
+    fn submit(&mut self, c: usize, target: NodeId, req: Request, start: u64, deadline: u64) {
+        let now = self.now;
         let raft = self
             .nodes
             .get_mut(&target)
             .and_then(|n| n.raft.as_mut())
             .expect("running");
-        match kind {
-            OpKind::Get => {
-                let ctx = self.next_ctx;
-                self.next_ctx += 1;
-                match raft.read_index(ctx) {
-                    Ok(()) => {
-                        self.clients[c].waiting = Some((
-                            Waiting::Read {
-                                node: target,
-                                ctx,
-                                key,
-                            },
-                            now,
-                            deadline,
-                        ));
-                    }
-                    Err(shoal_raft::ReadError::NotLeader { leader }) => {
-                        self.clients[c].leader_hint = leader;
-                        self.clients[c].next_at = now + 1 + self.rng.below(5);
-                    }
-                    Err(_) => self.clients[c].next_at = now + 5,
-                }
-            }
-            _ => {
-                // Puts sometimes go as a batch of several (each its own client operation).
-                let n = if kind == OpKind::Put && self.rng.chance(self.fault.batch) {
-                    2 + self.rng.below(3)
-                } else {
-                    1
-                };
-                let mut cmds = Vec::new();
-                for i in 0..n {
-                    let op_id = self.next_op_id;
-                    self.next_op_id += 1;
-                    let expected = if kind == OpKind::Cas {
-                        // Expect a recently written value, or absence, so some succeed.
-                        if self.rng.chance(0.2) || op_id < 3 {
-                            None
-                        } else {
-                            Some(op_id - 1 - self.rng.below(3.min(op_id - 1)))
-                        }
-                    } else {
-                        None
-                    };
-                    cmds.push(Command {
-                        op_id,
-                        kind,
-                        key: if i == 0 {
-                            key
-                        } else {
-                            1 + self.rng.below(KEYS)
+        if req.cmds.is_empty() {
+            let ctx = self.next_ctx;
+            self.next_ctx += 1;
+            match raft.read_index(ctx) {
+                Ok(()) => {
+                    self.clients[c].waiting = Some((
+                        Waiting::Read {
+                            node: target,
+                            ctx,
+                            key: req.key,
                         },
-                        value: op_id,
-                        expected,
-                    });
+                        start,
+                        deadline,
+                    ));
                 }
-                let raft = self
-                    .nodes
-                    .get_mut(&target)
-                    .and_then(|n| n.raft.as_mut())
-                    .expect("running");
-                let proposed = if cmds.len() == 1 {
-                    raft.propose(cmds[0].encode())
-                } else {
-                    raft.propose_batch(cmds.iter().map(Command::encode).collect())
-                };
-                match proposed {
-                    Ok(p) => {
-                        self.clients[c].waiting = Some((
-                            Waiting::Write {
-                                node: target,
-                                first: p.index,
-                                term: p.term,
-                                cmds,
-                                next: 0,
-                            },
-                            now,
-                            deadline,
-                        ));
-                    }
-                    Err(ProposeError::NotLeader { leader }) => {
-                        self.clients[c].leader_hint = leader;
-                        self.clients[c].next_at = now + 1 + self.rng.below(5);
-                    }
-                    Err(_) => self.clients[c].next_at = now + 5 + self.rng.below(20),
+                Err(shoal_raft::ReadError::NotLeader { leader }) => {
+                    self.clients[c].leader_hint = leader;
+                    self.clients[c].next_at = now + 1 + self.rng.below(5);
                 }
+                Err(_) => self.clients[c].next_at = now + 5,
+            }
+        } else {
+            let cmds = req.cmds;
+            let proposed = if cmds.len() == 1 {
+                raft.propose(cmds[0].encode())
+            } else {
+                raft.propose_batch(cmds.iter().map(Command::encode).collect())
+            };
+            match proposed {
+                Ok(p) => {
+                    self.clients[c].waiting = Some((
+                        Waiting::Write {
+                            node: target,
+                            first: p.index,
+                            term: p.term,
+                            cmds,
+                            next: 0,
+                        },
+                        start,
+                        deadline,
+                    ));
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    self.clients[c].leader_hint = leader;
+                    self.clients[c].next_at = now + 1 + self.rng.below(5);
+                }
+                Err(_) => self.clients[c].next_at = now + 5 + self.rng.below(20),
             }
         }
         self.drain(target);
@@ -1245,7 +1293,9 @@ impl Sim {
             }
             let to = m.to;
             match self.nodes.get_mut(&to) {
-                Some(n) if n.raft.is_some() && n.paused_until.is_some() => n.inbox.push(m),
+                Some(n) if n.raft.is_some() && n.paused_until.is_some() => {
+                    n.inbox.push(Input::Msg(m))
+                }
                 Some(n) if n.raft.is_some() => self.step_node(to, m),
                 _ => {}
             }
@@ -1271,15 +1321,30 @@ impl Sim {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             let n = self.nodes.get_mut(&id).expect("exists");
-            if !n.paused_until.is_some_and(|t| t <= now) {
+            if n.paused_until.is_none_or(|t| t > now) {
                 continue;
             }
             n.paused_until = None;
             let inbox = std::mem::take(&mut n.inbox);
             self.log(|| format!("resume {id} ({} queued messages)", inbox.len()));
             self.tick_node(id);
-            for m in inbox {
-                self.step_node(id, m);
+            for input in inbox {
+                match input {
+                    Input::Msg(m) => self.step_node(id, m),
+                    Input::Client { c, id: want } => {
+                        let queued = matches!(&self.clients[c].waiting,
+                            Some((Waiting::Queued { id: x, .. }, ..)) if *x == want);
+                        if !queued || self.nodes[&id].raft.is_none() {
+                            continue;
+                        }
+                        let Some((Waiting::Queued { req, .. }, start, deadline)) =
+                            self.clients[c].waiting.take()
+                        else {
+                            unreachable!("checked")
+                        };
+                        self.submit(c, id, req, start, deadline);
+                    }
+                }
             }
         }
     }
