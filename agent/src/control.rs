@@ -93,15 +93,14 @@ async fn metrics(AxState(a): Ax) -> axum::response::Response {
 }
 
 /// The request id of a call, if it carries a well-formed one.
-fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, axum::response::Response> {
+fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, String> {
     match headers.get(REQUEST_ID_HEADER) {
         None => Ok(None),
         Some(v) => v
             .to_str()
             .map_err(|_| "invalid request id".to_string())
             .and_then(RequestId::from_str)
-            .map(Some)
-            .map_err(|e| (StatusCode::BAD_REQUEST, Json(Response::error(e))).into_response()),
+            .map(Some),
     }
 }
 
@@ -109,7 +108,7 @@ macro_rules! with_rid {
     ($a:expr, $headers:expr, $req:expr) => {
         match request_id(&$headers) {
             Ok(rid) => answer_with(&$a, $req, rid).await,
-            Err(resp) => resp,
+            Err(e) => (StatusCode::BAD_REQUEST, Json(Response::error(e))).into_response(),
         }
     };
 }

@@ -147,7 +147,12 @@ pub fn start(
         fsync,
         ..WalOptions::default()
     };
-    let (mut wal, mut recovered, _) = Wal::open(&dir, opts.clone())?;
+    let (mut wal, mut recovered, recovery) = Wal::open(&dir, opts.clone())?;
+    if !recovery.is_clean() {
+        // What an interrupted write left at the end of the log, and what was truncated.
+        tracing::warn!("WAL recovery: {recovery}");
+        eprintln!("shoal agent: WAL recovery: {recovery}");
+    }
     match how {
         Start::Existing => {}
         Start::Bootstrap => {
