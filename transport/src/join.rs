@@ -528,7 +528,9 @@ impl JoinAuthority {
     }
 
     /// Like [`JoinAuthority::handle`], also telling which node joined (to record it in the
-    /// cluster state).
+    /// cluster state). The request is decoded with a size bound and its fields checked, then
+    /// the secret is compared (in constant time); only a matching secret gets its CSR parsed
+    /// and signed, so a wrong one costs no signature.
     pub fn handle_request(
         &mut self,
         req_bytes: &[u8],
@@ -1577,6 +1579,46 @@ mod tests {
                 ..JoinStats::default()
             }
         );
+    }
+
+    #[test]
+    fn join_authority_wrong_secret_costs_no_csr_parsing_and_no_signature() {
+        let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+        let mut authority = JoinAuthority::with_new_tokens(ca);
+        let worker = authority.tokens.worker.secret;
+        let mut wrong = worker;
+        wrong[15] ^= 1;
+        let now = SystemTime::now();
+        let mut calls = 0;
+        // A CSR that does not parse: with a wrong secret it is never looked at, so the
+        // refusal is the token's, no id is assigned and nothing is signed.
+        for secret in [wrong, [0; 16]] {
+            let mut req = request(secret, Role::Worker);
+            req.csr_der = vec![0x30, 0x03, 1, 2, 3];
+            let outcome = authority.handle_request(&wire(req), now, || {
+                calls += 1;
+                7
+            });
+            assert_eq!(refusal(&outcome.response), INVALID_TOKEN);
+            assert!(outcome.joined.is_none());
+        }
+        assert_eq!(calls, 0);
+        assert_eq!(
+            authority.stats(),
+            JoinStats {
+                invalid_token: 2,
+                ..JoinStats::default()
+            }
+        );
+        // The same CSR with the right secret is parsed, and refused for what it is.
+        let mut req = request(worker, Role::Worker);
+        req.csr_der = vec![0x30, 0x03, 1, 2, 3];
+        let reason = refusal(&authority.handle(&wire(req), now, || 7));
+        assert!(
+            reason.contains("invalid certificate signing request"),
+            "{reason}"
+        );
+        assert_eq!(authority.stats().issue_failed, 1);
     }
 
     #[test]

@@ -599,3 +599,114 @@ async fn shutdown_closes_the_connections_and_frees_the_port() {
     .expect("the port is released");
     drop(rebound);
 }
+
+/// A connection without a certificate to `addr`, made like a joining node's.
+async fn join_connection(ca: &ClusterCa, addr: SocketAddr) -> quinn::Connection {
+    let ep = net::udp_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let cfg = net::join_quic_config(ca.digest()).unwrap();
+    ep.connect_with(cfg, addr, pki::JOIN_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_at_its_length_prefix() {
+    let (ca, nodes) = cluster(1);
+    let t = nodes[0].t.clone();
+    // Only the prefix is sent and the stream stays open: the refusal cannot wait for the body.
+    let conn = join_connection(&ca, nodes[0].addr).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(net::MAX_UNAUTHENTICATED_REQUEST as u32 + 1).to_le_bytes())
+        .await
+        .unwrap();
+    wait_for("oversized", || {
+        t.stats().oversized.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // The stream was stopped: writing more fails.
+    let stopped = timeout(WAIT, async {
+        loop {
+            if send.write_all(&[0u8; 1024]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(stopped.is_ok(), "the node stopped the stream");
+    // A member's request is limited by max_frame, also at the prefix.
+    let member = raw_connection(&ca, 5, nodes[0].addr).await;
+    let (mut send, _recv) = member.open_bi().await.unwrap();
+    send.write_all(&(frame::DEFAULT_MAX_FRAME as u32 + 1).to_le_bytes())
+        .await
+        .unwrap();
+    wait_for("oversized", || {
+        t.stats().oversized.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    assert_eq!(t.stats().unauth_buffered.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_capped_and_timed_out_but_members_are_not() {
+    let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+    let cfg = TransportConfig {
+        max_unauth_conns_per_ip: 1,
+        unauth_request_timeout: Duration::from_millis(300),
+        ..TransportConfig::default()
+    };
+    let mut node = start(&ca, &identity(&ca, 1, Role::Manager), Denylist::new(), cfg);
+    let t = node.t.clone();
+    let first = join_connection(&ca, node.addr).await;
+    wait_for("the first connection", || {
+        t.stats().unauth_conns.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // A second one from the same address is closed at once.
+    let second = join_connection(&ca, node.addr).await;
+    let reason = timeout(WAIT, second.closed()).await.unwrap();
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 4u32.into()),
+        "{reason:?}"
+    );
+    assert_eq!(t.stats().unauth_conn_limit.load(Ordering::Relaxed), 1);
+    // Members from the same address are not counted: any number of them connect and talk.
+    for id in 5..8 {
+        let member = raw_connection(&ca, id, node.addr).await;
+        let mut st = member.open_uni().await.unwrap();
+        let mut buf = Vec::new();
+        frame::write_frame(&mut buf, Kind::Raft, b"member");
+        st.write_all(&buf).await.unwrap();
+        st.finish().unwrap();
+        let (from, body) = timeout(WAIT, node.inbound.raft.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((from, body.as_slice()), (id, &b"member"[..]));
+    }
+    // A request that never ends is stopped at its deadline and its bytes released.
+    let (mut send, _recv) = first.open_bi().await.unwrap();
+    send.write_all(&1000u32.to_le_bytes()).await.unwrap();
+    send.write_all(&[7u8; 10]).await.unwrap();
+    wait_for("the deadline", || {
+        t.stats().unauth_deadline.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    wait_for("the bytes to be released", || {
+        t.stats().unauth_buffered.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    // Once the first connection is gone, its address may connect again.
+    first.close(0u32.into(), b"done");
+    wait_for("the slot to be freed", || {
+        t.stats().unauth_conns.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    let third = join_connection(&ca, node.addr).await;
+    wait_for("the third connection", || {
+        t.stats().unauth_conns.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(third.close_reason().is_none());
+    nothing_arrives(&mut node.inbound.requests).await;
+}
