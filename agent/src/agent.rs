@@ -51,6 +51,8 @@ pub struct AgentOpts {
     /// Seed for node ids and the Raft and SWIM randomness (simulations, so that a seed
     /// replays); `None` draws from the operating system.
     pub seed: Option<u64>,
+    /// Disk failures to inject into the Raft WAL (tests only; the default injects nothing).
+    pub wal_faults: shoal_raft::wal::WalFaults,
 }
 
 impl AgentOpts {
@@ -108,6 +110,7 @@ pub struct Member {
     pub gossip: Gossip,
     raft: Mutex<Option<RaftHandle>>,
     fsync: bool,
+    wal_faults: shoal_raft::wal::WalFaults,
     entropy: Arc<Entropy>,
     /// The certificate and key the transport presents (renewed when the role changes).
     identity: Mutex<NodeIdentity>,
@@ -289,6 +292,7 @@ impl Agent {
             gossip: gossip.clone(),
             raft: Mutex::new(None),
             fsync: self.opts.fsync,
+            wal_faults: self.opts.wal_faults.clone(),
             entropy: self.entropy.clone(),
             renew_at: Mutex::new(join::RenewalPlan::for_cert(
                 &identity.cert,
@@ -701,7 +705,11 @@ impl Member {
         let h = raft_driver::start(
             self.id,
             self.data.raft_dir(),
-            self.fsync,
+            shoal_raft::wal::WalOptions {
+                fsync: self.fsync,
+                faults: self.wal_faults.clone(),
+                ..Default::default()
+            },
             self.entropy.next(),
             how,
             self.transport.clone(),
@@ -1057,19 +1065,11 @@ impl Member {
             Ok(join::PkiRequest::Join(r)) if r.validate().is_ok() => r,
             // Malformed requests and renewals without a certificate: the authority refuses them
             // with its own words, and counts them.
-            _ => {
-                return authority
-                    .handle_request(body, SystemTime::now(), || 0)
-                    .response
-            }
+            _ => return refusal(&mut authority, body),
         };
         let role = match authority.tokens.role_for_secret(&req.secret) {
             Some(r) if r == req.want => r,
-            _ => {
-                return authority
-                    .handle_request(body, SystemTime::now(), || 0)
-                    .response
-            }
+            _ => return refusal(&mut authority, body),
         };
         let id = {
             let Some(h) = self.raft() else {
@@ -1376,12 +1376,7 @@ impl Member {
                 addr,
                 labels,
             } => {
-                let role = if from.role == pki::Role::Manager {
-                    Role::Manager
-                } else {
-                    Role::Worker
-                };
-                self.register_node(from.node_id, role, description, addr, labels)
+                self.register_node(from.node_id, description, addr, labels)
                     .await
             }
             AgentRequest::Directory => match self.raft() {
@@ -1469,12 +1464,11 @@ impl Member {
         }
     }
 
-    /// Records a node that joined (or restarted): AddNode the first time, UpdateDescription
-    /// when its description or address changed. Forwarded to the leader if needed.
+    /// Records what a node admitted earlier (or restarted) reports: its labels on the first
+    /// registration, UpdateDescription when its description or address changed. Forwarded to the leader if needed.
     async fn register_node(
         self: &Arc<Self>,
         id: u64,
-        role: Role,
         description: NodeDescription,
         addr: String,
         labels: Vec<(String, String)>,
@@ -1494,13 +1488,12 @@ impl Member {
                 None => Response::error("no leader yet"),
             };
         }
-        let existing = h.state.read().expect("state").node(id).cloned();
-        if existing.is_none() {
+        let Some(existing) = h.state.read().expect("state").node(id).cloned() else {
             // Every certificate names a node recorded at admission: one the state does not
             // know was removed (or never admitted).
             return Response::error(REMOVED);
-        }
-        if existing.as_ref().is_some_and(|n| n.is_joining()) && !labels.is_empty() {
+        };
+        if existing.is_joining() && !labels.is_empty() {
             // First registration after the admission: its --label values.
             let update = shoal_cluster::NodeUpdate {
                 labels_add: labels.iter().cloned().collect(),
@@ -1517,26 +1510,14 @@ impl Member {
                 return Response::error(e);
             }
         }
-        let cmd = match existing {
-            None => Command::AddNode {
-                node: NewNode {
-                    id,
-                    description,
-                    addr,
-                    labels: labels.into_iter().collect(),
-                    desired_role: role,
-                },
-                at_ms: now_ms(),
-            },
-            Some(n) if n.description != description || n.addr != addr => {
-                Command::UpdateDescription {
-                    id,
-                    description,
-                    addr,
-                    at_ms: now_ms(),
-                }
-            }
-            Some(_) => return Response::ok(""),
+        if existing.description == description && existing.addr == addr {
+            return Response::ok("");
+        }
+        let cmd = Command::UpdateDescription {
+            id,
+            description,
+            addr,
+            at_ms: now_ms(),
         };
         match self.propose(cmd).await {
             Ok(()) => Response::ok(""),
@@ -1557,6 +1538,17 @@ impl Member {
             None => node_id_string(leader),
         }
     }
+}
+
+/// The authority's answer to a join request already known to be refused (malformed, wrong
+/// token or role): its own words, counted. A request it would grant is never answered here
+/// (nothing was recorded for it).
+fn refusal(authority: &mut JoinAuthority, body: &[u8]) -> Vec<u8> {
+    let out = authority.handle_request(body, SystemTime::now(), || 0);
+    if out.joined.is_some() {
+        return join::JoinResponse::refused("the join was not recorded; retry").encode();
+    }
+    out.response
 }
 
 /// Re-registers after a restart (description or address may have changed), following the

@@ -137,16 +137,12 @@ pub fn now_ms() -> u64 {
 pub fn start(
     id: u64,
     dir: PathBuf,
-    fsync: bool,
+    opts: WalOptions,
     seed: u64,
     how: Start,
     transport: Transport,
     view: View,
 ) -> anyhow::Result<RaftHandle> {
-    let opts = WalOptions {
-        fsync,
-        ..WalOptions::default()
-    };
     let (mut wal, mut recovered, recovery) = Wal::open(&dir, opts.clone())?;
     if !recovery.is_clean() {
         // What an interrupted write left at the end of the log, and what was truncated.

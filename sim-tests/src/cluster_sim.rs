@@ -90,6 +90,7 @@ fn host(sim: &mut turmoil::Sim<'_>, i: usize, seed: u64, dir: PathBuf, shared: A
                 simulated: true,
                 fsync: false,
                 seed: Some(seed.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64 + 1)),
+                wal_faults: Default::default(),
             };
             let agent = Agent::start(data, opts).await?;
             let (tx, mut rx) = mpsc::unbounded_channel::<Call>();
