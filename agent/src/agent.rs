@@ -565,16 +565,25 @@ impl Agent {
         let m = self.start_member(stored, None).await?;
         *self.member.write().await = Some(m.clone());
         m.transport.pin_peer_addr(joined.manager_id, remote);
-        m.register(joined.manager_id, &self.opts, Duration::from_secs(30))
-            .await?;
-        Ok(Response::ok(format!(
-            "This node joined a swarm as a {}.",
-            if role == pki::Role::Manager {
-                "manager"
-            } else {
-                "worker"
-            }
-        )))
+        let role = if role == pki::Role::Manager {
+            "manager"
+        } else {
+            "worker"
+        };
+        // The node is recorded already (its admission was committed before its certificate
+        // was signed); registering only adds its description, address and labels. If that
+        // cannot be done now, it goes on in the background rather than leaving the node half
+        // joined.
+        if let Err(e) = m
+            .register(joined.manager_id, &self.opts, Duration::from_secs(30))
+            .await
+        {
+            tokio::spawn(register_loop(m.clone(), self.opts.clone()));
+            return Ok(Response::ok(format!(
+                "This node joined a swarm as a {role}. Its description is not recorded yet ({e:#}); the agent keeps trying: check `shoal node ls` on a manager."
+            )));
+        }
+        Ok(Response::ok(format!("This node joined a swarm as a {role}.")))
     }
 
     async fn leave(self: &Arc<Self>, force: bool) -> Response {
