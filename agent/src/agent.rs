@@ -929,6 +929,8 @@ impl Member {
             ("unknown_kind", w.unknown_kind.load(Relaxed)),
             ("malformed", w.malformed.load(Relaxed)),
             ("unauthenticated", w.unauthenticated.load(Relaxed)),
+            ("unauth_conn_limit", w.unauth_conn_limit.load(Relaxed)),
+            ("unauth_deadline", w.unauth_deadline.load(Relaxed)),
             (
                 "not_a_member",
                 self.rejected_not_member.load(Relaxed) + raft_not_member,
