@@ -1592,9 +1592,6 @@ async fn register_loop(m: Arc<Member>, opts: AgentOpts) {
             tracing::error!(
                 "{REMOVED}: its certificate is denied by every manager; run `shoal swarm leave` and join again with a token"
             );
-            eprintln!(
-                "shoal agent: {REMOVED}; run `shoal swarm leave` and join again with a token"
-            );
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -147,7 +147,6 @@ pub fn start(
     if !recovery.is_clean() {
         // What an interrupted write left at the end of the log, and what was truncated.
         tracing::warn!("WAL recovery: {recovery}");
-        eprintln!("shoal agent: WAL recovery: {recovery}");
     }
     match how {
         Start::Existing => {}
