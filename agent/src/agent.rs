@@ -583,7 +583,9 @@ impl Agent {
                 "This node joined a swarm as a {role}. Its description is not recorded yet ({e:#}); the agent keeps trying: check `shoal node ls` on a manager."
             )));
         }
-        Ok(Response::ok(format!("This node joined a swarm as a {role}.")))
+        Ok(Response::ok(format!(
+            "This node joined a swarm as a {role}."
+        )))
     }
 
     async fn leave(self: &Arc<Self>, force: bool) -> Response {

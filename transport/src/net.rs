@@ -297,7 +297,9 @@ struct Inner {
     /// longer move them.
     pinned: Mutex<std::collections::BTreeSet<NodeId>>,
     peers: Mutex<BTreeMap<NodeId, Peer>>,
-    inbound_conns: Mutex<BTreeMap<NodeId, Vec<quinn::Connection>>>,
+    /// Open inbound connections of each member, with the role its certificate names (parsed
+    /// once, at accept time).
+    inbound_conns: Mutex<BTreeMap<NodeId, Vec<(quinn::Connection, pki::Role)>>>,
     unauth: Mutex<UnauthConns>,
     tx: InboundTx,
     started: Instant,
@@ -483,7 +485,7 @@ impl Transport {
             .expect("conns lock")
             .remove(&node)
         {
-            for c in conns {
+            for (c, _) in conns {
                 c.close(CLOSE_DENIED.into(), b"denied");
             }
         }
@@ -493,15 +495,11 @@ impl Transport {
     /// (what the messages it sends us were authenticated with), or `None` if it has none open.
     pub fn peer_role(&self, peer: NodeId) -> Option<pki::Role> {
         let conns = self.inner.inbound_conns.lock().expect("conns lock");
-        let mut role = None;
-        for c in conns.get(&peer).into_iter().flatten() {
-            match peer_of(c).map(|cert| cert.role) {
-                Some(pki::Role::Manager) => return Some(pki::Role::Manager),
-                Some(r) => role = Some(r),
-                None => {}
-            }
+        let roles = conns.get(&peer)?;
+        if roles.iter().any(|(_, r)| *r == pki::Role::Manager) {
+            return Some(pki::Role::Manager);
         }
-        role
+        roles.first().map(|(_, r)| *r)
     }
 
     /// Queues a Raft message for `peer`. Never waits: if the peer's queue is full the message is
@@ -1162,7 +1160,7 @@ async fn serve_member(
         .expect("conns lock")
         .entry(peer.node_id)
         .or_default()
-        .push(conn.clone());
+        .push((conn.clone(), peer.role));
     drop(i);
     let remote = conn.remote_address();
     let uni = {
@@ -1219,7 +1217,7 @@ async fn serve_member(
             .expect("conns lock")
             .get_mut(&peer.node_id)
         {
-            v.retain(|c| c.stable_id() != conn.stable_id());
+            v.retain(|(c, _)| c.stable_id() != conn.stable_id());
         }
     }
 }
