@@ -42,7 +42,7 @@ pub struct RaftStatus {
     pub applied: u64,
     /// The latest configuration.
     pub membership: Membership,
-    /// Members the leader heard from recently (itself included); leader only.
+    /// Members that answered the leader's own messages recently (itself included); leader only.
     pub reachable: BTreeSet<u64>,
     /// The replica stopped: this node was removed from the group.
     pub stopped: bool,
@@ -491,7 +491,16 @@ impl Driver {
                         tracing::debug!(from = %format!("{from:016x}"), "raft message from a node that is not a manager dropped");
                         return;
                     }
-                    self.last_heard.insert(from, Instant::now());
+                    // Reachable means two-way: only an answer to this node's own messages
+                    // counts (a restarted peer's pre-votes arrive while it may not hear us).
+                    if matches!(
+                        m.body,
+                        MessageBody::AppendResp { .. }
+                            | MessageBody::HeartbeatResp { .. }
+                            | MessageBody::SnapshotResp { .. }
+                    ) {
+                        self.last_heard.insert(from, Instant::now());
+                    }
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!("dropped raft message: {e}");
                     }
