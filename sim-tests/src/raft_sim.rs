@@ -321,11 +321,12 @@ impl Ord for InFlight {
 /// How a lease-trap round tries to make the old leader serve a stale read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TrapVariant {
-    /// Just cut the leader off: the others elect as soon as their vote refusal allows.
+    /// First cut a minority off the leader while clients only read (so its logs stay current):
+    /// its timers run out, and the rest, inside the leader's lease, refuse its candidates. Then
+    /// cut the leader off: a minority candidate wins as soon as the rest's vote refusal ends.
     Cut,
-    /// First cut a minority off the leader (their timers run out, their campaigns are refused
-    /// by the rest, still in the leader's lease), then cut the leader off and restart members of
-    /// its lease quorum: they must keep refusing votes after the restart.
+    /// As `Cut`, and at the cut enough members of the leader's lease quorum restart for the
+    /// minority to reach a quorum with them: they must keep refusing votes after the restart.
     Restart,
     /// Cut the leader off and pause it: on resume it must count its missed ticks before
     /// handling the reads queued meanwhile.
@@ -342,7 +343,7 @@ struct TrapRound {
     heal_at: u64,
     /// Whether the leader has been cut off yet.
     cut: bool,
-    /// The minority cut off from the leader before `cut_at` (`Restart` only).
+    /// The minority cut off from the leader before `cut_at` (not for `Pause`).
     early: BTreeSet<NodeId>,
 }
 
@@ -960,9 +961,10 @@ impl Sim {
         let mut reads_only = false;
         if let Some(round) = self.trap.as_ref().and_then(|t| t.round.as_ref()) {
             let old = round.leader;
-            reads_only = round.variant == TrapVariant::Restart && !round.cut;
+            reads_only = round.variant != TrapVariant::Pause && !round.cut;
             if c.is_multiple_of(2) && running.contains(&old) {
                 target = old;
+                reads_only = true;
             } else if target == old {
                 let rest: Vec<NodeId> = running.iter().copied().filter(|&id| id != old).collect();
                 if rest.is_empty() {
@@ -1166,6 +1168,12 @@ impl Sim {
                 }
                 self.partition_until = round.heal_at;
                 self.log(|| format!("lease trap: leader {leader} cut off ({:?})", round.variant));
+                // The old leader's clients drop what they wait for (a write there cannot
+                // commit any more) and read at once.
+                for c in (0..self.clients.len()).step_by(2) {
+                    self.give_up(c, now);
+                    self.clients[c].next_at = now;
+                }
                 match round.variant {
                     TrapVariant::Cut => {}
                     TrapVariant::Pause => {
@@ -1247,7 +1255,7 @@ impl Sim {
         let now = self.now;
         let mut early = BTreeSet::new();
         let mut cut_at = now;
-        if variant == TrapVariant::Restart {
+        if variant != TrapVariant::Pause {
             let mut others: Vec<NodeId> = voters.iter().copied().filter(|&v| v != leader).collect();
             for _ in 0..(voters.len() - 1) / 2 {
                 let i = rng.below(others.len() as u64) as usize;
