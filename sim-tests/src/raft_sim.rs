@@ -7,8 +7,11 @@
 //! fsyncs and full disks (the node stops, and restarts once it can); clocks out of phase and off
 //! rate by up to the configured drift bound; paused processes (no input, no ticks, then the
 //! missed ticks first, as the core's host contract says); membership changes (including removing
-//! the leader; removed nodes keep running with their old configuration); leadership transfers;
-//! snapshots taken asynchronously and streamed in chunks. Invariants are checked every tick
+//! the leader; removed nodes keep running with their old configuration, except after healing
+//! in configurations with neither pre-vote nor check-quorum); leadership transfers; snapshots
+//! taken asynchronously and streamed in chunks. Half the lease seeds run the lease trap instead
+//! (see `Trap`): rounds built to make a stale lease read possible, which the linearizability
+//! check catches if the lease's safeguards are taken away. Invariants are checked every tick
 //! interval; the client history is checked for linearizability at the end (an inconclusive
 //! check fails the seed); after the faults heal the group must elect a leader and complete new
 //! writes (liveness).
