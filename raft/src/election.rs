@@ -221,6 +221,20 @@ impl RaftNode {
         }
     }
 
+    /// Moves to the higher term of a vote request, as a follower, without restarting the
+    /// election timer: only a granted vote restarts it (`handle_vote`). A refused candidate
+    /// (its log is behind ours) that keeps timing out would otherwise keep resetting our timer
+    /// and, with a faster clock, could stop the nodes that can win from ever campaigning.
+    pub(crate) fn adopt_candidate_term(&mut self, term: Term) {
+        let keep =
+            (self.role != Role::Leader).then_some((self.election_elapsed, self.randomized_timeout));
+        self.become_follower(term, None);
+        if let Some((elapsed, timeout)) = keep {
+            self.election_elapsed = elapsed;
+            self.randomized_timeout = timeout;
+        }
+    }
+
     pub(crate) fn handle_vote(&mut self, from: NodeId, lli: LogIndex, llt: Term, transfer: bool) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
         let granted = can_vote && self.log.is_up_to_date(lli, llt);

@@ -447,6 +447,7 @@ impl RaftNode {
                 MessageBody::Append { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::Snapshot { .. } => self.become_follower(m.term, Some(m.from)),
+                MessageBody::Vote { .. } => self.adopt_candidate_term(m.term),
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {

@@ -7,8 +7,11 @@
 //! fsyncs and full disks (the node stops, and restarts once it can); clocks out of phase and off
 //! rate by up to the configured drift bound; paused processes (no input, no ticks, then the
 //! missed ticks first, as the core's host contract says); membership changes (including removing
-//! the leader; removed nodes keep running with their old configuration); leadership transfers;
-//! snapshots taken asynchronously and streamed in chunks. Invariants are checked every tick
+//! the leader; removed nodes keep running with their old configuration, except after healing
+//! in configurations with neither pre-vote nor check-quorum); leadership transfers; snapshots
+//! taken asynchronously and streamed in chunks. Half the lease seeds run the lease trap instead
+//! (see `Trap`): rounds built to make a stale lease read possible, which the linearizability
+//! check catches if the lease's safeguards are taken away. Invariants are checked every tick
 //! interval; the client history is checked for linearizability at the end (an inconclusive
 //! check fails the seed); after the faults heal the group must elect a leader and complete new
 //! writes (liveness).
@@ -244,6 +247,8 @@ struct SimNode {
     inbox: Vec<Input>,
     /// The disk is full until then (ms).
     full_until: Option<u64>,
+    /// Shut down for good after its removal (see `Sim::retire_removed`).
+    retired: bool,
 }
 
 /// A client request not yet handed to a node: a get of `key` when `cmds` is empty, else
@@ -316,6 +321,45 @@ impl Ord for InFlight {
     }
 }
 
+/// How a lease-trap round tries to make the old leader serve a stale read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TrapVariant {
+    /// First cut a minority off the leader while clients only read (so its logs stay current):
+    /// its timers run out, and the rest, inside the leader's lease, refuse its candidates. Then
+    /// cut the leader off: a minority candidate wins as soon as the rest's vote refusal ends.
+    Cut,
+    /// As `Cut`, and at the cut enough members of the leader's lease quorum restart for the
+    /// minority to reach a quorum with them: they must keep refusing votes after the restart.
+    Restart,
+    /// Cut the leader off and pause it: on resume it must count its missed ticks before
+    /// handling the reads queued meanwhile.
+    Pause,
+}
+
+/// One round of the lease trap (see [`Trap`]).
+struct TrapRound {
+    leader: NodeId,
+    variant: TrapVariant,
+    /// When the leader is cut off from every other node (and, for `Restart`, voters restart).
+    cut_at: u64,
+    /// When the round's partition ends.
+    heal_at: u64,
+    /// Whether the leader has been cut off yet.
+    cut: bool,
+    /// The minority cut off from the leader before `cut_at` (not for `Pause`).
+    early: BTreeSet<NodeId>,
+}
+
+/// The lease trap, drawn for a share of the lease seeds: repeated rounds that give a stale lease
+/// read every chance to happen. Drift sits at the bound with the leader slow and the others
+/// fast; the leader is cut off from the other voters but not from clients; half the clients
+/// (the even ones) keep reading from it while the others work with whoever leads the rest.
+struct Trap {
+    rng: Rng,
+    next_round: u64,
+    round: Option<TrapRound>,
+}
+
 /// The simulated world.
 struct Sim {
     opts: SimOptions,
@@ -336,6 +380,13 @@ struct Sim {
     drift: f64,
     drift_mode: u64,
     healed: bool,
+    /// The lease trap, on a share of the lease seeds.
+    trap: Option<Trap>,
+    /// Neither pre-vote nor check-quorum: nothing stops a removed node that missed its removal
+    /// from disrupting the group (see `retire_removed`).
+    no_defense: bool,
+    /// Members of the latest configuration known committed, and its index.
+    committed_members: Option<(LogIndex, BTreeSet<NodeId>)>,
     clients: Vec<Client>,
     next_op_id: u64,
     next_ctx: u64,
@@ -419,6 +470,44 @@ impl Sim {
         let chunk = [16, 64, 512][rng.below(3) as usize];
         let inflight = [1, 4, 64][rng.below(3) as usize];
         let per_msg = [1, 1, 8, 256][rng.below(4) as usize];
+        // Draws added later come from their own generator, so that adding them left the rest
+        // of every seed's schedule as it was.
+        let mut trap_rng = Rng::new(opts.seed ^ 0x1EA5_E7A1_0000_0001);
+        // Entries kept behind a snapshot: none (a lagging follower gets the snapshot) up to the
+        // core's default (it catches up from the log). A narrow pipe (one entry per message,
+        // one message in flight) keeps few, or a follower far behind catches up at one entry
+        // per round trip, slower than the clients write.
+        let mut trailing = [0, 10, 100, 1_000][trap_rng.below(4) as usize];
+        if per_msg * inflight < 8 {
+            trailing = trailing.min(100);
+        }
+        let trap = lease && trap_rng.chance(0.5);
+        let (mut fault, mut drift, mut drift_mode, mut fault_end) =
+            (fault, drift, drift_mode, fault_end);
+        if trap {
+            // Only what the trap needs: short delays, little loss, no other partitions, crashes,
+            // pauses, disk faults, membership changes or transfers (the rounds make their own).
+            fault.loss = fault.loss.min(0.01);
+            fault.max_delay = fault.max_delay.min(5);
+            fault.spike = 0.0;
+            fault.crash_per_s = 0.0;
+            fault.churn = 0.0;
+            fault.partition_per_s = 0.0;
+            fault.partition_max_ms = 2_000;
+            fault.conf_per_s = 0.0;
+            fault.pause_per_s = 0.0;
+            fault.fsync_fail_per_s = 0.0;
+            fault.disk_full_per_s = 0.0;
+            fault.transfer_per_s = 0.0;
+            drift = [0.1, 0.2, 0.2][trap_rng.below(3) as usize];
+            drift_mode = 2;
+            fault_end = opts.fault_ms;
+        }
+        let trap = trap.then(|| Trap {
+            next_round: 500 + trap_rng.below(500),
+            rng: trap_rng,
+            round: None,
+        });
         let mut base = Config::new(1);
         base.election_tick = 10;
         base.heartbeat_tick = 2;
@@ -430,6 +519,7 @@ impl Sim {
             ReadMode::Safe
         };
         base.snapshot_threshold = snapshot_threshold;
+        base.snapshot_trailing = trailing;
         base.snapshot_chunk_size = chunk;
         base.max_inflight_snapshot_chunks = 2;
         base.max_inflight_msgs = inflight;
@@ -473,6 +563,9 @@ impl Sim {
             drift,
             drift_mode,
             healed: false,
+            trap,
+            no_defense: !pre_vote && !check_quorum,
+            committed_members: None,
             clients,
             next_op_id: 1,
             next_ctx: 1,
@@ -489,14 +582,14 @@ impl Sim {
         let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
         sim.log(|| {
             format!(
-                "{} nodes, {} clients, loss {} dup {} delay<={}ms crash/s {} partition/s {} (<={}ms) conf/s {} churn {} sync<={}ms pause/s {} (<={}ms) fsync-fail/s {} disk-full/s {} transfer/s {} batch {} drift {} mode {}; pre_vote {pre_vote} check_quorum {check_quorum} lease {lease} snapshot every {snapshot_threshold} chunk {chunk} inflight {inflight} per_msg {per_msg}",
+                "{} nodes, {} clients, loss {} dup {} delay<={}ms crash/s {} partition/s {} (<={}ms) conf/s {} churn {} sync<={}ms pause/s {} (<={}ms) fsync-fail/s {} disk-full/s {} transfer/s {} batch {} drift {} mode {}; pre_vote {pre_vote} check_quorum {check_quorum} lease {lease} snapshot every {snapshot_threshold} trailing {trailing} chunk {chunk} inflight {inflight} per_msg {per_msg}",
                 ids.len(), sim.clients.len(), sim.fault.loss, sim.fault.dup, sim.fault.max_delay,
                 sim.fault.crash_per_s, sim.fault.partition_per_s, sim.fault.partition_max_ms,
                 sim.fault.conf_per_s, sim.fault.churn, sim.fault.max_sync_ms,
                 sim.fault.pause_per_s, sim.fault.max_pause_ms, sim.fault.fsync_fail_per_s,
                 sim.fault.disk_full_per_s, sim.fault.transfer_per_s, sim.fault.batch,
                 sim.drift, sim.drift_mode
-            )
+            ) + if sim.trap.is_some() { "; lease trap" } else { "" }
         });
         for id in ids {
             sim.nodes.get_mut(&id).expect("exists").tick_ns = sim.draw_tick_ns();
@@ -718,6 +811,7 @@ impl Sim {
                 n.kv = Kv::decode(&s.data);
                 n.sm_applied = s.meta.index;
                 self.log(|| format!("node {id} installs snapshot at {}", s.meta.index));
+                self.config_committed(s.meta.index, s.meta.membership.members());
             }
             Effect::SnapshotWanted { .. } => {
                 let delay = self.rng.below(60);
@@ -768,8 +862,13 @@ impl Sim {
             return;
         }
         n.sm_applied = e.index;
-        let Payload::Command(data) = &e.payload else {
-            return;
+        let data = match &e.payload {
+            Payload::Command(data) => data,
+            Payload::Config(m) => {
+                self.config_committed(e.index, m.members());
+                return;
+            }
+            Payload::Noop => return,
         };
         let Some(cmd) = Command::decode(data) else {
             self.fail(format!("undecodable command at index {}", e.index));
@@ -854,14 +953,34 @@ impl Sim {
         if running.is_empty() {
             return;
         }
-        let target = match self.clients[c].leader_hint {
+        let mut target = match self.clients[c].leader_hint {
             // Now and then a client asks a random node anyway (as after a reconnect).
             Some(h) if running.contains(&h) && !self.rng.chance(0.05) => h,
             _ => running[self.rng.below(running.len() as u64) as usize],
         };
+        // During a lease-trap round the even clients stay with the old leader, the others
+        // with the rest of the group; before a `Restart` round's cut, everyone only reads (the
+        // minority cut off meanwhile keeps an up-to-date log, so it can win the next election).
+        let mut reads_only = false;
+        if let Some(round) = self.trap.as_ref().and_then(|t| t.round.as_ref()) {
+            let old = round.leader;
+            reads_only = round.variant != TrapVariant::Pause && !round.cut;
+            if c.is_multiple_of(2) && running.contains(&old) {
+                target = old;
+                reads_only = true;
+            } else if target == old {
+                let rest: Vec<NodeId> = running.iter().copied().filter(|&id| id != old).collect();
+                if rest.is_empty() {
+                    return;
+                }
+                target = rest[self.rng.below(rest.len() as u64) as usize];
+            }
+        }
         let key = 1 + self.rng.below(KEYS);
         let roll = self.rng.below(10);
-        let kind = if self.healed || roll < 3 {
+        let kind = if reads_only {
+            OpKind::Get
+        } else if self.healed || roll < 3 {
             OpKind::Put
         } else if roll < 8 {
             OpKind::Get
@@ -1026,7 +1145,149 @@ impl Sim {
         }
     }
 
+    /// Runs the lease trap's rounds (see [`Trap`]).
+    fn run_trap(&mut self) {
+        let Some(mut trap) = self.trap.take() else {
+            return;
+        };
+        let now = self.now;
+        match trap.round.as_mut() {
+            None if now >= trap.next_round && now + 2_500 < self.fault_end => {
+                if let Some(round) = self.start_trap_round(&mut trap.rng) {
+                    trap.round = Some(round);
+                } else {
+                    trap.next_round = now + 100;
+                }
+            }
+            Some(round) if !round.cut && now >= round.cut_at => {
+                round.cut = true;
+                let leader = round.leader;
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for &id in &ids {
+                    if id != leader {
+                        self.blocked.insert((leader, id));
+                        self.blocked.insert((id, leader));
+                    }
+                }
+                self.partition_until = round.heal_at;
+                self.log(|| format!("lease trap: leader {leader} cut off ({:?})", round.variant));
+                // The old leader's clients drop what they wait for (a write there cannot
+                // commit any more) and read at once.
+                for c in (0..self.clients.len()).step_by(2) {
+                    self.give_up(c, now);
+                    self.clients[c].next_at = now;
+                }
+                match round.variant {
+                    TrapVariant::Cut => {}
+                    TrapVariant::Pause => {
+                        let until = (now + 250 + trap.rng.below(350)).min(round.heal_at - 100);
+                        let n = self.nodes.get_mut(&leader).expect("exists");
+                        if n.raft.is_some() && n.paused_until.is_none() {
+                            n.paused_until = Some(until);
+                            self.stats.pauses += 1;
+                            self.log(|| format!("lease trap: pause {leader} until {until}ms"));
+                        }
+                    }
+                    TrapVariant::Restart => {
+                        // Restart enough members of the leader's lease quorum (those not cut
+                        // off early) for the early ones to reach a quorum with them.
+                        let voters = self.nodes[&leader]
+                            .raft
+                            .as_ref()
+                            .map(|r| r.membership().voters.clone())
+                            .unwrap_or_default();
+                        let quorum = voters.len() / 2 + 1;
+                        let mut rest: Vec<NodeId> = voters
+                            .iter()
+                            .copied()
+                            .filter(|&v| v != leader && !round.early.contains(&v))
+                            .collect();
+                        let need = quorum.saturating_sub(round.early.len()).min(rest.len());
+                        for _ in 0..need {
+                            let i = trap.rng.below(rest.len() as u64) as usize;
+                            let id = rest.swap_remove(i);
+                            if self.nodes[&id].raft.is_some() {
+                                self.crash(id);
+                                let at = now + 1 + trap.rng.below(10);
+                                self.nodes.get_mut(&id).expect("exists").restart_at = Some(at);
+                                self.log(|| format!("lease trap: {id} restarts at {at}ms"));
+                            }
+                        }
+                    }
+                }
+            }
+            Some(round) if now >= round.heal_at => {
+                self.blocked.clear();
+                self.log(|| "lease trap: healed".into());
+                trap.round = None;
+                trap.next_round = now + 300 + trap.rng.below(1_000);
+            }
+            _ => {}
+        }
+        self.trap = Some(trap);
+    }
+
+    /// Starts a lease-trap round on the current leader, if there is one to trap.
+    fn start_trap_round(&mut self, rng: &mut Rng) -> Option<TrapRound> {
+        let leader = self.current_leader()?;
+        let n = &self.nodes[&leader];
+        if n.paused_until.is_some() {
+            return None;
+        }
+        let voters: Vec<NodeId> = n
+            .raft
+            .as_ref()?
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .collect();
+        // The worst case the drift bound allows: the leader's clock slow, everyone else's fast.
+        let nominal = (TICK_MS * NS_PER_MS) as f64;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let f = if id == leader {
+                1.0 + self.drift
+            } else {
+                1.0 - self.drift
+            };
+            self.nodes.get_mut(&id).expect("exists").tick_ns = (nominal * f).round() as u64;
+        }
+        let variant =
+            [TrapVariant::Cut, TrapVariant::Restart, TrapVariant::Pause][rng.below(3) as usize];
+        let now = self.now;
+        let mut early = BTreeSet::new();
+        let mut cut_at = now;
+        if variant != TrapVariant::Pause {
+            let mut others: Vec<NodeId> = voters.iter().copied().filter(|&v| v != leader).collect();
+            for _ in 0..(voters.len() - 1) / 2 {
+                let i = rng.below(others.len() as u64) as usize;
+                early.insert(others.swap_remove(i));
+            }
+            cut_at = now + 150 + rng.below(250);
+        }
+        let heal_at = cut_at + 500 + rng.below(1_000);
+        for &id in &early {
+            self.blocked.insert((leader, id));
+            self.blocked.insert((id, leader));
+        }
+        self.partition_until = heal_at;
+        let e = early.clone();
+        self.log(|| {
+            format!("lease trap: leader {leader} slow, others fast; {variant:?} at {cut_at}ms (early {e:?}), heal at {heal_at}ms")
+        });
+        Some(TrapRound {
+            leader,
+            variant,
+            cut_at,
+            heal_at,
+            cut: false,
+            early,
+        })
+    }
+
     fn inject_faults(&mut self) {
+        self.run_trap();
         let p = |per_s: f64| per_s / 1000.0;
         // Crashes and restarts.
         if self.rng.chance(p(self.fault.crash_per_s)) {
@@ -1514,6 +1775,44 @@ impl Sim {
         }
     }
 
+    /// Records a configuration known committed (applied, or in an installed snapshot).
+    fn config_committed(&mut self, index: LogIndex, members: BTreeSet<NodeId>) {
+        if self
+            .committed_members
+            .as_ref()
+            .is_none_or(|(i, _)| index > *i)
+        {
+            self.committed_members = Some((index, members));
+        }
+    }
+
+    /// After healing, without pre-vote and check-quorum, shuts down the nodes removed by a
+    /// committed configuration, as an operator would. Those configurations have no defence
+    /// against a removed node that missed its removal: it times out again and again, and each
+    /// of its vote requests at a higher term deposes the leader (the Raft thesis, §4.2.3,
+    /// relies on the leader stickiness that comes with check-quorum here; pre-vote also stops
+    /// it, its log being behind). With either, removed nodes keep running to the end. Removed
+    /// ids are never reused, so a removal is final.
+    fn retire_removed(&mut self) {
+        let Some((_, members)) = &self.committed_members else {
+            return;
+        };
+        let gone: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| !n.retired && !members.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.log(|| format!("node {id} was removed: shut down"));
+            self.crash(id);
+            let n = self.nodes.get_mut(&id).expect("exists");
+            n.raft = None;
+            n.restart_at = None;
+            n.retired = true;
+        }
+    }
+
     fn heal(&mut self) {
         self.healed = true;
         self.blocked.clear();
@@ -1523,7 +1822,7 @@ impl Sim {
             let n = self.nodes.get_mut(&id).expect("exists");
             n.full_until = None;
             n.storage.set_full(false);
-            if n.raft.is_none() {
+            if n.raft.is_none() && !n.retired {
                 self.start_node(id);
             }
         }
@@ -1541,6 +1840,9 @@ impl Sim {
                 self.inject_faults();
             }
             // Ticks due by now come before the messages arriving now (host contract).
+            if self.healed && self.no_defense {
+                self.retire_removed();
+            }
             self.resume_paused();
             self.tick_nodes();
             self.deliver_due();
@@ -1684,6 +1986,7 @@ impl SimNode {
             paused_until: None,
             inbox: Vec::new(),
             full_until: None,
+            retired: false,
         }
     }
 }
