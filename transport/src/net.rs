@@ -69,7 +69,8 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// First reconnect delay; doubles up to `backoff_max`, with jitter.
     pub backoff_base: Duration,
-    /// Longest reconnect delay.
+    /// Longest reconnect delay. Any sign of life from the peer (an inbound connection,
+    /// stream or datagram) cuts the wait short and starts the backoff over.
     pub backoff_max: Duration,
     /// Time allowed for a request and its response.
     pub request_timeout: Duration,
@@ -99,7 +100,8 @@ impl Default for TransportConfig {
             max_peers: 256,
             idle_timeout: Duration::from_secs(60),
             backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(5),
+            // About an election timeout: a healed link is tried again before Raft gives up.
+            backoff_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             max_unauth_conns_per_ip: 16,
             max_unauth_conns: 256,
@@ -282,6 +284,33 @@ struct Peer {
     reconnect: Arc<Notify>,
     last_used: Arc<AtomicU64>,
     shutdown: Arc<Notify>,
+    signals: Arc<PeerSignals>,
+}
+
+/// What the inbound side tells a peer's connection manager about that peer.
+#[derive(Default)]
+struct PeerSignals {
+    /// True while the manager has an outgoing connection to the peer.
+    connected: std::sync::atomic::AtomicBool,
+    /// The peer showed a sign of life while we had no connection to it: stop backing off.
+    seen: Notify,
+    /// The peer opened a new connection to us while we have one to it: if ours no longer
+    /// answers (the peer restarted), replace it at once.
+    probe: Notify,
+}
+
+impl Inner {
+    /// Tells `node`'s connection manager, if it has one, that `node` just reached us: over a
+    /// new connection (`new_connection`), or a stream or datagram on an existing one.
+    fn peer_seen(&self, node: NodeId, new_connection: bool) {
+        let peers = self.peers.lock().expect("peers lock");
+        let Some(p) = peers.get(&node) else { return };
+        if !p.signals.connected.load(Ordering::Relaxed) {
+            p.signals.seen.notify_one();
+        } else if new_connection {
+            p.signals.probe.notify_one();
+        }
+    }
 }
 
 struct Inner {
@@ -805,6 +834,7 @@ fn spawn_peer(inner: &Arc<Inner>, peer: NodeId) -> Peer {
     let reconnect = Arc::new(Notify::new());
     let shutdown = Arc::new(Notify::new());
     let last_used = Arc::new(AtomicU64::new(now_ms(inner.started)));
+    let signals = Arc::new(PeerSignals::default());
     let weak = Arc::downgrade(inner);
     tokio::spawn(connection_manager(
         weak.clone(),
@@ -813,6 +843,7 @@ fn spawn_peer(inner: &Arc<Inner>, peer: NodeId) -> Peer {
         reconnect.clone(),
         shutdown.clone(),
         last_used.clone(),
+        signals.clone(),
     ));
     tokio::spawn(stream_sender(
         weak.clone(),
@@ -837,12 +868,16 @@ fn spawn_peer(inner: &Arc<Inner>, peer: NodeId) -> Peer {
         reconnect,
         last_used,
         shutdown,
+        signals,
     }
 }
 
 /// Keeps one connection to `peer` alive: connects with jittered exponential backoff, publishes
 /// the connection, reconnects when it closes or a sender asks, and ends when the peer has been
-/// idle too long or is removed.
+/// idle too long or is removed. A sign of life from the peer while it is not connected ends
+/// the backoff (and an attempt older than `backoff_max`, whose handshake packets may be
+/// waiting out QUIC's own retransmission backoff); a new connection from the peer while it is
+/// connected makes it check that its connection still answers (see [`still_answers`]).
 async fn connection_manager(
     inner: std::sync::Weak<Inner>,
     peer: NodeId,
@@ -850,8 +885,11 @@ async fn connection_manager(
     reconnect: Arc<Notify>,
     shutdown: Arc<Notify>,
     last_used: Arc<AtomicU64>,
+    signals: Arc<PeerSignals>,
 ) {
     let mut backoff = None::<Duration>;
+    // Round-trip time of the last connection to the peer: bounds how long an attempt may take.
+    let mut rtt_hint = Duration::ZERO;
     loop {
         let Some(i) = inner.upgrade() else { return };
         let addr = i.addrs.lock().expect("addrs lock").get(&peer).copied();
@@ -877,10 +915,32 @@ async fn connection_manager(
         drop(i);
         let conn = match attempt {
             Some(connecting) => {
+                // QUIC retransmits a lost handshake packet with exponential backoff (1 s, 2 s,
+                // 4 s... until its 30 s idle timeout), so after a partition heals an old
+                // attempt may stay silent for seconds: an attempt unanswered for
+                // `backoff_max` (or 8 round trips of the last connection, if longer) gives way
+                // to a fresh one at once, whose first packet leaves immediately.
+                let attempt_start = Instant::now();
+                let deadline = attempt_start + cfg.backoff_max.max(rtt_hint * 8);
+                // The peer reached us while this attempt is pending: the path works, so do not
+                // even wait for the deadline once the attempt is `backoff_max` old.
+                let stale = async {
+                    signals.seen.notified().await;
+                    tokio::time::sleep_until(attempt_start + cfg.backoff_max).await;
+                };
                 tokio::select! {
                     biased;
                     _ = shutdown.notified() => return,
                     r = connecting => r.ok(),
+                    _ = stale => {
+                        backoff = None;
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        // The attempt itself was the wait: try again at once.
+                        stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                 }
             }
             None => None,
@@ -895,12 +955,14 @@ async fn connection_manager(
                 biased;
                 _ = shutdown.notified() => return,
                 _ = reconnect.notified() => {}
+                _ = signals.seen.notified() => backoff = None,
                 _ = tokio::time::sleep(b.mul_f64(jitter)) => {}
             }
             continue;
         };
         backoff = None;
         stats.connects.fetch_add(1, Ordering::Relaxed);
+        signals.connected.store(true, Ordering::Relaxed);
         let _ = conn_tx.send(Some(conn.clone()));
         // Serve until the connection dies, a reconnect is requested, or the peer idles out.
         let idle = cfg.idle_timeout;
@@ -911,6 +973,7 @@ async fn connection_manager(
                 biased;
                 _ = shutdown.notified() => {
                     conn.close(0u32.into(), b"peer removed");
+                    signals.connected.store(false, Ordering::Relaxed);
                     let _ = conn_tx.send(None);
                     return;
                 }
@@ -919,10 +982,33 @@ async fn connection_manager(
                     conn.close(0u32.into(), b"reconnect");
                     break;
                 }
+                _ = signals.probe.notified() => {
+                    let answers = tokio::select! {
+                        biased;
+                        _ = shutdown.notified() => {
+                            conn.close(0u32.into(), b"peer removed");
+                            signals.connected.store(false, Ordering::Relaxed);
+                            let _ = conn_tx.send(None);
+                            return;
+                        }
+                        a = still_answers(&conn) => a,
+                    };
+                    if !answers {
+                        tracing::debug!(
+                            peer = format!("{peer:016x}"),
+                            "the peer connected to us but our connection to it no longer \
+                             answers (it restarted): reconnecting"
+                        );
+                        conn.close(0u32.into(), b"stale");
+                        backoff = None;
+                        break;
+                    }
+                }
                 _ = tokio::time::sleep(left.max(Duration::from_millis(10))) => {
                     let since = now_ms(started).saturating_sub(last_used.load(Ordering::Relaxed));
                     if Duration::from_millis(since) >= idle {
                         conn.close(0u32.into(), b"idle");
+                        signals.connected.store(false, Ordering::Relaxed);
                         let _ = conn_tx.send(None);
                         if let Some(i) = inner.upgrade() {
                             let mut peers = i.peers.lock().expect("peers lock");
@@ -939,7 +1025,32 @@ async fn connection_manager(
                 }
             }
         }
+        rtt_hint = conn.rtt();
+        signals.connected.store(false, Ordering::Relaxed);
         let _ = conn_tx.send(None);
+    }
+}
+
+/// Whether `conn` still reaches its peer: an empty unidirectional stream is opened and finished
+/// (the peer's reader ends on it without a trace), and the connection answers if the peer
+/// acknowledges it, or anything else arrives on the connection, within four round trips plus
+/// 100 ms (1 s at most). A connection to an incarnation of the peer that has since restarted
+/// gets no answer.
+async fn still_answers(conn: &quinn::Connection) -> bool {
+    let before = conn.stats().udp_rx.datagrams;
+    let wait = (conn.rtt() * 4 + Duration::from_millis(100)).min(Duration::from_secs(1));
+    let acked = async {
+        let Ok(mut s) = conn.open_uni().await else {
+            return false;
+        };
+        if s.finish().is_err() {
+            return false;
+        }
+        matches!(s.stopped().await, Ok(None))
+    };
+    match tokio::time::timeout(wait, acked).await {
+        Ok(true) => true,
+        _ => conn.close_reason().is_none() && conn.stats().udp_rx.datagrams > before,
     }
 }
 
@@ -1161,12 +1272,16 @@ async fn serve_member(
         .entry(peer.node_id)
         .or_default()
         .push((conn.clone(), peer.role));
+    i.peer_seen(peer.node_id, true);
     drop(i);
     let remote = conn.remote_address();
     let uni = {
         let (inner, conn, node) = (inner.clone(), conn.clone(), peer.node_id);
         async move {
             while let Ok(recv) = conn.accept_uni().await {
+                if let Some(i) = inner.upgrade() {
+                    i.peer_seen(node, false);
+                }
                 tokio::spawn(read_stream(inner.clone(), node, recv));
             }
         }
@@ -1175,6 +1290,9 @@ async fn serve_member(
         let (inner, conn, peer) = (inner.clone(), conn.clone(), peer.clone());
         async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
+                if let Some(i) = inner.upgrade() {
+                    i.peer_seen(peer.node_id, false);
+                }
                 tokio::spawn(serve_request(
                     inner.clone(),
                     Some(peer.clone()),
@@ -1190,6 +1308,7 @@ async fn serve_member(
         async move {
             while let Ok(d) = conn.read_datagram().await {
                 let Some(i) = inner.upgrade() else { return };
+                i.peer_seen(node, false);
                 match frame::decode(&d, i.cfg.max_frame) {
                     Ok(Envelope {
                         kind: Kind::Gossip,
@@ -1499,14 +1618,71 @@ pub fn join_quic_config(ca_digest: [u8; 32]) -> Result<quinn::ClientConfig, Setu
     Ok(client)
 }
 
-/// A quinn endpoint on a real UDP socket bound to `addr` (built with
-/// `Endpoint::new_with_abstract_socket`'s sibling so the same code runs on simulated sockets).
+/// A quinn endpoint on a real UDP socket bound to `addr`, with quinn's default endpoint
+/// configuration (random stateless-reset key: peers of a restarted node do not notice the
+/// restart before their idle timeout). A node uses [`udp_endpoint_with_config`] with
+/// [`endpoint_config`].
 pub fn udp_endpoint(
     addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    udp_endpoint_with_config(addr, quinn::EndpointConfig::default(), server)
+}
+
+/// A quinn endpoint on a real UDP socket bound to `addr`, with the endpoint configuration
+/// `config` (from [`endpoint_config`], so that a restarted node resets its peers' stale
+/// connections).
+pub fn udp_endpoint_with_config(
+    addr: SocketAddr,
+    config: quinn::EndpointConfig,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = std::net::UdpSocket::bind(addr)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime found (call from within tokio)"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+    quinn::Endpoint::new(config, server, socket, runtime)
+}
+
+/// HKDF salt of the endpoint keys: the domain they belong to, so they never collide with any
+/// other use of the node's key.
+const ENDPOINT_KEYS_SALT: &[u8] = b"shoal/1 quic endpoint keys";
+/// HKDF info of the stateless-reset key.
+const RESET_KEY_INFO: &[u8] = b"stateless reset";
+/// HKDF info of the connection-id key.
+const CID_KEY_INFO: &[u8] = b"connection ids";
+
+/// The QUIC endpoint configuration of a node whose persistent private key is `key`: see
+/// [`endpoint_config_from_secret`]. A restarted node with the same key resets, on their first
+/// packet, the connections its peers still hold to its previous incarnation.
+pub fn endpoint_config(key: &pki::NodeKey) -> quinn::EndpointConfig {
+    endpoint_config_from_secret(key.key_der())
+}
+
+/// A QUIC endpoint configuration whose stateless-reset key and connection-id key are derived
+/// (HKDF-SHA256) from `secret`, which must be secret and survive restarts.
+///
+/// quinn computes the stateless-reset token of a connection id as HMAC(reset key, id), and
+/// only answers a packet for an unknown connection with a reset if its connection-id generator
+/// recognizes the id as one it could have issued. With both keys derived from the same secret,
+/// an endpoint restarted after a crash recognizes the ids its previous incarnation issued and
+/// answers the peers' packets on their now stale connections with a reset they accept: those
+/// connections close at once instead of after the 30 s idle timeout.
+pub fn endpoint_config_from_secret(secret: &[u8]) -> quinn::EndpointConfig {
+    use ring::{hkdf, hmac};
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, ENDPOINT_KEYS_SALT).extract(secret);
+    let derive = |info: &[u8]| {
+        let mut out = [0u8; 32];
+        prk.expand(&[info], hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    };
+    let reset_key = hmac::Key::new(hmac::HMAC_SHA256, &derive(RESET_KEY_INFO));
+    let cid_key = derive(CID_KEY_INFO);
+    let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 bytes"));
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }

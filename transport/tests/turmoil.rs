@@ -311,3 +311,229 @@ fn a_crashed_and_restarted_host_is_reconnected_to() {
     assert!(before.len() >= 20);
     assert!(*done.lock().unwrap());
 }
+
+/// What a talking host saw: (sender, sequence number, receiver incarnation, simulated time of
+/// arrival).
+type TimedLog = Arc<Mutex<Vec<(NodeId, u32, u32, Duration)>>>;
+
+/// Which stateless-reset key a node's endpoint uses.
+#[derive(Clone, Copy)]
+enum ResetKey {
+    /// Derived from the node's identity: the same after a restart.
+    Identity,
+    /// quinn's default, random per endpoint: a restarted node cannot reset stale connections.
+    Random,
+}
+
+/// Starts node `id` like a real node would: default tunables, the endpoint configuration
+/// derived from its identity (or quinn's default, with `ResetKey::Random`).
+async fn start_node(c: &Cluster, id: NodeId, reset: ResetKey) -> (Transport, Inbound) {
+    let socket = sim::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
+        .await
+        .unwrap();
+    let denylist = Denylist::new();
+    let (server, client) = net::quic_configs(&c.idents[&id], &c.ca_der, denylist.clone()).unwrap();
+    let config = match reset {
+        ResetKey::Identity => net::endpoint_config(&c.idents[&id].key),
+        ResetKey::Random => quinn::EndpointConfig::default(),
+    };
+    let endpoint = sim::endpoint_with_config(socket, config, Some(server)).unwrap();
+    let (t, inbound) = Transport::start(
+        endpoint,
+        client,
+        id,
+        c.cluster_id,
+        denylist,
+        TransportConfig::default(),
+    );
+    for &peer in c.idents.keys() {
+        if peer != id {
+            t.set_peer_addr(
+                peer,
+                SocketAddr::new(turmoil::lookup(host_name(peer)), PORT),
+            );
+        }
+    }
+    (t, inbound)
+}
+
+/// A host that sends a numbered Raft message to every other node every 20 ms (as a Raft
+/// leader's heartbeats would) and records, with its arrival time, every one it receives.
+/// Restarting it bumps its incarnation; its sequence numbers start again from 0.
+fn talker(sim: &mut turmoil::Sim<'_>, c: &Cluster, id: NodeId, log: TimedLog, reset: ResetKey) {
+    let c = c.clone();
+    let incarnation = Arc::new(Mutex::new(0u32));
+    sim.host(host_name(id), move || {
+        let (c, log, incarnation) = (c.clone(), log.clone(), incarnation.clone());
+        async move {
+            let inc = {
+                let mut i = incarnation.lock().unwrap();
+                *i += 1;
+                *i
+            };
+            let (t, mut inbound) = start_node(&c, id, reset).await;
+            let peers: Vec<NodeId> = c.idents.keys().copied().filter(|&p| p != id).collect();
+            let send = async {
+                let mut seq = 0u32;
+                loop {
+                    for &p in &peers {
+                        t.send_raft(p, seq.to_le_bytes().to_vec());
+                    }
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let recv = async {
+                while let Some((from, body)) = inbound.raft.recv().await {
+                    let seq = u32::from_le_bytes(body[..4].try_into().unwrap());
+                    let at = turmoil::sim_elapsed().unwrap();
+                    log.lock().unwrap().push((from, seq, inc, at));
+                }
+            };
+            tokio::select! {
+                _ = send => {}
+                _ = recv => {}
+            }
+            Ok(())
+        }
+    });
+}
+
+/// Steps `sim` until `done` holds or `limit` of simulated time has passed; true if `done` held.
+fn step_until(sim: &mut turmoil::Sim<'_>, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = sim.elapsed() + limit;
+    while sim.elapsed() < end {
+        if done() {
+            return true;
+        }
+        sim.step().unwrap();
+    }
+    done()
+}
+
+/// Issue 13: after a peer crashes and restarts (same identity, same address), the node that
+/// kept a connection to it must reach the new incarnation at once, not after QUIC's 30 s idle
+/// timeout: the restarted endpoint resets the stale connection (same stateless-reset key) and
+/// its own new connection makes the survivor replace its old one.
+#[test]
+fn a_restarted_peer_hears_from_its_peers_within_a_second() {
+    restarted_peer(5, ResetKey::Identity);
+}
+
+/// Issue 13: even when the restarted node cannot reset the stale connection (its reset key
+/// changed, or it has none), its new connection to the survivor makes the survivor check its
+/// own connection, find it unanswered and replace it at once.
+#[test]
+fn a_restarted_peer_that_cannot_reset_is_reached_once_it_connects() {
+    restarted_peer(7, ResetKey::Random);
+}
+
+/// Two talking hosts; host 2 crashes and restarts 3 s later; host 1's messages must reach the
+/// new incarnation within 1 s of simulated time.
+fn restarted_peer(seed: u64, reset: ResetKey) {
+    let c = cluster(&[1, 2]);
+    let mut sim = builder(seed);
+    let log1: TimedLog = Arc::default();
+    let log2: TimedLog = Arc::default();
+    talker(&mut sim, &c, 1, log1.clone(), reset);
+    talker(&mut sim, &c, 2, log2.clone(), reset);
+    let from_1 = |inc: u32| {
+        let log2 = log2.clone();
+        move || {
+            log2.lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.0 == 1 && e.2 == inc)
+                .count()
+        }
+    };
+    let got = from_1(1);
+    assert!(
+        step_until(&mut sim, Duration::from_secs(20), || got() >= 20),
+        "messages flow before the crash"
+    );
+    sim.crash(host_name(2));
+    let down = sim.elapsed();
+    step_until(&mut sim, Duration::from_secs(3), || false);
+    sim.bounce(host_name(2));
+    let restarted = sim.elapsed();
+    assert!(restarted >= down + Duration::from_secs(3));
+    let got = from_1(2);
+    step_until(&mut sim, Duration::from_secs(60), || got() > 0);
+    let first = log2
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == 1 && e.2 == 2)
+        .map(|e| e.3)
+        .min();
+    let delay = first.map(|t| t - restarted);
+    eprintln!("restarted peer: first message from the survivor after {delay:?} (simulated)");
+    let delay = delay.expect("the survivor reaches the restarted peer within 60 s");
+    assert!(
+        delay <= Duration::from_secs(1),
+        "the survivor reached the restarted peer after {delay:?}, more than 1 s"
+    );
+}
+
+/// Issue 13: after a partition long enough for the connections to time out, a healed link is
+/// used within about two seconds in both directions: reconnection back-off is bounded by about
+/// an election timeout, and a sign of life from the peer makes a node reconnect at once.
+#[test]
+fn a_healed_long_partition_is_used_within_two_seconds() {
+    // Several lengths, so the repair falls at different points of the reconnection attempts.
+    let slow: Vec<String> = [35u64, 44, 57, 68, 81, 95]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(k, secs)| healed_partition(10 + k as u64, Duration::from_secs(secs)))
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "healed links unused for more than 2 s: {slow:?}"
+    );
+}
+
+/// Partitions two talking hosts for `length` (longer than QUIC's idle timeout, 30 s: both
+/// connections die and both sides go back to reconnecting), repairs, and checks that each
+/// hears from the other within 2 s of the repair; returns what was slower.
+fn healed_partition(seed: u64, length: Duration) -> Vec<String> {
+    let c = cluster(&[1, 2]);
+    let mut sim = builder(seed);
+    let log1: TimedLog = Arc::default();
+    let log2: TimedLog = Arc::default();
+    talker(&mut sim, &c, 1, log1.clone(), ResetKey::Identity);
+    talker(&mut sim, &c, 2, log2.clone(), ResetKey::Identity);
+    let count = |log: &TimedLog, from: NodeId| {
+        let log = log.clone();
+        move || log.lock().unwrap().iter().filter(|e| e.0 == from).count()
+    };
+    let (n1, n2) = (count(&log1, 2), count(&log2, 1));
+    assert!(
+        step_until(&mut sim, Duration::from_secs(20), || n1() >= 20
+            && n2() >= 20),
+        "messages flow before the partition"
+    );
+    sim.partition(host_name(1), host_name(2));
+    step_until(&mut sim, length, || false);
+    sim.repair(host_name(1), host_name(2));
+    let healed = sim.elapsed();
+    let after = |log: &TimedLog, from: NodeId| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.0 == from && e.3 >= healed)
+            .map(|e| e.3)
+            .min()
+    };
+    step_until(&mut sim, Duration::from_secs(60), || {
+        after(&log1, 2).is_some() && after(&log2, 1).is_some()
+    });
+    let d12 = after(&log2, 1).map(|t| t - healed);
+    let d21 = after(&log1, 2).map(|t| t - healed);
+    eprintln!("partition of {length:?} healed: 1->2 after {d12:?}, 2->1 after {d21:?} (simulated)");
+    [("1 -> 2", d12), ("2 -> 1", d21)]
+        .into_iter()
+        .filter(|(_, d)| d.is_none_or(|d| d > Duration::from_secs(2)))
+        .map(|(what, d)| format!("{what} after a {length:?} partition: {d:?}"))
+        .collect()
+}
