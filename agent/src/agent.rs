@@ -57,14 +57,22 @@ pub struct AgentOpts {
 
 impl AgentOpts {
     /// A QUIC endpoint on this agent's network: real UDP, or turmoil's.
+    /// `secret`: what the endpoint derives its stateless-reset and connection-id keys from (the
+    /// node's persistent endpoint secret), so that after a restart it resets the connections
+    /// peers still hold to its previous run; `None` for a throwaway endpoint (a join).
     async fn endpoint(
         &self,
         addr: SocketAddr,
         server: Option<quinn::ServerConfig>,
+        secret: Option<&[u8]>,
     ) -> std::io::Result<quinn::Endpoint> {
+        let config = || match secret {
+            Some(s) => net::endpoint_config_from_secret(s),
+            None => quinn::EndpointConfig::default(),
+        };
         if self.simulated {
             let socket = shoal_transport::sim::bind(addr).await?;
-            let mut cfg = quinn::EndpointConfig::default();
+            let mut cfg = config();
             if let Some(seed) = self.seed {
                 // quinn's own randomness (packet numbers skipped, connection ids) too.
                 let mut bytes = [0u8; 32];
@@ -74,7 +82,7 @@ impl AgentOpts {
             }
             shoal_transport::sim::endpoint_with_config(socket, cfg, server)
         } else {
-            net::udp_endpoint(addr, server)
+            net::udp_endpoint_with_config(addr, config(), server)
         }
     }
 }
@@ -221,10 +229,11 @@ impl Agent {
     async fn listen_endpoint(&self, server: quinn::ServerConfig) -> Result<quinn::Endpoint> {
         let left_at = *self.left_at.lock().expect("left_at");
         let deadline = left_at.map(|t| t + Duration::from_secs(10));
+        let secret = self.data.endpoint_secret()?;
         loop {
             match self
                 .opts
-                .endpoint(self.opts.listen, Some(server.clone()))
+                .endpoint(self.opts.listen, Some(server.clone()), Some(&secret))
                 .await
             {
                 Ok(e) => return Ok(e),
@@ -527,7 +536,7 @@ impl Agent {
             .parse()
             .map_err(|_| anyhow!("invalid manager address {remote:?}: expected ip:port"))?;
         let bind = SocketAddr::new(self.opts.listen.ip(), 0);
-        let endpoint = self.opts.endpoint(bind, None).await?;
+        let endpoint = self.opts.endpoint(bind, None, None).await?;
         let hostname = &self.opts.hostname;
         let attempt = |want| {
             join::join_through(

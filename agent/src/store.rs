@@ -200,6 +200,21 @@ impl DataDir {
         write_atomic(&self.root.join("removed.json"), &json, false)
     }
 
+    /// The secret this node's QUIC endpoint derives its stateless-reset and connection-id keys
+    /// from: 32 random bytes kept in `endpoint.key` (mode 0600), created on first use. It
+    /// outlives certificate renewals, so a restarted agent can reset the connections its peers
+    /// still hold to its previous run.
+    pub fn endpoint_secret(&self) -> Result<Vec<u8>> {
+        let path = self.root.join("endpoint.key");
+        match fs::read(&path) {
+            Ok(b) if b.len() == 32 => return Ok(b),
+            Ok(_) | Err(_) => {}
+        }
+        let secret: [u8; 32] = rand::random();
+        write_atomic(&path, &secret, true)?;
+        Ok(secret.to_vec())
+    }
+
     /// Forgets the identity and the Raft data (`swarm leave`).
     pub fn wipe_identity(&self) -> Result<()> {
         self.wipe_raft()?;
