@@ -279,6 +279,7 @@ fn quorum_loss_is_explained_and_force_new_cluster_restores_service() {
     c.form(3);
     c.shoal(0, &["node", "update", "--label-add", "keep=yes", "node-2"])
         .ok();
+    let wtoken = c.shoal(0, &["swarm", "join-token", "-q", "worker"]).ok();
 
     // One of three managers down: demoting another would leave 1 of 2 reachable.
     c.kill(2);
@@ -306,6 +307,15 @@ fn quorum_loss_is_explained_and_force_new_cluster_restores_service() {
         (out.stderr.trim() == "Error: no leader: 1 of 3 managers reachable, 2 needed").then_some(())
     });
     assert_eq!(msg.lines().count(), 1, "{msg}");
+    // A manager in a minority admits nobody: the join cannot be recorded, so no certificate
+    // is issued and no half-joined node is left behind.
+    let joiner = c.add();
+    let addr = c.nodes[0].listen.clone();
+    let e = c
+        .shoal(joiner, &["swarm", "join", "--token", wtoken.trim(), &addr])
+        .err();
+    assert!(e.contains("could not record this node"), "{e}");
+    assert!(!c.nodes[joiner].dir.join("cert.pem").exists());
 
     // The survivor restarts the cluster alone, with the committed state.
     let out = c.shoal(0, &["swarm", "init", "--force-new-cluster"]).ok();
