@@ -932,6 +932,7 @@ impl Member {
             ("inbound_dropped", w.inbound_dropped.load(Relaxed)),
             ("connects", w.connects.load(Relaxed)),
             ("connect_failures", w.connect_failures.load(Relaxed)),
+            ("stalls", w.stalls.load(Relaxed)),
         ]);
         snap.transport_rejected = BTreeMap::from([
             ("oversized", w.oversized.load(Relaxed)),
@@ -975,11 +976,17 @@ async fn dispatch(m: Arc<Member>, mut inbound: Inbound) {
             biased;
             _ = stop.changed() => return,
             r = inbound.raft.recv() => match r {
-                Some((from, bytes)) => m.to_raft(from, bytes).await,
+                Some((from, bytes)) => {
+                    m.sign_of_life(from);
+                    m.to_raft(from, bytes).await
+                }
                 None => return,
             },
             r = inbound.snapshot.recv() => match r {
-                Some((from, bytes)) => m.to_raft(from, bytes).await,
+                Some((from, bytes)) => {
+                    m.sign_of_life(from);
+                    m.to_raft(from, bytes).await
+                }
                 None => return,
             },
             r = inbound.gossip.recv() => match r {
@@ -995,6 +1002,14 @@ async fn dispatch(m: Arc<Member>, mut inbound: Inbound) {
 }
 
 impl Member {
+    /// Raft traffic from a member gossip holds dead (a healed partition): SWIM exchanges state
+    /// with it now instead of at its next reconnect round, so the node shows Ready at once.
+    fn sign_of_life(&self, from: u64) {
+        if gossip::holds_dead(&self.gossip.view, from) {
+            let _ = self.gossip.tx.try_send(GossipCmd::SignOfLife(from));
+        }
+    }
+
     async fn to_raft(self: &Arc<Self>, from: u64, bytes: Vec<u8>) {
         let manager = self.transport.peer_role(from) == Some(pki::Role::Manager);
         let h = match self.raft() {

@@ -355,8 +355,9 @@ impl Member {
         }
     }
 
-    /// The leader's id, waiting a little for an election if a quorum of managers is alive;
-    /// otherwise (or if none comes) the cause.
+    /// The leader's id, waiting a little for an election if gossip says a quorum of managers is
+    /// alive; otherwise (or if none comes) the cause, counting after the wait only the managers
+    /// this node actually hears from.
     async fn await_leader(&self, h: &RaftHandle) -> Result<u64, Response> {
         let mut rx = h.status.clone();
         let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
@@ -377,7 +378,13 @@ impl Member {
                 Ok(Err(_)) => {
                     return Err(Response::error("this node is no longer a manager; retry"))
                 }
-                Err(_) => return Err(Response::error(no_leader(alive, total))),
+                // No leader came: count the voters this node actually hears from (gossip
+                // may still believe in members a partition has cut off for seconds).
+                Err(_) => {
+                    let s = rx.borrow().clone();
+                    let heard = s.heard_from.intersection(&voters).count();
+                    return Err(Response::error(no_leader(heard, total)));
+                }
             }
         }
     }

@@ -49,6 +49,9 @@ pub enum GossipCmd {
     SetMeta(Meta),
     /// Leave gracefully; answered once the news had a moment to spread.
     Leave(oneshot::Sender<()>),
+    /// Traffic from a member the view holds dead (its Raft messages, say): exchange state
+    /// with it now, so that a healed partition merges at once.
+    SignOfLife(u64),
 }
 
 /// The membership core's counters and local health, as of its last step.
@@ -58,6 +61,15 @@ pub struct SwimCounters {
     pub stats: Stats,
     /// Lifeguard's local health multiplier (0 = healthy).
     pub local_health: u32,
+}
+
+/// Whether the view holds `id` dead: its traffic on another channel is then worth a
+/// [`GossipCmd::SignOfLife`].
+pub fn holds_dead(view: &View, id: u64) -> bool {
+    view.lock()
+        .expect("view")
+        .get(&id)
+        .is_some_and(|m| m.state == State::Dead)
 }
 
 /// The handle the agent keeps.
@@ -153,6 +165,12 @@ async fn run(
                             .map(|m| m.addr.clone())
                             .unwrap_or_else(|| Addr::new(format!("{from:016x}")));
                         let _ = ml.receive(now, &from_addr, &bytes);
+                        // A dead member's packet is a sign of life too (its reconnect
+                        // attempt, or a ping sent before it heard of its death).
+                        ml.sign_of_life(now, NodeId(from));
+                    }
+                    Some(GossipCmd::SignOfLife(from)) => {
+                        ml.sign_of_life(now, NodeId(from));
                     }
                     Some(GossipCmd::Join(seeds)) => {
                         let seeds: Vec<Addr> = seeds.into_iter().map(Addr::new).collect();

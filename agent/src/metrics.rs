@@ -359,6 +359,7 @@ fn transport_metric(name: &str) -> (String, &'static str) {
         "inbound_dropped" => "Inbound messages dropped because the local channel was full.",
         "connects" => "Outbound connections established.",
         "connect_failures" => "Outbound connection attempts that failed.",
+        "stalls" => "Connections replaced because they got no answer for the stall timeout.",
         _ => "Transport counter.",
     };
     (format!("shoal_transport_{name}_total"), help)

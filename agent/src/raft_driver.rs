@@ -28,6 +28,9 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// A member is reachable when the leader heard from it this recently (the longest election
 /// timeout).
 pub const REACHABLE_WINDOW: Duration = Duration::from_millis(1000);
+/// A member is heard from when any Raft message of its arrived this recently: twice the longest
+/// election timeout, so that a member that campaigns or answers a campaign is never missed.
+pub const HEARD_WINDOW: Duration = Duration::from_millis(2000);
 
 /// The replica's state as the rest of the agent sees it.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +47,9 @@ pub struct RaftStatus {
     pub membership: Membership,
     /// Members that answered the leader's own messages recently (itself included); leader only.
     pub reachable: BTreeSet<u64>,
+    /// Members any Raft message arrived from within [`HEARD_WINDOW`] (itself included): who
+    /// this node can actually hear now, whatever gossip still believes (the no-leader message).
+    pub heard_from: BTreeSet<u64>,
     /// The replica stopped: this node was removed from the group.
     pub stopped: bool,
     /// This node is out of the latest configuration it knows (the agent asks the leader).
@@ -203,6 +209,7 @@ pub fn start(
         next_read: 1,
         ready_reads: Vec::new(),
         last_heard: BTreeMap::new(),
+        heard_any: BTreeMap::new(),
         inflight: BTreeMap::new(),
         conf_pending: None,
         ticks: 0,
@@ -313,6 +320,8 @@ struct Driver {
     /// (read index, reply): answered once applied.
     ready_reads: Vec<(u64, Reply)>,
     last_heard: BTreeMap<u64, Instant>,
+    /// When any Raft message last arrived from each peer (inbound only: who this node hears).
+    heard_any: BTreeMap<u64, Instant>,
     /// Reconciler and status proposals in flight: (node, what) → index.
     inflight: BTreeMap<(u64, &'static str), u64>,
     conf_pending: Option<u64>,
@@ -491,6 +500,7 @@ impl Driver {
                         tracing::debug!(from = %format!("{from:016x}"), "raft message from a node that is not a manager dropped");
                         return;
                     }
+                    self.heard_any.insert(from, Instant::now());
                     // Reachable means two-way: only an answer to this node's own messages
                     // counts (a restarted peer's pre-votes arrive while it may not hear us).
                     if matches!(
@@ -663,6 +673,17 @@ impl Driver {
 
     fn refresh_addrs(&self) {
         refresh_transport(&self.state.read().expect("state"), &self.transport);
+    }
+
+    fn heard_from(&self) -> BTreeSet<u64> {
+        let mut r: BTreeSet<u64> = self
+            .heard_any
+            .iter()
+            .filter(|(_, t)| t.elapsed() < HEARD_WINDOW)
+            .map(|(id, _)| *id)
+            .collect();
+        r.insert(self.id);
+        r
     }
 
     fn reachable(&self) -> BTreeSet<u64> {
@@ -860,6 +881,7 @@ impl Driver {
             } else {
                 BTreeSet::new()
             },
+            heard_from: self.heard_from(),
             stopped,
             leaving: self.leaving(),
         };

@@ -141,6 +141,9 @@ pub struct Memberlist {
     /// Extra push-pulls still due after joining (`JOIN_SYNCS`), before the periodic ones.
     pub(crate) join_syncs_left: u32,
     pub(crate) next_reconnect_at: Duration,
+    /// When each member held dead was last sent a push-pull on a sign of life
+    /// ([`Memberlist::sign_of_life`]), for the rate limit.
+    pub(crate) revived_at: BTreeMap<NodeId, Duration>,
     // join and leave
     pub(crate) seeds: Vec<Addr>,
     pub(crate) joining: bool,
@@ -204,6 +207,7 @@ impl Memberlist {
             next_push_pull_at,
             join_syncs_left: 0,
             next_reconnect_at,
+            revived_at: BTreeMap::new(),
             seeds: Vec::new(),
             joining: false,
             next_join_at: Duration::ZERO,
@@ -444,7 +448,7 @@ impl Memberlist {
 
     // ---------------------------------------------------------------- plumbing
 
-    fn advance(&mut self, now: Duration) {
+    pub(crate) fn advance(&mut self, now: Duration) {
         if now > self.now {
             self.now = now;
         }

@@ -139,6 +139,32 @@ impl Memberlist {
         }
     }
 
+    /// A sign of life from member `id`, which this node holds dead: traffic from it on another
+    /// channel (the agent's Raft messages, an inbound connection). Exchanges state with it at
+    /// once, so that a healed partition merges now rather than at the next reconnect round (up
+    /// to `reconnect_interval` later): each side refutes the other's verdict on itself. At most
+    /// one exchange per member per protocol period; true when one was sent.
+    pub fn sign_of_life(&mut self, now: Duration, id: NodeId) -> bool {
+        self.advance(now);
+        let now = self.now;
+        if self.left || id == self.id {
+            return false;
+        }
+        let period = self.cfg.protocol_period;
+        self.revived_at.retain(|_, at| now < *at + period);
+        let to = match self.members.get(&id) {
+            Some(m) if m.state == State::Dead => m.addr.clone(),
+            _ => return false,
+        };
+        if self.revived_at.contains_key(&id) {
+            return false;
+        }
+        self.revived_at.insert(id, now);
+        self.send_push_pull(&to, true);
+        self.stats.push_pulls += 1;
+        true
+    }
+
     /// Every `reconnect_interval`: a push-pull to one random dead member and to one seed that is
     /// not a known live member, so that both sides of a healed partition learn of each other (and
     /// that each side declared the other dead, which they then refute); then reaps members gone

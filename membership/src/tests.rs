@@ -1468,3 +1468,81 @@ fn aligned_rounds_probe_a_suspect_just_heard_of_next() {
     assert!(matches!(p.msg, Message::Ping { round: 2, .. }));
     assert_eq!(t, ring[shift % ring.len()]);
 }
+
+/// Delivers every packet `a` and `b` send each other (others dropped) until neither sends.
+fn exchange(a: &mut Memberlist, b: &mut Memberlist, now: Duration) {
+    fn deliver_to(effects: Vec<Effect>, from: &Addr, dst: &mut Memberlist, now: Duration) -> bool {
+        let to = dst.member(dst.id).unwrap().addr.clone();
+        let mut sent = false;
+        for e in effects {
+            if let Effect::Send { to: t, bytes } = e {
+                if t == to {
+                    sent = true;
+                    let _ = dst.receive(now, from, &bytes);
+                }
+            }
+        }
+        sent
+    }
+    let (addr_a, addr_b) = (addr(a.id.0), addr(b.id.0));
+    for _ in 0..10 {
+        let (ea, eb) = (a.take_effects(), b.take_effects());
+        let sent_ab = deliver_to(ea, &addr_a, b, now);
+        let sent_ba = deliver_to(eb, &addr_b, a, now);
+        if !sent_ab && !sent_ba {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_sign_of_life_from_a_dead_member_merges_both_sides_at_once() {
+    // Two members cut off from each other long enough that each declared the other dead.
+    let mut a = with_members(Config::lan(), 1, &[2]);
+    let mut b = with_members(Config::lan(), 2, &[1]);
+    gossip(&mut a, ms(1), vec![dead(2, 0, 1)]);
+    gossip(&mut b, ms(1), vec![dead(1, 0, 2)]);
+    a.take_effects();
+    b.take_effects();
+    assert_eq!((state(&a, 2), state(&b, 1)), (State::Dead, State::Dead));
+    // The partition heals; nothing happens until the next reconnect round (30 s on a LAN)…
+    let now = ms(100);
+    a.tick(now);
+    b.tick(now);
+    exchange(&mut a, &mut b, now);
+    assert_eq!((state(&a, 2), state(&b, 1)), (State::Dead, State::Dead));
+    // …unless one side sees traffic from the other (Raft, say): then both merge at once. `b`
+    // refutes its death in its reply; `a`, told of its own death there, refutes too.
+    assert!(a.sign_of_life(now, NodeId(2)));
+    exchange(&mut a, &mut b, now);
+    assert_eq!((state(&a, 2), state(&b, 1)), (State::Alive, State::Alive));
+    assert!(incarnation(&a, 2) > 0 && incarnation(&b, 1) > 0);
+    assert!(!b.sign_of_life(now, NodeId(1)), "nothing more to do");
+}
+
+#[test]
+fn signs_of_life_are_rate_limited_and_ignored_for_live_members() {
+    let mut a = with_members(Config::lan(), 1, &[2, 3]);
+    gossip(&mut a, ms(1), vec![dead(2, 0, 1)]);
+    a.take_effects();
+    let asks = |a: &mut Memberlist| {
+        packets(&a.take_effects())
+            .into_iter()
+            .filter(|(to, p)| {
+                *to == addr(2) && matches!(p.msg, Message::PushPull { reply: true, .. })
+            })
+            .count()
+    };
+    assert!(a.sign_of_life(ms(10), NodeId(2)));
+    assert_eq!(asks(&mut a), 1);
+    // A Raft heartbeat every 100 ms does not become a push-pull every 100 ms.
+    assert!(!a.sign_of_life(ms(110), NodeId(2)));
+    assert_eq!(asks(&mut a), 0);
+    assert!(a.sign_of_life(ms(10) + Config::lan().protocol_period, NodeId(2)));
+    assert_eq!(asks(&mut a), 1);
+    // Live, unknown and own ids cost nothing.
+    assert!(!a.sign_of_life(ms(5000), NodeId(3)));
+    assert!(!a.sign_of_life(ms(5000), NodeId(7)));
+    assert!(!a.sign_of_life(ms(5000), NodeId(1)));
+    assert_eq!(a.take_effects().len(), 0);
+}

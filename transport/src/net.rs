@@ -72,6 +72,11 @@ pub struct TransportConfig {
     /// Longest reconnect delay. Any sign of life from the peer (an inbound connection,
     /// stream or datagram) cuts the wait short and starts the backoff over.
     pub backoff_max: Duration,
+    /// A connection that sent packets and received nothing for this long is stalled (the path
+    /// broke) and replaced by a fresh connection attempt: QUIC's own retransmission timer backs
+    /// off exponentially, so after a partition of a few seconds the old connection might not
+    /// try again for as long, while a fresh attempt is renewed every `backoff_max`.
+    pub stall_timeout: Duration,
     /// Time allowed for a request and its response.
     pub request_timeout: Duration,
     /// Connections without a certificate (joining nodes) kept open at once from one IP address;
@@ -102,6 +107,8 @@ impl Default for TransportConfig {
             backoff_base: Duration::from_millis(50),
             // About an election timeout: a healed link is tried again before Raft gives up.
             backoff_max: Duration::from_secs(1),
+            // Two election timeouts: a healed link is used about `backoff_max` after the repair.
+            stall_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             max_unauth_conns_per_ip: 16,
             max_unauth_conns: 256,
@@ -154,6 +161,8 @@ pub struct WireStats {
     pub connects: AtomicU64,
     /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
+    /// Connections replaced because they sent and got nothing back for `stall_timeout`.
+    pub stalls: AtomicU64,
 }
 
 impl WireStats {
@@ -964,8 +973,11 @@ async fn connection_manager(
         stats.connects.fetch_add(1, Ordering::Relaxed);
         signals.connected.store(true, Ordering::Relaxed);
         let _ = conn_tx.send(Some(conn.clone()));
-        // Serve until the connection dies, a reconnect is requested, or the peer idles out.
+        // Serve until the connection dies, a reconnect is requested, the connection stalls, or
+        // the peer idles out.
         let idle = cfg.idle_timeout;
+        let mut stall = StallWatch::new(&conn);
+        let check_every = (cfg.stall_timeout / 4).max(Duration::from_millis(10));
         loop {
             let since = now_ms(started).saturating_sub(last_used.load(Ordering::Relaxed));
             let left = idle.saturating_sub(Duration::from_millis(since));
@@ -981,6 +993,20 @@ async fn connection_manager(
                 _ = reconnect.notified() => {
                     conn.close(0u32.into(), b"reconnect");
                     break;
+                }
+                _ = tokio::time::sleep(check_every) => {
+                    if stall.stalled(&conn, cfg.stall_timeout) {
+                        tracing::debug!(
+                            peer = format!("{peer:016x}"),
+                            "nothing received on the connection for {:?} while sending: reconnecting",
+                            cfg.stall_timeout
+                        );
+                        stats.stalls.fetch_add(1, Ordering::Relaxed);
+                        conn.close(0u32.into(), b"stalled");
+                        backoff = None;
+                        break;
+                    }
+                    continue;
                 }
                 _ = signals.probe.notified() => {
                     let answers = tokio::select! {
@@ -1028,6 +1054,44 @@ async fn connection_manager(
         rtt_hint = conn.rtt();
         signals.connected.store(false, Ordering::Relaxed);
         let _ = conn_tx.send(None);
+    }
+}
+
+/// Watches a connection for a stall: something sent, and nothing at all received in the
+/// `stall_timeout` since. An idle connection (keep-alives acknowledged) never stalls.
+struct StallWatch {
+    /// Datagrams received and sent when the received count last changed.
+    rx: u64,
+    tx: u64,
+    /// When a datagram sent after that was first seen: the wait for an answer started.
+    waiting_since: Option<Instant>,
+}
+
+impl StallWatch {
+    fn new(conn: &quinn::Connection) -> Self {
+        let s = conn.stats();
+        StallWatch {
+            rx: s.udp_rx.datagrams,
+            tx: s.udp_tx.datagrams,
+            waiting_since: None,
+        }
+    }
+
+    /// Samples the counters; true once the connection has waited `timeout` for any answer.
+    fn stalled(&mut self, conn: &quinn::Connection, timeout: Duration) -> bool {
+        let s = conn.stats();
+        if s.udp_rx.datagrams != self.rx {
+            *self = StallWatch {
+                rx: s.udp_rx.datagrams,
+                tx: s.udp_tx.datagrams,
+                waiting_since: None,
+            };
+            return false;
+        }
+        if s.udp_tx.datagrams != self.tx && self.waiting_since.is_none() {
+            self.waiting_since = Some(Instant::now());
+        }
+        self.waiting_since.is_some_and(|t| t.elapsed() >= timeout)
     }
 }
 
