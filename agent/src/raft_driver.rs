@@ -208,8 +208,7 @@ pub fn start(
         reads: BTreeMap::new(),
         next_read: 1,
         ready_reads: Vec::new(),
-        last_heard: BTreeMap::new(),
-        heard_any: BTreeMap::new(),
+        contacts: Contacts::default(),
         inflight: BTreeMap::new(),
         conf_pending: None,
         ticks: 0,
@@ -299,6 +298,55 @@ fn refresh_transport(st: &ClusterState, transport: &Transport) {
     }
 }
 
+/// Who this replica hears from, and who answers it.
+#[derive(Default)]
+struct Contacts {
+    /// When each peer last answered this node's own replication (append, heartbeat or
+    /// snapshot response): the two-way test behind `Reachable`.
+    answered: BTreeMap<u64, Instant>,
+    /// When any Raft message last arrived from each peer (inbound only).
+    heard: BTreeMap<u64, Instant>,
+}
+
+impl Contacts {
+    /// Records a message from `from`. Only an answer to this node's own messages proves the
+    /// path works both ways: a restarted peer's pre-votes arrive while it may not hear us.
+    fn observe(&mut self, from: u64, body: &MessageBody, now: Instant) {
+        self.heard.insert(from, now);
+        if matches!(
+            body,
+            MessageBody::AppendResp { .. }
+                | MessageBody::HeartbeatResp { .. }
+                | MessageBody::SnapshotResp { .. }
+        ) {
+            self.answered.insert(from, now);
+        }
+    }
+
+    /// Peers that answered within [`REACHABLE_WINDOW`], and `me`.
+    fn reachable(&self, me: u64, now: Instant) -> BTreeSet<u64> {
+        Self::within(&self.answered, me, now, REACHABLE_WINDOW)
+    }
+
+    /// Peers heard from within [`HEARD_WINDOW`], and `me`.
+    fn heard_from(&self, me: u64, now: Instant) -> BTreeSet<u64> {
+        Self::within(&self.heard, me, now, HEARD_WINDOW)
+    }
+
+    fn within(
+        at: &BTreeMap<u64, Instant>,
+        me: u64,
+        now: Instant,
+        window: Duration,
+    ) -> BTreeSet<u64> {
+        at.iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) < window)
+            .map(|(id, _)| *id)
+            .chain([me])
+            .collect()
+    }
+}
+
 /// A node admitted but never seen this long after its admission is removed: its certificate
 /// never arrived (or it never started), and the joiner runs `swarm join` again.
 const JOIN_ABANDONED_MS: u64 = 120_000;
@@ -319,9 +367,7 @@ struct Driver {
     next_read: u64,
     /// (read index, reply): answered once applied.
     ready_reads: Vec<(u64, Reply)>,
-    last_heard: BTreeMap<u64, Instant>,
-    /// When any Raft message last arrived from each peer (inbound only: who this node hears).
-    heard_any: BTreeMap<u64, Instant>,
+    contacts: Contacts,
     /// Reconciler and status proposals in flight: (node, what) → index.
     inflight: BTreeMap<(u64, &'static str), u64>,
     conf_pending: Option<u64>,
@@ -500,17 +546,7 @@ impl Driver {
                         tracing::debug!(from = %format!("{from:016x}"), "raft message from a node that is not a manager dropped");
                         return;
                     }
-                    self.heard_any.insert(from, Instant::now());
-                    // Reachable means two-way: only an answer to this node's own messages
-                    // counts (a restarted peer's pre-votes arrive while it may not hear us).
-                    if matches!(
-                        m.body,
-                        MessageBody::AppendResp { .. }
-                            | MessageBody::HeartbeatResp { .. }
-                            | MessageBody::SnapshotResp { .. }
-                    ) {
-                        self.last_heard.insert(from, Instant::now());
-                    }
+                    self.contacts.observe(from, &m.body, Instant::now());
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!("dropped raft message: {e}");
                     }
@@ -676,25 +712,11 @@ impl Driver {
     }
 
     fn heard_from(&self) -> BTreeSet<u64> {
-        let mut r: BTreeSet<u64> = self
-            .heard_any
-            .iter()
-            .filter(|(_, t)| t.elapsed() < HEARD_WINDOW)
-            .map(|(id, _)| *id)
-            .collect();
-        r.insert(self.id);
-        r
+        self.contacts.heard_from(self.id, Instant::now())
     }
 
     fn reachable(&self) -> BTreeSet<u64> {
-        let mut r: BTreeSet<u64> = self
-            .last_heard
-            .iter()
-            .filter(|(_, t)| t.elapsed() < REACHABLE_WINDOW)
-            .map(|(id, _)| *id)
-            .collect();
-        r.insert(self.id);
-        r
+        self.contacts.reachable(self.id, Instant::now())
     }
 
     /// Proposes a command on the leader's own behalf (reconciler, status sync), once per
@@ -900,5 +922,77 @@ impl Driver {
         for (_, r) in std::mem::take(&mut self.ready_reads) {
             let _ = r.send(Err(why.to_string()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn reachable_needs_an_answer_to_our_own_messages() {
+        let t0 = Instant::now();
+        let mut c = Contacts::default();
+        // A restarted peer campaigns: its pre-votes and votes reach us, ours may not reach it.
+        c.observe(
+            2,
+            &MessageBody::PreVote {
+                last_log_index: 5,
+                last_log_term: 1,
+            },
+            t0,
+        );
+        c.observe(
+            2,
+            &MessageBody::Vote {
+                last_log_index: 5,
+                last_log_term: 1,
+                transfer: false,
+            },
+            t0,
+        );
+        // Another leader's append (a stale one) is inbound traffic too.
+        c.observe(3, &MessageBody::Heartbeat { commit: 1, seq: 1 }, t0);
+        assert_eq!(
+            c.reachable(1, t0),
+            BTreeSet::from([1]),
+            "inbound alone is not reachable"
+        );
+        assert_eq!(c.heard_from(1, t0), BTreeSet::from([1, 2, 3]));
+        // Answers to our heartbeats and appends are.
+        c.observe(2, &MessageBody::HeartbeatResp { seq: 7 }, t0 + ms(100));
+        c.observe(
+            3,
+            &MessageBody::AppendResp {
+                success: true,
+                match_index: 9,
+                hint_index: 0,
+                hint_term: 0,
+                seq: 7,
+            },
+            t0 + ms(100),
+        );
+        assert_eq!(c.reachable(1, t0 + ms(100)), BTreeSet::from([1, 2, 3]));
+        // Each lasts an election timeout (the longest, 1 s); hearing lasts twice that.
+        assert_eq!(c.reachable(1, t0 + ms(1099)), BTreeSet::from([1, 2, 3]));
+        assert_eq!(c.reachable(1, t0 + ms(1100)), BTreeSet::from([1]));
+        assert_eq!(c.heard_from(1, t0 + ms(2099)), BTreeSet::from([1, 2, 3]));
+        assert_eq!(c.heard_from(1, t0 + ms(2100)), BTreeSet::from([1]));
+        // A snapshot chunk's answer counts as well.
+        c.observe(
+            2,
+            &MessageBody::SnapshotResp {
+                index: 9,
+                next_offset: 0,
+                done: false,
+                seq: 8,
+            },
+            t0 + ms(3000),
+        );
+        assert_eq!(c.reachable(1, t0 + ms(3000)), BTreeSet::from([1, 2]));
     }
 }
