@@ -7,7 +7,7 @@
 //! bridge inside a private network namespace; the leader's link is cut for 20 s, then healed).
 //!
 //! `cargo bench -p shoal-agent --bench failover-bench -- [--managers N] [--variant NAME]
-//! [--trials K] [--seed S] [--isolate-secs SECS] [--shoal PATH]`
+//! [--trials K] [--seed S] [--isolate-secs SECS] [--keep] [--shoal PATH]`
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -72,12 +72,14 @@ struct Opts {
     trials: Option<usize>,
     seed: u64,
     isolate_secs: u64,
+    keep: bool,
+    trace: bool,
     in_netns: bool,
 }
 
 fn usage() -> &'static str {
     "usage: failover-bench [--managers N] [--variant restart|restart-early|isolate] [--trials K] \
-     [--seed S] [--isolate-secs SECS] [--shoal PATH]"
+     [--seed S] [--isolate-secs SECS] [--keep] [--trace] [--shoal PATH]"
 }
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
@@ -91,6 +93,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1),
         isolate_secs: 20,
+        keep: false,
+        trace: false,
         in_netns: false,
     };
     let mut it = args.iter();
@@ -131,6 +135,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 o.isolate_secs = number("--isolate-secs", value("--isolate-secs")?)?
             }
             "--shoal" => o.shoal = PathBuf::from(value("--shoal")?),
+            "--keep" => o.keep = true,
+            "--trace" => o.trace = true,
             IN_NETNS => o.in_netns = true,
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other:?}\n{}", usage())),
@@ -644,7 +650,12 @@ fn teardown_netns(managers: usize) {
 }
 
 /// The `isolate` trials.
-fn run_isolate(c: &mut Cluster, trials: usize, isolate: Duration) -> Result<Samples, String> {
+fn run_isolate(
+    c: &mut Cluster,
+    trials: usize,
+    isolate: Duration,
+    trace: bool,
+) -> Result<Samples, String> {
     let mut s = Samples::default();
     let mut none: Vec<Pending> = Vec::new();
     for trial in 0..trials {
@@ -682,37 +693,101 @@ fn run_isolate(c: &mut Cluster, trials: usize, isolate: Duration) -> Result<Samp
         }
         Samples::record(&mut s.failover, &mut s.timeouts, failover);
         std::thread::sleep(isolate.saturating_sub(cut_at.elapsed()));
+        if trace {
+            trace_metrics(c, li, "before the heal");
+        }
         let healed_at = Instant::now();
         ip(&["link", "set", &veth, "up"])?;
+        let mut last_seen: Option<(u64, String)> = None;
+        // When each half first held (for the progress line: which one a slow heal waits for).
+        let (mut knew, mut ready_seen): (Option<f64>, Option<f64>) = (None, None);
         let follows = |c: &Cluster| -> bool {
-            let Some(info) = c.nodes[li].info() else {
-                return false;
-            };
-            if info.leader.is_empty() || info.leader == old_id || !c.confirms_leader(&info.leader) {
-                return false;
+            let info = c.nodes[li].info();
+            if trace {
+                let now = info.as_ref().map(|i| (i.term, i.leader.clone()));
+                if now.is_some() && now != last_seen {
+                    if let Some((term, leader)) = &now {
+                        let who = c
+                            .index_of(leader)
+                            .map_or("none", |l| c.nodes[l].name.as_str());
+                        eprintln!(
+                            "      +{:.3} s {name}: term {term}, leader {who}",
+                            healed_at.elapsed().as_secs_f64()
+                        );
+                    }
+                    last_seen = now;
+                }
             }
-            let Some(l) = c.index_of(&info.leader) else {
-                return false;
+            let leader = info
+                .map(|i| i.leader)
+                .filter(|l| !l.is_empty() && l != &old_id && c.confirms_leader(l));
+            let at = healed_at.elapsed().as_secs_f64();
+            if leader.is_some() && knew.is_none() {
+                knew = Some(at);
+            }
+            let l = match &leader {
+                Some(id) => c.index_of(id),
+                None => c.find_leader().filter(|&l| l != li),
             };
-            c.nodes[l]
-                .nodes()
-                .is_some_and(|list| list.iter().any(|v| v.id == old_id && v.status == "Ready"))
+            let ready = l
+                .and_then(|l| c.nodes[l].nodes())
+                .is_some_and(|list| list.iter().any(|v| v.id == old_id && v.status == "Ready"));
+            if ready && ready_seen.is_none() {
+                ready_seen = Some(at);
+            }
+            leader.is_some() && ready
         };
         let heal =
             wait_with_pending(c, &mut none, &mut s, TIMEOUT, follows).map(|_| healed_at.elapsed());
+        if trace {
+            trace_metrics(c, li, "after the heal");
+        }
+        let part = |t: Option<f64>| t.map_or("never".to_string(), |t| format!("{t:.3} s"));
         match heal {
             Some(d) => eprintln!(
-                "    healed; {name} follows the leader and is Ready after {:.3} s",
-                d.as_secs_f64()
+                "    healed; {name} follows the leader and is Ready after {:.3} s \
+                 (knew the leader at {}, Ready at {})",
+                d.as_secs_f64(),
+                part(knew),
+                part(ready_seen)
             ),
             None => eprintln!(
-                "    healed; {name} did not follow the leader within {} s (timeout)",
-                TIMEOUT.as_secs()
+                "    healed; {name} did not follow the leader within {} s (timeout; knew the \
+                 leader at {}, Ready at {})",
+                TIMEOUT.as_secs(),
+                part(knew),
+                part(ready_seen)
             ),
         }
         Samples::record(&mut s.heal_to_follow, &mut s.timeouts, heal);
     }
     Ok(s)
+}
+
+/// `--trace`: the transport and Raft counters of node `i` (and of the leader) on stderr.
+fn trace_metrics(c: &Cluster, i: usize, when: &str) {
+    let wanted = [
+        "shoal_raft_term ",
+        "shoal_raft_elections_total",
+        "shoal_transport_connects_total",
+        "shoal_transport_connect_failures_total",
+        "shoal_transport_queue_full_total",
+        "shoal_transport_datagrams_dropped_total",
+        "shoal_swim_refutations_total",
+    ];
+    let leader = c.find_leader().filter(|&l| l != i);
+    for n in std::iter::once(i).chain(leader) {
+        let Ok(r) = client::exchange(&c.nodes[n].socket(), "GET", "/metrics", None) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&r.body);
+        let picked: Vec<&str> = text
+            .lines()
+            .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+            .map(|l| l.trim_start_matches("shoal_"))
+            .collect();
+        eprintln!("      {} {when}: {}", c.nodes[n].name, picked.join(", "));
+    }
 }
 
 /// p50, p99 (nearest rank) and max; `null` when there are no samples.
@@ -806,9 +881,12 @@ fn run_one(opts: &Opts, managers: usize, variant: Variant, rng: &mut StdRng) -> 
         let s = match variant {
             Variant::Restart => run_restart(&mut c, trials, false, rng)?,
             Variant::RestartEarly => run_restart(&mut c, trials, true, rng)?,
-            Variant::Isolate => {
-                run_isolate(&mut c, trials, Duration::from_secs(opts.isolate_secs))?
-            }
+            Variant::Isolate => run_isolate(
+                &mut c,
+                trials,
+                Duration::from_secs(opts.isolate_secs),
+                opts.trace,
+            )?,
         };
         drop(c);
         Ok::<_, String>(s)
@@ -819,7 +897,7 @@ fn run_one(opts: &Opts, managers: usize, variant: Variant, rng: &mut StdRng) -> 
     match result {
         Ok(s) => {
             println!("{}", row(managers, variant, trials, &s));
-            if s.timeouts > 0 {
+            if s.timeouts > 0 || opts.keep {
                 eprintln!(
                     "  {} timeouts; agent logs kept in {}",
                     s.timeouts,
@@ -864,6 +942,12 @@ fn run_isolate_child(opts: &Opts, managers: usize, seed: u64) -> Result<(), Stri
         .arg(&opts.shoal);
     if let Some(k) = opts.trials {
         cmd.args(["--trials", &k.to_string()]);
+    }
+    if opts.keep {
+        cmd.arg("--keep");
+    }
+    if opts.trace {
+        cmd.arg("--trace");
     }
     let st = cmd
         .status()
