@@ -296,14 +296,60 @@ impl Cluster {
     }
 
     /// Some live node other than `old` reports a leader that is not `old`.
-    fn new_leader_reported(&self, old: usize) -> bool {
+    fn new_leader_reported(&self, old: usize, tr: &mut Tracer) -> bool {
         let old_id = &self.nodes[old].id;
-        self.nodes.iter().enumerate().any(|(i, n)| {
-            i != old
-                && n.alive()
-                && n.info()
-                    .is_some_and(|info| !info.leader.is_empty() && &info.leader != old_id)
-        })
+        let mut found = false;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i == old || !n.alive() {
+                continue;
+            }
+            if let Some(info) = n.info() {
+                tr.see(self, i, &info);
+                if !info.leader.is_empty() && &info.leader != old_id {
+                    found = true;
+                    if !tr.on {
+                        break;
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// `--trace`: prints every change of a node's (term, leader) seen during a wait, on stderr.
+struct Tracer {
+    on: bool,
+    since: Instant,
+    last: Vec<Option<(u64, String)>>,
+}
+
+impl Tracer {
+    fn new(on: bool, nodes: usize) -> Self {
+        Tracer {
+            on,
+            since: Instant::now(),
+            last: vec![None; nodes],
+        }
+    }
+
+    fn see(&mut self, c: &Cluster, i: usize, info: &InfoView) {
+        if !self.on {
+            return;
+        }
+        let now = (info.term, info.leader.clone());
+        if self.last[i].as_ref() != Some(&now) {
+            let who = c
+                .index_of(&info.leader)
+                .map_or("none", |l| c.nodes[l].name.as_str());
+            eprintln!(
+                "      +{:.3} s {}: term {}, leader {who}",
+                self.since.elapsed().as_secs_f64(),
+                c.nodes[i].name,
+                info.term
+            );
+            self.last[i] = Some(now);
+        }
     }
 }
 
@@ -508,6 +554,7 @@ fn run_restart(
     trials: usize,
     early: bool,
     rng: &mut StdRng,
+    trace: bool,
 ) -> Result<Samples, String> {
     let mut s = Samples::default();
     let mut pending: Vec<Pending> = Vec::new();
@@ -556,10 +603,14 @@ fn run_restart(
         let killed = c.nodes[li].name.clone();
         let killed_at = Instant::now();
         c.nodes[li].kill();
+        let mut tr = Tracer::new(trace, c.nodes.len());
         let failover = wait_with_pending(c, &mut pending, &mut s, TIMEOUT, |c| {
-            c.new_leader_reported(li)
+            c.new_leader_reported(li, &mut tr)
         })
         .map(|_| killed_at.elapsed());
+        if failover.is_none() {
+            dump_survivors(c, li);
+        }
         match failover {
             Some(d) => eprintln!(
                 "  trial {}/{trials}: killed the leader {killed}; new leader after {:.3} s",
@@ -676,9 +727,14 @@ fn run_isolate(
             .ok_or("isolate needs network namespaces")?;
         let cut_at = Instant::now();
         ip(&["link", "set", &veth, "down"])?;
-        let failover =
-            wait_with_pending(c, &mut none, &mut s, TIMEOUT, |c| c.new_leader_reported(li))
-                .map(|_| cut_at.elapsed());
+        let mut tr = Tracer::new(trace, c.nodes.len());
+        let failover = wait_with_pending(c, &mut none, &mut s, TIMEOUT, |c| {
+            c.new_leader_reported(li, &mut tr)
+        })
+        .map(|_| cut_at.elapsed());
+        if failover.is_none() {
+            dump_survivors(c, li);
+        }
         match failover {
             Some(d) => eprintln!(
                 "  trial {}/{trials}: cut off the leader {name}; new leader after {:.3} s",
@@ -698,25 +754,13 @@ fn run_isolate(
         }
         let healed_at = Instant::now();
         ip(&["link", "set", &veth, "up"])?;
-        let mut last_seen: Option<(u64, String)> = None;
+        let mut tr = Tracer::new(trace, c.nodes.len());
         // When each half first held (for the progress line: which one a slow heal waits for).
         let (mut knew, mut ready_seen): (Option<f64>, Option<f64>) = (None, None);
         let follows = |c: &Cluster| -> bool {
             let info = c.nodes[li].info();
-            if trace {
-                let now = info.as_ref().map(|i| (i.term, i.leader.clone()));
-                if now.is_some() && now != last_seen {
-                    if let Some((term, leader)) = &now {
-                        let who = c
-                            .index_of(leader)
-                            .map_or("none", |l| c.nodes[l].name.as_str());
-                        eprintln!(
-                            "      +{:.3} s {name}: term {term}, leader {who}",
-                            healed_at.elapsed().as_secs_f64()
-                        );
-                    }
-                    last_seen = now;
-                }
+            if let Some(i) = &info {
+                tr.see(c, li, i);
             }
             let leader = info
                 .map(|i| i.leader)
@@ -766,28 +810,54 @@ fn run_isolate(
 
 /// `--trace`: the transport and Raft counters of node `i` (and of the leader) on stderr.
 fn trace_metrics(c: &Cluster, i: usize, when: &str) {
+    let leader = c.find_leader().filter(|&l| l != i);
+    for n in std::iter::once(i).chain(leader) {
+        print_counters(c, n, when);
+    }
+}
+
+/// After a failover timed out: what every survivor says (term, leader, counters), on stderr.
+fn dump_survivors(c: &Cluster, old: usize) {
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i == old || !n.alive() {
+            continue;
+        }
+        match n.info() {
+            Some(info) => {
+                let who = c
+                    .index_of(&info.leader)
+                    .map_or("none", |l| c.nodes[l].name.as_str());
+                eprintln!("      {}: term {}, leader {who}", n.name, info.term);
+            }
+            None => eprintln!("      {}: no answer on its control socket", n.name),
+        }
+        print_counters(c, i, "at the timeout");
+    }
+}
+
+/// A few Raft, SWIM and transport counters of node `i` (from its `GET /metrics`) on stderr.
+fn print_counters(c: &Cluster, i: usize, when: &str) {
     let wanted = [
         "shoal_raft_term ",
         "shoal_raft_elections_total",
+        "shoal_raft_reachable_managers",
         "shoal_transport_connects_total",
         "shoal_transport_connect_failures_total",
         "shoal_transport_queue_full_total",
         "shoal_transport_datagrams_dropped_total",
         "shoal_swim_refutations_total",
+        "shoal_swim_members{state=\"alive\"}",
     ];
-    let leader = c.find_leader().filter(|&l| l != i);
-    for n in std::iter::once(i).chain(leader) {
-        let Ok(r) = client::exchange(&c.nodes[n].socket(), "GET", "/metrics", None) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&r.body);
-        let picked: Vec<&str> = text
-            .lines()
-            .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
-            .map(|l| l.trim_start_matches("shoal_"))
-            .collect();
-        eprintln!("      {} {when}: {}", c.nodes[n].name, picked.join(", "));
-    }
+    let Ok(r) = client::exchange(&c.nodes[i].socket(), "GET", "/metrics", None) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&r.body);
+    let picked: Vec<&str> = text
+        .lines()
+        .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+        .map(|l| l.trim_start_matches("shoal_"))
+        .collect();
+    eprintln!("      {} {when}: {}", c.nodes[i].name, picked.join(", "));
 }
 
 /// p50, p99 (nearest rank) and max; `null` when there are no samples.
@@ -879,8 +949,8 @@ fn run_one(opts: &Opts, managers: usize, variant: Variant, rng: &mut StdRng) -> 
         let mut c = build_cluster(opts, &tmp, managers, netns)?;
         eprintln!("  {managers} managers Ready and Reachable");
         let s = match variant {
-            Variant::Restart => run_restart(&mut c, trials, false, rng)?,
-            Variant::RestartEarly => run_restart(&mut c, trials, true, rng)?,
+            Variant::Restart => run_restart(&mut c, trials, false, rng, opts.trace)?,
+            Variant::RestartEarly => run_restart(&mut c, trials, true, rng, opts.trace)?,
             Variant::Isolate => run_isolate(
                 &mut c,
                 trials,
