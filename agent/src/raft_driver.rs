@@ -347,6 +347,21 @@ impl Contacts {
     }
 }
 
+/// The node address a command records, to pin in the transport as it is applied. Every
+/// command that gives a node its address must be here: a manager restarted before the first
+/// snapshot rebuilds its state (and its address book) from these entries alone, and the first
+/// node's address comes only from `Init` (missing it once left a restarted manager unable to
+/// answer the first node's votes). A joining node's admission is not here: its address is
+/// pinned when it registers (`UpdateDescription`).
+fn address_of(cmd: &Command) -> Option<(u64, &str)> {
+    match cmd {
+        Command::Tracked { cmd, .. } => address_of(cmd),
+        Command::Init { node, .. } | Command::AddNode { node, .. } => Some((node.id, &node.addr)),
+        Command::UpdateDescription { id, addr, .. } => Some((*id, addr)),
+        _ => None,
+    }
+}
+
 /// A node admitted but never seen this long after its admission is removed: its certificate
 /// never arrived (or it never started), and the joiner runs `swarm join` again.
 const JOIN_ABANDONED_MS: u64 = 120_000;
@@ -690,20 +705,13 @@ impl Driver {
 
     /// Side effects of an applied command on this node's transport.
     fn after_apply(&self, cmd: &Command) {
-        match cmd {
-            Command::Tracked { cmd, .. } => self.after_apply(cmd),
-            Command::RemoveNode { id, .. } => self.transport.deny(*id),
-            Command::AddNode { node, .. } => {
-                if let Ok(a) = node.addr.parse() {
-                    self.transport.pin_peer_addr(node.id, a);
-                }
+        if let Command::RemoveNode { id, .. } = cmd {
+            self.transport.deny(*id);
+        }
+        if let Some((id, addr)) = address_of(cmd) {
+            if let Ok(a) = addr.parse() {
+                self.transport.pin_peer_addr(id, a);
             }
-            Command::UpdateDescription { id, addr, .. } => {
-                if let Ok(a) = addr.parse() {
-                    self.transport.pin_peer_addr(*id, a);
-                }
-            }
-            _ => {}
         }
     }
 
@@ -931,6 +939,60 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn every_command_that_places_a_node_gives_its_address() {
+        use shoal_cluster::{ClusterInfo, NewNode, NodeDescription, RequestId, Role};
+        let node = |id: u64| NewNode {
+            id,
+            description: NodeDescription::default(),
+            addr: format!("127.0.0.1:{}", 4000 + id),
+            labels: BTreeMap::new(),
+            desired_role: Role::Manager,
+        };
+        let init = Command::Init {
+            cluster: ClusterInfo {
+                id: "0".repeat(32),
+                created_at_ms: 1,
+                ca_pem: String::new(),
+                worker_token: String::new(),
+                manager_token: String::new(),
+            },
+            node: node(1),
+            at_ms: 1,
+        };
+        // The first node's address is in `Init` only: a manager restarted before the first
+        // snapshot must learn it there.
+        assert_eq!(address_of(&init), Some((1, "127.0.0.1:4001")));
+        assert_eq!(
+            address_of(&Command::AddNode {
+                node: node(2),
+                at_ms: 1
+            }),
+            Some((2, "127.0.0.1:4002"))
+        );
+        let update = Command::UpdateDescription {
+            id: 3,
+            description: NodeDescription::default(),
+            addr: "127.0.0.1:4003".into(),
+            at_ms: 1,
+        };
+        assert_eq!(address_of(&update), Some((3, "127.0.0.1:4003")));
+        assert_eq!(
+            address_of(&Command::Tracked {
+                id: RequestId { client: 1, seq: 1 },
+                cmd: Box::new(update),
+            }),
+            Some((3, "127.0.0.1:4003"))
+        );
+        // An admission is pinned only once the node registers from where it really is.
+        let admit = Command::AdmitNode {
+            node: node(4),
+            secret: "0".repeat(32),
+            at_ms: 1,
+        };
+        assert_eq!(address_of(&admit), None);
     }
 
     #[test]

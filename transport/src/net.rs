@@ -1336,6 +1336,13 @@ async fn serve_member(
         .entry(peer.node_id)
         .or_default()
         .push((conn.clone(), peer.role));
+    // A member whose address this node does not know yet is answered where its authenticated
+    // connection comes from (a hint: never over an address the state or the operator gave).
+    i.addrs
+        .lock()
+        .expect("addrs lock")
+        .entry(peer.node_id)
+        .or_insert_with(|| conn.remote_address());
     i.peer_seen(peer.node_id, true);
     drop(i);
     let remote = conn.remote_address();

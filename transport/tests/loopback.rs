@@ -753,3 +753,37 @@ async fn hints_never_move_a_pinned_address() {
         .unwrap();
     assert_eq!(from, 1);
 }
+
+/// A member that reaches us before we know its address (a manager restarted before its first
+/// snapshot, whose address book comes back only as it replays the log) is answered where its
+/// authenticated connection comes from; a pinned address still wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_answered_where_it_connects_from_until_its_address_is_known() {
+    let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|id| {
+            start(
+                &ca,
+                &identity(&ca, id, Role::Manager),
+                Denylist::new(),
+                TransportConfig::default(),
+            )
+        })
+        .collect();
+    // Node 1 knows node 2; node 2 knows nothing of node 1.
+    nodes[0].t.pin_peer_addr(2, nodes[1].addr);
+    assert!(!nodes[1].t.send_raft(1, b"lost".to_vec()), "no address yet");
+    assert!(nodes[0].t.send_raft(2, b"vote for me".to_vec()));
+    let (from, _) = timeout(WAIT, nodes[1].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, 1);
+    // The answer goes back.
+    assert!(nodes[1].t.send_raft(1, b"granted".to_vec()));
+    let (from, body) = timeout(WAIT, nodes[0].inbound.raft.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, body.as_slice()), (2, &b"granted"[..]));
+}
