@@ -171,7 +171,7 @@ async fn client(
     seed: u64,
 ) -> Result<RestartReport, String> {
     form(&shared, MANAGERS, 0).await?;
-    let mut rng = Rng::new(seed ^ 0x5EED_0F_12E5);
+    let mut rng = Rng::new(seed ^ 0x005E_ED0F_12E5);
     let (l, _, term) = wait_leader(&shared, &all(), Duration::from_secs(30), |_| true)
         .await
         .ok_or_else(|| format!("no leader after forming: {}", readings(&shared, &all())))?;
