@@ -252,8 +252,8 @@ fn mask_ids(m: &str) -> String {
 enum Cause {
     /// Its host restarted.
     Restart,
-    /// Its cut from the leader was repaired.
-    Heal,
+    /// Its cut from the leader, made this long before, was repaired.
+    Heal(Duration),
 }
 
 /// A manager that must hear from the leader within [`CONTACT_WINDOW`].
@@ -339,7 +339,7 @@ impl ContactChecker {
             .collect();
         let [(host, ls)] = leaders[..] else {
             return match c.cause {
-                Cause::Heal => Err("no single leader at the repair"),
+                Cause::Heal(_) => Err("no single leader at the repair"),
                 Cause::Restart if now >= c.at + LEADER_WAIT => Err("no leader within 10 s"),
                 Cause::Restart => Ok(None),
             };
@@ -354,7 +354,7 @@ impl ContactChecker {
         {
             return Err("not a voter (a worker, or demoted)");
         }
-        if c.cause == Cause::Heal {
+        if matches!(c.cause, Cause::Heal(_)) {
             let x = agents.seen.get(&name(c.node));
             if x.is_some_and(|x| x.leader == Some(ls.id) && x.term == ls.term) {
                 // The cut was too short to be noticed: nothing to recover.
@@ -441,7 +441,7 @@ impl ContactChecker {
                 if x.at > c.at && x.leader == Some(l.id) && x.term == l.term {
                     match c.cause {
                         Cause::Restart => self.after_restart += 1,
-                        Cause::Heal => self.after_heal += 1,
+                        Cause::Heal(_) => self.after_heal += 1,
                     }
                     self.slowest = self.slowest.max(x.at.saturating_sub(l.since));
                     continue;
@@ -454,8 +454,11 @@ impl ContactChecker {
             if now >= l.since + CONTACT_WINDOW {
                 if self.violation.is_none() {
                     let what = match c.cause {
-                        Cause::Restart => "restarted",
-                        Cause::Heal => "reconnected to the leader",
+                        Cause::Restart => "restarted".to_string(),
+                        Cause::Heal(cut) => format!(
+                            "reconnected to the leader after a cut of {:.3} s",
+                            cut.as_secs_f64()
+                        ),
                     };
                     let last = match seen {
                         Some(x) => format!(
@@ -547,6 +550,8 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
     let mut cut: Vec<(usize, usize)> = Vec::new();
     let mut was_chaos = false;
     let mut contacts = ContactChecker::default();
+    // When each listed cut was made.
+    let mut cut_at: BTreeMap<(usize, usize), Duration> = BTreeMap::new();
     let outcome = loop {
         match sim.step() {
             Ok(true) => break Ok(()),
@@ -557,7 +562,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         let in_chaos = chaos.load(Ordering::SeqCst);
         // Restarted hosts and repaired pairs of this step, for the contact check.
         let mut restarted: Vec<usize> = Vec::new();
-        let mut repaired: Vec<(usize, usize)> = Vec::new();
+        let mut repaired: Vec<(usize, usize, Duration)> = Vec::new();
         if in_chaos && now >= next_fault {
             next_fault = now + Duration::from_millis(1000 + rng.below(3000));
             let mut r = report.lock().expect("report");
@@ -570,7 +575,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
                         restarted.push(h);
                     } else if let Some((a, b)) = cut.pop() {
                         sim.repair(name(a), name(b));
-                        repaired.push((a, b));
+                        repaired.push((a, b, cut_at.remove(&(a, b)).unwrap_or(now)));
                     }
                 }
                 // Crash one host (at most two down at once).
@@ -591,6 +596,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
                         if a != b && !cut.contains(&(a, b)) {
                             sim.partition(name(a), name(b));
                             cut.push((a, b));
+                            cut_at.insert((a, b), now);
                         }
                     }
                     r.partitions += 1;
@@ -600,7 +606,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         if was_chaos && !in_chaos {
             for (a, b) in cut.drain(..) {
                 sim.repair(name(a), name(b));
-                repaired.push((a, b));
+                repaired.push((a, b, cut_at.remove(&(a, b)).unwrap_or(now)));
             }
             for h in std::mem::take(&mut crashed) {
                 sim.bounce(name(h));
@@ -618,12 +624,12 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
             for h in restarted {
                 contacts.begin(h, Cause::Restart, now);
             }
-            for (a, b) in repaired {
+            for (a, b, since) in repaired {
                 // The healed link matters to the end that is not the leader.
                 for (x, y) in [(a, b), (b, a)] {
                     let y_leads = agents.seen.get(&name(y)).is_some_and(|s| s.is_leader);
                     if y_leads && faults.up(y) {
-                        contacts.begin(x, Cause::Heal, now);
+                        contacts.begin(x, Cause::Heal(now - since), now);
                     }
                 }
             }
