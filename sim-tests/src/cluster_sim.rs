@@ -252,8 +252,9 @@ fn mask_ids(m: &str) -> String {
 enum Cause {
     /// Its host restarted.
     Restart,
-    /// Its cut from the leader, made this long before, was repaired.
-    Heal(Duration),
+    /// Its cut from the leader was repaired: how long that cut lasted, and how long the two
+    /// were cut apart in all over the last 30 s (earlier cuts leave QUIC backing off too).
+    Heal(Duration, Duration),
 }
 
 /// A manager that must hear from the leader within [`CONTACT_WINDOW`].
@@ -339,7 +340,7 @@ impl ContactChecker {
             .collect();
         let [(host, ls)] = leaders[..] else {
             return match c.cause {
-                Cause::Heal(_) => Err("no single leader at the repair"),
+                Cause::Heal(..) => Err("no single leader at the repair"),
                 Cause::Restart if now >= c.at + LEADER_WAIT => Err("no leader within 10 s"),
                 Cause::Restart => Ok(None),
             };
@@ -354,7 +355,7 @@ impl ContactChecker {
         {
             return Err("not a voter (a worker, or demoted)");
         }
-        if matches!(c.cause, Cause::Heal(_)) {
+        if matches!(c.cause, Cause::Heal(..)) {
             let x = agents.seen.get(&name(c.node));
             if x.is_some_and(|x| x.leader == Some(ls.id) && x.term == ls.term) {
                 // The cut was too short to be noticed: nothing to recover.
@@ -441,7 +442,7 @@ impl ContactChecker {
                 if x.at > c.at && x.leader == Some(l.id) && x.term == l.term {
                     match c.cause {
                         Cause::Restart => self.after_restart += 1,
-                        Cause::Heal(_) => self.after_heal += 1,
+                        Cause::Heal(..) => self.after_heal += 1,
                     }
                     self.slowest = self.slowest.max(x.at.saturating_sub(l.since));
                     continue;
@@ -453,11 +454,14 @@ impl ContactChecker {
             }
             if now >= l.since + CONTACT_WINDOW {
                 if self.violation.is_none() {
+                    let at = c.at.as_secs_f64();
                     let what = match c.cause {
-                        Cause::Restart => "restarted".to_string(),
-                        Cause::Heal(cut) => format!(
-                            "reconnected to the leader after a cut of {:.3} s",
-                            cut.as_secs_f64()
+                        Cause::Restart => format!("restarted at {at:.3} s"),
+                        Cause::Heal(cut, recent) => format!(
+                            "reconnected to the leader at {at:.3} s after a cut of {:.3} s; \
+                             cut apart {:.3} s in all over the last 30 s",
+                            cut.as_secs_f64(),
+                            recent.as_secs_f64()
                         ),
                     };
                     let last = match seen {
@@ -470,12 +474,11 @@ impl ContactChecker {
                         None => "no replica".into(),
                     };
                     self.violation = Some(format!(
-                        "{} ({what} at {:.3} s) did not hear from the leader {} ({:016x}, term {}, \
-                         in office since {:.3} s at the latest) within {} s although both were \
-                         up and connected and the leader kept office and a majority throughout; \
+                        "{} ({what}) did not hear from the leader {} ({:016x}, term {}, in \
+                         office since {:.3} s at the latest) within {} s although both were up \
+                         and connected and the leader kept office and a majority throughout; \
                          its last reading: {last}",
                         name(c.node),
-                        c.at.as_secs_f64(),
                         name(l.host),
                         l.id,
                         l.term,
@@ -488,6 +491,34 @@ impl ContactChecker {
             self.pending.push(c);
         }
     }
+}
+
+/// How long `x` and `y` were cut apart (in either listing order) during the `span` before `now`,
+/// overlapping cuts counted once.
+fn cut_within(
+    log: &[(usize, usize, Duration, Duration)],
+    x: usize,
+    y: usize,
+    now: Duration,
+    span: Duration,
+) -> Duration {
+    let from = now.saturating_sub(span);
+    let mut spans: Vec<(Duration, Duration)> = log
+        .iter()
+        .filter(|(a, b, _, _)| (*a, *b) == (x, y) || (*a, *b) == (y, x))
+        .map(|&(_, _, s, e)| (s.max(from), e))
+        .filter(|(s, e)| s < e)
+        .collect();
+    spans.sort();
+    let (mut total, mut reach) = (Duration::ZERO, from);
+    for (s, e) in spans {
+        let s = s.max(reach);
+        if e > s {
+            total += e - s;
+            reach = e;
+        }
+    }
+    total
 }
 
 /// Runs one seed.
@@ -550,8 +581,9 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
     let mut cut: Vec<(usize, usize)> = Vec::new();
     let mut was_chaos = false;
     let mut contacts = ContactChecker::default();
-    // When each listed cut was made.
+    // When each listed cut was made, and the cuts repaired so far (pair, start, end).
     let mut cut_at: BTreeMap<(usize, usize), Duration> = BTreeMap::new();
+    let mut cut_log: Vec<(usize, usize, Duration, Duration)> = Vec::new();
     let outcome = loop {
         match sim.step() {
             Ok(true) => break Ok(()),
@@ -624,12 +656,16 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
             for h in restarted {
                 contacts.begin(h, Cause::Restart, now);
             }
+            for &(a, b, since) in &repaired {
+                cut_log.push((a, b, since, now));
+            }
             for (a, b, since) in repaired {
                 // The healed link matters to the end that is not the leader.
                 for (x, y) in [(a, b), (b, a)] {
                     let y_leads = agents.seen.get(&name(y)).is_some_and(|s| s.is_leader);
                     if y_leads && faults.up(y) {
-                        contacts.begin(x, Cause::Heal(now - since), now);
+                        let recent = cut_within(&cut_log, x, y, now, Duration::from_secs(30));
+                        contacts.begin(x, Cause::Heal(now - since, recent), now);
                     }
                 }
             }
