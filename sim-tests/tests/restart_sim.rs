@@ -36,14 +36,16 @@ fn losing_the_leader_right_after_a_restart_still_elects_a_leader_within_five_sec
     seeds(Scenario::RestartThenLeaderCrash, 0..5);
 }
 
-/// A cut shorter than QUIC's idle timeout (30 s): the connections survive it.
+/// A cut shorter than QUIC's idle timeout (30 s), but long enough for its retransmission timer
+/// to back off far (the stale connections must be replaced).
 #[test]
-fn a_leader_cut_off_for_eight_seconds_follows_and_is_ready_soon_after_the_repair() {
-    seeds(Scenario::LeaderPartition(Duration::from_secs(8)), 0..5);
+fn a_leader_cut_off_for_twenty_seconds_follows_and_is_ready_within_two_seconds_of_the_repair() {
+    seeds(Scenario::LeaderPartition(Duration::from_secs(20)), 0..5);
 }
 
-/// A cut longer than QUIC's idle timeout: the connections die and are made again.
+/// A short cut, and one longer than QUIC's idle timeout (the connections die).
 #[test]
-fn a_leader_cut_off_for_forty_seconds_follows_and_is_ready_soon_after_the_repair() {
-    seeds(Scenario::LeaderPartition(Duration::from_secs(40)), 0..5);
+fn a_leader_cut_off_for_eight_or_forty_seconds_follows_and_is_ready_within_two_seconds() {
+    seeds(Scenario::LeaderPartition(Duration::from_secs(8)), 0..3);
+    seeds(Scenario::LeaderPartition(Duration::from_secs(40)), 0..3);
 }
