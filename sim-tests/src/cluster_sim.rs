@@ -4,30 +4,34 @@
 //! partitions nodes and crashes and restarts hosts. Then everything heals, and it checks:
 //!
 //! - at most one leader per term (every agent's view, sampled every 10 ms);
+//! - a restarted manager, and a manager whose cut from the leader is repaired, hears from the
+//!   leader (its replica reports that leader and term) within [`CONTACT_WINDOW`] — checked only
+//!   when the two stayed up and connected and the leader stayed in office with a majority
+//!   throughout the window, skipped (and counted) otherwise;
 //! - once reconciled, the Raft voters are exactly the nodes whose observed role is manager, and
 //!   every node's observed role is its desired role;
 //! - every label update that was acknowledged is in the state;
 //! - a leader is back within two minutes of the healing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_agent::agent::{Agent, AgentOpts};
 use shoal_agent::api::{NodeUpdateRequest, NodeView, Request, Response};
-use shoal_agent::store::DataDir;
-use shoal_cluster::Role;
-use tokio::sync::{mpsc, oneshot};
 
+use crate::agent_hosts::{self, call, form, host, name, nodes, until, Shared};
 use crate::rng::Rng;
 
-const PORT: u16 = 4242;
 const NODES: usize = 5;
 
-type Call = (Request, oneshot::Sender<Response>);
+/// How long a restarted or reconnected manager may take to hear from a stable leader
+/// (simulated time): a few election timeouts (0.5–1 s each).
+pub const CONTACT_WINDOW: Duration = Duration::from_secs(3);
+
+/// How long a restarted manager's check waits for a leader to take office, if none led at the
+/// restart.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Options of one run.
 #[derive(Clone, Debug)]
@@ -61,115 +65,18 @@ pub struct ClusterSimReport {
     pub terms_with_leader: usize,
     /// Simulated seconds from the healing to a reconciled cluster.
     pub recovery_s: f64,
-}
-
-#[derive(Default)]
-struct Shared {
-    /// Host name → its agent's request channel (replaced on restart).
-    agents: BTreeMap<String, mpsc::UnboundedSender<Call>>,
-    /// Term → the nodes seen leading it.
-    leaders: BTreeMap<u64, BTreeSet<u64>>,
-}
-
-fn name(i: usize) -> String {
-    format!("n{}", i + 1)
-}
-
-fn host(sim: &mut turmoil::Sim<'_>, i: usize, seed: u64, dir: PathBuf, shared: Arc<Mutex<Shared>>) {
-    let hn = name(i);
-    sim.host(hn.clone(), move || {
-        let (hn, dir, shared) = (hn.clone(), dir.clone(), shared.clone());
-        async move {
-            let data = DataDir::open(&dir)?;
-            let opts = AgentOpts {
-                listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT),
-                advertise: Some(SocketAddr::new(turmoil::lookup(hn.as_str()), PORT)),
-                hostname: hn.clone(),
-                labels: Vec::new(),
-                local_gossip: true,
-                simulated: true,
-                fsync: false,
-                seed: Some(seed.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64 + 1)),
-                wal_faults: Default::default(),
-            };
-            let agent = Agent::start(data, opts).await?;
-            let (tx, mut rx) = mpsc::unbounded_channel::<Call>();
-            shared.lock().expect("shared").agents.insert(hn.clone(), tx);
-            let watcher = agent.clone();
-            let seen = shared.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Some((id, s)) = watcher.raft_status().await {
-                        if s.leader == Some(id) {
-                            seen.lock()
-                                .expect("shared")
-                                .leaders
-                                .entry(s.term)
-                                .or_default()
-                                .insert(id);
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-            while let Some((req, reply)) = rx.recv().await {
-                let a = agent.clone();
-                tokio::spawn(async move {
-                    let _ = reply.send(a.handle(req, None).await);
-                });
-            }
-            Ok(())
-        }
-    });
-}
-
-/// Sends a request to the agent on host `h`; `None` if it is down or does not answer in time.
-async fn call(
-    shared: &Arc<Mutex<Shared>>,
-    h: &str,
-    req: Request,
-    within: Duration,
-) -> Option<Response> {
-    let tx = shared.lock().expect("shared").agents.get(h).cloned()?;
-    let (rtx, rrx) = oneshot::channel();
-    tx.send((req, rtx)).ok()?;
-    tokio::time::timeout(within, rrx).await.ok()?.ok()
-}
-
-/// Polls `f` every 200 ms (simulated) until it gives a value or `limit` passes.
-async fn until<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn nodes(shared: &Arc<Mutex<Shared>>, h: &str) -> Option<Vec<NodeView>> {
-    match call(
-        shared,
-        h,
-        Request::NodeList { stale: false },
-        Duration::from_secs(15),
-    )
-    .await?
-    {
-        Response::Nodes { nodes, .. } => Some(nodes),
-        _ => None,
-    }
+    /// Contact checks made after a manager's restart (it heard from the leader in time).
+    pub contact_after_restart: usize,
+    /// Contact checks made after a manager's cut from the leader was repaired.
+    pub contact_after_heal: usize,
+    /// Contact checks skipped, by reason (the window was not healthy throughout, …).
+    pub contact_skipped: BTreeMap<String, usize>,
+    /// The longest time a checked manager took to hear from the leader, in simulated seconds.
+    pub contact_slowest_s: f64,
 }
 
 /// Some live agent's linearizable node list.
-async fn any_nodes(shared: &Arc<Mutex<Shared>>) -> Option<Vec<NodeView>> {
+async fn any_nodes(shared: &Shared) -> Option<Vec<NodeView>> {
     for i in 0..NODES {
         if let Some(n) = nodes(shared, &name(i)).await {
             return Some(n);
@@ -178,86 +85,23 @@ async fn any_nodes(shared: &Arc<Mutex<Shared>>) -> Option<Vec<NodeView>> {
     None
 }
 
-/// Reconciled: observed role = desired role everywhere, and the voters (nodes with a manager
-/// status) are exactly the managers.
 fn reconciled(list: &[NodeView]) -> bool {
-    list.len() == NODES
-        && list.iter().all(|n| {
-            n.role == n.desired_role && (n.role == "manager") != n.manager_status.is_empty()
-        })
+    agent_hosts::reconciled(list, NODES)
 }
 
 /// The client: forms the cluster, runs the workload while `chaos` is set, then checks.
 async fn client(
-    shared: Arc<Mutex<Shared>>,
+    shared: Shared,
     chaos: Arc<AtomicBool>,
     healed: Arc<AtomicBool>,
+    contacts_pending: Arc<AtomicUsize>,
     seed: u64,
     chaos_secs: u64,
     report: Arc<Mutex<ClusterSimReport>>,
 ) -> Result<(), String> {
     let long = Duration::from_secs(60);
-    until(long, || async {
-        (shared.lock().expect("shared").agents.len() == NODES).then_some(())
-    })
-    .await
-    .ok_or("the agents did not start")?;
     // Form: n1 inits; n2, n3 join as managers, n4, n5 as workers.
-    match call(
-        &shared,
-        "n1",
-        Request::Init {
-            advertise_addr: None,
-            force_new_cluster: false,
-        },
-        long,
-    )
-    .await
-    {
-        Some(Response::Ok { .. }) => {}
-        other => return Err(format!("init failed: {other:?}")),
-    }
-    let token = |role| {
-        let shared = shared.clone();
-        async move {
-            match call(
-                &shared,
-                "n1",
-                Request::JoinToken {
-                    role,
-                    rotate: false,
-                },
-                long,
-            )
-            .await
-            {
-                Some(Response::Token { token, .. }) => Ok(token),
-                other => Err(format!("join-token failed: {other:?}")),
-            }
-        }
-    };
-    let (mt, wt) = (token(Role::Manager).await?, token(Role::Worker).await?);
-    let manager_addr = SocketAddr::new(turmoil::lookup("n1"), PORT).to_string();
-    for i in 1..NODES {
-        let t = if i < 3 { mt.clone() } else { wt.clone() };
-        let req = Request::Join {
-            token: t,
-            remote_addr: manager_addr.clone(),
-        };
-        match call(&shared, &name(i), req, long).await {
-            Some(Response::Ok { .. }) => {}
-            other => return Err(format!("{} could not join: {other:?}", name(i))),
-        }
-    }
-    until(Duration::from_secs(120), || async {
-        let list = nodes(&shared, "n1").await?;
-        (reconciled(&list)
-            && list.iter().filter(|n| n.role == "manager").count() == 3
-            && list.iter().all(|n| n.status == "Ready"))
-        .then_some(())
-    })
-    .await
-    .ok_or("the cluster did not form")?;
+    form(&shared, 3, NODES - 3).await?;
 
     // Workload under faults.
     let mut rng = Rng::new(seed ^ 0xC0FFEE);
@@ -342,11 +186,16 @@ async fn client(
             return Err(format!("acknowledged update lost: label {key} on {node}"));
         }
     }
+    // Let the contact checks of the healing (restarts, repairs) finish their windows.
+    until(CONTACT_WINDOW + Duration::from_secs(1), || async {
+        (contacts_pending.load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
     Ok(())
 }
 
 /// What each agent sees (stale reads: no leader needed), for failure reports.
-async fn views(shared: &Arc<Mutex<Shared>>) -> String {
+async fn views(shared: &Shared) -> String {
     let mut out = Vec::new();
     for i in 0..NODES {
         let list = call(
@@ -398,6 +247,280 @@ fn mask_ids(m: &str) -> String {
         .join(" ")
 }
 
+/// Why a manager must hear from the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// Its host restarted.
+    Restart,
+    /// Its cut from the leader was repaired: how long that cut lasted, and how long the two
+    /// were cut apart in all over the last 30 s (earlier cuts leave QUIC backing off too).
+    Heal(Duration, Duration),
+}
+
+/// A manager that must hear from the leader within [`CONTACT_WINDOW`].
+struct Contact {
+    node: usize,
+    cause: Cause,
+    /// When the node restarted or its cut was repaired.
+    at: Duration,
+    /// The leader it must hear from, once one is in office.
+    leader: Option<InOffice>,
+}
+
+/// A leader in office: its host, node id and term, and when the window began (the restart or
+/// repair, or the first reading of the leader after it).
+#[derive(Clone, Copy)]
+struct InOffice {
+    host: usize,
+    id: u64,
+    term: u64,
+    since: Duration,
+}
+
+/// The faults the driver has in place: crashed hosts and cut pairs (a superset of the real
+/// cuts: a repair of (a, b) also repairs a listed (b, a)).
+struct Faults<'a> {
+    crashed: &'a BTreeSet<usize>,
+    cut: &'a [(usize, usize)],
+}
+
+impl Faults<'_> {
+    fn up(&self, h: usize) -> bool {
+        !self.crashed.contains(&h)
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        a == b || !(self.cut.contains(&(a, b)) || self.cut.contains(&(b, a)))
+    }
+}
+
+/// Checks that restarted and reconnected managers hear from a stable leader in time; an
+/// instance whose window is not healthy throughout is skipped, never flagged.
+#[derive(Default)]
+struct ContactChecker {
+    pending: Vec<Contact>,
+    after_restart: usize,
+    after_heal: usize,
+    skipped: BTreeMap<String, usize>,
+    slowest: Duration,
+    violation: Option<String>,
+}
+
+impl ContactChecker {
+    fn skip(&mut self, why: &str) {
+        *self.skipped.entry(why.to_string()).or_default() += 1;
+    }
+
+    /// `node` just restarted, or its cut from the leader was just repaired.
+    fn begin(&mut self, node: usize, cause: Cause, now: Duration) {
+        self.pending.push(Contact {
+            node,
+            cause,
+            at: now,
+            leader: None,
+        });
+    }
+
+    /// The leader `c` must hear from: the only live replica that leads, once there is one (a
+    /// repair is checked only if one led at the repair; a restart waits up to
+    /// [`LEADER_WAIT`] for one). `Err` skips the instance.
+    fn leader_for(
+        c: &Contact,
+        now: Duration,
+        agents: &agent_hosts::Agents,
+        faults: &Faults<'_>,
+    ) -> Result<Option<InOffice>, &'static str> {
+        if !faults.up(c.node) {
+            return Err("the node crashed");
+        }
+        let leaders: Vec<(usize, &agent_hosts::Seen)> = (0..NODES)
+            .filter(|&h| faults.up(h))
+            .filter_map(|h| agents.seen.get(&name(h)).map(|s| (h, s)))
+            .filter(|(_, s)| s.is_leader)
+            .collect();
+        let [(host, ls)] = leaders[..] else {
+            return match c.cause {
+                Cause::Heal(..) => Err("no single leader at the repair"),
+                Cause::Restart if now >= c.at + LEADER_WAIT => Err("no leader within 10 s"),
+                Cause::Restart => Ok(None),
+            };
+        };
+        if host == c.node {
+            return Err("the node itself leads");
+        }
+        if !agents
+            .ids
+            .get(&name(c.node))
+            .is_some_and(|id| ls.voters.contains(id))
+        {
+            return Err("not a voter (a worker, or demoted)");
+        }
+        if matches!(c.cause, Cause::Heal(..)) {
+            let x = agents.seen.get(&name(c.node));
+            if x.is_some_and(|x| x.leader == Some(ls.id) && x.term == ls.term) {
+                // The cut was too short to be noticed: nothing to recover.
+                return Err("still followed the leader at the repair");
+            }
+        }
+        Ok(Some(InOffice {
+            host,
+            id: ls.id,
+            term: ls.term,
+            since: now,
+        }))
+    }
+
+    /// Why `c`'s window is not healthy now, if it is not.
+    fn unhealthy(
+        c: &Contact,
+        l: &InOffice,
+        agents: &agent_hosts::Agents,
+        faults: &Faults<'_>,
+    ) -> Option<&'static str> {
+        if !faults.up(c.node) {
+            return Some("the node crashed");
+        }
+        if !faults.up(l.host) {
+            return Some("the leader crashed");
+        }
+        if !faults.connected(c.node, l.host) {
+            return Some("cut from the leader");
+        }
+        let Some(ls) = agents.seen.get(&name(l.host)) else {
+            return Some("leadership changed");
+        };
+        if !ls.is_leader || ls.term != l.term {
+            return Some("leadership changed");
+        }
+        let other_leader = (0..NODES).any(|h| {
+            h != l.host && faults.up(h) && agents.seen.get(&name(h)).is_some_and(|s| s.is_leader)
+        });
+        if other_leader {
+            return Some("leadership changed");
+        }
+        let id = agents.ids.get(&name(c.node))?;
+        if !ls.voters.contains(id) {
+            return Some("no longer a voter");
+        }
+        let with_leader = ls
+            .voters
+            .iter()
+            .filter(|&&v| {
+                (0..NODES).any(|h| {
+                    agents.ids.get(&name(h)) == Some(&v)
+                        && faults.up(h)
+                        && faults.connected(h, l.host)
+                })
+            })
+            .count();
+        if with_leader * 2 <= ls.voters.len() {
+            return Some("the leader lost its majority");
+        }
+        None
+    }
+
+    /// Settles the pending instances that heard from the leader, whose window stopped being
+    /// healthy, or whose window ended without contact (a violation).
+    fn step(&mut self, now: Duration, agents: &agent_hosts::Agents, faults: &Faults<'_>) {
+        for mut c in std::mem::take(&mut self.pending) {
+            if c.leader.is_none() {
+                match Self::leader_for(&c, now, agents, faults) {
+                    Ok(Some(l)) => c.leader = Some(l),
+                    Ok(None) => {
+                        self.pending.push(c);
+                        continue;
+                    }
+                    Err(why) => {
+                        self.skip(why);
+                        continue;
+                    }
+                }
+            }
+            let Some(l) = c.leader else { continue };
+            let seen = agents.seen.get(&name(c.node));
+            if let Some(x) = seen {
+                if x.at > c.at && x.leader == Some(l.id) && x.term == l.term {
+                    match c.cause {
+                        Cause::Restart => self.after_restart += 1,
+                        Cause::Heal(..) => self.after_heal += 1,
+                    }
+                    self.slowest = self.slowest.max(x.at.saturating_sub(l.since));
+                    continue;
+                }
+            }
+            if let Some(why) = Self::unhealthy(&c, &l, agents, faults) {
+                self.skip(why);
+                continue;
+            }
+            if now >= l.since + CONTACT_WINDOW {
+                if self.violation.is_none() {
+                    let at = c.at.as_secs_f64();
+                    let what = match c.cause {
+                        Cause::Restart => format!("restarted at {at:.3} s"),
+                        Cause::Heal(cut, recent) => format!(
+                            "reconnected to the leader at {at:.3} s after a cut of {:.3} s; \
+                             cut apart {:.3} s in all over the last 30 s",
+                            cut.as_secs_f64(),
+                            recent.as_secs_f64()
+                        ),
+                    };
+                    let last = match seen {
+                        Some(x) => format!(
+                            "leader {} term {} at {:.3} s",
+                            x.leader.map_or("none".into(), |l| format!("{l:016x}")),
+                            x.term,
+                            x.at.as_secs_f64()
+                        ),
+                        None => "no replica".into(),
+                    };
+                    self.violation = Some(format!(
+                        "{} ({what}) did not hear from the leader {} ({:016x}, term {}, in \
+                         office since {:.3} s at the latest) within {} s although both were up \
+                         and connected and the leader kept office and a majority throughout; \
+                         its last reading: {last}",
+                        name(c.node),
+                        name(l.host),
+                        l.id,
+                        l.term,
+                        l.since.as_secs_f64(),
+                        CONTACT_WINDOW.as_secs()
+                    ));
+                }
+                continue;
+            }
+            self.pending.push(c);
+        }
+    }
+}
+
+/// How long `x` and `y` were cut apart (in either listing order) during the `span` before `now`,
+/// overlapping cuts counted once.
+fn cut_within(
+    log: &[(usize, usize, Duration, Duration)],
+    x: usize,
+    y: usize,
+    now: Duration,
+    span: Duration,
+) -> Duration {
+    let from = now.saturating_sub(span);
+    let mut spans: Vec<(Duration, Duration)> = log
+        .iter()
+        .filter(|(a, b, _, _)| (*a, *b) == (x, y) || (*a, *b) == (y, x))
+        .map(|&(_, _, s, e)| (s.max(from), e))
+        .filter(|(s, e)| s < e)
+        .collect();
+    spans.sort();
+    let (mut total, mut reach) = (Duration::ZERO, from);
+    for (s, e) in spans {
+        let s = s.max(reach);
+        if e > s {
+            total += e - s;
+            reach = e;
+        }
+    }
+    total
+}
+
 /// Runs one seed.
 pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
     let report = Arc::new(Mutex::new(ClusterSimReport {
@@ -422,7 +545,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         .udp_capacity(65536)
         .rng_seed(opts.seed)
         .build();
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Shared::default();
     for i in 0..NODES {
         host(
             &mut sim,
@@ -434,18 +557,20 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
     }
     let chaos = Arc::new(AtomicBool::new(false));
     let healed = Arc::new(AtomicBool::new(false));
+    let contacts_pending = Arc::new(AtomicUsize::new(0));
     let result = Arc::new(Mutex::new(None::<Result<(), String>>));
     {
-        let (shared, chaos, healed, report, result) = (
+        let (shared, chaos, healed, pending, report, result) = (
             shared.clone(),
             chaos.clone(),
             healed.clone(),
+            contacts_pending.clone(),
             report.clone(),
             result.clone(),
         );
         let (seed, secs) = (opts.seed, opts.chaos_secs);
         sim.client("ctl", async move {
-            let r = client(shared, chaos, healed, seed, secs, report).await;
+            let r = client(shared, chaos, healed, pending, seed, secs, report).await;
             *result.lock().expect("result") = Some(r);
             Ok(())
         });
@@ -455,6 +580,10 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
     let mut crashed: BTreeSet<usize> = BTreeSet::new();
     let mut cut: Vec<(usize, usize)> = Vec::new();
     let mut was_chaos = false;
+    let mut contacts = ContactChecker::default();
+    // When each listed cut was made, and the cuts repaired so far (pair, start, end).
+    let mut cut_at: BTreeMap<(usize, usize), Duration> = BTreeMap::new();
+    let mut cut_log: Vec<(usize, usize, Duration, Duration)> = Vec::new();
     let outcome = loop {
         match sim.step() {
             Ok(true) => break Ok(()),
@@ -463,6 +592,9 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         }
         let now = sim.elapsed();
         let in_chaos = chaos.load(Ordering::SeqCst);
+        // Restarted hosts and repaired pairs of this step, for the contact check.
+        let mut restarted: Vec<usize> = Vec::new();
+        let mut repaired: Vec<(usize, usize, Duration)> = Vec::new();
         if in_chaos && now >= next_fault {
             next_fault = now + Duration::from_millis(1000 + rng.below(3000));
             let mut r = report.lock().expect("report");
@@ -472,8 +604,10 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
                     if let Some(&h) = crashed.iter().next() {
                         sim.bounce(name(h));
                         crashed.remove(&h);
+                        restarted.push(h);
                     } else if let Some((a, b)) = cut.pop() {
                         sim.repair(name(a), name(b));
+                        repaired.push((a, b, cut_at.remove(&(a, b)).unwrap_or(now)));
                     }
                 }
                 // Crash one host (at most two down at once).
@@ -481,6 +615,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
                     let h = rng.below(NODES as u64) as usize;
                     if crashed.len() < 2 && !crashed.contains(&h) {
                         sim.crash(name(h));
+                        shared.lock().expect("shared").seen.remove(&name(h));
                         crashed.insert(h);
                         r.crashes += 1;
                     }
@@ -493,6 +628,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
                         if a != b && !cut.contains(&(a, b)) {
                             sim.partition(name(a), name(b));
                             cut.push((a, b));
+                            cut_at.insert((a, b), now);
                         }
                     }
                     r.partitions += 1;
@@ -502,17 +638,51 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         if was_chaos && !in_chaos {
             for (a, b) in cut.drain(..) {
                 sim.repair(name(a), name(b));
+                repaired.push((a, b, cut_at.remove(&(a, b)).unwrap_or(now)));
             }
             for h in std::mem::take(&mut crashed) {
                 sim.bounce(name(h));
+                restarted.push(h);
             }
             healed.store(true, Ordering::SeqCst);
         }
         was_chaos = in_chaos;
+        {
+            let agents = shared.lock().expect("shared");
+            let faults = Faults {
+                crashed: &crashed,
+                cut: &cut,
+            };
+            for h in restarted {
+                contacts.begin(h, Cause::Restart, now);
+            }
+            for &(a, b, since) in &repaired {
+                cut_log.push((a, b, since, now));
+            }
+            for (a, b, since) in repaired {
+                // The healed link matters to the end that is not the leader.
+                for (x, y) in [(a, b), (b, a)] {
+                    let y_leads = agents.seen.get(&name(y)).is_some_and(|s| s.is_leader);
+                    if y_leads && faults.up(y) {
+                        let recent = cut_within(&cut_log, x, y, now, Duration::from_secs(30));
+                        contacts.begin(x, Cause::Heal(now - since, recent), now);
+                    }
+                }
+            }
+            contacts.step(now, &agents, &faults);
+            contacts_pending.store(contacts.pending.len(), Ordering::SeqCst);
+        }
     };
+    for _ in std::mem::take(&mut contacts.pending) {
+        contacts.skip("the simulation ended");
+    }
     let mut report = report.lock().expect("report").clone();
     let leaders = shared.lock().expect("shared").leaders.clone();
     report.terms_with_leader = leaders.len();
+    report.contact_after_restart = contacts.after_restart;
+    report.contact_after_heal = contacts.after_heal;
+    report.contact_skipped = contacts.skipped;
+    report.contact_slowest_s = contacts.slowest.as_secs_f64();
     let failure = match (outcome, result.lock().expect("result").take()) {
         (Err(e), _) => Some(e),
         (Ok(()), Some(Err(e))) => Some(e),
@@ -523,6 +693,6 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         .iter()
         .find(|(_, ids)| ids.len() > 1)
         .map(|(t, ids)| format!("two leaders in term {t}: {ids:?}"));
-    report.failure = two_leaders.or(failure);
+    report.failure = two_leaders.or(contacts.violation).or(failure);
     report
 }

@@ -1,6 +1,7 @@
 //! `cluster-sim --seeds N [--start S] [--seconds T] [-v]`: five real agents on turmoil's
 //! simulated network under partitions and crashes while nodes are promoted, demoted and
-//! updated; one line per failing seed, then `N passed, M failed`.
+//! updated; one line per failing seed, the totals (with the contact checks made and skipped),
+//! then `N passed, M failed`.
 
 use shoal_sim::cluster_sim::{run, ClusterSimOptions};
 
@@ -43,6 +44,8 @@ fn main() {
     }
     let (mut passed, mut failed) = (0, 0);
     let mut totals = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut after_restart, mut after_heal, mut slowest) = (0usize, 0usize, 0f64);
+    let mut skipped = std::collections::BTreeMap::<String, usize>::new();
     for seed in start..start.saturating_add(seeds) {
         let r = run(&ClusterSimOptions {
             seed,
@@ -53,6 +56,12 @@ fn main() {
         totals.2 += r.crashes;
         totals.3 += r.partitions;
         totals.4 += r.terms_with_leader;
+        after_restart += r.contact_after_restart;
+        after_heal += r.contact_after_heal;
+        slowest = slowest.max(r.contact_slowest_s);
+        for (why, n) in &r.contact_skipped {
+            *skipped.entry(why.clone()).or_default() += n;
+        }
         match &r.failure {
             None => {
                 passed += 1;
@@ -71,6 +80,17 @@ fn main() {
     eprintln!(
         "totals: {} acknowledged updates, {} role changes, {} crashes, {} partitions, {} terms with a leader",
         totals.0, totals.1, totals.2, totals.3, totals.4
+    );
+    let skipped_total: usize = skipped.values().sum();
+    let reasons = skipped
+        .iter()
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "contact checks: {} made ({after_restart} after a restart, {after_heal} after a repair; \
+         slowest {slowest:.3} s), {skipped_total} skipped ({reasons})",
+        after_restart + after_heal
     );
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
