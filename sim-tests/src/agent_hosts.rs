@@ -67,6 +67,19 @@ pub fn sim_now() -> Duration {
 /// Adds host `i` (named [`name`]`(i)`) running a real agent on the data directory `dir`, which
 /// survives its crashes. Its randomness derives from `seed` and `i`, so a seed replays.
 pub fn host(sim: &mut turmoil::Sim<'_>, i: usize, seed: u64, dir: PathBuf, shared: Shared) {
+    host_with_gossip(sim, i, seed, dir, shared, true);
+}
+
+/// [`host`] with SWIM's `local` profile (fast, what the simulations use) or, with
+/// `local_gossip` false, the `lan` profile operators run (seconds to declare a member dead).
+pub fn host_with_gossip(
+    sim: &mut turmoil::Sim<'_>,
+    i: usize,
+    seed: u64,
+    dir: PathBuf,
+    shared: Shared,
+    local_gossip: bool,
+) {
     let hn = name(i);
     sim.host(hn.clone(), move || {
         let (hn, dir, shared) = (hn.clone(), dir.clone(), shared.clone());
@@ -77,7 +90,7 @@ pub fn host(sim: &mut turmoil::Sim<'_>, i: usize, seed: u64, dir: PathBuf, share
                 advertise: Some(SocketAddr::new(turmoil::lookup(hn.as_str()), PORT)),
                 hostname: hn.clone(),
                 labels: Vec::new(),
-                local_gossip: true,
+                local_gossip,
                 simulated: true,
                 fsync: false,
                 seed: Some(seed.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64 + 1)),

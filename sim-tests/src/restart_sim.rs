@@ -6,8 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::agent_hosts::{self, form, host, name, node_list, sim_now, until_every, Shared};
+use crate::agent_hosts::{self, form, name, node_list, sim_now, until_every, Shared};
 use crate::rng::Rng;
+use shoal_agent::api::{NodeUpdateRequest, Request, Response};
 
 const MANAGERS: usize = 3;
 
@@ -29,7 +30,15 @@ pub enum Scenario {
     /// repair: within [`FOLLOW_WITHIN`] of the repair the old leader must follow the new one,
     /// and within [`READY_WITHIN`] the new leader's node list must show it Ready.
     LeaderPartition(Duration),
+    /// With SWIM's `lan` profile (seconds before gossip declares a member dead), cut a follower
+    /// off from both other managers and ask it for a write a second later: once the election
+    /// wait is over it must answer [`CUT_OFF_REFUSAL`], counting the managers it hears from,
+    /// not those gossip still believes in.
+    CutOffRefusal,
 }
+
+/// What a manager cut off from the two others answers a write.
+pub const CUT_OFF_REFUSAL: &str = "no leader: 1 of 3 managers reachable, 2 needed";
 
 /// How soon a restarted or reconnected manager must follow the leader (simulated).
 pub const FOLLOW_WITHIN: Duration = Duration::from_secs(2);
@@ -237,6 +246,38 @@ async fn client(
                 ),
             })
         }
+        Scenario::CutOffRefusal => {
+            let other = without(&l).into_iter().find(|x| *x != f).expect("a third");
+            fault(&ctl, Fault::Partition(f.clone(), l.clone())).await;
+            let cut_at = fault(&ctl, Fault::Partition(f.clone(), other)).await;
+            // Past the longest election timeout: the cut-off follower no longer has a leader.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let asked = sim_now();
+            let update = Request::NodeUpdate {
+                node: "self".into(),
+                update: NodeUpdateRequest {
+                    label_add: vec!["cut=1".into()],
+                    ..Default::default()
+                },
+            };
+            let answer = agent_hosts::call(&shared, &f, update, Duration::from_secs(30)).await;
+            let took = sim_now() - asked;
+            match answer {
+                Some(Response::Error { message }) if message == CUT_OFF_REFUSAL => {
+                    Ok(RestartReport {
+                        took,
+                        detail: format!(
+                            "{f} cut off at {:.3} s refused a write asked 1 s later, after {:.3} s: {message}",
+                            cut_at.as_secs_f64(),
+                            took.as_secs_f64()
+                        ),
+                    })
+                }
+                other => Err(format!(
+                    "{f} cut off from both managers answered a write with {other:?}, not \"{CUT_OFF_REFUSAL}\""
+                )),
+            }
+        }
         Scenario::LeaderPartition(length) => {
             let length = length + Duration::from_millis(rng.below(1000));
             for x in &followers {
@@ -327,7 +368,15 @@ pub fn run(scenario: Scenario, seed: u64) -> Result<RestartReport, String> {
         .build();
     let shared = Shared::default();
     for i in 0..MANAGERS {
-        host(&mut sim, i, seed, tmp.path().join(name(i)), shared.clone());
+        let local_gossip = scenario != Scenario::CutOffRefusal;
+        agent_hosts::host_with_gossip(
+            &mut sim,
+            i,
+            seed,
+            tmp.path().join(name(i)),
+            shared.clone(),
+            local_gossip,
+        );
     }
     let ctl = Control::default();
     let result = Arc::new(Mutex::new(None));

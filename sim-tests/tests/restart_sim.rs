@@ -49,3 +49,10 @@ fn a_leader_cut_off_for_eight_or_forty_seconds_follows_and_is_ready_within_two_s
     seeds(Scenario::LeaderPartition(Duration::from_secs(8)), 0..3);
     seeds(Scenario::LeaderPartition(Duration::from_secs(40)), 0..3);
 }
+
+/// A manager cut off from the others says so: `1 of 3 managers reachable`, even while gossip
+/// (the `lan` profile) still believes in the others.
+#[test]
+fn a_cut_off_manager_counts_only_the_managers_it_hears_from() {
+    seeds(Scenario::CutOffRefusal, 0..3);
+}
