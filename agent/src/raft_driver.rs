@@ -149,6 +149,7 @@ pub fn start(
     transport: Transport,
     view: View,
 ) -> anyhow::Result<RaftHandle> {
+    let fsync = opts.fsync;
     let (mut wal, mut recovered, recovery) = Wal::open(&dir, opts.clone())?;
     if !recovery.is_clean() {
         // What an interrupted write left at the end of the log, and what was truncated.
@@ -200,6 +201,7 @@ pub fn start(
         id,
         node,
         wal: Some(wal),
+        inline_sync: !fsync,
         transport,
         view,
         state: state.clone(),
@@ -371,6 +373,8 @@ struct Driver {
     node: RaftNode,
     /// The WAL; lent to a blocking thread while it syncs.
     wal: Option<Wal>,
+    /// Sync on the driver's own task: the WAL does not fsync (simulations).
+    inline_sync: bool,
     transport: Transport,
     view: View,
     state: Arc<RwLock<ClusterState>>,
@@ -638,12 +642,19 @@ impl Driver {
                     .wal
                     .take()
                     .ok_or_else(|| anyhow::anyhow!("the WAL is gone"))?;
-                let (wal, synced) = tokio::task::spawn_blocking(move || {
+                // Without fsync (simulations only) the sync is a write-out that costs nothing,
+                // done inline so that a simulated run does not depend on a real thread's timing.
+                let (wal, synced) = if self.inline_sync {
                     let r = wal.sync();
                     (wal, r)
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("the WAL sync thread failed: {e}"))?;
+                } else {
+                    tokio::task::spawn_blocking(move || {
+                        let r = wal.sync();
+                        (wal, r)
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the WAL sync thread failed: {e}"))?
+                };
                 self.wal = Some(wal);
                 let durable = synced?;
                 self.wal_syncs += 1;
