@@ -978,15 +978,19 @@ async fn connection_manager(
         let idle = cfg.idle_timeout;
         let mut stall = StallWatch::new(&conn);
         let check_every = (cfg.stall_timeout / 4).max(Duration::from_millis(10));
+        // The peer was removed: close and publish that there is no connection.
+        let removed = |conn: &quinn::Connection| {
+            conn.close(0u32.into(), b"peer removed");
+            signals.connected.store(false, Ordering::Relaxed);
+            let _ = conn_tx.send(None);
+        };
         loop {
             let since = now_ms(started).saturating_sub(last_used.load(Ordering::Relaxed));
             let left = idle.saturating_sub(Duration::from_millis(since));
             tokio::select! {
                 biased;
                 _ = shutdown.notified() => {
-                    conn.close(0u32.into(), b"peer removed");
-                    signals.connected.store(false, Ordering::Relaxed);
-                    let _ = conn_tx.send(None);
+                    removed(&conn);
                     return;
                 }
                 _ = conn.closed() => break,
@@ -1012,9 +1016,7 @@ async fn connection_manager(
                     let answers = tokio::select! {
                         biased;
                         _ = shutdown.notified() => {
-                            conn.close(0u32.into(), b"peer removed");
-                            signals.connected.store(false, Ordering::Relaxed);
-                            let _ = conn_tx.send(None);
+                            removed(&conn);
                             return;
                         }
                         a = still_answers(&conn) => a,

@@ -44,6 +44,21 @@ fn start(ca: &ClusterCa, ident: &NodeIdentity, denylist: Denylist, cfg: Transpor
     Node { t, inbound, addr }
 }
 
+/// `n` managers of one cluster that know no address of each other yet.
+fn strangers(n: u64) -> Vec<Node> {
+    let ca = ClusterCa::generate(ClusterId::random()).unwrap();
+    (1..=n)
+        .map(|id| {
+            start(
+                &ca,
+                &identity(&ca, id, Role::Manager),
+                Denylist::new(),
+                TransportConfig::default(),
+            )
+        })
+        .collect()
+}
+
 fn cluster(n: u64) -> (ClusterCa, Vec<Node>) {
     let ca = ClusterCa::generate(ClusterId::random()).unwrap();
     let nodes: Vec<Node> = (1..=n)
@@ -715,17 +730,7 @@ async fn unauthenticated_connections_are_capped_and_timed_out_but_members_are_no
 /// peer whose address came from an authoritative source; it only fills in unknown peers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_never_move_a_pinned_address() {
-    let ca = ClusterCa::generate(ClusterId::random()).unwrap();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| {
-            start(
-                &ca,
-                &identity(&ca, id, Role::Manager),
-                Denylist::new(),
-                TransportConfig::default(),
-            )
-        })
-        .collect();
+    let mut nodes = strangers(3);
     // Node 1 knows node 2's real address from the state, then gossip claims node 2 is where
     // node 3 listens.
     nodes[0].t.pin_peer_addr(2, nodes[1].addr);
@@ -759,17 +764,7 @@ async fn hints_never_move_a_pinned_address() {
 /// authenticated connection comes from; a pinned address still wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_is_answered_where_it_connects_from_until_its_address_is_known() {
-    let ca = ClusterCa::generate(ClusterId::random()).unwrap();
-    let mut nodes: Vec<Node> = (1..=2)
-        .map(|id| {
-            start(
-                &ca,
-                &identity(&ca, id, Role::Manager),
-                Denylist::new(),
-                TransportConfig::default(),
-            )
-        })
-        .collect();
+    let mut nodes = strangers(2);
     // Node 1 knows node 2; node 2 knows nothing of node 1.
     nodes[0].t.pin_peer_addr(2, nodes[1].addr);
     assert!(!nodes[1].t.send_raft(1, b"lost".to_vec()), "no address yet");
