@@ -162,6 +162,8 @@ pub fn describe(hostname: &str) -> NodeDescription {
             memory_bytes: memory_bytes(),
         },
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        runtimes: vec![shoal_cluster::Runtime::Process],
+        limits_enforced: false,
     }
 }
 

@@ -6,13 +6,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ClusterError;
+use crate::service::{ServiceId, ServiceSpec, TaskChange, TaskReport};
 use crate::types::{Availability, ClusterInfo, NewNode, NodeDescription, NodeId, NodeStatus, Role};
 
 /// Largest encoded command accepted (a CA and two tokens fit many times over).
 pub const MAX_COMMAND_SIZE: usize = 256 * 1024;
 
-/// Version byte in front of every encoded command.
-const COMMAND_VERSION: u8 = 1;
+/// Version byte in front of every encoded command (2: services and tasks).
+const COMMAND_VERSION: u8 = 2;
+
+/// Most task changes or reports in one command (one Raft entry).
+pub const MAX_BATCH: usize = 8192;
 
 /// Identifies one client request across retries: a random client id (one per CLI invocation)
 /// and a sequence number within it.
@@ -156,6 +160,56 @@ pub enum Command {
         /// The write.
         cmd: Box<Command>,
     },
+    /// `service create`: the id is chosen when applied (from the Raft index).
+    CreateService {
+        /// What to run.
+        spec: ServiceSpec,
+        /// When.
+        at_ms: u64,
+    },
+    /// `service update`, `service scale`: a new spec (the old one is kept for rollback).
+    UpdateService {
+        /// The service.
+        id: ServiceId,
+        /// The version the update was made against (compare-and-set), if any.
+        expected_version: Option<u64>,
+        /// The new spec.
+        spec: ServiceSpec,
+        /// When.
+        at_ms: u64,
+    },
+    /// `service rm`: the service goes at once; its tasks are told to stop (desired remove) and
+    /// are forgotten once they have.
+    RemoveService {
+        /// The service.
+        id: ServiceId,
+        /// When.
+        at_ms: u64,
+    },
+    /// The leader's orchestrator and scheduler: many task changes as one entry.
+    Tasks {
+        /// The changes, applied in order; stale ones are skipped.
+        changes: Vec<TaskChange>,
+        /// When.
+        at_ms: u64,
+    },
+    /// A node's observed task statuses, batched; a report that does not move its task forward,
+    /// or is about a task not on that node, is ignored.
+    ReportTasks {
+        /// The reporting node.
+        node: NodeId,
+        /// Last status per task.
+        reports: Vec<TaskReport>,
+        /// When (the statuses' timestamp).
+        at_ms: u64,
+    },
+    /// `swarm update`.
+    UpdateSettings {
+        /// `--task-history-limit`.
+        task_history_limit: Option<u32>,
+        /// When.
+        at_ms: u64,
+    },
     /// `swarm init --force-new-cluster` on `survivor`: every other manager becomes a worker (the
     /// Raft group now has one voter); the operator promotes again.
     ForceNewCluster {
@@ -210,7 +264,13 @@ impl Command {
             | Command::SetStatus { id, .. }
             | Command::RemoveNode { id, .. } => Some(*id),
             Command::ForceNewCluster { survivor, .. } => Some(*survivor),
-            Command::RotateJoinToken { .. } => None,
+            Command::ReportTasks { node, .. } => Some(*node),
+            Command::RotateJoinToken { .. }
+            | Command::CreateService { .. }
+            | Command::UpdateService { .. }
+            | Command::RemoveService { .. }
+            | Command::Tasks { .. }
+            | Command::UpdateSettings { .. } => None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The replicated cluster state of shoal, applied through Raft: the cluster (id, CA, join tokens,
-//! settings) and its nodes (description, labels, desired and observed role, availability,
-//! status). Commands are validated before they are proposed and again, deterministically, when
+//! settings), its nodes (description, labels, desired and observed role, availability,
+//! status), and its services and tasks. Commands are validated before they are proposed and again, deterministically, when
 //! they are applied; the role reconciler decides, from the state and the leader's view of Raft,
 //! which membership change comes next.
 //!
@@ -13,13 +13,21 @@
 mod command;
 mod error;
 mod reconcile;
+mod service;
 mod state;
+mod tasks;
 mod types;
 mod validate;
 
-pub use command::{Command, NodeUpdate, RequestId, MAX_COMMAND_SIZE};
+pub use command::{Command, NodeUpdate, RequestId, MAX_BATCH, MAX_COMMAND_SIZE};
 pub use error::ClusterError;
 pub use reconcile::{reconcile, Action, RaftView, Reconciliation};
+pub use service::{
+    object_id_string, validate_service_name, NewTask, PlacementSpec, ResourceSpec,
+    RestartCondition, RestartPolicy, Runtime, Service, ServiceId, ServiceMode, ServiceSpec,
+    Settings, Task, TaskChange, TaskId, TaskReport, TaskSpec, TaskState, TaskStatus,
+    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS, DEFAULT_TASK_HISTORY, MAX_REPLICAS,
+};
 pub use state::{ClusterState, JOINING, MAX_REMEMBERED_REQUESTS, SNAPSHOT_VERSION};
 pub use types::{
     node_id_string, parse_label, validate_addr, validate_hostname, validate_label, Availability,

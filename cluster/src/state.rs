@@ -7,13 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, NodeUpdate, RequestId};
 use crate::error::ClusterError;
+use crate::service::{Service, ServiceId, Settings, Task, TaskId};
 use crate::types::{
     node_id_string, validate_addr, validate_description, validate_label, validate_labels,
     Availability, ClusterInfo, NewNode, Node, NodeId, NodeState, NodeStatus, Role,
 };
 
-/// Version byte in front of every snapshot (2: removed node ids and request ids).
-pub const SNAPSHOT_VERSION: u8 = 2;
+/// Version byte in front of every snapshot (3: services, tasks and settings).
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
 /// seconds; this many writes take far longer on any real cluster.
@@ -41,6 +42,19 @@ pub struct ClusterState {
     requests: BTreeMap<RequestId, Result<(), String>>,
     /// Remembered request ids, oldest first.
     request_order: VecDeque<RequestId>,
+    /// Services, by id.
+    pub(crate) services: BTreeMap<ServiceId, Service>,
+    /// Tasks, by id.
+    pub(crate) tasks: BTreeMap<TaskId, Task>,
+    /// `swarm update` settings.
+    pub(crate) settings: Settings,
+    /// Task ids per (service, slot) for replicated services and per (service, node) for global
+    /// ones, oldest first (derived; rebuilt on restore).
+    #[serde(skip)]
+    pub(crate) by_slot: BTreeMap<(ServiceId, u64), Vec<TaskId>>,
+    /// Task ids per node (derived; rebuilt on restore).
+    #[serde(skip)]
+    pub(crate) by_node: BTreeMap<NodeId, BTreeSet<TaskId>>,
 }
 
 impl ClusterState {
@@ -157,6 +171,9 @@ impl ClusterState {
     }
 
     fn apply_one(&mut self, index: u64, cmd: &Command) -> Result<(), ClusterError> {
+        if let Some(result) = self.apply_service_command(index, cmd) {
+            return result;
+        }
         let mut next = None;
         let result = self.check_and_build(index, cmd, &mut next);
         if result.is_ok() {
@@ -329,6 +346,14 @@ impl ClusterState {
                 *out = Some(Change::Cluster(Box::new(c)));
                 Ok(())
             }
+            Command::CreateService { .. }
+            | Command::UpdateService { .. }
+            | Command::RemoveService { .. }
+            | Command::Tasks { .. }
+            | Command::ReportTasks { .. }
+            | Command::UpdateSettings { .. } => {
+                unreachable!("service commands are applied by apply_service_command")
+            }
             Command::ForceNewCluster { survivor, at_ms } => {
                 self.initialized()?;
                 self.existing(*survivor)?;
@@ -392,7 +417,7 @@ impl ClusterState {
         if version != SNAPSHOT_VERSION {
             return Err(err(format!("unknown version {version}")));
         }
-        let (state, rest) =
+        let (mut state, rest) =
             postcard::take_from_bytes::<ClusterState>(body).map_err(|e| err(e.to_string()))?;
         if !rest.is_empty() {
             return Err(err(format!("{} trailing bytes", rest.len())));
@@ -413,6 +438,8 @@ impl ClusterState {
         {
             return Err(err("inconsistent request ids".into()));
         }
+        state.check_services().map_err(err)?;
+        state.rebuild_indexes();
         Ok(state)
     }
 }

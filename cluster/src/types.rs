@@ -157,6 +157,11 @@ pub struct NodeDescription {
     pub resources: Resources,
     /// The agent's version (`ENGINE VERSION`).
     pub engine_version: String,
+    /// The runtimes it can run tasks with; the scheduler places tasks only where theirs is.
+    pub runtimes: Vec<crate::service::Runtime>,
+    /// Whether CPU and memory limits of process tasks are enforced here (cgroup v2); when not,
+    /// `node inspect` says so and reservations still count in scheduling.
+    pub limits_enforced: bool,
 }
 
 /// A node as the cluster knows it.
@@ -321,7 +326,11 @@ pub(crate) fn validate_description(d: &NodeDescription) -> Result<(), ClusterErr
     };
     short(&d.platform.os, "platform os")?;
     short(&d.platform.arch, "platform architecture")?;
-    short(&d.engine_version, "engine version")
+    short(&d.engine_version, "engine version")?;
+    if d.runtimes.len() > 8 {
+        return Err(ClusterError::Invalid("too many runtimes".into()));
+    }
+    Ok(())
 }
 
 /// Checks a set of labels.

@@ -8,6 +8,8 @@ use std::fmt;
 pub enum Filter {
     /// The node is not ready or not active (paused or drained).
     Availability,
+    /// The node lacks the service's runtime (`process`, `container`).
+    Runtime,
     /// Not enough unreserved CPU or memory.
     Resources,
     /// A placement constraint is not satisfied.
@@ -22,8 +24,9 @@ pub enum Filter {
 
 impl Filter {
     /// All filters, in evaluation order.
-    pub const ALL: [Filter; 6] = [
+    pub const ALL: [Filter; 7] = [
         Filter::Availability,
+        Filter::Runtime,
         Filter::Resources,
         Filter::Constraints,
         Filter::Platform,
@@ -34,6 +37,7 @@ impl Filter {
     fn describe(self) -> &'static str {
         match self {
             Filter::Availability => "node not available for new tasks",
+            Filter::Runtime => "runtime not available",
             Filter::Resources => "insufficient resources",
             Filter::Constraints => "scheduling constraints not satisfied",
             Filter::Platform => "unsupported platform",
@@ -46,7 +50,8 @@ impl Filter {
 /// Why tasks stay pending: how many nodes failed each filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Explanation {
-    counts: [u32; 6],
+    counts: [u32; 7],
+    runtime: &'static str,
 }
 
 impl Explanation {
@@ -58,6 +63,11 @@ impl Explanation {
     /// How many nodes failed `filter`.
     pub fn count(&self, filter: Filter) -> u32 {
         self.counts[filter as usize]
+    }
+
+    /// Names the runtime the service needs, for the runtime filter's words.
+    pub fn set_runtime(&mut self, runtime: &'static str) {
+        self.runtime = runtime;
     }
 
     /// Total nodes counted.
@@ -81,13 +91,16 @@ impl fmt::Display for Explanation {
             }
             f.write_str(if first { " (" } else { "; " })?;
             first = false;
-            write!(
-                f,
-                "{} on {} node{}",
-                filter.describe(),
-                n,
-                if n == 1 { "" } else { "s" }
-            )?;
+            let plural = if n == 1 { "" } else { "s" };
+            if filter == Filter::Runtime && !self.runtime.is_empty() {
+                write!(
+                    f,
+                    "runtime \"{}\" not available on {n} node{plural}",
+                    self.runtime
+                )?;
+            } else {
+                write!(f, "{} on {n} node{plural}", filter.describe())?;
+            }
         }
         f.write_str(")")
     }

@@ -191,6 +191,7 @@ impl Scheduler {
         let mut placed = vec![0u32; eligible.len()];
         let mut pending_tasks = 0u32;
         let mut global_why = Explanation::default();
+        global_why.set_runtime(spec.runtime().unwrap_or(""));
         match spec.mode() {
             Mode::Global => {
                 for (k, &i) in eligible.iter().enumerate() {
@@ -414,6 +415,7 @@ impl Scheduler {
         placed: &[u32],
     ) -> Explanation {
         let mut why = Explanation::default();
+        why.set_runtime(spec.runtime().unwrap_or(""));
         let mut k = 0usize;
         for (i, node) in self.nodes.iter().enumerate() {
             let svc = if eligible.get(k) == Some(&(i as u32)) {
@@ -497,6 +499,8 @@ pub(crate) fn static_failure(node: &Node, spec: &ServiceSpec) -> Option<Filter> 
 fn static_failure_ordered(node: &Node, spec: &ServiceSpec, room: bool) -> Option<Filter> {
     if node.state != NodeState::Ready || node.availability != Availability::Active {
         Some(Filter::Availability)
+    } else if !spec.runtime_matches(node) {
+        Some(Filter::Runtime)
     } else if !room {
         Some(Filter::Resources)
     } else if !spec.constraints_match(node) {

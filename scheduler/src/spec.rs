@@ -25,6 +25,7 @@ pub struct ServiceSpec {
     host_ports: Vec<u16>,
     max_replicas_per_node: Option<u32>,
     platforms: Vec<Platform>,
+    runtime: Option<&'static str>,
 }
 
 impl ServiceSpec {
@@ -42,6 +43,7 @@ impl ServiceSpec {
             host_ports: Vec::new(),
             max_replicas_per_node: None,
             platforms: Vec::new(),
+            runtime: None,
         })
     }
 
@@ -125,6 +127,22 @@ impl ServiceSpec {
     /// True when every constraint holds on the node.
     pub fn constraints_match(&self, node: &Node) -> bool {
         self.constraints.iter().all(|c| c.matches(node))
+    }
+
+    /// Requires a runtime (`process`, `container`) on the nodes tasks go to.
+    pub fn with_runtime(mut self, runtime: &'static str) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The runtime required, if any.
+    pub fn runtime(&self) -> Option<&'static str> {
+        self.runtime
+    }
+
+    /// True when the node has the runtime the service needs (or it needs none).
+    pub fn runtime_matches(&self, node: &Node) -> bool {
+        self.runtime.is_none_or(|r| node.runtimes.contains(&r))
     }
 
     /// True when the node's platform is accepted.

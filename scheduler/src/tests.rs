@@ -122,6 +122,30 @@ fn explanation_text_counts_nodes_per_filter() {
 }
 
 #[test]
+fn tasks_go_only_to_nodes_with_their_runtime_and_the_explanation_names_it() {
+    let mut nodes: Vec<Node> = ["a", "b", "c", "d"].iter().map(|id| node(id)).collect();
+    nodes[3].runtimes.push("container");
+    nodes[0].availability = Availability::Drain;
+    let s = Scheduler::new(nodes);
+    let p = s.schedule(&request(replicated("web").with_runtime("container"), 3));
+    assert_eq!(counts(&p, 4), vec![0, 0, 0, 3]);
+    let p = s.schedule(&request(
+        replicated("db")
+            .with_runtime("container")
+            .with_max_replicas_per_node(1)
+            .unwrap(),
+        2,
+    ));
+    assert_eq!(counts(&p, 4), vec![0, 0, 0, 1]);
+    assert_eq!(
+        p.pending.unwrap().explanation.to_string(),
+        "no suitable node (node not available for new tasks on 1 node; runtime \"container\" not available on 2 nodes; max replicas per node limit exceeded on 1 node)"
+    );
+    let p = s.schedule(&request(replicated("proc").with_runtime("process"), 3));
+    assert_eq!(counts(&p, 4), vec![0, 1, 1, 1]);
+}
+
+#[test]
 fn spreads_evenly_then_by_total_then_by_id() {
     let mut nodes: Vec<Node> = ["c", "a", "b"].iter().map(|id| node(id)).collect();
     nodes[0].tasks_by_service.insert("other".into(), 5);

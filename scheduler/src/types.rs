@@ -123,6 +123,8 @@ pub struct Node {
     pub used_ports: BTreeSet<u16>,
     /// Tasks already on the node, per service id.
     pub tasks_by_service: BTreeMap<String, u32>,
+    /// The runtimes the node can run tasks with (`process`, `container`).
+    pub runtimes: Vec<&'static str>,
 }
 
 impl Node {
@@ -142,6 +144,7 @@ impl Node {
             reserved: Resources::default(),
             used_ports: BTreeSet::new(),
             tasks_by_service: BTreeMap::new(),
+            runtimes: vec!["process"],
         }
     }
 

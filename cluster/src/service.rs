@@ -1,0 +1,730 @@
+//! Services and tasks, named as Swarm names them: a service is desired state (a spec and a
+//! version); a task is one attempt to run one slot of it, never re-run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClusterError;
+use crate::types::{validate_label, NodeId, Resources, MAX_LABELS};
+
+/// A service's identity, chosen when its creation is applied (from the Raft index).
+pub type ServiceId = u64;
+
+/// A task's identity, chosen when its creation is applied (from the Raft index).
+pub type TaskId = u64;
+
+/// The display form of a service or task id: 16 lowercase hex digits (`ls` shows 12).
+pub fn object_id_string(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Most replicas of one service.
+pub const MAX_REPLICAS: u64 = 1_000_000;
+/// Most arguments, environment entries or constraints of a service.
+pub const MAX_LIST: usize = 1024;
+/// Longest single string in a spec (an argument, an env entry, a path).
+pub const MAX_STRING: usize = 16 * 1024;
+/// Largest encoded service spec.
+pub const MAX_SPEC_SIZE: usize = 128 * 1024;
+/// Longest message or error kept in a task's status.
+pub const MAX_STATUS_TEXT: usize = 1024;
+/// Most tasks kept per slot when the operator sets no limit (`--task-history-limit`).
+pub const DEFAULT_TASK_HISTORY: u32 = 5;
+/// Default restart delay (Swarm's).
+pub const DEFAULT_RESTART_DELAY_MS: u64 = 5_000;
+/// Default stop grace period (Swarm's).
+pub const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
+
+/// How tasks of a service run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A program in its own process group, on any node.
+    Process,
+    /// A Docker container, on nodes with a Docker Engine.
+    Container,
+}
+
+impl Runtime {
+    /// The name nodes advertise and `--runtime` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Process => "process",
+            Runtime::Container => "container",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = ClusterError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "process" => Ok(Runtime::Process),
+            "container" => Ok(Runtime::Container),
+            _ => Err(ClusterError::Invalid(format!(
+                "invalid runtime {s:?}: expected process or container"
+            ))),
+        }
+    }
+}
+
+/// Replicated (a number of slots) or global (one task per eligible node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceMode {
+    /// Slots 1..=replicas.
+    Replicated {
+        /// How many tasks should run.
+        replicas: u64,
+    },
+    /// One task on every node that passes the filters.
+    Global,
+}
+
+impl ServiceMode {
+    /// `replicated` or `global`, as `service ls` shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServiceMode::Replicated { .. } => "replicated",
+            ServiceMode::Global => "global",
+        }
+    }
+}
+
+/// When a task that ended is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Never.
+    None,
+    /// When it failed (non-zero exit, rejected, lost).
+    OnFailure,
+    /// Whenever it ended.
+    Any,
+}
+
+impl fmt::Display for RestartCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartCondition::None => "none",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::Any => "any",
+        })
+    }
+}
+
+impl std::str::FromStr for RestartCondition {
+    type Err = ClusterError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(RestartCondition::None),
+            "on-failure" => Ok(RestartCondition::OnFailure),
+            "any" => Ok(RestartCondition::Any),
+            _ => Err(ClusterError::Invalid(format!(
+                "invalid restart condition {s:?}: expected none, on-failure or any"
+            ))),
+        }
+    }
+}
+
+/// The restart policy of a service's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub condition: RestartCondition,
+    /// Wait between a task ending and its replacement starting.
+    pub delay_ms: u64,
+    /// Most restarts within `window_ms` (0: unlimited).
+    pub max_attempts: u64,
+    /// The window restarts are counted in (0: since the slot began).
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::Any,
+            delay_ms: DEFAULT_RESTART_DELAY_MS,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
+}
+
+/// Where tasks may go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementSpec {
+    /// `node.labels.zone==east`, … (as `--constraint` takes them).
+    pub constraints: Vec<String>,
+    /// `spread=node.labels.zone`, …
+    pub preferences: Vec<String>,
+    /// Most tasks of the service on one node (0: no limit).
+    pub max_replicas_per_node: u64,
+}
+
+/// CPU and memory a task may use (limits) and is guaranteed (reservations, counted by the
+/// scheduler whether or not limits are enforced).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    /// Enforced where the node can (cgroup v2, the engine).
+    pub limits: Resources,
+    /// Reserved on the node the task is placed on.
+    pub reservations: Resources,
+}
+
+/// What each task of a service runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Process or container.
+    pub runtime: Runtime,
+    /// The image (containers) or the program (processes).
+    pub image: String,
+    /// Arguments (the container's command, or the program's arguments).
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory (empty: the runtime's default).
+    pub workdir: String,
+    /// Limits and reservations.
+    pub resources: ResourceSpec,
+    /// When tasks are replaced after they end.
+    pub restart: RestartPolicy,
+    /// Constraints, preferences, per-node cap.
+    pub placement: PlacementSpec,
+    /// Between SIGTERM and SIGKILL.
+    pub stop_grace_ms: u64,
+    /// Bumped by `service update --force` to redeploy an unchanged spec.
+    pub force_update: u64,
+}
+
+impl Default for TaskSpec {
+    fn default() -> Self {
+        TaskSpec {
+            runtime: Runtime::Process,
+            image: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            workdir: String::new(),
+            resources: ResourceSpec::default(),
+            restart: RestartPolicy::default(),
+            placement: PlacementSpec::default(),
+            stop_grace_ms: DEFAULT_STOP_GRACE_MS,
+            force_update: 0,
+        }
+    }
+}
+
+/// A service as the operator describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Unique among services.
+    pub name: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Replicated or global.
+    pub mode: ServiceMode,
+    /// What every task runs.
+    pub task: TaskSpec,
+}
+
+impl ServiceSpec {
+    /// A replicated service of `replicas` tasks running `image`, with default policies.
+    pub fn new(name: &str, image: &str, replicas: u64) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            mode: ServiceMode::Replicated { replicas },
+            task: TaskSpec {
+                image: image.into(),
+                ..TaskSpec::default()
+            },
+        }
+    }
+
+    /// The replica count of a replicated service.
+    pub fn replicas(&self) -> Option<u64> {
+        match self.mode {
+            ServiceMode::Replicated { replicas } => Some(replicas),
+            ServiceMode::Global => None,
+        }
+    }
+
+    /// Checks every field; the error names the first problem.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        validate_service_name(&self.name)?;
+        if self.labels.len() > MAX_LABELS {
+            return Err(invalid(format!("at most {MAX_LABELS} labels per service")));
+        }
+        for (k, v) in &self.labels {
+            validate_label(k, v)?;
+        }
+        if let ServiceMode::Replicated { replicas } = self.mode {
+            if replicas > MAX_REPLICAS {
+                return Err(invalid(format!(
+                    "invalid replicas {replicas}: at most {MAX_REPLICAS}"
+                )));
+            }
+        }
+        let t = &self.task;
+        if t.image.is_empty() {
+            return Err(invalid(match t.runtime {
+                Runtime::Process => "a process service needs a program".to_string(),
+                Runtime::Container => "a container service needs an image".to_string(),
+            }));
+        }
+        check_text(&t.image, "image")?;
+        check_list(&t.args, "arguments")?;
+        check_list(&t.env, "environment entries")?;
+        for e in &t.env {
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() && !k.contains('\0') => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "invalid environment entry {e:?}: expected KEY=VALUE"
+                    )))
+                }
+            }
+        }
+        check_text(&t.workdir, "working directory")?;
+        if !t.workdir.is_empty() && !t.workdir.starts_with('/') {
+            return Err(invalid(format!(
+                "invalid working directory {:?}: must be an absolute path",
+                t.workdir
+            )));
+        }
+        let r = &t.resources;
+        if r.limits.nano_cpus > 0 && r.reservations.nano_cpus > r.limits.nano_cpus
+            || r.limits.memory_bytes > 0 && r.reservations.memory_bytes > r.limits.memory_bytes
+        {
+            return Err(invalid(
+                "a reservation cannot exceed its limit (--reserve-* > --limit-*)".into(),
+            ));
+        }
+        if r.limits.memory_bytes > 0 && r.limits.memory_bytes < 6 << 20 {
+            return Err(invalid(
+                "invalid memory limit: the minimum is 6MB (as Docker's)".into(),
+            ));
+        }
+        if t.restart.max_attempts > 1_000_000 {
+            return Err(invalid("restart max attempts: at most 1000000".into()));
+        }
+        check_list(&t.placement.constraints, "constraints")?;
+        check_list(&t.placement.preferences, "placement preferences")?;
+        shoal_scheduler::parse_constraints(&t.placement.constraints)
+            .map_err(|e| invalid(e.to_string()))?;
+        for p in &t.placement.preferences {
+            shoal_scheduler::Preference::parse(p).map_err(|e| invalid(e.to_string()))?;
+        }
+        if t.placement.max_replicas_per_node > u64::from(u32::MAX) {
+            return Err(invalid("max replicas per node too large".into()));
+        }
+        if postcard::to_allocvec(self).map_or(true, |b| b.len() > MAX_SPEC_SIZE) {
+            return Err(invalid(format!(
+                "the service spec is larger than {} KiB",
+                MAX_SPEC_SIZE / 1024
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(why: String) -> ClusterError {
+    ClusterError::Invalid(why)
+}
+
+fn check_text(s: &str, what: &str) -> Result<(), ClusterError> {
+    if s.len() > MAX_STRING {
+        return Err(invalid(format!("{what}: longer than {MAX_STRING} bytes")));
+    }
+    if s.contains('\0') {
+        return Err(invalid(format!("{what}: contains a NUL byte")));
+    }
+    Ok(())
+}
+
+fn check_list(items: &[String], what: &str) -> Result<(), ClusterError> {
+    if items.len() > MAX_LIST {
+        return Err(invalid(format!("too many {what}: at most {MAX_LIST}")));
+    }
+    items.iter().try_for_each(|s| check_text(s, what))
+}
+
+/// Checks a service name as Docker does: 1–63 characters of letters, digits, `-`, `_` and `.`,
+/// starting with a letter or digit.
+pub fn validate_service_name(name: &str) -> Result<(), ClusterError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid service name {name:?}: 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )))
+    }
+}
+
+/// A service in the cluster state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Its id.
+    pub id: ServiceId,
+    /// The Raft index of its last change (the version tasks are made from).
+    pub version: u64,
+    /// What the operator asked for now.
+    pub spec: ServiceSpec,
+    /// The spec before the last update (for rollback).
+    pub previous: Option<ServiceSpec>,
+    /// Specs by version still referenced by some task (the current one always included), so that
+    /// any task's spec can be sent to its node.
+    pub versions: BTreeMap<u64, ServiceSpec>,
+    /// Created (Unix ms).
+    pub created_at_ms: u64,
+    /// Last changed (Unix ms).
+    pub updated_at_ms: u64,
+}
+
+impl Service {
+    /// The spec a task of `version` was made from.
+    pub fn spec_of(&self, version: u64) -> Option<&ServiceSpec> {
+        if version == self.version {
+            Some(&self.spec)
+        } else {
+            self.versions.get(&version)
+        }
+    }
+}
+
+/// The lifecycle of a task, in order: observed state only moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Created by the orchestrator.
+    New,
+    /// Waiting for a node.
+    Pending,
+    /// Placed on a node.
+    Assigned,
+    /// The node has it.
+    Accepted,
+    /// The node prepares it (image, directories).
+    Preparing,
+    /// Prepared; waiting to start (a restart delay).
+    Ready,
+    /// Starting.
+    Starting,
+    /// Running.
+    Running,
+    /// Exited with code 0.
+    Complete,
+    /// Stopped on request.
+    Shutdown,
+    /// Exited with an error, or lost.
+    Failed,
+    /// Could not be prepared or started.
+    Rejected,
+    /// To be removed (desired state of a scaled-down or removed service's task).
+    Remove,
+    /// Its node went away and never came back.
+    Orphaned,
+}
+
+impl TaskState {
+    /// Every state, in order.
+    pub const ALL: [TaskState; 14] = [
+        TaskState::New,
+        TaskState::Pending,
+        TaskState::Assigned,
+        TaskState::Accepted,
+        TaskState::Preparing,
+        TaskState::Ready,
+        TaskState::Starting,
+        TaskState::Running,
+        TaskState::Complete,
+        TaskState::Shutdown,
+        TaskState::Failed,
+        TaskState::Rejected,
+        TaskState::Remove,
+        TaskState::Orphaned,
+    ];
+
+    /// Ended (or lost): it will never run again.
+    pub fn is_terminal(self) -> bool {
+        self >= TaskState::Complete
+    }
+
+    /// The word `service ps` shows (`Running`, `Failed`, …).
+    pub fn title(self) -> &'static str {
+        match self {
+            TaskState::New => "New",
+            TaskState::Pending => "Pending",
+            TaskState::Assigned => "Assigned",
+            TaskState::Accepted => "Accepted",
+            TaskState::Preparing => "Preparing",
+            TaskState::Ready => "Ready",
+            TaskState::Starting => "Starting",
+            TaskState::Running => "Running",
+            TaskState::Complete => "Complete",
+            TaskState::Shutdown => "Shutdown",
+            TaskState::Failed => "Failed",
+            TaskState::Rejected => "Rejected",
+            TaskState::Remove => "Remove",
+            TaskState::Orphaned => "Orphaned",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.title().to_ascii_lowercase())
+    }
+}
+
+/// What a node observed of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// Where in its lifecycle.
+    pub state: TaskState,
+    /// When it got there (Unix ms, the committing manager's clock).
+    pub timestamp_ms: u64,
+    /// What happened (`started`, `pending task scheduling`).
+    pub message: String,
+    /// Why it failed or waits (`task: non-zero exit (3)`, `no suitable node (…)`).
+    pub err: String,
+    /// The exit code, once it exited.
+    pub exit_code: Option<i64>,
+    /// The process id (process runtime).
+    pub pid: u32,
+    /// The container id (container runtime).
+    pub container_id: String,
+}
+
+impl TaskStatus {
+    /// A status in `state` with a message.
+    pub fn new(state: TaskState, message: &str) -> Self {
+        TaskStatus {
+            state,
+            timestamp_ms: 0,
+            message: message.into(),
+            err: String::new(),
+            exit_code: None,
+            pid: 0,
+            container_id: String::new(),
+        }
+    }
+
+    /// Checks the text fields' sizes (remote input).
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if self.message.len() > MAX_STATUS_TEXT
+            || self.err.len() > MAX_STATUS_TEXT
+            || self.container_id.len() > 128
+        {
+            return Err(invalid("task status text too long".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One attempt to run a slot of a service (or a global service on a node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Its id.
+    pub id: TaskId,
+    /// Its service.
+    pub service: ServiceId,
+    /// Replicated: 1..=replicas; global: 0.
+    pub slot: u64,
+    /// Where it runs (global tasks are created with their node).
+    pub node: Option<NodeId>,
+    /// The service version whose spec it runs.
+    pub spec_version: u64,
+    /// What the manager wants: ready, running, shutdown or remove.
+    pub desired: TaskState,
+    /// What the node observed.
+    pub status: TaskStatus,
+    /// Created (Unix ms).
+    pub created_at_ms: u64,
+    /// The Raft index of its creation (orders a slot's tasks).
+    pub created_index: u64,
+    /// The Raft index of its last change.
+    pub version: u64,
+    /// Restarts in the current restart window that led to this task.
+    pub restarts: u64,
+    /// When the current restart window began (Unix ms).
+    pub window_start_ms: u64,
+    /// A restart's replacement waits (desired ready) until then.
+    pub not_before_ms: u64,
+}
+
+impl Task {
+    /// Whether the manager still wants it to run (or to be ready to).
+    pub fn wanted(&self) -> bool {
+        self.desired <= TaskState::Running
+    }
+
+    /// Wanted and not ended: it holds its slot and its node's resources.
+    pub fn live(&self) -> bool {
+        self.wanted() && !self.status.state.is_terminal()
+    }
+}
+
+/// A task the orchestrator creates (its id is chosen when applied).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// The service.
+    pub service: ServiceId,
+    /// The spec version (must be the service's current version when applied).
+    pub spec_version: u64,
+    /// Replicated: the slot; global: 0.
+    pub slot: u64,
+    /// The node, if placed already (always, for global tasks).
+    pub node: Option<NodeId>,
+    /// Ready (a restart waiting for its delay) or running.
+    pub desired: TaskState,
+    /// Why it is pending, when `node` is none.
+    pub pending_reason: String,
+    /// Restarts in the window that led to it.
+    pub restarts: u64,
+    /// Start of the restart window.
+    pub window_start_ms: u64,
+    /// Not started before (restart delay).
+    pub not_before_ms: u64,
+}
+
+/// One change the leader's orchestrator or scheduler makes to a task. A batch of them travels
+/// as one Raft entry; a change made stale by an earlier entry is skipped, not an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskChange {
+    /// A new task.
+    Create(NewTask),
+    /// Move the desired state forward (ready → running → shutdown → remove).
+    Desired {
+        /// The task.
+        id: TaskId,
+        /// The new desired state.
+        desired: TaskState,
+    },
+    /// Place a pending task.
+    Assign {
+        /// The task.
+        id: TaskId,
+        /// The node.
+        node: NodeId,
+    },
+    /// Record why a task is still pending.
+    Pending {
+        /// The task.
+        id: TaskId,
+        /// The scheduler's explanation.
+        reason: String,
+    },
+    /// The task's node went away for good: observed state orphaned.
+    Orphan {
+        /// The task.
+        id: TaskId,
+        /// Why.
+        message: String,
+    },
+    /// The reaper forgets an ended task.
+    Delete {
+        /// The task.
+        id: TaskId,
+    },
+}
+
+/// A node's report of one task's observed status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task.
+    pub id: TaskId,
+    /// Its status (the timestamp is replaced by the command's time).
+    pub status: TaskStatus,
+}
+
+/// Cluster-wide settings (`swarm update`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Tasks kept per slot (the live one and its history), `--task-history-limit`.
+    pub task_history_limit: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            task_history_limit: DEFAULT_TASK_HISTORY,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_ordered_as_swarm_orders_them() {
+        for w in TaskState::ALL.windows(2) {
+            assert!(w[0] < w[1], "{:?} < {:?}", w[0], w[1]);
+        }
+        assert!(!TaskState::Running.is_terminal());
+        assert!(TaskState::Complete.is_terminal());
+        assert!(TaskState::Orphaned.is_terminal());
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        let ok = ServiceSpec::new("web", "/bin/sleep", 3);
+        ok.validate().unwrap();
+        let mut bad = ok.clone();
+        bad.name = "-web".into();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("service name"));
+        let mut bad = ok.clone();
+        bad.task.image.clear();
+        assert!(bad.validate().unwrap_err().to_string().contains("program"));
+        let mut bad = ok.clone();
+        bad.task.env = vec!["NOEQUALS".into()];
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("KEY=VALUE"));
+        let mut bad = ok.clone();
+        bad.task.placement.constraints = vec!["node.labels.zone=east".into()];
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.task.resources.limits.memory_bytes = 1 << 20;
+        assert!(bad.validate().unwrap_err().to_string().contains("6MB"));
+        let mut bad = ok.clone();
+        bad.task.resources.limits.nano_cpus = 1_000_000_000;
+        bad.task.resources.reservations.nano_cpus = 2_000_000_000;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("reservation"));
+        let mut bad = ok.clone();
+        bad.mode = ServiceMode::Replicated {
+            replicas: MAX_REPLICAS + 1,
+        };
+        assert!(bad.validate().is_err());
+        let mut bad = ok;
+        bad.task.args = vec!["x".repeat(MAX_STRING + 1)];
+        assert!(bad.validate().is_err());
+    }
+}
