@@ -119,6 +119,13 @@ impl ClusterState {
             .map(|((_, k), _)| *k)
     }
 
+    /// The services that have tasks (removed services' tasks stay until they have stopped).
+    pub fn task_service_ids(&self) -> impl Iterator<Item = ServiceId> {
+        let mut ids: Vec<ServiceId> = self.by_slot.keys().map(|(s, _)| *s).collect();
+        ids.dedup();
+        ids.into_iter()
+    }
+
     /// The tasks assigned to a node.
     pub fn tasks_on_node(&self, node: NodeId) -> impl Iterator<Item = &Task> + '_ {
         self.by_node
@@ -318,7 +325,10 @@ impl ClusterState {
                 TaskChange::Assign { id, node } => {
                     let node_ok = self.node(*node).is_some();
                     if let Some(t) = self.tasks.get_mut(id) {
-                        if node_ok && t.node.is_none() && t.status.state <= TaskState::Pending {
+                        // A pending replicated task gets its node; a pending global task is
+                        // confirmed on the node it was made for.
+                        let fits = t.node.is_none() || t.node == Some(*node);
+                        if node_ok && fits && t.status.state <= TaskState::Pending {
                             t.node = Some(*node);
                             t.status = TaskStatus::new(
                                 TaskState::Assigned,
@@ -332,7 +342,7 @@ impl ClusterState {
                 }
                 TaskChange::Pending { id, reason } => {
                     if let Some(t) = self.tasks.get_mut(id) {
-                        if t.node.is_none() && t.status.state <= TaskState::Pending {
+                        if t.status.state <= TaskState::Pending {
                             t.status.state = TaskState::Pending;
                             t.status.message = "pending task scheduling".into();
                             t.status.err = truncate(reason);
@@ -357,7 +367,7 @@ impl ClusterState {
                     };
                     let node_gone = t.node.is_some_and(|n| self.node(n).is_none());
                     let deletable = t.status.state.is_terminal()
-                        || t.node.is_none() && t.desired > TaskState::Running
+                        || t.status.state <= TaskState::Pending && t.desired > TaskState::Running
                         || node_gone && t.desired > TaskState::Running;
                     if deletable {
                         pruned.insert(t.service);
@@ -405,9 +415,12 @@ impl ClusterState {
         while id == 0 || self.tasks.contains_key(&id) {
             id = mix(id);
         }
+        // A global task that does not fit on its node yet is made pending there.
         let mut status = match nt.node {
-            Some(_) => TaskStatus::new(TaskState::Assigned, "scheduler assigned task to node"),
-            None => {
+            Some(_) if nt.pending_reason.is_empty() => {
+                TaskStatus::new(TaskState::Assigned, "scheduler assigned task to node")
+            }
+            _ => {
                 let mut s = TaskStatus::new(TaskState::Pending, "pending task scheduling");
                 s.err = truncate(&nt.pending_reason);
                 s

@@ -167,6 +167,17 @@ impl Scheduler {
             .collect())
     }
 
+    /// Places one task of `spec` on node `index` if every filter passes there, claiming its
+    /// reservation (global services place per node). The error is the first filter that failed.
+    pub fn claim_on(&self, index: usize, spec: &ServiceSpec) -> Result<(), Filter> {
+        let node = &self.nodes[index];
+        if let Some(f) = static_failure_ordered(node, spec, true) {
+            return Err(f);
+        }
+        let svc = node.tasks_by_service.get(spec.id()).copied().unwrap_or(0);
+        self.claim(index, spec, svc)
+    }
+
     /// Places the tasks of one service. Safe to call from several threads at once for
     /// different services; do not place the same service from two threads at once.
     pub fn schedule(&self, request: &ServiceRequest) -> Placement {

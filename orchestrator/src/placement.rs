@@ -1,0 +1,122 @@
+//! The bridge to `shoal-scheduler`: the cluster's nodes and tasks as a scheduler snapshot, and a
+//! service's spec as a scheduler spec.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use shoal_cluster::{
+    node_id_string, object_id_string, Availability, ClusterState, Node, NodeId, NodeState, Role,
+    Runtime, Service, ServiceMode,
+};
+use shoal_scheduler as sched;
+
+/// The scheduler's view of one node: its totals, and what the tasks on it hold (every task that
+/// has not ended holds its reservation, even one told to stop).
+pub fn scheduler_node(state: &ClusterState, node: &Node) -> sched::Node {
+    let mut n = sched::Node::new(
+        &node_id_string(node.id),
+        sched::Resources::new(
+            node.description.resources.nano_cpus / 1_000_000,
+            node.description.resources.memory_bytes,
+        ),
+    );
+    n.hostname = node.description.hostname.clone();
+    n.role = match node.role {
+        Role::Manager => sched::Role::Manager,
+        Role::Worker => sched::Role::Worker,
+    };
+    n.ip = node
+        .addr
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    n.platform = sched::Platform::new(
+        &node.description.platform.os,
+        &node.description.platform.arch,
+    );
+    n.labels = node.labels.clone();
+    n.state = if node.status.state == NodeState::Ready {
+        sched::NodeState::Ready
+    } else {
+        sched::NodeState::Down
+    };
+    n.availability = match node.availability {
+        Availability::Active => sched::Availability::Active,
+        Availability::Pause => sched::Availability::Pause,
+        Availability::Drain => sched::Availability::Drain,
+    };
+    n.runtimes = node
+        .description
+        .runtimes
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
+    let mut per_service: BTreeMap<u64, u32> = BTreeMap::new();
+    for t in state.tasks_on_node(node.id) {
+        if t.status.state.is_terminal() {
+            continue;
+        }
+        if t.status.state > shoal_cluster::TaskState::Pending {
+            let r = state
+                .service(t.service)
+                .and_then(|s| s.spec_of(t.spec_version))
+                .map(|s| s.task.resources.reservations)
+                .unwrap_or_default();
+            n.reserved.millicores += r.nano_cpus / 1_000_000;
+            n.reserved.memory_bytes += r.memory_bytes;
+        }
+        if t.wanted() {
+            *per_service.entry(t.service).or_default() += 1;
+        }
+    }
+    n.tasks_by_service = per_service
+        .into_iter()
+        .map(|(s, c)| (object_id_string(s), c))
+        .collect();
+    n
+}
+
+/// A service's placement rules as the scheduler takes them.
+pub(crate) fn scheduler_spec(svc: &Service) -> Result<sched::ServiceSpec, String> {
+    let spec = &svc.spec;
+    let mode = match spec.mode {
+        ServiceMode::Replicated { .. } => sched::Mode::Replicated,
+        ServiceMode::Global => sched::Mode::Global,
+    };
+    let p = &spec.task.placement;
+    let r = spec.task.resources.reservations;
+    let mut s = sched::ServiceSpec::new(&object_id_string(svc.id), mode)
+        .and_then(|s| s.with_constraints(&p.constraints))
+        .and_then(|s| s.with_preferences(&p.preferences))
+        .map_err(|e| e.to_string())?
+        .with_reservation(sched::Resources::new(
+            r.nano_cpus / 1_000_000,
+            r.memory_bytes,
+        ))
+        .with_runtime(runtime_name(spec.task.runtime));
+    if p.max_replicas_per_node > 0 {
+        s = s
+            .with_max_replicas_per_node(u32::try_from(p.max_replicas_per_node).unwrap_or(u32::MAX))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(s)
+}
+
+fn runtime_name(r: Runtime) -> &'static str {
+    r.as_str()
+}
+
+/// The scheduler over every node of the state, and each node's index in it.
+pub(crate) fn scheduler(state: &ClusterState) -> (sched::Scheduler, BTreeMap<NodeId, usize>) {
+    let mut index = BTreeMap::new();
+    let nodes: Vec<sched::Node> = state
+        .nodes()
+        .values()
+        .enumerate()
+        .map(|(i, n)| {
+            index.insert(n.id, i);
+            scheduler_node(state, n)
+        })
+        .collect();
+    (sched::Scheduler::new(nodes), index)
+}

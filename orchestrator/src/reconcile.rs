@@ -1,0 +1,658 @@
+//! One orchestration pass over the whole state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_cluster::{
+    Availability, ClusterState, NewTask, Node, NodeId, NodeState, RestartCondition, Service,
+    ServiceId, ServiceMode, Task, TaskChange, TaskId, TaskState,
+};
+
+use crate::placement::{scheduler, scheduler_spec};
+use crate::{Config, Plan};
+
+/// Where a live task's node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Where {
+    /// Fine: leave the task alone.
+    Fine,
+    /// Down: replace it (replicated), keep it (global); orphan it after a while.
+    Down,
+    /// Drained, or no longer passing the service's filters: stop it and replace it elsewhere.
+    Unfit(&'static str),
+    /// Removed from the swarm: stop, orphan and replace it.
+    Gone,
+}
+
+/// A task waiting for a node: one already in the state, or one this pass creates.
+#[derive(Clone, Copy, Debug)]
+enum Placeable {
+    Existing(TaskId),
+    New(usize),
+}
+
+/// One pass.
+struct Run<'a> {
+    state: &'a ClusterState,
+    now: u64,
+    cfg: &'a Config,
+    /// Shutdowns, removals, orphans, promotions and deletions, in order.
+    changes: Vec<TaskChange>,
+    /// Tasks to create (placed below).
+    creates: Vec<NewTask>,
+    /// Replicated tasks to place, per service.
+    replicated: BTreeMap<ServiceId, Vec<Placeable>>,
+    /// Global tasks to place on their node, per service.
+    global: BTreeMap<ServiceId, Vec<(Placeable, NodeId)>>,
+    wake: Option<u64>,
+    /// Tasks this pass deletes.
+    deleted: BTreeSet<TaskId>,
+}
+
+/// Computes the task changes that move the state toward its services' specs at time `now_ms`.
+pub fn reconcile(state: &ClusterState, now_ms: u64, cfg: &Config) -> Plan {
+    let mut run = Run {
+        state,
+        now: now_ms,
+        cfg,
+        changes: Vec::new(),
+        creates: Vec::new(),
+        replicated: BTreeMap::new(),
+        global: BTreeMap::new(),
+        wake: None,
+        deleted: BTreeSet::new(),
+    };
+    for svc in state.services().values() {
+        match svc.spec.mode {
+            ServiceMode::Replicated { replicas } => run.replicated_service(svc, replicas),
+            ServiceMode::Global => run.global_service(svc),
+        }
+    }
+    let gone: Vec<ServiceId> = state
+        .task_service_ids()
+        .filter(|id| state.service(*id).is_none())
+        .collect();
+    for id in gone {
+        run.removed_service(id);
+    }
+    run.place();
+    run.finish()
+}
+
+impl<'a> Run<'a> {
+    fn wake_at(&mut self, t: u64) {
+        self.wake = Some(self.wake.map_or(t, |w| w.min(t)));
+    }
+
+    fn node(&self, id: NodeId) -> Option<&'a Node> {
+        self.state.node(id)
+    }
+
+    /// Where a (live) task's node stands for this service.
+    fn where_is(&self, svc: &Service, node: NodeId) -> Where {
+        let Some(n) = self.node(node) else {
+            return Where::Gone;
+        };
+        if n.status.state == NodeState::Down {
+            return Where::Down;
+        }
+        if n.availability == Availability::Drain {
+            return Where::Unfit("node drained");
+        }
+        if !n.description.runtimes.contains(&svc.spec.task.runtime) {
+            return Where::Unfit("runtime not available on the node");
+        }
+        match scheduler_spec(svc) {
+            Ok(spec)
+                if !spec.constraints_match(&crate::placement::scheduler_node(self.state, n)) =>
+            {
+                Where::Unfit("constraints not satisfied on the node")
+            }
+            _ => Where::Fine,
+        }
+    }
+
+    /// Orphans a task on a node that is gone, or down for longer than the orphan timeout; the
+    /// task must be told to stop first (or already be).
+    fn maybe_orphan(&mut self, t: &Task) {
+        if t.status.state.is_terminal() {
+            return;
+        }
+        let Some(node) = t.node else { return };
+        let (orphan, message) = match self.node(node) {
+            None => (true, "node removed from the swarm"),
+            Some(n) if n.status.state == NodeState::Down => {
+                let since = n.updated_at_ms.max(t.status.timestamp_ms);
+                let due = since.saturating_add(self.cfg.orphan_after_ms);
+                if self.now >= due {
+                    (true, "node down for too long")
+                } else {
+                    self.wake_at(due);
+                    (false, "")
+                }
+            }
+            Some(_) => (false, ""),
+        };
+        if orphan {
+            if t.wanted() {
+                self.changes.push(TaskChange::Desired {
+                    id: t.id,
+                    desired: TaskState::Shutdown,
+                });
+            }
+            self.changes.push(TaskChange::Orphan {
+                id: t.id,
+                message: message.into(),
+            });
+        }
+    }
+
+    /// Whether a task can be forgotten: it has ended; or it is no longer wanted and either never
+    /// left pending or its node is gone.
+    fn deletable(&self, t: &Task) -> bool {
+        if t.status.state.is_terminal() {
+            return true;
+        }
+        t.desired > TaskState::Running
+            && (t.status.state <= TaskState::Pending
+                || t.node.is_some_and(|n| self.node(n).is_none()))
+    }
+
+    /// The reaper for one slot: tasks told to go (`remove`) once they have stopped, and the
+    /// oldest history beyond the limit. Returns the slot's newest task that is not deleted.
+    fn reap<'t>(&mut self, tasks: &[&'t Task]) -> Option<&'t Task> {
+        let limit = (self.state.settings().task_history_limit as usize).max(1);
+        let newest = tasks.last().copied();
+        let excess = tasks.len().saturating_sub(limit);
+        for (i, t) in tasks.iter().enumerate() {
+            let is_newest = i + 1 == tasks.len();
+            let removed = t.desired == TaskState::Remove;
+            let old = i < excess && !is_newest;
+            if (removed || old) && self.deletable(t) {
+                self.delete(t.id);
+            }
+        }
+        newest
+    }
+
+    /// Restart decision for a slot whose current task ended: the replacement, if the policy
+    /// wants one.
+    fn restart(&mut self, svc: &Service, cur: &Task, key: u64) -> Option<NewTask> {
+        let policy = svc.spec.task.restart;
+        let failed = matches!(
+            cur.status.state,
+            TaskState::Failed | TaskState::Rejected | TaskState::Orphaned | TaskState::Shutdown
+        );
+        let restart = match policy.condition {
+            RestartCondition::None => false,
+            RestartCondition::OnFailure => failed,
+            RestartCondition::Any => true,
+        };
+        if !restart {
+            return None;
+        }
+        let ended = cur.status.timestamp_ms;
+        let (mut restarts, mut window_start) = (cur.restarts, cur.window_start_ms);
+        if policy.window_ms > 0 && self.now.saturating_sub(window_start) > policy.window_ms {
+            restarts = 0;
+            window_start = self.now;
+        }
+        if policy.max_attempts > 0 && restarts >= policy.max_attempts {
+            return None;
+        }
+        let not_before = ended.saturating_add(policy.delay_ms);
+        let waiting = not_before > self.now;
+        if waiting {
+            self.wake_at(not_before);
+        }
+        Some(NewTask {
+            service: svc.id,
+            spec_version: svc.version,
+            slot: if svc.spec.mode == ServiceMode::Global {
+                0
+            } else {
+                key
+            },
+            node: (svc.spec.mode == ServiceMode::Global).then_some(key),
+            desired: if waiting {
+                TaskState::Ready
+            } else {
+                TaskState::Running
+            },
+            pending_reason: String::new(),
+            restarts: restarts + 1,
+            window_start_ms: if window_start == 0 {
+                self.now
+            } else {
+                window_start
+            },
+            not_before_ms: if waiting { not_before } else { 0 },
+        })
+    }
+
+    /// A fresh task for a slot (or a global node).
+    fn fresh(
+        &self,
+        svc: &Service,
+        slot: u64,
+        node: Option<NodeId>,
+        like: Option<&Task>,
+    ) -> NewTask {
+        NewTask {
+            service: svc.id,
+            spec_version: svc.version,
+            slot,
+            node,
+            desired: TaskState::Running,
+            pending_reason: String::new(),
+            restarts: like.map_or(0, |t| t.restarts),
+            window_start_ms: like.map_or(0, |t| t.window_start_ms),
+            not_before_ms: 0,
+        }
+    }
+
+    fn shutdown(&mut self, id: TaskId, desired: TaskState) {
+        self.changes.push(TaskChange::Desired { id, desired });
+    }
+
+    fn delete(&mut self, id: TaskId) {
+        if self.deleted.insert(id) {
+            self.changes.push(TaskChange::Delete { id });
+        }
+    }
+
+    /// Keeps a slot within the history limit once its new task is added: forgets the oldest
+    /// ended task if the slot is full.
+    fn make_room(&mut self, service: ServiceId, key: u64) {
+        let limit = (self.state.settings().task_history_limit as usize).max(1);
+        let state = self.state;
+        let kept: Vec<&Task> = state
+            .slot_tasks(service, key)
+            .filter(|t| !self.deleted.contains(&t.id))
+            .collect();
+        if kept.len() < limit {
+            return;
+        }
+        if let Some(oldest) = kept.into_iter().find(|t| self.deletable(t)) {
+            self.delete(oldest.id);
+        }
+    }
+
+    fn create(&mut self, t: NewTask) {
+        self.make_room(
+            t.service,
+            if t.slot > 0 {
+                t.slot
+            } else {
+                t.node.unwrap_or(0)
+            },
+        );
+        let i = self.creates.len();
+        match t.node {
+            Some(n) => self
+                .global
+                .entry(t.service)
+                .or_default()
+                .push((Placeable::New(i), n)),
+            None => self
+                .replicated
+                .entry(t.service)
+                .or_default()
+                .push(Placeable::New(i)),
+        }
+        self.creates.push(t);
+    }
+
+    /// A task that is wanted and waiting: promote a restart whose delay has passed.
+    fn promote(&mut self, t: &Task) {
+        if t.desired == TaskState::Ready {
+            if self.now >= t.not_before_ms {
+                self.changes.push(TaskChange::Desired {
+                    id: t.id,
+                    desired: TaskState::Running,
+                });
+            } else {
+                self.wake_at(t.not_before_ms);
+            }
+        }
+    }
+
+    fn out_of_date(svc: &Service, t: &Task) -> bool {
+        t.spec_version != svc.version
+            && svc
+                .spec_of(t.spec_version)
+                .is_none_or(|old| old.task != svc.spec.task)
+    }
+
+    fn replicated_service(&mut self, svc: &'a Service, replicas: u64) {
+        let state = self.state;
+        // The newest task of each slot that is still wanted.
+        let mut active: Vec<(u64, &Task)> = Vec::new();
+        let keys: Vec<u64> = state.slot_keys(svc.id).collect();
+        for key in keys {
+            let tasks: Vec<&Task> = state.slot_tasks(svc.id, key).collect();
+            for t in &tasks {
+                if !t.wanted() {
+                    self.maybe_orphan(t);
+                }
+            }
+            if let Some(cur) = self.reap(&tasks) {
+                if cur.wanted() {
+                    active.push((key, cur));
+                }
+            }
+        }
+        // Scale down: remove the surplus, tasks not running first, then one at a time from the
+        // node with the most tasks of the service (keeping the spread), highest slot first.
+        let want = usize::try_from(replicas).unwrap_or(usize::MAX);
+        if active.len() > want {
+            let mut surplus: BTreeSet<usize> = BTreeSet::new();
+            let mut not_running: Vec<usize> = (0..active.len())
+                .filter(|&i| active[i].1.status.state != TaskState::Running)
+                .collect();
+            not_running.sort_by_key(|&i| std::cmp::Reverse(active[i].0));
+            let mut excess = active.len() - want;
+            for i in not_running.into_iter().take(excess) {
+                surplus.insert(i);
+                excess -= 1;
+            }
+            let mut per_node: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+            for (i, (_, t)) in active.iter().enumerate() {
+                if !surplus.contains(&i) {
+                    per_node.entry(t.node.unwrap_or(0)).or_default().push(i);
+                }
+            }
+            while excess > 0 {
+                let fullest = per_node
+                    .values_mut()
+                    .max_by_key(|v| (v.len(), v.iter().map(|&i| active[i].0).max()))
+                    .expect("tasks left while there is excess");
+                let (at, _) = fullest
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, &i)| active[i].0)
+                    .expect("non-empty");
+                surplus.insert(fullest.swap_remove(at));
+                excess -= 1;
+            }
+            for &i in &surplus {
+                self.shutdown(active[i].1.id, TaskState::Remove);
+            }
+            let mut k = 0;
+            active.retain(|_| {
+                k += 1;
+                !surplus.contains(&(k - 1))
+            });
+        }
+        // Each remaining slot: restart, replace, promote, or queue for placement or update.
+        let mut stale: Vec<(u64, &Task)> = Vec::new();
+        let mut rolling = 0usize;
+        for &(key, cur) in &active {
+            if cur.status.state.is_terminal() {
+                if let Some(next) = self.restart(svc, cur, key) {
+                    self.shutdown(cur.id, TaskState::Shutdown);
+                    self.create(next);
+                }
+                continue;
+            }
+            self.promote(cur);
+            match cur.node {
+                None => {
+                    if Self::out_of_date(svc, cur) {
+                        self.shutdown(cur.id, TaskState::Shutdown);
+                        let t = self.fresh(svc, key, None, Some(cur));
+                        self.create(t);
+                    } else {
+                        self.replicated
+                            .entry(svc.id)
+                            .or_default()
+                            .push(Placeable::Existing(cur.id));
+                    }
+                }
+                Some(node) => match self.where_is(svc, node) {
+                    Where::Fine => {
+                        if Self::out_of_date(svc, cur) {
+                            stale.push((key, cur));
+                        } else if cur.status.state < TaskState::Running {
+                            rolling += 1;
+                        }
+                    }
+                    Where::Down | Where::Unfit(_) | Where::Gone => {
+                        self.shutdown(cur.id, TaskState::Shutdown);
+                        self.maybe_orphan(cur);
+                        let t = self.fresh(svc, key, None, Some(cur));
+                        self.create(t);
+                    }
+                },
+            }
+        }
+        // Rolling update, stop-first: a few stale slots at a time.
+        let room = self.cfg.update_parallelism.max(1).saturating_sub(rolling);
+        for &(key, cur) in stale.iter().take(room) {
+            self.shutdown(cur.id, TaskState::Shutdown);
+            let t = self.fresh(svc, key, None, Some(cur));
+            self.create(t);
+        }
+        // Scale up: the lowest free slot numbers.
+        if active.len() < want {
+            let taken: BTreeSet<u64> = active.iter().map(|(k, _)| *k).collect();
+            let mut slot = 1u64;
+            let mut missing = want - active.len();
+            while missing > 0 {
+                if !taken.contains(&slot) {
+                    let t = self.fresh(svc, slot, None, None);
+                    self.create(t);
+                    missing -= 1;
+                }
+                slot += 1;
+            }
+        }
+    }
+
+    fn global_service(&mut self, svc: &'a Service) {
+        let state = self.state;
+        let mut covered: BTreeSet<NodeId> = BTreeSet::new();
+        let mut stale: Vec<(NodeId, &Task)> = Vec::new();
+        let mut rolling = 0usize;
+        let keys: Vec<u64> = state.slot_keys(svc.id).collect();
+        for node in keys {
+            let tasks: Vec<&Task> = state.slot_tasks(svc.id, node).collect();
+            for t in &tasks {
+                if !t.wanted() {
+                    self.maybe_orphan(t);
+                }
+            }
+            let Some(cur) = self.reap(&tasks) else {
+                continue;
+            };
+            if !cur.wanted() {
+                continue;
+            }
+            match self.where_is(svc, node) {
+                Where::Gone | Where::Unfit(_) => {
+                    self.shutdown(cur.id, TaskState::Shutdown);
+                    self.maybe_orphan(cur);
+                    continue;
+                }
+                Where::Down => {
+                    covered.insert(node);
+                    self.maybe_orphan(cur);
+                    continue;
+                }
+                Where::Fine => {}
+            }
+            covered.insert(node);
+            if cur.status.state.is_terminal() {
+                if let Some(next) = self.restart(svc, cur, node) {
+                    self.shutdown(cur.id, TaskState::Shutdown);
+                    self.create(next);
+                }
+                continue;
+            }
+            self.promote(cur);
+            if Self::out_of_date(svc, cur) {
+                stale.push((node, cur));
+            } else if cur.status.state <= TaskState::Pending {
+                self.global
+                    .entry(svc.id)
+                    .or_default()
+                    .push((Placeable::Existing(cur.id), node));
+            } else if cur.status.state < TaskState::Running {
+                rolling += 1;
+            }
+        }
+        let room = self.cfg.update_parallelism.max(1).saturating_sub(rolling);
+        for &(node, cur) in stale.iter().take(room) {
+            self.shutdown(cur.id, TaskState::Shutdown);
+            let t = self.fresh(svc, 0, Some(node), Some(cur));
+            self.create(t);
+        }
+        // Every eligible node without a task gets one.
+        let mut fresh = Vec::new();
+        for n in state.nodes().values() {
+            if covered.contains(&n.id)
+                || n.status.state != NodeState::Ready
+                || n.availability != Availability::Active
+                || self.where_is(svc, n.id) != Where::Fine
+            {
+                continue;
+            }
+            fresh.push(n.id);
+        }
+        for node in fresh {
+            let t = self.fresh(svc, 0, Some(node), None);
+            self.create(t);
+        }
+    }
+
+    /// Tasks of a removed service: stop them (they were told to), orphan the lost ones, and
+    /// forget them once they have stopped.
+    fn removed_service(&mut self, id: ServiceId) {
+        let state = self.state;
+        let keys: Vec<u64> = state.slot_keys(id).collect();
+        for key in keys {
+            for t in state.slot_tasks(id, key) {
+                self.maybe_orphan(t);
+                if self.deletable(t) {
+                    self.delete(t.id);
+                }
+            }
+        }
+    }
+
+    /// Places every waiting task through the scheduler, keeping the explanation on those that
+    /// stay pending.
+    fn place(&mut self) {
+        if self.replicated.is_empty() && self.global.is_empty() {
+            return;
+        }
+        let (scheduler, index) = scheduler(self.state);
+        let node_ids: Vec<NodeId> = index.keys().copied().collect();
+        let replicated = std::mem::take(&mut self.replicated);
+        for (sid, waiting) in replicated {
+            let Some(svc) = self.state.service(sid) else {
+                continue;
+            };
+            let placement = scheduler_spec(svc).map(|spec| {
+                scheduler.schedule(&shoal_scheduler::ServiceRequest {
+                    spec,
+                    tasks: u32::try_from(waiting.len()).unwrap_or(u32::MAX),
+                })
+            });
+            let (targets, reason) = match placement {
+                Ok(p) => {
+                    let mut targets = Vec::new();
+                    for (i, count) in p.assignments {
+                        targets.extend(std::iter::repeat_n(node_ids[i], count as usize));
+                    }
+                    (
+                        targets,
+                        p.pending
+                            .map(|p| p.explanation.to_string())
+                            .unwrap_or_default(),
+                    )
+                }
+                Err(e) => (Vec::new(), e),
+            };
+            for (k, w) in waiting.into_iter().enumerate() {
+                self.settle(w, targets.get(k).copied(), &reason);
+            }
+        }
+        let global = std::mem::take(&mut self.global);
+        for (sid, waiting) in global {
+            let Some(svc) = self.state.service(sid) else {
+                continue;
+            };
+            let spec = scheduler_spec(svc);
+            for (w, node) in waiting {
+                let result = match (&spec, index.get(&node)) {
+                    (Ok(spec), Some(&i)) => scheduler.claim_on(i, spec).map_err(|f| {
+                        let mut why = shoal_scheduler::Explanation::default();
+                        why.set_runtime(svc.spec.task.runtime.as_str());
+                        why.add(f);
+                        why.to_string()
+                    }),
+                    (Err(e), _) => Err(e.clone()),
+                    (_, None) => Err("node removed from the swarm".into()),
+                };
+                match result {
+                    Ok(()) => self.settle(w, Some(node), ""),
+                    Err(reason) => self.settle_global_pending(w, node, &reason),
+                }
+            }
+        }
+    }
+
+    /// Records where a replicated task goes, or why it waits.
+    fn settle(&mut self, w: Placeable, node: Option<NodeId>, reason: &str) {
+        match (w, node) {
+            (Placeable::New(i), node) => {
+                let t = &mut self.creates[i];
+                t.node = node;
+                if node.is_none() {
+                    t.pending_reason = reason.to_string();
+                }
+            }
+            (Placeable::Existing(id), Some(node)) => {
+                self.changes.push(TaskChange::Assign { id, node });
+            }
+            (Placeable::Existing(id), None) => self.explain(id, reason),
+        }
+    }
+
+    /// A global task that does not fit on its node: created pending there, or kept pending.
+    fn settle_global_pending(&mut self, w: Placeable, _node: NodeId, reason: &str) {
+        match w {
+            Placeable::New(i) => self.creates[i].pending_reason = reason.to_string(),
+            Placeable::Existing(id) => self.explain(id, reason),
+        }
+    }
+
+    fn explain(&mut self, id: TaskId, reason: &str) {
+        let same = self.state.task(id).is_some_and(|t| t.status.err == reason);
+        if !same {
+            self.changes.push(TaskChange::Pending {
+                id,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    fn finish(mut self) -> Plan {
+        let creates = std::mem::take(&mut self.creates);
+        // Creations after the shutdowns of the tasks they replace; assignments and pending
+        // explanations of existing tasks last.
+        let (assign, mut rest): (Vec<TaskChange>, Vec<TaskChange>) = self
+            .changes
+            .into_iter()
+            .partition(|c| matches!(c, TaskChange::Assign { .. } | TaskChange::Pending { .. }));
+        rest.extend(creates.into_iter().map(TaskChange::Create));
+        rest.extend(assign);
+        let more = rest.len() > self.cfg.max_changes;
+        rest.truncate(self.cfg.max_changes);
+        Plan {
+            changes: rest,
+            wake_at_ms: self.wake,
+            more,
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! The orchestrator against a replicated state it drives: simulated agents report what they
+//! were told, and every pass is applied as the leader would (in batches, through `apply`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use shoal_cluster::*;
+use shoal_orchestrator::{reconcile, Config, Plan};
+
+/// A cluster state, its Raft index and a clock, with nodes that run what they are told.
+struct World {
+    s: ClusterState,
+    index: u64,
+    now: u64,
+    cfg: Config,
+    /// Nodes whose agents do not act (down or partitioned).
+    silent: BTreeSet<NodeId>,
+}
+
+fn node(id: NodeId, mem: u64) -> NewNode {
+    NewNode {
+        id,
+        description: NodeDescription {
+            hostname: format!("n{id}"),
+            platform: Platform {
+                os: "linux".into(),
+                arch: "amd64".into(),
+            },
+            resources: Resources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: mem,
+            },
+            engine_version: "0.1.0".into(),
+            runtimes: vec![Runtime::Process],
+            limits_enforced: false,
+        },
+        addr: format!("127.0.0.1:{}", 4000 + id),
+        labels: BTreeMap::new(),
+        desired_role: Role::Worker,
+    }
+}
+
+impl World {
+    fn new(nodes: u64) -> World {
+        let mut w = World {
+            s: ClusterState::new(),
+            index: 0,
+            now: 1_000,
+            cfg: Config::default(),
+            silent: BTreeSet::new(),
+        };
+        let mut first = node(1, 1 << 30);
+        first.desired_role = Role::Manager;
+        w.apply(Command::Init {
+            cluster: ClusterInfo {
+                id: "0123456789abcdef0123456789abcdef".into(),
+                created_at_ms: 1,
+                ca_pem: "ca".into(),
+                worker_token: "w".into(),
+                manager_token: "m".into(),
+            },
+            node: first,
+            at_ms: 10,
+        })
+        .unwrap();
+        for id in 2..=nodes {
+            w.add_node(id, 1 << 30);
+        }
+        for id in 1..=nodes {
+            w.set_state(id, NodeState::Ready);
+        }
+        w
+    }
+
+    fn add_node(&mut self, id: NodeId, mem: u64) {
+        let now = self.now;
+        self.apply(Command::AddNode {
+            node: node(id, mem),
+            at_ms: now,
+        })
+        .unwrap();
+    }
+
+    fn apply(&mut self, cmd: Command) -> Result<(), ClusterError> {
+        self.index += 1;
+        self.s.apply(self.index, &cmd)
+    }
+
+    fn set_state(&mut self, id: NodeId, state: NodeState) {
+        let now = self.now;
+        self.apply(Command::SetStatus {
+            id,
+            status: NodeStatus {
+                state,
+                message: String::new(),
+            },
+            at_ms: now,
+        })
+        .unwrap();
+        if state == NodeState::Ready {
+            self.silent.remove(&id);
+        } else {
+            self.silent.insert(id);
+        }
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let now = self.now;
+        self.apply(Command::UpdateNode {
+            id,
+            update: NodeUpdate {
+                availability: Some(Availability::Drain),
+                ..Default::default()
+            },
+            at_ms: now,
+        })
+        .unwrap();
+    }
+
+    fn create(&mut self, spec: ServiceSpec) -> ServiceId {
+        let name = spec.name.clone();
+        let now = self.now;
+        self.apply(Command::CreateService { spec, at_ms: now })
+            .unwrap();
+        self.s.resolve_service(&name).unwrap().id
+    }
+
+    fn update(&mut self, id: ServiceId, f: impl FnOnce(&mut ServiceSpec)) {
+        let mut spec = self.s.service(id).unwrap().spec.clone();
+        f(&mut spec);
+        let now = self.now;
+        self.apply(Command::UpdateService {
+            id,
+            expected_version: None,
+            spec,
+            at_ms: now,
+        })
+        .unwrap();
+    }
+
+    /// One orchestrator pass, applied in batches.
+    fn pass(&mut self) -> Plan {
+        let plan = reconcile(&self.s, self.now, &self.cfg);
+        for batch in plan.batches(MAX_BATCH) {
+            let now = self.now;
+            self.apply(Command::Tasks {
+                changes: batch.to_vec(),
+                at_ms: now,
+            })
+            .unwrap();
+        }
+        plan
+    }
+
+    /// Every agent that is up acts once: starts what should run, stops what should stop.
+    fn agents(&mut self, outcome: impl Fn(&Task) -> TaskState) {
+        let mut by_node: BTreeMap<NodeId, Vec<TaskReport>> = BTreeMap::new();
+        for t in self.s.tasks().values() {
+            let Some(n) = t.node else { continue };
+            if self.silent.contains(&n) || t.status.state < TaskState::Assigned {
+                continue;
+            }
+            let next = if t.desired > TaskState::Running {
+                (!t.status.state.is_terminal()).then_some(TaskState::Shutdown)
+            } else if t.desired == TaskState::Running && t.status.state < TaskState::Running {
+                Some(outcome(t))
+            } else {
+                None
+            };
+            if let Some(state) = next {
+                let mut status = TaskStatus::new(state, "agent");
+                if state == TaskState::Failed {
+                    status.err = "exit 1".into();
+                    status.exit_code = Some(1);
+                }
+                by_node
+                    .entry(n)
+                    .or_default()
+                    .push(TaskReport { id: t.id, status });
+            }
+        }
+        for (node, reports) in by_node {
+            let now = self.now;
+            self.apply(Command::ReportTasks {
+                node,
+                reports,
+                at_ms: now,
+            })
+            .unwrap();
+        }
+    }
+
+    /// Passes and agent rounds (1 s apart) until a pass changes nothing, at most `rounds`.
+    fn settle(&mut self, rounds: usize) -> usize {
+        for round in 0..rounds {
+            let plan = self.pass();
+            self.agents(|_| TaskState::Running);
+            self.check();
+            if plan.changes.is_empty() && !self.agents_busy() {
+                return round;
+            }
+            self.now += 1_000;
+        }
+        panic!("no convergence in {rounds} rounds");
+    }
+
+    fn agents_busy(&self) -> bool {
+        self.s.tasks().values().any(|t| {
+            t.node.is_some_and(|n| !self.silent.contains(&n))
+                && t.status.state >= TaskState::Assigned
+                && ((t.desired == TaskState::Running && t.status.state < TaskState::Running)
+                    || (t.desired > TaskState::Running && !t.status.state.is_terminal()))
+        })
+    }
+
+    /// Invariants that must hold after every applied entry.
+    fn check(&self) {
+        // At most one live task per slot (per node for global services).
+        let mut live: BTreeMap<(ServiceId, u64), TaskId> = BTreeMap::new();
+        for t in self.s.tasks().values().filter(|t| t.live()) {
+            let key = if t.slot > 0 { t.slot } else { t.node.unwrap() };
+            if let Some(other) = live.insert((t.service, key), t.id) {
+                panic!("two live tasks in slot {key}: {other:x} and {:x}", t.id);
+            }
+        }
+        // No node holds more reservations than it has.
+        for n in self.s.nodes().values() {
+            let mut mem = 0;
+            for t in self.s.tasks_on_node(n.id) {
+                if t.status.state.is_terminal() || t.status.state <= TaskState::Pending {
+                    continue;
+                }
+                if let Some(svc) = self.s.service(t.service) {
+                    mem += svc
+                        .spec_of(t.spec_version)
+                        .unwrap()
+                        .task
+                        .resources
+                        .reservations
+                        .memory_bytes;
+                }
+            }
+            assert!(
+                mem <= n.description.resources.memory_bytes,
+                "node {} over-committed",
+                n.id
+            );
+        }
+    }
+
+    fn running(&self, svc: ServiceId) -> Vec<&Task> {
+        self.s
+            .tasks_of_service(svc)
+            .filter(|t| t.wanted() && t.status.state == TaskState::Running)
+            .collect()
+    }
+
+    fn running_on(&self, svc: ServiceId) -> BTreeMap<NodeId, usize> {
+        let mut m = BTreeMap::new();
+        for t in self.running(svc) {
+            *m.entry(t.node.unwrap()).or_default() += 1;
+        }
+        m
+    }
+}
+
+fn spec(name: &str, replicas: u64) -> ServiceSpec {
+    ServiceSpec::new(name, "/bin/sleep", replicas)
+}
+
+#[test]
+fn a_replicated_service_is_spread_and_scaled_up_and_down() {
+    let mut w = World::new(3);
+    let web = w.create(spec("web", 6));
+    w.settle(10);
+    assert_eq!(w.running(web).len(), 6);
+    assert_eq!(
+        w.running_on(web).values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+    let slots: BTreeSet<u64> = w.running(web).iter().map(|t| t.slot).collect();
+    assert_eq!(slots, (1..=6).collect());
+
+    w.update(web, |s| s.mode = ServiceMode::Replicated { replicas: 2 });
+    w.settle(10);
+    assert_eq!(w.running(web).len(), 2);
+    assert_eq!(w.running_on(web).len(), 2, "scale down keeps the spread");
+    // Scaled-down tasks are told to go and forgotten once stopped.
+    let kept: BTreeSet<u64> = w.running(web).iter().map(|t| t.slot).collect();
+    assert!(w.s.tasks_of_service(web).all(|t| kept.contains(&t.slot)));
+
+    // Scale up fills the lowest free slots.
+    w.update(web, |s| s.mode = ServiceMode::Replicated { replicas: 4 });
+    w.settle(10);
+    let mut expected = kept.clone();
+    expected.extend((1..).filter(|s| !kept.contains(s)).take(2));
+    let slots: BTreeSet<u64> = w.running(web).iter().map(|t| t.slot).collect();
+    assert_eq!(slots, expected);
+}
+
+#[test]
+fn a_failed_task_is_restarted_after_the_delay_in_the_same_slot() {
+    let mut w = World::new(2);
+    let web = w.create(spec("web", 1));
+    w.settle(10);
+    let first = w.running(web)[0].id;
+    let node = w.running(web)[0].node.unwrap();
+    w.apply(Command::ReportTasks {
+        node,
+        reports: vec![TaskReport {
+            id: first,
+            status: TaskStatus::new(TaskState::Failed, "exit 1"),
+        }],
+        at_ms: w.now,
+    })
+    .unwrap();
+    let plan = w.pass();
+    // Created waiting (desired ready) until the 5 s delay has passed.
+    let next: Vec<&Task> = w.s.slot_tasks(web, 1).filter(|t| t.id != first).collect();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].desired, TaskState::Ready);
+    assert_eq!(next[0].restarts, 1);
+    assert_eq!(plan.wake_at_ms, Some(w.now + 5_000));
+    assert_eq!(w.s.task(first).unwrap().desired, TaskState::Shutdown);
+    w.agents(|_| TaskState::Running);
+    assert!(w.running(web).is_empty(), "not started before the delay");
+    w.now += 5_000;
+    w.settle(10);
+    assert_eq!(w.running(web).len(), 1);
+    assert_eq!(w.running(web)[0].slot, 1);
+}
+
+#[test]
+fn restart_policy_none_on_failure_and_max_attempts_are_obeyed() {
+    let mut w = World::new(1);
+    let mut s = spec("once", 1);
+    s.task.restart.condition = RestartCondition::OnFailure;
+    s.task.restart.delay_ms = 0;
+    s.task.restart.max_attempts = 2;
+    let svc = w.create(s);
+    // Every start fails: two restarts, then the slot stays failed.
+    for _ in 0..10 {
+        w.pass();
+        w.agents(|_| TaskState::Failed);
+        w.now += 1_000;
+    }
+    let tasks: Vec<&Task> = w.s.slot_tasks(svc, 1).collect();
+    assert_eq!(tasks.len(), 3, "the first run and two restarts");
+    assert!(tasks.iter().all(|t| t.status.state == TaskState::Failed));
+
+    // on-failure: a task that completes is not restarted.
+    let mut s = spec("batch", 1);
+    s.task.restart.condition = RestartCondition::OnFailure;
+    let batch = w.create(s);
+    for _ in 0..5 {
+        w.pass();
+        w.agents(|_| TaskState::Complete);
+        w.now += 1_000;
+    }
+    assert_eq!(w.s.slot_tasks(batch, 1).count(), 1);
+    assert_eq!(
+        w.s.slot_tasks(batch, 1).next().unwrap().status.state,
+        TaskState::Complete
+    );
+}
+
+#[test]
+fn tasks_on_a_down_or_drained_node_are_replaced_elsewhere() {
+    let mut w = World::new(3);
+    let web = w.create(spec("web", 3));
+    w.settle(10);
+    assert_eq!(w.running_on(web).len(), 3);
+    w.set_state(3, NodeState::Down);
+    w.settle(10);
+    let on = w.running_on(web);
+    assert_eq!(on.values().sum::<usize>(), 3);
+    assert!(!on.contains_key(&3));
+    // The lost task keeps its slot's history: shutdown desired, not yet confirmed.
+    let lost: Vec<&Task> = w.s.tasks_on_node(3).collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].desired, TaskState::Shutdown);
+
+    w.drain(2);
+    w.settle(10);
+    assert_eq!(
+        w.running_on(web).keys().copied().collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(w.running(web).len(), 3);
+    assert!(w
+        .s
+        .tasks_on_node(2)
+        .all(|t| t.status.state == TaskState::Shutdown));
+}
+
+#[test]
+fn a_task_lost_with_its_node_is_orphaned_after_the_timeout() {
+    let mut w = World::new(2);
+    w.cfg.orphan_after_ms = 60_000;
+    let web = w.create(spec("web", 2));
+    w.settle(10);
+    w.set_state(2, NodeState::Down);
+    let plan = w.pass();
+    assert!(plan.wake_at_ms.is_some_and(|t| t <= w.now + 60_000));
+    w.now += 61_000;
+    w.settle(10);
+    let lost: Vec<&Task> = w.s.tasks_on_node(2).collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].status.state, TaskState::Orphaned);
+    assert_eq!(w.running(web).len(), 2);
+}
+
+#[test]
+fn a_global_service_runs_once_on_every_eligible_node() {
+    let mut w = World::new(3);
+    let mut s = spec("agent", 0);
+    s.mode = ServiceMode::Global;
+    let g = w.create(s);
+    w.settle(10);
+    assert_eq!(w.running_on(g), BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+    // A node that joins gets one; a drained node loses its own.
+    w.add_node(4, 1 << 30);
+    w.set_state(4, NodeState::Ready);
+    w.drain(1);
+    w.settle(10);
+    assert_eq!(w.running_on(g), BTreeMap::from([(2, 1), (3, 1), (4, 1)]));
+    // A down node keeps its task (it runs again when the node returns), and gets no second one.
+    w.set_state(3, NodeState::Down);
+    w.settle(10);
+    assert_eq!(w.running_on(g), BTreeMap::from([(2, 1), (3, 1), (4, 1)]));
+    assert_eq!(w.s.tasks_on_node(3).filter(|t| t.wanted()).count(), 1);
+}
+
+#[test]
+fn tasks_that_do_not_fit_stay_pending_with_the_reason_and_start_when_room_frees() {
+    let mut w = World::new(2);
+    let mut big = spec("big", 3);
+    big.task.resources.reservations.memory_bytes = 600 << 20;
+    let svc = w.create(big);
+    w.settle(10);
+    assert_eq!(w.running(svc).len(), 2);
+    let pending: Vec<&Task> =
+        w.s.tasks_of_service(svc)
+            .filter(|t| t.status.state == TaskState::Pending)
+            .collect();
+    assert_eq!(pending.len(), 1);
+    assert!(
+        pending[0].status.err.contains("insufficient resources"),
+        "{}",
+        pending[0].status.err
+    );
+    w.add_node(3, 1 << 30);
+    w.set_state(3, NodeState::Ready);
+    w.settle(10);
+    assert_eq!(w.running(svc).len(), 3);
+}
+
+#[test]
+fn an_updated_spec_rolls_out_one_slot_at_a_time_stop_first() {
+    let mut w = World::new(3);
+    let web = w.create(spec("web", 3));
+    w.settle(10);
+    w.update(web, |s| s.task.env.push("V=2".into()));
+    let version = w.s.service(web).unwrap().version;
+    let mut most_new_at_once = 0;
+    for _ in 0..20 {
+        w.pass();
+        let starting =
+            w.s.tasks_of_service(web)
+                .filter(|t| {
+                    t.live() && t.spec_version == version && t.status.state < TaskState::Running
+                })
+                .count();
+        most_new_at_once = most_new_at_once.max(starting);
+        w.agents(|_| TaskState::Running);
+        w.check();
+        w.now += 1_000;
+    }
+    assert_eq!(most_new_at_once, 1, "parallelism 1");
+    assert_eq!(w.running(web).len(), 3);
+    assert!(w.running(web).iter().all(|t| t.spec_version == version));
+    // A change that leaves the task spec alone (labels) replaces nothing.
+    let ids: BTreeSet<TaskId> = w.running(web).iter().map(|t| t.id).collect();
+    w.update(web, |s| {
+        s.labels.insert("team".into(), "a".into());
+    });
+    w.settle(10);
+    assert_eq!(
+        w.running(web).iter().map(|t| t.id).collect::<BTreeSet<_>>(),
+        ids
+    );
+}
+
+#[test]
+fn history_is_reaped_to_the_limit_and_removed_services_leave_no_tasks() {
+    let mut w = World::new(1);
+    let mut s = spec("crashy", 1);
+    s.task.restart.delay_ms = 0;
+    let svc = w.create(s);
+    for _ in 0..12 {
+        w.pass();
+        w.agents(|_| TaskState::Failed);
+        w.now += 1_000;
+    }
+    let n = w.s.slot_tasks(svc, 1).count();
+    assert!(n <= 5, "history limit 5, {n} kept");
+    let now = w.now;
+    w.apply(Command::RemoveService {
+        id: svc,
+        at_ms: now,
+    })
+    .unwrap();
+    w.settle(10);
+    assert_eq!(w.s.tasks().len(), 0);
+}
+
+#[test]
+fn a_new_leader_resumes_from_the_state_alone() {
+    // Two orchestrators (the old leader's and the new one's) see the same state: the plans are
+    // equal, so a failover neither loses nor duplicates work.
+    let mut w = World::new(3);
+    w.create(spec("web", 5));
+    w.pass();
+    w.agents(|_| TaskState::Running);
+    w.set_state(2, NodeState::Down);
+    let a = reconcile(&w.s, w.now, &w.cfg);
+    let b = reconcile(&w.s.clone(), w.now, &Config::default());
+    assert_eq!(a, b);
+    assert!(!a.changes.is_empty());
+}
+
+#[test]
+fn a_plan_cut_at_the_change_limit_says_so_and_the_rest_follows() {
+    let mut w = World::new(3);
+    w.cfg.max_changes = 10;
+    let web = w.create(spec("web", 25));
+    let plan = w.pass();
+    assert!(plan.more);
+    assert_eq!(plan.changes.len(), 10);
+    w.settle(20);
+    assert_eq!(w.running(web).len(), 25);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random scaling, node failures, drains and task failures: after every step at most one live
+    /// task per slot and no over-committed node; once things calm down, every service runs its
+    /// replica count and every global service one task per eligible node.
+    #[test]
+    fn random_histories_converge(
+        steps in prop::collection::vec((0u8..6, 0u64..8, 1u64..5), 1..25),
+    ) {
+        let mut w = World::new(4);
+        let mut web = spec("web", 3);
+        web.task.resources.reservations.memory_bytes = 100 << 20;
+        let web = w.create(web);
+        let mut g = spec("g", 0);
+        g.mode = ServiceMode::Global;
+        let g = w.create(g);
+        for (op, arg, node) in steps {
+            match op {
+                0 => w.update(web, |s| s.mode = ServiceMode::Replicated { replicas: arg }),
+                1 => w.set_state(node, NodeState::Down),
+                2 => w.set_state(node, NodeState::Ready),
+                3 => {
+                    let victim = w.running(web).first().map(|t| (t.id, t.node.unwrap()));
+                    if let Some((id, n)) = victim {
+                        let now = w.now;
+                        w.apply(Command::ReportTasks {
+                            node: n,
+                            reports: vec![TaskReport { id, status: TaskStatus::new(TaskState::Failed, "x") }],
+                            at_ms: now,
+                        }).unwrap();
+                    }
+                }
+                4 => w.update(web, |s| s.task.args = vec![arg.to_string()]),
+                _ => {}
+            }
+            w.pass();
+            w.agents(|_| TaskState::Running);
+            w.check();
+            w.now += 700;
+        }
+        for id in 1..=4 {
+            w.set_state(id, NodeState::Ready);
+        }
+        w.now += 10_000;
+        w.settle(40);
+        let replicas = match w.s.service(web).unwrap().spec.mode {
+            ServiceMode::Replicated { replicas } => replicas as usize,
+            ServiceMode::Global => unreachable!(),
+        };
+        prop_assert_eq!(w.running(web).len(), replicas);
+        // Every task runs the current task spec (a scale alone replaces nothing).
+        let svc = w.s.service(web).unwrap();
+        prop_assert!(w
+            .running(web)
+            .iter()
+            .all(|t| svc.spec_of(t.spec_version).unwrap().task == svc.spec.task));
+        prop_assert_eq!(w.running_on(g).len(), 4);
+        prop_assert!(w.running_on(g).values().all(|c| *c == 1));
+    }
+}
