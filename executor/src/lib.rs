@@ -1,0 +1,207 @@
+//! `shoal-executor`: runs the tasks the managers assign to this node.
+//!
+//! Every runtime implements [`Executor`] (prepare, start, wait, shutdown, remove, plus adopt and
+//! logs), so the agent drives a process task and a container task the same way. The agent keeps
+//! no process handles of its own: an executor finds its tasks again after an agent restart
+//! ([`Executor::adopt`]), which is how running tasks survive an agent upgrade or crash.
+
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A boxed future, so that executors can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything an executor needs to run one task.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskRun {
+    /// The task id (16 hex digits); names the task's directory, process group or container.
+    pub task_id: String,
+    /// The service's name (for labels and log prefixes).
+    pub service_name: String,
+    /// The slot (replicated) or 0 (global).
+    pub slot: u64,
+    /// Process runtime: the program; container runtime: the image.
+    pub program: String,
+    /// Arguments (container runtime: the command, empty for the image's default).
+    pub args: Vec<String>,
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// The working directory; `None` = the task's own directory under the data dir.
+    pub workdir: Option<PathBuf>,
+    /// Labels to put on the task where the runtime has them (containers).
+    pub labels: BTreeMap<String, String>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// How long `shutdown` waits after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// Resource limits of a task; `None` = unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// CPU in billionths of a CPU.
+    pub nano_cpus: Option<u64>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Whether this executor enforces [`Limits`] on this node (nodes report it, never silently).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitsSupport {
+    /// Limits are enforced.
+    Enforced,
+    /// Limits are not enforced, and why (e.g. "cgroup v2 is not mounted").
+    NotEnforced(String),
+}
+
+/// What a started task is, as the runtime knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeDetails {
+    /// The task's main process id (process runtime, and containers' init process).
+    pub pid: Option<u32>,
+    /// The container id (container runtime).
+    pub container_id: Option<String>,
+}
+
+/// How a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Exit code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// The code as docker shows it: the exit code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "task: non-zero exit ({c})"),
+            ExitStatus::Signal(s) => write!(f, "task: killed by signal {s}"),
+        }
+    }
+}
+
+/// A task an executor found from an earlier run of the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptedTask {
+    /// What it was started with.
+    pub run: TaskRun,
+    /// Where it is now.
+    pub state: AdoptedState,
+}
+
+/// The state of an adopted task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdoptedState {
+    /// Prepared, never started.
+    Prepared,
+    /// Still running.
+    Running(RuntimeDetails),
+    /// It ended while the agent was away.
+    Exited(ExitStatus),
+    /// Its record is unreadable or its runtime lost it; the message says what.
+    Failed(String),
+}
+
+/// Which output stream a log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a task's output.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// When it was written (Unix milliseconds).
+    pub timestamp_ms: u64,
+    /// Which stream.
+    pub stream: Stream,
+    /// The line, without its newline.
+    pub text: String,
+}
+
+/// What `logs` returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Only the last N lines (of what is kept); `None` = all.
+    pub tail: Option<usize>,
+    /// Keep following new lines until the receiver is dropped or the task is removed.
+    pub follow: bool,
+}
+
+/// Why an executor call failed. Errors before the task starts make it rejected, after it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The task is not known to this executor.
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The spec cannot be run here (e.g. program not found, bad working directory).
+    #[error("{0}")]
+    Invalid(String),
+    /// The runtime failed (I/O, the container engine, …).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// A runtime that runs tasks. All methods are idempotent where that is meaningful: `shutdown` of
+/// a task that has ended, or `remove` of a task that is gone, succeed.
+pub trait Executor: Send + Sync {
+    /// The runtime's name, as nodes advertise it ("process", "container").
+    fn runtime(&self) -> &'static str;
+
+    /// Whether limits are enforced on this node.
+    fn limits(&self) -> LimitsSupport;
+
+    /// Gets everything ready to start (directories, records, images); nothing runs yet.
+    fn prepare<'a>(&'a self, run: &'a TaskRun) -> BoxFuture<'a, Result<(), ExecError>>;
+
+    /// Starts a prepared task.
+    fn start<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<RuntimeDetails, ExecError>>;
+
+    /// Resolves when the task ends (also for adopted tasks), with how it ended.
+    fn wait<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<ExitStatus, ExecError>>;
+
+    /// Stops the task: SIGTERM (to the whole process group), then SIGKILL after `grace`; resolves
+    /// once it has ended.
+    fn shutdown<'a>(
+        &'a self,
+        task_id: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), ExecError>>;
+
+    /// Forgets a task that has ended: its files, records, container.
+    fn remove<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
+
+    /// The tasks left by an earlier run of the agent.
+    fn adopt(&self) -> BoxFuture<'_, Result<Vec<AdoptedTask>, ExecError>>;
+
+    /// The task's output: the kept lines (or the last `tail`), then new ones while `follow`.
+    fn logs<'a>(
+        &'a self,
+        task_id: &'a str,
+        options: LogOptions,
+    ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<LogLine>, ExecError>>;
+}
