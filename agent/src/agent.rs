@@ -53,6 +53,8 @@ pub struct AgentOpts {
     pub seed: Option<u64>,
     /// Disk failures to inject into the Raft WAL (tests only; the default injects nothing).
     pub wal_faults: shoal_raft::wal::WalFaults,
+    /// The runtimes this node runs tasks with (none: it runs no tasks).
+    pub executors: crate::worker::Executors,
 }
 
 impl AgentOpts {
@@ -137,10 +139,18 @@ pub struct Member {
     known_managers: Mutex<std::collections::BTreeSet<u64>>,
     /// Raft messages dropped before any replica saw them (sender not a manager).
     rejected_not_member: std::sync::atomic::AtomicU64,
+    /// What this manager last sent each node of its tasks.
+    sessions: Arc<crate::dispatch::Sessions>,
+    /// The leader's batches of task reports.
+    report_batches: Arc<crate::dispatch::Reports>,
+    /// Runs this node's tasks.
+    runner: Mutex<Option<Arc<crate::worker::Runner>>>,
+    /// The runtimes this node has.
+    executors: crate::worker::Executors,
 }
 
-/// What this agent reports about its machine.
-pub fn describe(hostname: &str) -> NodeDescription {
+/// What this agent reports about its machine and its runtimes.
+pub fn describe(hostname: &str, executors: &crate::worker::Executors) -> NodeDescription {
     let os = match std::env::consts::OS {
         "macos" => "darwin",
         o => o,
@@ -162,8 +172,8 @@ pub fn describe(hostname: &str) -> NodeDescription {
             memory_bytes: memory_bytes(),
         },
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
-        runtimes: vec![shoal_cluster::Runtime::Process],
-        limits_enforced: false,
+        runtimes: executors.runtimes(),
+        limits_enforced: executors.limits_enforced(),
     }
 }
 
@@ -327,6 +337,10 @@ impl Agent {
             stop: tokio::sync::watch::channel(false).0,
             rejected_not_member: Default::default(),
             known_managers: Default::default(),
+            sessions: Default::default(),
+            report_batches: Default::default(),
+            runner: Mutex::new(None),
+            executors: self.opts.executors.clone(),
         });
         if let Some(how) = raft {
             member.start_raft(how)?;
@@ -347,6 +361,8 @@ impl Agent {
         if !seeds.is_empty() {
             let _ = gossip.tx.send(GossipCmd::Join(seeds)).await;
         }
+        let runner = crate::worker::Runner::start(&member, self.opts.executors.clone());
+        *member.runner.lock().expect("runner") = Some(runner);
         let span = tracing::info_span!("agent", node = %node_id_string(member.id));
         tokio::spawn(tracing::Instrument::instrument(
             dispatch(member.clone(), inbound),
@@ -471,7 +487,7 @@ impl Agent {
         };
         let node = NewNode {
             id,
-            description: describe(&self.opts.hostname),
+            description: describe(&self.opts.hostname, &self.opts.executors),
             addr: self.advertise().to_string(),
             labels: self.opts.labels.iter().cloned().collect(),
             desired_role: Role::Manager,
@@ -714,6 +730,26 @@ fn pem_cert_der(text: &str) -> Result<Vec<u8>> {
 }
 
 impl Member {
+    /// Becomes true when this member is done (the node left its swarm).
+    pub(crate) fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// The dispatcher's sessions on this manager.
+    pub(crate) fn sessions(&self) -> Arc<crate::dispatch::Sessions> {
+        self.sessions.clone()
+    }
+
+    /// The leader's report batches.
+    pub(crate) fn report_batches(&self) -> Arc<crate::dispatch::Reports> {
+        self.report_batches.clone()
+    }
+
+    /// This node's task runner.
+    pub fn runner(&self) -> Option<Arc<crate::worker::Runner>> {
+        self.runner.lock().expect("runner").clone()
+    }
+
     /// The Raft replica, if this node runs one.
     pub fn raft(&self) -> Option<RaftHandle> {
         self.raft.lock().expect("raft").clone()
@@ -815,7 +851,7 @@ impl Member {
     /// refusals (the manager that admitted us may not lead).
     async fn register(&self, manager: u64, opts: &AgentOpts, within: Duration) -> Result<()> {
         let req = AgentRequest::Register {
-            description: describe(&self.hostname),
+            description: describe(&self.hostname, &self.executors),
             addr: self.advertise.to_string(),
             labels: opts.labels.clone(),
         };
@@ -1195,7 +1231,7 @@ impl Member {
         else {
             return Err("not an admission".into());
         };
-        let mut description = describe(&hostname);
+        let mut description = describe(&hostname, &crate::worker::Executors::default());
         description.platform = Platform::default();
         description.resources = Resources::default();
         description.engine_version = String::new();
@@ -1434,6 +1470,45 @@ impl Member {
                 }
                 None => Response::error("this node is not a manager"),
             },
+            AgentRequest::Assignments {
+                session,
+                seq,
+                wait_ms,
+            } => match self.raft() {
+                Some(h) => {
+                    self.sessions
+                        .assignments(
+                            &h,
+                            from.node_id,
+                            session,
+                            seq,
+                            Duration::from_millis(wait_ms),
+                        )
+                        .await
+                }
+                None => Response::error("this node is not a manager"),
+            },
+            AgentRequest::TaskStatus { reports } => {
+                match self.record_reports(from.node_id, reports).await {
+                    Ok(()) => Response::ok(""),
+                    Err(e) => Response::error(e),
+                }
+            }
+            AgentRequest::ForwardTaskStatus { .. } if !manager => {
+                Response::error(crate::control::NOT_A_MANAGER)
+            }
+            AgentRequest::ForwardTaskStatus { node, reports } => {
+                let leads = self
+                    .raft()
+                    .is_some_and(|h| h.status.borrow().leader == Some(self.id));
+                if !leads {
+                    return Response::error("not the leader");
+                }
+                match self.record_reports(node, reports).await {
+                    Ok(()) => Response::ok(""),
+                    Err(e) => Response::error(e),
+                }
+            }
             AgentRequest::Admit { .. } if !manager => {
                 Response::error(crate::control::NOT_A_MANAGER)
             }

@@ -145,6 +145,8 @@ pub enum Response {
     },
     /// `info`.
     Info(InfoView),
+    /// A node's tasks (between agents only).
+    Assignments(crate::wire::Assignments),
     /// Refused or failed: one line naming the problem.
     Error {
         /// The line.

@@ -399,6 +399,7 @@ fn unexpected(wanted: &str, got: &Response) -> String {
         Response::Node { .. } => "a node",
         Response::Token { .. } => "a join token",
         Response::Info(_) => "the agent's info",
+        Response::Assignments(_) => "task assignments",
         Response::Error { .. } => "an error",
     };
     format!("unexpected answer from the agent: expected {wanted}, got {kind}")

@@ -65,6 +65,7 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
         fsync: true,
         seed: None,
         wal_faults: Default::default(),
+        executors: Default::default(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

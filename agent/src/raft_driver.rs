@@ -222,6 +222,7 @@ pub fn start(
         rejected_not_member: 0,
         rejected_malformed: 0,
         last_tick: Instant::now(),
+        orch: Orchestration::default(),
     };
     tokio::spawn(driver.run(rx));
     Ok(RaftHandle { tx, status, state })
@@ -400,6 +401,23 @@ struct Driver {
     rejected_malformed: u64,
     /// When the last tick was due: every elapsed tick is delivered, even after a pause.
     last_tick: Instant,
+    /// The orchestrator's bookkeeping (leader only).
+    orch: Orchestration,
+}
+
+/// What the leader's orchestrator remembers between passes: only when to run again. Its
+/// decisions come from the state alone, so a new leader simply starts with a full pass.
+#[derive(Default)]
+struct Orchestration {
+    /// The applied index of the last pass (no pass until something else is applied).
+    seen: u64,
+    /// When a pass is due regardless (restart delays, orphan timeouts).
+    wake_at_ms: Option<u64>,
+    /// The last entry of the plan in flight, and its term.
+    inflight: Option<(u64, u64)>,
+    /// Passes run and task changes proposed (metrics).
+    passes: u64,
+    changes: u64,
 }
 
 impl Driver {
@@ -490,6 +508,55 @@ impl Driver {
                 self.sync_status();
             }
         }
+        if due > 0 && self.node.role() == Role::Leader {
+            self.orchestrate();
+        } else if self.node.role() != Role::Leader {
+            self.orch = Orchestration::default();
+        }
+    }
+
+    /// One orchestrator pass when something was applied since the last one (or a timer is
+    /// due), with one plan in flight at a time: its changes go out as `Command::Tasks` entries
+    /// of at most `MAX_BATCH` changes.
+    fn orchestrate(&mut self) {
+        let applied = self.node.applied_index();
+        if applied < self.node.commit_index() {
+            return;
+        }
+        if let Some((index, term)) = self.orch.inflight {
+            if term == self.node.term() && applied < index {
+                return;
+            }
+            self.orch.inflight = None;
+        }
+        let now = now_ms();
+        let due = self.orch.wake_at_ms.is_some_and(|w| now >= w);
+        if applied == self.orch.seen && !due {
+            return;
+        }
+        let plan = shoal_orchestrator::reconcile(
+            &self.state.read().expect("state"),
+            now,
+            &shoal_orchestrator::Config::default(),
+        );
+        self.orch.seen = applied;
+        self.orch.wake_at_ms = plan.wake_at_ms;
+        self.orch.passes += 1;
+        self.orch.changes += plan.changes.len() as u64;
+        let mut last = None;
+        for entry in Command::encode_task_batches(&plan.changes, now) {
+            match self.node.propose(entry) {
+                Ok(p) => {
+                    self.proposals.insert(p.index, (p.term, None));
+                    last = Some((p.index, p.term));
+                }
+                Err(e) => {
+                    tracing::debug!("task changes not proposed: {e}");
+                    break;
+                }
+            }
+        }
+        self.orch.inflight = last;
     }
 
     /// The span of the replica as it is now: node id, term and role.

@@ -3,7 +3,7 @@
 //! renewal requests on the same request channel).
 
 use serde::{Deserialize, Serialize};
-use shoal_cluster::{NodeDescription, NodeId, RequestId};
+use shoal_cluster::{NodeDescription, NodeId, RequestId, Task, TaskId, TaskReport, TaskSpec};
 
 use crate::api::{Request, Response};
 
@@ -108,6 +108,31 @@ pub enum AgentRequest {
         /// The node.
         node: NodeId,
     },
+    /// A node asks for its tasks: the whole set when `seq` is not the last answer's sequence
+    /// number of `session` on this manager, else what changed since, waiting up to `wait_ms`
+    /// (at most 5 s) for a change. Answered by any manager, for the asking node only.
+    Assignments {
+        /// Chosen by the node when it starts asking.
+        session: u64,
+        /// The last answer's sequence number it applied (0 = none).
+        seq: u64,
+        /// How long to wait for a change before answering with nothing new.
+        wait_ms: u64,
+    },
+    /// A node reports its tasks' observed statuses (latest per task). Recorded for the asking
+    /// node only; a manager passes them to the leader, which commits them in batches.
+    TaskStatus {
+        /// The statuses.
+        reports: Vec<TaskReport>,
+    },
+    /// A manager passes a node's reports to the leader. Accepted over a manager's certificate
+    /// only.
+    ForwardTaskStatus {
+        /// The node that reported.
+        node: NodeId,
+        /// The statuses.
+        reports: Vec<TaskReport>,
+    },
     /// `node` is leaving the swarm: record it as Down ("node left the swarm") right away
     /// instead of waiting for membership to notice. Accepted from the node itself, or from a
     /// Raft voter that forwards it to the leader.
@@ -115,6 +140,33 @@ pub enum AgentRequest {
         /// The node.
         node: NodeId,
     },
+}
+
+/// One task assigned to a node, with what it needs to run it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The task (desired state, observed status, slot, spec version).
+    pub task: Task,
+    /// Its service's name (log prefixes, task names such as `web.1`).
+    pub service_name: String,
+    /// The task's spec, at the task's spec version.
+    pub spec: TaskSpec,
+}
+
+/// The answer to [`AgentRequest::Assignments`]: the node's whole set (`full`), or what changed
+/// since the sequence number it acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// The node's session, as it sent it.
+    pub session: u64,
+    /// This answer's sequence number: the node sends it back to get the next increment.
+    pub seq: u64,
+    /// Whether `tasks` is the whole set (every task not listed is no longer the node's).
+    pub full: bool,
+    /// New or changed tasks (or all of them).
+    pub tasks: Vec<Assignment>,
+    /// Tasks that are gone (deleted by the reaper) since the last answer.
+    pub removed: Vec<TaskId>,
 }
 
 /// The answer to [`AgentRequest::Directory`].

@@ -30,6 +30,7 @@ async fn agent(dir: &std::path::Path, name: &str, faults: WalFaults) -> Arc<Agen
         fsync: true,
         seed: None,
         wal_faults: faults,
+        executors: Default::default(),
     };
     Agent::start(DataDir::open(&dir.join(name)).unwrap(), opts)
         .await

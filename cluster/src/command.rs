@@ -227,6 +227,28 @@ impl Command {
         postcard::to_extend(self, vec![COMMAND_VERSION]).expect("commands serialise")
     }
 
+    /// Task changes as encoded `Command::Tasks` entries, each within [`MAX_BATCH`] changes and
+    /// [`MAX_COMMAND_SIZE`] bytes (a batch too large is halved until it fits).
+    pub fn encode_task_batches(changes: &[TaskChange], at_ms: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut todo: Vec<&[TaskChange]> = changes.chunks(MAX_BATCH).rev().collect();
+        while let Some(chunk) = todo.pop() {
+            let bytes = Command::Tasks {
+                changes: chunk.to_vec(),
+                at_ms,
+            }
+            .encode();
+            if bytes.len() <= MAX_COMMAND_SIZE || chunk.len() == 1 {
+                out.push(bytes);
+            } else {
+                let (a, b) = chunk.split_at(chunk.len() / 2);
+                todo.push(b);
+                todo.push(a);
+            }
+        }
+        out
+    }
+
     /// Decodes an entry, refusing unknown versions, oversized input and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Command, ClusterError> {
         let err = |why: String| ClusterError::Decode {

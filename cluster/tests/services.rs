@@ -354,3 +354,27 @@ fn oversized_batches_are_refused_whole() {
         .is_err());
     assert!(s.tasks().is_empty());
 }
+
+#[test]
+fn large_task_batches_are_split_into_entries_that_decode() {
+    let change = TaskChange::Pending {
+        id: 7,
+        reason: "no suitable node (insufficient resources on 3 nodes)".repeat(4),
+    };
+    let changes = vec![change; 20_000];
+    let entries = Command::encode_task_batches(&changes, 5);
+    assert!(entries.len() >= 3);
+    let mut total = 0;
+    for e in &entries {
+        assert!(e.len() <= MAX_COMMAND_SIZE);
+        match Command::decode(e).unwrap() {
+            Command::Tasks { changes, at_ms } => {
+                assert_eq!(at_ms, 5);
+                assert!(changes.len() <= MAX_BATCH);
+                total += changes.len();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(total, 20_000);
+}

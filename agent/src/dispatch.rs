@@ -1,0 +1,255 @@
+//! The dispatcher, on every manager: hands each node its tasks (the whole set, then what
+//! changed, answering a long poll) and takes the nodes' status reports to the leader, which
+//! commits them in batches (`Command::ReportTasks`, one entry per node and round, never one per
+//! task).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_cluster::{ClusterState, Command, NodeId, TaskId, TaskReport, TaskState, MAX_BATCH};
+
+use crate::api::Response;
+use crate::raft_driver::{now_ms, RaftCmd, RaftHandle};
+use crate::wire::{Assignment, Assignments};
+
+/// The longest a node's request for assignments waits for a change.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// Most changed tasks in one increment; the rest follow in the next answers.
+const MAX_TASKS_PER_ANSWER: usize = 4096;
+
+/// What a manager remembers of each node's session: what it last sent.
+#[derive(Default)]
+pub struct Sessions {
+    nodes: Mutex<HashMap<NodeId, Session>>,
+}
+
+#[derive(Default)]
+struct Session {
+    id: u64,
+    seq: u64,
+    /// Task → version, as last sent.
+    sent: HashMap<TaskId, u64>,
+}
+
+/// The tasks a node should know of: assigned to it and past pending (a global task still
+/// pending on its node is not the node's business yet).
+fn node_tasks(st: &ClusterState, node: NodeId) -> BTreeMap<TaskId, u64> {
+    st.tasks_on_node(node)
+        .filter(|t| t.status.state >= TaskState::Assigned)
+        .map(|t| (t.id, t.version))
+        .collect()
+}
+
+fn assignment(st: &ClusterState, id: TaskId) -> Option<Assignment> {
+    let t = st.task(id)?;
+    let svc = st.service(t.service);
+    let spec = svc.and_then(|s| s.spec_of(t.spec_version))?;
+    Some(Assignment {
+        task: t.clone(),
+        service_name: svc.map(|s| s.spec.name.clone()).unwrap_or_default(),
+        spec: spec.task.clone(),
+    })
+}
+
+impl Sessions {
+    /// Answers a node's request for its tasks from this manager's replica, waiting up to
+    /// `wait` for a change when the node is up to date.
+    pub async fn assignments(
+        self: &Arc<Self>,
+        h: &RaftHandle,
+        node: NodeId,
+        session: u64,
+        seq: u64,
+        wait: Duration,
+    ) -> Response {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut status = h.status.clone();
+        loop {
+            status.borrow_and_update();
+            if let Some(answer) = self.try_answer(h, node, session, seq) {
+                return Response::Assignments(answer);
+            }
+            match tokio::time::timeout_at(deadline, status.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Response::error("this manager stopped its Raft replica"),
+                Err(_) => {
+                    // Nothing changed: an empty increment (keeps the sequence going).
+                    let mut nodes = self.nodes.lock().expect("sessions");
+                    let s = nodes.entry(node).or_default();
+                    if s.id == session && s.seq == seq {
+                        s.seq += 1;
+                        return Response::Assignments(Assignments {
+                            session,
+                            seq: s.seq,
+                            ..Default::default()
+                        });
+                    }
+                    drop(nodes);
+                    if let Some(answer) = self.try_answer(h, node, session, seq) {
+                        return Response::Assignments(answer);
+                    }
+                    return Response::error("assignment session changed; ask again");
+                }
+            }
+        }
+    }
+
+    /// The answer if there is one to give now: the whole set for a new or out-of-step session,
+    /// else the changes (none → `None`, wait).
+    fn try_answer(
+        &self,
+        h: &RaftHandle,
+        node: NodeId,
+        session: u64,
+        seq: u64,
+    ) -> Option<Assignments> {
+        let st = h.state.read().expect("state");
+        let now = node_tasks(&st, node);
+        let mut nodes = self.nodes.lock().expect("sessions");
+        let s = nodes.entry(node).or_default();
+        let in_step = s.id == session && s.seq == seq && seq > 0;
+        if !in_step {
+            s.id = session;
+            s.seq = seq.max(s.seq) + 1;
+            s.sent.clear();
+            // The whole set in one answer, however large: a node stops every task a full set
+            // does not list.
+            let mut tasks = Vec::with_capacity(now.len());
+            for (&id, &version) in &now {
+                if let Some(a) = assignment(&st, id) {
+                    s.sent.insert(id, version);
+                    tasks.push(a);
+                }
+            }
+            return Some(Assignments {
+                session,
+                seq: s.seq,
+                full: true,
+                tasks,
+                removed: Vec::new(),
+            });
+        }
+        let removed: Vec<TaskId> = s
+            .sent
+            .keys()
+            .filter(|id| !now.contains_key(id))
+            .copied()
+            .collect();
+        let mut tasks = Vec::new();
+        for (&id, &version) in &now {
+            if tasks.len() == MAX_TASKS_PER_ANSWER {
+                break;
+            }
+            if s.sent.get(&id) != Some(&version) {
+                if let Some(a) = assignment(&st, id) {
+                    tasks.push(a);
+                    s.sent.insert(id, version);
+                }
+            }
+        }
+        if tasks.is_empty() && removed.is_empty() {
+            return None;
+        }
+        for id in &removed {
+            s.sent.remove(id);
+        }
+        s.seq += 1;
+        Some(Assignments {
+            session,
+            seq: s.seq,
+            full: false,
+            tasks,
+            removed,
+        })
+    }
+}
+
+/// The leader's collector of status reports: reports that arrive while a batch is being
+/// committed wait and go together in the next one (per node, latest per task).
+#[derive(Default)]
+pub struct Reports {
+    pending: Mutex<BTreeMap<NodeId, BTreeMap<TaskId, TaskReport>>>,
+    /// Answered once the batch holding the waiters' reports has committed.
+    waiters: Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), String>>>>,
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Reports {
+    /// Queues a node's reports and returns once they are committed (or the commit failed).
+    pub async fn commit(
+        &self,
+        h: &RaftHandle,
+        node: NodeId,
+        reports: Vec<TaskReport>,
+    ) -> Result<(), String> {
+        if reports.len() > MAX_BATCH {
+            return Err(format!(
+                "{} task reports in one request, more than {MAX_BATCH}",
+                reports.len()
+            ));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut p = self.pending.lock().expect("reports");
+            let mine = p.entry(node).or_default();
+            for r in reports {
+                let newer = mine
+                    .get(&r.id)
+                    .is_none_or(|old| old.status.state <= r.status.state);
+                if newer {
+                    mine.insert(r.id, r);
+                }
+            }
+            self.waiters.lock().expect("waiters").push(tx);
+        }
+        // One batch at a time: whoever gets the lock commits everything queued so far.
+        {
+            let _turn = self.busy.lock().await;
+            let (batch, waiters) = {
+                let mut p = self.pending.lock().expect("reports");
+                let batch = std::mem::take(&mut *p);
+                let waiters = std::mem::take(&mut *self.waiters.lock().expect("waiters"));
+                (batch, waiters)
+            };
+            if !waiters.is_empty() {
+                // Every node's entry proposed at once, then all awaited: one fsync round.
+                let mut replies = Vec::new();
+                for (node, reports) in batch {
+                    let reports: Vec<TaskReport> = reports.into_values().collect();
+                    for chunk in reports.chunks(MAX_BATCH) {
+                        let cmd = Command::ReportTasks {
+                            node,
+                            reports: chunk.to_vec(),
+                            at_ms: now_ms(),
+                        };
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if h.tx
+                            .send(RaftCmd::Propose(Box::new(cmd), tx))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        replies.push(rx);
+                    }
+                }
+                let mut result = Ok(());
+                for rx in replies {
+                    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                        Ok(Ok(Ok(()))) => {}
+                        Ok(Ok(Err(e))) => result = Err(e),
+                        Ok(Err(_)) => result = Err("the Raft replica stopped".to_string()),
+                        Err(_) => result = Err("the reports were not committed within 10 s".into()),
+                    }
+                }
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the report batch was dropped".into()))
+    }
+}

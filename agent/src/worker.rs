@@ -1,0 +1,656 @@
+//! The node's side of the dispatcher: every node (managers too) asks a manager for its tasks,
+//! runs them through the executor of their runtime, and reports what it observes in batches.
+//! Running tasks survive an agent restart: the executors find them again, and the first full
+//! set from a manager says which to keep; the rest are stopped and removed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use shoal_cluster::{object_id_string, TaskId, TaskReport, TaskState, TaskStatus};
+use shoal_executor::{AdoptedState, AdoptedTask, Executor, ExitStatus, Limits, TaskRun};
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::Member;
+use crate::api::Response;
+use crate::wire::{AgentRequest, Assignment, Assignments};
+
+/// The executors a node has, one per runtime.
+#[derive(Clone, Default)]
+pub struct Executors(pub Vec<Arc<dyn Executor>>);
+
+impl std::fmt::Debug for Executors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|e| e.runtime()))
+            .finish()
+    }
+}
+
+impl Executors {
+    /// The executor of a runtime.
+    pub fn get(&self, runtime: &str) -> Option<Arc<dyn Executor>> {
+        self.0.iter().find(|e| e.runtime() == runtime).cloned()
+    }
+
+    /// The runtimes this node advertises.
+    pub fn runtimes(&self) -> Vec<shoal_cluster::Runtime> {
+        self.0
+            .iter()
+            .filter_map(|e| match e.runtime() {
+                "process" => Some(shoal_cluster::Runtime::Process),
+                "container" => Some(shoal_cluster::Runtime::Container),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether every runtime enforces resource limits here.
+    pub fn limits_enforced(&self) -> bool {
+        !self.0.is_empty()
+            && self
+                .0
+                .iter()
+                .all(|e| e.limits() == shoal_executor::LimitsSupport::Enforced)
+    }
+}
+
+/// How long a node waits for a manager's answer about its tasks (the long poll plus margin).
+const POLL_WAIT: Duration = Duration::from_secs(5);
+/// Reports are gathered this long before they are sent (more go in one batch under load).
+const REPORT_GATHER: Duration = Duration::from_millis(20);
+
+/// What the node knows of one task.
+struct Local {
+    runtime: &'static str,
+    desired: TaskState,
+    /// Tells the supervisor to stop the task (true = stop).
+    stop: Option<watch::Sender<bool>>,
+    /// The task ended (or never started and never will).
+    ended: bool,
+}
+
+/// The task runner of one member.
+pub struct Runner {
+    executors: Executors,
+    tasks: Mutex<HashMap<TaskId, Local>>,
+    reports: mpsc::UnboundedSender<TaskReport>,
+}
+
+fn report(id: TaskId, state: TaskState, message: &str) -> TaskReport {
+    TaskReport {
+        id,
+        status: TaskStatus::new(state, message),
+    }
+}
+
+fn exit_report(id: TaskId, exit: ExitStatus) -> TaskReport {
+    let mut r = if exit.success() {
+        report(id, TaskState::Complete, "finished")
+    } else {
+        let mut r = report(id, TaskState::Failed, "started");
+        r.status.err = exit.to_string();
+        r
+    };
+    r.status.exit_code = Some(i64::from(exit.code()));
+    r
+}
+
+/// The run of an assignment, for its executor.
+fn task_run(a: &Assignment) -> TaskRun {
+    let spec = &a.spec;
+    let env = spec
+        .env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect();
+    let limits = spec.resources.limits;
+    TaskRun {
+        task_id: object_id_string(a.task.id),
+        service_name: a.service_name.clone(),
+        slot: a.task.slot,
+        program: spec.image.clone(),
+        args: spec.args.clone(),
+        env,
+        workdir: (!spec.workdir.is_empty()).then(|| spec.workdir.clone().into()),
+        labels: BTreeMap::from([
+            (
+                "com.docker.swarm.service.name".to_string(),
+                a.service_name.clone(),
+            ),
+            (
+                "com.docker.swarm.task.id".to_string(),
+                object_id_string(a.task.id),
+            ),
+        ]),
+        limits: Limits {
+            nano_cpus: (limits.nano_cpus > 0).then_some(limits.nano_cpus),
+            memory_bytes: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
+        },
+        stop_grace: Duration::from_millis(spec.stop_grace_ms),
+    }
+}
+
+fn parse_task_id(s: &str) -> Option<TaskId> {
+    (s.len() == 16)
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+impl Runner {
+    /// Starts the runner of `member`: adoption, the assignment loop and the reporter.
+    pub fn start(member: &Arc<Member>, executors: Executors) -> Arc<Runner> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runner = Arc::new(Runner {
+            executors,
+            tasks: Mutex::new(HashMap::new()),
+            reports: tx,
+        });
+        let span = tracing::info_span!("tasks", node = %shoal_cluster::node_id_string(member.id));
+        tokio::spawn(tracing::Instrument::instrument(
+            reporter(Arc::downgrade(member), rx),
+            span.clone(),
+        ));
+        tokio::spawn(tracing::Instrument::instrument(
+            runner.clone().run(Arc::downgrade(member)),
+            span,
+        ));
+        runner
+    }
+
+    fn send(&self, r: TaskReport) {
+        let _ = self.reports.send(r);
+    }
+
+    async fn run(self: Arc<Self>, member: Weak<Member>) {
+        if self.executors.0.is_empty() {
+            return;
+        }
+        // What an earlier run of the agent left.
+        let mut adopted: HashMap<TaskId, (&'static str, AdoptedTask)> = HashMap::new();
+        for e in &self.executors.0 {
+            match e.adopt().await {
+                Ok(found) => {
+                    for t in found {
+                        match parse_task_id(&t.run.task_id) {
+                            Some(id) => {
+                                adopted.insert(id, (e.runtime(), t));
+                            }
+                            None => {
+                                let _ = e.remove(&t.run.task_id).await;
+                            }
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!("cannot look for the tasks of an earlier run: {err}"),
+            }
+        }
+        if !adopted.is_empty() {
+            tracing::info!("found {} tasks of an earlier run", adopted.len());
+        }
+        let session = rand::random::<u64>() | 1;
+        let mut seq = 0u64;
+        let mut stop = match member.upgrade() {
+            Some(m) => m.stop_signal(),
+            None => return,
+        };
+        loop {
+            if *stop.borrow() {
+                self.stop_all().await;
+                return;
+            }
+            let Some(m) = member.upgrade() else { return };
+            let fetched = tokio::select! {
+                r = m.fetch_assignments(session, seq) => r,
+                _ = stop.changed() => continue,
+            };
+            drop(m);
+            match fetched {
+                Ok(a) => {
+                    seq = a.seq;
+                    self.apply(a, &mut adopted).await;
+                }
+                Err(e) => {
+                    tracing::debug!("assignments: {e}");
+                    seq = 0;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+
+    /// Applies an answer: a full set (stopping and removing everything it does not list), or
+    /// increments.
+    async fn apply(
+        self: &Arc<Self>,
+        a: Assignments,
+        adopted: &mut HashMap<TaskId, (&'static str, AdoptedTask)>,
+    ) {
+        if a.full {
+            let listed: std::collections::HashSet<TaskId> =
+                a.tasks.iter().map(|t| t.task.id).collect();
+            let gone: Vec<TaskId> = self
+                .tasks
+                .lock()
+                .expect("tasks")
+                .keys()
+                .filter(|id| !listed.contains(id))
+                .copied()
+                .collect();
+            for id in gone {
+                self.forget(id).await;
+            }
+            // Tasks of an earlier run that no manager gives us any more: not ours to run.
+            let orphans: Vec<TaskId> = adopted
+                .keys()
+                .filter(|id| !listed.contains(id))
+                .copied()
+                .collect();
+            for id in orphans {
+                if let Some((runtime, t)) = adopted.remove(&id) {
+                    if let Some(e) = self.executors.get(runtime) {
+                        tracing::info!(task = %t.run.task_id, "stopping a task this node no longer owns");
+                        let _ = e.shutdown(&t.run.task_id, Duration::from_secs(10)).await;
+                        let _ = e.remove(&t.run.task_id).await;
+                    }
+                }
+            }
+        }
+        for t in a.tasks {
+            self.assign(t, adopted);
+        }
+        for id in a.removed {
+            self.forget(id).await;
+        }
+    }
+
+    /// One task as a manager describes it now.
+    fn assign(
+        self: &Arc<Self>,
+        a: Assignment,
+        adopted: &mut HashMap<TaskId, (&'static str, AdoptedTask)>,
+    ) {
+        let id = a.task.id;
+        let desired = a.task.desired;
+        let observed = a.task.status.state;
+        let mut tasks = self.tasks.lock().expect("tasks");
+        if let Some(l) = tasks.get_mut(&id) {
+            l.desired = desired;
+            if desired > TaskState::Running {
+                match &l.stop {
+                    Some(stop) => {
+                        let _ = stop.send(true);
+                    }
+                    None if !l.ended => {
+                        l.ended = true;
+                        self.send(report(id, TaskState::Shutdown, "shutdown"));
+                    }
+                    None => {}
+                }
+            } else if desired == TaskState::Running && l.stop.is_none() && !l.ended {
+                let (tx, rx) = watch::channel(false);
+                l.stop = Some(tx);
+                self.spawn_supervisor(a, rx, None);
+            }
+            return;
+        }
+        let runtime = a.spec.runtime.as_str();
+        let Some(exec) = self.executors.get(runtime) else {
+            // The scheduler only sends runtimes the node advertised; a node restarted without
+            // one refuses its tasks.
+            tasks.insert(
+                id,
+                Local {
+                    runtime,
+                    desired,
+                    stop: None,
+                    ended: true,
+                },
+            );
+            if !observed.is_terminal() {
+                let mut r = report(id, TaskState::Rejected, "rejected");
+                r.status.err = format!("runtime \"{runtime}\" is not available on this node");
+                self.send(r);
+            }
+            return;
+        };
+        drop(exec);
+        let found = adopted.remove(&id).map(|(_, t)| t.state);
+        let mut local = Local {
+            runtime,
+            desired,
+            stop: None,
+            ended: observed.is_terminal(),
+        };
+        if local.ended {
+            // History: an ended task the manager still lists (its files stay for `logs`).
+            tasks.insert(id, local);
+            return;
+        }
+        if desired > TaskState::Running && found.is_none() {
+            local.ended = true;
+            tasks.insert(id, local);
+            self.send(report(id, TaskState::Shutdown, "shutdown"));
+            return;
+        }
+        if desired == TaskState::Running || found.is_some() {
+            let (tx, rx) = watch::channel(desired > TaskState::Running);
+            local.stop = Some(tx);
+            tasks.insert(id, local);
+            self.spawn_supervisor(a, rx, found);
+            return;
+        }
+        // Desired ready: a restart waiting for its delay.
+        tasks.insert(id, local);
+    }
+
+    fn spawn_supervisor(
+        self: &Arc<Self>,
+        a: Assignment,
+        stop: watch::Receiver<bool>,
+        adopted: Option<AdoptedState>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = a.task.id;
+            me.supervise(a, stop, adopted).await;
+            if let Some(l) = me.tasks.lock().expect("tasks").get_mut(&id) {
+                l.ended = true;
+                l.stop = None;
+            }
+        });
+    }
+
+    /// Drives one task from assigned to its end.
+    async fn supervise(
+        &self,
+        a: Assignment,
+        mut stop: watch::Receiver<bool>,
+        adopted: Option<AdoptedState>,
+    ) {
+        let id = a.task.id;
+        let run = task_run(&a);
+        let Some(exec) = self.executors.get(a.spec.runtime.as_str()) else {
+            return;
+        };
+        let key = run.task_id.clone();
+        let started = match adopted {
+            Some(AdoptedState::Running(details)) => {
+                let mut r = report(id, TaskState::Running, "started");
+                r.status.pid = details.pid.unwrap_or(0);
+                r.status.container_id = details.container_id.unwrap_or_default();
+                self.send(r);
+                true
+            }
+            Some(AdoptedState::Exited(exit)) => {
+                self.send(exit_report(id, exit));
+                return;
+            }
+            Some(AdoptedState::Failed(why)) => {
+                let mut r = report(id, TaskState::Failed, "lost");
+                r.status.err = why;
+                self.send(r);
+                return;
+            }
+            Some(AdoptedState::Prepared) | None => false,
+        };
+        if !started {
+            if *stop.borrow() {
+                self.send(report(id, TaskState::Shutdown, "shutdown"));
+                return;
+            }
+            self.send(report(id, TaskState::Accepted, "accepted"));
+            self.send(report(id, TaskState::Preparing, "preparing"));
+            if let Err(e) = exec.prepare(&run).await {
+                let mut r = report(id, TaskState::Rejected, "preparing");
+                r.status.err = e.to_string();
+                self.send(r);
+                return;
+            }
+            if *stop.borrow() {
+                let _ = exec.remove(&key).await;
+                self.send(report(id, TaskState::Shutdown, "shutdown"));
+                return;
+            }
+            self.send(report(id, TaskState::Starting, "starting"));
+            match exec.start(&key).await {
+                Ok(details) => {
+                    let mut r = report(id, TaskState::Running, "started");
+                    r.status.pid = details.pid.unwrap_or(0);
+                    r.status.container_id = details.container_id.unwrap_or_default();
+                    self.send(r);
+                }
+                Err(e) => {
+                    let mut r = report(id, TaskState::Rejected, "starting");
+                    r.status.err = e.to_string();
+                    self.send(r);
+                    return;
+                }
+            }
+        }
+        let stopped = async {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    // The runner is gone (the node left): stop the task.
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            exit = exec.wait(&key) => match exit {
+                Ok(exit) => self.send(exit_report(id, exit)),
+                Err(e) => {
+                    let mut r = report(id, TaskState::Failed, "lost");
+                    r.status.err = e.to_string();
+                    self.send(r);
+                }
+            },
+            () = stopped => {
+                let r = exec.shutdown(&key, run.stop_grace).await;
+                let mut rep = report(id, TaskState::Shutdown, "shutdown");
+                if let Err(e) = r {
+                    rep.status.err = e.to_string();
+                }
+                self.send(rep);
+            }
+        }
+    }
+
+    /// A task no manager lists any more: stop it if it runs, then remove what is left of it.
+    async fn forget(&self, id: TaskId) {
+        let local = self.tasks.lock().expect("tasks").remove(&id);
+        let Some(local) = local else { return };
+        let Some(exec) = self.executors.get(local.runtime) else {
+            return;
+        };
+        let key = object_id_string(id);
+        if let Some(stop) = &local.stop {
+            let _ = stop.send(true);
+            // Wait for the supervisor's shutdown (the executor's shutdown is idempotent).
+            let _ = exec.shutdown(&key, Duration::from_secs(10)).await;
+        }
+        let _ = exec.remove(&key).await;
+    }
+
+    /// The node left the swarm: every task stops and is removed.
+    async fn stop_all(&self) {
+        let ids: Vec<TaskId> = self.tasks.lock().expect("tasks").keys().copied().collect();
+        for id in ids {
+            self.forget(id).await;
+        }
+    }
+
+    /// Task counts by state as this node sees them (metrics, tests).
+    pub fn counts(&self) -> (usize, usize) {
+        let t = self.tasks.lock().expect("tasks");
+        let running = t.values().filter(|l| l.stop.is_some() && !l.ended).count();
+        (t.len(), running)
+    }
+
+    /// Whether this node knows `id` (tests).
+    pub fn knows(&self, id: TaskId) -> bool {
+        self.tasks.lock().expect("tasks").contains_key(&id)
+    }
+
+    /// The desired state the node last heard for `id` (tests).
+    pub fn desired(&self, id: TaskId) -> Option<TaskState> {
+        self.tasks
+            .lock()
+            .expect("tasks")
+            .get(&id)
+            .map(|l| l.desired)
+    }
+}
+
+/// Sends reports in batches (latest per task), to a manager, until they are committed.
+async fn reporter(member: Weak<Member>, mut rx: mpsc::UnboundedReceiver<TaskReport>) {
+    let mut pending: BTreeMap<TaskId, TaskReport> = BTreeMap::new();
+    let add = |pending: &mut BTreeMap<TaskId, TaskReport>, r: TaskReport| {
+        let newer = pending
+            .get(&r.id)
+            .is_none_or(|old| old.status.state <= r.status.state);
+        if newer {
+            pending.insert(r.id, r);
+        }
+    };
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(r) => add(&mut pending, r),
+                None => return,
+            }
+            tokio::time::sleep(REPORT_GATHER).await;
+        }
+        while let Ok(r) = rx.try_recv() {
+            add(&mut pending, r);
+        }
+        let Some(m) = member.upgrade() else { return };
+        let batch: Vec<TaskReport> = pending
+            .values()
+            .take(shoal_cluster::MAX_BATCH)
+            .cloned()
+            .collect();
+        match m.send_reports(batch.clone()).await {
+            Ok(()) => {
+                for r in batch {
+                    if pending.get(&r.id) == Some(&r) {
+                        pending.remove(&r.id);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!("task reports not recorded yet: {e}");
+                drop(m);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+impl Member {
+    /// Asks a manager (this node's own replica if it runs one) for this node's tasks.
+    pub(crate) async fn fetch_assignments(
+        self: &Arc<Self>,
+        session: u64,
+        seq: u64,
+    ) -> Result<Assignments, String> {
+        if let Some(h) = self.raft().filter(|h| !h.status.borrow().stopped) {
+            return match self
+                .sessions()
+                .assignments(&h, self.id, session, seq, POLL_WAIT)
+                .await
+            {
+                Response::Assignments(a) => Ok(a),
+                Response::Error { message } => Err(message),
+                _ => Err("unexpected answer".into()),
+            };
+        }
+        let req = crate::wire::encode_request(&AgentRequest::Assignments {
+            session,
+            seq,
+            wait_ms: POLL_WAIT.as_millis() as u64,
+        });
+        let mut last = "no manager known".to_string();
+        for to in self.manager_candidates().into_iter().take(3) {
+            match tokio::time::timeout(
+                POLL_WAIT + Duration::from_secs(3),
+                self.transport.request(to, &req),
+            )
+            .await
+            {
+                Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
+                    Response::Assignments(a) if a.session == session => return Ok(a),
+                    Response::Error { message } => last = message,
+                    _ => last = "unexpected answer".into(),
+                },
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer".into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends this node's task reports to a manager (its own replica's leader path if it runs
+    /// one), returning once they are committed.
+    pub(crate) async fn send_reports(
+        self: &Arc<Self>,
+        reports: Vec<TaskReport>,
+    ) -> Result<(), String> {
+        if self.raft().is_some_and(|h| !h.status.borrow().stopped) {
+            return self.record_reports(self.id, reports).await;
+        }
+        let req = crate::wire::encode_request(&AgentRequest::TaskStatus { reports });
+        let mut last = "no manager known".to_string();
+        for to in self.manager_candidates().into_iter().take(3) {
+            match tokio::time::timeout(Duration::from_secs(12), self.transport.request(to, &req))
+                .await
+            {
+                Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
+                    Response::Ok { .. } => return Ok(()),
+                    Response::Error { message } => last = message,
+                    _ => last = "unexpected answer".into(),
+                },
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer".into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Records `node`'s reports: committed here on the leader, else passed to the leader.
+    pub(crate) async fn record_reports(
+        self: &Arc<Self>,
+        node: shoal_cluster::NodeId,
+        reports: Vec<TaskReport>,
+    ) -> Result<(), String> {
+        let Some(h) = self.raft() else {
+            return Err("this node is not a manager".into());
+        };
+        for r in &reports {
+            r.status.validate().map_err(|e| e.to_string())?;
+        }
+        let leader = h.status.borrow().leader;
+        match leader {
+            Some(l) if l == self.id => self.report_batches().commit(&h, node, reports).await,
+            Some(l) => {
+                let req =
+                    crate::wire::encode_request(&AgentRequest::ForwardTaskStatus { node, reports });
+                match tokio::time::timeout(Duration::from_secs(12), self.transport.request(l, &req))
+                    .await
+                {
+                    Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
+                        Response::Ok { .. } => Ok(()),
+                        Response::Error { message } => Err(message),
+                        _ => Err("unexpected answer".into()),
+                    },
+                    Ok(Err(e)) => Err(format!("cannot reach the leader: {e}")),
+                    Err(_) => Err("the leader did not answer".into()),
+                }
+            }
+            None => Err("no leader".into()),
+        }
+    }
+}
