@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_cluster::{Availability, Role};
+use shoal_cluster::{Availability, Role, ServiceSpec};
 
 /// One operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +92,113 @@ pub enum Request {
         /// The changes.
         update: NodeUpdateRequest,
     },
+    /// `service create`.
+    ServiceCreate {
+        /// The new service (checked again on the leader).
+        spec: ServiceSpec,
+    },
+    /// `service ls`.
+    ServiceList,
+    /// `service inspect SERVICE`.
+    ServiceInspect {
+        /// Id, id prefix or name.
+        service: String,
+    },
+    /// `service update`, `service scale`: the whole new spec, made against `version`.
+    ServiceUpdate {
+        /// Id, id prefix or name.
+        service: String,
+        /// The version the CLI read (compare-and-set: a concurrent change makes this fail).
+        version: u64,
+        /// The new spec.
+        spec: ServiceSpec,
+    },
+    /// `service rm SERVICE`.
+    ServiceRemove {
+        /// Id, id prefix or name.
+        service: String,
+    },
+    /// `service ps`, `node ps`: tasks of some services and/or on a node.
+    TaskList {
+        /// Services by id, prefix or name (empty: all).
+        #[serde(default)]
+        services: Vec<String>,
+        /// Only the tasks on this node (id, prefix or hostname; `self` resolved by the CLI).
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// `swarm update`.
+    SwarmUpdate {
+        /// `--task-history-limit`.
+        #[serde(default)]
+        task_history_limit: Option<u32>,
+    },
+}
+
+/// A service as the CLI shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// 16 hex digits.
+    pub id: String,
+    /// Version (the Raft index of its last change).
+    pub version: u64,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Unix milliseconds.
+    pub updated_at_ms: u64,
+    /// What the operator asked for.
+    pub spec: ServiceSpec,
+    /// The spec before the last update.
+    pub previous: Option<ServiceSpec>,
+    /// Tasks running now (of those wanted).
+    pub running: u64,
+    /// Tasks wanted: the replica count, or (global) the tasks the orchestrator keeps.
+    pub desired: u64,
+}
+
+/// A task as the CLI shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// 16 hex digits.
+    pub id: String,
+    /// `web.1` (replicated) or `web.<node id>` (global).
+    pub name: String,
+    /// Its service's id.
+    pub service_id: String,
+    /// Its service's name.
+    pub service_name: String,
+    /// Slot (0 for global).
+    pub slot: u64,
+    /// Node id, empty while pending.
+    pub node_id: String,
+    /// Node hostname, empty while pending.
+    pub node: String,
+    /// Program or image.
+    pub image: String,
+    /// Desired state, capitalised (`Running`, `Shutdown`).
+    pub desired_state: String,
+    /// Observed state, capitalised.
+    pub state: String,
+    /// When it got there (Unix ms).
+    pub state_since_ms: u64,
+    /// What happened.
+    pub message: String,
+    /// Why it failed or waits.
+    pub err: String,
+    /// Exit code, once exited.
+    pub exit_code: Option<i64>,
+    /// Process id (process runtime).
+    pub pid: u32,
+    /// Container id (container runtime).
+    pub container_id: String,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    /// The spec version it runs.
+    pub spec_version: u64,
+    /// The newest task of its slot (history rows are the others).
+    pub current: bool,
+    /// It runs the service's current task spec (a scale alone leaves tasks up to date).
+    pub up_to_date: bool,
 }
 
 /// The options of `node update`.
@@ -147,6 +254,21 @@ pub enum Response {
     Info(InfoView),
     /// A node's tasks (between agents only).
     Assignments(crate::wire::Assignments),
+    /// `service ls`.
+    Services {
+        /// Every service, by name.
+        services: Vec<ServiceView>,
+    },
+    /// `service inspect`.
+    Service {
+        /// The service.
+        service: Box<ServiceView>,
+    },
+    /// `service ps`, `node ps`.
+    Tasks {
+        /// The tasks, by service, slot and age (newest first within a slot).
+        tasks: Vec<TaskView>,
+    },
     /// Refused or failed: one line naming the problem.
     Error {
         /// The line.

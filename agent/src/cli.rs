@@ -18,6 +18,8 @@ use crate::api::{NodeUpdateRequest, NodeView, Response};
 use crate::client::{self, encode_segment};
 use crate::format;
 
+pub mod service;
+
 /// The name of the agent's control socket in its data directory.
 pub const SOCKET_NAME: &str = "shoal.sock";
 
@@ -65,6 +67,12 @@ pub enum Command {
         /// The node command.
         #[command(subcommand)]
         cmd: NodeCmd,
+    },
+    /// Manage services: create, ls, ps, inspect, rm, scale, update
+    Service {
+        /// The service command.
+        #[command(subcommand)]
+        cmd: service::ServiceCmd,
     },
     /// Show what the agent knows about itself and its swarm
     Info {
@@ -150,11 +158,32 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Update the swarm's settings
+    Update {
+        /// Tasks kept per slot (the running one and its history)
+        #[arg(long, value_name = "N")]
+        task_history_limit: Option<u32>,
+    },
 }
 
 /// `shoal node …`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
+    /// List the tasks running on one or more nodes (default: this node)
+    Ps {
+        /// Do not truncate ids and errors
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only print task ids
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter: desired-state=running|shutdown|accepted, name=…, id=… (repeatable)
+        #[arg(short, long = "filter", value_name = "FILTER")]
+        filters: Vec<String>,
+        /// Node ids, id prefixes or hostnames (`self`: the node answering)
+        #[arg(value_name = "NODE")]
+        nodes: Vec<String>,
+    },
     /// List the nodes of the swarm
     #[command(visible_alias = "list")]
     Ls {
@@ -270,6 +299,7 @@ pub fn run_with(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         match &cli.command {
             Command::Swarm { cmd } => swarm(&agent, cmd, &mut ui),
             Command::Node { cmd } => node(&agent, cmd, &mut ui),
+            Command::Service { cmd } => service::service(&agent, cmd, &mut ui),
             Command::Info { format } => info(&agent, format.as_deref(), &mut ui),
             Command::Agent(_) | Command::Demo(_) => Ok(()),
         }
@@ -400,6 +430,9 @@ fn unexpected(wanted: &str, got: &Response) -> String {
         Response::Token { .. } => "a join token",
         Response::Info(_) => "the agent's info",
         Response::Assignments(_) => "task assignments",
+        Response::Services { .. } => "a service list",
+        Response::Service { .. } => "a service",
+        Response::Tasks { .. } => "a task list",
         Response::Error { .. } => "an error",
     };
     format!("unexpected answer from the agent: expected {wanted}, got {kind}")
@@ -494,6 +527,14 @@ fn swarm(agent: &Agent, cmd: &SwarmCmd, ui: &mut Ui<'_>) -> Result<(), String> {
                 ));
             }
         }
+        SwarmCmd::Update { task_history_limit } => {
+            if task_history_limit.is_none() {
+                return Err("nothing to update: give --task-history-limit".into());
+            }
+            let body = json!({ "task_history_limit": task_history_limit });
+            agent.ok("POST", "/v1/swarm/update", Some(&body))?;
+            ui.print("Swarm updated.");
+        }
         SwarmCmd::Leave { force } => {
             let path = with_flag("/v1/swarm/leave".into(), "force", *force);
             let message = agent.ok("POST", &path, None)?;
@@ -505,6 +546,12 @@ fn swarm(agent: &Agent, cmd: &SwarmCmd, ui: &mut Ui<'_>) -> Result<(), String> {
 
 fn node(agent: &Agent, cmd: &NodeCmd, ui: &mut Ui<'_>) -> Result<(), String> {
     match cmd {
+        NodeCmd::Ps {
+            no_trunc,
+            quiet,
+            filters,
+            nodes,
+        } => service::node_ps(agent, nodes, *no_trunc, *quiet, filters, ui)?,
         NodeCmd::Ls {
             quiet,
             format,

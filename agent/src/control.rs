@@ -64,6 +64,13 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         .route("/v1/nodes/{node}/promote", post(node_promote))
         .route("/v1/nodes/{node}/demote", post(node_demote))
         .route("/v1/nodes/{node}/update", post(node_update))
+        .route("/v1/services", get(service_list))
+        .route("/v1/services/create", post(service_create))
+        .route("/v1/services/{service}", get(service_inspect))
+        .route("/v1/services/{service}", delete(service_remove))
+        .route("/v1/services/{service}/update", post(service_update))
+        .route("/v1/tasks", post(task_list))
+        .route("/v1/swarm/update", post(swarm_update))
         .route("/metrics", get(metrics))
         .with_state(agent);
     axum::serve(listener, app).await?;
@@ -265,6 +272,100 @@ async fn node_update(
     Json(update): Json<NodeUpdateRequest>,
 ) -> axum::response::Response {
     with_rid!(a, headers, Request::NodeUpdate { node, update })
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    spec: shoal_cluster::ServiceSpec,
+}
+
+#[derive(Deserialize)]
+struct UpdateBody {
+    version: u64,
+    spec: shoal_cluster::ServiceSpec,
+}
+
+#[derive(Deserialize, Default)]
+struct TasksBody {
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct SwarmUpdateBody {
+    #[serde(default)]
+    task_history_limit: Option<u32>,
+}
+
+async fn service_list(AxState(a): Ax) -> axum::response::Response {
+    answer(&a, Request::ServiceList).await
+}
+
+async fn service_create(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    Json(b): Json<CreateBody>,
+) -> axum::response::Response {
+    with_rid!(a, headers, Request::ServiceCreate { spec: b.spec })
+}
+
+async fn service_inspect(
+    AxState(a): Ax,
+    UrlPath(service): UrlPath<String>,
+) -> axum::response::Response {
+    answer(&a, Request::ServiceInspect { service }).await
+}
+
+async fn service_remove(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    UrlPath(service): UrlPath<String>,
+) -> axum::response::Response {
+    with_rid!(a, headers, Request::ServiceRemove { service })
+}
+
+async fn service_update(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    UrlPath(service): UrlPath<String>,
+    Json(b): Json<UpdateBody>,
+) -> axum::response::Response {
+    with_rid!(
+        a,
+        headers,
+        Request::ServiceUpdate {
+            service,
+            version: b.version,
+            spec: b.spec,
+        }
+    )
+}
+
+async fn task_list(AxState(a): Ax, Json(b): Json<TasksBody>) -> axum::response::Response {
+    answer(
+        &a,
+        Request::TaskList {
+            services: b.services,
+            node: b.node,
+        },
+    )
+    .await
+}
+
+async fn swarm_update(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    Json(b): Json<SwarmUpdateBody>,
+) -> axum::response::Response {
+    with_rid!(
+        a,
+        headers,
+        Request::SwarmUpdate {
+            task_history_limit: b.task_history_limit,
+        }
+    )
 }
 
 // ------------------------------------------------------------------ answering
@@ -497,6 +598,11 @@ impl Member {
                 Request::NodeRemove { node, .. } | Request::NodeUpdate { node, .. } => {
                     return Response::ok(node.clone())
                 }
+                Request::ServiceCreate { spec } => return crate::services::created(h, &spec.name),
+                Request::ServiceUpdate { service, .. } | Request::ServiceRemove { service } => {
+                    return Response::ok(service.clone())
+                }
+                Request::SwarmUpdate { .. } => return Response::ok(""),
                 _ => {}
             },
             None => {}
@@ -665,6 +771,13 @@ impl Member {
             Request::Info | Request::Init { .. } | Request::Join { .. } | Request::Leave { .. } => {
                 Response::error("this request is answered by the node itself")
             }
+            r @ (Request::ServiceCreate { .. }
+            | Request::ServiceList
+            | Request::ServiceInspect { .. }
+            | Request::ServiceUpdate { .. }
+            | Request::ServiceRemove { .. }
+            | Request::TaskList { .. }
+            | Request::SwarmUpdate { .. }) => self.on_leader_services(h, r, rid).await,
         }
     }
 

@@ -77,7 +77,7 @@ fn sorted(nodes: &[NodeView]) -> Vec<&NodeView> {
 }
 
 /// Untrusted text made safe for a terminal: control characters become `?`.
-fn clean(s: &str) -> Cow<'_, str> {
+pub(crate) fn clean(s: &str) -> Cow<'_, str> {
     if s.chars().any(char::is_control) {
         Cow::Owned(
             s.chars()
@@ -91,7 +91,7 @@ fn clean(s: &str) -> Cow<'_, str> {
 
 /// Borderless aligned columns: each column but the last is padded to its widest cell plus
 /// [`COLUMN_PADDING`] spaces; no trailing spaces.
-fn render_table<const N: usize>(rows: &[[Cow<'_, str>; N]]) -> String {
+pub(crate) fn render_table<const N: usize>(rows: &[[Cow<'_, str>; N]]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

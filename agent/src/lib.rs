@@ -16,6 +16,8 @@ pub mod format;
 pub mod gossip;
 pub mod metrics;
 pub mod raft_driver;
+pub mod services;
+pub mod sim_executor;
 pub mod store;
 pub mod wire;
 pub mod worker;

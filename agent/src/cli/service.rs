@@ -1,0 +1,1158 @@
+//! `shoal service …` and `shoal node ps`: docker's grammar and columns. Options are parsed and
+//! checked here (sizes, durations, CPUs, memory), the spec is built or changed here and sent
+//! whole; the leader checks it again. Without `--detach`, create, update and scale follow the
+//! tasks until the service has converged (a bar per slot on a terminal, plain lines otherwise).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use shoal_cluster::{validate_label, RestartCondition, Runtime, ServiceMode, ServiceSpec};
+
+use super::{unexpected, Agent, Ui};
+use crate::api::{Response, ServiceView, TaskView};
+use crate::client::encode_segment;
+use crate::format::{clean, human_bytes, render_table, rfc3339_utc};
+
+/// `shoal service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create a new service
+    Create(Box<CreateArgs>),
+    /// List services
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only print ids
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter: name=…, id=…, mode=replicated|global (repeatable)
+        #[arg(short, long = "filter", value_name = "FILTER")]
+        filters: Vec<String>,
+    },
+    /// List the tasks of one or more services
+    Ps {
+        /// Do not truncate ids and errors
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only print task ids
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter: desired-state=running|shutdown|accepted, node=…, name=…, id=… (repeatable)
+        #[arg(short, long = "filter", value_name = "FILTER")]
+        filters: Vec<String>,
+        /// Service ids, id prefixes or names
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// Show the details of one or more services (JSON, or --pretty)
+    Inspect {
+        /// Human-readable output
+        #[arg(long)]
+        pretty: bool,
+        /// Service ids, id prefixes or names
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// Remove one or more services
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Service ids, id prefixes or names
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// Scale one or more replicated services: SERVICE=REPLICAS …
+    Scale {
+        /// Exit immediately instead of waiting for the services to converge
+        #[arg(short, long)]
+        detach: bool,
+        /// SERVICE=REPLICAS pairs
+        #[arg(required = true, value_name = "SERVICE=REPLICAS")]
+        pairs: Vec<String>,
+    },
+    /// Update a service
+    Update(Box<UpdateArgs>),
+}
+
+/// The options shared by create and update that describe tasks.
+#[derive(Debug, Args, Default)]
+pub struct TaskOpts {
+    /// Workdir inside the task (an absolute path)
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Number of CPUs the task may use, e.g. 0.5
+    #[arg(long, value_name = "CPUS")]
+    pub limit_cpu: Option<String>,
+    /// Memory the task may use, e.g. 256M
+    #[arg(long, value_name = "BYTES")]
+    pub limit_memory: Option<String>,
+    /// CPUs reserved for each task (scheduling), e.g. 0.25
+    #[arg(long, value_name = "CPUS")]
+    pub reserve_cpu: Option<String>,
+    /// Memory reserved for each task (scheduling), e.g. 64M
+    #[arg(long, value_name = "BYTES")]
+    pub reserve_memory: Option<String>,
+    /// Restart when: none, on-failure or any
+    #[arg(long, value_name = "CONDITION")]
+    pub restart_condition: Option<String>,
+    /// Delay between restart attempts, e.g. 5s
+    #[arg(long, value_name = "DURATION")]
+    pub restart_delay: Option<String>,
+    /// Maximum number of restarts before giving up (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub restart_max_attempts: Option<u64>,
+    /// Window used to count restarts, e.g. 1m
+    #[arg(long, value_name = "DURATION")]
+    pub restart_window: Option<String>,
+    /// Time to wait after SIGTERM before SIGKILL, e.g. 10s
+    #[arg(long, value_name = "DURATION")]
+    pub stop_grace_period: Option<String>,
+    /// Maximum number of tasks per node (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
+}
+
+/// `service create [OPTIONS] IMAGE [COMMAND] [ARG...]`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Service name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// process (IMAGE is the program) or container
+    #[arg(long, default_value = "process", value_parser = ["process", "container"])]
+    pub runtime: String,
+    /// replicated or global
+    #[arg(long, default_value = "replicated", value_parser = ["replicated", "global"])]
+    pub mode: String,
+    /// Number of tasks
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Set an environment variable, KEY=VALUE (repeatable)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Service label, key=value (repeatable)
+    #[arg(short, long = "label", value_name = "KEY[=VALUE]")]
+    pub labels: Vec<String>,
+    /// Placement constraint, e.g. node.role==worker (repeatable)
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<String>,
+    /// Placement preference, e.g. spread=node.labels.zone (repeatable)
+    #[arg(long = "placement-pref", value_name = "PREF")]
+    pub preferences: Vec<String>,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Only print the service id
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Task options (resources, restart policy, …).
+    #[command(flatten)]
+    pub task: TaskOpts,
+    /// The program (process runtime) or image (container runtime)
+    pub image: String,
+    /// The command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// `service update [OPTIONS] SERVICE`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Number of tasks
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// The program or image
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The arguments, as one string split on spaces (quotes group words)
+    #[arg(long, allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Add or change an environment variable (repeatable)
+    #[arg(long = "env-add", value_name = "KEY=VALUE")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable (repeatable)
+    #[arg(long = "env-rm", value_name = "KEY")]
+    pub env_rm: Vec<String>,
+    /// Add or change a service label (repeatable)
+    #[arg(long = "label-add", value_name = "KEY[=VALUE]")]
+    pub label_add: Vec<String>,
+    /// Remove a service label (repeatable)
+    #[arg(long = "label-rm", value_name = "KEY")]
+    pub label_rm: Vec<String>,
+    /// Add a placement constraint (repeatable)
+    #[arg(long = "constraint-add", value_name = "EXPR")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint (repeatable)
+    #[arg(long = "constraint-rm", value_name = "EXPR")]
+    pub constraint_rm: Vec<String>,
+    /// Add a placement preference (repeatable)
+    #[arg(long = "placement-pref-add", value_name = "PREF")]
+    pub pref_add: Vec<String>,
+    /// Remove a placement preference (repeatable)
+    #[arg(long = "placement-pref-rm", value_name = "PREF")]
+    pub pref_rm: Vec<String>,
+    /// Replace every task even if nothing changed
+    #[arg(long)]
+    pub force: bool,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Task options (resources, restart policy, …).
+    #[command(flatten)]
+    pub task: TaskOpts,
+    /// Service id, id prefix or name
+    pub service: String,
+}
+
+// ------------------------------------------------------------------ parsing
+
+/// A Go-style duration: `300ms`, `5s`, `1m30s`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 1m30s");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return secs
+            .checked_mul(1000)
+            .map(Duration::from_millis)
+            .ok_or_else(bad);
+    }
+    let mut total_ms: u128 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let ms_per = match &rest[..unit_len] {
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total_ms += (value * ms_per).round() as u128;
+    }
+    if total_ms > u128::from(u64::MAX / 2) {
+        return Err(bad());
+    }
+    Ok(Duration::from_millis(total_ms as u64))
+}
+
+/// Memory as docker takes it: `512`, `100k`, `256m`, `1g`, `1.5GiB` (binary units).
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid memory size {s:?}: expected e.g. 64M, 1.5G");
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024f64.powi(4),
+        _ => return Err(bad()),
+    };
+    let bytes = value * mult;
+    if !bytes.is_finite() || !(0.0..=1e18).contains(&bytes) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// CPUs as a decimal (`0.5`, `2`) in billionths of a CPU.
+pub fn parse_cpus(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid CPU count {s:?}: expected a number such as 0.5 or 2");
+    let v: f64 = s.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() || !(0.0..=1_000_000.0).contains(&v) {
+        return Err(bad());
+    }
+    Ok((v * 1e9).round() as u64)
+}
+
+fn parse_condition(s: &str) -> Result<RestartCondition, String> {
+    match s {
+        "none" => Ok(RestartCondition::None),
+        "on-failure" => Ok(RestartCondition::OnFailure),
+        "any" => Ok(RestartCondition::Any),
+        _ => Err(format!(
+            "invalid restart condition {s:?}: expected none, on-failure or any"
+        )),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Applies the task options to a spec.
+fn apply_task_opts(spec: &mut ServiceSpec, o: &TaskOpts) -> Result<(), String> {
+    let t = &mut spec.task;
+    if let Some(w) = &o.workdir {
+        t.workdir = w.clone();
+    }
+    if let Some(v) = &o.limit_cpu {
+        t.resources.limits.nano_cpus = parse_cpus(v).map_err(|e| format!("--limit-cpu: {e}"))?;
+    }
+    if let Some(v) = &o.limit_memory {
+        t.resources.limits.memory_bytes =
+            parse_memory(v).map_err(|e| format!("--limit-memory: {e}"))?;
+    }
+    if let Some(v) = &o.reserve_cpu {
+        t.resources.reservations.nano_cpus =
+            parse_cpus(v).map_err(|e| format!("--reserve-cpu: {e}"))?;
+    }
+    if let Some(v) = &o.reserve_memory {
+        t.resources.reservations.memory_bytes =
+            parse_memory(v).map_err(|e| format!("--reserve-memory: {e}"))?;
+    }
+    if let Some(v) = &o.restart_condition {
+        t.restart.condition = parse_condition(v)?;
+    }
+    if let Some(v) = &o.restart_delay {
+        t.restart.delay_ms = ms(parse_duration(v).map_err(|e| format!("--restart-delay: {e}"))?);
+    }
+    if let Some(v) = o.restart_max_attempts {
+        t.restart.max_attempts = v;
+    }
+    if let Some(v) = &o.restart_window {
+        t.restart.window_ms = ms(parse_duration(v).map_err(|e| format!("--restart-window: {e}"))?);
+    }
+    if let Some(v) = &o.stop_grace_period {
+        t.stop_grace_ms = ms(parse_duration(v).map_err(|e| format!("--stop-grace-period: {e}"))?);
+    }
+    if let Some(v) = o.replicas_max_per_node {
+        t.placement.max_replicas_per_node = v;
+    }
+    Ok(())
+}
+
+fn parse_label_arg(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    validate_label(k, v).map_err(|e| e.to_string())?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn check_env(e: &str) -> Result<(), String> {
+    match e.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(()),
+        _ => Err(format!(
+            "invalid environment entry {e:?}: expected KEY=VALUE"
+        )),
+    }
+}
+
+/// A name docker-style when none is given: adjective_noun.
+fn random_name() -> String {
+    const ADJ: [&str; 12] = [
+        "brave", "calm", "eager", "gentle", "happy", "keen", "lucid", "merry", "nimble", "quiet",
+        "swift", "witty",
+    ];
+    const NOUN: [&str; 12] = [
+        "bass", "carp", "dory", "eel", "koi", "marlin", "perch", "pike", "ray", "shad", "sole",
+        "tuna",
+    ];
+    let r = crate::client::request_id().client;
+    format!(
+        "{}_{}",
+        ADJ[(r % 12) as usize],
+        NOUN[((r / 12) % 12) as usize]
+    )
+}
+
+/// The spec `service create` asks for.
+pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec, String> {
+    let name = a.name.clone().unwrap_or_else(random_name);
+    let mut spec = ServiceSpec::new(&name, &a.image, 1);
+    spec.task.runtime = match a.runtime.as_str() {
+        "container" => Runtime::Container,
+        _ => Runtime::Process,
+    };
+    spec.mode = match (a.mode.as_str(), a.replicas) {
+        ("global", Some(_)) => {
+            return Err("--replicas can only be used with replicated mode".into())
+        }
+        ("global", None) => ServiceMode::Global,
+        (_, r) => ServiceMode::Replicated {
+            replicas: r.unwrap_or(1),
+        },
+    };
+    spec.task.args = a.args.clone();
+    for e in &a.env {
+        check_env(e)?;
+    }
+    spec.task.env = a.env.clone();
+    for l in &a.labels {
+        let (k, v) = parse_label_arg(l)?;
+        spec.labels.insert(k, v);
+    }
+    spec.task.placement.constraints = a.constraints.clone();
+    spec.task.placement.preferences = a.preferences.clone();
+    apply_task_opts(&mut spec, &a.task)?;
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+/// Splits `--args` on whitespace, keeping quoted groups together.
+fn split_args(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut any = false;
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                any = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if any || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            (None, c) => cur.push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("--args {s:?}: unterminated quote"));
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// The spec `service update` makes of the current one.
+pub fn update_spec(current: &ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec, String> {
+    let mut spec = current.clone();
+    if let Some(r) = a.replicas {
+        match spec.mode {
+            ServiceMode::Replicated { .. } => spec.mode = ServiceMode::Replicated { replicas: r },
+            ServiceMode::Global => {
+                return Err("--replicas can only be used with replicated mode".into())
+            }
+        }
+    }
+    if let Some(i) = &a.image {
+        spec.task.image = i.clone();
+    }
+    if let Some(args) = &a.args {
+        spec.task.args = split_args(args)?;
+    }
+    for k in &a.env_rm {
+        spec.task
+            .env
+            .retain(|e| e.split_once('=').map_or(e.as_str(), |(key, _)| key) != k);
+    }
+    for e in &a.env_add {
+        check_env(e)?;
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        spec.task
+            .env
+            .retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
+        spec.task.env.push(e.clone());
+    }
+    for k in &a.label_rm {
+        spec.labels.remove(k);
+    }
+    for l in &a.label_add {
+        let (k, v) = parse_label_arg(l)?;
+        spec.labels.insert(k, v);
+    }
+    let p = &mut spec.task.placement;
+    p.constraints.retain(|c| !a.constraint_rm.contains(c));
+    for c in &a.constraint_add {
+        if !p.constraints.contains(c) {
+            p.constraints.push(c.clone());
+        }
+    }
+    p.preferences.retain(|c| !a.pref_rm.contains(c));
+    for c in &a.pref_add {
+        if !p.preferences.contains(c) {
+            p.preferences.push(c.clone());
+        }
+    }
+    apply_task_opts(&mut spec, &a.task)?;
+    if a.force {
+        spec.task.force_update = spec.task.force_update.wrapping_add(1);
+    }
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+// ------------------------------------------------------------------ output
+
+fn short(id: &str, no_trunc: bool) -> &str {
+    if no_trunc {
+        id
+    } else {
+        &id[..id.len().min(12)]
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// "2 minutes ago", as docker's units.HumanDuration.
+pub fn ago(since_ms: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(since_ms) / 1000;
+    let d = match secs {
+        0 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".to_string(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".to_string(),
+        s if s < 48 * 3600 => format!("{} hours", s / 3600),
+        s if s < 14 * 86400 => format!("{} days", s / 86400),
+        s => format!("{} weeks", s / (7 * 86400)),
+    };
+    format!("{d} ago")
+}
+
+fn mode_name(s: &ServiceSpec) -> &'static str {
+    match s.mode {
+        ServiceMode::Replicated { .. } => "replicated",
+        ServiceMode::Global => "global",
+    }
+}
+
+/// `service ls`.
+pub fn service_table(services: &[ServiceView]) -> String {
+    let mut rows: Vec<[Cow<'_, str>; 6]> =
+        vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"].map(Cow::Borrowed)];
+    for s in services {
+        rows.push([
+            Cow::Borrowed(short(&s.id, false)),
+            clean(&s.spec.name),
+            Cow::Borrowed(mode_name(&s.spec)),
+            Cow::Owned(format!("{}/{}", s.running, s.desired)),
+            clean(&s.spec.task.image),
+            Cow::Borrowed(""),
+        ]);
+    }
+    render_table(&rows)
+}
+
+/// `service ps` and `node ps`: history rows (older tasks of a slot) as ` \_ name`.
+pub fn task_table(tasks: &[TaskView], no_trunc: bool, now: u64) -> String {
+    let mut rows: Vec<[Cow<'_, str>; 8]> = vec![[
+        "ID",
+        "NAME",
+        "IMAGE",
+        "NODE",
+        "DESIRED STATE",
+        "CURRENT STATE",
+        "ERROR",
+        "PORTS",
+    ]
+    .map(Cow::Borrowed)];
+    for t in tasks {
+        let name = if t.current {
+            clean(&t.name).into_owned()
+        } else {
+            format!(" \\_ {}", clean(&t.name))
+        };
+        let err = if t.err.is_empty() {
+            String::new()
+        } else if no_trunc || t.err.chars().count() <= 29 {
+            format!("\"{}\"", clean(&t.err))
+        } else {
+            let cut: String = clean(&t.err).chars().take(26).collect();
+            format!("\"{cut}…\"")
+        };
+        rows.push([
+            Cow::Borrowed(short(&t.id, no_trunc)),
+            Cow::Owned(name),
+            clean(&t.image),
+            clean(&t.node),
+            Cow::Borrowed(t.desired_state.as_str()),
+            Cow::Owned(format!("{} {}", t.state, ago(t.state_since_ms, now))),
+            Cow::Owned(err),
+            Cow::Borrowed(""),
+        ]);
+    }
+    render_table(&rows)
+}
+
+fn dur(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// `service inspect --pretty`.
+pub fn inspect_pretty(s: &ServiceView) -> String {
+    let mut out = String::new();
+    let mut field = |label: &str, value: &str| {
+        out.push_str(&format!("{label:<20}{}\n", clean(value)));
+    };
+    let spec = &s.spec;
+    let t = &spec.task;
+    field("ID:", &s.id);
+    field("Name:", &spec.name);
+    if !spec.labels.is_empty() {
+        field("Labels:", "");
+        for (k, v) in &spec.labels {
+            field(" ", &format!("{k}={v}"));
+        }
+    }
+    match spec.mode {
+        ServiceMode::Replicated { replicas } => {
+            field("Service Mode:", "Replicated");
+            field(" Replicas:", &replicas.to_string());
+        }
+        ServiceMode::Global => field("Service Mode:", "Global"),
+    }
+    field("Runtime:", t.runtime.as_str());
+    field("Created at:", &rfc3339_utc(s.created_at_ms));
+    field("Updated at:", &rfc3339_utc(s.updated_at_ms));
+    if !t.placement.constraints.is_empty() || !t.placement.preferences.is_empty() {
+        field("Placement:", "");
+        if !t.placement.constraints.is_empty() {
+            field(
+                " Constraints:",
+                &format!("[{}]", t.placement.constraints.join(" ")),
+            );
+        }
+        if !t.placement.preferences.is_empty() {
+            field(
+                " Preferences:",
+                &format!("[{}]", t.placement.preferences.join(" ")),
+            );
+        }
+    }
+    if t.placement.max_replicas_per_node > 0 {
+        field(
+            " Max Replicas Per Node:",
+            &t.placement.max_replicas_per_node.to_string(),
+        );
+    }
+    field("RestartPolicy:", "");
+    field(
+        " Condition:",
+        match t.restart.condition {
+            RestartCondition::None => "none",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::Any => "any",
+        },
+    );
+    field(" Delay:", &dur(t.restart.delay_ms));
+    field(" Max attempts:", &t.restart.max_attempts.to_string());
+    if t.restart.window_ms > 0 {
+        field(" Window:", &dur(t.restart.window_ms));
+    }
+    field("ContainerSpec:", "");
+    field(
+        if t.runtime == Runtime::Process {
+            " Program:"
+        } else {
+            " Image:"
+        },
+        &t.image,
+    );
+    if !t.args.is_empty() {
+        field(" Args:", &t.args.join(" "));
+    }
+    if !t.env.is_empty() {
+        field(" Env:", &t.env.join(" "));
+    }
+    if !t.workdir.is_empty() {
+        field(" Dir:", &t.workdir);
+    }
+    field(" StopGracePeriod:", &dur(t.stop_grace_ms));
+    let r = &t.resources;
+    if r.limits != Default::default() || r.reservations != Default::default() {
+        field("Resources:", "");
+        for (label, res) in [(" Reservations:", r.reservations), (" Limits:", r.limits)] {
+            if res != Default::default() {
+                field(label, "");
+                if res.nano_cpus > 0 {
+                    field("  CPU:", &format!("{}", res.nano_cpus as f64 / 1e9));
+                }
+                if res.memory_bytes > 0 {
+                    field("  Memory:", &human_bytes(res.memory_bytes));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn filter_tasks(tasks: Vec<TaskView>, filters: &[String]) -> Result<Vec<TaskView>, String> {
+    let mut parsed = Vec::new();
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| format!("bad format of filter {f:?} (expected name=value)"))?;
+        match k {
+            "desired-state" if matches!(v, "running" | "shutdown" | "accepted") => {}
+            "desired-state" => {
+                return Err(format!(
+                    "invalid filter 'desired-state={v}': expected running, shutdown or accepted"
+                ))
+            }
+            "node" | "name" | "id" => {}
+            _ => return Err(format!("invalid filter '{k}'")),
+        }
+        parsed.push((k, v));
+    }
+    Ok(tasks
+        .into_iter()
+        .filter(|t| {
+            parsed.iter().all(|(k, v)| match *k {
+                "desired-state" => match *v {
+                    "running" => t.desired_state == "Running" || t.desired_state == "Ready",
+                    "shutdown" => t.desired_state != "Running" && t.desired_state != "Ready",
+                    _ => t.desired_state == "Accepted",
+                },
+                "node" => t.node == *v || t.node_id.starts_with(v),
+                "name" => t.name.starts_with(v),
+                _ => t.id.starts_with(v),
+            })
+        })
+        .collect())
+}
+
+// ------------------------------------------------------------------ commands
+
+fn service_path(service: &str, suffix: &str) -> String {
+    format!("/v1/services/{}{suffix}", encode_segment(service))
+}
+
+fn check_service_arg(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err("the service name or id must not be empty".into());
+    }
+    Ok(())
+}
+
+fn inspect(agent: &Agent, service: &str) -> Result<ServiceView, String> {
+    check_service_arg(service)?;
+    match agent.call("GET", &service_path(service, ""), None)? {
+        Response::Service { service } => Ok(*service),
+        other => Err(unexpected("a service", &other)),
+    }
+}
+
+fn tasks(agent: &Agent, services: &[String], node: Option<&str>) -> Result<Vec<TaskView>, String> {
+    let body = json!({ "services": services, "node": node });
+    match agent.call("POST", "/v1/tasks", Some(&body))? {
+        Response::Tasks { tasks } => Ok(tasks),
+        other => Err(unexpected("a task list", &other)),
+    }
+}
+
+fn update(
+    agent: &Agent,
+    service: &str,
+    version: u64,
+    spec: &ServiceSpec,
+) -> Result<String, String> {
+    let body = json!({ "version": version, "spec": spec });
+    agent.ok("POST", &service_path(service, "/update"), Some(&body))
+}
+
+/// Runs a `service` command.
+pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Result<(), String> {
+    match cmd {
+        ServiceCmd::Create(a) => {
+            let spec = create_spec(a)?;
+            let body = json!({ "spec": spec });
+            let id = agent.ok("POST", "/v1/services/create", Some(&body))?;
+            ui.print(&id);
+            if !a.detach {
+                converge(agent, &id, ui, !a.quiet)?;
+            }
+        }
+        ServiceCmd::Ls { quiet, filters } => {
+            let mut services = match agent.call("GET", "/v1/services", None)? {
+                Response::Services { services } => services,
+                other => return Err(unexpected("a service list", &other)),
+            };
+            for f in filters {
+                let (k, v) = f
+                    .split_once('=')
+                    .ok_or_else(|| format!("bad format of filter {f:?} (expected name=value)"))?;
+                match k {
+                    "name" => services.retain(|s| s.spec.name.starts_with(v)),
+                    "id" => services.retain(|s| s.id.starts_with(v)),
+                    "mode" => services.retain(|s| mode_name(&s.spec) == v),
+                    _ => return Err(format!("invalid filter '{k}'")),
+                }
+            }
+            if *quiet {
+                let ids: String = services.iter().map(|s| format!("{}\n", s.id)).collect();
+                ui.print(&ids);
+            } else {
+                ui.print(&service_table(&services));
+            }
+        }
+        ServiceCmd::Ps {
+            no_trunc,
+            quiet,
+            filters,
+            services,
+        } => {
+            for s in services {
+                check_service_arg(s)?;
+            }
+            let list = filter_tasks(tasks(agent, services, None)?, filters)?;
+            if *quiet {
+                let ids: String = list
+                    .iter()
+                    .map(|t| format!("{}\n", short(&t.id, *no_trunc)))
+                    .collect();
+                ui.print(&ids);
+            } else {
+                ui.print(&task_table(&list, *no_trunc, now_ms()));
+            }
+        }
+        ServiceCmd::Inspect { pretty, services } => {
+            let mut views = Vec::new();
+            for s in services {
+                match inspect(agent, s) {
+                    Ok(v) => views.push(v),
+                    Err(e) => ui.error(&e),
+                }
+            }
+            if *pretty {
+                let text: Vec<String> = views.iter().map(inspect_pretty).collect();
+                ui.print(&text.join("\n"));
+            } else if !views.is_empty() || !ui.failed {
+                ui.print(&serde_json::to_string_pretty(&views).unwrap_or_default());
+            }
+        }
+        ServiceCmd::Rm { services } => {
+            for s in services {
+                let r = check_service_arg(s)
+                    .and_then(|()| agent.ok("DELETE", &service_path(s, ""), None));
+                match r {
+                    Ok(_) => ui.print(s),
+                    Err(e) => ui.error(&e),
+                }
+            }
+        }
+        ServiceCmd::Scale { detach, pairs } => {
+            let mut parsed = Vec::new();
+            for p in pairs {
+                let (name, n) = p.split_once('=').ok_or_else(|| {
+                    format!("invalid scale specifier {p:?}: expected SERVICE=REPLICAS")
+                })?;
+                let n: u64 = n.parse().map_err(|_| {
+                    format!("invalid replicas value for service {name:?}: {n:?} is not a number")
+                })?;
+                check_service_arg(name)?;
+                parsed.push((name.to_string(), n));
+            }
+            let mut scaled = Vec::new();
+            for (name, n) in parsed {
+                let r = inspect(agent, &name).and_then(|v| {
+                    let mut spec = v.spec.clone();
+                    match spec.mode {
+                        ServiceMode::Replicated { .. } => {
+                            spec.mode = ServiceMode::Replicated { replicas: n }
+                        }
+                        ServiceMode::Global => {
+                            return Err(format!(
+                                "{name}: scale can only be used with replicated mode"
+                            ))
+                        }
+                    }
+                    spec.validate().map_err(|e| e.to_string())?;
+                    update(agent, &v.id, v.version, &spec).map(|_| v.id)
+                });
+                match r {
+                    Ok(id) => {
+                        ui.print(&format!("{name} scaled to {n}"));
+                        scaled.push(id);
+                    }
+                    Err(e) => ui.error(&e),
+                }
+            }
+            if !detach {
+                for id in scaled {
+                    converge(agent, &id, ui, true)?;
+                }
+            }
+        }
+        ServiceCmd::Update(a) => {
+            let v = inspect(agent, &a.service)?;
+            let spec = update_spec(&v.spec, a)?;
+            update(agent, &v.id, v.version, &spec)?;
+            if !a.quiet {
+                ui.print(&a.service);
+            }
+            if !a.detach {
+                converge(agent, &v.id, ui, !a.quiet)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `node ps [NODE...]`: the tasks on nodes (default: the node answering).
+pub(super) fn node_ps(
+    agent: &Agent,
+    nodes: &[String],
+    no_trunc: bool,
+    quiet: bool,
+    filters: &[String],
+    ui: &mut Ui<'_>,
+) -> Result<(), String> {
+    let nodes: Vec<String> = if nodes.is_empty() {
+        vec!["self".into()]
+    } else {
+        nodes.to_vec()
+    };
+    let mut all = Vec::new();
+    for n in &nodes {
+        let n = if n == "self" {
+            agent.self_id()?
+        } else {
+            n.clone()
+        };
+        all.extend(tasks(agent, &[], Some(&n))?);
+    }
+    let list = filter_tasks(all, filters)?;
+    if quiet {
+        let ids: String = list
+            .iter()
+            .map(|t| format!("{}\n", short(&t.id, no_trunc)))
+            .collect();
+        ui.print(&ids);
+    } else {
+        ui.print(&task_table(&list, no_trunc, now_ms()));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ convergence
+
+/// How long tasks must stay running before the service counts as converged.
+const VERIFY: Duration = Duration::from_secs(2);
+
+/// A slot's progress bar position: new … running.
+fn step(state: &str) -> u64 {
+    match state {
+        "New" => 0,
+        "Pending" => 1,
+        "Assigned" => 2,
+        "Accepted" => 3,
+        "Preparing" => 4,
+        "Ready" => 5,
+        "Starting" => 6,
+        "Running" => 8,
+        _ => 0,
+    }
+}
+
+/// Where the service stands: (running current tasks, desired, per-slot state line, errors).
+struct Progress {
+    running: u64,
+    desired: u64,
+    slots: BTreeMap<String, (String, String)>,
+}
+
+fn progress(view: &ServiceView, tasks: &[TaskView]) -> Progress {
+    let mut slots = BTreeMap::new();
+    let mut running = 0;
+    for t in tasks.iter().filter(|t| t.current) {
+        let wanted = t.desired_state == "Running" || t.desired_state == "Ready";
+        if !wanted {
+            continue;
+        }
+        let ok = t.state == "Running" && t.up_to_date;
+        if ok {
+            running += 1;
+        }
+        let key = if t.slot > 0 {
+            format!("{:>5}", t.slot)
+        } else {
+            t.node.clone()
+        };
+        slots.insert(key, (t.state.clone(), t.err.clone()));
+    }
+    Progress {
+        running,
+        desired: view.desired,
+        slots,
+    }
+}
+
+/// Follows a service until every wanted task runs and stays running for [`VERIFY`].
+fn converge(agent: &Agent, id: &str, ui: &mut Ui<'_>, show: bool) -> Result<(), String> {
+    let tty = std::io::stdout().is_terminal() && show;
+    let mut bars: Option<(
+        indicatif::MultiProgress,
+        indicatif::ProgressBar,
+        BTreeMap<String, indicatif::ProgressBar>,
+    )> = None;
+    let mut last_line = String::new();
+    let mut stable_since: Option<Instant> = None;
+    let mut shown_errors: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let view = inspect(agent, id)?;
+        let list = tasks(agent, std::slice::from_ref(&view.id), None)?;
+        let p = progress(&view, &list);
+        let done = p.running >= p.desired
+            && p.slots.values().filter(|(s, _)| s == "Running").count() as u64 >= p.desired;
+        if show {
+            if tty {
+                let (multi, overall, per_slot) = bars.get_or_insert_with(|| {
+                    let multi = indicatif::MultiProgress::new();
+                    let overall = multi.add(indicatif::ProgressBar::new(p.desired.max(1)));
+                    overall.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "overall progress: {pos} out of {len} tasks",
+                        )
+                        .expect("template"),
+                    );
+                    (multi, overall, BTreeMap::new())
+                });
+                overall.set_length(p.desired);
+                overall.set_position(p.running);
+                for (slot, (state, err)) in p.slots.iter().take(20) {
+                    let bar = per_slot.entry(slot.clone()).or_insert_with(|| {
+                        let b = multi.add(indicatif::ProgressBar::new(8));
+                        b.set_style(
+                            indicatif::ProgressStyle::with_template(&format!(
+                                "{}/{}: {{msg:<10}} [{{bar:50.cyan/blue}}]",
+                                slot.trim(),
+                                p.desired
+                            ))
+                            .expect("template")
+                            .progress_chars("=> "),
+                        );
+                        b
+                    });
+                    bar.set_position(step(state));
+                    bar.set_message(if err.is_empty() {
+                        state.to_ascii_lowercase()
+                    } else {
+                        err.clone()
+                    });
+                }
+            } else {
+                let line = format!("overall progress: {} out of {} tasks", p.running, p.desired);
+                if line != last_line {
+                    ui.print(&line);
+                    last_line = line;
+                }
+                for (slot, (state, err)) in &p.slots {
+                    if !err.is_empty() && shown_errors.get(slot) != Some(err) {
+                        ui.print(&format!(
+                            "{}/{}: {}: {err}",
+                            slot.trim(),
+                            p.desired,
+                            state.to_ascii_lowercase()
+                        ));
+                        shown_errors.insert(slot.clone(), err.clone());
+                    }
+                }
+            }
+        }
+        if done {
+            let since = *stable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= VERIFY {
+                if let Some((_, overall, per_slot)) = &bars {
+                    for b in per_slot.values() {
+                        b.finish();
+                    }
+                    overall.finish();
+                }
+                if show {
+                    ui.print(&format!(
+                        "verify: Service {} converged",
+                        clean(&view.spec.name)
+                    ));
+                }
+                return Ok(());
+            }
+        } else {
+            stable_since = None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_memory_and_cpus_parse_like_docker() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "5x", "-1s", "5 s", "1e99h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_memory("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_memory("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_memory("512").unwrap(), 512);
+        assert_eq!(parse_memory("100kb").unwrap(), 102_400);
+        for bad in ["", "M", "12q", "-5m", "1e30g"] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cpus("0.5").unwrap(), 500_000_000);
+        assert_eq!(parse_cpus("2").unwrap(), 2_000_000_000);
+        assert!(parse_cpus("-1").is_err());
+        assert!(parse_cpus("NaN").is_err());
+    }
+
+    #[test]
+    fn args_split_on_spaces_and_keep_quotes() {
+        assert_eq!(split_args("a b  c").unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(
+            split_args("-c 'echo hi' \"\"").unwrap(),
+            vec!["-c", "echo hi", ""]
+        );
+        assert!(split_args("'open").is_err());
+    }
+
+    #[test]
+    fn ago_reads_like_docker() {
+        assert_eq!(ago(0, 500), "Less than a second ago");
+        assert_eq!(ago(0, 3_000), "3 seconds ago");
+        assert_eq!(ago(0, 90_000), "About a minute ago");
+        assert_eq!(ago(0, 5 * 60_000), "5 minutes ago");
+    }
+}

@@ -1,0 +1,255 @@
+//! How a manager answers the service and task requests: views of services and tasks for the
+//! CLI, and the writes (create, update, remove, swarm update), checked on the leader before
+//! they are proposed so that a bad request changes nothing.
+
+use std::sync::Arc;
+
+use shoal_cluster::{
+    node_id_string, object_id_string, ClusterState, Command, Service, ServiceMode, Task, TaskState,
+};
+
+use crate::agent::Member;
+use crate::api::{Request, Response, ServiceView, TaskView};
+use crate::raft_driver::{now_ms, RaftHandle};
+use shoal_cluster::RequestId;
+
+/// A service as the CLI shows it.
+pub fn service_view(st: &ClusterState, s: &Service) -> ServiceView {
+    let mut running = 0;
+    let mut live = 0;
+    for t in st.tasks_of_service(s.id) {
+        if t.live() {
+            live += 1;
+            if t.status.state == TaskState::Running {
+                running += 1;
+            }
+        }
+    }
+    ServiceView {
+        id: object_id_string(s.id),
+        version: s.version,
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        spec: s.spec.clone(),
+        previous: s.previous.clone(),
+        running,
+        desired: match s.spec.mode {
+            ServiceMode::Replicated { replicas } => replicas,
+            ServiceMode::Global => live,
+        },
+    }
+}
+
+/// A task as the CLI shows it; `current`: the newest of its slot.
+pub fn task_view(st: &ClusterState, t: &Task, current: bool) -> TaskView {
+    let svc = st.service(t.service);
+    let name = svc.map_or_else(|| "(removed)".to_string(), |s| s.spec.name.clone());
+    let node = t.node.and_then(|n| st.node(n));
+    TaskView {
+        id: object_id_string(t.id),
+        name: if t.slot > 0 {
+            format!("{name}.{}", t.slot)
+        } else {
+            format!("{name}.{}", t.node.map(node_id_string).unwrap_or_default())
+        },
+        service_id: object_id_string(t.service),
+        service_name: name,
+        slot: t.slot,
+        node_id: t.node.map(node_id_string).unwrap_or_default(),
+        node: node.map_or_else(
+            || t.node.map(node_id_string).unwrap_or_default(),
+            |n| n.description.hostname.clone(),
+        ),
+        image: svc
+            .and_then(|s| s.spec_of(t.spec_version))
+            .map(|s| s.task.image.clone())
+            .unwrap_or_default(),
+        desired_state: t.desired.title().into(),
+        state: t.status.state.title().into(),
+        state_since_ms: t.status.timestamp_ms,
+        message: t.status.message.clone(),
+        err: t.status.err.clone(),
+        exit_code: t.status.exit_code,
+        pid: t.status.pid,
+        container_id: t.status.container_id.clone(),
+        created_at_ms: t.created_at_ms,
+        spec_version: t.spec_version,
+        current,
+        up_to_date: svc.is_some_and(|s| {
+            s.spec_of(t.spec_version)
+                .is_some_and(|old| old.task == s.spec.task)
+        }),
+    }
+}
+
+/// Tasks of the given services (all if none) and/or on one node: by service name, slot, and
+/// newest first within a slot, as `service ps` lists them.
+pub fn task_list(
+    st: &ClusterState,
+    services: &[String],
+    node: Option<&str>,
+) -> Result<Vec<TaskView>, String> {
+    let mut ids = Vec::new();
+    for q in services {
+        ids.push(st.resolve_service(q).map_err(|e| e.to_string())?.id);
+    }
+    let node = match node {
+        Some(n) => Some(st.resolve(n).map_err(|e| e.to_string())?.id),
+        None => None,
+    };
+    let mut keys: Vec<(u64, u64)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in st.tasks().values() {
+        if (ids.is_empty() || ids.contains(&t.service)) && seen.insert((t.service, key(t))) {
+            keys.push((t.service, key(t)));
+        }
+    }
+    let mut out = Vec::new();
+    for (service, k) in keys {
+        let slot: Vec<&Task> = st.slot_tasks(service, k).collect();
+        for (i, t) in slot.iter().rev().enumerate() {
+            if node.is_some_and(|n| t.node != Some(n)) {
+                continue;
+            }
+            out.push(task_view(st, t, i == 0));
+        }
+    }
+    out.sort_by(|a, b| {
+        (
+            &a.service_name,
+            a.slot,
+            &a.node_id,
+            !a.current,
+            std::cmp::Reverse(a.created_at_ms),
+        )
+            .cmp(&(
+                &b.service_name,
+                b.slot,
+                &b.node_id,
+                !b.current,
+                std::cmp::Reverse(b.created_at_ms),
+            ))
+    });
+    Ok(out)
+}
+
+fn key(t: &Task) -> u64 {
+    if t.slot > 0 {
+        t.slot
+    } else {
+        t.node.unwrap_or(0)
+    }
+}
+
+impl Member {
+    /// The service and task requests, on the leader (after a read barrier for reads).
+    pub(crate) async fn on_leader_services(
+        self: &Arc<Self>,
+        h: &RaftHandle,
+        req: Request,
+        rid: Option<RequestId>,
+    ) -> Response {
+        let read = |f: &dyn Fn(&ClusterState) -> Response| f(&h.state.read().expect("state"));
+        match req {
+            Request::ServiceList | Request::ServiceInspect { .. } | Request::TaskList { .. } => {
+                if let Err(e) = self.read_barrier().await {
+                    return Response::error(e);
+                }
+                read(&|st| match &req {
+                    Request::ServiceList => {
+                        let mut services: Vec<ServiceView> = st
+                            .services()
+                            .values()
+                            .map(|s| service_view(st, s))
+                            .collect();
+                        services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+                        Response::Services { services }
+                    }
+                    Request::ServiceInspect { service } => match st.resolve_service(service) {
+                        Ok(s) => Response::Service {
+                            service: Box::new(service_view(st, s)),
+                        },
+                        Err(e) => Response::error(e),
+                    },
+                    Request::TaskList { services, node } => {
+                        match task_list(st, services, node.as_deref()) {
+                            Ok(tasks) => Response::Tasks { tasks },
+                            Err(e) => Response::error(e),
+                        }
+                    }
+                    _ => Response::error("not a read"),
+                })
+            }
+            Request::ServiceCreate { spec } => {
+                if let Err(e) = spec.validate() {
+                    return Response::error(e);
+                }
+                let name = spec.name.clone();
+                let cmd = Command::CreateService {
+                    spec,
+                    at_ms: now_ms(),
+                };
+                match self.propose_as(rid, cmd).await {
+                    Ok(()) => created(h, &name),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::ServiceUpdate {
+                service,
+                version,
+                spec,
+            } => {
+                let id = match h.state.read().expect("state").resolve_service(&service) {
+                    Ok(s) => s.id,
+                    Err(e) => return Response::error(e),
+                };
+                if let Err(e) = spec.validate() {
+                    return Response::error(e);
+                }
+                let cmd = Command::UpdateService {
+                    id,
+                    expected_version: Some(version),
+                    spec,
+                    at_ms: now_ms(),
+                };
+                match self.propose_as(rid, cmd).await {
+                    Ok(()) => Response::ok(object_id_string(id)),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::ServiceRemove { service } => {
+                let id = match h.state.read().expect("state").resolve_service(&service) {
+                    Ok(s) => s.id,
+                    Err(e) => return Response::error(e),
+                };
+                let cmd = Command::RemoveService {
+                    id,
+                    at_ms: now_ms(),
+                };
+                match self.propose_as(rid, cmd).await {
+                    Ok(()) => Response::ok(service),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::SwarmUpdate { task_history_limit } => {
+                let cmd = Command::UpdateSettings {
+                    task_history_limit,
+                    at_ms: now_ms(),
+                };
+                match self.propose_as(rid, cmd).await {
+                    Ok(()) => Response::ok(""),
+                    Err(e) => Response::error(e),
+                }
+            }
+            _ => Response::error("not a service request"),
+        }
+    }
+}
+
+/// The answer to a create: the new service's id.
+pub(crate) fn created(h: &RaftHandle, name: &str) -> Response {
+    match h.state.read().expect("state").resolve_service(name) {
+        Ok(s) => Response::ok(object_id_string(s.id)),
+        Err(e) => Response::error(e),
+    }
+}
