@@ -396,7 +396,9 @@ impl ProcessExecutor {
         }
         let dir = self.root.join(task_id);
         if dir.is_dir() {
-            if !dir.join(EXIT_FILE).exists() && dir.join(TASK_PID_FILE).exists() {
+            // A task whose pid record is unreadable cannot be signalled: it is only forgotten.
+            let started = matches!(PidRecord::read(&dir.join(TASK_PID_FILE)), Ok(Some(_)));
+            if started && !dir.join(EXIT_FILE).exists() {
                 self.shutdown_task(task_id, Duration::ZERO).await?;
             }
             // Let the shim finish its last writes before its directory goes.
