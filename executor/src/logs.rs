@@ -309,9 +309,19 @@ pub(crate) fn stream_logs(
             _ => false,
         };
         if rotated {
+            let mut missed_from = KEEP_ROTATED;
             if let Some(r) = current.as_mut() {
                 // Lines written to the old file just before it was renamed.
                 r.read_available(&mut send);
+                // Files rotated after ours (when several rotations happened between two polls).
+                missed_from = (1..=KEEP_ROTATED)
+                    .find(|n| fs::metadata(log_path(&dir, *n)).map(|m| m.ino()).ok() == Some(r.ino))
+                    .map_or(KEEP_ROTATED, |n| n - 1);
+            }
+            for n in (1..=missed_from).rev() {
+                if let Some(mut r) = Reading::open(&log_path(&dir, n)) {
+                    r.read_available(&mut send);
+                }
             }
             current = Reading::open(&log_path(&dir, 0));
             if let Some(r) = current.as_mut() {
@@ -412,6 +422,54 @@ mod tests {
         assert_eq!(all, expect);
         assert_eq!(read_all(dir.path(), Some(2)), vec!["line098", "line099"]);
         assert!(read_all(dir.path(), Some(0)).is_empty());
+    }
+
+    #[test]
+    fn following_survives_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(dir.path(), 150, 2).unwrap();
+        w.write_line(1, Stream::Stdout, b"before");
+        w.flush();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let d = dir.path().to_path_buf();
+        let reader = std::thread::spawn(move || {
+            stream_logs(
+                d,
+                LogOptions {
+                    tail: None,
+                    follow: true,
+                },
+                tx,
+            )
+        });
+        // About 13 records per file: a rotation every ~260 ms; rotations between two polls
+        // (a loaded machine) are caught up from the rotated files.
+        for i in 0..40 {
+            w.write_line(2, Stream::Stderr, format!("line{i:02}").as_bytes());
+            w.flush();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A burst: up to two rotations before the follower looks again.
+        for i in 40..60 {
+            w.write_line(2, Stream::Stderr, format!("line{i:02}").as_bytes());
+        }
+        w.flush();
+        assert!(log_path(dir.path(), 2).exists(), "the log rotated");
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while got.len() < 61 && std::time::Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(l) => got.push(l.text),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let mut expect = vec!["before".to_string()];
+        expect.extend((0..60).map(|i| format!("line{i:02}")));
+        assert_eq!(got, expect);
+        // Removing the task directory ends the follower.
+        drop(w);
+        fs::remove_dir_all(dir.path()).unwrap();
+        reader.join().unwrap();
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! The `process` runtime: each task is a program in its own session and process group, run by a
 //! detached shim (see [`crate::shim_main`]) that keeps its records under `<root>/<task_id>`:
 //! `run.json`, `shim.pid`, `task.pid`, `output.log*`, `exit.json` (or `start-error`).
+//!
+//! Choices worth knowing:
+//! - Environment: exactly the task's variables, plus the agent's PATH when the task sets no PATH
+//!   (a default PATH if the agent has none). A program name without '/' is searched in that
+//!   PATH; a relative path with '/' is taken from the working directory.
+//! - When the task's main process ends, whatever it left in its process group is SIGKILLed (as a
+//!   container's processes die with its init); the shim is a child subreaper, so orphans are
+//!   reaped rather than left as zombies.
+//! - A file with execute bits but no `#!` line is run by `/bin/sh` (execvp's rule).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
@@ -16,13 +25,13 @@ use tokio::sync::{mpsc, watch};
 use crate::cgroup::{self, Cgroups};
 use crate::logs::stream_logs;
 use crate::records::{
-    group_exists, read_exit, read_run, read_start_error, resolve_program, signal_group,
-    task_path, task_workdir, valid_task_id, write_atomic, PidRecord, EXIT_FILE, RUN_FILE,
-    SHIM_LOG_FILE, SHIM_PID_FILE, TASK_PID_FILE, WORK_DIR,
+    group_exists, read_exit, read_run, read_start_error, resolve_program, signal_group, task_path,
+    task_workdir, valid_task_id, write_atomic, PidRecord, EXIT_FILE, RUN_FILE, SHIM_LOG_FILE,
+    SHIM_PID_FILE, TASK_PID_FILE, WORK_DIR,
 };
 use crate::{
-    AdoptedState, AdoptedTask, BoxFuture, ExecError, Executor, ExitStatus, LimitsSupport,
-    LogLine, LogOptions, RuntimeDetails, TaskRun,
+    AdoptedState, AdoptedTask, BoxFuture, ExecError, Executor, ExitStatus, LimitsSupport, LogLine,
+    LogOptions, RuntimeDetails, TaskRun,
 };
 
 /// How long `start` waits for the shim to report that the task is spawned.
@@ -206,10 +215,13 @@ impl ProcessExecutor {
                 workdir.display()
             )));
         }
-        let program =
-            resolve_program(&run.program, &task_path(&run), &workdir).map_err(ExecError::Invalid)?;
+        let program = resolve_program(&run.program, &task_path(&run), &workdir)
+            .map_err(ExecError::Invalid)?;
         let cgroup = match &self.cgroups {
-            Some(c) => Some(c.create_task(task_id, &run.limits).map_err(ExecError::Runtime)?),
+            Some(c) => Some(
+                c.create_task(task_id, &run.limits)
+                    .map_err(ExecError::Runtime)?,
+            ),
             None => None,
         };
 

@@ -284,7 +284,8 @@ mod tests {
 
     #[test]
     fn proc_stat_parses_names_with_spaces_and_parens() {
-        let line = "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        let line =
+            "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         let st = parse_proc_stat(line).unwrap();
         assert_eq!(st.state, 'S');
         assert_eq!(st.start_time, 987654);
@@ -310,7 +311,16 @@ mod tests {
             start_time: 7,
         };
         assert_eq!(PidRecord::parse(&r.format()).unwrap(), r);
-        for bad in ["", "42", "x 7", "1 7", "0 7", "-5 7", "42 7 9", "4294967295 1"] {
+        for bad in [
+            "",
+            "42",
+            "x 7",
+            "1 7",
+            "0 7",
+            "-5 7",
+            "42 7 9",
+            "4294967295 1",
+        ] {
             assert!(PidRecord::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -325,15 +335,21 @@ mod tests {
 
     #[test]
     fn programs_resolve_like_a_shell() {
-        let p = resolve_program("sh", OsStr::new("/nonexistent:/bin:/usr/bin"), Path::new("/"));
+        let p = resolve_program(
+            "sh",
+            OsStr::new("/nonexistent:/bin:/usr/bin"),
+            Path::new("/"),
+        );
         assert!(p.unwrap().ends_with("sh"));
         assert_eq!(
             resolve_program("no-such-prog-xyz", OsStr::new("/bin"), Path::new("/")).unwrap_err(),
             "exec: \"no-such-prog-xyz\": executable file not found in $PATH"
         );
-        assert!(resolve_program("./nope", OsStr::new("/bin"), Path::new("/"))
-            .unwrap_err()
-            .contains("no such file"));
+        assert!(
+            resolve_program("./nope", OsStr::new("/bin"), Path::new("/"))
+                .unwrap_err()
+                .contains("no such file")
+        );
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("data"), b"x").unwrap();
         assert_eq!(

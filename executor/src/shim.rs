@@ -138,7 +138,11 @@ fn run(args: &ShimArgs) -> Result<(), String> {
     cmd.arg0(&task.program)
         .args(&task.args)
         .env_clear()
-        .envs(task_env(&task).into_iter().collect::<Vec<(OsString, OsString)>>())
+        .envs(
+            task_env(&task)
+                .into_iter()
+                .collect::<Vec<(OsString, OsString)>>(),
+        )
         .current_dir(&workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -117,7 +117,10 @@ async fn all_logs(exec: &ProcessExecutor, id: &str, tail: Option<usize>) -> Vec<
         .await
         .expect("logs");
     let mut out = Vec::new();
-    while let Some(l) = tokio::time::timeout(LONG, rx.recv()).await.expect("logs hung") {
+    while let Some(l) = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .expect("logs hung")
+    {
         out.push(l);
     }
     out
@@ -318,7 +321,10 @@ async fn logs_tail_and_follow() {
     let exec = executor(r.root());
     let st = run_to_end(
         &exec,
-        &sh("000000000000000a", "for i in 1 2 3 4 5; do echo line$i; done"),
+        &sh(
+            "000000000000000a",
+            "for i in 1 2 3 4 5; do echo line$i; done",
+        ),
     )
     .await;
     assert!(st.success());
@@ -329,7 +335,9 @@ async fn logs_tail_and_follow() {
     );
     let tail = all_logs(&exec, "000000000000000a", Some(2)).await;
     assert_eq!(texts(&tail), vec!["line4", "line5"]);
-    assert!(all_logs(&exec, "000000000000000a", Some(0)).await.is_empty());
+    assert!(all_logs(&exec, "000000000000000a", Some(0))
+        .await
+        .is_empty());
 
     // Follow: the kept lines, then new ones as they come, until the task is removed.
     let run = sh(
@@ -358,7 +366,10 @@ async fn logs_tail_and_follow() {
     fs::write(work.join("go"), b"").unwrap();
     assert_eq!(next(&mut rx).await.unwrap().text, "three");
     exec.remove("000000000000000b").await.unwrap();
-    assert!(next(&mut rx).await.is_none(), "follow ends once the task is removed");
+    assert!(
+        next(&mut rx).await.is_none(),
+        "follow ends once the task is removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +409,10 @@ async fn rotation_keeps_the_log_bounded() {
 async fn long_lines_are_split() {
     let r = Reaper::new();
     let exec = executor(r.root());
-    let run = sh("000000000000000d", "head -c 40000 /dev/zero | tr '\\0' x; echo");
+    let run = sh(
+        "000000000000000d",
+        "head -c 40000 /dev/zero | tr '\\0' x; echo",
+    );
     assert!(run_to_end(&exec, &run).await.success());
     let lines = all_logs(&exec, "000000000000000d", None).await;
     let lens: Vec<usize> = lines.iter().map(|l| l.text.len()).collect();
