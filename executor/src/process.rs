@@ -147,6 +147,12 @@ impl ProcessExecutor {
         }
         let dir = self.root.join(id);
         if let Some(w) = &run.workdir {
+            if !w.is_absolute() {
+                return Err(ExecError::Invalid(format!(
+                    "workdir {}: must be an absolute path",
+                    w.display()
+                )));
+            }
             if !w.is_dir() {
                 return Err(ExecError::Invalid(format!(
                     "workdir {}: no such directory",
@@ -358,6 +364,10 @@ impl ProcessExecutor {
         let exited = || dir.join(EXIT_FILE).exists();
         if exited() {
             return Ok(());
+        }
+        // A start in progress ends (with a pid record or an error) within its own timeout.
+        while self.is_starting(task_id) {
+            tokio::time::sleep(SHUTDOWN_POLL).await;
         }
         let rec = match PidRecord::read(&dir.join(TASK_PID_FILE)).map_err(ExecError::Runtime)? {
             Some(r) => r,

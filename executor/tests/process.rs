@@ -88,6 +88,14 @@ fn group_gone(pgid: u32) -> bool {
     r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
+/// Fields 5 and 6 of /proc/<pid>/stat: process group and session.
+fn group_and_session(pid: u32) -> Option<(u32, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+}
+
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + LONG;
     while !cond() {
@@ -218,6 +226,12 @@ async fn bad_programs_and_workdirs_are_invalid() {
         other => panic!("{other:?}"),
     }
 
+    run.workdir = Some(PathBuf::from("relative/dir"));
+    assert!(matches!(
+        exec.prepare(&run).await,
+        Err(ExecError::Invalid(_))
+    ));
+
     // An executable whose interpreter is missing: exec fails in the shim, start says so
     // (and does not hang).
     let bin = tempfile::tempdir().unwrap();
@@ -228,7 +242,7 @@ async fn bad_programs_and_workdirs_are_invalid() {
     let run = task("0000000000000006", fake.to_str().unwrap(), &[]);
     exec.prepare(&run).await.unwrap();
     match exec.start("0000000000000006").await.unwrap_err() {
-        ExecError::Invalid(m) => assert!(m.contains("fake"), "{m}"),
+        ExecError::Invalid(m) => assert!(m.contains("fake") && m.contains("No such file"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(exec.wait("0000000000000006").await.is_err());
@@ -247,6 +261,10 @@ async fn graceful_stop_ends_within_grace() {
     let run = task("0000000000000007", "sleep", &["1000"]);
     exec.prepare(&run).await.unwrap();
     let pid = exec.start("0000000000000007").await.unwrap().pid.unwrap();
+    // The task leads its own session and group; so does its shim (detached from us).
+    assert_eq!(group_and_session(pid), Some((pid, pid)));
+    let shim_pid = read_pid(&r.root().join("0000000000000007/shim.pid")).unwrap();
+    assert_eq!(group_and_session(shim_pid), Some((shim_pid, shim_pid)));
     let t0 = Instant::now();
     exec.shutdown("0000000000000007", Duration::from_secs(40))
         .await
