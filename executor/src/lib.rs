@@ -13,6 +13,15 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
+mod cgroup;
+mod logs;
+mod process;
+mod records;
+mod shim;
+
+pub use process::{ProcessExecutor, ShimCommand};
+pub use shim::shim_main;
+
 /// A boxed future, so that executors can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
