@@ -45,11 +45,11 @@ fn node_tasks(st: &ClusterState, node: NodeId) -> BTreeMap<TaskId, u64> {
 fn assignment(st: &ClusterState, id: TaskId) -> Option<Assignment> {
     let t = st.task(id)?;
     let svc = st.service(t.service);
-    let spec = svc.and_then(|s| s.spec_of(t.spec_version))?;
+    let spec = svc.and_then(|s| s.spec_of(t.spec_version));
     Some(Assignment {
         task: t.clone(),
         service_name: svc.map(|s| s.spec.name.clone()).unwrap_or_default(),
-        spec: spec.task.clone(),
+        spec: spec.map(|s| s.task.clone()),
     })
 }
 
@@ -67,11 +67,20 @@ impl Sessions {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         let mut status = h.status.clone();
         loop {
-            status.borrow_and_update();
+            let applied = status.borrow_and_update().applied;
             if let Some(answer) = self.try_answer(h, node, session, seq) {
                 return Response::Assignments(answer);
             }
-            match tokio::time::timeout_at(deadline, status.changed()).await {
+            // Nothing new: wait until the state moves (status is published every tick).
+            let moved = async {
+                loop {
+                    status.changed().await?;
+                    if status.borrow_and_update().applied != applied {
+                        return Ok::<(), tokio::sync::watch::error::RecvError>(());
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, moved).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Response::error("this manager stopped its Raft replica"),
                 Err(_) => {
@@ -80,9 +89,11 @@ impl Sessions {
                     let s = nodes.entry(node).or_default();
                     if s.id == session && s.seq == seq {
                         s.seq += 1;
+                        let index = h.state.read().expect("state").applied();
                         return Response::Assignments(Assignments {
                             session,
                             seq: s.seq,
+                            index,
                             ..Default::default()
                         });
                     }
@@ -110,6 +121,15 @@ impl Sessions {
         let mut nodes = self.nodes.lock().expect("sessions");
         let s = nodes.entry(node).or_default();
         let in_step = s.id == session && s.seq == seq && seq > 0;
+        tracing::debug!(
+            node = %shoal_cluster::node_id_string(node),
+            session,
+            seq,
+            known_session = s.id,
+            known_seq = s.seq,
+            tasks = now.len(),
+            "assignments asked"
+        );
         if !in_step {
             s.id = session;
             s.seq = seq.max(s.seq) + 1;
@@ -129,6 +149,7 @@ impl Sessions {
                 full: true,
                 tasks,
                 removed: Vec::new(),
+                index: st.applied(),
             });
         }
         let removed: Vec<TaskId> = s
@@ -162,6 +183,7 @@ impl Sessions {
             full: false,
             tasks,
             removed,
+            index: st.applied(),
         })
     }
 }

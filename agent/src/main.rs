@@ -11,6 +11,13 @@ use shoal_agent::{agent, cli, control, demo, store};
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A task's shim: the agent starts its own binary as `shoal __task-shim …` for every task.
+    // It must run before anything else (no threads, no runtime).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__task-shim") {
+        let code = shoal_executor::shim_main(args[2..].to_vec());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = cli::Cli::parse();
     match &cli.command {
         cli::Command::Agent(a) => run_agent(&cli, a),
@@ -27,6 +34,27 @@ fn system_hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The process runtime: tasks under `<data-dir>/tasks`, each watched by a shim that is this
+/// binary started as `shoal __task-shim`.
+fn process_executor(data_dir: &std::path::Path) -> Result<shoal_agent::worker::Executors, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the shoal binary: {e}"))?;
+    let exec = shoal_executor::ProcessExecutor::new(
+        data_dir.join("tasks"),
+        shoal_executor::ShimCommand {
+            program: exe,
+            args: vec!["__task-shim".into()],
+        },
+    )
+    .map_err(|e| format!("cannot start the process runtime: {e}"))?;
+    if let shoal_executor::LimitsSupport::NotEnforced(why) = shoal_executor::Executor::limits(&exec)
+    {
+        eprintln!("shoal agent: resource limits are not enforced on this node: {why}");
+    }
+    Ok(shoal_agent::worker::Executors(vec![std::sync::Arc::new(
+        exec,
+    )]))
 }
 
 fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
@@ -55,6 +83,10 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
             a.listen
         ));
     }
+    let executors = match process_executor(&cli.data_dir) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
     let opts = agent::AgentOpts {
         listen: a.listen,
         advertise: a.advertise,
@@ -65,7 +97,7 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
         fsync: true,
         seed: None,
         wal_faults: Default::default(),
-        executors: Default::default(),
+        executors,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

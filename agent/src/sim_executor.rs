@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_executor::{
-    AdoptedState, AdoptedTask, BoxFuture, ExecError, ExitStatus, Executor, LimitsSupport,
-    LogLine, LogOptions, RuntimeDetails, TaskRun,
+    AdoptedState, AdoptedTask, BoxFuture, ExecError, Executor, ExitStatus, LimitsSupport, LogLine,
+    LogOptions, RuntimeDetails, TaskRun,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -123,10 +123,7 @@ impl Executor for SimExecutor {
                     });
                 });
             }
-            let pid = self
-                .pids
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1000;
+            let pid = self.pids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1000;
             Ok(RuntimeDetails {
                 pid: Some(pid),
                 container_id: None,

@@ -149,8 +149,9 @@ pub struct Assignment {
     pub task: Task,
     /// Its service's name (log prefixes, task names such as `web.1`).
     pub service_name: String,
-    /// The task's spec, at the task's spec version.
-    pub spec: TaskSpec,
+    /// The task's spec, at the task's spec version; `None` once the service is removed (the
+    /// task is then only to be stopped).
+    pub spec: Option<TaskSpec>,
 }
 
 /// The answer to [`AgentRequest::Assignments`]: the node's whole set (`full`), or what changed
@@ -167,6 +168,10 @@ pub struct Assignments {
     pub tasks: Vec<Assignment>,
     /// Tasks that are gone (deleted by the reaper) since the last answer.
     pub removed: Vec<TaskId>,
+    /// The Raft index the answering manager's state is at: a node that has seen a later state
+    /// (from another manager) ignores an older one rather than stop tasks it does not list yet.
+    #[serde(default)]
+    pub index: u64,
 }
 
 /// The answer to [`AgentRequest::Directory`].

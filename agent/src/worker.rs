@@ -97,8 +97,7 @@ fn exit_report(id: TaskId, exit: ExitStatus) -> TaskReport {
 }
 
 /// The run of an assignment, for its executor.
-fn task_run(a: &Assignment) -> TaskRun {
-    let spec = &a.spec;
+fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec) -> TaskRun {
     let env = spec
         .env
         .iter()
@@ -193,6 +192,7 @@ impl Runner {
         }
         let session = rand::random::<u64>() | 1;
         let mut seq = 0u64;
+        let mut seen_index = 0u64;
         let mut stop = match member.upgrade() {
             Some(m) => m.stop_signal(),
             None => return,
@@ -209,8 +209,21 @@ impl Runner {
             };
             drop(m);
             match fetched {
+                Ok(a) if a.index < seen_index => {
+                    // A manager behind what this node has seen (another manager answered
+                    // before, or a replica still catching up): ask for a whole set again
+                    // rather than act on old news.
+                    tracing::debug!(
+                        index = a.index,
+                        seen_index,
+                        "assignments from a lagging manager ignored"
+                    );
+                    seq = 0;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Ok(a) => {
                     seq = a.seq;
+                    seen_index = a.index;
                     self.apply(a, &mut adopted).await;
                 }
                 Err(e) => {
@@ -229,6 +242,13 @@ impl Runner {
         a: Assignments,
         adopted: &mut HashMap<TaskId, (&'static str, AdoptedTask)>,
     ) {
+        tracing::debug!(
+            full = a.full,
+            seq = a.seq,
+            tasks = a.tasks.len(),
+            removed = a.removed.len(),
+            "assignments"
+        );
         if a.full {
             let listed: std::collections::HashSet<TaskId> =
                 a.tasks.iter().map(|t| t.task.id).collect();
@@ -291,34 +311,21 @@ impl Runner {
                     None => {}
                 }
             } else if desired == TaskState::Running && l.stop.is_none() && !l.ended {
-                let (tx, rx) = watch::channel(false);
-                l.stop = Some(tx);
-                self.spawn_supervisor(a, rx, None);
+                if let Some(spec) = &a.spec {
+                    let run = task_run(&a, spec);
+                    let (tx, rx) = watch::channel(false);
+                    l.stop = Some(tx);
+                    self.spawn_supervisor(id, l.runtime, run, rx, None);
+                }
             }
             return;
         }
-        let runtime = a.spec.runtime.as_str();
-        let Some(exec) = self.executors.get(runtime) else {
-            // The scheduler only sends runtimes the node advertised; a node restarted without
-            // one refuses its tasks.
-            tasks.insert(
-                id,
-                Local {
-                    runtime,
-                    desired,
-                    stop: None,
-                    ended: true,
-                },
-            );
-            if !observed.is_terminal() {
-                let mut r = report(id, TaskState::Rejected, "rejected");
-                r.status.err = format!("runtime \"{runtime}\" is not available on this node");
-                self.send(r);
-            }
-            return;
+        let found = adopted.remove(&id);
+        let runtime: &'static str = match (&found, &a.spec) {
+            (Some((rt, _)), _) => rt,
+            (None, Some(spec)) => spec.runtime.as_str(),
+            (None, None) => "process",
         };
-        drop(exec);
-        let found = adopted.remove(&id).map(|(_, t)| t.state);
         let mut local = Local {
             runtime,
             desired,
@@ -330,33 +337,58 @@ impl Runner {
             tasks.insert(id, local);
             return;
         }
-        if desired > TaskState::Running && found.is_none() {
+        if self.executors.get(runtime).is_none() {
+            // The scheduler only sends runtimes the node advertised; a node restarted without
+            // one refuses its tasks.
             local.ended = true;
             tasks.insert(id, local);
-            self.send(report(id, TaskState::Shutdown, "shutdown"));
+            let mut r = report(id, TaskState::Rejected, "rejected");
+            r.status.err = format!("runtime \"{runtime}\" is not available on this node");
+            self.send(r);
             return;
         }
-        if desired == TaskState::Running || found.is_some() {
-            let (tx, rx) = watch::channel(desired > TaskState::Running);
-            local.stop = Some(tx);
-            tasks.insert(id, local);
-            self.spawn_supervisor(a, rx, found);
-            return;
+        let run = match (&a.spec, &found) {
+            (Some(spec), _) => Some(task_run(&a, spec)),
+            (None, Some((_, t))) => Some(t.run.clone()),
+            (None, None) => None,
+        };
+        match (run, found) {
+            (Some(run), Some((_, t))) => {
+                // A task of an earlier run: supervise it again (and stop it if it must).
+                let (tx, rx) = watch::channel(desired > TaskState::Running);
+                local.stop = Some(tx);
+                tasks.insert(id, local);
+                self.spawn_supervisor(id, runtime, run, rx, Some(t.state));
+            }
+            (Some(run), None) if desired == TaskState::Running => {
+                let (tx, rx) = watch::channel(false);
+                local.stop = Some(tx);
+                tasks.insert(id, local);
+                self.spawn_supervisor(id, runtime, run, rx, None);
+            }
+            (_, None) if desired > TaskState::Running => {
+                local.ended = true;
+                tasks.insert(id, local);
+                self.send(report(id, TaskState::Shutdown, "shutdown"));
+            }
+            _ => {
+                // Desired ready: a restart waiting for its delay.
+                tasks.insert(id, local);
+            }
         }
-        // Desired ready: a restart waiting for its delay.
-        tasks.insert(id, local);
     }
 
     fn spawn_supervisor(
         self: &Arc<Self>,
-        a: Assignment,
+        id: TaskId,
+        runtime: &'static str,
+        run: TaskRun,
         stop: watch::Receiver<bool>,
         adopted: Option<AdoptedState>,
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            let id = a.task.id;
-            me.supervise(a, stop, adopted).await;
+            me.supervise(id, runtime, run, stop, adopted).await;
             if let Some(l) = me.tasks.lock().expect("tasks").get_mut(&id) {
                 l.ended = true;
                 l.stop = None;
@@ -367,13 +399,13 @@ impl Runner {
     /// Drives one task from assigned to its end.
     async fn supervise(
         &self,
-        a: Assignment,
+        id: TaskId,
+        runtime: &'static str,
+        run: TaskRun,
         mut stop: watch::Receiver<bool>,
         adopted: Option<AdoptedState>,
     ) {
-        let id = a.task.id;
-        let run = task_run(&a);
-        let Some(exec) = self.executors.get(a.spec.runtime.as_str()) else {
+        let Some(exec) = self.executors.get(runtime) else {
             return;
         };
         let key = run.task_id.clone();
@@ -449,6 +481,7 @@ impl Runner {
                 }
             },
             () = stopped => {
+                tracing::debug!(task = %key, "stopping the task");
                 let r = exec.shutdown(&key, run.stop_grace).await;
                 let mut rep = report(id, TaskState::Shutdown, "shutdown");
                 if let Err(e) = r {
@@ -461,6 +494,7 @@ impl Runner {
 
     /// A task no manager lists any more: stop it if it runs, then remove what is left of it.
     async fn forget(&self, id: TaskId) {
+        tracing::debug!(task = %object_id_string(id), "task no longer assigned");
         let local = self.tasks.lock().expect("tasks").remove(&id);
         let Some(local) = local else { return };
         let Some(exec) = self.executors.get(local.runtime) else {

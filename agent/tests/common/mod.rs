@@ -286,10 +286,73 @@ impl Cluster {
     }
 }
 
+/// Kills what the tasks under `dir` left running (shims and their process groups): tasks
+/// outlive their agent by design.
+pub fn kill_tasks(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("tasks")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        for (file, group) in [("task.pid", true), ("shim.pid", false)] {
+            let Ok(text) = std::fs::read_to_string(e.path().join(file)) else {
+                continue;
+            };
+            let Some(pid) = text
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid <= 1 {
+                continue;
+            }
+            let target = if group {
+                format!("-{pid}")
+            } else {
+                pid.to_string()
+            };
+            let _ = Command::new("kill")
+                .args(["-9", "--", &target])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Tasks running under `dir`: their pids, from the executor's records, alive now.
+pub fn running_task_pids(dir: &std::path::Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(dir.join("tasks")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        if e.path().join("exit.json").exists() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path().join("task.pid")) else {
+            continue;
+        };
+        if let Some(pid) = text
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        for n in &self.nodes {
+            kill_tasks(&n.dir);
         }
     }
 }
