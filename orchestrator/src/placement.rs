@@ -13,6 +13,35 @@ use shoal_scheduler as sched;
 /// The scheduler's view of one node: its totals, and what the tasks on it hold (every task that
 /// has not ended holds its reservation, even one told to stop).
 pub fn scheduler_node(state: &ClusterState, node: &Node) -> sched::Node {
+    let mut n = node_attributes(node);
+    let mut per_service: BTreeMap<u64, u32> = BTreeMap::new();
+    for t in state.tasks_on_node(node.id) {
+        if t.status.state.is_terminal() {
+            continue;
+        }
+        if t.status.state > shoal_cluster::TaskState::Pending {
+            let r = state
+                .service(t.service)
+                .and_then(|s| s.spec_of(t.spec_version))
+                .map(|s| s.task.resources.reservations)
+                .unwrap_or_default();
+            n.reserved.millicores += r.nano_cpus / 1_000_000;
+            n.reserved.memory_bytes += r.memory_bytes;
+        }
+        if t.wanted() {
+            *per_service.entry(t.service).or_default() += 1;
+        }
+    }
+    n.tasks_by_service = per_service
+        .into_iter()
+        .map(|(s, c)| (object_id_string(s), c))
+        .collect();
+    n
+}
+
+/// The scheduler's view of a node's own attributes (what constraints match on), without the
+/// reservations and task counts of its tasks.
+pub(crate) fn node_attributes(node: &Node) -> sched::Node {
     let mut n = sched::Node::new(
         &node_id_string(node.id),
         sched::Resources::new(
@@ -50,28 +79,6 @@ pub fn scheduler_node(state: &ClusterState, node: &Node) -> sched::Node {
         .runtimes
         .iter()
         .map(|r| r.as_str())
-        .collect();
-    let mut per_service: BTreeMap<u64, u32> = BTreeMap::new();
-    for t in state.tasks_on_node(node.id) {
-        if t.status.state.is_terminal() {
-            continue;
-        }
-        if t.status.state > shoal_cluster::TaskState::Pending {
-            let r = state
-                .service(t.service)
-                .and_then(|s| s.spec_of(t.spec_version))
-                .map(|s| s.task.resources.reservations)
-                .unwrap_or_default();
-            n.reserved.millicores += r.nano_cpus / 1_000_000;
-            n.reserved.memory_bytes += r.memory_bytes;
-        }
-        if t.wanted() {
-            *per_service.entry(t.service).or_default() += 1;
-        }
-    }
-    n.tasks_by_service = per_service
-        .into_iter()
-        .map(|(s, c)| (object_id_string(s), c))
         .collect();
     n
 }

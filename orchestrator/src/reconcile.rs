@@ -46,6 +46,12 @@ struct Run<'a> {
     wake: Option<u64>,
     /// Tasks this pass deletes.
     deleted: BTreeSet<TaskId>,
+    /// Each service's placement rules as the scheduler takes them (`None`: malformed), made
+    /// once per pass.
+    specs: BTreeMap<ServiceId, Option<shoal_scheduler::ServiceSpec>>,
+    /// Each node's attributes as the scheduler sees them (what constraints match on), made once
+    /// per pass.
+    views: BTreeMap<NodeId, shoal_scheduler::Node>,
 }
 
 /// Computes the task changes that move the state toward its services' specs at time `now_ms`.
@@ -60,6 +66,8 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, cfg: &Config) -> Plan {
         global: BTreeMap::new(),
         wake: None,
         deleted: BTreeSet::new(),
+        specs: BTreeMap::new(),
+        views: BTreeMap::new(),
     };
     for svc in state.services().values() {
         match svc.spec.mode {
@@ -88,7 +96,7 @@ impl<'a> Run<'a> {
     }
 
     /// Where a (live) task's node stands for this service.
-    fn where_is(&self, svc: &Service, node: NodeId) -> Where {
+    fn where_is(&mut self, svc: &Service, node: NodeId) -> Where {
         let Some(n) = self.node(node) else {
             return Where::Gone;
         };
@@ -101,14 +109,31 @@ impl<'a> Run<'a> {
         if !n.description.runtimes.contains(&svc.spec.task.runtime) {
             return Where::Unfit("runtime not available on the node");
         }
-        match scheduler_spec(svc) {
-            Ok(spec)
-                if !spec.constraints_match(&crate::placement::scheduler_node(self.state, n)) =>
-            {
-                Where::Unfit("constraints not satisfied on the node")
-            }
-            _ => Where::Fine,
+        if self.constraints_match(svc, n) {
+            Where::Fine
+        } else {
+            Where::Unfit("constraints not satisfied on the node")
         }
+    }
+
+    /// Whether a node passes a service's placement constraints (a malformed spec is no reason
+    /// to move a task). Constraints look at the node's attributes only, not at its tasks.
+    fn constraints_match(&mut self, svc: &Service, n: &Node) -> bool {
+        if svc.spec.task.placement.constraints.is_empty() {
+            return true;
+        }
+        let spec = self
+            .specs
+            .entry(svc.id)
+            .or_insert_with(|| scheduler_spec(svc).ok());
+        let Some(spec) = spec else {
+            return true;
+        };
+        let view = self
+            .views
+            .entry(n.id)
+            .or_insert_with(|| crate::placement::node_attributes(n));
+        spec.constraints_match(view)
     }
 
     /// Orphans a task on a node that is gone, or down for longer than the orphan timeout; the

@@ -539,6 +539,18 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
             let plan = shoal_orchestrator::reconcile(&mgr.state, now, &cfg);
             mgr.m.orchestrator += t.elapsed();
             mgr.m.passes += 1;
+            if std::env::var_os("ORCH_BENCH_DEBUG").is_some() {
+                eprintln!(
+                    "{:>8.1} ms pass {}: {} changes (more {}) in {:.1} ms; assigned {} running {}",
+                    start.elapsed().as_secs_f64() * 1e3,
+                    mgr.m.passes,
+                    plan.changes.len(),
+                    plan.more,
+                    t.elapsed().as_secs_f64() * 1e3,
+                    mgr.m.assigned,
+                    mgr.m.running
+                );
+            }
             if plan.changes.is_empty() {
                 pass_wanted = false;
                 idle_at = Some(start.elapsed());
