@@ -670,10 +670,15 @@ impl<'a> Run<'a> {
             .changes
             .into_iter()
             .partition(|c| matches!(c, TaskChange::Assign { .. } | TaskChange::Pending { .. }));
-        rest.extend(creates.into_iter().map(TaskChange::Create));
-        rest.extend(assign);
-        let more = rest.len() > self.cfg.max_changes;
-        rest.truncate(self.cfg.max_changes);
+        let max = self.cfg.max_changes;
+        let more = rest.len() + creates.len() + assign.len() > max;
+        // Cut at `max` before moving anything past it (the same plan as cutting at the end).
+        rest.truncate(max);
+        let room = max - rest.len();
+        rest.reserve_exact(room.min(creates.len() + assign.len()));
+        rest.extend(creates.into_iter().take(room).map(TaskChange::Create));
+        let room = max - rest.len();
+        rest.extend(assign.into_iter().take(room));
         Plan {
             changes: rest,
             wake_at_ms: self.wake,

@@ -581,6 +581,13 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
     let rss_after = proc_status_bytes("VmRSS");
     let peak = proc_status_bytes("VmHWM");
     let last_index = mgr.rafts[0].last_index();
+    // The Raft logs the replicas hold in memory (no snapshot is taken during the run).
+    let log_bytes: usize = mgr
+        .rafts
+        .iter()
+        .flat_map(|r| r.entries())
+        .map(|e| e.payload.size())
+        .sum();
 
     // Check, off the clock: every task exists once and runs.
     let running = mgr
@@ -637,6 +644,8 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
         "peak_rss_bytes": peak,
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
+        "raft_log_bytes_in_memory": log_bytes,
+        "raft_snapshots": false,
         "rss_per_task_bytes": (rss_after.saturating_sub(rss_before) as f64 / total as f64).round() as u64,
     });
     drop(mgr);
