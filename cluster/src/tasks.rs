@@ -119,6 +119,17 @@ impl ClusterState {
             .map(|((_, k), _)| *k)
     }
 
+    /// Each slot key of a service that has tasks, ascending, with the slot's tasks oldest first:
+    /// [`Self::slot_keys`] and [`Self::slot_tasks`] in one walk.
+    pub fn slots(
+        &self,
+        service: ServiceId,
+    ) -> impl Iterator<Item = (u64, impl Iterator<Item = &Task> + '_)> + '_ {
+        self.by_slot
+            .range((service, 0)..=(service, u64::MAX))
+            .map(move |((_, k), ids)| (*k, ids.iter().filter_map(move |id| self.tasks.get(id))))
+    }
+
     /// The services that have tasks (removed services' tasks stay until they have stopped).
     pub fn task_service_ids(&self) -> impl Iterator<Item = ServiceId> {
         // One range lookup per service rather than a walk over every slot.

@@ -311,6 +311,11 @@ impl<'a> Run<'a> {
                 t.node.unwrap_or(0)
             },
         );
+        self.queue(t);
+    }
+
+    /// Queues a task to create for placement (its slot has room).
+    fn queue(&mut self, t: NewTask) {
         let i = self.creates.len();
         match t.node {
             Some(n) => self
@@ -352,9 +357,11 @@ impl<'a> Run<'a> {
         let state = self.state;
         // The newest task of each slot that is still wanted.
         let mut active: Vec<(u64, &Task)> = Vec::new();
-        let keys: Vec<u64> = state.slot_keys(svc.id).collect();
-        for key in keys {
-            let tasks: Vec<&Task> = state.slot_tasks(svc.id, key).collect();
+        // Every slot that has tasks, ascending.
+        let mut keys: Vec<u64> = Vec::new();
+        for (key, tasks) in state.slots(svc.id) {
+            keys.push(key);
+            let tasks: Vec<&Task> = tasks.collect();
             for t in &tasks {
                 if !t.wanted() {
                     self.maybe_orphan(t);
@@ -465,7 +472,12 @@ impl<'a> Run<'a> {
             while missing > 0 {
                 if !taken.contains(&slot) {
                     let t = self.fresh(svc, slot, None, None);
-                    self.create(t);
+                    if keys.binary_search(&slot).is_ok() {
+                        self.create(t);
+                    } else {
+                        // A slot without tasks has no history to make room in.
+                        self.queue(t);
+                    }
                     missing -= 1;
                 }
                 slot += 1;
@@ -478,9 +490,8 @@ impl<'a> Run<'a> {
         let mut covered: BTreeSet<NodeId> = BTreeSet::new();
         let mut stale: Vec<(NodeId, &Task)> = Vec::new();
         let mut rolling = 0usize;
-        let keys: Vec<u64> = state.slot_keys(svc.id).collect();
-        for node in keys {
-            let tasks: Vec<&Task> = state.slot_tasks(svc.id, node).collect();
+        for (node, tasks) in state.slots(svc.id) {
+            let tasks: Vec<&Task> = tasks.collect();
             for t in &tasks {
                 if !t.wanted() {
                     self.maybe_orphan(t);
@@ -553,9 +564,8 @@ impl<'a> Run<'a> {
     /// forget them once they have stopped.
     fn removed_service(&mut self, id: ServiceId) {
         let state = self.state;
-        let keys: Vec<u64> = state.slot_keys(id).collect();
-        for key in keys {
-            for t in state.slot_tasks(id, key) {
+        for (_, tasks) in state.slots(id) {
+            for t in tasks {
                 self.maybe_orphan(t);
                 if self.deletable(t) {
                     self.delete(t.id);
