@@ -173,6 +173,7 @@ struct Metrics {
     encode: Duration,
     orchestrator: Duration,
     passes: u64,
+    longest_pass: Duration,
     workers: Duration,
     /// Tasks applied as assigned (created placed, or assigned later).
     assigned: u64,
@@ -538,6 +539,7 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
             let t = Instant::now();
             let plan = shoal_orchestrator::reconcile(&mgr.state, now, &cfg);
             mgr.m.orchestrator += t.elapsed();
+            mgr.m.longest_pass = mgr.m.longest_pass.max(t.elapsed());
             mgr.m.passes += 1;
             if std::env::var_os("ORCH_BENCH_DEBUG").is_some() {
                 eprintln!(
@@ -598,6 +600,12 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
         .count() as u64;
     assert_eq!(mgr.state.tasks().len() as u64, total, "one task per slot");
     assert_eq!(running, total, "every task runs");
+    let per_node: Vec<usize> = mgr
+        .state
+        .nodes()
+        .keys()
+        .map(|&n| mgr.state.tasks_on_node(n).count())
+        .collect();
 
     let m = &mgr.m;
     let running_s = running_at.expect("all running").as_secs_f64();
@@ -634,6 +642,9 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
         "tasks_per_s": (total as f64 / running_s).round() as u64,
         "orchestrator_ms": ms(m.orchestrator),
         "reconcile_passes": m.passes,
+        "reconcile_max_pass_ms": ms(m.longest_pass),
+        "tasks_per_node_min": per_node.iter().min(),
+        "tasks_per_node_max": per_node.iter().max(),
         "apply_ms": ms(m.apply),
         "decode_ms": ms(m.decode),
         "encode_ms": ms(m.encode),
