@@ -1,6 +1,10 @@
 //! `orch-bench --nodes N --tasks M [--services S] [--managers 3] [--wal-dir DIR]`: the leader's
 //! pipeline from `service create` to every task running, and one JSON object with the result.
 //!
+//! `--pass-trigger applied` (the default) runs an orchestrator pass as the agent's Raft driver
+//! does: one plan in flight, a pass once it is applied and whenever anything new was applied;
+//! `plan` runs one only after a plan that changed something (orchestrator/tests/reconcile.rs).
+//!
 //! Three in-process Raft replicas (messages passed by direct calls), each with its own durable
 //! WAL and a storage thread doing group commit with fsync, as `raft-bench durable` runs them. The
 //! leader applies every committed command to a `ClusterState` (decoded from the entry's bytes, as
@@ -14,7 +18,7 @@
 //! Times in the JSON: `all_running_ms` (the goal), `created_assigned_ms` (every task applied as
 //! created on a node), `orchestrator_idle_ms` (the pass that found nothing left to do ended);
 //! `orchestrator_ms`, `apply_ms`, `decode_ms`, `encode_ms` and `agents_ms` are the main thread's
-//! shares of that (the storage threads write and fsync alongside). Memory: `rss_per_task_bytes`
+//! time in each until the orchestrator is idle (the storage threads write and fsync alongside). Memory: `rss_per_task_bytes`
 //! is the growth of VmRSS from before the services are proposed to the end, per task, the
 //! replicas' in-memory Raft logs included (`raft_log_bytes_in_memory`). `ORCH_BENCH_DEBUG=1`
 //! traces every orchestrator pass on stderr.
@@ -23,7 +27,7 @@ use serde_json::json;
 use shoal_cluster::{
     ClusterInfo, ClusterState, Command, NewNode, NodeDescription, NodeId, NodeState, NodeStatus,
     Platform, Resources, Role, Runtime, ServiceSpec, TaskChange, TaskReport, TaskState, TaskStatus,
-    MAX_BATCH, MAX_COMMAND_SIZE,
+    MAX_BATCH,
 };
 use shoal_raft::wal::{Wal, WalOptions};
 use shoal_raft::{
@@ -41,11 +45,21 @@ struct Args {
     services: u64,
     managers: u64,
     wal_dir: Option<String>,
+    trigger: Trigger,
+}
+
+/// When the orchestrator runs a pass (with its previous plan applied, in both cases).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Whenever anything was applied since the last pass (the agent's Raft driver).
+    Applied,
+    /// Only after a plan that changed something (orchestrator/tests/reconcile.rs's loop).
+    Plan,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: orch-bench --nodes N --tasks M [--services S] [--replicas-per-service R] [--managers 3] [--wal-dir DIR]"
+        "usage: orch-bench --nodes N --tasks M [--services S] [--replicas-per-service R] [--managers 3] [--wal-dir DIR] [--pass-trigger applied|plan]"
     );
     std::process::exit(2)
 }
@@ -57,6 +71,7 @@ fn parse() -> Args {
         services: 1,
         managers: 3,
         wal_dir: None,
+        trigger: Trigger::Applied,
     };
     let mut per_service: Option<u64> = None;
     let mut it = std::env::args().skip(1);
@@ -70,6 +85,13 @@ fn parse() -> Args {
             "--replicas-per-service" => per_service = Some(num(val())),
             "--managers" => a.managers = num(val()),
             "--wal-dir" => a.wal_dir = Some(val()),
+            "--pass-trigger" => {
+                a.trigger = match val().as_str() {
+                    "applied" => Trigger::Applied,
+                    "plan" => Trigger::Plan,
+                    _ => usage(),
+                }
+            }
             _ => usage(),
         }
     }
@@ -361,25 +383,6 @@ impl Manager {
     }
 }
 
-/// Encodes task changes as `Command::Tasks` entries of at most `MAX_BATCH` changes and
-/// `MAX_COMMAND_SIZE` bytes.
-fn encode_changes(changes: &[TaskChange], at_ms: u64, out: &mut Vec<Vec<u8>>) {
-    for chunk in changes.chunks(MAX_BATCH) {
-        let bytes = Command::Tasks {
-            changes: chunk.to_vec(),
-            at_ms,
-        }
-        .encode();
-        if bytes.len() > MAX_COMMAND_SIZE && chunk.len() > 1 {
-            let (a, b) = chunk.split_at(chunk.len() / 2);
-            encode_changes(a, at_ms, out);
-            encode_changes(b, at_ms, out);
-        } else {
-            out.push(bytes);
-        }
-    }
-}
-
 fn open_cluster(
     managers: u64,
     dir: &Path,
@@ -521,8 +524,9 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
         );
     }
     let first_index = mgr.rafts[0].last_index() + 1;
+    // The last entry of the plan in flight, and the applied index the last pass saw.
     let mut plan_until = mgr.propose(creates);
-    let mut pass_wanted = true;
+    let mut seen = 0u64;
     let mut assigned_at: Option<Duration> = None;
     let mut running_at: Option<Duration> = None;
     let mut idle_at: Option<Duration> = None;
@@ -541,8 +545,18 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
             mgr.propose(reports);
             proposed = true;
         }
-        // The orchestrator looks again once its last plan is applied.
-        if pass_wanted && mgr.applied() >= plan_until {
+        // The orchestrator, as the agent's Raft driver runs it: one plan in flight; a pass once
+        // it is applied, and then whenever something new was applied (with `--pass-trigger
+        // plan`: only after a plan that changed something).
+        let applied = mgr.applied();
+        let pass_wanted = applied >= plan_until
+            && applied >= mgr.rafts[0].commit_index()
+            && match a.trigger {
+                Trigger::Applied => applied > seen,
+                Trigger::Plan => seen < plan_until,
+            };
+        if pass_wanted {
+            seen = applied;
             let now = now_ms();
             let t = Instant::now();
             let plan = shoal_orchestrator::reconcile(&mgr.state, now, &cfg);
@@ -562,19 +576,25 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
                 );
             }
             if plan.changes.is_empty() {
-                pass_wanted = false;
                 idle_at = Some(start.elapsed());
             } else {
                 let t = Instant::now();
-                let mut data = Vec::new();
-                encode_changes(&plan.changes, now, &mut data);
+                let data = Command::encode_task_batches(&plan.changes, now);
                 mgr.m.encode += t.elapsed();
                 drop(plan);
                 plan_until = mgr.propose(data);
                 proposed = true;
             }
         }
-        if running_at.is_some() && !pass_wanted {
+        // Done once every task runs and the orchestrator has seen it all (and had nothing to
+        // add, or it would have a plan in flight).
+        let applied = mgr.applied();
+        let settled = applied >= plan_until
+            && match a.trigger {
+                Trigger::Applied => applied == seen,
+                Trigger::Plan => seen >= plan_until,
+            };
+        if running_at.is_some() && settled && !proposed {
             break;
         }
         if proposed {
@@ -640,6 +660,10 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
         "wal": true,
         "fsync": true,
         "followers_apply": false,
+        "pass_trigger": match a.trigger {
+            Trigger::Applied => "applied",
+            Trigger::Plan => "plan",
+        },
         "all_running_ms": ms(running_at.unwrap_or_default()),
         "created_assigned_ms": ms(assigned_at.unwrap_or_default()),
         "orchestrator_idle_ms": ms(idle_at.unwrap_or_default()),
