@@ -119,10 +119,28 @@ impl ClusterState {
             .map(|((_, k), _)| *k)
     }
 
+    /// Each slot key of a service that has tasks, ascending, with the slot's tasks oldest first:
+    /// [`Self::slot_keys`] and [`Self::slot_tasks`] in one walk.
+    pub fn slots(
+        &self,
+        service: ServiceId,
+    ) -> impl Iterator<Item = (u64, impl Iterator<Item = &Task> + '_)> + '_ {
+        self.by_slot
+            .range((service, 0)..=(service, u64::MAX))
+            .map(move |((_, k), ids)| (*k, ids.iter().filter_map(move |id| self.tasks.get(id))))
+    }
+
     /// The services that have tasks (removed services' tasks stay until they have stopped).
     pub fn task_service_ids(&self) -> impl Iterator<Item = ServiceId> {
-        let mut ids: Vec<ServiceId> = self.by_slot.keys().map(|(s, _)| *s).collect();
-        ids.dedup();
+        // One range lookup per service rather than a walk over every slot.
+        let mut ids: Vec<ServiceId> = Vec::new();
+        let mut next = self.by_slot.keys().next().map(|(s, _)| *s);
+        while let Some(s) = next {
+            ids.push(s);
+            next = s
+                .checked_add(1)
+                .and_then(|from| self.by_slot.range((from, 0)..).next().map(|((s, _), _)| *s));
+        }
         ids.into_iter()
     }
 
@@ -476,7 +494,23 @@ impl ClusterState {
             {
                 continue;
             }
-            t.status = r.status.clone();
+            // Field by field, reusing the strings' buffers (every field but the timestamp is
+            // taken from the report).
+            let TaskStatus {
+                state,
+                timestamp_ms: _,
+                message,
+                err,
+                exit_code,
+                pid,
+                container_id,
+            } = &r.status;
+            t.status.state = *state;
+            t.status.message.clone_from(message);
+            t.status.err.clone_from(err);
+            t.status.exit_code = *exit_code;
+            t.status.pid = *pid;
+            t.status.container_id.clone_from(container_id);
             t.status.timestamp_ms = at_ms;
             t.version = index;
         }

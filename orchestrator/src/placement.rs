@@ -13,6 +13,35 @@ use shoal_scheduler as sched;
 /// The scheduler's view of one node: its totals, and what the tasks on it hold (every task that
 /// has not ended holds its reservation, even one told to stop).
 pub fn scheduler_node(state: &ClusterState, node: &Node) -> sched::Node {
+    let mut n = node_attributes(node);
+    let mut per_service: BTreeMap<u64, u32> = BTreeMap::new();
+    for t in state.tasks_on_node(node.id) {
+        if t.status.state.is_terminal() {
+            continue;
+        }
+        if t.status.state > shoal_cluster::TaskState::Pending {
+            let r = state
+                .service(t.service)
+                .and_then(|s| s.spec_of(t.spec_version))
+                .map(|s| s.task.resources.reservations)
+                .unwrap_or_default();
+            n.reserved.millicores += r.nano_cpus / 1_000_000;
+            n.reserved.memory_bytes += r.memory_bytes;
+        }
+        if t.wanted() {
+            *per_service.entry(t.service).or_default() += 1;
+        }
+    }
+    n.tasks_by_service = per_service
+        .into_iter()
+        .map(|(s, c)| (object_id_string(s), c))
+        .collect();
+    n
+}
+
+/// The scheduler's view of a node's own attributes (what constraints match on), without the
+/// reservations and task counts of its tasks.
+pub(crate) fn node_attributes(node: &Node) -> sched::Node {
     let mut n = sched::Node::new(
         &node_id_string(node.id),
         sched::Resources::new(
@@ -51,28 +80,6 @@ pub fn scheduler_node(state: &ClusterState, node: &Node) -> sched::Node {
         .iter()
         .map(|r| r.as_str())
         .collect();
-    let mut per_service: BTreeMap<u64, u32> = BTreeMap::new();
-    for t in state.tasks_on_node(node.id) {
-        if t.status.state.is_terminal() {
-            continue;
-        }
-        if t.status.state > shoal_cluster::TaskState::Pending {
-            let r = state
-                .service(t.service)
-                .and_then(|s| s.spec_of(t.spec_version))
-                .map(|s| s.task.resources.reservations)
-                .unwrap_or_default();
-            n.reserved.millicores += r.nano_cpus / 1_000_000;
-            n.reserved.memory_bytes += r.memory_bytes;
-        }
-        if t.wanted() {
-            *per_service.entry(t.service).or_default() += 1;
-        }
-    }
-    n.tasks_by_service = per_service
-        .into_iter()
-        .map(|(s, c)| (object_id_string(s), c))
-        .collect();
     n
 }
 
@@ -106,17 +113,50 @@ fn runtime_name(r: Runtime) -> &'static str {
     r.as_str()
 }
 
-/// The scheduler over every node of the state, and each node's index in it.
+/// The scheduler over every node of the state, and each node's index in it. The same view as
+/// [`scheduler_node`] for every node, built from one pass over the tasks in id order instead of
+/// a lookup per task of each node.
 pub(crate) fn scheduler(state: &ClusterState) -> (sched::Scheduler, BTreeMap<NodeId, usize>) {
     let mut index = BTreeMap::new();
-    let nodes: Vec<sched::Node> = state
-        .nodes()
-        .values()
-        .enumerate()
-        .map(|(i, n)| {
-            index.insert(n.id, i);
-            scheduler_node(state, n)
-        })
-        .collect();
+    let mut nodes: Vec<sched::Node> = Vec::with_capacity(state.nodes().len());
+    for (i, n) in state.nodes().values().enumerate() {
+        index.insert(n.id, i);
+        nodes.push(node_attributes(n));
+    }
+    // Per node: tasks wanted per service. Reservations of a (service, spec version), looked up
+    // once each.
+    let mut per_service: Vec<BTreeMap<u64, u32>> = vec![BTreeMap::new(); nodes.len()];
+    let mut reservations: BTreeMap<(u64, u64), shoal_cluster::Resources> = BTreeMap::new();
+    for t in state.tasks().values() {
+        let Some(&i) = t.node.and_then(|n| index.get(&n)) else {
+            continue;
+        };
+        if t.status.state.is_terminal() {
+            continue;
+        }
+        if t.status.state > shoal_cluster::TaskState::Pending {
+            let r = *reservations
+                .entry((t.service, t.spec_version))
+                .or_insert_with(|| {
+                    state
+                        .service(t.service)
+                        .and_then(|s| s.spec_of(t.spec_version))
+                        .map(|s| s.task.resources.reservations)
+                        .unwrap_or_default()
+                });
+            let n = &mut nodes[i];
+            n.reserved.millicores += r.nano_cpus / 1_000_000;
+            n.reserved.memory_bytes += r.memory_bytes;
+        }
+        if t.wanted() {
+            *per_service[i].entry(t.service).or_default() += 1;
+        }
+    }
+    for (n, counts) in nodes.iter_mut().zip(per_service) {
+        n.tasks_by_service = counts
+            .into_iter()
+            .map(|(s, c)| (object_id_string(s), c))
+            .collect();
+    }
     (sched::Scheduler::new(nodes), index)
 }

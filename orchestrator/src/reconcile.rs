@@ -46,6 +46,12 @@ struct Run<'a> {
     wake: Option<u64>,
     /// Tasks this pass deletes.
     deleted: BTreeSet<TaskId>,
+    /// Each service's placement rules as the scheduler takes them (`None`: malformed), made
+    /// once per pass.
+    specs: BTreeMap<ServiceId, Option<shoal_scheduler::ServiceSpec>>,
+    /// Each node's attributes as the scheduler sees them (what constraints match on), made once
+    /// per pass.
+    views: BTreeMap<NodeId, shoal_scheduler::Node>,
 }
 
 /// Computes the task changes that move the state toward its services' specs at time `now_ms`.
@@ -60,6 +66,8 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, cfg: &Config) -> Plan {
         global: BTreeMap::new(),
         wake: None,
         deleted: BTreeSet::new(),
+        specs: BTreeMap::new(),
+        views: BTreeMap::new(),
     };
     for svc in state.services().values() {
         match svc.spec.mode {
@@ -88,7 +96,7 @@ impl<'a> Run<'a> {
     }
 
     /// Where a (live) task's node stands for this service.
-    fn where_is(&self, svc: &Service, node: NodeId) -> Where {
+    fn where_is(&mut self, svc: &Service, node: NodeId) -> Where {
         let Some(n) = self.node(node) else {
             return Where::Gone;
         };
@@ -101,14 +109,31 @@ impl<'a> Run<'a> {
         if !n.description.runtimes.contains(&svc.spec.task.runtime) {
             return Where::Unfit("runtime not available on the node");
         }
-        match scheduler_spec(svc) {
-            Ok(spec)
-                if !spec.constraints_match(&crate::placement::scheduler_node(self.state, n)) =>
-            {
-                Where::Unfit("constraints not satisfied on the node")
-            }
-            _ => Where::Fine,
+        if self.constraints_match(svc, n) {
+            Where::Fine
+        } else {
+            Where::Unfit("constraints not satisfied on the node")
         }
+    }
+
+    /// Whether a node passes a service's placement constraints (a malformed spec is no reason
+    /// to move a task). Constraints look at the node's attributes only, not at its tasks.
+    fn constraints_match(&mut self, svc: &Service, n: &Node) -> bool {
+        if svc.spec.task.placement.constraints.is_empty() {
+            return true;
+        }
+        let spec = self
+            .specs
+            .entry(svc.id)
+            .or_insert_with(|| scheduler_spec(svc).ok());
+        let Some(spec) = spec else {
+            return true;
+        };
+        let view = self
+            .views
+            .entry(n.id)
+            .or_insert_with(|| crate::placement::node_attributes(n));
+        spec.constraints_match(view)
     }
 
     /// Orphans a task on a node that is gone, or down for longer than the orphan timeout; the
@@ -286,6 +311,11 @@ impl<'a> Run<'a> {
                 t.node.unwrap_or(0)
             },
         );
+        self.queue(t);
+    }
+
+    /// Queues a task to create for placement (its slot has room).
+    fn queue(&mut self, t: NewTask) {
         let i = self.creates.len();
         match t.node {
             Some(n) => self
@@ -327,9 +357,11 @@ impl<'a> Run<'a> {
         let state = self.state;
         // The newest task of each slot that is still wanted.
         let mut active: Vec<(u64, &Task)> = Vec::new();
-        let keys: Vec<u64> = state.slot_keys(svc.id).collect();
-        for key in keys {
-            let tasks: Vec<&Task> = state.slot_tasks(svc.id, key).collect();
+        // Every slot that has tasks, ascending.
+        let mut keys: Vec<u64> = Vec::new();
+        for (key, tasks) in state.slots(svc.id) {
+            keys.push(key);
+            let tasks: Vec<&Task> = tasks.collect();
             for t in &tasks {
                 if !t.wanted() {
                     self.maybe_orphan(t);
@@ -440,7 +472,12 @@ impl<'a> Run<'a> {
             while missing > 0 {
                 if !taken.contains(&slot) {
                     let t = self.fresh(svc, slot, None, None);
-                    self.create(t);
+                    if keys.binary_search(&slot).is_ok() {
+                        self.create(t);
+                    } else {
+                        // A slot without tasks has no history to make room in.
+                        self.queue(t);
+                    }
                     missing -= 1;
                 }
                 slot += 1;
@@ -453,9 +490,8 @@ impl<'a> Run<'a> {
         let mut covered: BTreeSet<NodeId> = BTreeSet::new();
         let mut stale: Vec<(NodeId, &Task)> = Vec::new();
         let mut rolling = 0usize;
-        let keys: Vec<u64> = state.slot_keys(svc.id).collect();
-        for node in keys {
-            let tasks: Vec<&Task> = state.slot_tasks(svc.id, node).collect();
+        for (node, tasks) in state.slots(svc.id) {
+            let tasks: Vec<&Task> = tasks.collect();
             for t in &tasks {
                 if !t.wanted() {
                     self.maybe_orphan(t);
@@ -528,9 +564,8 @@ impl<'a> Run<'a> {
     /// forget them once they have stopped.
     fn removed_service(&mut self, id: ServiceId) {
         let state = self.state;
-        let keys: Vec<u64> = state.slot_keys(id).collect();
-        for key in keys {
-            for t in state.slot_tasks(id, key) {
+        for (_, tasks) in state.slots(id) {
+            for t in tasks {
                 self.maybe_orphan(t);
                 if self.deletable(t) {
                     self.delete(t.id);
@@ -645,10 +680,15 @@ impl<'a> Run<'a> {
             .changes
             .into_iter()
             .partition(|c| matches!(c, TaskChange::Assign { .. } | TaskChange::Pending { .. }));
-        rest.extend(creates.into_iter().map(TaskChange::Create));
-        rest.extend(assign);
-        let more = rest.len() > self.cfg.max_changes;
-        rest.truncate(self.cfg.max_changes);
+        let max = self.cfg.max_changes;
+        let more = rest.len() + creates.len() + assign.len() > max;
+        // Cut at `max` before moving anything past it (the same plan as cutting at the end).
+        rest.truncate(max);
+        let room = max - rest.len();
+        rest.reserve_exact(room.min(creates.len() + assign.len()));
+        rest.extend(creates.into_iter().take(room).map(TaskChange::Create));
+        let room = max - rest.len();
+        rest.extend(assign.into_iter().take(room));
         Plan {
             changes: rest,
             wake_at_ms: self.wake,
