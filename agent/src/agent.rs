@@ -1494,6 +1494,17 @@ impl Member {
                     Err(e) => Response::error(e),
                 }
             }
+            AgentRequest::TaskLogs { .. } if !manager => {
+                Response::error(crate::control::NOT_A_MANAGER)
+            }
+            AgentRequest::TaskLogs { tasks, tail } => match self.runner() {
+                Some(r) if tasks.len() <= 100_000 => {
+                    let lines = r.logs(&tasks, tail).await;
+                    Response::ok(serde_json::to_string(&lines).unwrap_or_default())
+                }
+                Some(_) => Response::error("too many tasks in one logs request"),
+                None => Response::error("this node runs no tasks"),
+            },
             AgentRequest::ForwardTaskStatus { .. } if !manager => {
                 Response::error(crate::control::NOT_A_MANAGER)
             }

@@ -127,6 +127,17 @@ pub enum Request {
         #[serde(default)]
         node: Option<String>,
     },
+    /// `service logs`: one round (the CLI repeats it with the cursors to follow).
+    ServiceLogs {
+        /// Service id, prefix or name, or a task id.
+        service: String,
+        /// The last N lines of each task (first round).
+        #[serde(default)]
+        tail: Option<usize>,
+        /// Per task id (16 hex): what was seen already.
+        #[serde(default)]
+        cursors: BTreeMap<String, crate::wire::LogCursor>,
+    },
     /// `swarm update`.
     SwarmUpdate {
         /// `--task-history-limit`.
@@ -154,6 +165,19 @@ pub struct ServiceView {
     pub running: u64,
     /// Tasks wanted: the replica count, or (global) the tasks the orchestrator keeps.
     pub desired: u64,
+}
+
+/// A line of `service logs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogView {
+    /// `web.1.<task id>@<node>`.
+    pub source: String,
+    /// Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// From standard error.
+    pub stderr: bool,
+    /// The line.
+    pub text: String,
 }
 
 /// A task as the CLI shows it.
@@ -263,6 +287,16 @@ pub enum Response {
     Service {
         /// The service.
         service: Box<ServiceView>,
+    },
+    /// `service logs`: new lines, where each task's output now ends, and what could not be
+    /// read.
+    Logs {
+        /// Lines in time order.
+        lines: Vec<LogView>,
+        /// Per task id: the cursor to send next time.
+        cursors: BTreeMap<String, crate::wire::LogCursor>,
+        /// Nodes that did not answer, and why.
+        warnings: Vec<String>,
     },
     /// `service ps`, `node ps`.
     Tasks {

@@ -433,6 +433,7 @@ fn unexpected(wanted: &str, got: &Response) -> String {
         Response::Services { .. } => "a service list",
         Response::Service { .. } => "a service",
         Response::Tasks { .. } => "a task list",
+        Response::Logs { .. } => "task output",
         Response::Error { .. } => "an error",
     };
     format!("unexpected answer from the agent: expected {wanted}, got {kind}")

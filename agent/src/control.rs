@@ -70,6 +70,7 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         .route("/v1/services/{service}", delete(service_remove))
         .route("/v1/services/{service}/update", post(service_update))
         .route("/v1/tasks", post(task_list))
+        .route("/v1/services/{service}/logs", post(service_logs))
         .route("/v1/swarm/update", post(swarm_update))
         .route("/metrics", get(metrics))
         .with_state(agent);
@@ -343,6 +344,30 @@ async fn service_update(
     )
 }
 
+#[derive(Deserialize, Default)]
+struct LogsBody {
+    #[serde(default)]
+    tail: Option<usize>,
+    #[serde(default)]
+    cursors: std::collections::BTreeMap<String, crate::wire::LogCursor>,
+}
+
+async fn service_logs(
+    AxState(a): Ax,
+    UrlPath(service): UrlPath<String>,
+    Json(b): Json<LogsBody>,
+) -> axum::response::Response {
+    answer(
+        &a,
+        Request::ServiceLogs {
+            service,
+            tail: b.tail,
+            cursors: b.cursors,
+        },
+    )
+    .await
+}
+
 async fn task_list(AxState(a): Ax, Json(b): Json<TasksBody>) -> axum::response::Response {
     answer(
         &a,
@@ -384,6 +409,15 @@ impl Member {
     pub async fn control(self: &Arc<Self>, req: Request, rid: Option<RequestId>) -> Response {
         if self.raft().is_none() {
             return Response::error(NOT_A_MANAGER);
+        }
+        // Logs come from the nodes, gathered by the manager asked (no leader needed).
+        if let Request::ServiceLogs {
+            service,
+            tail,
+            cursors,
+        } = req
+        {
+            return self.service_logs(&service, tail, cursors).await;
         }
         let mut resp = self.control_hop(req, rid, Origin::Operator, false).await;
         // `*` in `node ls` marks the node the CLI talks to, whoever answered.
@@ -771,6 +805,11 @@ impl Member {
             Request::Info | Request::Init { .. } | Request::Join { .. } | Request::Leave { .. } => {
                 Response::error("this request is answered by the node itself")
             }
+            Request::ServiceLogs {
+                service,
+                tail,
+                cursors,
+            } => self.service_logs(&service, tail, cursors).await,
             r @ (Request::ServiceCreate { .. }
             | Request::ServiceList
             | Request::ServiceInspect { .. }

@@ -4,13 +4,17 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use shoal_cluster::{
-    node_id_string, object_id_string, ClusterState, Command, Service, ServiceMode, Task, TaskState,
+    node_id_string, object_id_string, ClusterState, Command, NodeId, Service, ServiceMode, Task,
+    TaskId, TaskState,
 };
 
 use crate::agent::Member;
 use crate::api::{Request, Response, ServiceView, TaskView};
 use crate::raft_driver::{now_ms, RaftHandle};
+use crate::wire::{LogCursor, TaskLogLine};
 use shoal_cluster::RequestId;
 
 /// A service as the CLI shows it.
@@ -242,6 +246,138 @@ impl Member {
                 }
             }
             _ => Response::error("not a service request"),
+        }
+    }
+}
+
+impl Member {
+    /// `service logs`: gathers the output of a service's tasks (or of one task) from the nodes
+    /// that ran them, concurrently; a node that does not answer becomes a warning, never a
+    /// failure of the whole request.
+    pub(crate) async fn service_logs(
+        self: &Arc<Self>,
+        service: &str,
+        tail: Option<usize>,
+        cursors: std::collections::BTreeMap<String, LogCursor>,
+    ) -> Response {
+        let Some(h) = self.raft() else {
+            return Response::error(crate::control::NOT_A_MANAGER);
+        };
+        // Which tasks, on which nodes, under which names.
+        let mut by_node: BTreeMap<NodeId, Vec<(TaskId, LogCursor)>> = BTreeMap::new();
+        let mut names: BTreeMap<TaskId, String> = BTreeMap::new();
+        let mut hosts: BTreeMap<NodeId, (String, bool)> = BTreeMap::new();
+        {
+            let st = h.state.read().expect("state");
+            let q = service.trim();
+            let single = (q.len() == 16)
+                .then(|| u64::from_str_radix(q, 16).ok())
+                .flatten()
+                .and_then(|id| st.task(id));
+            let tasks: Vec<&Task> = match single {
+                Some(t) => vec![t],
+                None => match st.resolve_service(q) {
+                    Ok(svc) => st.tasks_of_service(svc.id).collect(),
+                    Err(e) => return Response::error(e),
+                },
+            };
+            for t in tasks {
+                let Some(node) = t.node else { continue };
+                if t.status.state < TaskState::Accepted {
+                    continue;
+                }
+                let v = task_view(&st, t, true);
+                let cursor = cursors.get(&v.id).copied().unwrap_or_default();
+                names.insert(t.id, format!("{}.{}@{}", v.name, v.id, v.node));
+                by_node.entry(node).or_default().push((t.id, cursor));
+                hosts.entry(node).or_insert_with(|| {
+                    let down = st
+                        .node(node)
+                        .is_none_or(|n| n.status.state != shoal_cluster::NodeState::Ready);
+                    (v.node.clone(), down)
+                });
+            }
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        let mut warnings = Vec::new();
+        for (node, tasks) in by_node {
+            if hosts.get(&node).is_some_and(|(_, down)| *down) {
+                let host = &hosts[&node].0;
+                warnings.push(format!("node {host} is down: its tasks' output is missing"));
+                continue;
+            }
+            let m = self.clone();
+            asks.spawn(async move {
+                let r = m.node_logs(node, tasks, tail).await;
+                (node, r)
+            });
+        }
+        let mut lines = Vec::new();
+        while let Some(done) = asks.join_next().await {
+            let Ok((node, r)) = done else { continue };
+            match r {
+                Ok(mut l) => lines.append(&mut l),
+                Err(e) => {
+                    let (host, down) = hosts.get(&node).cloned().unwrap_or_default();
+                    warnings.push(if down {
+                        format!("node {host} is down: its tasks' output is missing")
+                    } else {
+                        format!("node {host} did not give its tasks' output: {e}")
+                    });
+                    tracing::debug!(node = %shoal_cluster::node_id_string(node), "logs: {e}");
+                }
+            }
+        }
+        lines.sort_by_key(|l| l.timestamp_ms);
+        let mut next = cursors;
+        let mut out = Vec::with_capacity(lines.len());
+        for l in lines {
+            let id = object_id_string(l.task);
+            next.entry(id).or_default().advance(l.timestamp_ms);
+            out.push(crate::api::LogView {
+                source: names.get(&l.task).cloned().unwrap_or_default(),
+                timestamp_ms: l.timestamp_ms,
+                stderr: l.stderr,
+                text: l.text,
+            });
+        }
+        warnings.sort();
+        Response::Logs {
+            lines: out,
+            cursors: next,
+            warnings,
+        }
+    }
+
+    /// One node's part of `service logs` (this node's own runner, or a request).
+    async fn node_logs(
+        self: &Arc<Self>,
+        node: NodeId,
+        tasks: Vec<(TaskId, LogCursor)>,
+        tail: Option<usize>,
+    ) -> Result<Vec<TaskLogLine>, String> {
+        if node == self.id {
+            return match self.runner() {
+                Some(r) => Ok(r.logs(&tasks, tail).await),
+                None => Err("this node runs no tasks".into()),
+            };
+        }
+        let req = crate::wire::encode_request(&crate::wire::AgentRequest::TaskLogs { tasks, tail });
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.transport.request(node, &req),
+        )
+        .await
+        {
+            Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
+                Response::Ok { message } => {
+                    serde_json::from_str(&message).map_err(|e| format!("malformed answer: {e}"))
+                }
+                Response::Error { message } => Err(message),
+                _ => Err("unexpected answer".into()),
+            },
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 5s".into()),
         }
     }
 }

@@ -133,6 +133,14 @@ pub enum AgentRequest {
         /// The statuses.
         reports: Vec<TaskReport>,
     },
+    /// A manager asks a node for the output of some of its tasks (`service logs`). Accepted
+    /// over a manager's certificate only (logs may hold anything a task printed).
+    TaskLogs {
+        /// The tasks, with what the asker has seen of each already.
+        tasks: Vec<(TaskId, LogCursor)>,
+        /// Only the last N lines of each task (first call).
+        tail: Option<usize>,
+    },
     /// `node` is leaving the swarm: record it as Down ("node left the swarm") right away
     /// instead of waiting for membership to notice. Accepted from the node itself, or from a
     /// Raft voter that forwards it to the leader.
@@ -172,6 +180,46 @@ pub struct Assignments {
     /// (from another manager) ignores an older one rather than stop tasks it does not list yet.
     #[serde(default)]
     pub index: u64,
+}
+
+/// What a reader has seen of a task's output: lines up to `timestamp_ms`, and how many of the
+/// lines stamped exactly `timestamp_ms` (several lines can share a millisecond).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogCursor {
+    /// The newest timestamp seen.
+    pub timestamp_ms: u64,
+    /// Lines seen with exactly that timestamp.
+    pub at_timestamp: u64,
+}
+
+impl LogCursor {
+    /// Whether a line stamped `ts`, the `nth` (0-based) of that millisecond, is past the cursor.
+    pub fn is_new(&self, ts: u64, nth: u64) -> bool {
+        ts > self.timestamp_ms || ts == self.timestamp_ms && nth >= self.at_timestamp
+    }
+
+    /// The cursor after a line stamped `ts`.
+    pub fn advance(&mut self, ts: u64) {
+        if ts == self.timestamp_ms {
+            self.at_timestamp += 1;
+        } else if ts > self.timestamp_ms {
+            self.timestamp_ms = ts;
+            self.at_timestamp = 1;
+        }
+    }
+}
+
+/// One line of a task's output, as sent between agents and to the CLI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLogLine {
+    /// The task.
+    pub task: TaskId,
+    /// Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Standard error (else standard output).
+    pub stderr: bool,
+    /// The text.
+    pub text: String,
 }
 
 /// The answer to [`AgentRequest::Directory`].

@@ -55,6 +55,11 @@ impl Executors {
     }
 }
 
+/// Most lines of one task in one answer to `service logs`.
+pub const MAX_LOG_LINES: usize = 10_000;
+/// Most bytes of output in one answer.
+pub const MAX_LOG_BYTES: usize = 8 << 20;
+
 /// How long a node waits for a manager's answer about its tasks (the long poll plus margin).
 const POLL_WAIT: Duration = Duration::from_secs(5);
 /// Reports are gathered this long before they are sent (more go in one batch under load).
@@ -98,7 +103,7 @@ fn exit_report(id: TaskId, exit: ExitStatus) -> TaskReport {
 
 /// The run of an assignment, for its executor.
 fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec) -> TaskRun {
-    let env = spec
+    let env: Vec<(String, String)> = spec
         .env
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -106,6 +111,24 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec) -> TaskRun {
             None => (kv.clone(), String::new()),
         })
         .collect();
+    let mut env: Vec<(String, String)> = env;
+    // What a task may want to know about itself (as Swarm's templates offer), unless set.
+    for (k, v) in [
+        ("SHOAL_SERVICE_NAME", a.service_name.clone()),
+        ("SHOAL_TASK_ID", object_id_string(a.task.id)),
+        ("SHOAL_TASK_SLOT", a.task.slot.to_string()),
+        (
+            "SHOAL_NODE_ID",
+            a.task
+                .node
+                .map(shoal_cluster::node_id_string)
+                .unwrap_or_default(),
+        ),
+    ] {
+        if !env.iter().any(|(key, _)| key == k) {
+            env.push((k.to_string(), v));
+        }
+    }
     let limits = spec.resources.limits;
     TaskRun {
         task_id: object_id_string(a.task.id),
@@ -515,6 +538,71 @@ impl Runner {
         for id in ids {
             self.forget(id).await;
         }
+    }
+
+    /// The output of some of this node's tasks past each cursor (or their last `tail` lines),
+    /// bounded: at most [`MAX_LOG_LINES`] lines per task and [`MAX_LOG_BYTES`] in all.
+    pub async fn logs(
+        &self,
+        tasks: &[(TaskId, crate::wire::LogCursor)],
+        tail: Option<usize>,
+    ) -> Vec<crate::wire::TaskLogLine> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (id, cursor) in tasks {
+            let runtime = self.tasks.lock().expect("tasks").get(id).map(|l| l.runtime);
+            let execs: Vec<Arc<dyn Executor>> = match runtime.and_then(|r| self.executors.get(r)) {
+                Some(e) => vec![e],
+                None => self.executors.0.clone(),
+            };
+            let key = object_id_string(*id);
+            for exec in execs {
+                // Following: the newest lines are what matter; a first round takes the tail.
+                let limit = tail.unwrap_or(MAX_LOG_LINES).min(MAX_LOG_LINES);
+                let options = shoal_executor::LogOptions {
+                    tail: Some(if *cursor == Default::default() {
+                        limit
+                    } else {
+                        MAX_LOG_LINES
+                    }),
+                    follow: false,
+                };
+                let Ok(mut rx) = exec.logs(&key, options).await else {
+                    continue;
+                };
+                let mut lines = Vec::new();
+                let mut nth = 0u64;
+                let mut last_ts = u64::MAX;
+                while let Some(line) = rx.recv().await {
+                    if line.timestamp_ms == last_ts {
+                        nth += 1;
+                    } else {
+                        nth = 0;
+                        last_ts = line.timestamp_ms;
+                    }
+                    if cursor.is_new(line.timestamp_ms, nth) {
+                        lines.push(crate::wire::TaskLogLine {
+                            task: *id,
+                            timestamp_ms: line.timestamp_ms,
+                            stderr: line.stream == shoal_executor::Stream::Stderr,
+                            text: line.text,
+                        });
+                    }
+                }
+                if lines.len() > limit {
+                    lines.drain(..lines.len() - limit);
+                }
+                for l in lines {
+                    bytes += l.text.len() + 64;
+                    if bytes > MAX_LOG_BYTES {
+                        return out;
+                    }
+                    out.push(l);
+                }
+                break;
+            }
+        }
+        out
     }
 
     /// Task counts by state as this node sees them (metrics, tests).

@@ -159,3 +159,121 @@ fn services_run_spread_restart_move_scale_update_and_go() {
     });
     assert_eq!(c.shoal(0, &["service", "ls", "-q"]).ok(), "");
 }
+
+#[test]
+fn tasks_survive_agent_restarts_logs_are_gathered_and_a_returning_node_stops_replaced_tasks() {
+    let _g = serial();
+    let mut c = Cluster::start(3);
+    c.form(1);
+    c.shoal(
+        0,
+        &[
+            "service", "create", "-d", "--name", "g", "--mode", "global", "sleep", "1000",
+        ],
+    )
+    .ok();
+    c.shoal(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--replicas-max-per-node",
+            "1",
+            "sh",
+            "-c",
+            "echo started $SHOAL_TASK_SLOT; sleep 1000",
+        ],
+    )
+    .ok();
+    c.wait("3 global and 3 web tasks running", || {
+        let g = running_on(&c, 0, "g")?;
+        let w = running_on(&c, 0, "web")?;
+        (g.len() == 3 && w.len() == 3).then_some(())
+    });
+    for n in &c.nodes {
+        assert_eq!(running_task_pids(&n.dir).len(), 2, "{}", n.name);
+    }
+
+    // An agent restarted under its running tasks adopts them: same processes, no duplicates.
+    let mut before = running_task_pids(&c.nodes[1].dir);
+    before.sort();
+    c.kill(1);
+    c.spawn(1);
+    c.wait("node-2 Ready again", || {
+        let ls = c.ls(0)?;
+        ls.iter().all(|n| n["Status"] == "Ready").then_some(())
+    });
+    c.wait("everything running after the restart", || {
+        let g = running_on(&c, 0, "g")?;
+        let w = running_on(&c, 0, "web")?;
+        (g.len() == 3 && w.len() == 3).then_some(())
+    });
+    let mut after = running_task_pids(&c.nodes[1].dir);
+    after.sort();
+    assert_eq!(before, after, "the same task processes, none started twice");
+
+    // Logs gathered from every node, prefixed by task and node.
+    let logs = c.shoal(0, &["service", "logs", "web"]).ok();
+    for slot in 1..=3 {
+        assert!(
+            logs.lines().any(|l| l.starts_with(&format!("web.{slot}."))
+                && l.ends_with(&format!("| started {slot}"))),
+            "{logs}"
+        );
+    }
+    let nps = c.shoal(0, &["node", "ps", "node-2"]).ok();
+    assert!(nps.contains("g.") && nps.contains("web."), "{nps}");
+
+    // node-3's agent dies (its processes go on, as on a partitioned machine): web moves, and the
+    // logs say what is missing instead of failing.
+    let on3 = ps_node(&c, "node-3");
+    c.kill(2);
+    c.wait(
+        "node-3's web task replaced (pending: one task per node)",
+        || {
+            let out = c.shoal(0, &["service", "ps", "web"]).ok();
+            let replaced = out
+                .lines()
+                .any(|l| l.contains("\\_ web.") && l.contains("node-3") && l.contains("Shutdown"));
+            let pending = out.lines().any(|l| l.contains("Pending"));
+            (replaced && pending).then_some(())
+        },
+    );
+    let out = c.shoal(0, &["service", "ps", "--no-trunc", "web"]).ok();
+    assert!(out.contains("max replicas per node"), "{out}");
+    let out = c.shoal(0, &["service", "logs", "web"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("node-3"), "{}", out.stderr);
+    // node-3 returns: the web task it ran was replaced, so it stops; its global task stays.
+    c.spawn(2);
+    c.wait(
+        "node-3's replaced task stopped, its global task running",
+        || {
+            let pids = running_task_pids(&c.nodes[2].dir);
+            let g = running_on(&c, 0, "g")?;
+            (pids.len() == 1 && g.len() == 3).then_some(())
+        },
+    );
+    assert!(on3 >= 1);
+    assert_eq!(
+        c.shoal(0, &["swarm", "update", "--task-history-limit", "2"])
+            .ok()
+            .trim(),
+        "Swarm updated."
+    );
+    let err = c
+        .shoal(0, &["swarm", "update", "--task-history-limit", "5000"])
+        .err();
+    assert!(err.contains("task history limit"), "{err}");
+}
+
+/// How many current tasks `node ps` shows on a node.
+fn ps_node(c: &Cluster, node: &str) -> usize {
+    let out = c.shoal(0, &["node", "ps", node]).ok();
+    out.lines().skip(1).filter(|l| !l.contains("\\_")).count()
+}

@@ -74,6 +74,23 @@ pub enum ServiceCmd {
     },
     /// Update a service
     Update(Box<UpdateArgs>),
+    /// Show the output of a service's tasks (or of one task), gathered from their nodes
+    Logs {
+        /// Keep printing new output
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each task (or "all")
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        /// Show when each line was written
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Do not truncate task ids in the prefix
+        #[arg(long)]
+        no_trunc: bool,
+        /// Service id, id prefix or name, or a task id
+        service: String,
+    },
 }
 
 /// The options shared by create and update that describe tasks.
@@ -910,6 +927,13 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
                 }
             }
         }
+        ServiceCmd::Logs {
+            follow,
+            tail,
+            timestamps,
+            no_trunc,
+            service,
+        } => logs(agent, service, tail, *follow, *timestamps, *no_trunc, ui)?,
         ServiceCmd::Update(a) => {
             let v = inspect(agent, &a.service)?;
             let spec = update_spec(&v.spec, a)?;
@@ -959,6 +983,90 @@ pub(super) fn node_ps(
         ui.print(&task_table(&list, no_trunc, now_ms()));
     }
     Ok(())
+}
+
+/// `service logs`: rounds of the logs request, carrying the cursors, every half second while
+/// following.
+fn logs(
+    agent: &Agent,
+    service: &str,
+    tail: &str,
+    follow: bool,
+    timestamps: bool,
+    no_trunc: bool,
+    ui: &mut Ui<'_>,
+) -> Result<(), String> {
+    check_service_arg(service)?;
+    let tail: Option<usize> = match tail {
+        "all" => None,
+        n => Some(
+            n.parse()
+                .map_err(|_| format!("invalid --tail {n:?}: expected a number or \"all\""))?,
+        ),
+    };
+    let mut cursors = serde_json::Map::new();
+    let mut warned = std::collections::BTreeSet::new();
+    let mut width = 0usize;
+    let path = service_path(service, "/logs");
+    loop {
+        let body = json!({ "tail": tail, "cursors": cursors });
+        let (lines, next, warnings) = match agent.call("POST", &path, Some(&body))? {
+            Response::Logs {
+                lines,
+                cursors,
+                warnings,
+            } => (lines, cursors, warnings),
+            other => return Err(unexpected("task output", &other)),
+        };
+        for w in warnings {
+            if warned.insert(w.clone()) {
+                let _ = writeln!(
+                    ui.err,
+                    "warning: incomplete log stream: {}",
+                    super::one_line(&w)
+                );
+            }
+        }
+        let mut text = String::new();
+        for l in &lines {
+            let source = if no_trunc {
+                l.source.clone()
+            } else {
+                shorten_source(&l.source)
+            };
+            width = width.max(source.chars().count());
+            let ts = if timestamps {
+                format!("{} ", rfc3339_utc(l.timestamp_ms))
+            } else {
+                String::new()
+            };
+            text.push_str(&format!(
+                "{:<width$}    | {ts}{}\n",
+                clean(&source),
+                clean(&l.text)
+            ));
+        }
+        ui.print(&text);
+        cursors = serde_json::to_value(&next)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        if !follow || ui.out_broken {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `web.1.<16 hex>@node` with the task id cut to 12 digits, as docker cuts ids.
+fn shorten_source(source: &str) -> String {
+    let Some((name, node)) = source.rsplit_once('@') else {
+        return source.to_string();
+    };
+    match name.rsplit_once('.') {
+        Some((prefix, id)) if id.len() > 12 => format!("{prefix}.{}@{node}", &id[..12]),
+        _ => source.to_string(),
+    }
 }
 
 // ------------------------------------------------------------------ convergence
