@@ -349,6 +349,12 @@ pub struct NodeView {
     pub updated_at_ms: u64,
     /// Version for compare-and-set.
     pub version: u64,
+    /// The runtimes the node runs tasks with (`process`, `container`).
+    #[serde(default)]
+    pub runtimes: Vec<String>,
+    /// Whether the node enforces tasks' resource limits (cgroup v2); reservations always count.
+    #[serde(default)]
+    pub limits_enforced: bool,
 }
 
 /// What an agent says about itself.

@@ -796,6 +796,8 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             version: 1,
+            runtimes: vec!["process".into()],
+            limits_enforced: false,
         }
     }
 
@@ -967,6 +969,220 @@ mod tests {
     }
 
     /// Input errors are found before connecting (the socket does not exist).
+    #[test]
+    fn bad_service_input_is_refused_before_calling() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["service", "create", "--limit-memory", "lots", "sleep"],
+                "--limit-memory: invalid memory size \"lots\": expected e.g. 64M, 1.5G",
+            ),
+            (
+                &["service", "create", "--limit-cpu=-1", "sleep"],
+                "--limit-cpu: invalid CPU count \"-1\": expected a number such as 0.5 or 2",
+            ),
+            (
+                &["service", "create", "--restart-delay", "soon", "sleep"],
+                "--restart-delay: invalid duration \"soon\": expected e.g. 500ms, 5s, 1m30s",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "--restart-condition",
+                    "always",
+                    "sleep",
+                ],
+                "invalid restart condition \"always\": expected none, on-failure or any",
+            ),
+            (
+                &["service", "create", "-e", "NOVALUE", "sleep"],
+                "invalid environment entry \"NOVALUE\": expected KEY=VALUE",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "--mode",
+                    "global",
+                    "--replicas",
+                    "2",
+                    "sleep",
+                ],
+                "--replicas can only be used with replicated mode",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "--constraint",
+                    "node.color=red",
+                    "sleep",
+                ],
+                "invalid constraint `node.color=red`: expected `key==value` or `key!=value`",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "--reserve-memory",
+                    "1G",
+                    "--limit-memory",
+                    "512M",
+                    "x",
+                ],
+                "a reservation cannot exceed its limit (--reserve-* > --limit-*)",
+            ),
+            (
+                &["service", "scale", "web"],
+                "invalid scale specifier \"web\": expected SERVICE=REPLICAS",
+            ),
+            (
+                &["service", "scale", "web=many"],
+                "invalid replicas value for service \"web\": \"many\" is not a number",
+            ),
+            (
+                &["service", "logs", "--tail", "x", "web"],
+                "invalid --tail \"x\": expected a number or \"all\"",
+            ),
+            (
+                &["swarm", "update"],
+                "nothing to update: give --task-history-limit",
+            ),
+        ];
+        for (args, message) in cases {
+            let mut full = vec!["shoal", "-H", "unix:///nonexistent/shoal.sock"];
+            full.extend_from_slice(args);
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = run_with(&parse(&full), &mut out, &mut err);
+            assert_eq!(code, 1, "{args:?}");
+            assert!(out.is_empty());
+            assert_eq!(
+                String::from_utf8(err).unwrap(),
+                format!("Error: {message}\n"),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_create_sends_the_whole_spec() {
+        let (code, out, err, seen) = run_against(
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "web",
+                "--replicas",
+                "3",
+                "-e",
+                "A=1",
+                "--limit-memory",
+                "64M",
+                "--reserve-cpu",
+                "0.5",
+                "--restart-condition",
+                "on-failure",
+                "--restart-delay",
+                "1s",
+                "--constraint",
+                "node.role==worker",
+                "--stop-grace-period",
+                "2s",
+                "sh",
+                "-c",
+                "echo hi",
+            ],
+            vec![(
+                200,
+                serde_json::json!({"result": "ok", "message": "00000000000000aa"}),
+            )],
+        );
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (0, "00000000000000aa\n", "")
+        );
+        assert_eq!(seen.len(), 1);
+        let (head, body) = seen[0].split_once(' ').unwrap().1.split_once(' ').unwrap();
+        assert_eq!(head, "/v1/services/create");
+        let v: Value = serde_json::from_str(body).unwrap();
+        let spec = &v["spec"];
+        assert_eq!(spec["name"], "web");
+        assert_eq!(spec["mode"]["Replicated"]["replicas"], 3);
+        let t = &spec["task"];
+        assert_eq!(t["image"], "sh");
+        assert_eq!(t["args"], serde_json::json!(["-c", "echo hi"]));
+        assert_eq!(t["env"], serde_json::json!(["A=1"]));
+        assert_eq!(t["resources"]["limits"]["memory_bytes"], 64 << 20);
+        assert_eq!(t["resources"]["reservations"]["nano_cpus"], 500_000_000);
+        assert_eq!(t["restart"]["condition"], "on-failure");
+        assert_eq!(t["restart"]["delay_ms"], 1000);
+        assert_eq!(t["placement"]["constraints"][0], "node.role==worker");
+        assert_eq!(t["stop_grace_ms"], 2000);
+    }
+
+    #[test]
+    fn service_ls_and_ps_print_docker_columns() {
+        let spec = shoal_cluster::ServiceSpec::new("web", "sleep", 2);
+        let view = serde_json::json!({
+            "id": "0123456789abcdef", "version": 7, "created_at_ms": 1, "updated_at_ms": 2,
+            "spec": spec, "previous": null, "running": 1, "desired": 2,
+        });
+        let (code, out, _, _) = run_against(
+            &["service", "ls"],
+            vec![(
+                200,
+                serde_json::json!({"result": "services", "services": [view]}),
+            )],
+        );
+        assert_eq!(code, 0);
+        assert_eq!(
+            out,
+            "ID             NAME   MODE         REPLICAS   IMAGE   PORTS\n\
+             0123456789ab   web    replicated   1/2        sleep\n"
+        );
+        let task = |id: &str, current: bool, desired: &str, state: &str, err: &str| {
+            serde_json::json!({
+                "id": id, "name": "web.1", "service_id": "0123456789abcdef",
+                "service_name": "web", "slot": 1, "node_id": "00000000000000n1", "node": "node-1",
+                "image": "sleep", "desired_state": desired, "state": state,
+                "state_since_ms": 0, "message": "", "err": err, "exit_code": null, "pid": 0,
+                "container_id": "", "created_at_ms": 0, "spec_version": 7, "current": current,
+                "up_to_date": true,
+            })
+        };
+        let tasks = vec![
+            task("aaaaaaaaaaaaaaaa", true, "Running", "Running", ""),
+            task(
+                "bbbbbbbbbbbbbbbb",
+                false,
+                "Shutdown",
+                "Failed",
+                "task: non-zero exit (1)",
+            ),
+        ];
+        let (code, out, _, seen) = run_against(
+            &["service", "ps", "web"],
+            vec![(200, serde_json::json!({"result": "tasks", "tasks": tasks}))],
+        );
+        assert_eq!(code, 0);
+        assert_eq!(
+            seen,
+            vec![r#"POST /v1/tasks {"node":null,"services":["web"]}"#]
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("ID             NAME        IMAGE   NODE     DESIRED STATE"));
+        assert!(lines[1]
+            .starts_with("aaaaaaaaaaaa   web.1       sleep   node-1   Running         Running "));
+        assert!(lines[2]
+            .starts_with("bbbbbbbbbbbb    \\_ web.1   sleep   node-1   Shutdown        Failed "));
+        assert!(
+            lines[2].ends_with("\"task: non-zero exit (1)\""),
+            "{}",
+            lines[2]
+        );
+    }
+
     #[test]
     fn bad_input_is_refused_before_calling() {
         let cases: &[(&[&str], &str)] = &[

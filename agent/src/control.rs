@@ -902,5 +902,12 @@ pub fn node_view(n: &Node, status: &RaftStatus, reachable: &BTreeSet<u64>) -> No
         created_at_ms: n.created_at_ms,
         updated_at_ms: n.updated_at_ms,
         version: n.version,
+        runtimes: n
+            .description
+            .runtimes
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        limits_enforced: n.description.limits_enforced,
     }
 }

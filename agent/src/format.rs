@@ -351,6 +351,21 @@ pub fn inspect_pretty(_self_id: &str, node: &NodeView) -> String {
         }
     }
     field(&mut out, "Engine Version:", &node.engine_version);
+    let runtimes = if node.runtimes.is_empty() {
+        "none (this node runs no tasks)".to_string()
+    } else {
+        node.runtimes.join(", ")
+    };
+    field(&mut out, "Runtimes:", &runtimes);
+    field(
+        &mut out,
+        "Resource Limits:",
+        if node.limits_enforced {
+            "enforced (cgroup v2)"
+        } else {
+            "not enforced on this node (reservations still count in scheduling)"
+        },
+    );
     out
 }
 
@@ -453,6 +468,8 @@ mod tests {
             created_at_ms: 1_709_211_909_042,
             updated_at_ms: 1_709_211_909_042,
             version: 7,
+            runtimes: vec!["process".into()],
+            limits_enforced: false,
         }
     }
 
@@ -665,8 +682,22 @@ Labels:
  - ssd
  - zone=eu-2
 Engine Version:\t\t0.1.0
+Runtimes:\t\tprocess
+Resource Limits:\tnot enforced on this node (reservations still count in scheduling)
 ";
         assert_eq!(inspect_pretty("0000000000000001", &n), expected);
+        let mut enforced = n.clone();
+        enforced.limits_enforced = true;
+        enforced.runtimes.clear();
+        let out = inspect_pretty("", &enforced);
+        assert!(
+            out.contains("Runtimes:\t\tnone (this node runs no tasks)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Resource Limits:\tenforced (cgroup v2)\n"),
+            "{out}"
+        );
 
         let w = cluster().remove(0);
         let out = inspect_pretty("", &w);
