@@ -1,13 +1,14 @@
 //! `shoal demo`: a local cluster of 3 managers and 2 workers as child processes on loopback, in
 //! a temporary directory, walked through init and joins, a promotion, a demotion, the leader
-//! killed and restarted, and a drain — printing `node ls` after each step.
+//! killed and restarted, and a drain — printing `node ls` after each step — then a service of
+//! real processes whose node is killed, its tasks shown rescheduled with `service ps`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::api::{NodeView, Response};
+use crate::api::{NodeView, Response, TaskView};
 use crate::cli::DemoArgs;
 use crate::{client, format};
 
@@ -67,11 +68,38 @@ impl Proc {
             let _ = c.wait();
         }
     }
+
+    /// The machine dies: the agent and every task process it started (tasks outlive their
+    /// agent by design, so they are found through the executor's records).
+    fn kill_machine(&mut self) {
+        self.kill();
+        let Ok(entries) = std::fs::read_dir(self.dir.join("tasks")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            for (file, group) in [("task.pid", true), ("shim.pid", false)] {
+                let pid = std::fs::read_to_string(e.path().join(file))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    let target = if group {
+                        format!("-{pid}")
+                    } else {
+                        pid.to_string()
+                    };
+                    let _ = Command::new("kill")
+                        .args(["-9", "--", &target])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        self.kill_machine();
     }
 }
 
@@ -310,9 +338,89 @@ fn demo(tmp: &Path) -> Result<(), String> {
         (by_name(&list, "node-5")?.availability == "Drain").then_some(())
     })?;
     ls(&procs[other])?;
+
+    step("shoal service create --name web --replicas 6 sleep 100000");
+    let mut spec = shoal_cluster::ServiceSpec::new("web", "sleep", 6);
+    spec.task.args = vec!["100000".into()];
+    say(
+        &procs[other],
+        "POST",
+        "/v1/services/create",
+        Some(serde_json::json!({ "spec": spec })),
+    )?;
+    let running = |p: &Proc| -> Option<Vec<TaskView>> {
+        match call(
+            p,
+            "POST",
+            "/v1/tasks",
+            Some(serde_json::json!({"services": ["web"]})),
+        ) {
+            Ok(Response::Tasks { tasks }) => Some(tasks),
+            _ => None,
+        }
+    };
+    let tasks = wait("6 tasks of web running", || {
+        let t = running(&procs[other])?;
+        let up = t
+            .iter()
+            .filter(|t| t.current && t.state == "Running" && t.desired_state == "Running")
+            .count();
+        (up == 6).then_some(t)
+    })?;
+    ps(&procs[other], &tasks);
+    // The worker running tasks (node-2, demoted earlier, or the first node with tasks that is
+    // not the manager we talk to).
+    let victim = ["node-2", "node-3", "node-1", "node-4"]
+        .into_iter()
+        .filter(|n| *n != procs[other].name && *n != new_leader)
+        .max_by_key(|n| tasks.iter().filter(|t| t.current && t.node == *n).count())
+        .ok_or("no node to kill")?;
+    let vi = procs
+        .iter()
+        .position(|p| p.name == victim)
+        .ok_or("victim not found")?;
+    let on_victim = tasks
+        .iter()
+        .filter(|t| t.current && t.node == victim)
+        .count();
+    step(&format!(
+        "kill -9 {victim} and its task processes (the machine dies: {on_victim} of web's tasks)"
+    ));
+    let killed_at = Instant::now();
+    procs[vi].kill_machine();
+    let tasks = wait("web back to 6 running tasks elsewhere", || {
+        let t = running(&procs[other])?;
+        let up = t
+            .iter()
+            .filter(|t| {
+                t.current
+                    && t.state == "Running"
+                    && t.desired_state == "Running"
+                    && t.node != victim
+            })
+            .count();
+        (up == 6).then_some(t)
+    })?;
+    println!(
+        "rescheduled: all 6 running again {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    ps(&procs[other], &tasks);
+
+    step("shoal service rm web");
+    say(&procs[other], "DELETE", "/v1/services/web", None)?;
     step("stopping the agents");
     for p in procs.iter_mut() {
-        p.kill();
+        p.kill_machine();
     }
     Ok(())
+}
+
+fn ps(p: &Proc, tasks: &[TaskView]) {
+    println!("\n$ shoal service ps web    # on {}", p.name);
+    print!(
+        "{}",
+        crate::cli::service::task_table(tasks, false, crate::raft_driver::now_ms())
+    );
+    println!();
 }

@@ -118,22 +118,22 @@ pub fn task_list(
             out.push(task_view(st, t, i == 0));
         }
     }
-    out.sort_by(|a, b| {
+    // By service, slot (global: node), the current task first, then newest first.
+    let key = |t: &TaskView| {
+        let node = if t.slot == 0 {
+            t.node_id.clone()
+        } else {
+            String::new()
+        };
         (
-            &a.service_name,
-            a.slot,
-            &a.node_id,
-            !a.current,
-            std::cmp::Reverse(a.created_at_ms),
+            t.service_name.clone(),
+            t.slot,
+            node,
+            !t.current,
+            std::cmp::Reverse(t.created_at_ms),
         )
-            .cmp(&(
-                &b.service_name,
-                b.slot,
-                &b.node_id,
-                !b.current,
-                std::cmp::Reverse(b.created_at_ms),
-            ))
-    });
+    };
+    out.sort_by_key(key);
     Ok(out)
 }
 
