@@ -52,6 +52,8 @@ struct Run<'a> {
     /// Each node's attributes as the scheduler sees them (what constraints match on), made once
     /// per pass.
     views: BTreeMap<NodeId, shoal_scheduler::Node>,
+    /// Scale-up stopped at `max_changes` creations.
+    capped: bool,
 }
 
 /// Computes the task changes that move the state toward its services' specs at time `now_ms`.
@@ -68,6 +70,7 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, cfg: &Config) -> Plan {
         deleted: BTreeSet::new(),
         specs: BTreeMap::new(),
         views: BTreeMap::new(),
+        capped: false,
     };
     for svc in state.services().values() {
         match svc.spec.mode {
@@ -470,6 +473,12 @@ impl<'a> Run<'a> {
             let mut slot = 1u64;
             let mut missing = want - active.len();
             while missing > 0 {
+                if self.creates.len() >= self.cfg.max_changes {
+                    // The plan is full: the rest waits for the next pass (no work on tasks
+                    // that would be cut anyway).
+                    self.capped = true;
+                    break;
+                }
                 if !taken.contains(&slot) {
                     let t = self.fresh(svc, slot, None, None);
                     if keys.binary_search(&slot).is_ok() {
@@ -681,7 +690,7 @@ impl<'a> Run<'a> {
             .into_iter()
             .partition(|c| matches!(c, TaskChange::Assign { .. } | TaskChange::Pending { .. }));
         let max = self.cfg.max_changes;
-        let more = rest.len() + creates.len() + assign.len() > max;
+        let more = self.capped || rest.len() + creates.len() + assign.len() > max;
         // Cut at `max` before moving anything past it (the same plan as cutting at the end).
         rest.truncate(max);
         let room = max - rest.len();

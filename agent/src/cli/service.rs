@@ -636,7 +636,9 @@ fn dur(ms: u64) -> String {
 pub fn inspect_pretty(s: &ServiceView) -> String {
     let mut out = String::new();
     let mut field = |label: &str, value: &str| {
-        out.push_str(&format!("{label:<20}{}\n", clean(value)));
+        let line = format!("{label:<20}{}", clean(value));
+        out.push_str(line.trim_end());
+        out.push('\n');
     };
     let spec = &s.spec;
     let t = &spec.task;
@@ -1204,8 +1206,10 @@ fn converge(agent: &Agent, id: &str, ui: &mut Ui<'_>, show: bool) -> Result<(), 
                     overall.finish();
                 }
                 if show {
+                    // After the bars, on a line of its own.
+                    let lead = if bars.is_some() { "\n" } else { "" };
                     ui.print(&format!(
-                        "verify: Service {} converged",
+                        "{lead}verify: Service {} converged",
                         clean(&view.spec.name)
                     ));
                 }
