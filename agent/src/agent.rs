@@ -950,6 +950,13 @@ impl Member {
                     .entry((n.role.to_string(), n.status.state.to_string()))
                     .or_default() += 1;
             }
+            snap.services = Some(state.services().len());
+            for t in state.tasks().values() {
+                *snap.tasks.entry(t.status.state.to_string()).or_default() += 1;
+            }
+        }
+        if let Some(r) = self.runner() {
+            snap.node_tasks = Some(r.counts());
         }
         snap.members = self.members_by_state();
         snap.swim = Some(*self.gossip.counters.lock().expect("counters"));

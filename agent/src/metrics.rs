@@ -39,6 +39,12 @@ pub struct Snapshot {
     pub transport: BTreeMap<&'static str, u64>,
     /// Inbound input the transport refused, by reason.
     pub transport_rejected: BTreeMap<&'static str, u64>,
+    /// Services in the cluster state (managers).
+    pub services: Option<usize>,
+    /// Tasks of the cluster state by observed state, lowercase (managers).
+    pub tasks: BTreeMap<String, usize>,
+    /// Tasks this node knows of, and those of them it runs now.
+    pub node_tasks: Option<(usize, usize)>,
 }
 
 /// Writes metric families: each family's `# HELP` and `# TYPE` once, then its samples.
@@ -156,6 +162,39 @@ pub fn render(s: &Snapshot) -> String {
             Kind::Gauge,
             "Nodes of the cluster state by role and status, as this manager has applied them.",
             &samples,
+        );
+    }
+    if let Some(n) = s.services {
+        w.family(
+            "shoal_services",
+            Kind::Gauge,
+            "Services in the cluster state, as this manager has applied it.",
+            &[(vec![], n as f64)],
+        );
+        let samples: Vec<(Vec<(&str, &str)>, f64)> = s
+            .tasks
+            .iter()
+            .map(|(state, n)| (vec![("state", state.as_str())], *n as f64))
+            .collect();
+        w.family(
+            "shoal_tasks",
+            Kind::Gauge,
+            "Tasks of the cluster state by observed state, as this manager has applied them.",
+            &samples,
+        );
+    }
+    if let Some((known, running)) = s.node_tasks {
+        w.family(
+            "shoal_node_tasks",
+            Kind::Gauge,
+            "Tasks assigned to this node that it still knows of.",
+            &[(vec![], known as f64)],
+        );
+        w.family(
+            "shoal_node_tasks_running",
+            Kind::Gauge,
+            "Tasks this node runs now.",
+            &[(vec![], running as f64)],
         );
     }
     if s.active {
@@ -426,9 +465,17 @@ mod tests {
             swim: Some(swim),
             transport: BTreeMap::from([("sent", 9), ("connects", 2)]),
             transport_rejected: BTreeMap::from([("malformed", 1), ("oversized", 0)]),
+            services: Some(2),
+            tasks: BTreeMap::from([("running".into(), 5), ("failed".into(), 1)]),
+            node_tasks: Some((3, 2)),
         });
         let l = lines(&text);
         for want in [
+            "shoal_services 2",
+            "shoal_tasks{state=\"running\"} 5",
+            "shoal_tasks{state=\"failed\"} 1",
+            "shoal_node_tasks 3",
+            "shoal_node_tasks_running 2",
             "shoal_swarm_active 1",
             "shoal_raft_term 7",
             "shoal_raft_commit_index 40",
