@@ -498,6 +498,19 @@ fn wait_ready(c: &Cluster, count: usize, every: Duration) -> Option<()> {
     })
 }
 
+/// Node `i`'s Raft term and the leader it names (hostname), from its own API.
+fn term_and_leader(c: &Cluster, i: usize) -> (u64, String) {
+    let info = match client::call(&c.nodes[i].socket(), "GET", "/v1/info", None) {
+        Ok(Response::Info(info)) => info,
+        _ => return (0, String::new()),
+    };
+    let name = c.nodes[i]
+        .nodes()
+        .and_then(|l| l.into_iter().find(|v| v.id == info.leader))
+        .map_or(info.leader.clone(), |v| v.hostname);
+    (info.term, name)
+}
+
 fn leader_name(c: &Cluster) -> String {
     c.nodes[0]
         .nodes()
@@ -615,6 +628,7 @@ fn scenario_create(opts: &Opts, c: &Cluster, clock: &ProcClock) -> Result<(Value
     let mgr = &c.nodes[0];
     let n = opts.replicas;
     let mut tr = Tracer::new(opts.trace);
+    let (term_before, _) = term_and_leader(c, 0);
     let t0_ms = now_ms();
     let t0 = Instant::now();
     let out = Command::new(&opts.shoal)
@@ -662,9 +676,13 @@ fn scenario_create(opts: &Opts, c: &Cluster, clock: &ProcClock) -> Result<(Value
         ));
     }
     let all = all_running.unwrap_or_default();
+    let (term_after, leader_after) = term_and_leader(c, 0);
     let tasks = mgr.tasks(None).ok_or("service ps failed")?;
     let current: Vec<&TaskView> = tasks.iter().filter(|t| t.current).collect();
     let mut v = json!({
+        "term_before": term_before,
+        "term_after": term_after,
+        "leader_after": leader_after,
         "cli_s": round3(cli_s),
         "first_running_s": first_running.map(round3),
         "all_running_s": round3(all),
@@ -698,6 +716,7 @@ fn scenario_failover(
         return Err(format!("{victim} runs no task"));
     }
     let mut tr = Tracer::new(opts.trace);
+    let (term_before, _) = term_and_leader(c, 0);
     let t0_ms = now_ms();
     let t0 = Instant::now();
     c.nodes[w].kill();
@@ -764,6 +783,7 @@ fn scenario_failover(
         ));
     }
     let all = all_running.unwrap_or_default();
+    let (term_after, leader_after) = term_and_leader(c, 0);
     let tasks = mgr.tasks(None).ok_or("service ps failed")?;
     let current: Vec<&TaskView> = tasks.iter().filter(|t| t.current).collect();
     let running_elsewhere = current
@@ -778,6 +798,9 @@ fn scenario_failover(
     let live_on_survivors: usize = survivors.iter().map(|n| live_tasks(&n.dir).len()).sum();
     let live_on_victim = live_tasks(&c.nodes[w].dir).len();
     let mut v = json!({
+        "term_before": term_before,
+        "term_after": term_after,
+        "leader_after": leader_after,
         "killed": victim,
         "tasks_on_killed": on_victim,
         "task_processes_killed": killed_tasks,
@@ -895,12 +918,45 @@ fn main() -> ExitCode {
     let clock = ProcClock::new();
     let mut create = Vec::new();
     let mut failover: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // Parts of the breakdown summarised too: (key in the summary, scenario, field).
+    let parts = [
+        ("create_processes_s", "create", "processes_s"),
+        (
+            "create_last_process_started_s",
+            "create",
+            "process_started_s",
+        ),
+    ];
+    let mut part_values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut terms_changed = 0;
     let mut failed = 0;
     for round in 1..=opts.rounds {
         for &v in &opts.variants {
             match run_round(&opts, round, v, &clock) {
                 Ok((row, c, f)) => {
                     println!("{row}");
+                    let field = |scenario: &str, key: &str| {
+                        let x = &row[scenario][key];
+                        x.get("max").unwrap_or(x).as_f64()
+                    };
+                    for (name, scenario, key) in parts {
+                        if let Some(x) = field(scenario, key) {
+                            part_values.entry(name.to_string()).or_default().push(x);
+                        }
+                    }
+                    for (key, what) in [("down_s", "down"), ("processes_s", "processes")] {
+                        if let Some(x) = field("failover", key) {
+                            part_values
+                                .entry(format!("failover_{}_{what}_s", v.name()))
+                                .or_default()
+                                .push(x);
+                        }
+                    }
+                    for scenario in ["create", "failover"] {
+                        if row[scenario]["term_before"] != row[scenario]["term_after"] {
+                            terms_changed += 1;
+                        }
+                    }
                     create.push(c);
                     failover.entry(v.name()).or_default().push(f);
                 }
@@ -921,8 +977,12 @@ fn main() -> ExitCode {
         "create_target_s": TARGET_CREATE_S,
         "create_target_met": !create.is_empty() && create.iter().all(|&s| s <= TARGET_CREATE_S),
         "failover_target_s": TARGET_FAILOVER_S,
+        "scenarios_with_a_new_raft_term": terms_changed,
     });
     if let Value::Object(m) = &mut summary {
+        for (name, v) in &part_values {
+            m.insert(name.clone(), spread(v));
+        }
         for (name, v) in &failover {
             m.insert(format!("failover_{name}_s"), spread(v));
             m.insert(
