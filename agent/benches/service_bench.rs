@@ -473,12 +473,34 @@ fn build_cluster(opts: &Opts, tmp: &Path) -> Result<Cluster, String> {
             Some(json!({"token": t, "remote_addr": remote})),
         )?;
         if manager {
-            wait_ready(&c, i + 1, opts.poll)
-                .ok_or_else(|| format!("{} did not become a Reachable manager", c.nodes[i].name))?;
+            wait_ready(&c, i + 1, opts.poll).ok_or_else(|| {
+                format!(
+                    "{} did not become a Reachable manager (node-1 lists: {})",
+                    c.nodes[i].name,
+                    node_list(&c)
+                )
+            })?;
         }
     }
-    wait_ready(&c, c.nodes.len(), opts.poll).ok_or("the cluster did not list every node Ready")?;
+    wait_ready(&c, c.nodes.len(), opts.poll).ok_or_else(|| {
+        format!(
+            "the cluster did not list every node Ready (node-1 lists: {})",
+            node_list(&c)
+        )
+    })?;
     Ok(c)
+}
+
+/// What node-1's `node ls` says, on one line (for errors).
+fn node_list(c: &Cluster) -> String {
+    match c.nodes[0].nodes() {
+        Some(l) => l
+            .iter()
+            .map(|v| format!("{} {} {}", v.hostname, v.status, v.manager_status))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "no answer".into(),
+    }
 }
 
 /// node-1 lists the first `count` nodes Ready, the managers among them Reachable (or Leader).
