@@ -55,6 +55,9 @@ impl Executors {
     }
 }
 
+/// Tasks prepared and started at once on a node.
+const MAX_CONCURRENT_STARTS: usize = 8;
+
 /// Most lines of one task in one answer to `service logs`.
 pub const MAX_LOG_LINES: usize = 10_000;
 /// Most bytes of output in one answer.
@@ -78,6 +81,9 @@ struct Local {
 /// The task runner of one member.
 pub struct Runner {
     executors: Executors,
+    /// Bounds how many tasks are being prepared and started at once (a burst of assignments
+    /// must not turn into a fork storm).
+    starts: tokio::sync::Semaphore,
     tasks: Mutex<HashMap<TaskId, Local>>,
     reports: mpsc::UnboundedSender<TaskReport>,
 }
@@ -168,6 +174,7 @@ impl Runner {
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Arc::new(Runner {
             executors,
+            starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS),
             tasks: Mutex::new(HashMap::new()),
             reports: tx,
         });
@@ -458,6 +465,7 @@ impl Runner {
                 return;
             }
             self.send(report(id, TaskState::Accepted, "accepted"));
+            let _permit = self.starts.acquire().await;
             self.send(report(id, TaskState::Preparing, "preparing"));
             if let Err(e) = exec.prepare(&run).await {
                 let mut r = report(id, TaskState::Rejected, "preparing");

@@ -141,44 +141,13 @@ impl ProcessExecutor {
     }
 
     async fn prepare_task(&self, run: &TaskRun) -> Result<(), ExecError> {
-        let id = &run.task_id;
-        if !valid_task_id(id) {
-            return Err(ExecError::Invalid(format!("invalid task id {id:?}")));
-        }
-        let dir = self.root.join(id);
-        if let Some(w) = &run.workdir {
-            if !w.is_absolute() {
-                return Err(ExecError::Invalid(format!(
-                    "workdir {}: must be an absolute path",
-                    w.display()
-                )));
-            }
-            if !w.is_dir() {
-                return Err(ExecError::Invalid(format!(
-                    "workdir {}: no such directory",
-                    w.display()
-                )));
-            }
-        }
-        let workdir = task_workdir(run, &dir);
-        resolve_program(&run.program, &task_path(run), &workdir).map_err(ExecError::Invalid)?;
-        if dir.join(SHIM_PID_FILE).exists() || dir.join(TASK_PID_FILE).exists() {
-            return match read_run(&dir) {
-                Ok(Some(old)) if old == *run => Ok(()),
-                _ => Err(ExecError::Invalid(format!(
-                    "task {id} was already started with another spec"
-                ))),
-            };
-        }
-        let made = if run.workdir.is_none() {
-            fs::create_dir_all(dir.join(WORK_DIR))
-        } else {
-            fs::create_dir_all(&dir)
-        };
-        made.map_err(|e| ExecError::Runtime(format!("cannot create {}: {e}", dir.display())))?;
-        let json = serde_json::to_vec_pretty(run).map_err(runtime_err)?;
-        write_atomic(&dir.join(RUN_FILE), &json)
-            .map_err(|e| ExecError::Runtime(format!("writing {RUN_FILE} of {id}: {e}")))
+        // Directories and a synced record: blocking work, kept off the runtime's workers (the
+        // agent's Raft and transport share them; a hundred tasks at once must not starve them).
+        let root = self.root.clone();
+        let run = run.clone();
+        tokio::task::spawn_blocking(move || prepare_blocking(&root, &run))
+            .await
+            .map_err(runtime_err)?
     }
 
     async fn start_task(&self, task_id: &str) -> Result<RuntimeDetails, ExecError> {
@@ -223,46 +192,16 @@ impl ProcessExecutor {
         }
         let program = resolve_program(&run.program, &task_path(&run), &workdir)
             .map_err(ExecError::Invalid)?;
-        let cgroup = match &self.cgroups {
-            Some(c) => Some(
-                c.create_task(task_id, &run.limits)
-                    .map_err(ExecError::Runtime)?,
-            ),
-            None => None,
-        };
-
-        let shim_log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(SHIM_LOG_FILE))
-            .map_err(|e| ExecError::Runtime(format!("opening {SHIM_LOG_FILE}: {e}")))?;
-        let mut cmd = tokio::process::Command::new(&self.shim.program);
-        cmd.args(&self.shim.args)
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--program")
-            .arg(&program);
-        if let Some(cg) = &cgroup {
-            cmd.arg("--cgroup").arg(cg);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(shim_log))
-            .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe; the shim gets its own session from the start so
-        // that signals to the agent's group or session never reach it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| {
-            ExecError::Runtime(format!(
-                "cannot start the task shim {}: {e}",
-                self.shim.program.display()
-            ))
-        })?;
+        // The cgroup, the log file and the fork/exec: blocking work, off the runtime's workers.
+        let cgroups = self.cgroups.clone();
+        let shim = self.shim.clone();
+        let (id, task_dir) = (task_id.to_string(), dir.clone());
+        let spawned = tokio::task::spawn_blocking(move || {
+            spawn_shim(&shim, cgroups.as_ref(), &id, &run, &task_dir, &program)
+        })
+        .await
+        .map_err(runtime_err)?;
+        let mut child = spawned?;
         let stdout = child.stdout.take();
         let (tx, rx) = watch::channel(false);
         let reply = async {
@@ -605,4 +544,96 @@ impl Executor for ProcessExecutor {
     ) -> BoxFuture<'a, Result<mpsc::Receiver<LogLine>, ExecError>> {
         Box::pin(self.task_logs(task_id, options))
     }
+}
+
+/// `prepare`, on a blocking thread.
+fn prepare_blocking(root: &Path, run: &TaskRun) -> Result<(), ExecError> {
+    let id = &run.task_id;
+    if !valid_task_id(id) {
+        return Err(ExecError::Invalid(format!("invalid task id {id:?}")));
+    }
+    let dir = root.join(id);
+    if let Some(w) = &run.workdir {
+        if !w.is_absolute() {
+            return Err(ExecError::Invalid(format!(
+                "workdir {}: must be an absolute path",
+                w.display()
+            )));
+        }
+        if !w.is_dir() {
+            return Err(ExecError::Invalid(format!(
+                "workdir {}: no such directory",
+                w.display()
+            )));
+        }
+    }
+    let workdir = task_workdir(run, &dir);
+    resolve_program(&run.program, &task_path(run), &workdir).map_err(ExecError::Invalid)?;
+    if dir.join(SHIM_PID_FILE).exists() || dir.join(TASK_PID_FILE).exists() {
+        return match read_run(&dir) {
+            Ok(Some(old)) if old == *run => Ok(()),
+            _ => Err(ExecError::Invalid(format!(
+                "task {id} was already started with another spec"
+            ))),
+        };
+    }
+    let made = if run.workdir.is_none() {
+        fs::create_dir_all(dir.join(WORK_DIR))
+    } else {
+        fs::create_dir_all(&dir)
+    };
+    made.map_err(|e| ExecError::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+    let json = serde_json::to_vec_pretty(run).map_err(runtime_err)?;
+    write_atomic(&dir.join(RUN_FILE), &json)
+        .map_err(|e| ExecError::Runtime(format!("writing {RUN_FILE} of {id}: {e}")))
+}
+
+/// Starts the shim of a task (in its own session), on a blocking thread.
+fn spawn_shim(
+    shim: &ShimCommand,
+    cgroups: Option<&Cgroups>,
+    task_id: &str,
+    run: &TaskRun,
+    dir: &Path,
+    program: &Path,
+) -> Result<tokio::process::Child, ExecError> {
+    let cgroup = match cgroups {
+        Some(c) => Some(
+            c.create_task(task_id, &run.limits)
+                .map_err(ExecError::Runtime)?,
+        ),
+        None => None,
+    };
+    let shim_log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(SHIM_LOG_FILE))
+        .map_err(|e| ExecError::Runtime(format!("opening {SHIM_LOG_FILE}: {e}")))?;
+    let mut cmd = tokio::process::Command::new(&shim.program);
+    cmd.args(&shim.args)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--program")
+        .arg(program);
+    if let Some(cg) = &cgroup {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(shim_log))
+        .kill_on_drop(false);
+    // SAFETY: setsid is async-signal-safe; the shim gets its own session from the start so
+    // that signals to the agent's group or session never reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| {
+        ExecError::Runtime(format!(
+            "cannot start the task shim {}: {e}",
+            shim.program.display()
+        ))
+    })
 }
