@@ -361,6 +361,7 @@ impl Agent {
         if !seeds.is_empty() {
             let _ = gossip.tx.send(GossipCmd::Join(seeds)).await;
         }
+        tokio::spawn(check_suspects(Arc::downgrade(&member)));
         let runner = crate::worker::Runner::start(&member, self.opts.executors.clone());
         *member.runner.lock().expect("runner") = Some(runner);
         let span = tracing::info_span!("agent", node = %node_id_string(member.id));
@@ -1477,6 +1478,7 @@ impl Member {
                 }
                 None => Response::error("this node is not a manager"),
             },
+            AgentRequest::Ping => Response::ok("pong"),
             AgentRequest::Assignments {
                 session,
                 seq,
@@ -1825,6 +1827,83 @@ impl Member {
                 }
             }
             return;
+        }
+    }
+}
+
+/// How long the leader waits for a suspected node to answer before recording it Down.
+const SUSPECT_CHECK: Duration = Duration::from_millis(500);
+
+/// On the leader: a node that membership suspects is asked directly (a request over its QUIC
+/// connection); if it does not answer within [`SUSPECT_CHECK`], twice, it is recorded Down at
+/// once and its tasks are replaced, instead of waiting out the suspicion timeout (seconds on
+/// the `lan` profile). Membership's indirect probes and the leader's own both failed, so a live
+/// node is rarely caught; if it was, it refutes, membership says Alive and it is Ready again.
+async fn check_suspects(m: std::sync::Weak<Member>) {
+    let checking: Arc<Mutex<std::collections::BTreeSet<u64>>> = Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(m) = m.upgrade() else { return };
+        if *m.stop.borrow() {
+            return;
+        }
+        let Some(h) = m.raft() else { continue };
+        if h.status.borrow().leader != Some(m.id) {
+            continue;
+        }
+        let suspects: Vec<u64> = {
+            let view = m.gossip.view.lock().expect("view");
+            let st = h.state.read().expect("state");
+            view.iter()
+                .filter(|(id, info)| {
+                    **id != m.id
+                        && info.state == State::Suspect
+                        && st
+                            .node(**id)
+                            .is_some_and(|n| n.status.state == shoal_cluster::NodeState::Ready)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in suspects {
+            if !checking.lock().expect("checking").insert(id) {
+                continue;
+            }
+            let (m, checking) = (m.clone(), checking.clone());
+            tokio::spawn(async move {
+                let ping = wire::encode_request(&AgentRequest::Ping);
+                let mut answered = false;
+                for _ in 0..2 {
+                    let r =
+                        tokio::time::timeout(SUSPECT_CHECK, m.transport.request(id, &ping)).await;
+                    if matches!(r, Ok(Ok(_))) {
+                        answered = true;
+                        break;
+                    }
+                }
+                let still_suspect = m
+                    .gossip
+                    .view
+                    .lock()
+                    .expect("view")
+                    .get(&id)
+                    .is_some_and(|i| i.state == State::Suspect);
+                if !answered && still_suspect {
+                    tracing::info!(node = %node_id_string(id), "suspected by membership and silent to the leader: recording it down");
+                    let cmd = Command::SetStatus {
+                        id,
+                        status: shoal_cluster::NodeStatus {
+                            state: shoal_cluster::NodeState::Down,
+                            message: "heartbeat failure".into(),
+                        },
+                        at_ms: now_ms(),
+                    };
+                    if let Err(e) = m.propose(cmd).await {
+                        tracing::debug!("recording a silent node down: {e}");
+                    }
+                }
+                checking.lock().expect("checking").remove(&id);
+            });
         }
     }
 }

@@ -916,10 +916,18 @@ impl Driver {
                     } else {
                         let m = view.get(&n.id)?;
                         match m.state {
-                            State::Alive | State::Suspect => NodeStatus {
+                            State::Alive => NodeStatus {
                                 state: NodeState::Ready,
                                 message: String::new(),
                             },
+                            // Suspected: no change here. Either membership confirms (Dead) or
+                            // refutes (Alive), or the leader's own check finds the node silent
+                            // and records it Down earlier (`Member::check_suspects`).
+                            State::Suspect if n.status.state == NodeState::Unknown => NodeStatus {
+                                state: NodeState::Ready,
+                                message: String::new(),
+                            },
+                            State::Suspect => return None,
                             State::Dead => NodeStatus {
                                 state: NodeState::Down,
                                 message: "heartbeat failure".into(),

@@ -108,6 +108,9 @@ pub enum AgentRequest {
         /// The node.
         node: NodeId,
     },
+    /// Are you there? Answered `pong` by every node at once: the leader's own check of a
+    /// node that membership suspects.
+    Ping,
     /// A node asks for its tasks: the whole set when `seq` is not the last answer's sequence
     /// number of `session` on this manager, else what changed since, waiting up to `wait_ms`
     /// (at most 5 s) for a change. Answered by any manager, for the asking node only.
