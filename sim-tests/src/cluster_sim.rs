@@ -281,6 +281,40 @@ async fn client(
     converge(&shared, &machines, &services, &report).await
 }
 
+/// Hosts that run a Raft replica although the leader's configuration has no such voter (a
+/// diagnosis for failure reports).
+fn stale_replicas(shared: &Shared) -> String {
+    let s = shared.lock().expect("shared");
+    let Some(l) = s
+        .seen
+        .values()
+        .filter(|x| x.is_leader)
+        .max_by_key(|x| x.term)
+    else {
+        return String::new();
+    };
+    let stale: Vec<String> = s
+        .seen
+        .iter()
+        .filter(|(_, x)| !l.voters.contains(&x.id))
+        .map(|(h, x)| {
+            format!(
+                "{h} (term {}, leader {})",
+                x.term,
+                x.leader.map_or("none".into(), |l| format!("{l:016x}"))
+            )
+        })
+        .collect();
+    if stale.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " [replicas running outside the leader's configuration: {}]",
+            stale.join(", ")
+        )
+    }
+}
+
 /// The services converge to what was acknowledged within [`CONVERGE_WINDOW`], and stay so.
 async fn converge(
     shared: &Shared,
@@ -306,9 +340,10 @@ async fn converge(
     .await;
     let Some((st, running)) = ok else {
         return Err(format!(
-            "services did not converge within {} s: {}",
+            "services did not converge within {} s: {}{}",
             CONVERGE_WINDOW.as_secs(),
-            last.lock().expect("last")
+            last.lock().expect("last"),
+            stale_replicas(shared)
         ));
     };
     {
