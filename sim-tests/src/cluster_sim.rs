@@ -361,11 +361,30 @@ async fn converge(
         .check(&st, machines)
         .map_err(|e| format!("converged, then {} s later: {e}", STABLE_WINDOW.as_secs()))?;
     if again != running {
+        let show = |a: &BTreeMap<u64, u64>, b: &BTreeMap<u64, u64>| {
+            a.keys()
+                .filter(|id| !b.contains_key(id))
+                .map(|id| {
+                    let t = st.tasks().get(id);
+                    let svc = t
+                        .and_then(|t| st.service(t.service))
+                        .map_or("?", |s| s.spec.name.as_str());
+                    match t {
+                        Some(t) => format!(
+                            "{id:016x} ({svc} slot {}, {} / {}: {} {})",
+                            t.slot, t.desired, t.status.state, t.status.message, t.status.err
+                        ),
+                        None => format!("{id:016x} (gone)"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(format!(
-            "converged, then {} s later the running tasks changed ({} → {})",
+            "converged, then {} s later the running tasks changed: ended {}; new {}",
             STABLE_WINDOW.as_secs(),
-            running.len(),
-            again.len()
+            show(&running, &again),
+            show(&again, &running)
         ));
     }
     if let Some(t) = st.tasks().values().find(|t| t.id > newest) {
