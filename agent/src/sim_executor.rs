@@ -5,6 +5,9 @@
 //! Programs: `sim-exit CODE MS` ends with exit code CODE after MS milliseconds; `sim-reject`
 //! fails to start; anything else runs until it is shut down. Keep one `SimExecutor` across an
 //! agent's restarts (it stands for the machine) and the restarted agent re-adopts its tasks.
+//! A `sim-exit` timer lives on the runtime that started the task; when a restart replaced that
+//! runtime (turmoil's crash and bounce), adoption arms it again with the whole duration (the
+//! time the task ran while no agent watched is not counted).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,8 @@ use tokio::sync::{mpsc, watch};
 struct SimTask {
     run: TaskRun,
     started: bool,
+    /// `sim-exit`: the exit code and the milliseconds it runs.
+    exits_after: Option<(i32, u64)>,
     /// Some once it ended.
     exit: watch::Sender<Option<ExitStatus>>,
 }
@@ -28,6 +33,21 @@ struct SimTask {
 pub struct SimExecutor {
     tasks: Arc<Mutex<HashMap<String, SimTask>>>,
     pids: Arc<std::sync::atomic::AtomicU32>,
+    starts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Ends the task with `code` after `after` ms of the current runtime's clock (first end wins).
+fn arm(exit: watch::Sender<Option<ExitStatus>>, code: i32, after: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        exit.send_if_modified(|e| {
+            let first = e.is_none();
+            if first {
+                *e = Some(ExitStatus::Code(code));
+            }
+            first
+        });
+    });
 }
 
 impl SimExecutor {
@@ -52,6 +72,11 @@ impl SimExecutor {
             .filter(|s| s.started && s.exit.borrow().is_none())
             .map(|s| s.run.clone())
             .collect()
+    }
+
+    /// Tasks started so far (every start, adoptions not counted).
+    pub fn starts(&self) -> u64 {
+        self.starts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Ends a running task with `code` (a crash, as seen from the agent).
@@ -88,6 +113,7 @@ impl Executor for SimExecutor {
             t.entry(run.task_id.clone()).or_insert_with(|| SimTask {
                 run: run.clone(),
                 started: false,
+                exits_after: None,
                 exit: watch::channel(None).0,
             });
             Ok(())
@@ -96,7 +122,7 @@ impl Executor for SimExecutor {
 
     fn start<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<RuntimeDetails, ExecError>> {
         Box::pin(async move {
-            let (program, args, exit) = {
+            let (exits_after, exit) = {
                 let mut t = self.tasks.lock().expect("tasks");
                 let s = t
                     .get_mut(task_id)
@@ -107,22 +133,19 @@ impl Executor for SimExecutor {
                     ));
                 }
                 s.started = true;
-                (s.run.program.clone(), s.run.args.clone(), s.exit.clone())
+                if s.run.program == "sim-exit" {
+                    let args = &s.run.args;
+                    let code: i32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                    let after: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+                    s.exits_after = Some((code, after));
+                }
+                (s.exits_after, s.exit.clone())
             };
-            if program == "sim-exit" {
-                let code: i32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
-                let after: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(after)).await;
-                    exit.send_if_modified(|e| {
-                        let first = e.is_none();
-                        if first {
-                            *e = Some(ExitStatus::Code(code));
-                        }
-                        first
-                    });
-                });
+            if let Some((code, after)) = exits_after {
+                arm(exit, code, after);
             }
+            self.starts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let pid = self.pids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1000;
             Ok(RuntimeDetails {
                 pid: Some(pid),
@@ -191,7 +214,13 @@ impl Executor for SimExecutor {
                     run: s.run.clone(),
                     state: match (*s.exit.borrow(), s.started) {
                         (Some(e), _) => AdoptedState::Exited(e),
-                        (None, true) => AdoptedState::Running(RuntimeDetails::default()),
+                        (None, true) => {
+                            // Its timer may have died with the runtime of the earlier agent.
+                            if let Some((code, after)) = s.exits_after {
+                                arm(s.exit.clone(), code, after);
+                            }
+                            AdoptedState::Running(RuntimeDetails::default())
+                        }
                         (None, false) => AdoptedState::Prepared,
                     },
                 })
@@ -212,5 +241,55 @@ impl Executor for SimExecutor {
             drop(tx);
             Ok(rx)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(program: &str, args: &[&str]) -> TaskRun {
+        TaskRun {
+            task_id: "00000000000000aa".into(),
+            service_name: "s".into(),
+            slot: 1,
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            workdir: None,
+            labels: Default::default(),
+            limits: Default::default(),
+            stop_grace: Duration::from_secs(1),
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A `sim-exit` task whose starting runtime is gone (an agent crash under turmoil) still
+    /// exits once a new agent adopts it.
+    #[test]
+    fn a_sim_exit_task_adopted_on_a_new_runtime_still_exits() {
+        let machine = SimExecutor::new();
+        let r = run("sim-exit", &["3", "20"]);
+        runtime().block_on(async {
+            machine.prepare(&r).await.expect("prepare");
+            machine.start(&r.task_id).await.expect("start");
+        });
+        // The first runtime (and the timer it ran) is dropped here.
+        assert_eq!(machine.running(), vec![r.task_id.clone()]);
+        assert_eq!(machine.starts(), 1);
+        let exit = runtime().block_on(async {
+            let adopted = machine.adopt().await.expect("adopt");
+            assert!(matches!(adopted[0].state, AdoptedState::Running(_)));
+            machine.wait(&r.task_id).await.expect("wait")
+        });
+        assert_eq!(exit, ExitStatus::Code(3));
+        assert!(machine.running().is_empty());
+        assert_eq!(machine.starts(), 1, "an adoption is not a start");
     }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use shoal_agent::agent::{Agent, AgentOpts};
 use shoal_agent::api::{NodeView, Request, Response};
+use shoal_agent::sim_executor::SimExecutor;
 use shoal_agent::store::DataDir;
-use shoal_cluster::Role;
+use shoal_agent::worker::Executors;
+use shoal_cluster::{ClusterState, Role};
 use tokio::sync::{mpsc, oneshot};
 
 /// The UDP port every agent listens on.
@@ -19,6 +21,9 @@ pub const PORT: u16 = 4242;
 
 /// A request to an agent and where its answer goes.
 pub type Call = (Request, oneshot::Sender<Response>);
+
+/// A request for the cluster state an agent's replica has applied, and where it goes.
+pub type StateCall = oneshot::Sender<Option<ClusterState>>;
 
 /// What a host's watcher last read from its agent's Raft replica.
 #[derive(Clone, Debug)]
@@ -42,6 +47,8 @@ pub struct Seen {
 pub struct Agents {
     /// Host name → its agent's request channel (replaced on restart).
     pub agents: BTreeMap<String, mpsc::UnboundedSender<Call>>,
+    /// Host name → where its agent takes requests for its applied cluster state.
+    pub states: BTreeMap<String, mpsc::UnboundedSender<StateCall>>,
     /// Term → the nodes seen leading it.
     pub leaders: BTreeMap<u64, BTreeSet<u64>>,
     /// Host name → the latest reading of its replica (absent while it runs none; removed by
@@ -67,11 +74,26 @@ pub fn sim_now() -> Duration {
 /// Adds host `i` (named [`name`]`(i)`) running a real agent on the data directory `dir`, which
 /// survives its crashes. Its randomness derives from `seed` and `i`, so a seed replays.
 pub fn host(sim: &mut turmoil::Sim<'_>, i: usize, seed: u64, dir: PathBuf, shared: Shared) {
-    host_with_gossip(sim, i, seed, dir, shared, true);
+    host_with_gossip(sim, i, seed, dir, shared, true, None);
+}
+
+/// [`host`] whose agent runs tasks on `machine`, the host's simulated machine: one
+/// [`SimExecutor`] kept across the agent's restarts, so that a restarted agent re-adopts the
+/// tasks it left running.
+pub fn host_with_machine(
+    sim: &mut turmoil::Sim<'_>,
+    i: usize,
+    seed: u64,
+    dir: PathBuf,
+    shared: Shared,
+    machine: SimExecutor,
+) {
+    host_with_gossip(sim, i, seed, dir, shared, true, Some(machine));
 }
 
 /// [`host`] with SWIM's `local` profile (fast, what the simulations use) or, with
-/// `local_gossip` false, the `lan` profile operators run (seconds to declare a member dead).
+/// `local_gossip` false, the `lan` profile operators run (seconds to declare a member dead);
+/// with a `machine`, its agent runs tasks on it (else it has no runtime).
 pub fn host_with_gossip(
     sim: &mut turmoil::Sim<'_>,
     i: usize,
@@ -79,10 +101,15 @@ pub fn host_with_gossip(
     dir: PathBuf,
     shared: Shared,
     local_gossip: bool,
+    machine: Option<SimExecutor>,
 ) {
     let hn = name(i);
     sim.host(hn.clone(), move || {
         let (hn, dir, shared) = (hn.clone(), dir.clone(), shared.clone());
+        let executors = match &machine {
+            Some(m) => Executors(vec![Arc::new(m.clone())]),
+            None => Executors::default(),
+        };
         async move {
             let data = DataDir::open(&dir)?;
             let opts = AgentOpts {
@@ -95,12 +122,23 @@ pub fn host_with_gossip(
                 fsync: false,
                 seed: Some(seed.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64 + 1)),
                 wal_faults: Default::default(),
-                executors: Default::default(),
+                executors,
             };
             let agent = Agent::start(data, opts).await?;
             let (tx, mut rx) = mpsc::unbounded_channel::<Call>();
-            shared.lock().expect("shared").agents.insert(hn.clone(), tx);
+            let (stx, mut srx) = mpsc::unbounded_channel::<StateCall>();
+            {
+                let mut s = shared.lock().expect("shared");
+                s.agents.insert(hn.clone(), tx);
+                s.states.insert(hn.clone(), stx);
+            }
             tokio::spawn(watch(agent.clone(), hn.clone(), shared.clone()));
+            let a = agent.clone();
+            tokio::spawn(async move {
+                while let Some(reply) = srx.recv().await {
+                    let _ = reply.send(a.cluster_state().await);
+                }
+            });
             while let Some((req, reply)) = rx.recv().await {
                 let a = agent.clone();
                 tokio::spawn(async move {
@@ -149,6 +187,18 @@ pub async fn call(shared: &Shared, h: &str, req: Request, within: Duration) -> O
     let (rtx, rrx) = oneshot::channel();
     tx.send((req, rtx)).ok()?;
     tokio::time::timeout(within, rrx).await.ok()?.ok()
+}
+
+/// The cluster state the agent on host `h` has applied; `None` if it is down, runs no replica
+/// or does not answer within 5 s.
+pub async fn cluster_state(shared: &Shared, h: &str) -> Option<ClusterState> {
+    let tx = shared.lock().expect("shared").states.get(h).cloned()?;
+    let (rtx, rrx) = oneshot::channel();
+    tx.send(rtx).ok()?;
+    tokio::time::timeout(Duration::from_secs(5), rrx)
+        .await
+        .ok()?
+        .ok()?
 }
 
 /// Polls `f` every `every` (simulated) until it gives a value or `limit` passes.

@@ -12,6 +12,19 @@
 //!   every node's observed role is its desired role;
 //! - every label update that was acknowledged is in the state;
 //! - a leader is back within two minutes of the healing.
+//!
+//! Every host is a simulated machine ([`SimExecutor`]) that its agent runs tasks on; it keeps
+//! its tasks across a crash of the agent (the restarted agent re-adopts them) unless the crash
+//! is a machine crash (a third of them), which ends them. While a leader exists the client also
+//! creates, scales, updates and removes services (long-running ones, replicated or global, some
+//! reserving memory; some that fail and may be restarted twice; some that complete and are
+//! never restarted). After the healing, within [`CONVERGE_WINDOW`] (then again
+//! [`STABLE_WINDOW`] later, with no task created in between), the services converge — see
+//! [`crate::cluster_services`]: every acknowledged change applied; each replicated service with
+//! exactly its replicas running on Ready nodes, one per slot; each global service once on every
+//! Ready, Active node; no node's reservations above its memory; the failing services settled
+//! within their restart attempts; and the machines run exactly the tasks the state wants
+//! running there, each slot once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,11 +32,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_agent::api::{NodeUpdateRequest, NodeView, Request, Response};
+use shoal_agent::sim_executor::SimExecutor;
+use shoal_cluster::ClusterState;
 
-use crate::agent_hosts::{self, call, form, host, name, nodes, until, Shared};
+use crate::agent_hosts::{self, call, form, host_with_machine, name, nodes, until, Shared};
+use crate::cluster_services::Workload;
 use crate::rng::Rng;
 
-const NODES: usize = 5;
+/// Hosts in the simulation.
+pub const NODES: usize = 5;
+
+/// How long the services may take to converge after the cluster reconciled (simulated).
+pub const CONVERGE_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a converged cluster is watched for changes afterwards (simulated).
+pub const STABLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// How long a restarted or reconnected manager may take to hear from a stable leader
 /// (simulated time): a few election timeouts (0.5–1 s each).
@@ -73,6 +96,44 @@ pub struct ClusterSimReport {
     pub contact_skipped: BTreeMap<String, usize>,
     /// The longest time a checked manager took to hear from the leader, in simulated seconds.
     pub contact_slowest_s: f64,
+    /// Crashes that were machine crashes (their tasks ended).
+    pub machine_crashes: usize,
+    /// Service creations acknowledged.
+    pub services_created: usize,
+    /// Service updates (spec changes, scaling) acknowledged.
+    pub services_updated: usize,
+    /// Service removals acknowledged.
+    pub services_removed: usize,
+    /// Service requests not acknowledged.
+    pub services_unacked: usize,
+    /// Tasks started on the machines.
+    pub tasks_started: u64,
+    /// Tasks running at the end.
+    pub tasks_running: usize,
+    /// Simulated seconds from the reconciled cluster to converged services.
+    pub converge_s: f64,
+}
+
+/// The applied state of the replica leading in the highest term seen.
+async fn leader_state(shared: &Shared) -> Option<ClusterState> {
+    let leader = {
+        let s = shared.lock().expect("shared");
+        s.seen
+            .iter()
+            .filter(|(_, x)| x.is_leader)
+            .max_by_key(|(_, x)| x.term)
+            .map(|(h, _)| h.clone())
+    }?;
+    agent_hosts::cluster_state(shared, &leader).await
+}
+
+fn leader_exists(shared: &Shared) -> bool {
+    shared
+        .lock()
+        .expect("shared")
+        .seen
+        .values()
+        .any(|x| x.is_leader)
 }
 
 /// Some live agent's linearizable node list.
@@ -90,8 +151,10 @@ fn reconciled(list: &[NodeView]) -> bool {
 }
 
 /// The client: forms the cluster, runs the workload while `chaos` is set, then checks.
+#[allow(clippy::too_many_arguments)]
 async fn client(
     shared: Shared,
+    machines: Vec<SimExecutor>,
     chaos: Arc<AtomicBool>,
     healed: Arc<AtomicBool>,
     contacts_pending: Arc<AtomicUsize>,
@@ -102,6 +165,16 @@ async fn client(
     let long = Duration::from_secs(60);
     // Form: n1 inits; n2, n3 join as managers, n4, n5 as workers.
     form(&shared, 3, NODES - 3).await?;
+    let memory = until(long, || async {
+        let st = agent_hosts::cluster_state(&shared, "n1").await?;
+        st.nodes()
+            .values()
+            .map(|n| n.description.resources.memory_bytes)
+            .min()
+    })
+    .await
+    .unwrap_or(0);
+    let mut services = Workload::new(memory);
 
     // Workload under faults.
     let mut rng = Rng::new(seed ^ 0xC0FFEE);
@@ -111,6 +184,13 @@ async fn client(
     let mut seq = 0u64;
     while tokio::time::Instant::now() < end {
         let via = name(rng.below(NODES as u64) as usize);
+        if rng.below(2) == 0
+            && leader_exists(&shared)
+            && services.step(&shared, &via, &mut rng).await
+        {
+            tokio::time::sleep(Duration::from_millis(50 + rng.below(250))).await;
+            continue;
+        }
         let target = name(rng.below(NODES as u64) as usize);
         let roll = rng.below(10);
         let req = match roll {
@@ -151,7 +231,14 @@ async fn client(
         tokio::time::sleep(Duration::from_millis(50 + rng.below(250))).await;
     }
     chaos.store(false, Ordering::SeqCst);
-    report.lock().expect("report").acked_updates = acked.len();
+    {
+        let mut r = report.lock().expect("report");
+        r.acked_updates = acked.len();
+        r.services_created = services.figures.created;
+        r.services_updated = services.figures.updated;
+        r.services_removed = services.figures.removed;
+        r.services_unacked = services.figures.unacked;
+    }
 
     // Heal (the main loop repairs and restarts), then check.
     until(long, || async {
@@ -191,6 +278,122 @@ async fn client(
         (contacts_pending.load(Ordering::SeqCst) == 0).then_some(())
     })
     .await;
+    converge(&shared, &machines, &services, &report).await
+}
+
+/// Hosts that run a Raft replica although the leader's configuration has no such voter (a
+/// diagnosis for failure reports).
+fn stale_replicas(shared: &Shared) -> String {
+    let s = shared.lock().expect("shared");
+    let Some(l) = s
+        .seen
+        .values()
+        .filter(|x| x.is_leader)
+        .max_by_key(|x| x.term)
+    else {
+        return String::new();
+    };
+    let stale: Vec<String> = s
+        .seen
+        .iter()
+        .filter(|(_, x)| !l.voters.contains(&x.id))
+        .map(|(h, x)| {
+            format!(
+                "{h} (term {}, leader {})",
+                x.term,
+                x.leader.map_or("none".into(), |l| format!("{l:016x}"))
+            )
+        })
+        .collect();
+    if stale.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " [replicas running outside the leader's configuration: {}]",
+            stale.join(", ")
+        )
+    }
+}
+
+/// The services converge to what was acknowledged within [`CONVERGE_WINDOW`], and stay so.
+async fn converge(
+    shared: &Shared,
+    machines: &[SimExecutor],
+    services: &Workload,
+    report: &Mutex<ClusterSimReport>,
+) -> Result<(), String> {
+    let start = tokio::time::Instant::now();
+    let last = Mutex::new(String::from("no leader state"));
+    let ok = agent_hosts::until_every(CONVERGE_WINDOW, Duration::from_millis(500), || async {
+        let Some(st) = leader_state(shared).await else {
+            *last.lock().expect("last") = "no leader state".into();
+            return None;
+        };
+        match services.check(&st, machines) {
+            Ok(running) => Some((st, running)),
+            Err(why) => {
+                *last.lock().expect("last") = why;
+                None
+            }
+        }
+    })
+    .await;
+    let Some((st, running)) = ok else {
+        return Err(format!(
+            "services did not converge within {} s: {}{}",
+            CONVERGE_WINDOW.as_secs(),
+            last.lock().expect("last"),
+            stale_replicas(shared)
+        ));
+    };
+    {
+        let mut r = report.lock().expect("report");
+        r.converge_s = start.elapsed().as_secs_f64();
+        r.tasks_running = running.len();
+    }
+    // Converged stays converged: nothing new, nothing replaced.
+    let newest = st.tasks().keys().max().copied().unwrap_or(0);
+    tokio::time::sleep(STABLE_WINDOW).await;
+    let st = leader_state(shared)
+        .await
+        .ok_or("no leader after converging")?;
+    let again = services
+        .check(&st, machines)
+        .map_err(|e| format!("converged, then {} s later: {e}", STABLE_WINDOW.as_secs()))?;
+    if again != running {
+        let show = |a: &BTreeMap<u64, u64>, b: &BTreeMap<u64, u64>| {
+            a.keys()
+                .filter(|id| !b.contains_key(id))
+                .map(|id| {
+                    let t = st.tasks().get(id);
+                    let svc = t
+                        .and_then(|t| st.service(t.service))
+                        .map_or("?", |s| s.spec.name.as_str());
+                    match t {
+                        Some(t) => format!(
+                            "{id:016x} ({svc} slot {}, {} / {}: {} {})",
+                            t.slot, t.desired, t.status.state, t.status.message, t.status.err
+                        ),
+                        None => format!("{id:016x} (gone)"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(format!(
+            "converged, then {} s later the running tasks changed: ended {}; new {}",
+            STABLE_WINDOW.as_secs(),
+            show(&running, &again),
+            show(&again, &running)
+        ));
+    }
+    if let Some(t) = st.tasks().values().find(|t| t.id > newest) {
+        let svc = st.service(t.service).map_or("?", |s| s.spec.name.as_str());
+        return Err(format!(
+            "converged, then task {:016x} of {svc} (slot {}) was created",
+            t.id, t.slot
+        ));
+    }
     Ok(())
 }
 
@@ -546,13 +749,15 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         .rng_seed(opts.seed)
         .build();
     let shared = Shared::default();
-    for i in 0..NODES {
-        host(
+    let machines: Vec<SimExecutor> = (0..NODES).map(|_| SimExecutor::new()).collect();
+    for (i, m) in machines.iter().enumerate() {
+        host_with_machine(
             &mut sim,
             i,
             opts.seed,
             tmp.path().join(name(i)),
             shared.clone(),
+            m.clone(),
         );
     }
     let chaos = Arc::new(AtomicBool::new(false));
@@ -560,8 +765,9 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
     let contacts_pending = Arc::new(AtomicUsize::new(0));
     let result = Arc::new(Mutex::new(None::<Result<(), String>>));
     {
-        let (shared, chaos, healed, pending, report, result) = (
+        let (shared, machines, chaos, healed, pending, report, result) = (
             shared.clone(),
+            machines.clone(),
             chaos.clone(),
             healed.clone(),
             contacts_pending.clone(),
@@ -570,7 +776,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
         );
         let (seed, secs) = (opts.seed, opts.chaos_secs);
         sim.client("ctl", async move {
-            let r = client(shared, chaos, healed, pending, seed, secs, report).await;
+            let r = client(shared, machines, chaos, healed, pending, seed, secs, report).await;
             *result.lock().expect("result") = Some(r);
             Ok(())
         });
@@ -615,6 +821,10 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
                     let h = rng.below(NODES as u64) as usize;
                     if crashed.len() < 2 && !crashed.contains(&h) {
                         sim.crash(name(h));
+                        if rng.below(3) == 0 {
+                            machines[h].kill_all();
+                            r.machine_crashes += 1;
+                        }
                         shared.lock().expect("shared").seen.remove(&name(h));
                         crashed.insert(h);
                         r.crashes += 1;
@@ -679,6 +889,7 @@ pub fn run(opts: &ClusterSimOptions) -> ClusterSimReport {
     let mut report = report.lock().expect("report").clone();
     let leaders = shared.lock().expect("shared").leaders.clone();
     report.terms_with_leader = leaders.len();
+    report.tasks_started = machines.iter().map(|m| m.starts()).sum();
     report.contact_after_restart = contacts.after_restart;
     report.contact_after_heal = contacts.after_heal;
     report.contact_skipped = contacts.skipped;

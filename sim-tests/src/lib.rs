@@ -1,6 +1,7 @@
 //! Simulations of shoal's cores under faults, and the linearizability checker they rely on.
 
 pub mod agent_hosts;
+pub mod cluster_services;
 pub mod cluster_sim;
 pub mod linearizability;
 pub mod raft_sim;

@@ -376,6 +376,7 @@ pub fn run(scenario: Scenario, seed: u64) -> Result<RestartReport, String> {
             tmp.path().join(name(i)),
             shared.clone(),
             local_gossip,
+            None,
         );
     }
     let ctl = Control::default();

@@ -1,6 +1,7 @@
 //! `cluster-sim --seeds N [--start S] [--seconds T] [-v]`: five real agents on turmoil's
 //! simulated network under partitions and crashes while nodes are promoted, demoted and
-//! updated; one line per failing seed, the totals (with the contact checks made and skipped),
+//! updated and services are created, scaled, updated and removed; one line per seed (failing
+//! or with its service figures), the totals (with the contact checks made and skipped),
 //! then `N passed, M failed`.
 
 use shoal_sim::cluster_sim::{run, ClusterSimOptions};
@@ -46,6 +47,9 @@ fn main() {
     let mut totals = (0usize, 0usize, 0usize, 0usize, 0usize);
     let (mut after_restart, mut after_heal, mut slowest) = (0usize, 0usize, 0f64);
     let mut skipped = std::collections::BTreeMap::<String, usize>::new();
+    // Services created, updated, removed, unacknowledged; tasks started; machine crashes.
+    let mut svc = (0usize, 0usize, 0usize, 0usize, 0u64, 0usize);
+    let mut slowest_converge = 0f64;
     for seed in start..start.saturating_add(seeds) {
         let r = run(&ClusterSimOptions {
             seed,
@@ -56,6 +60,13 @@ fn main() {
         totals.2 += r.crashes;
         totals.3 += r.partitions;
         totals.4 += r.terms_with_leader;
+        svc.0 += r.services_created;
+        svc.1 += r.services_updated;
+        svc.2 += r.services_removed;
+        svc.3 += r.services_unacked;
+        svc.4 += r.tasks_started;
+        svc.5 += r.machine_crashes;
+        slowest_converge = slowest_converge.max(r.converge_s);
         after_restart += r.contact_after_restart;
         after_heal += r.contact_after_heal;
         slowest = slowest.max(r.contact_slowest_s);
@@ -67,6 +78,19 @@ fn main() {
                 passed += 1;
                 if verbose {
                     println!("seed {seed}: ok ({r:?})");
+                } else {
+                    println!(
+                        "seed {seed}: ok (services {} created, {} updated, {} removed, {} \
+                         unacknowledged; {} tasks started, {} running at the end; converged in \
+                         {:.1} s)",
+                        r.services_created,
+                        r.services_updated,
+                        r.services_removed,
+                        r.services_unacked,
+                        r.tasks_started,
+                        r.tasks_running,
+                        r.converge_s
+                    );
                 }
             }
             Some(f) => {
@@ -80,6 +104,11 @@ fn main() {
     eprintln!(
         "totals: {} acknowledged updates, {} role changes, {} crashes, {} partitions, {} terms with a leader",
         totals.0, totals.1, totals.2, totals.3, totals.4
+    );
+    println!(
+        "services: {} created, {} updated, {} removed, {} unacknowledged; {} tasks started; \
+         {} machine crashes; slowest convergence {slowest_converge:.1} s",
+        svc.0, svc.1, svc.2, svc.3, svc.4, svc.5
     );
     let skipped_total: usize = skipped.values().sum();
     let reasons = skipped
