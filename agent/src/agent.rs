@@ -147,6 +147,10 @@ pub struct Member {
     runner: Mutex<Option<Arc<crate::worker::Runner>>>,
     /// The runtimes this node has.
     executors: crate::worker::Executors,
+    /// Since when this node's replica has been out of touch with any leader.
+    leaderless_since: Mutex<Option<Instant>>,
+    /// Nodes that recently answered "not a manager": asked last until the entry expires.
+    not_managers: Mutex<BTreeMap<u64, Instant>>,
 }
 
 /// What this agent reports about its machine and its runtimes.
@@ -341,6 +345,8 @@ impl Agent {
             report_batches: Default::default(),
             runner: Mutex::new(None),
             executors: self.opts.executors.clone(),
+            leaderless_since: Mutex::new(None),
+            not_managers: Mutex::new(BTreeMap::new()),
         });
         if let Some(how) = raft {
             member.start_raft(how)?;
@@ -1357,6 +1363,52 @@ impl Member {
 
     /// Out of the configuration this node knows, and meant to be a worker: ask the leader
     /// whether the removal is done, and retire the replica if so.
+    /// A replica out of touch with any leader for [`STALE_REPLICA_AFTER`] asks the managers whether
+    /// it is still a member: a manager demoted or removed while it was down restarts its replica
+    /// from a log that still counts it in, and no leader will ever contact it again. If the
+    /// leader says it is no member, the replica stops and the node goes on as a worker.
+    async fn check_stale_replica(&self) {
+        let Some(h) = self.raft() else {
+            *self.leaderless_since.lock().expect("leaderless") = None;
+            return;
+        };
+        let (in_touch, stopped) = {
+            let s = h.status.borrow();
+            (s.in_touch(), s.stopped)
+        };
+        let since = {
+            let mut l = self.leaderless_since.lock().expect("leaderless");
+            if in_touch || stopped {
+                *l = None;
+                return;
+            }
+            *l.get_or_insert_with(Instant::now)
+        };
+        if since.elapsed() < STALE_REPLICA_AFTER {
+            return;
+        }
+        let bytes = wire::encode_request(&AgentRequest::IsMember { node: self.id });
+        for t in self.manager_candidates() {
+            let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(2), self.transport.request(t, &bytes))
+                    .await
+            else {
+                continue;
+            };
+            if let Response::Ok { message } = wire::decode_response(&resp) {
+                if message == "false" {
+                    tracing::warn!(
+                        leader = %node_id_string(t),
+                        "this manager's replica is out of the Raft group (it was demoted or removed while it was away): stopping it; this node goes on as a worker"
+                    );
+                    let _ = h.tx.send(RaftCmd::RemovedByLeader).await;
+                }
+                *self.leaderless_since.lock().expect("leaderless") = None;
+                return;
+            }
+        }
+    }
+
     async fn confirm_removal(&self) {
         let Some(h) = self.raft() else { return };
         let (leaving, leader) = {
@@ -1776,7 +1828,33 @@ impl Member {
             }
         }
         out.retain(|id| *id != self.id);
-        out
+        // Nodes that just said they are no manager go last (a demoted manager stays in a
+        // worker's list until its next directory refresh).
+        let refused: std::collections::BTreeSet<u64> = {
+            let mut n = self.not_managers.lock().expect("not managers");
+            n.retain(|_, at| at.elapsed() < NOT_MANAGER_FOR);
+            n.keys().copied().collect()
+        };
+        let (mut first, last): (Vec<u64>, Vec<u64>) =
+            out.into_iter().partition(|id| !refused.contains(id));
+        first.extend(last);
+        first
+    }
+
+    /// Notes that `id` answered that it is no manager (or is out of touch): asked last for a
+    /// while, and forgotten as a known manager.
+    pub(crate) fn not_a_manager(&self, id: u64, message: &str) {
+        if message.contains("not a manager")
+            || message.contains("not a swarm manager")
+            || message.contains("out of touch")
+            || message.contains("knows no leader")
+        {
+            self.not_managers
+                .lock()
+                .expect("not managers")
+                .insert(id, Instant::now());
+            self.known_managers.lock().expect("managers").remove(&id);
+        }
     }
 
     /// A worker learns from a manager where the nodes are, which are managers and which ids
@@ -1787,15 +1865,20 @@ impl Member {
             return;
         }
         let bytes = wire::encode_request(&AgentRequest::Directory);
-        for t in self.manager_candidates().into_iter().take(3) {
+        for t in self.manager_candidates().into_iter().take(6) {
             let Ok(Ok(resp)) =
                 tokio::time::timeout(Duration::from_secs(3), self.transport.request(t, &bytes))
                     .await
             else {
                 continue;
             };
-            let Response::Ok { message } = wire::decode_response(&resp) else {
-                continue;
+            let message = match wire::decode_response(&resp) {
+                Response::Ok { message } => message,
+                Response::Error { message } => {
+                    self.not_a_manager(t, &message);
+                    continue;
+                }
+                _ => continue,
             };
             let Ok(d) = serde_json::from_str::<wire::Directory>(&message) else {
                 continue;
@@ -1830,6 +1913,12 @@ impl Member {
         }
     }
 }
+
+/// How long a node that said it is no manager is asked last.
+const NOT_MANAGER_FOR: Duration = Duration::from_secs(10);
+
+/// How long a replica may know no leader before it asks whether it is still a member.
+const STALE_REPLICA_AFTER: Duration = Duration::from_secs(10);
 
 /// How long the leader waits for a suspected node to answer before recording it Down.
 const SUSPECT_CHECK: Duration = Duration::from_millis(500);
@@ -1922,6 +2011,9 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
         }
         if ticks.is_multiple_of(4) {
             m.confirm_removal().await;
+        }
+        if ticks.is_multiple_of(4) {
+            m.check_stale_replica().await;
         }
         if ticks.is_multiple_of(8) {
             m.refresh_directory().await;

@@ -67,15 +67,29 @@ impl Sessions {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         let mut status = h.status.clone();
         loop {
-            let applied = status.borrow_and_update().applied;
-            if let Some(answer) = self.try_answer(h, node, session, seq) {
-                return Response::Assignments(answer);
+            let (applied, commit, leader, in_touch) = {
+                let s = status.borrow_and_update();
+                (s.applied, s.commit, s.leader, s.in_touch())
+            };
+            // A replica out of touch with any leader may be stale (restarted, cut off, or
+            // removed while it was away): the node must ask another manager instead.
+            if !in_touch {
+                return Response::error(
+                    "this manager is out of touch with the leader; ask another",
+                );
+            }
+            let current = applied >= commit;
+            if current {
+                if let Some(answer) = self.try_answer(h, node, session, seq) {
+                    return Response::Assignments(answer);
+                }
             }
             // Nothing new: wait until the state moves (status is published every tick).
             let moved = async {
                 loop {
                     status.changed().await?;
-                    if status.borrow_and_update().applied != applied {
+                    let s = status.borrow_and_update();
+                    if s.applied != applied || s.leader != leader || !current {
                         return Ok::<(), tokio::sync::watch::error::RecvError>(());
                     }
                 }

@@ -82,6 +82,14 @@ pub struct RaftStatus {
     pub rejected_snapshots: u64,
 }
 
+impl RaftStatus {
+    /// Whether this replica is in touch with a leader: it leads, or it heard from the leader it
+    /// knows within [`HEARD_WINDOW`]. A replica that is not may hold a stale state.
+    pub fn in_touch(&self) -> bool {
+        self.is_leader || self.leader.is_some_and(|l| self.heard_from.contains(&l))
+    }
+}
+
 /// Where a request's verdict goes.
 pub type Reply = oneshot::Sender<Result<(), String>>;
 
@@ -97,6 +105,10 @@ pub enum RaftCmd {
     Step(u64, bool, Vec<u8>),
     /// The leader confirmed that this node is out of the configuration: stop the replica.
     Retire,
+    /// The leader says this node is in none of its configurations although this replica still
+    /// counts itself in (it was removed while it was down or cut off, and no leader will ever
+    /// contact it again): stop the replica.
+    RemovedByLeader,
 }
 
 /// The agent's handle on its replica.
@@ -223,6 +235,8 @@ pub fn start(
         rejected_malformed: 0,
         last_tick: Instant::now(),
         orch: Orchestration::default(),
+        removed_by_leader: false,
+        leader_since: None,
     };
     tokio::spawn(driver.run(rx));
     Ok(RaftHandle { tx, status, state })
@@ -365,6 +379,9 @@ fn address_of(cmd: &Command) -> Option<(u64, &str)> {
     }
 }
 
+/// How long a new leader waits before it records nodes Down from its membership view.
+const NEW_LEADER_GRACE: Duration = Duration::from_secs(3);
+
 /// A node admitted but never seen this long after its admission is removed: its certificate
 /// never arrived (or it never started), and the joiner runs `swarm join` again.
 const JOIN_ABANDONED_MS: u64 = 120_000;
@@ -403,6 +420,10 @@ struct Driver {
     last_tick: Instant,
     /// The orchestrator's bookkeeping (leader only).
     orch: Orchestration,
+    /// The leader said this node is no member (`RaftCmd::RemovedByLeader`).
+    removed_by_leader: bool,
+    /// When this replica last became leader.
+    leader_since: Option<Instant>,
 }
 
 /// What the leader's orchestrator remembers between passes: only when to run again. Its
@@ -508,6 +529,11 @@ impl Driver {
                 self.sync_status();
             }
         }
+        if self.node.role() == Role::Leader {
+            self.leader_since.get_or_insert(now);
+        } else {
+            self.leader_since = None;
+        }
         if due > 0 && self.node.role() == Role::Leader {
             self.orchestrate();
         } else if self.node.role() != Role::Leader {
@@ -539,6 +565,14 @@ impl Driver {
             now,
             &shoal_orchestrator::Config::default(),
         );
+        if !plan.changes.is_empty() {
+            tracing::debug!(
+                changes = plan.changes.len(),
+                more = plan.more,
+                applied,
+                "orchestrator pass"
+            );
+        }
         self.orch.seen = applied;
         self.orch.wake_at_ms = plan.wake_at_ms;
         self.orch.passes += 1;
@@ -551,7 +585,10 @@ impl Driver {
                     last = Some((p.index, p.term));
                 }
                 Err(e) => {
+                    // Refused for now (e.g. a leadership transfer): look again shortly, even if
+                    // nothing else is applied meanwhile.
                     tracing::debug!("task changes not proposed: {e}");
+                    self.orch.wake_at_ms = Some(now + 200);
                     break;
                 }
             }
@@ -572,6 +609,9 @@ impl Driver {
     /// Removed from the group: the latest configuration excludes this node, and the cluster
     /// state agrees that it should be a worker (or no longer exists).
     fn removed(&mut self) -> bool {
+        if self.removed_by_leader {
+            return true;
+        }
         let m = self.node.membership();
         if m.voters.contains(&self.id) || m.learners.contains(&self.id) {
             self.was_member = true;
@@ -622,6 +662,7 @@ impl Driver {
                 }
             }
             RaftCmd::Retire => self.retired = true,
+            RaftCmd::RemovedByLeader => self.removed_by_leader = true,
             RaftCmd::Step(from, manager, bytes) => match wire::decode_raft(&bytes) {
                 Ok(m) if m.from == from && m.to == self.id => {
                     // Raft traffic only from managers: a manager certificate, or a member of
@@ -942,7 +983,19 @@ impl Driver {
                 })
                 .collect()
         };
+        // A new leader's membership view may still hold what it believed while it was cut off
+        // (members dead that have long refuted it): for a grace period it records no node Down,
+        // so that a leader change never replaces healthy nodes' tasks.
+        let fresh = self
+            .leader_since
+            .is_some_and(|t| t.elapsed() < NEW_LEADER_GRACE);
         for (id, status) in wanted {
+            if fresh && status.state == NodeState::Down {
+                continue;
+            }
+            if !self.inflight.contains_key(&(id, "status")) {
+                tracing::info!(node = %shoal_cluster::node_id_string(id), state = %status.state, message = %status.message, "recording a node's status");
+            }
             self.propose_internal(
                 id,
                 "status",

@@ -687,16 +687,22 @@ impl Member {
         session: u64,
         seq: u64,
     ) -> Result<Assignments, String> {
-        if let Some(h) = self.raft().filter(|h| !h.status.borrow().stopped) {
-            return match self
+        // This node's own replica when it is in touch with the leader, else another manager.
+        let local = self
+            .raft()
+            .filter(|h| !h.status.borrow().stopped && h.status.borrow().in_touch());
+        if let Some(h) = local {
+            match self
                 .sessions()
                 .assignments(&h, self.id, session, seq, POLL_WAIT)
                 .await
             {
-                Response::Assignments(a) => Ok(a),
-                Response::Error { message } => Err(message),
-                _ => Err("unexpected answer".into()),
-            };
+                Response::Assignments(a) => return Ok(a),
+                Response::Error { message } => {
+                    tracing::debug!("own replica cannot answer for its tasks: {message}")
+                }
+                _ => {}
+            }
         }
         let req = crate::wire::encode_request(&AgentRequest::Assignments {
             session,
@@ -704,7 +710,7 @@ impl Member {
             wait_ms: POLL_WAIT.as_millis() as u64,
         });
         let mut last = "no manager known".to_string();
-        for to in self.manager_candidates().into_iter().take(3) {
+        for to in self.manager_candidates().into_iter().take(6) {
             match tokio::time::timeout(
                 POLL_WAIT + Duration::from_secs(3),
                 self.transport.request(to, &req),
@@ -713,7 +719,10 @@ impl Member {
             {
                 Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
                     Response::Assignments(a) if a.session == session => return Ok(a),
-                    Response::Error { message } => last = message,
+                    Response::Error { message } => {
+                        self.not_a_manager(to, &message);
+                        last = message
+                    }
                     _ => last = "unexpected answer".into(),
                 },
                 Ok(Err(e)) => last = e.to_string(),
@@ -729,18 +738,24 @@ impl Member {
         self: &Arc<Self>,
         reports: Vec<TaskReport>,
     ) -> Result<(), String> {
-        if self.raft().is_some_and(|h| !h.status.borrow().stopped) {
+        let local = self
+            .raft()
+            .is_some_and(|h| !h.status.borrow().stopped && h.status.borrow().in_touch());
+        if local {
             return self.record_reports(self.id, reports).await;
         }
         let req = crate::wire::encode_request(&AgentRequest::TaskStatus { reports });
         let mut last = "no manager known".to_string();
-        for to in self.manager_candidates().into_iter().take(3) {
+        for to in self.manager_candidates().into_iter().take(6) {
             match tokio::time::timeout(Duration::from_secs(12), self.transport.request(to, &req))
                 .await
             {
                 Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
                     Response::Ok { .. } => return Ok(()),
-                    Response::Error { message } => last = message,
+                    Response::Error { message } => {
+                        self.not_a_manager(to, &message);
+                        last = message
+                    }
                     _ => last = "unexpected answer".into(),
                 },
                 Ok(Err(e)) => last = e.to_string(),

@@ -437,9 +437,23 @@ impl Workload {
                         ));
                     }
                     if let Some(r) = svc.spec.replicas() {
-                        let slots: BTreeSet<u64> = tasks.iter().map(|x| x.slot).collect();
-                        if let Some(s) = (1..=r).find(|s| !slots.contains(s)) {
-                            return Err(format!("service {n}: slot {s} never had a task"));
+                        // Every replica slot had its task (scale-down may keep any slots): the
+                        // slots with a task still wanted are exactly `replicas` many.
+                        let slots: BTreeSet<u64> = tasks
+                            .iter()
+                            .filter(|x| x.wanted())
+                            .map(|x| x.slot)
+                            .collect();
+                        if slots.len() as u64 != r {
+                            return Err(format!(
+                                "service {n}: {} slots with a wanted task, {r} replicas (version {}, tasks {:?})",
+                                slots.len(),
+                                svc.version,
+                                tasks
+                                    .iter()
+                                    .map(|x| (x.slot, x.desired, x.status.state, x.spec_version))
+                                    .collect::<Vec<_>>()
+                            ));
                         }
                     }
                 }

@@ -370,10 +370,30 @@ async fn converge(
                         .and_then(|t| st.service(t.service))
                         .map_or("?", |s| s.spec.name.as_str());
                     match t {
-                        Some(t) => format!(
-                            "{id:016x} ({svc} slot {}, {} / {}: {} {})",
-                            t.slot, t.desired, t.status.state, t.status.message, t.status.err
-                        ),
+                        Some(t) => {
+                            let node = t.node.and_then(|n| st.node(n)).map_or_else(
+                                || "no node".to_string(),
+                                |n| {
+                                    format!(
+                                        "{} {} {:?}",
+                                        n.description.hostname, n.status.state, n.availability
+                                    )
+                                },
+                            );
+                            let version = st.service(t.service).map_or_else(
+                                || "service gone".to_string(),
+                                |s| {
+                                    format!(
+                                        "task spec v{} of service v{}",
+                                        t.spec_version, s.version
+                                    )
+                                },
+                            );
+                            format!(
+                                "{id:016x} ({svc} slot {}, {} / {}: {} {}; on {node}; {version})",
+                                t.slot, t.desired, t.status.state, t.status.message, t.status.err
+                            )
+                        }
                         None => format!("{id:016x} (gone)"),
                     }
                 })
