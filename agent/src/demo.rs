@@ -69,29 +69,35 @@ impl Proc {
         }
     }
 
-    /// The machine dies: the agent and every task process it started (tasks outlive their
-    /// agent by design, so they are found through the executor's records).
+    /// The machine dies: the agent and every task process it started.
     fn kill_machine(&mut self) {
         self.kill();
-        let Ok(entries) = std::fs::read_dir(self.dir.join("tasks")) else {
-            return;
-        };
-        for e in entries.flatten() {
-            for (file, group) in [("task.pid", true), ("shim.pid", false)] {
-                let pid = std::fs::read_to_string(e.path().join(file))
-                    .ok()
-                    .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
-                if let Some(pid) = pid.filter(|p| *p > 1) {
-                    let target = if group {
-                        format!("-{pid}")
-                    } else {
-                        pid.to_string()
-                    };
-                    let _ = Command::new("kill")
-                        .args(["-9", "--", &target])
-                        .stderr(Stdio::null())
-                        .status();
-                }
+        kill_task_processes(&self.dir);
+    }
+}
+
+/// Kills every task process an agent with data directory `dir` started (each task's process
+/// group and its shim), found through the process runtime's records: tasks outlive their agent
+/// by design, so a demo, a test or a bench that stops agents stops their tasks this way.
+pub fn kill_task_processes(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("tasks")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        for (file, group) in [("task.pid", true), ("shim.pid", false)] {
+            let pid = std::fs::read_to_string(e.path().join(file))
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|p| *p > 1) {
+                let target = if group {
+                    format!("-{pid}")
+                } else {
+                    pid.to_string()
+                };
+                let _ = Command::new("kill")
+                    .args(["-9", "--", &target])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }

@@ -709,27 +709,11 @@ impl Member {
             seq,
             wait_ms: POLL_WAIT.as_millis() as u64,
         });
-        let mut last = "no manager known".to_string();
-        for to in self.manager_candidates().into_iter().take(6) {
-            match tokio::time::timeout(
-                POLL_WAIT + Duration::from_secs(3),
-                self.transport.request(to, &req),
-            )
-            .await
-            {
-                Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
-                    Response::Assignments(a) if a.session == session => return Ok(a),
-                    Response::Error { message } => {
-                        self.not_a_manager(to, &message);
-                        last = message
-                    }
-                    _ => last = "unexpected answer".into(),
-                },
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "no answer".into(),
-            }
-        }
-        Err(last)
+        self.ask_managers(&req, POLL_WAIT + Duration::from_secs(3), |r| match r {
+            Response::Assignments(a) if a.session == session => Some(a),
+            _ => None,
+        })
+        .await
     }
 
     /// Sends this node's task reports to a manager (its own replica's leader path if it runs
@@ -745,18 +729,33 @@ impl Member {
             return self.record_reports(self.id, reports).await;
         }
         let req = crate::wire::encode_request(&AgentRequest::TaskStatus { reports });
+        self.ask_managers(&req, Duration::from_secs(12), |r| match r {
+            Response::Ok { .. } => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends `req` to the managers in turn (at most six) until one gives an answer `accept`
+    /// takes; one that says it is no manager is noted (asked last for a while).
+    async fn ask_managers<T>(
+        &self,
+        req: &[u8],
+        timeout: Duration,
+        accept: impl Fn(Response) -> Option<T>,
+    ) -> Result<T, String> {
         let mut last = "no manager known".to_string();
         for to in self.manager_candidates().into_iter().take(6) {
-            match tokio::time::timeout(Duration::from_secs(12), self.transport.request(to, &req))
-                .await
-            {
+            match tokio::time::timeout(timeout, self.transport.request(to, req)).await {
                 Ok(Ok(bytes)) => match crate::wire::decode_response(&bytes) {
-                    Response::Ok { .. } => return Ok(()),
                     Response::Error { message } => {
                         self.not_a_manager(to, &message);
                         last = message
                     }
-                    _ => last = "unexpected answer".into(),
+                    other => match accept(other) {
+                        Some(v) => return Ok(v),
+                        None => last = "unexpected answer".into(),
+                    },
                 },
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "no answer".into(),

@@ -289,35 +289,7 @@ impl Cluster {
 /// Kills what the tasks under `dir` left running (shims and their process groups): tasks
 /// outlive their agent by design.
 pub fn kill_tasks(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir.join("tasks")) else {
-        return;
-    };
-    for e in entries.flatten() {
-        for (file, group) in [("task.pid", true), ("shim.pid", false)] {
-            let Ok(text) = std::fs::read_to_string(e.path().join(file)) else {
-                continue;
-            };
-            let Some(pid) = text
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid <= 1 {
-                continue;
-            }
-            let target = if group {
-                format!("-{pid}")
-            } else {
-                pid.to_string()
-            };
-            let _ = Command::new("kill")
-                .args(["-9", "--", &target])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
+    shoal_agent::demo::kill_task_processes(dir);
 }
 
 /// Tasks running under `dir`: their pids, from the executor's records, alive now.
