@@ -105,11 +105,15 @@ impl World {
     }
 
     fn drain(&mut self, id: NodeId) {
+        self.availability(id, Availability::Drain);
+    }
+
+    fn availability(&mut self, id: NodeId, availability: Availability) {
         let now = self.now;
         self.apply(Command::UpdateNode {
             id,
             update: NodeUpdate {
-                availability: Some(Availability::Drain),
+                availability: Some(availability),
                 ..Default::default()
             },
             at_ms: now,
@@ -391,6 +395,28 @@ fn tasks_on_a_down_or_drained_node_are_replaced_elsewhere() {
         .s
         .tasks_on_node(2)
         .all(|t| t.status.state == TaskState::Shutdown));
+}
+
+#[test]
+fn a_paused_node_keeps_its_tasks_and_gets_no_new_ones() {
+    let mut w = World::new(2);
+    let web = w.create(spec("web", 2));
+    w.settle(10);
+    assert_eq!(w.running_on(web), BTreeMap::from([(1, 1), (2, 1)]));
+    w.availability(2, Availability::Pause);
+    w.update(web, |s| s.mode = ServiceMode::Replicated { replicas: 4 });
+    w.settle(10);
+    // The paused node's task stays; the new ones go elsewhere.
+    assert_eq!(w.running_on(web), BTreeMap::from([(1, 3), (2, 1)]));
+    // A global service skips it too, and covers it once it is active again.
+    let mut g = spec("g", 0);
+    g.mode = ServiceMode::Global;
+    let g = w.create(g);
+    w.settle(10);
+    assert_eq!(w.running_on(g), BTreeMap::from([(1, 1)]));
+    w.availability(2, Availability::Active);
+    w.settle(10);
+    assert_eq!(w.running_on(g), BTreeMap::from([(1, 1), (2, 1)]));
 }
 
 #[test]
