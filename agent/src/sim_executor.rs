@@ -260,6 +260,7 @@ mod tests {
             labels: Default::default(),
             limits: Default::default(),
             stop_grace: Duration::from_secs(1),
+            ..TaskRun::default()
         }
     }
 

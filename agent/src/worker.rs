@@ -159,6 +159,7 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec) -> TaskRun {
             memory_bytes: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
         },
         stop_grace: Duration::from_millis(spec.stop_grace_ms),
+        ..TaskRun::default()
     }
 }
 

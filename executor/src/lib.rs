@@ -26,7 +26,7 @@ pub use shim::shim_main;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Everything an executor needs to run one task.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskRun {
     /// The task id (16 hex digits); names the task's directory, process group or container.
     pub task_id: String,
@@ -48,6 +48,57 @@ pub struct TaskRun {
     pub limits: Limits,
     /// How long `shutdown` waits after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// The cluster's id (containers are labelled with it).
+    #[serde(default)]
+    pub cluster_id: String,
+    /// Container runtime: replaces the image's entrypoint (empty: the image's own).
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// Container runtime: the user to run as (`name`, `uid` or `uid:gid`); `None`: the image's.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Container runtime: mount the root filesystem read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Container runtime: bind and volume mounts.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Container runtime: ports published on the node's own addresses (`mode=host`).
+    #[serde(default)]
+    pub ports: Vec<HostPort>,
+}
+
+/// What a mount's source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MountKind {
+    /// A path on the node.
+    Bind,
+    /// A named volume of the engine (created if missing; empty source: anonymous).
+    Volume,
+}
+
+/// A mount into a task's container.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mount {
+    /// Bind or volume.
+    pub kind: MountKind,
+    /// The node's path (bind) or the volume's name (volume).
+    pub source: String,
+    /// The path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// A port published on the task's node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostPort {
+    /// The node's port (0: the engine picks a free one).
+    pub published: u16,
+    /// The container's port.
+    pub target: u16,
+    /// `true`: UDP; `false`: TCP.
+    pub udp: bool,
 }
 
 /// Resource limits of a task; `None` = unlimited.

@@ -461,6 +461,7 @@ impl ProcessExecutor {
                 labels: Default::default(),
                 limits: Default::default(),
                 stop_grace: Duration::ZERO,
+                ..TaskRun::default()
             };
             let (run, state) = match read_run(&dir) {
                 Ok(Some(run)) if run.task_id == id => {

@@ -36,6 +36,7 @@ fn task(id: &str, program: &str, args: &[&str]) -> TaskRun {
         labels: BTreeMap::new(),
         limits: Default::default(),
         stop_grace: Duration::from_secs(10),
+        ..TaskRun::default()
     }
 }
 
