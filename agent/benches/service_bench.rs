@@ -658,7 +658,7 @@ fn scenario_create(opts: &Opts, c: &Cluster, clock: &ProcClock) -> Result<(Value
         .arg(&mgr.dir)
         .args(["service", "create", "-d", "--name", SERVICE, "--replicas"])
         .arg(n.to_string())
-        .args(["sleep", "100000"])
+        .args(["--runtime", "process", "sleep", "100000"])
         .output()
         .map_err(|e| format!("cannot run the CLI: {e}"))?;
     let cli_s = t0.elapsed().as_secs_f64();

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -175,8 +175,10 @@ pub fn describe(hostname: &str, executors: &crate::worker::Executors) -> NodeDes
             nano_cpus: cpus * 1_000_000_000,
             memory_bytes: memory_bytes(),
         },
-        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        engine_version: executors.engine_version(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
         runtimes: executors.runtimes(),
+        runtime_problems: executors.problems(),
         limits_enforced: executors.limits_enforced(),
     }
 }
@@ -368,6 +370,7 @@ impl Agent {
             let _ = gossip.tx.send(GossipCmd::Join(seeds)).await;
         }
         tokio::spawn(check_suspects(Arc::downgrade(&member)));
+        tokio::spawn(watch_runtimes(Arc::downgrade(&member), self.opts.clone()));
         let runner = crate::worker::Runner::start(&member, self.opts.executors.clone());
         *member.runner.lock().expect("runner") = Some(runner);
         let span = tracing::info_span!("agent", node = %node_id_string(member.id));
@@ -1735,6 +1738,37 @@ fn refusal(authority: &mut JoinAuthority, body: &[u8]) -> Vec<u8> {
         return join::JoinResponse::refused("the join was not recorded; retry").encode();
     }
     out.response
+}
+
+/// How often the runtimes are checked (the container engine pinged).
+const RUNTIME_CHECK: Duration = Duration::from_secs(2);
+
+/// Checks the runtimes every [`RUNTIME_CHECK`]: when one goes away or comes back (the Docker
+/// Engine stopped or started), the node registers its new description, so that the
+/// orchestrator moves the runtime's tasks elsewhere or places them here again; a runtime that
+/// comes back has what is left of tasks the node no longer runs removed.
+async fn watch_runtimes(member: Weak<Member>, opts: AgentOpts) {
+    loop {
+        tokio::time::sleep(RUNTIME_CHECK).await;
+        let Some(m) = member.upgrade() else { return };
+        if *m.stop.borrow() {
+            return;
+        }
+        if !opts.executors.check().await {
+            continue;
+        }
+        let problems = opts.executors.problems();
+        if problems.is_empty() {
+            tracing::warn!("runtimes available again: {:?}", opts.executors.runtimes());
+            let runner = m.runner.lock().expect("runner").clone();
+            if let Some(r) = runner {
+                r.sweep().await;
+            }
+        } else {
+            tracing::warn!("runtimes unavailable: {}", problems.join("; "));
+        }
+        tokio::spawn(register_loop(m, opts.clone()));
+    }
 }
 
 /// Re-registers after a restart (description or address may have changed), following the

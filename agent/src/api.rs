@@ -263,7 +263,7 @@ pub enum Response {
         /// The id of the node that answered.
         self_id: String,
         /// The node.
-        node: NodeView,
+        node: Box<NodeView>,
     },
     /// `swarm join-token`.
     Token {
@@ -325,8 +325,14 @@ pub struct NodeView {
     pub availability: String,
     /// `Leader`, `Reachable` or `Unreachable` for managers; empty for workers.
     pub manager_status: String,
-    /// The agent's version.
+    /// The container engine's version (empty without one).
     pub engine_version: String,
+    /// The shoal agent's version.
+    #[serde(default)]
+    pub agent_version: String,
+    /// Runtimes the node has but cannot use now, and why.
+    #[serde(default)]
+    pub runtime_problems: Vec<String>,
     /// Observed role: `manager` or `worker`.
     pub role: String,
     /// Desired role.

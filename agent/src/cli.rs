@@ -609,7 +609,7 @@ fn node(agent: &Agent, cmd: &NodeCmd, ui: &mut Ui<'_>) -> Result<(), String> {
                     };
                     let path = with_flag(node_path(&target, ""), "stale", *stale);
                     match agent.call("GET", &path, None)? {
-                        Response::Node { self_id, node } => Ok((self_id, node)),
+                        Response::Node { self_id, node } => Ok((self_id, *node)),
                         other => Err(unexpected("a node", &other)),
                     }
                 });
@@ -785,6 +785,8 @@ mod tests {
             availability: "Active".into(),
             manager_status: manager_status.into(),
             engine_version: "0.1.0".into(),
+            agent_version: "0.1.0".into(),
+            runtime_problems: Vec::new(),
             role: role.into(),
             desired_role: role.into(),
             addr: "127.0.0.1:4242".into(),
@@ -1033,6 +1035,37 @@ mod tests {
                 "a reservation cannot exceed its limit (--reserve-* > --limit-*)",
             ),
             (
+                &["service", "create", "-p", "8080:80", "nginx"],
+                "port 8080: ingress mode needs the routing mesh, which shoal does not have yet; publish with mode=host (-p published=8080,target=80,mode=host)",
+            ),
+            (
+                &["service", "create", "-p", "published=8080", "nginx"],
+                "--publish \"published=8080\": a target port is required",
+            ),
+            (
+                &["service", "create", "-p", "8080:http", "nginx"],
+                "--publish \"8080:http\": invalid target port \"http\"",
+            ),
+            (
+                &["service", "create", "--mount", "type=tmpfs,target=/t", "nginx"],
+                "--mount \"type=tmpfs,target=/t\": type \"tmpfs\" is not supported (bind or volume)",
+            ),
+            (
+                &["service", "create", "--mount", "type=bind,target=/t", "nginx"],
+                "--mount \"type=bind,target=/t\": a bind mount needs a source",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "--runtime",
+                    "process",
+                    "--read-only",
+                    "sleep",
+                ],
+                "--read-only needs the container runtime (--runtime container)",
+            ),
+            (
                 &["service", "scale", "web"],
                 "invalid scale specifier \"web\": expected SERVICE=REPLICAS",
             ),
@@ -1119,6 +1152,64 @@ mod tests {
         assert_eq!(t["restart"]["delay_ms"], 1000);
         assert_eq!(t["placement"]["constraints"][0], "node.role==worker");
         assert_eq!(t["stop_grace_ms"], 2000);
+    }
+
+    #[test]
+    fn service_create_sends_container_options() {
+        let (code, _, err, seen) = run_against(
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "web",
+                "-p",
+                "published=8080,target=80,mode=host",
+                "-p",
+                "published=5353,target=53,protocol=udp,mode=host",
+                "--mount",
+                "type=bind,source=/srv/www,target=/www,readonly",
+                "--mount",
+                "src=cache,dst=/cache",
+                "--user",
+                "1000:1000",
+                "--read-only",
+                "--entrypoint",
+                "/bin/busybox httpd",
+                "shoal-test/busybox:1",
+                "-f",
+            ],
+            vec![(
+                200,
+                serde_json::json!({"result": "ok", "message": "00000000000000aa"}),
+            )],
+        );
+        assert_eq!((code, err.as_str()), (0, ""));
+        let body = seen[0].splitn(3, ' ').nth(2).unwrap();
+        let t = &serde_json::from_str::<Value>(body).unwrap()["spec"]["task"];
+        assert_eq!(t["runtime"], "container");
+        assert_eq!(t["image"], "shoal-test/busybox:1");
+        assert_eq!(t["args"], serde_json::json!(["-f"]));
+        assert_eq!(
+            t["entrypoint"],
+            serde_json::json!(["/bin/busybox", "httpd"])
+        );
+        assert_eq!(t["user"], "1000:1000");
+        assert_eq!(t["read_only"], true);
+        assert_eq!(
+            t["ports"],
+            serde_json::json!([
+                {"published": 8080, "target": 80, "udp": false, "mode": "host"},
+                {"published": 5353, "target": 53, "udp": true, "mode": "host"},
+            ])
+        );
+        assert_eq!(
+            t["mounts"],
+            serde_json::json!([
+                {"kind": "bind", "source": "/srv/www", "target": "/www", "read_only": true},
+                {"kind": "volume", "source": "cache", "target": "/cache", "read_only": false},
+            ])
+        );
     }
 
     #[test]
@@ -1367,7 +1458,7 @@ ID                   HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS   ENGINE 
             200,
             serde_json::to_value(Response::Node {
                 self_id: "0000000000000002".into(),
-                node: node.clone(),
+                node: Box::new(node.clone()),
             })
             .unwrap(),
         );

@@ -591,7 +591,7 @@ impl Member {
             Request::NodeInspect { node, .. } => match st.resolve(&node) {
                 Ok(n) => Response::Node {
                     self_id: node_id_string(self.id),
-                    node: view(n),
+                    node: Box::new(view(n)),
                 },
                 Err(e) => Response::error(e),
             },
@@ -891,6 +891,8 @@ pub fn node_view(n: &Node, status: &RaftStatus, reachable: &BTreeSet<u64>) -> No
         .into(),
         manager_status: manager_status.into(),
         engine_version: n.description.engine_version.clone(),
+        agent_version: n.description.agent_version.clone(),
+        runtime_problems: n.description.runtime_problems.clone(),
         role: n.role.to_string(),
         desired_role: n.desired_role.to_string(),
         addr: n.addr.clone(),

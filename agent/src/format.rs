@@ -351,12 +351,16 @@ pub fn inspect_pretty(_self_id: &str, node: &NodeView) -> String {
         }
     }
     field(&mut out, "Engine Version:", &node.engine_version);
+    field(&mut out, "Agent Version:", &node.agent_version);
     let runtimes = if node.runtimes.is_empty() {
         "none (this node runs no tasks)".to_string()
     } else {
         node.runtimes.join(", ")
     };
     field(&mut out, "Runtimes:", &runtimes);
+    for p in &node.runtime_problems {
+        field(&mut out, " Unavailable:", p);
+    }
     field(
         &mut out,
         "Resource Limits:",
@@ -457,6 +461,8 @@ mod tests {
             availability: "Active".into(),
             manager_status: manager_status.into(),
             engine_version: "0.1.0".into(),
+            agent_version: "0.1.0".into(),
+            runtime_problems: Vec::new(),
             role: role.into(),
             desired_role: role.into(),
             addr: "127.0.0.1:4242".into(),
@@ -682,6 +688,7 @@ Labels:
  - ssd
  - zone=eu-2
 Engine Version:\t\t0.1.0
+Agent Version:\t\t0.1.0
 Runtimes:\t\tprocess
 Resource Limits:\tnot enforced on this node (reservations still count in scheduling)
 ";

@@ -33,16 +33,47 @@ impl Executors {
         self.0.iter().find(|e| e.runtime() == runtime).cloned()
     }
 
-    /// The runtimes this node advertises.
+    /// The runtimes this node advertises: those available now.
     pub fn runtimes(&self) -> Vec<shoal_cluster::Runtime> {
         self.0
             .iter()
+            .filter(|e| e.available().is_ok())
             .filter_map(|e| match e.runtime() {
                 "process" => Some(shoal_cluster::Runtime::Process),
                 "container" => Some(shoal_cluster::Runtime::Container),
                 _ => None,
             })
             .collect()
+    }
+
+    /// The runtimes this node has but cannot use now, and why.
+    pub fn problems(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter_map(|e| {
+                e.available()
+                    .err()
+                    .map(|why| format!("{}: {why}", e.runtime()))
+            })
+            .collect()
+    }
+
+    /// The container engine's version, or empty without one.
+    pub fn engine_version(&self) -> String {
+        self.0
+            .iter()
+            .find_map(|e| e.engine_version())
+            .unwrap_or_default()
+    }
+
+    /// Checks every runtime again (pings the engine); true when what the node advertises
+    /// changed.
+    pub async fn check(&self) -> bool {
+        let before = (self.runtimes(), self.problems(), self.engine_version());
+        for e in &self.0 {
+            let _ = e.check().await;
+        }
+        before != (self.runtimes(), self.problems(), self.engine_version())
     }
 
     /// Whether every runtime enforces resource limits here.
@@ -539,6 +570,40 @@ impl Runner {
             let _ = exec.shutdown(&key, Duration::from_secs(10)).await;
         }
         let _ = exec.remove(&key).await;
+    }
+
+    /// After a runtime came back (the engine restarted): whatever it still has of tasks this
+    /// node does not run any more is stopped, and removed unless the managers still list the
+    /// task (its output stays for `service logs`). The tasks themselves were failed when the
+    /// runtime went away and have been replaced.
+    pub async fn sweep(&self) {
+        for e in &self.executors.0 {
+            let Ok(found) = e.adopt().await else { continue };
+            for t in found {
+                let id = parse_task_id(&t.run.task_id);
+                let live = id.and_then(|id| {
+                    self.tasks
+                        .lock()
+                        .expect("tasks")
+                        .get(&id)
+                        .map(|l| l.stop.is_some() && !l.ended)
+                });
+                match live {
+                    Some(true) => {}
+                    Some(false) => {
+                        if matches!(t.state, AdoptedState::Running(_)) {
+                            tracing::info!(task = %t.run.task_id, "stopping a task that ended while its runtime was away");
+                            let _ = e.shutdown(&t.run.task_id, t.run.stop_grace).await;
+                        }
+                    }
+                    None => {
+                        tracing::info!(task = %t.run.task_id, "removing a task this node no longer owns");
+                        let _ = e.shutdown(&t.run.task_id, t.run.stop_grace).await;
+                        let _ = e.remove(&t.run.task_id).await;
+                    }
+                }
+            }
+        }
     }
 
     /// The node left the swarm: every task stops and is removed.

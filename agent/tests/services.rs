@@ -93,6 +93,8 @@ fn services_run_spread_restart_move_scale_update_and_go() {
                 "web",
                 "--replicas",
                 "8",
+                "--runtime",
+                "process",
                 "sleep",
                 "1000",
             ],
@@ -168,7 +170,17 @@ fn tasks_survive_agent_restarts_logs_are_gathered_and_a_returning_node_stops_rep
     c.shoal(
         0,
         &[
-            "service", "create", "-d", "--name", "g", "--mode", "global", "sleep", "1000",
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "g",
+            "--mode",
+            "global",
+            "--runtime",
+            "process",
+            "sleep",
+            "1000",
         ],
     )
     .ok();
@@ -184,6 +196,8 @@ fn tasks_survive_agent_restarts_logs_are_gathered_and_a_returning_node_stops_rep
             "3",
             "--replicas-max-per-node",
             "1",
+            "--runtime",
+            "process",
             "sh",
             "-c",
             "echo started $SHOAL_TASK_SLOT; sleep 1000",

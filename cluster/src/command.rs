@@ -13,7 +13,7 @@ use crate::types::{Availability, ClusterInfo, NewNode, NodeDescription, NodeId, 
 pub const MAX_COMMAND_SIZE: usize = 256 * 1024;
 
 /// Version byte in front of every encoded command (2: services and tasks).
-const COMMAND_VERSION: u8 = 2;
+const COMMAND_VERSION: u8 = 3;
 
 /// Most task changes or reports in one command (one Raft entry).
 pub const MAX_BATCH: usize = 8192;

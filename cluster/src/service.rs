@@ -202,6 +202,71 @@ pub struct TaskSpec {
     pub stop_grace_ms: u64,
     /// Bumped by `service update --force` to redeploy an unchanged spec.
     pub force_update: u64,
+    /// Containers: replaces the image's entrypoint (empty: the image's own).
+    pub entrypoint: Vec<String>,
+    /// Containers: the user to run as (`name`, `uid` or `uid:gid`; empty: the image's).
+    pub user: String,
+    /// Containers: mount the root filesystem read-only.
+    pub read_only: bool,
+    /// Containers: bind and volume mounts.
+    pub mounts: Vec<MountSpec>,
+    /// Containers: published ports.
+    pub ports: Vec<PortConfig>,
+}
+
+/// What a mount's source is (`--mount type=…`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    /// A path on the task's node.
+    Bind,
+    /// A named volume of the node's engine (created if missing).
+    Volume,
+}
+
+/// A mount into every task's container (`--mount type=bind,source=/data,target=/data`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Bind or volume.
+    pub kind: MountType,
+    /// The node's path (bind) or the volume's name (volume; empty: anonymous).
+    pub source: String,
+    /// The path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// How a published port is reached: through every node (the routing mesh) or only the node the
+/// task runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Every node's published port reaches the service (the routing mesh).
+    Ingress,
+    /// The port is bound on the node running the task.
+    Host,
+}
+
+/// A published port (`-p published=8080,target=80,mode=host`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    /// The port on the node (0: the engine picks one, host mode only).
+    pub published: u16,
+    /// The port in the container.
+    pub target: u16,
+    /// UDP rather than TCP.
+    pub udp: bool,
+    /// Ingress or host.
+    pub mode: PublishMode,
+}
+
+impl fmt::Display for PortConfig {
+    /// As `service ls` shows it: `*:8080->80/tcp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = if self.udp { "udp" } else { "tcp" };
+        write!(f, "*:{}->{}/{}", self.published, self.target, proto)
+    }
 }
 
 impl Default for TaskSpec {
@@ -217,6 +282,11 @@ impl Default for TaskSpec {
             placement: PlacementSpec::default(),
             stop_grace_ms: DEFAULT_STOP_GRACE_MS,
             force_update: 0,
+            entrypoint: Vec::new(),
+            user: String::new(),
+            read_only: false,
+            mounts: Vec::new(),
+            ports: Vec::new(),
         }
     }
 }
@@ -322,6 +392,7 @@ impl ServiceSpec {
         for p in &t.placement.preferences {
             shoal_scheduler::Preference::parse(p).map_err(|e| invalid(e.to_string()))?;
         }
+        validate_container_fields(t)?;
         if t.placement.max_replicas_per_node > u64::from(u32::MAX) {
             return Err(invalid("max replicas per node too large".into()));
         }
@@ -333,6 +404,97 @@ impl ServiceSpec {
         }
         Ok(())
     }
+}
+
+/// Checks the fields only containers have: set only with the container runtime, mounts with
+/// absolute targets (and sources, for binds), ports in range and not published twice.
+fn validate_container_fields(t: &TaskSpec) -> Result<(), ClusterError> {
+    if t.runtime == Runtime::Process {
+        let used = [
+            (!t.entrypoint.is_empty(), "--entrypoint"),
+            (!t.user.is_empty(), "--user"),
+            (t.read_only, "--read-only"),
+            (!t.mounts.is_empty(), "--mount"),
+            (!t.ports.is_empty(), "--publish"),
+        ];
+        if let Some((_, flag)) = used.iter().find(|(set, _)| *set) {
+            return Err(invalid(format!(
+                "{flag} needs the container runtime (--runtime container)"
+            )));
+        }
+    }
+    check_list(&t.entrypoint, "entrypoint")?;
+    check_text(&t.user, "user")?;
+    if t.mounts.len() > 64 {
+        return Err(invalid("too many mounts: at most 64".into()));
+    }
+    for m in &t.mounts {
+        check_text(&m.source, "mount source")?;
+        check_text(&m.target, "mount target")?;
+        if !m.target.starts_with('/') {
+            return Err(invalid(format!(
+                "invalid mount target {:?}: must be an absolute path",
+                m.target
+            )));
+        }
+        match m.kind {
+            MountType::Bind if !m.source.starts_with('/') => {
+                return Err(invalid(format!(
+                    "invalid bind mount source {:?}: must be an absolute path",
+                    m.source
+                )))
+            }
+            MountType::Volume if !m.source.is_empty() && !valid_volume_name(&m.source) =>
+            {
+                return Err(invalid(format!(
+                    "invalid volume name {:?}: letters, digits, '_', '.' or '-', starting with a letter or digit",
+                    m.source
+                )))
+            }
+            _ => {}
+        }
+        if t.mounts.iter().filter(|o| o.target == m.target).count() > 1 {
+            return Err(invalid(format!("duplicate mount target {}", m.target)));
+        }
+    }
+    if t.ports.len() > 256 {
+        return Err(invalid("too many published ports: at most 256".into()));
+    }
+    for p in &t.ports {
+        if p.target == 0 {
+            return Err(invalid(
+                "invalid port: the target port must be 1 to 65535".into(),
+            ));
+        }
+        if p.mode == PublishMode::Ingress {
+            return Err(invalid(format!(
+                "port {}: ingress mode needs the routing mesh, which shoal does not have yet; publish with mode=host (-p published={},target={},mode=host)",
+                p.published, p.published, p.target
+            )));
+        }
+        if p.published != 0
+            && t.ports
+                .iter()
+                .filter(|o| o.published == p.published && o.udp == p.udp)
+                .count()
+                > 1
+        {
+            return Err(invalid(format!(
+                "port {}/{} is published twice",
+                p.published,
+                if p.udp { "udp" } else { "tcp" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A volume name as Docker takes it: letters, digits, `_`, `.`, `-`, starting with a letter or
+/// digit.
+fn valid_volume_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 fn invalid(why: String) -> ClusterError {
@@ -726,5 +888,64 @@ mod tests {
         let mut bad = ok;
         bad.task.args = vec!["x".repeat(MAX_STRING + 1)];
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn container_fields_are_validated() {
+        let err = |s: &ServiceSpec| s.validate().unwrap_err().to_string();
+        let mut process = ServiceSpec::new("web", "/bin/sleep", 1);
+        process.task.read_only = true;
+        assert!(err(&process).contains("--read-only needs the container runtime"));
+        let mut ok = ServiceSpec::new("web", "nginx", 1);
+        ok.task.runtime = Runtime::Container;
+        ok.task.read_only = true;
+        ok.task.user = "1000:1000".into();
+        ok.task.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+        ok.task.mounts = vec![
+            MountSpec {
+                kind: MountType::Bind,
+                source: "/srv/data".into(),
+                target: "/data".into(),
+                read_only: true,
+            },
+            MountSpec {
+                kind: MountType::Volume,
+                source: "cache-1".into(),
+                target: "/cache".into(),
+                read_only: false,
+            },
+        ];
+        let host = PortConfig {
+            published: 8080,
+            target: 80,
+            udp: false,
+            mode: PublishMode::Host,
+        };
+        ok.task.ports = vec![host];
+        ok.validate().unwrap();
+        assert_eq!(host.to_string(), "*:8080->80/tcp");
+
+        let mut bad = ok.clone();
+        bad.task.mounts[0].source = "relative".into();
+        assert!(err(&bad).contains("absolute"));
+        let mut bad = ok.clone();
+        bad.task.mounts[1].target = "/data".into();
+        assert!(err(&bad).contains("duplicate mount target"));
+        let mut bad = ok.clone();
+        bad.task.mounts[1].source = "../etc".into();
+        assert!(err(&bad).contains("volume name"));
+        let mut bad = ok.clone();
+        bad.task.ports.push(host);
+        assert!(err(&bad).contains("published twice"));
+        let mut bad = ok.clone();
+        bad.task.ports[0].mode = PublishMode::Ingress;
+        assert!(err(&bad).contains("mode=host"));
+        let mut bad = ok.clone();
+        bad.task.ports[0].target = 0;
+        assert!(err(&bad).contains("target port"));
+        // The same port over UDP is another port.
+        let mut udp = ok;
+        udp.task.ports.push(PortConfig { udp: true, ..host });
+        udp.validate().unwrap();
     }
 }

@@ -155,8 +155,13 @@ pub struct NodeDescription {
     pub platform: Platform,
     /// CPU and memory.
     pub resources: Resources,
-    /// The agent's version (`ENGINE VERSION`).
+    /// The container engine's version (`ENGINE VERSION`, as Swarm shows Docker's); empty on a
+    /// node without an engine.
     pub engine_version: String,
+    /// The shoal agent's version.
+    pub agent_version: String,
+    /// Runtimes the node has but cannot use now, and why (`node inspect` shows them).
+    pub runtime_problems: Vec<String>,
     /// The runtimes it can run tasks with; the scheduler places tasks only where theirs is.
     pub runtimes: Vec<crate::service::Runtime>,
     /// Whether CPU and memory limits of process tasks are enforced here (cgroup v2); when not,

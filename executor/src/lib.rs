@@ -235,6 +235,23 @@ pub trait Executor: Send + Sync {
     /// Whether limits are enforced on this node.
     fn limits(&self) -> LimitsSupport;
 
+    /// Whether the runtime can run tasks now, as last checked: `Err(why)` when not (the
+    /// container engine went away). Nodes advertise only the runtimes that are available.
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Checks again whether the runtime is there (pings the engine) and records the answer
+    /// for [`Executor::available`]; the agent calls it every few seconds.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The version of the engine behind the runtime, when there is one (Docker's).
+    fn engine_version(&self) -> Option<String> {
+        None
+    }
+
     /// Gets everything ready to start (directories, records, images); nothing runs yet.
     fn prepare<'a>(&'a self, run: &'a TaskRun) -> BoxFuture<'a, Result<(), ExecError>>;
 

@@ -31,6 +31,8 @@ fn node(id: NodeId, mem: u64) -> NewNode {
                 memory_bytes: mem,
             },
             engine_version: "0.1.0".into(),
+            agent_version: "0.1.0".into(),
+            runtime_problems: Vec::new(),
             runtimes: vec![Runtime::Process],
             limits_enforced: false,
         },

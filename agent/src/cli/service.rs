@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use shoal_cluster::{validate_label, RestartCondition, Runtime, ServiceMode, ServiceSpec};
+use shoal_cluster::{
+    validate_label, MountSpec, MountType, PortConfig, PublishMode, RestartCondition, Runtime,
+    ServiceMode, ServiceSpec,
+};
 
 use super::{unexpected, Agent, Ui};
 use crate::api::{Response, ServiceView, TaskView};
@@ -129,6 +132,15 @@ pub struct TaskOpts {
     /// Maximum number of tasks per node (0: no limit)
     #[arg(long, value_name = "N")]
     pub replicas_max_per_node: Option<u64>,
+    /// Containers: overwrite the image's entrypoint ("" restores the image's)
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Containers: username or UID[:GID] ("" restores the image's)
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Containers: mount the root filesystem read-only
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub read_only: Option<bool>,
 }
 
 /// `service create [OPTIONS] IMAGE [COMMAND] [ARG...]`.
@@ -137,8 +149,8 @@ pub struct CreateArgs {
     /// Service name
     #[arg(long)]
     pub name: Option<String>,
-    /// process (IMAGE is the program) or container
-    #[arg(long, default_value = "process", value_parser = ["process", "container"])]
+    /// container (IMAGE is a local image) or process (IMAGE is a program)
+    #[arg(long, default_value = "container", value_parser = ["process", "container"])]
     pub runtime: String,
     /// replicated or global
     #[arg(long, default_value = "replicated", value_parser = ["replicated", "global"])]
@@ -164,10 +176,16 @@ pub struct CreateArgs {
     /// Only print the service id
     #[arg(short, long)]
     pub quiet: bool,
+    /// Containers: attach a mount, type=bind|volume,source=…,target=…[,readonly] (repeatable)
+    #[arg(long = "mount", value_name = "MOUNT")]
+    pub mounts: Vec<String>,
+    /// Containers: publish a port, published=8080,target=80,mode=host (repeatable)
+    #[arg(short, long = "publish", value_name = "PORT")]
+    pub publish: Vec<String>,
     /// Task options (resources, restart policy, …).
     #[command(flatten)]
     pub task: TaskOpts,
-    /// The program (process runtime) or image (container runtime)
+    /// The image (container runtime) or program (process runtime)
     pub image: String,
     /// The command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -210,6 +228,18 @@ pub struct UpdateArgs {
     /// Remove a placement preference (repeatable)
     #[arg(long = "placement-pref-rm", value_name = "PREF")]
     pub pref_rm: Vec<String>,
+    /// Containers: add or replace a mount (by target) (repeatable)
+    #[arg(long = "mount-add", value_name = "MOUNT")]
+    pub mount_add: Vec<String>,
+    /// Containers: remove the mount at this target (repeatable)
+    #[arg(long = "mount-rm", value_name = "TARGET")]
+    pub mount_rm: Vec<String>,
+    /// Containers: add or replace a published port (repeatable)
+    #[arg(long = "publish-add", value_name = "PORT")]
+    pub publish_add: Vec<String>,
+    /// Containers: remove the published port PUBLISHED[/PROTOCOL] (repeatable)
+    #[arg(long = "publish-rm", value_name = "PORT")]
+    pub publish_rm: Vec<String>,
     /// Replace every task even if nothing changed
     #[arg(long)]
     pub force: bool,
@@ -359,7 +389,115 @@ fn apply_task_opts(spec: &mut ServiceSpec, o: &TaskOpts) -> Result<(), String> {
     if let Some(v) = o.replicas_max_per_node {
         t.placement.max_replicas_per_node = v;
     }
+    if let Some(v) = &o.entrypoint {
+        t.entrypoint = split_args(v).map_err(|e| e.replace("--args", "--entrypoint"))?;
+    }
+    if let Some(v) = &o.user {
+        t.user = v.clone();
+    }
+    if let Some(v) = o.read_only {
+        t.read_only = v;
+    }
     Ok(())
+}
+
+/// Parses `--mount type=bind,source=/srv,target=/data[,readonly]` (Docker's keys and aliases;
+/// the type defaults to volume, as Docker's).
+pub fn parse_mount(s: &str) -> Result<MountSpec, String> {
+    let mut m = MountSpec {
+        kind: MountType::Volume,
+        source: String::new(),
+        target: String::new(),
+        read_only: false,
+    };
+    for part in s.split(',') {
+        let (k, v) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (part.trim(), None),
+        };
+        match (k, v) {
+            ("type", Some("bind")) => m.kind = MountType::Bind,
+            ("type", Some("volume")) => m.kind = MountType::Volume,
+            ("type", Some(other)) => {
+                return Err(format!(
+                    "--mount {s:?}: type {other:?} is not supported (bind or volume)"
+                ))
+            }
+            ("source" | "src", Some(v)) => m.source = v.to_string(),
+            ("target" | "destination" | "dst", Some(v)) => m.target = v.to_string(),
+            ("readonly" | "ro", None) => m.read_only = true,
+            ("readonly" | "ro", Some(v)) => {
+                m.read_only = parse_bool(v).ok_or_else(|| {
+                    format!("--mount {s:?}: invalid readonly value {v:?} (true or false)")
+                })?
+            }
+            _ => return Err(format!("--mount {s:?}: unknown field {k:?}")),
+        }
+    }
+    if m.target.is_empty() {
+        return Err(format!("--mount {s:?}: target is required"));
+    }
+    if m.kind == MountType::Bind && m.source.is_empty() {
+        return Err(format!("--mount {s:?}: a bind mount needs a source"));
+    }
+    Ok(m)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `-p published=8080,target=80[,protocol=udp][,mode=host]` or the short
+/// `8080:80[/udp]` (ingress mode, Docker's default for both forms).
+pub fn parse_publish(s: &str) -> Result<PortConfig, String> {
+    let port = |v: &str, what: &str| -> Result<u16, String> {
+        v.parse::<u16>()
+            .map_err(|_| format!("--publish {s:?}: invalid {what} port {v:?}"))
+    };
+    let mut p = PortConfig {
+        published: 0,
+        target: 0,
+        udp: false,
+        mode: PublishMode::Ingress,
+    };
+    if s.contains('=') {
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--publish {s:?}: expected key=value, got {part:?}"))?;
+            match (k.trim(), v.trim()) {
+                ("published", v) => p.published = port(v, "published")?,
+                ("target", v) => p.target = port(v, "target")?,
+                ("protocol", "tcp") => p.udp = false,
+                ("protocol", "udp") => p.udp = true,
+                ("mode", "host") => p.mode = PublishMode::Host,
+                ("mode", "ingress") => p.mode = PublishMode::Ingress,
+                (k, v) => return Err(format!("--publish {s:?}: invalid {k} {v:?}")),
+            }
+        }
+    } else {
+        let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        p.udp = match proto {
+            "tcp" => false,
+            "udp" => true,
+            other => return Err(format!("--publish {s:?}: invalid protocol {other:?}")),
+        };
+        match ports.split_once(':') {
+            Some((published, target)) => {
+                p.published = port(published, "published")?;
+                p.target = port(target, "target")?;
+            }
+            None => p.target = port(ports, "target")?,
+        }
+    }
+    if p.target == 0 {
+        return Err(format!("--publish {s:?}: a target port is required"));
+    }
+    Ok(p)
 }
 
 fn parse_label_arg(s: &str) -> Result<(String, String), String> {
@@ -423,6 +561,12 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec, String> {
     }
     spec.task.placement.constraints = a.constraints.clone();
     spec.task.placement.preferences = a.preferences.clone();
+    for m in &a.mounts {
+        spec.task.mounts.push(parse_mount(m)?);
+    }
+    for p in &a.publish {
+        spec.task.ports.push(parse_publish(p)?);
+    }
     apply_task_opts(&mut spec, &a.task)?;
     spec.validate().map_err(|e| e.to_string())?;
     Ok(spec)
@@ -510,6 +654,31 @@ pub fn update_spec(current: &ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec,
             p.preferences.push(c.clone());
         }
     }
+    let t = &mut spec.task;
+    t.mounts.retain(|m| !a.mount_rm.contains(&m.target));
+    for m in &a.mount_add {
+        let m = parse_mount(m)?;
+        t.mounts.retain(|o| o.target != m.target);
+        t.mounts.push(m);
+    }
+    for r in &a.publish_rm {
+        let (port, proto) = r.split_once('/').unwrap_or((r, "tcp"));
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("--publish-rm {r:?}: expected PUBLISHED[/PROTOCOL]"))?;
+        let udp = match proto {
+            "tcp" => false,
+            "udp" => true,
+            _ => return Err(format!("--publish-rm {r:?}: invalid protocol")),
+        };
+        t.ports.retain(|p| !(p.published == port && p.udp == udp));
+    }
+    for p in &a.publish_add {
+        let p = parse_publish(p)?;
+        t.ports
+            .retain(|o| !(o.published == p.published && o.udp == p.udp && p.published != 0));
+        t.ports.push(p);
+    }
     apply_task_opts(&mut spec, &a.task)?;
     if a.force {
         spec.task.force_update = spec.task.force_update.wrapping_add(1);
@@ -569,7 +738,15 @@ pub fn service_table(services: &[ServiceView]) -> String {
             Cow::Borrowed(mode_name(&s.spec)),
             Cow::Owned(format!("{}/{}", s.running, s.desired)),
             clean(&s.spec.task.image),
-            Cow::Borrowed(""),
+            Cow::Owned(
+                s.spec
+                    .task
+                    .ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]);
     }
     render_table(&rows)
@@ -710,8 +887,49 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
     if !t.env.is_empty() {
         field(" Env:", &t.env.join(" "));
     }
+    if !t.entrypoint.is_empty() {
+        field(" Entrypoint:", &t.entrypoint.join(" "));
+    }
     if !t.workdir.is_empty() {
         field(" Dir:", &t.workdir);
+    }
+    if !t.user.is_empty() {
+        field(" User:", &t.user);
+    }
+    if t.read_only {
+        field(" Read Only:", "true");
+    }
+    if !t.mounts.is_empty() {
+        field("Mounts:", "");
+        for m in &t.mounts {
+            let kind = match m.kind {
+                MountType::Bind => "bind",
+                MountType::Volume => "volume",
+            };
+            let ro = if m.read_only { ",readonly" } else { "" };
+            field(
+                " ",
+                &format!("type={kind},source={},target={}{ro}", m.source, m.target),
+            );
+        }
+    }
+    if !t.ports.is_empty() {
+        field("Ports:", "");
+        for p in &t.ports {
+            let mode = match p.mode {
+                PublishMode::Host => "host",
+                PublishMode::Ingress => "ingress",
+            };
+            field(
+                " ",
+                &format!(
+                    "PublishedPort = {}, TargetPort = {}, Protocol = {}, PublishMode = {mode}",
+                    p.published,
+                    p.target,
+                    if p.udp { "udp" } else { "tcp" }
+                ),
+            );
+        }
     }
     field(" StopGracePeriod:", &dur(t.stop_grace_ms));
     let r = &t.resources;

@@ -142,6 +142,8 @@ fn new_node(id: NodeId) -> NewNode {
                 memory_bytes: 8 << 30,
             },
             engine_version: "0.1.0".into(),
+            agent_version: "0.1.0".into(),
+            runtime_problems: Vec::new(),
             runtimes: vec![Runtime::Process],
             limits_enforced: false,
         },

@@ -29,6 +29,8 @@ pub fn new_node(id: NodeId, host: &str, role: Role) -> NewNode {
                 memory_bytes: 1 << 30,
             },
             engine_version: "0.1.0".into(),
+            agent_version: "0.1.0".into(),
+            runtime_problems: Vec::new(),
             runtimes: vec![Runtime::Process],
             limits_enforced: false,
         },
