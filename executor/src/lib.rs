@@ -247,6 +247,10 @@ pub trait Executor: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
+    /// Names the node whose tasks this executor runs (containers are labelled with it, and only
+    /// its own are adopted); called when the node joins a swarm, before any task runs.
+    fn set_node(&self, _node_id: &str) {}
+
     /// The version of the engine behind the runtime, when there is one (Docker's).
     fn engine_version(&self) -> Option<String> {
         None
