@@ -14,11 +14,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 mod cgroup;
+pub mod container;
 mod logs;
 mod process;
 mod records;
 mod shim;
+pub mod test_image;
 
+pub use container::ContainerExecutor;
 pub use process::{ProcessExecutor, ShimCommand};
 pub use shim::shim_main;
 
