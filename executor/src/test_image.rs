@@ -24,6 +24,10 @@ pub const APPLETS: &[&str] = &[
     "uname", "stat",
 ];
 
+/// The image label holding the fingerprint of the build context: a tag made by someone else
+/// (engines are shared) or by an older helper is rebuilt.
+pub const FINGERPRINT_LABEL: &str = "com.shoal.test-image";
+
 /// Serializes builds within one process (tests run in parallel).
 static BUILD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -57,19 +61,44 @@ fn context() -> Result<Vec<u8>, String> {
     tar.into_inner().map_err(|e| format!("tar: {e}"))
 }
 
-/// Makes sure the image `tag` exists on the engine: builds it (see the module docs) unless it
-/// is there already. Never pulls.
+/// FNV-1a of the build context, as 16 hex digits.
+fn fingerprint(context: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in context {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Makes sure the image `tag` exists on the engine with this helper's content: builds it (see
+/// the module docs) unless it is there already, labelled with the same context fingerprint.
+/// Never pulls.
 pub async fn ensure(docker: &ContainerExecutor, tag: &str) -> Result<(), String> {
     let _guard = BUILD.lock().await;
     let engine = docker.docker();
-    if engine.inspect_image(tag).await.is_ok() {
-        return Ok(());
-    }
     let tar = context()?;
+    let print = fingerprint(&tar);
+    let current = |image: &bollard::models::ImageInspect| {
+        image
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(FINGERPRINT_LABEL))
+            == Some(&print)
+    };
+    if let Ok(image) = engine.inspect_image(tag).await {
+        if current(&image) {
+            return Ok(());
+        }
+    }
+    let mut labels = std::collections::HashMap::new();
+    labels.insert(FINGERPRINT_LABEL, print.as_str());
     let options = BuildImageOptionsBuilder::new()
         .t(tag)
         .rm(true)
         .forcerm(true)
+        .labels(&labels)
         .build();
     let mut stream = engine.build_image(options, None, Some(bollard::body_full(tar.into())));
     let mut last = String::new();
