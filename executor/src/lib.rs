@@ -4,6 +4,10 @@
 //! logs), so the agent drives a process task and a container task the same way. The agent keeps
 //! no process handles of its own: an executor finds its tasks again after an agent restart
 //! ([`Executor::adopt`]), which is how running tasks survive an agent upgrade or crash.
+//!
+//! Runtimes: [`ProcessExecutor`] (programs under a per-task shim) and [`ContainerExecutor`]
+//! (containers of the node's Docker Engine, through its API). [`test_image`] builds the small
+//! busybox image that container tests and benchmarks use.
 
 #![warn(missing_docs)]
 

@@ -497,3 +497,84 @@ async fn logs_follow_new_lines() {
         .await
         .expect("shutdown");
 }
+
+/// A stand-in engine on a Unix socket: enough of the API for `connect`, `find`, `inspect` and a
+/// `wait` that never answers; reports when the wait request has arrived.
+async fn fake_engine(listener: tokio::net::UnixListener, waiting: tokio::sync::mpsc::Sender<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut held = Vec::new();
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        let body = if path.contains("/_ping") {
+            "OK".to_string()
+        } else if path.contains("/version") {
+            r#"{"Version":"20.10.24+fake","ApiVersion":"1.41"}"#.to_string()
+        } else if path.contains("/containers/json") {
+            r#"[{"Id":"abc","Labels":{"com.shoal.node":"fake","com.shoal.task":"t1"}}]"#.to_string()
+        } else if path.contains("/containers/abc/json") {
+            // Sparse on purpose: missing fields must not matter.
+            r#"{"Id":"abc","State":{"Status":"running","Pid":42,"StartedAt":"2026-01-01T00:00:00Z"}}"#
+                .to_string()
+        } else if path.contains("/containers/abc/wait") {
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n",
+                )
+                .await;
+            let _ = conn.flush().await;
+            held.push(conn);
+            let _ = waiting.send(()).await;
+            continue;
+        } else {
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = conn.write_all(response.as_bytes()).await;
+    }
+}
+
+#[tokio::test]
+async fn wait_fails_when_the_engine_goes_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+    let (tx, mut waiting) = tokio::sync::mpsc::channel(1);
+    let server = tokio::spawn(fake_engine(listener, tx));
+    let host = format!("unix://{}", socket.display());
+    let exec = ContainerExecutor::connect(Some(&host), "fake")
+        .await
+        .expect("connect");
+    assert_eq!(exec.engine_version(), "20.10.24+fake");
+    assert_eq!(exec.host(), host);
+    let wait = tokio::spawn(async move { exec.wait("t1").await });
+    waiting.recv().await.expect("the wait request");
+    // The engine dies: its connections close and nobody listens on the socket any more.
+    server.abort();
+    let _ = server.await;
+    match wait.await.expect("join") {
+        Err(ExecError::Runtime(m)) => assert!(m.starts_with("lost the Docker Engine"), "{m}"),
+        other => panic!("expected a lost engine, got {other:?}"),
+    }
+}
