@@ -189,6 +189,16 @@ async fn missing_image_bad_mount_and_bad_command_are_invalid() {
         Err(ExecError::Invalid(m)) => assert!(m.contains("no such file"), "{m}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
+    // The engine's error stays with the container: exit_error, wait and adopt tell it.
+    let said = exec
+        .exit_error(&run.task_id)
+        .await
+        .expect("an engine error");
+    assert!(said.contains("no such file"), "{said}");
+    match exec.wait(&run.task_id).await {
+        Err(ExecError::Runtime(m)) => assert!(m.contains("no such file"), "{m}"),
+        other => panic!("expected Runtime, got {other:?}"),
+    }
     let adopted = exec.adopt().await.expect("adopt");
     let t = adopted
         .iter()
