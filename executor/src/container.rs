@@ -20,7 +20,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
@@ -74,10 +75,17 @@ const STOP_SLACK_SECS: u64 = 60;
 /// The `container` runtime: tasks run as containers of a Docker Engine; they survive agent
 /// restarts and are found again by [`Executor::adopt`] through their labels.
 pub struct ContainerExecutor {
-    docker: Docker,
+    /// The client; replaced by one of the negotiated API version once the engine answers.
+    docker: RwLock<Docker>,
+    /// Whether the API version was negotiated yet.
+    negotiated: AtomicBool,
     host: String,
-    node_id: String,
-    engine_version: String,
+    /// Labels this node's containers; set when the node joins (see [`Executor::set_node`]).
+    node_id: RwLock<String>,
+    /// The engine's version, from the last answer.
+    engine_version: RwLock<String>,
+    /// The last check: `Err(why)` while the engine does not answer.
+    status: RwLock<Result<(), String>>,
     /// Tasks this executor has stopped: their exit codes above 128 are the engine's signals.
     stopped: Mutex<HashSet<String>>,
 }
@@ -86,8 +94,8 @@ impl std::fmt::Debug for ContainerExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContainerExecutor")
             .field("host", &self.host)
-            .field("node_id", &self.node_id)
-            .field("engine_version", &self.engine_version)
+            .field("node_id", &self.node_id())
+            .field("engine_version", &self.engine_version())
             .finish()
     }
 }
@@ -572,25 +580,17 @@ enum WaitEnd {
 }
 
 impl ContainerExecutor {
-    /// Connects to the engine at `docker_host` (`unix://…`, `tcp://…` or `http://…`; `None`:
-    /// `DOCKER_HOST` if set, else `unix:///var/run/docker.sock`), negotiates the API version,
-    /// and pings it. `node_id` labels this node's containers and is part of their names.
-    pub async fn connect(
-        docker_host: Option<&str>,
-        node_id: &str,
-    ) -> Result<ContainerExecutor, ExecError> {
-        if node_id.is_empty() {
-            return Err(ExecError::Invalid("the node id is empty".to_string()));
-        }
+    /// A client of the engine at `docker_host` (`unix://…`, `tcp://…` or `http://…`; `None`:
+    /// `DOCKER_HOST` if set, else `unix:///var/run/docker.sock`), without talking to it yet:
+    /// the runtime counts as unavailable until [`Executor::check`] reaches the engine. `node_id`
+    /// (may be empty until the node joins) labels this node's containers.
+    pub fn new(docker_host: Option<&str>, node_id: &str) -> Result<ContainerExecutor, ExecError> {
         let host = match docker_host {
             Some(h) => h.to_string(),
             None => std::env::var("DOCKER_HOST")
                 .ok()
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| DEFAULT_HOST.to_string()),
-        };
-        let unreachable = |e: DockerError| {
-            ExecError::Runtime(format!("cannot reach the Docker Engine at {host}: {e}"))
         };
         let docker = if host.starts_with("unix://") || host.starts_with('/') {
             Docker::connect_with_unix(&host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
@@ -601,34 +601,76 @@ impl ContainerExecutor {
                 "unsupported Docker Engine address {host:?} (use unix://, tcp:// or http://)"
             )));
         }
-        .map_err(unreachable)?;
-        let docker = tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version())
-            .await
-            .map_err(|_| {
-                ExecError::Runtime(format!(
-                    "cannot reach the Docker Engine at {host}: timed out"
-                ))
-            })?
-            .map_err(unreachable)?;
-        let mut exec = ContainerExecutor {
-            docker,
-            host: host.clone(),
-            node_id: node_id.to_string(),
-            engine_version: String::new(),
+        .map_err(|e| ExecError::Invalid(format!("Docker Engine address {host:?}: {e}")))?;
+        Ok(ContainerExecutor {
+            docker: RwLock::new(docker),
+            negotiated: AtomicBool::new(false),
+            status: RwLock::new(Err(format!(
+                "the Docker Engine at {host} was not reached yet"
+            ))),
+            host,
+            node_id: RwLock::new(node_id.to_string()),
+            engine_version: RwLock::new(String::new()),
             stopped: Mutex::new(HashSet::new()),
-        };
-        exec.engine_version = exec
-            .ping()
-            .await
-            .map_err(|e| ExecError::Runtime(format!("Docker Engine at {host}: {e}")))?;
+        })
+    }
+
+    /// [`ContainerExecutor::new`], then reaches the engine (negotiating the API version): an
+    /// error if it does not answer. `node_id` must not be empty.
+    pub async fn connect(
+        docker_host: Option<&str>,
+        node_id: &str,
+    ) -> Result<ContainerExecutor, ExecError> {
+        if node_id.is_empty() {
+            return Err(ExecError::Invalid("the node id is empty".to_string()));
+        }
+        let exec = ContainerExecutor::new(docker_host, node_id)?;
+        exec.reach().await.map_err(ExecError::Runtime)?;
         Ok(exec)
+    }
+
+    /// Talks to the engine: negotiates the API version the first time, pings, records the
+    /// answer (version and availability).
+    async fn reach(&self) -> Result<(), String> {
+        let host = &self.host;
+        let result = async {
+            if !self.negotiated.load(Ordering::SeqCst) {
+                let docker = tokio::time::timeout(PING_TIMEOUT, self.d().negotiate_version())
+                    .await
+                    .map_err(|_| format!("cannot reach the Docker Engine at {host}: timed out"))?
+                    .map_err(|e| format!("cannot reach the Docker Engine at {host}: {e}"))?;
+                *self.docker.write().unwrap_or_else(|e| e.into_inner()) = docker;
+                self.negotiated.store(true, Ordering::SeqCst);
+            }
+            let version = self
+                .ping()
+                .await
+                .map_err(|e| format!("cannot reach the Docker Engine at {host}: {e}"))?;
+            *self
+                .engine_version
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = version;
+            Ok(())
+        }
+        .await;
+        *self.status.write().unwrap_or_else(|e| e.into_inner()) = result.clone();
+        result
+    }
+
+    /// The client (cheap to clone: it shares its connection pool).
+    fn d(&self) -> Docker {
+        self.docker
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Checks that the engine answers; returns its version (e.g. "20.10.24+dfsg1").
     pub async fn ping(&self) -> Result<String, ExecError> {
+        let docker = self.d();
         let ask = async {
-            self.docker.ping().await?;
-            self.docker.version().await
+            docker.ping().await?;
+            docker.version().await
         };
         match tokio::time::timeout(PING_TIMEOUT, ask).await {
             Err(_) => Err(ExecError::Runtime(format!(
@@ -640,9 +682,12 @@ impl ContainerExecutor {
         }
     }
 
-    /// The engine's version, as found by `connect`.
-    pub fn engine_version(&self) -> &str {
-        &self.engine_version
+    /// The engine's version, from its last answer (empty before any).
+    pub fn engine_version(&self) -> String {
+        self.engine_version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The engine's address.
@@ -651,20 +696,23 @@ impl ContainerExecutor {
     }
 
     /// The node id this executor labels its containers with.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The engine client (for the test image helper).
-    pub(crate) fn docker(&self) -> &Docker {
-        &self.docker
+    pub(crate) fn docker(&self) -> Docker {
+        self.d()
     }
 
     /// The engine's word on how the task's container ended (`State.Error`, an OOM kill), if it
     /// said anything; `None` also when the container is unknown or the engine does not answer.
     pub async fn exit_error(&self, task_id: &str) -> Option<String> {
         let id = self.find(task_id).await.ok()??;
-        let info = self.docker.inspect_container(&id, None).await.ok()?;
+        let info = self.d().inspect_container(&id, None).await.ok()?;
         error_of(&info)
     }
 
@@ -674,7 +722,7 @@ impl ContainerExecutor {
         filters.insert(
             "label",
             vec![
-                format!("{LABEL_NODE}={}", self.node_id),
+                format!("{LABEL_NODE}={}", self.node_id()),
                 format!("{LABEL_TASK}={task_id}"),
             ],
         );
@@ -683,13 +731,13 @@ impl ContainerExecutor {
             .filters(&filters)
             .build();
         let list = self
-            .docker
+            .d()
             .list_containers(Some(options))
             .await
             .map_err(engine_err)?;
         Ok(list.into_iter().find_map(|c| {
             let labels = c.labels.as_ref()?;
-            let ours = labels.get(LABEL_NODE) == Some(&self.node_id)
+            let ours = labels.get(LABEL_NODE) == Some(&self.node_id())
                 && labels.get(LABEL_TASK).map(String::as_str) == Some(task_id);
             if ours {
                 c.id
@@ -712,7 +760,7 @@ impl ContainerExecutor {
         task_id: &str,
         id: &str,
     ) -> Result<ContainerInspectResponse, ExecError> {
-        match self.docker.inspect_container(id, None).await {
+        match self.d().inspect_container(id, None).await {
             Ok(info) => Ok(info),
             Err(e) if is_not_found(&e) => Err(ExecError::NotFound(task_id.to_string())),
             Err(e) => Err(engine_err(e)),
@@ -736,7 +784,7 @@ impl ContainerExecutor {
         if run.program.is_empty() {
             return Err(ExecError::Invalid("the task names no image".to_string()));
         }
-        match self.docker.inspect_image(&run.program).await {
+        match self.d().inspect_image(&run.program).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {
                 return Err(ExecError::Invalid(format!(
@@ -746,11 +794,11 @@ impl ContainerExecutor {
             }
             Err(e) => return Err(engine_err(e)),
         }
-        let name = container_name(run, &self.node_id);
+        let name = container_name(run, &self.node_id());
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         match self
-            .docker
-            .create_container(Some(options), create_body(run, &self.node_id))
+            .d()
+            .create_container(Some(options), create_body(run, &self.node_id()))
             .await
         {
             Ok(_) => Ok(()),
@@ -781,7 +829,7 @@ impl ContainerExecutor {
         if started {
             return Ok(details_of(&info));
         }
-        match self.docker.start_container(&id, None).await {
+        match self.d().start_container(&id, None).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Err(ExecError::NotFound(task_id.to_string())),
             Err(e) => return Err(spec_err(e)),
@@ -795,7 +843,7 @@ impl ContainerExecutor {
         let options = WaitContainerOptionsBuilder::new()
             .condition("not-running")
             .build();
-        let mut stream = self.docker.wait_container(id, Some(options));
+        let mut stream = self.d().wait_container(id, Some(options));
         let mut ticker = tokio::time::interval(WAIT_PING_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -863,7 +911,7 @@ impl ContainerExecutor {
             }
         };
         // The inspect knows more (an OOM kill); the wait's code stands if the container is gone.
-        let (code, oom) = match self.docker.inspect_container(&id, None).await {
+        let (code, oom) = match self.d().inspect_container(&id, None).await {
             Ok(info) => match info.state {
                 Some(s) => (s.exit_code.unwrap_or(code), s.oom_killed == Some(true)),
                 None => (code, false),
@@ -883,8 +931,7 @@ impl ContainerExecutor {
             s.insert(task_id.to_string());
         }
         let docker = self
-            .docker
-            .clone()
+            .d()
             .with_timeout(Duration::from_secs(secs.saturating_add(STOP_SLACK_SECS)));
         let options = StopContainerOptionsBuilder::new().t(t).build();
         match docker.stop_container(&id, Some(options)).await {
@@ -902,7 +949,7 @@ impl ContainerExecutor {
             .force(true)
             .v(true)
             .build();
-        let done = match self.docker.remove_container(&id, Some(options)).await {
+        let done = match self.d().remove_container(&id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) if matches!(engine_answer(&e), Some((409, m)) if m.contains("already in progress")) => {
@@ -920,13 +967,13 @@ impl ContainerExecutor {
 
     async fn adopt_tasks(&self) -> Result<Vec<AdoptedTask>, ExecError> {
         let mut filters = HashMap::new();
-        filters.insert("label", vec![format!("{LABEL_NODE}={}", self.node_id)]);
+        filters.insert("label", vec![format!("{LABEL_NODE}={}", self.node_id())]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
         let list = self
-            .docker
+            .d()
             .list_containers(Some(options))
             .await
             .map_err(engine_err)?;
@@ -936,11 +983,11 @@ impl ContainerExecutor {
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(LABEL_NODE))
-                .is_some_and(|n| *n == self.node_id);
+                .is_some_and(|n| *n == self.node_id());
             let Some(id) = c.id.filter(|_| ours) else {
                 continue;
             };
-            let info = match self.docker.inspect_container(&id, None).await {
+            let info = match self.d().inspect_container(&id, None).await {
                 Ok(info) => info,
                 Err(e) if is_not_found(&e) => continue, // removed meanwhile
                 Err(e) => return Err(engine_err(e)),
@@ -975,7 +1022,7 @@ impl ContainerExecutor {
             .timestamps(true)
             .tail(&tail)
             .build();
-        let mut stream = self.docker.logs(&id, Some(query));
+        let mut stream = self.d().logs(&id, Some(query));
         // The first answer tells whether the engine serves the logs at all (e.g. a log driver
         // without reading support); later errors only end the stream.
         let first = tokio::select! {
@@ -1034,6 +1081,26 @@ impl Executor for ContainerExecutor {
 
     fn limits(&self) -> LimitsSupport {
         LimitsSupport::Enforced
+    }
+
+    fn available(&self) -> Result<(), String> {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.reach())
+    }
+
+    fn set_node(&self, node_id: &str) {
+        *self.node_id.write().unwrap_or_else(|e| e.into_inner()) = node_id.to_string();
+    }
+
+    fn engine_version(&self) -> Option<String> {
+        let v = ContainerExecutor::engine_version(self);
+        (!v.is_empty()).then_some(v)
     }
 
     fn prepare<'a>(&'a self, run: &'a TaskRun) -> BoxFuture<'a, Result<(), ExecError>> {

@@ -237,7 +237,7 @@ async fn limits_and_labels_reach_the_engine() {
         .unwrap_or_default();
     let label = |k: &str| labels.get(k).map(String::as_str);
     assert_eq!(label("com.shoal.cluster"), Some("testcluster"));
-    assert_eq!(label("com.shoal.node"), Some(exec.node_id()));
+    assert_eq!(label("com.shoal.node"), Some(exec.node_id().as_str()));
     assert_eq!(label("com.shoal.service"), Some("svc"));
     assert_eq!(label("com.shoal.task"), Some("00000000000000c1"));
     assert_eq!(label("com.shoal.slot"), Some("1"));
@@ -376,7 +376,7 @@ async fn adopt_only_own_containers() {
     ));
 
     // A new executor of the same node (an agent restart) finds all three.
-    let again = ContainerExecutor::connect(Some(exec.host()), exec.node_id())
+    let again = ContainerExecutor::connect(Some(exec.host()), &exec.node_id())
         .await
         .expect("connect");
     let adopted = again.adopt().await.expect("adopt");

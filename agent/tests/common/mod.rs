@@ -28,6 +28,8 @@ pub struct Node {
     pub listen: String,
     /// Where the agent serves `GET /metrics` over TCP (`--metrics-addr`).
     pub metrics: String,
+    /// More `shoal agent` arguments (e.g. `--docker-host`).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -125,6 +127,7 @@ impl Cluster {
                 dir,
                 listen: free_port(),
                 metrics: free_tcp_port(),
+                args: Vec::new(),
                 child: None,
             });
         }
@@ -142,6 +145,7 @@ impl Cluster {
             dir: self.tmp.path().join(format!("node-{}", i + 1)),
             listen: free_port(),
             metrics: free_tcp_port(),
+            args: Vec::new(),
             child: None,
         });
         self.spawn(i);
@@ -161,6 +165,7 @@ impl Cluster {
             .arg(&n.dir)
             .args(["agent", "--listen", &n.listen, "--hostname", &n.name])
             .args(["--gossip", "local", "--metrics-addr", &n.metrics])
+            .args(&n.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
