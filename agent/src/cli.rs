@@ -1035,7 +1035,7 @@ mod tests {
                 "a reservation cannot exceed its limit (--reserve-* > --limit-*)",
             ),
             (
-                &["service", "create", "-p", "8080:80", "nginx"],
+                &["service", "create", "--runtime", "container", "-p", "8080:80", "nginx"],
                 "port 8080: ingress mode needs the routing mesh, which shoal does not have yet; publish with mode=host (-p published=8080,target=80,mode=host)",
             ),
             (
@@ -1163,6 +1163,8 @@ mod tests {
                 "-d",
                 "--name",
                 "web",
+                "--runtime",
+                "container",
                 "-p",
                 "published=8080,target=80,mode=host",
                 "-p",
