@@ -117,6 +117,8 @@ pub struct Runner {
     starts: tokio::sync::Semaphore,
     tasks: Mutex<HashMap<TaskId, Local>>,
     reports: mpsc::UnboundedSender<TaskReport>,
+    /// The cluster's id (containers are labelled with it).
+    cluster_id: String,
 }
 
 fn report(id: TaskId, state: TaskState, message: &str) -> TaskReport {
@@ -139,7 +141,7 @@ fn exit_report(id: TaskId, exit: ExitStatus) -> TaskReport {
 }
 
 /// The run of an assignment, for its executor.
-fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec) -> TaskRun {
+fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec, cluster_id: &str) -> TaskRun {
     let env: Vec<(String, String)> = spec
         .env
         .iter()
@@ -190,7 +192,34 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec) -> TaskRun {
             memory_bytes: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
         },
         stop_grace: Duration::from_millis(spec.stop_grace_ms),
-        ..TaskRun::default()
+        cluster_id: cluster_id.to_string(),
+        entrypoint: spec.entrypoint.clone(),
+        user: (!spec.user.is_empty()).then(|| spec.user.clone()),
+        read_only: spec.read_only,
+        mounts: spec
+            .mounts
+            .iter()
+            .map(|m| shoal_executor::Mount {
+                kind: match m.kind {
+                    shoal_cluster::MountType::Bind => shoal_executor::MountKind::Bind,
+                    shoal_cluster::MountType::Volume => shoal_executor::MountKind::Volume,
+                },
+                source: m.source.clone(),
+                target: m.target.clone(),
+                read_only: m.read_only,
+            })
+            .collect(),
+        // Ingress ports are the routing mesh's; only host-mode ones bind on the task's node.
+        ports: spec
+            .ports
+            .iter()
+            .filter(|p| p.mode == shoal_cluster::PublishMode::Host)
+            .map(|p| shoal_executor::HostPort {
+                published: p.published,
+                target: p.target,
+                udp: p.udp,
+            })
+            .collect(),
     }
 }
 
@@ -204,7 +233,11 @@ impl Runner {
     /// Starts the runner of `member`: adoption, the assignment loop and the reporter.
     pub fn start(member: &Arc<Member>, executors: Executors) -> Arc<Runner> {
         let (tx, rx) = mpsc::unbounded_channel();
+        for e in &executors.0 {
+            e.set_node(&shoal_cluster::node_id_string(member.id));
+        }
         let runner = Arc::new(Runner {
+            cluster_id: member.cluster_id.to_string(),
             executors,
             starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS),
             tasks: Mutex::new(HashMap::new()),
@@ -374,7 +407,7 @@ impl Runner {
                 }
             } else if desired == TaskState::Running && l.stop.is_none() && !l.ended {
                 if let Some(spec) = &a.spec {
-                    let run = task_run(&a, spec);
+                    let run = task_run(&a, spec, &self.cluster_id);
                     let (tx, rx) = watch::channel(false);
                     l.stop = Some(tx);
                     self.spawn_supervisor(id, l.runtime, run, rx, None);
@@ -410,7 +443,7 @@ impl Runner {
             return;
         }
         let run = match (&a.spec, &found) {
-            (Some(spec), _) => Some(task_run(&a, spec)),
+            (Some(spec), _) => Some(task_run(&a, spec, &self.cluster_id)),
             (None, Some((_, t))) => Some(t.run.clone()),
             (None, None) => None,
         };

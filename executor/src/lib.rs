@@ -4,6 +4,10 @@
 //! logs), so the agent drives a process task and a container task the same way. The agent keeps
 //! no process handles of its own: an executor finds its tasks again after an agent restart
 //! ([`Executor::adopt`]), which is how running tasks survive an agent upgrade or crash.
+//!
+//! Runtimes: [`ProcessExecutor`] (programs under a per-task shim) and [`ContainerExecutor`]
+//! (containers of the node's Docker Engine, through its API). [`test_image`] builds the small
+//! busybox image that container tests and benchmarks use.
 
 #![warn(missing_docs)]
 
@@ -14,11 +18,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 mod cgroup;
+pub mod container;
 mod logs;
 mod process;
 mod records;
 mod shim;
+pub mod test_image;
 
+pub use container::ContainerExecutor;
 pub use process::{ProcessExecutor, ShimCommand};
 pub use shim::shim_main;
 
@@ -246,6 +253,10 @@ pub trait Executor: Send + Sync {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Names the node whose tasks this executor runs (containers are labelled with it, and only
+    /// its own are adopted); called when the node joins a swarm, before any task runs.
+    fn set_node(&self, _node_id: &str) {}
 
     /// The version of the engine behind the runtime, when there is one (Docker's).
     fn engine_version(&self) -> Option<String> {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use shoal_cluster::{
-    node_id_string, object_id_string, Availability, ClusterState, Node, NodeId, NodeState, Role,
-    Runtime, Service, ServiceMode,
+    node_id_string, object_id_string, Availability, ClusterState, Node, NodeId, NodeState,
+    PublishMode, Role, Runtime, Service, ServiceMode,
 };
 use shoal_scheduler as sched;
 
@@ -20,13 +20,17 @@ pub fn scheduler_node(state: &ClusterState, node: &Node) -> sched::Node {
             continue;
         }
         if t.status.state > shoal_cluster::TaskState::Pending {
-            let r = state
+            let spec = state
                 .service(t.service)
-                .and_then(|s| s.spec_of(t.spec_version))
+                .and_then(|s| s.spec_of(t.spec_version));
+            let r = spec
                 .map(|s| s.task.resources.reservations)
                 .unwrap_or_default();
             n.reserved.millicores += r.nano_cpus / 1_000_000;
             n.reserved.memory_bytes += r.memory_bytes;
+            if let Some(s) = spec {
+                n.used_ports.extend(host_ports(s));
+            }
         }
         if t.wanted() {
             *per_service.entry(t.service).or_default() += 1;
@@ -100,13 +104,24 @@ pub(crate) fn scheduler_spec(svc: &Service) -> Result<sched::ServiceSpec, String
             r.nano_cpus / 1_000_000,
             r.memory_bytes,
         ))
-        .with_runtime(runtime_name(spec.task.runtime));
+        .with_runtime(runtime_name(spec.task.runtime))
+        .with_host_ports(host_ports(spec).collect());
     if p.max_replicas_per_node > 0 {
         s = s
             .with_max_replicas_per_node(u32::try_from(p.max_replicas_per_node).unwrap_or(u32::MAX))
             .map_err(|e| e.to_string())?;
     }
     Ok(s)
+}
+
+/// The node ports a task of `spec` binds (host-mode, a fixed port). TCP and UDP ports of one
+/// number count as one: the scheduler keeps them apart no better than that.
+fn host_ports(spec: &shoal_cluster::ServiceSpec) -> impl Iterator<Item = u16> + '_ {
+    spec.task
+        .ports
+        .iter()
+        .filter(|p| p.mode == PublishMode::Host && p.published != 0)
+        .map(|p| p.published)
 }
 
 fn runtime_name(r: Runtime) -> &'static str {
@@ -126,7 +141,8 @@ pub(crate) fn scheduler(state: &ClusterState) -> (sched::Scheduler, BTreeMap<Nod
     // Per node: tasks wanted per service. Reservations of a (service, spec version), looked up
     // once each.
     let mut per_service: Vec<BTreeMap<u64, u32>> = vec![BTreeMap::new(); nodes.len()];
-    let mut reservations: BTreeMap<(u64, u64), shoal_cluster::Resources> = BTreeMap::new();
+    let mut reservations: BTreeMap<(u64, u64), (shoal_cluster::Resources, Vec<u16>)> =
+        BTreeMap::new();
     for t in state.tasks().values() {
         let Some(&i) = t.node.and_then(|n| index.get(&n)) else {
             continue;
@@ -135,18 +151,22 @@ pub(crate) fn scheduler(state: &ClusterState) -> (sched::Scheduler, BTreeMap<Nod
             continue;
         }
         if t.status.state > shoal_cluster::TaskState::Pending {
-            let r = *reservations
+            let (r, ports) = reservations
                 .entry((t.service, t.spec_version))
                 .or_insert_with(|| {
-                    state
+                    let spec = state
                         .service(t.service)
-                        .and_then(|s| s.spec_of(t.spec_version))
-                        .map(|s| s.task.resources.reservations)
-                        .unwrap_or_default()
+                        .and_then(|s| s.spec_of(t.spec_version));
+                    (
+                        spec.map(|s| s.task.resources.reservations)
+                            .unwrap_or_default(),
+                        spec.map(|s| host_ports(s).collect()).unwrap_or_default(),
+                    )
                 });
             let n = &mut nodes[i];
             n.reserved.millicores += r.nano_cpus / 1_000_000;
             n.reserved.memory_bytes += r.memory_bytes;
+            n.used_ports.extend(ports.iter().copied());
         }
         if t.wanted() {
             *per_service[i].entry(t.service).or_default() += 1;

@@ -484,6 +484,74 @@ fn tasks_that_do_not_fit_stay_pending_with_the_reason_and_start_when_room_frees(
 }
 
 #[test]
+fn container_tasks_go_only_where_the_engine_is_and_host_ports_do_not_collide() {
+    let mut w = World::new(3);
+    // Node 1 has no engine; nodes 2 and 3 have one.
+    for id in [2, 3] {
+        let mut n = node(id, 1 << 30);
+        n.description.runtimes = vec![Runtime::Process, Runtime::Container];
+        let now = w.now;
+        w.apply(Command::UpdateDescription {
+            id,
+            description: n.description,
+            addr: n.addr,
+            at_ms: now,
+        })
+        .unwrap();
+    }
+    let mut web = spec("web", 3);
+    web.task.runtime = Runtime::Container;
+    web.task.ports = vec![PortConfig {
+        published: 8080,
+        target: 80,
+        udp: false,
+        mode: PublishMode::Host,
+    }];
+    let svc = w.create(web);
+    w.settle(10);
+    // One task per engine node (each binds 8080 there); the third has nowhere to go.
+    assert_eq!(
+        w.running_on(svc),
+        BTreeMap::from([(2, 1), (3, 1)]),
+        "{:?}",
+        w.running_on(svc)
+    );
+    let pending: Vec<&Task> =
+        w.s.tasks_of_service(svc)
+            .filter(|t| t.status.state == TaskState::Pending)
+            .collect();
+    assert_eq!(pending.len(), 1);
+    let why = &pending[0].status.err;
+    assert!(
+        why.contains("runtime \"container\" not available on 1 node")
+            && why.contains("host-mode port already in use on 2 nodes"),
+        "{why}"
+    );
+    // Another service may use another port on the same nodes.
+    let mut api = spec("api", 2);
+    api.task.runtime = Runtime::Container;
+    api.task.ports = vec![PortConfig {
+        published: 9090,
+        target: 80,
+        udp: false,
+        mode: PublishMode::Host,
+    }];
+    let api = w.create(api);
+    w.settle(10);
+    assert_eq!(w.running(api).len(), 2);
+    // Scaled to what fits, nothing is left pending.
+    w.update(svc, |s| s.mode = ServiceMode::Replicated { replicas: 2 });
+    w.settle(10);
+    assert_eq!(w.running(svc).len(), 2);
+    assert_eq!(
+        w.s.tasks_of_service(svc)
+            .filter(|t| t.status.state == TaskState::Pending && t.wanted())
+            .count(),
+        0
+    );
+}
+
+#[test]
 fn an_updated_spec_rolls_out_one_slot_at_a_time_stop_first() {
     let mut w = World::new(3);
     let web = w.create(spec("web", 3));
