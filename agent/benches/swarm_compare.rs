@@ -5,8 +5,8 @@
 //! --advertise-addr 127.0.0.1`, driven with the `docker` CLI as an operator would) and a one-node
 //! shoal (a `shoal agent` in a temporary data directory, then `shoal swarm init`, driven with the
 //! `shoal` CLI). Both start their tasks as containers of the local engine, from a tiny image built
-//! here without a registry (`FROM scratch`, Debian's static busybox, `sh` and `sleep` linked to
-//! it), unless it is there already.
+//! without a registry by `shoal_executor::test_image` (`FROM scratch`, Debian's static busybox,
+//! its applets linked to it), unless it is there already.
 //!
 //! For every replica count N (10, 50, 100 by default) and every round, each system goes through:
 //!
@@ -65,6 +65,7 @@ use bollard::Docker;
 use serde_json::{json, Value};
 use shoal_agent::api::Response;
 use shoal_agent::client;
+use shoal_executor::{test_image, ContainerExecutor};
 
 /// The service's name, in both systems.
 const SERVICE: &str = "bench";
@@ -77,10 +78,8 @@ const SWARM_LABEL: &str = "com.docker.swarm.service.name";
 /// The labels shoal puts on its tasks' containers.
 const SHOAL_SERVICE_LABEL: &str = "com.shoal.service";
 const SHOAL_CLUSTER_LABEL: &str = "com.shoal.cluster";
-/// The image both systems run, built here when missing.
-const DEFAULT_IMAGE: &str = "shoal-test/busybox:1";
-/// The static busybox of Debian's busybox-static.
-const BUSYBOX: &str = "/bin/busybox";
+/// The image both systems run, built when missing (shoal's test image).
+const DEFAULT_IMAGE: &str = test_image::DEFAULT_TAG;
 /// The goal: shoal's time at most this share of Swarm's.
 const GOAL_RATIO: f64 = 0.5;
 /// The measures of a row, in the order they are taken.
@@ -289,30 +288,15 @@ impl Engine {
     }
 }
 
-/// Builds the test image with `docker build` from a temporary context: busybox in `/bin`,
-/// `sh` and `sleep` linked to it, `CMD ["sh"]`.
-fn build_image(tag: &str) -> Result<(), String> {
-    let ctx = tempdir("image")?;
-    let result = (|| {
-        let bin = ctx.join("bin");
-        std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-        std::fs::copy(BUSYBOX, bin.join("busybox"))
-            .map_err(|e| format!("cannot copy {BUSYBOX} (package busybox-static): {e}"))?;
-        for applet in ["sh", "sleep"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY bin/ /bin/\nCMD [\"sh\"]\n",
-        )
-        .map_err(|e| e.to_string())?;
-        run(
-            "docker",
-            &["build", "-q", "-t", tag, &ctx.to_string_lossy()],
-        )
-    })();
-    let _ = std::fs::remove_dir_all(&ctx);
-    result.map(|_| ())
+/// Makes sure the test image is there (built by the executor's helper unless it is: never
+/// pulled).
+fn ensure_image(engine: &Engine, tag: &str) -> Result<(), String> {
+    engine.rt.block_on(async {
+        let exec = ContainerExecutor::connect(None, "swarm-compare")
+            .await
+            .map_err(|e| e.to_string())?;
+        test_image::ensure(&exec, tag).await
+    })
 }
 
 // ------------------------------------------------------------------ helpers
@@ -946,16 +930,14 @@ fn main() -> ExitCode {
             "swarm-compare: Docker Engine {version}, image {}",
             opts.image
         );
-        if !e.has_image(&opts.image) {
-            if opts.image != DEFAULT_IMAGE {
-                eprintln!("swarm-compare: no image {} on the engine", opts.image);
+        if opts.image == DEFAULT_IMAGE {
+            if let Err(err) = ensure_image(e, &opts.image) {
+                eprintln!("swarm-compare: the test image {}: {err}", opts.image);
                 return ExitCode::from(1);
             }
-            if let Err(err) = build_image(&opts.image) {
-                eprintln!("swarm-compare: building {}: {err}", opts.image);
-                return ExitCode::from(1);
-            }
-            eprintln!("swarm-compare: built {}", opts.image);
+        } else if !e.has_image(&opts.image) {
+            eprintln!("swarm-compare: no image {} on the engine", opts.image);
+            return ExitCode::from(1);
         }
     }
     eprintln!(
