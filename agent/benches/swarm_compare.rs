@@ -45,7 +45,7 @@
 //! service ps` (Running tasks) and killed by their process group, and the summary says that
 //! the two are not comparable.
 //!
-//! Clean-up, also on errors and panics: the bench service is removed from both systems, the
+//! Clean-up, also on errors, panics, SIGINT and SIGTERM: the bench service is removed from both systems, the
 //! swarm is left (only when this bench initialised it: a swarm that was already active is an
 //! error, never touched), the shoal agent and its task processes are killed, and containers
 //! that remain with the bench service's labels (shoal's: of this bench's cluster only) are
@@ -56,6 +56,7 @@ use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{
@@ -723,16 +724,62 @@ fn kill_task_groups(dir: &Path) {
     }
 }
 
+// ------------------------------------------------------------------ interrupts
+
+/// Set by SIGINT or SIGTERM: the bench stops measuring and cleans up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> Result<(), String> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Turns SIGINT and SIGTERM into [`INTERRUPTED`] (from then on, further ones are ignored: the
+/// clean-up must not be cut short).
+fn catch_signals() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no tokio runtime: {e}"))?;
+    let (mut int, mut term) = rt
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .map_err(|e| format!("cannot catch signals: {e}"))?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        eprintln!("swarm-compare: interrupted, cleaning up");
+        // Keep the handlers (and so the signals ignored) until the process ends.
+        std::thread::park();
+        drop((int, term));
+    });
+    Ok(())
+}
+
 // ------------------------------------------------------------------ measurements
 
 /// Calls `f` every `every` until it returns `Some` or `limit` passes.
+/// Gives up at once after an interrupt.
 fn poll_until<T>(limit: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {
             return Some(v);
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || interrupted().is_err() {
             return None;
         }
         std::thread::sleep(every);
@@ -759,7 +806,11 @@ fn clock_until(
             None
         }
     })
-    .ok_or_else(|| format!("{what}: not done within {} s ({seen})", TIMEOUT.as_secs()))
+    .ok_or_else(|| {
+        interrupted()
+            .err()
+            .unwrap_or_else(|| format!("{what}: not done within {} s ({seen})", TIMEOUT.as_secs()))
+    })
 }
 
 /// One round at `n` replicas: (create_s, replace_s, scale_down_s).
@@ -770,6 +821,7 @@ fn measure(t: &dyn Target, n: u64, poll: Duration) -> Result<[f64; 3], String> {
     let create = clock_until(t, poll, t0, "create", |ids| ids.len() >= want)?;
 
     std::thread::sleep(SETTLE);
+    interrupted()?;
     let victim = t
         .running()?
         .into_iter()
@@ -782,6 +834,7 @@ fn measure(t: &dyn Target, n: u64, poll: Duration) -> Result<[f64; 3], String> {
     })?;
 
     std::thread::sleep(SETTLE);
+    interrupted()?;
     let t0 = Instant::now();
     t.scale(0)?;
     let down = clock_until(t, poll, t0, "scale down", |ids| ids.is_empty())?;
@@ -802,6 +855,7 @@ fn run_system(t: &dyn Target, system: System, opts: &Opts) -> Result<Vec<Value>,
     for &n in &opts.replicas {
         let mut samples: [Vec<f64>; 3] = Default::default();
         for round in 1..=opts.rounds {
+            interrupted()?;
             let m = measure(t, n, opts.poll)
                 .map_err(|e| format!("{} at {n} replicas, round {round}: {e}", system.name()))?;
             eprintln!(
@@ -906,6 +960,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = catch_signals() {
+        eprintln!("swarm-compare: {e}");
+        return ExitCode::from(1);
+    }
     let wants_swarm = opts.systems.contains(&System::Swarm);
     let wants_shoal = opts.systems.contains(&System::Shoal);
     if wants_shoal && !opts.shoal.is_file() {
