@@ -64,7 +64,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use serde_json::{json, Value};
-use shoal_agent::api::Response;
+use shoal_agent::api::{NodeView, Response};
 use shoal_agent::client;
 use shoal_executor::{test_image, ContainerExecutor};
 
@@ -72,6 +72,8 @@ use shoal_executor::{test_image, ContainerExecutor};
 const SERVICE: &str = "bench";
 /// Any single wait longer than this fails the run.
 const TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the shoal node may take to advertise the runtime asked for.
+const RUNTIME_WAIT: Duration = Duration::from_secs(10);
 /// Rest between two measurements of one service.
 const SETTLE: Duration = Duration::from_secs(1);
 /// The label Swarm puts on its tasks' containers (the service's name).
@@ -511,18 +513,32 @@ impl<'a> Shoal<'a> {
         })
         .ok_or("the agent did not report its cluster after swarm init")?;
         s.cluster_id = info.cluster_id;
-        // Ready, with the runtime the bench asks for.
-        let container = opts.runtime == "container";
-        let mut seen = String::from("no answer");
+        let seen = |n: Option<NodeView>| {
+            n.map_or("no answer".into(), |n| {
+                format!(
+                    "{}, runtimes {:?}, problems {:?}",
+                    n.status, n.runtimes, n.runtime_problems
+                )
+            })
+        };
         poll_until(TIMEOUT, opts.poll, || {
-            let Ok(Response::Nodes { nodes, .. }) = s.call("GET", "/v1/nodes") else {
-                return None;
-            };
-            let n = nodes.into_iter().next()?;
-            seen = format!("{} {:?}", n.status, n.runtime_problems);
-            (n.status == "Ready" && (!container || n.runtime_problems.is_empty())).then_some(())
+            s.node().filter(|n| n.status == "Ready").map(|_| ())
         })
-        .ok_or_else(|| format!("the node did not become Ready: {seen}"))?;
+        .ok_or_else(|| format!("the node did not become Ready: {}", seen(s.node())))?;
+        // The runtime is checked again every 2 s: give it a few checks.
+        poll_until(RUNTIME_WAIT, opts.poll, || {
+            s.node()
+                .filter(|n| n.runtimes.contains(&opts.runtime))
+                .map(|_| ())
+        })
+        .ok_or_else(|| {
+            format!(
+                "the node has no {} runtime ({}); --shoal-runtime process measures the \
+                 harness without containers",
+                opts.runtime,
+                seen(s.node())
+            )
+        })?;
         Ok(s)
     }
 
@@ -533,6 +549,14 @@ impl<'a> Shoal<'a> {
     fn call(&self, method: &str, path: &str) -> Result<Response, String> {
         let socket = self.node_dir().join(shoal_agent::cli::SOCKET_NAME);
         client::call(&socket, method, path, None).map_err(|e| e.to_string())
+    }
+
+    /// The one node, as `node ls` shows it.
+    fn node(&self) -> Option<NodeView> {
+        match self.call("GET", "/v1/nodes") {
+            Ok(Response::Nodes { nodes, .. }) => nodes.into_iter().next(),
+            _ => None,
+        }
     }
 
     fn info(&self) -> Option<shoal_agent::api::InfoView> {
