@@ -16,8 +16,9 @@
 //!    through the engine's API); the clock runs until N containers of the service run again and
 //!    the killed one is not among them.
 //! 3. `scale_down_s`: after a second of rest, from issuing `service scale -d bench=0` until no
-//!    container of the service runs. The service is then removed, and the next step waits until
-//!    none of its containers (running or not) is left.
+//!    container of the service runs. The service is then removed, and the bench waits until none
+//!    of its containers (running or not) is left; what is still there after 30 s is removed by
+//!    the bench and counted in the row (`left_after_rm`).
 //!
 //! The order differs from "create N, scale to 0, back to N, kill one" only in saving the scale
 //! back up: the kill happens with N running either way.
@@ -74,6 +75,8 @@ const SERVICE: &str = "bench";
 const TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the shoal node may take to advertise the runtime asked for.
 const RUNTIME_WAIT: Duration = Duration::from_secs(10);
+/// How long a removed service's containers may stay before the bench removes them itself.
+const REMOVE_WAIT: Duration = Duration::from_secs(30);
 /// Rest between two measurements of one service.
 const SETTLE: Duration = Duration::from_secs(1);
 /// The label Swarm puts on its tasks' containers (the service's name).
@@ -368,6 +371,8 @@ trait Target {
     fn left(&self) -> Result<usize, String>;
     /// Kills one container (or task) as from outside.
     fn kill(&self, id: &str) -> Result<(), String>;
+    /// Removes what is left of the service's containers (or task processes).
+    fn purge(&self);
 }
 
 /// A one-node Docker Swarm, left (with its service and containers removed) when dropped.
@@ -449,6 +454,10 @@ impl Target for Swarm<'_> {
 
     fn kill(&self, id: &str) -> Result<(), String> {
         self.engine.kill(id)
+    }
+
+    fn purge(&self) {
+        self.engine.remove_all(&self.label());
     }
 }
 
@@ -673,6 +682,15 @@ impl Target for Shoal<'_> {
             }
         }
     }
+
+    fn purge(&self) {
+        match self.engine {
+            Some(e) if self.uses_containers() => {
+                e.remove_all(&self.labels());
+            }
+            _ => kill_task_groups(&self.node_dir()),
+        }
+    }
 }
 
 impl Drop for Shoal<'_> {
@@ -837,8 +855,9 @@ fn clock_until(
     })
 }
 
-/// One round at `n` replicas: (create_s, replace_s, scale_down_s).
-fn measure(t: &dyn Target, n: u64, poll: Duration) -> Result<[f64; 3], String> {
+/// One round at `n` replicas: (create_s, replace_s, scale_down_s), and how many containers the
+/// system left behind after removing the service (removed by the bench then).
+fn measure(t: &dyn Target, n: u64, poll: Duration) -> Result<([f64; 3], usize), String> {
     let want = n as usize;
     let t0 = Instant::now();
     t.create(n)?;
@@ -865,12 +884,20 @@ fn measure(t: &dyn Target, n: u64, poll: Duration) -> Result<[f64; 3], String> {
 
     t.remove()?;
     let mut left = 0;
-    poll_until(TIMEOUT, poll, || {
+    if poll_until(REMOVE_WAIT, poll, || {
         left = t.left().ok()?;
         (left == 0).then_some(())
     })
-    .ok_or_else(|| format!("service rm: {left} containers still there"))?;
-    Ok([create, replace, down])
+    .is_none()
+    {
+        interrupted()?;
+        eprintln!(
+            "  service rm: {left} containers still there after {} s: removing them",
+            REMOVE_WAIT.as_secs()
+        );
+        t.purge();
+    }
+    Ok(([create, replace, down], left))
 }
 
 /// Every round at every replica count on one system; its rows.
@@ -878,9 +905,10 @@ fn run_system(t: &dyn Target, system: System, opts: &Opts) -> Result<Vec<Value>,
     let mut rows = Vec::new();
     for &n in &opts.replicas {
         let mut samples: [Vec<f64>; 3] = Default::default();
+        let mut left_behind = 0;
         for round in 1..=opts.rounds {
             interrupted()?;
-            let m = measure(t, n, opts.poll)
+            let (m, left) = measure(t, n, opts.poll)
                 .map_err(|e| format!("{} at {n} replicas, round {round}: {e}", system.name()))?;
             eprintln!(
                 "  {} {n} replicas, round {round}: create {:.3} s, replace {:.3} s, \
@@ -890,6 +918,7 @@ fn run_system(t: &dyn Target, system: System, opts: &Opts) -> Result<Vec<Value>,
                 m[1],
                 m[2]
             );
+            left_behind = left_behind.max(left);
             for (s, x) in samples.iter_mut().zip(m) {
                 s.push(x);
             }
@@ -900,6 +929,9 @@ fn run_system(t: &dyn Target, system: System, opts: &Opts) -> Result<Vec<Value>,
         }
         if system == System::Shoal {
             row["runtime"] = json!(opts.runtime);
+        }
+        if left_behind > 0 {
+            row["left_after_rm"] = json!(left_behind);
         }
         if opts.rounds > 1 {
             row["rounds"] = json!(opts.rounds);
