@@ -50,8 +50,8 @@
 //! systems, the swarm is left (only when this bench initialised it: a swarm that was already
 //! active is an error, never touched), the shoal agent and its task processes are killed, and
 //! containers that remain with the bench service's labels (shoal's: of this bench's cluster
-//! only) are removed. No other container is touched. The shoal data directory (with the agent's log) is
-//! kept with `--keep` or after a failure.
+//! only) are removed. No other container is touched. The shoal data directory (with the
+//! agent's log) is kept with `--keep` or after a failure.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
