@@ -111,6 +111,11 @@ pub struct AgentArgs {
     /// [default: only on the control socket]
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// The Docker Engine for the container runtime: unix:///path, tcp://host:port, or `none`
+    /// (only the process runtime) [default: DOCKER_HOST, else /var/run/docker.sock if present]
+    #[arg(long, value_name = "ADDR")]
+    pub docker_host: Option<String>,
 }
 
 /// The options of `shoal demo`.

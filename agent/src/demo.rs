@@ -1,7 +1,8 @@
 //! `shoal demo`: a local cluster of 3 managers and 2 workers as child processes on loopback, in
 //! a temporary directory, walked through init and joins, a promotion, a demotion, the leader
-//! killed and restarted, and a drain — printing `node ls` after each step — then a service of
-//! real processes whose node is killed, its tasks shown rescheduled with `service ps`.
+//! killed and restarted, and a drain — printing `node ls` after each step — then a service
+//! whose node is killed, its tasks shown rescheduled with `service ps`. The service runs Docker
+//! containers (a busybox image built locally) when an engine answers, processes otherwise.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,38 @@ use crate::{client, format};
 
 /// How long any step may take before the demo gives up (generous: a loaded machine).
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The local Docker Engine, when the demo runs containers.
+struct Engine {
+    rt: tokio::runtime::Runtime,
+    exec: shoal_executor::ContainerExecutor,
+}
+
+impl Engine {
+    /// The engine with the demo's image built, or why not.
+    fn get() -> Result<Engine, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("no tokio runtime: {e}"))?;
+        let exec = rt
+            .block_on(shoal_executor::ContainerExecutor::connect(
+                None,
+                "shoal-demo",
+            ))
+            .map_err(|e| e.to_string())?;
+        rt.block_on(shoal_executor::test_image::ensure(
+            &exec,
+            shoal_executor::test_image::DEFAULT_TAG,
+        ))?;
+        Ok(Engine { rt, exec })
+    }
+
+    /// Force-removes the containers carrying `label` (`key=value`).
+    fn remove(&self, label: String) {
+        let _ = self.rt.block_on(self.exec.remove_labelled(&[label]));
+    }
+}
 
 struct Proc {
     name: String,
@@ -73,6 +106,17 @@ impl Proc {
     fn kill_machine(&mut self) {
         self.kill();
         kill_task_processes(&self.dir);
+    }
+
+    /// The machine dies with its containers too.
+    fn kill_machine_with(&mut self, engine: Option<&Engine>, node_id: &str) {
+        self.kill_machine();
+        if let Some(e) = engine.filter(|_| !node_id.is_empty()) {
+            e.remove(format!(
+                "{}={node_id}",
+                shoal_executor::container::LABEL_NODE
+            ));
+        }
     }
 }
 
@@ -181,7 +225,32 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = demo(&tmp);
+    let engine = match Engine::get() {
+        Ok(e) => {
+            println!(
+                "containers: the Docker Engine {} answers at {}; the demo's service runs \
+                 {} containers (built locally, never pulled)",
+                e.exec.engine_version(),
+                e.exec.host(),
+                shoal_executor::test_image::DEFAULT_TAG
+            );
+            Some(e)
+        }
+        Err(why) => {
+            println!(
+                "processes: no usable Docker Engine ({why}); the demo's service runs processes"
+            );
+            None
+        }
+    };
+    let mut cluster = String::new();
+    let result = demo(&tmp, engine.as_ref(), &mut cluster);
+    if let Some(e) = engine.as_ref().filter(|_| !cluster.is_empty()) {
+        e.remove(format!(
+            "{}={cluster}",
+            shoal_executor::container::LABEL_CLUSTER
+        ));
+    }
     let mut code = ExitCode::SUCCESS;
     if let Err(e) = &result {
         eprintln!("Error: demo failed: {e}");
@@ -208,7 +277,7 @@ fn tempdir() -> Result<PathBuf, String> {
     Err("cannot create a temporary directory".into())
 }
 
-fn demo(tmp: &Path) -> Result<(), String> {
+fn demo(tmp: &Path, engine: Option<&Engine>, cluster: &mut String) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the shoal binary: {e}"))?;
     let logs = tmp.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
@@ -244,6 +313,9 @@ fn demo(tmp: &Path) -> Result<(), String> {
             _ => Err("unexpected answer to join-token".into()),
         }
     };
+    if let Ok(Response::Info(info)) = call(&procs[0], "GET", "/v1/info", None) {
+        *cluster = info.cluster_id;
+    }
     let (mtoken, wtoken) = (token("manager")?, token("worker")?);
     let leader_addr = procs[0].listen.to_string();
     for (i, t) in [(1, &mtoken), (2, &mtoken), (3, &wtoken), (4, &wtoken)] {
@@ -345,9 +417,26 @@ fn demo(tmp: &Path) -> Result<(), String> {
     })?;
     ls(&procs[other])?;
 
-    step("shoal service create --name web --replicas 6 sleep 100000");
-    let mut spec = shoal_cluster::ServiceSpec::new("web", "sleep", 6);
-    spec.task.args = vec!["100000".into()];
+    let mut spec = match engine {
+        Some(_) => {
+            step(&format!(
+                "shoal service create --name web --replicas 6 {} sleep 100000",
+                shoal_executor::test_image::DEFAULT_TAG
+            ));
+            let mut spec =
+                shoal_cluster::ServiceSpec::new("web", shoal_executor::test_image::DEFAULT_TAG, 6);
+            spec.task.runtime = shoal_cluster::Runtime::Container;
+            spec.task.args = vec!["sleep".into()];
+            spec
+        }
+        None => {
+            step("shoal service create --name web --replicas 6 --runtime process sleep 100000");
+            let mut spec = shoal_cluster::ServiceSpec::new("web", "sleep", 6);
+            spec.task.runtime = shoal_cluster::Runtime::Process;
+            spec
+        }
+    };
+    spec.task.args.push("100000".into());
     say(
         &procs[other],
         "POST",
@@ -389,11 +478,19 @@ fn demo(tmp: &Path) -> Result<(), String> {
         .iter()
         .filter(|t| t.current && t.node == victim)
         .count();
+    let what = if engine.is_some() {
+        "containers"
+    } else {
+        "task processes"
+    };
     step(&format!(
-        "kill -9 {victim} and its task processes (the machine dies: {on_victim} of web's tasks)"
+        "kill -9 {victim} and its {what} (the machine dies: {on_victim} of web's tasks)"
     ));
+    let victim_id = nodes(&procs[other])
+        .and_then(|(_, list)| by_name(&list, victim).map(|n| n.id.clone()))
+        .unwrap_or_default();
     let killed_at = Instant::now();
-    procs[vi].kill_machine();
+    procs[vi].kill_machine_with(engine, &victim_id);
     let tasks = wait("web back to 6 running tasks elsewhere", || {
         let t = running(&procs[other])?;
         let up = t

@@ -57,6 +57,21 @@ fn process_executor(data_dir: &std::path::Path) -> Result<shoal_agent::worker::E
     )]))
 }
 
+/// The engine the container runtime talks to: `--docker-host` (`none`: no container runtime),
+/// else `DOCKER_HOST`, else the local socket when it exists; `None` when there is none.
+fn docker_host(flag: Option<&str>) -> Option<String> {
+    match flag {
+        Some("none") => None,
+        Some(h) => Some(h.to_string()),
+        None => match std::env::var("DOCKER_HOST") {
+            Ok(h) if !h.is_empty() => Some(h),
+            _ => std::path::Path::new("/var/run/docker.sock")
+                .exists()
+                .then(|| "unix:///var/run/docker.sock".to_string()),
+        },
+    }
+}
+
 fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -83,10 +98,18 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
             a.listen
         ));
     }
-    let executors = match process_executor(&cli.data_dir) {
+    let mut executors = match process_executor(&cli.data_dir) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    if let Some(host) = docker_host(a.docker_host.as_deref()) {
+        // The node id is set when the node joins; the engine is reached below and then every
+        // few seconds, so an engine that starts later (or comes back) is picked up.
+        match shoal_executor::ContainerExecutor::new(Some(&host), "") {
+            Ok(exec) => executors.0.push(std::sync::Arc::new(exec)),
+            Err(e) => return fail(format!("--docker-host: {e}")),
+        }
+    }
     let opts = agent::AgentOpts {
         listen: a.listen,
         advertise: a.advertise,
@@ -108,6 +131,16 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     let result: anyhow::Result<()> = rt.block_on(async {
+        opts.executors.check().await;
+        for problem in opts.executors.problems() {
+            eprintln!("shoal agent: runtime unavailable for now: {problem}");
+        }
+        if !opts.executors.engine_version().is_empty() {
+            eprintln!(
+                "shoal agent: container runtime on Docker Engine {}",
+                opts.executors.engine_version()
+            );
+        }
         let data = store::DataDir::open(&cli.data_dir)?;
         let socket = data.socket();
         let agent = agent::Agent::start(data, opts).await?;

@@ -76,7 +76,7 @@ const STOP_SLACK_SECS: u64 = 60;
 /// restarts and are found again by [`Executor::adopt`] through their labels.
 pub struct ContainerExecutor {
     /// The client; replaced by one of the negotiated API version once the engine answers.
-    docker: RwLock<Docker>,
+    docker: RwLock<Option<Docker>>,
     /// Whether the API version was negotiated yet.
     negotiated: AtomicBool,
     host: String,
@@ -109,6 +109,17 @@ fn engine_answer(e: &DockerError) -> Option<(u16, &str)> {
         } => Some((*status_code, message.as_str())),
         _ => None,
     }
+}
+
+/// A client of the engine at `host` (`unix://`, a path, `tcp://` or `http://`); fails while a
+/// Unix socket does not exist.
+fn client_for(host: &str) -> Result<Docker, String> {
+    if host.starts_with("unix://") || host.starts_with('/') {
+        Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+    } else {
+        Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+    }
+    .map_err(|e| e.to_string())
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -592,16 +603,18 @@ impl ContainerExecutor {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| DEFAULT_HOST.to_string()),
         };
-        let docker = if host.starts_with("unix://") || host.starts_with('/') {
-            Docker::connect_with_unix(&host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        } else if host.starts_with("tcp://") || host.starts_with("http://") {
-            Docker::connect_with_http(&host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        } else {
+        if !(host.starts_with("unix://")
+            || host.starts_with('/')
+            || host.starts_with("tcp://")
+            || host.starts_with("http://"))
+        {
             return Err(ExecError::Invalid(format!(
                 "unsupported Docker Engine address {host:?} (use unix://, tcp:// or http://)"
             )));
         }
-        .map_err(|e| ExecError::Invalid(format!("Docker Engine address {host:?}: {e}")))?;
+        // A socket that does not exist yet (an engine not started) is not an error here: the
+        // client is made again at each check until it can be.
+        let docker = client_for(&host).ok();
         Ok(ContainerExecutor {
             docker: RwLock::new(docker),
             negotiated: AtomicBool::new(false),
@@ -635,11 +648,12 @@ impl ContainerExecutor {
         let host = &self.host;
         let result = async {
             if !self.negotiated.load(Ordering::SeqCst) {
-                let docker = tokio::time::timeout(PING_TIMEOUT, self.d().negotiate_version())
+                let client = self.d().map_err(|e| e.to_string())?;
+                let docker = tokio::time::timeout(PING_TIMEOUT, client.negotiate_version())
                     .await
                     .map_err(|_| format!("cannot reach the Docker Engine at {host}: timed out"))?
                     .map_err(|e| format!("cannot reach the Docker Engine at {host}: {e}"))?;
-                *self.docker.write().unwrap_or_else(|e| e.into_inner()) = docker;
+                *self.docker.write().unwrap_or_else(|e| e.into_inner()) = Some(docker);
                 self.negotiated.store(true, Ordering::SeqCst);
             }
             let version = self
@@ -657,17 +671,30 @@ impl ContainerExecutor {
         result
     }
 
-    /// The client (cheap to clone: it shares its connection pool).
-    fn d(&self) -> Docker {
-        self.docker
+    /// The client (cheap to clone: it shares its connection pool), made on first use: an
+    /// error while the engine's socket does not exist.
+    fn d(&self) -> Result<Docker, ExecError> {
+        if let Some(d) = self
+            .docker
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+        {
+            return Ok(d.clone());
+        }
+        let made = client_for(&self.host).map_err(|e| {
+            ExecError::Runtime(format!(
+                "cannot reach the Docker Engine at {}: {e}",
+                self.host
+            ))
+        })?;
+        let mut slot = self.docker.write().unwrap_or_else(|e| e.into_inner());
+        Ok(slot.get_or_insert(made).clone())
     }
 
     /// Checks that the engine answers; returns its version (e.g. "20.10.24+dfsg1").
     pub async fn ping(&self) -> Result<String, ExecError> {
-        let docker = self.d();
+        let docker = self.d()?;
         let ask = async {
             docker.ping().await?;
             docker.version().await
@@ -704,7 +731,7 @@ impl ContainerExecutor {
     }
 
     /// The engine client (for the test image helper).
-    pub(crate) fn docker(&self) -> Docker {
+    pub(crate) fn docker(&self) -> Result<Docker, ExecError> {
         self.d()
     }
 
@@ -712,39 +739,65 @@ impl ContainerExecutor {
     /// said anything; `None` also when the container is unknown or the engine does not answer.
     pub async fn exit_error(&self, task_id: &str) -> Option<String> {
         let id = self.find(task_id).await.ok()??;
-        let info = self.d().inspect_container(&id, None).await.ok()?;
+        let info = self.d().ok()?.inspect_container(&id, None).await.ok()?;
         error_of(&info)
     }
 
-    /// The id of this node's container of a task, if there is one.
-    async fn find(&self, task_id: &str) -> Result<Option<String>, ExecError> {
+    /// The ids of the containers (running or not) that carry every `key=value` label given.
+    /// The engine filters; the labels are checked again here, so an engine that ignores a
+    /// filter never makes shoal touch another tool's container.
+    pub async fn containers_labelled(&self, labels: &[String]) -> Result<Vec<String>, ExecError> {
         let mut filters = HashMap::new();
-        filters.insert(
-            "label",
-            vec![
-                format!("{LABEL_NODE}={}", self.node_id()),
-                format!("{LABEL_TASK}={task_id}"),
-            ],
-        );
+        filters.insert("label", labels.to_vec());
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
         let list = self
-            .d()
+            .d()?
             .list_containers(Some(options))
             .await
             .map_err(engine_err)?;
-        Ok(list.into_iter().find_map(|c| {
-            let labels = c.labels.as_ref()?;
-            let ours = labels.get(LABEL_NODE) == Some(&self.node_id())
-                && labels.get(LABEL_TASK).map(String::as_str) == Some(task_id);
-            if ours {
-                c.id
-            } else {
-                None
+        Ok(list
+            .into_iter()
+            .filter(|c| {
+                let have = c.labels.as_ref();
+                labels.iter().all(|want| {
+                    let (k, v) = want.split_once('=').unwrap_or((want, ""));
+                    have.and_then(|h| h.get(k)).is_some_and(|x| x == v)
+                })
+            })
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// Force-removes every container that carries every label given (e.g. one cluster's, for
+    /// a demo or a benchmark cleaning up after itself); returns how many went.
+    pub async fn remove_labelled(&self, labels: &[String]) -> Result<usize, ExecError> {
+        let mut removed = 0;
+        for id in self.containers_labelled(labels).await? {
+            let options = RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            match self.d()?.remove_container(&id, Some(options)).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(engine_err(e)),
             }
-        }))
+        }
+        Ok(removed)
+    }
+
+    /// The label that marks this node's containers.
+    fn node_label(&self) -> String {
+        format!("{LABEL_NODE}={}", self.node_id())
+    }
+
+    /// The id of this node's container of a task, if there is one.
+    async fn find(&self, task_id: &str) -> Result<Option<String>, ExecError> {
+        let labels = [self.node_label(), format!("{LABEL_TASK}={task_id}")];
+        Ok(self.containers_labelled(&labels).await?.into_iter().next())
     }
 
     /// Like `find`, but a missing container is `NotFound`.
@@ -760,7 +813,7 @@ impl ContainerExecutor {
         task_id: &str,
         id: &str,
     ) -> Result<ContainerInspectResponse, ExecError> {
-        match self.d().inspect_container(id, None).await {
+        match self.d()?.inspect_container(id, None).await {
             Ok(info) => Ok(info),
             Err(e) if is_not_found(&e) => Err(ExecError::NotFound(task_id.to_string())),
             Err(e) => Err(engine_err(e)),
@@ -784,7 +837,7 @@ impl ContainerExecutor {
         if run.program.is_empty() {
             return Err(ExecError::Invalid("the task names no image".to_string()));
         }
-        match self.d().inspect_image(&run.program).await {
+        match self.d()?.inspect_image(&run.program).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {
                 return Err(ExecError::Invalid(format!(
@@ -797,7 +850,7 @@ impl ContainerExecutor {
         let name = container_name(run, &self.node_id());
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         match self
-            .d()
+            .d()?
             .create_container(Some(options), create_body(run, &self.node_id()))
             .await
         {
@@ -829,7 +882,7 @@ impl ContainerExecutor {
         if started {
             return Ok(details_of(&info));
         }
-        match self.d().start_container(&id, None).await {
+        match self.d()?.start_container(&id, None).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Err(ExecError::NotFound(task_id.to_string())),
             Err(e) => return Err(spec_err(e)),
@@ -843,7 +896,11 @@ impl ContainerExecutor {
         let options = WaitContainerOptionsBuilder::new()
             .condition("not-running")
             .build();
-        let mut stream = self.d().wait_container(id, Some(options));
+        let docker = match self.d() {
+            Ok(d) => d,
+            Err(e) => return WaitEnd::Lost(e.to_string()),
+        };
+        let mut stream = docker.wait_container(id, Some(options));
         let mut ticker = tokio::time::interval(WAIT_PING_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -911,7 +968,7 @@ impl ContainerExecutor {
             }
         };
         // The inspect knows more (an OOM kill); the wait's code stands if the container is gone.
-        let (code, oom) = match self.d().inspect_container(&id, None).await {
+        let (code, oom) = match self.d()?.inspect_container(&id, None).await {
             Ok(info) => match info.state {
                 Some(s) => (s.exit_code.unwrap_or(code), s.oom_killed == Some(true)),
                 None => (code, false),
@@ -931,7 +988,7 @@ impl ContainerExecutor {
             s.insert(task_id.to_string());
         }
         let docker = self
-            .d()
+            .d()?
             .with_timeout(Duration::from_secs(secs.saturating_add(STOP_SLACK_SECS)));
         let options = StopContainerOptionsBuilder::new().t(t).build();
         match docker.stop_container(&id, Some(options)).await {
@@ -949,7 +1006,7 @@ impl ContainerExecutor {
             .force(true)
             .v(true)
             .build();
-        let done = match self.d().remove_container(&id, Some(options)).await {
+        let done = match self.d()?.remove_container(&id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) if matches!(engine_answer(&e), Some((409, m)) if m.contains("already in progress")) => {
@@ -966,28 +1023,9 @@ impl ContainerExecutor {
     }
 
     async fn adopt_tasks(&self) -> Result<Vec<AdoptedTask>, ExecError> {
-        let mut filters = HashMap::new();
-        filters.insert("label", vec![format!("{LABEL_NODE}={}", self.node_id())]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .d()
-            .list_containers(Some(options))
-            .await
-            .map_err(engine_err)?;
         let mut out = Vec::new();
-        for c in list {
-            let ours = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_NODE))
-                .is_some_and(|n| *n == self.node_id());
-            let Some(id) = c.id.filter(|_| ours) else {
-                continue;
-            };
-            let info = match self.d().inspect_container(&id, None).await {
+        for id in self.containers_labelled(&[self.node_label()]).await? {
+            let info = match self.d()?.inspect_container(&id, None).await {
                 Ok(info) => info,
                 Err(e) if is_not_found(&e) => continue, // removed meanwhile
                 Err(e) => return Err(engine_err(e)),
@@ -1022,7 +1060,7 @@ impl ContainerExecutor {
             .timestamps(true)
             .tail(&tail)
             .build();
-        let mut stream = self.d().logs(&id, Some(query));
+        let mut stream = self.d()?.logs(&id, Some(query));
         // The first answer tells whether the engine serves the logs at all (e.g. a log driver
         // without reading support); later errors only end the stream.
         let first = tokio::select! {

@@ -76,7 +76,7 @@ fn fingerprint(context: &[u8]) -> String {
 /// Never pulls.
 pub async fn ensure(docker: &ContainerExecutor, tag: &str) -> Result<(), String> {
     let _guard = BUILD.lock().await;
-    let engine = docker.docker();
+    let engine = docker.docker().map_err(|e| e.to_string())?;
     let tar = context()?;
     let print = fingerprint(&tar);
     let current = |image: &bollard::models::ImageInspect| {

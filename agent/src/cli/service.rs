@@ -149,8 +149,8 @@ pub struct CreateArgs {
     /// Service name
     #[arg(long)]
     pub name: Option<String>,
-    /// process (IMAGE is a program) or container (IMAGE is a local image; the agent does not run containers yet)
-    #[arg(long, default_value = "process", value_parser = ["process", "container"])]
+    /// container (IMAGE is a Docker image present on the nodes) or process (IMAGE is a program)
+    #[arg(long, default_value = "container", value_parser = ["container", "process"])]
     pub runtime: String,
     /// replicated or global
     #[arg(long, default_value = "replicated", value_parser = ["replicated", "global"])]

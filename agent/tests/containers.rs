@@ -1,7 +1,3 @@
-//! WORK IN PROGRESS (issue 15), not compiled yet (cargo builds only top-level tests): the
-//! end-to-end container scenarios, waiting for the agent's `--docker-host` wiring. Move to
-//! `agent/tests/containers.rs` once `shoal agent` creates the container executor.
-//!
 //! Services of Docker containers on real agents and the local Docker Engine: replicas spread
 //! over the agents, limits and labels as the engine shows them, a killed container replaced by
 //! the restart policy, `service logs`, an agent restarted under running containers re-adopting
@@ -359,18 +355,24 @@ fn containers_spread_restart_adopt_and_go() {
     assert_eq!(engine.running("csolo").len(), 1, "nobody stopped it yet");
     c.spawn(n3);
     c.wait("node-3's orphan removed", || {
-        engine.list("com.shoal.service=csolo").is_empty().then_some(())
+        engine
+            .list("com.shoal.service=csolo")
+            .is_empty()
+            .then_some(())
     });
-    c.wait("cweb at 4 running, node-3's containers the same ones", || {
-        let r = engine.running("cweb");
-        let now3: BTreeSet<String> = r
-            .iter()
-            .filter(|x| x.labels["com.shoal.node"] == id3)
-            .map(|x| x.id.clone())
-            .collect();
-        let on = running_on(&c, 0, "cweb");
-        (r.len() == 4 && now3 == on3 && on.len() == 4).then_some(())
-    });
+    c.wait(
+        "cweb at 4 running, node-3's containers the same ones",
+        || {
+            let r = engine.running("cweb");
+            let now3: BTreeSet<String> = r
+                .iter()
+                .filter(|x| x.labels["com.shoal.node"] == id3)
+                .map(|x| x.id.clone())
+                .collect();
+            let on = running_on(&c, 0, "cweb");
+            (r.len() == 4 && now3 == on3 && on.len() == 4).then_some(())
+        },
+    );
     let foreign_info = engine.inspect(&foreign);
     assert_eq!(
         foreign_info["State"]["Running"], true,
@@ -400,7 +402,10 @@ fn containers_spread_restart_adopt_and_go() {
     // service rm: every container goes.
     c.shoal(0, &["service", "rm", "cweb"]).ok();
     c.wait("every container of cweb removed", || {
-        engine.list("com.shoal.service=cweb").is_empty().then_some(())
+        engine
+            .list("com.shoal.service=cweb")
+            .is_empty()
+            .then_some(())
     });
 }
 
@@ -596,6 +601,9 @@ fn host_ports_bind_and_an_engine_that_goes_away_comes_back() {
     });
     c.shoal(0, &["service", "rm", "caway"]).ok();
     c.wait("every container of caway removed", || {
-        engine.list("com.shoal.service=caway").is_empty().then_some(())
+        engine
+            .list("com.shoal.service=caway")
+            .is_empty()
+            .then_some(())
     });
 }
