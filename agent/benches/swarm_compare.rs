@@ -8,8 +8,18 @@
 //! without a registry by `shoal_executor::test_image` (`FROM scratch`, Debian's static busybox,
 //! its applets linked to it), unless it is there already.
 //!
+//! A third "system", `engine`, is the floor under both: no orchestrator at all, the bench itself
+//! creates and starts the containers through the engine's API (8 at a time, as many as a shoal
+//! node starts at once), kills one and starts its replacement at once, and stops them all
+//! (same image, command and stop grace period). Neither system can go under the engine's own
+//! time for the same work; the summary's `engine_floor` gives each system's time over the
+//! engine's and whether the goal (half of Swarm's time) is above the floor at all.
+//!
 //! For every replica count N (10, 50, 100 by default) and every round, each system goes through:
 //!
+//! 0. The bench waits until the engine has cleaned up after the previous containers (it drops
+//!    their network namespaces lazily, about once a minute; a measurement overlapping that
+//!    work was up to half slower, so without the wait the order of the runs decided much).
 //! 1. `create_s`: from issuing `service create -d --name bench --replicas N IMAGE sleep 100000`
 //!    until N containers of the service run.
 //! 2. `replace_s`: after a second of rest, one of the service's containers is killed (SIGKILL
@@ -38,7 +48,7 @@
 //! shoal at most half of Swarm's time for every measure of every row.
 //!
 //! `cargo bench -p shoal-agent --bench swarm-compare -- [--replicas 10,50,100] [--rounds R]
-//! [--systems swarm,shoal] [--shoal-runtime container|process] [--image TAG] [--stop-grace D]
+//! [--systems engine,swarm,shoal] [--shoal-runtime container|process] [--image TAG] [--stop-grace D]
 //! [--poll-ms MS] [--keep] [--shoal PATH]`
 //!
 //! `--shoal-runtime process` (a smoke test of the harness where the engine is missing or shoal
@@ -60,8 +70,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use serde_json::{json, Value};
@@ -101,6 +113,8 @@ const ROW_KEYS: [&str; 5] = [
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum System {
+    /// The engine alone, driven directly: the floor under both systems.
+    Engine,
     Swarm,
     Shoal,
 }
@@ -108,6 +122,7 @@ enum System {
 impl System {
     fn name(self) -> &'static str {
         match self {
+            System::Engine => "engine",
             System::Swarm => "swarm",
             System::Shoal => "shoal",
         }
@@ -129,7 +144,7 @@ struct Opts {
 }
 
 fn usage() -> &'static str {
-    "usage: swarm-compare [--replicas 10,50,100] [--rounds R] [--systems swarm,shoal] \
+    "usage: swarm-compare [--replicas 10,50,100] [--rounds R] [--systems engine,swarm,shoal] \
      [--shoal-runtime container|process] [--image TAG] [--stop-grace DURATION] [--poll-ms MS] \
      [--keep] [--shoal PATH]"
 }
@@ -139,7 +154,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         shoal: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
         replicas: vec![10, 50, 100],
         rounds: 1,
-        systems: vec![System::Swarm, System::Shoal],
+        systems: vec![System::Engine, System::Swarm, System::Shoal],
         runtime: "container".into(),
         image: DEFAULT_IMAGE.into(),
         stop_grace: "0s".into(),
@@ -187,9 +202,12 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 let mut systems = Vec::new();
                 for s in value("--systems")?.split(',') {
                     systems.push(match s.trim() {
+                        "engine" => System::Engine,
                         "swarm" => System::Swarm,
                         "shoal" => System::Shoal,
-                        other => return Err(format!("--systems: swarm or shoal, not {other:?}")),
+                        other => {
+                            return Err(format!("--systems: engine, swarm or shoal, not {other:?}"))
+                        }
                     });
                 }
                 o.systems = systems;
@@ -373,6 +391,144 @@ trait Target {
     fn kill(&self, id: &str) -> Result<(), String>;
     /// Removes what is left of the service's containers (or task processes).
     fn purge(&self);
+}
+
+/// The label of the containers the bench starts itself (the engine-only floor).
+const ENGINE_LABEL: &str = "com.shoal.bench.engine";
+/// Containers the engine-only floor creates, starts or stops at once: as many as a shoal node
+/// starts at once.
+const ENGINE_CONCURRENCY: usize = 8;
+
+/// No orchestrator at all: the bench creates, starts, kills, replaces and stops the containers
+/// itself through the engine's API, `ENGINE_CONCURRENCY` at a time. What it measures is the
+/// engine's own cost of the same work, which neither system can go under.
+struct Direct<'a> {
+    engine: &'a Engine,
+    opts: &'a Opts,
+    /// The stop grace period in whole seconds (the engine's `t`).
+    grace_s: i32,
+}
+
+impl<'a> Direct<'a> {
+    fn start(engine: &'a Engine, opts: &'a Opts) -> Result<Direct<'a>, String> {
+        let g = opts.stop_grace.trim();
+        let grace_s = g
+            .strip_suffix('s')
+            .unwrap_or(g)
+            .parse::<i32>()
+            .map_err(|_| format!("--stop-grace: whole seconds (like 0s or 10s), not {g:?}"))?;
+        let d = Direct {
+            engine,
+            opts,
+            grace_s,
+        };
+        d.purge();
+        Ok(d)
+    }
+
+    fn label(&self) -> Vec<String> {
+        vec![format!("{ENGINE_LABEL}={SERVICE}")]
+    }
+
+    /// Creates and starts `n` containers, `ENGINE_CONCURRENCY` at a time.
+    fn start_containers(&self, n: u64) -> Result<(), String> {
+        let docker = self.engine.docker.clone();
+        let image = self.opts.image.clone();
+        self.engine.rt.block_on(async move {
+            let mut set = tokio::task::JoinSet::new();
+            let mut result = Ok(());
+            for _ in 0..n {
+                if set.len() >= ENGINE_CONCURRENCY {
+                    if let Some(Ok(Err(e))) = set.join_next().await {
+                        result = Err(e);
+                    }
+                }
+                let (docker, image) = (docker.clone(), image.clone());
+                set.spawn(async move {
+                    let body = ContainerCreateBody {
+                        image: Some(image),
+                        cmd: Some(vec!["sleep".into(), "100000".into()]),
+                        labels: Some(HashMap::from([(ENGINE_LABEL.into(), SERVICE.into())])),
+                        ..Default::default()
+                    };
+                    let c = docker
+                        .create_container(None, body)
+                        .await
+                        .map_err(|e| format!("creating a container: {e}"))?;
+                    docker
+                        .start_container(&c.id, None)
+                        .await
+                        .map_err(|e| format!("starting a container: {e}"))
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Ok(Err(e)) = r {
+                    result = Err(e);
+                }
+            }
+            result
+        })
+    }
+}
+
+impl Target for Direct<'_> {
+    fn create(&self, replicas: u64) -> Result<(), String> {
+        self.start_containers(replicas)
+    }
+
+    fn scale(&self, replicas: u64) -> Result<(), String> {
+        if replicas != 0 {
+            return Err("the engine-only floor only scales to 0".into());
+        }
+        let ids = self.running()?;
+        let docker = self.engine.docker.clone();
+        let t = self.grace_s;
+        self.engine.rt.block_on(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for id in ids {
+                if set.len() >= ENGINE_CONCURRENCY {
+                    let _ = set.join_next().await;
+                }
+                let docker = docker.clone();
+                set.spawn(async move {
+                    let opts = StopContainerOptionsBuilder::new().t(t).build();
+                    let _ = docker.stop_container(&id, Some(opts)).await;
+                });
+            }
+            while set.join_next().await.is_some() {}
+        });
+        Ok(())
+    }
+
+    fn remove(&self) -> Result<(), String> {
+        self.engine.remove_all(&self.label());
+        Ok(())
+    }
+
+    fn running(&self) -> Result<Vec<String>, String> {
+        self.engine.containers(&self.label(), false)
+    }
+
+    fn left(&self) -> Result<usize, String> {
+        self.engine.containers(&self.label(), true).map(|v| v.len())
+    }
+
+    /// Kills the container and starts its replacement at once (an orchestrator that costs
+    /// nothing).
+    fn kill(&self, id: &str) -> Result<(), String> {
+        self.engine.kill(id)?;
+        self.start_containers(1)
+    }
+
+    fn purge(&self) {
+        self.engine.remove_all(&self.label());
+    }
+}
+
+impl Drop for Direct<'_> {
+    fn drop(&mut self) {
+        self.purge();
+    }
 }
 
 /// A one-node Docker Swarm, left (with its service and containers removed) when dropped.
@@ -857,8 +1013,16 @@ fn clock_until(
 
 /// One round at `n` replicas: (create_s, replace_s, scale_down_s), and how many containers the
 /// system left behind after removing the service (removed by the bench then).
-fn measure(t: &dyn Target, n: u64, poll: Duration) -> Result<([f64; 3], usize), String> {
+fn measure(
+    t: &dyn Target,
+    engine: Option<&Engine>,
+    n: u64,
+    poll: Duration,
+) -> Result<([f64; 3], usize), String> {
     let want = n as usize;
+    if let Some(e) = engine {
+        settle(e)?;
+    }
     let t0 = Instant::now();
     t.create(n)?;
     let create = clock_until(t, poll, t0, "create", |ids| ids.len() >= want)?;
@@ -901,14 +1065,50 @@ fn measure(t: &dyn Target, n: u64, poll: Duration) -> Result<([f64; 3], usize), 
 }
 
 /// Every round at every replica count on one system; its rows.
-fn run_system(t: &dyn Target, system: System, opts: &Opts) -> Result<Vec<Value>, String> {
+/// Where the local engine keeps its containers' network namespaces.
+const NETNS_DIR: &str = "/var/run/docker/netns";
+/// The longest wait for the engine to finish cleaning up before a measurement.
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+
+/// Waits until the engine has cleaned up the network namespaces of the containers removed
+/// before (it does so lazily, about once a minute, and a measurement that overlaps that work
+/// is slower by up to a half): at most as many namespaces as running containers, plus the
+/// few the engine keeps for itself (a swarm's ingress). Only for a local engine whose
+/// directory is readable; otherwise it returns at once.
+fn settle(engine: &Engine) -> Result<(), String> {
+    let count = || std::fs::read_dir(NETNS_DIR).ok().map(|d| d.count());
+    if count().is_none() {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    loop {
+        interrupted()?;
+        let running = engine.containers(&[], false)?.len();
+        let Some(n) = count() else { return Ok(()) };
+        if n <= running + 3 {
+            return Ok(());
+        }
+        if t0.elapsed() > SETTLE_MAX {
+            eprintln!("  the engine still has {n} network namespaces for {running} running containers: measuring anyway");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn run_system(
+    t: &dyn Target,
+    engine: Option<&Engine>,
+    system: System,
+    opts: &Opts,
+) -> Result<Vec<Value>, String> {
     let mut rows = Vec::new();
     for &n in &opts.replicas {
         let mut samples: [Vec<f64>; 3] = Default::default();
         let mut left_behind = 0;
         for round in 1..=opts.rounds {
             interrupted()?;
-            let (m, left) = measure(t, n, opts.poll)
+            let (m, left) = measure(t, engine, n, opts.poll)
                 .map_err(|e| format!("{} at {n} replicas, round {round}: {e}", system.name()))?;
             eprintln!(
                 "  {} {n} replicas, round {round}: create {:.3} s, replace {:.3} s, \
@@ -973,12 +1173,41 @@ fn ordered(v: &Value, first: &[&str]) -> String {
 }
 
 /// shoal/Swarm for every measure of every replica count both have, and whether the goal holds.
-fn summary(opts: &Opts, swarm: &[Value], shoal: &[Value], failed: &[String]) -> Value {
+fn summary(
+    opts: &Opts,
+    engine: &[Value],
+    swarm: &[Value],
+    shoal: &[Value],
+    failed: &[String],
+) -> Value {
     let mut ratios = Vec::new();
+    let find = |rows: &[Value], n: u64| rows.iter().find(|r| r["replicas"] == n).cloned();
+    // Where the goal asks for less than the engine's own time, no orchestrator can meet it.
+    let mut floor = Vec::new();
+    for &n in &opts.replicas {
+        let Some(e) = find(engine, n) else { continue };
+        let mut r = json!({"replicas": n});
+        for m in MEASURES {
+            let base = e[m].as_f64().unwrap_or(0.0);
+            let key = m.trim_end_matches("_s");
+            let mut x = json!({"engine_s": base});
+            for (name, rows) in [("swarm", swarm), ("shoal", shoal)] {
+                if let Some(row) = find(rows, n) {
+                    let v = row[m].as_f64().unwrap_or(0.0);
+                    x[format!("{name}_over_engine")] = json!(round3(v / base.max(1e-9)));
+                    if name == "swarm" {
+                        x["goal_s"] = json!(round3(v * GOAL_RATIO));
+                        x["goal_above_engine"] = json!(v * GOAL_RATIO >= base);
+                    }
+                }
+            }
+            r[key] = x;
+        }
+        floor.push(r);
+    }
     let mut goal = !swarm.is_empty() && !shoal.is_empty() && failed.is_empty();
     for &n in &opts.replicas {
-        let find = |rows: &[Value]| rows.iter().find(|r| r["replicas"] == n).cloned();
-        let (Some(a), Some(b)) = (find(swarm), find(shoal)) else {
+        let (Some(a), Some(b)) = (find(swarm, n), find(shoal, n)) else {
             goal = false;
             continue;
         };
@@ -996,6 +1225,7 @@ fn summary(opts: &Opts, swarm: &[Value], shoal: &[Value], failed: &[String]) -> 
         "summary": true,
         "ratio": "shoal / swarm",
         "ratios": ratios,
+        "engine_floor": floor,
         "goal": format!("shoal <= {GOAL_RATIO} x swarm on every row"),
         "goal_met": goal && comparable,
         "comparable": comparable,
@@ -1029,7 +1259,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let needs_engine = wants_swarm || opts.runtime == "container";
+    let needs_engine =
+        wants_swarm || opts.systems.contains(&System::Engine) || opts.runtime == "container";
     let engine = match Engine::connect() {
         Ok(e) => Some(e),
         Err(e) if needs_engine => {
@@ -1060,13 +1291,19 @@ fn main() -> ExitCode {
     );
 
     let mut failed = Vec::new();
-    let (mut swarm_rows, mut shoal_rows) = (Vec::new(), Vec::new());
+    let (mut engine_rows, mut swarm_rows, mut shoal_rows) = (Vec::new(), Vec::new(), Vec::new());
     for &system in &opts.systems {
         eprintln!("swarm-compare: {}", system.name());
         let result = match system {
+            System::Engine => {
+                let engine = engine.as_ref().expect("the engine is there for the floor");
+                Direct::start(engine, &opts)
+                    .and_then(|d| run_system(&d, Some(engine), system, &opts))
+            }
             System::Swarm => {
                 let engine = engine.as_ref().expect("the engine is there for Swarm");
-                Swarm::start(engine, &opts).and_then(|s| run_system(&s, system, &opts))
+                Swarm::start(engine, &opts)
+                    .and_then(|s| run_system(&s, Some(engine), system, &opts))
             }
             System::Shoal => {
                 let dir = match tempdir("shoal") {
@@ -1077,7 +1314,7 @@ fn main() -> ExitCode {
                     }
                 };
                 let result = Shoal::start(engine.as_ref(), &opts, dir.clone())
-                    .and_then(|s| run_system(&s, system, &opts));
+                    .and_then(|s| run_system(&s, engine.as_ref(), system, &opts));
                 if result.is_ok() && !opts.keep {
                     let _ = std::fs::remove_dir_all(&dir);
                 } else {
@@ -1090,6 +1327,7 @@ fn main() -> ExitCode {
             }
         };
         match result {
+            Ok(rows) if system == System::Engine => engine_rows = rows,
             Ok(rows) if system == System::Swarm => swarm_rows = rows,
             Ok(rows) => shoal_rows = rows,
             Err(e) => {
@@ -1098,7 +1336,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let s = summary(&opts, &swarm_rows, &shoal_rows, &failed);
+    let s = summary(&opts, &engine_rows, &swarm_rows, &shoal_rows, &failed);
     println!(
         "{}",
         ordered(&s, &["summary", "goal_met", "ratio", "ratios"])

@@ -355,9 +355,7 @@ impl Runner {
                 .filter(|id| !listed.contains(id))
                 .copied()
                 .collect();
-            for id in gone {
-                self.forget(id).await;
-            }
+            self.forget_all(gone).await;
             // Tasks of an earlier run that no manager gives us any more: not ours to run.
             let orphans: Vec<TaskId> = adopted
                 .keys()
@@ -377,9 +375,21 @@ impl Runner {
         for t in a.tasks {
             self.assign(t, adopted);
         }
-        for id in a.removed {
-            self.forget(id).await;
+        self.forget_all(a.removed).await;
+    }
+
+    /// Forgets tasks, `MAX_CONCURRENT_STARTS` at a time: a service removed at once is not
+    /// cleaned up one container after the other, nor all at once (the engine slows down).
+    async fn forget_all(self: &Arc<Self>, ids: Vec<TaskId>) {
+        let mut set = tokio::task::JoinSet::new();
+        for id in ids {
+            if set.len() >= MAX_CONCURRENT_STARTS {
+                let _ = set.join_next().await;
+            }
+            let me = Arc::clone(self);
+            set.spawn(async move { me.forget(id).await });
         }
+        while set.join_next().await.is_some() {}
     }
 
     /// One task as a manager describes it now.
