@@ -15,7 +15,12 @@
 //! time for the same work; the summary's `engine_floor` gives each system's time over the
 //! engine's and whether the goal (half of Swarm's time) is above the floor at all.
 //!
-//! For every replica count N (10, 50, 100 by default) and every round, each system goes through:
+//! The three are set up first (the swarm stays initialised throughout; shoal's agent runs
+//! throughout) and then take turns: for each replica count, each round measures the engine,
+//! then Swarm, then shoal. This project's machine is a VM whose speed drifts by a factor of two
+//! within half an hour (CPU steal); measured one system after the other, the last one paid for
+//! it. For every replica count N (10, 50, 100 by default) and every round, each system goes
+//! through:
 //!
 //! 0. The bench waits until the engine has cleaned up after the previous containers (it drops
 //!    their network namespaces lazily, about once a minute; a measurement overlapping that
@@ -93,6 +98,8 @@ const REMOVE_WAIT: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(1);
 /// The label Swarm puts on its tasks' containers (the service's name).
 const SWARM_LABEL: &str = "com.docker.swarm.service.name";
+/// The label Swarm puts on its tasks' containers for their node (and shoal does not).
+const SWARM_NODE_LABEL: &str = "com.docker.swarm.node.id";
 /// The labels shoal puts on its tasks' containers.
 const SHOAL_SERVICE_LABEL: &str = "com.shoal.service";
 const SHOAL_CLUSTER_LABEL: &str = "com.shoal.cluster";
@@ -561,7 +568,12 @@ impl<'a> Swarm<'a> {
     }
 
     fn label(&self) -> Vec<String> {
-        vec![format!("{SWARM_LABEL}={SERVICE}")]
+        // Swarm's own tasks carry the node label too; shoal's containers also carry the
+        // service-name label (for tools that read it) and must never be counted or removed here.
+        vec![
+            format!("{SWARM_LABEL}={SERVICE}"),
+            SWARM_NODE_LABEL.to_string(),
+        ]
     }
 }
 
@@ -1096,59 +1108,66 @@ fn settle(engine: &Engine) -> Result<(), String> {
     }
 }
 
-fn run_system(
+/// Samples of one system at one replica count.
+#[derive(Default)]
+struct Samples {
+    m: [Vec<f64>; 3],
+    left_behind: usize,
+}
+
+/// One measurement of one system, printed as it is taken.
+fn sample(
     t: &dyn Target,
     engine: Option<&Engine>,
     system: System,
+    n: u64,
+    round: usize,
     opts: &Opts,
-) -> Result<Vec<Value>, String> {
-    let mut rows = Vec::new();
-    for &n in &opts.replicas {
-        let mut samples: [Vec<f64>; 3] = Default::default();
-        let mut left_behind = 0;
-        for round in 1..=opts.rounds {
-            interrupted()?;
-            let (m, left) = measure(t, engine, n, opts.poll)
-                .map_err(|e| format!("{} at {n} replicas, round {round}: {e}", system.name()))?;
-            eprintln!(
-                "  {} {n} replicas, round {round}: create {:.3} s, replace {:.3} s, \
-                 scale down {:.3} s",
-                system.name(),
-                m[0],
-                m[1],
-                m[2]
-            );
-            left_behind = left_behind.max(left);
-            for (s, x) in samples.iter_mut().zip(m) {
-                s.push(x);
-            }
-        }
-        let mut row = json!({"system": system.name(), "replicas": n});
-        for (name, s) in MEASURES.iter().zip(&samples) {
-            row[*name] = json!(round3(median(s)));
-        }
-        if system == System::Shoal {
-            row["runtime"] = json!(opts.runtime);
-        }
-        if left_behind > 0 {
-            row["left_after_rm"] = json!(left_behind);
-        }
-        if opts.rounds > 1 {
-            row["rounds"] = json!(opts.rounds);
-            let all: serde_json::Map<String, Value> = MEASURES
-                .iter()
-                .zip(&samples)
-                .map(|(name, s)| {
-                    let v: Vec<f64> = s.iter().copied().map(round3).collect();
-                    (name.to_string(), json!(v))
-                })
-                .collect();
-            row["samples"] = Value::Object(all);
-        }
-        println!("{}", ordered(&row, &ROW_KEYS));
-        rows.push(row);
+    into: &mut Samples,
+) -> Result<(), String> {
+    interrupted()?;
+    let (m, left) = measure(t, engine, n, opts.poll)
+        .map_err(|e| format!("{} at {n} replicas, round {round}: {e}", system.name()))?;
+    eprintln!(
+        "  {} {n} replicas, round {round}: create {:.3} s, replace {:.3} s, scale down {:.3} s",
+        system.name(),
+        m[0],
+        m[1],
+        m[2]
+    );
+    into.left_behind = into.left_behind.max(left);
+    for (s, x) in into.m.iter_mut().zip(m) {
+        s.push(x);
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// A system's row at one replica count: the medians, and every sample when there are several.
+fn row(system: System, n: u64, samples: &Samples, opts: &Opts) -> Value {
+    let mut row = json!({"system": system.name(), "replicas": n});
+    for (name, s) in MEASURES.iter().zip(&samples.m) {
+        row[*name] = json!(round3(median(s)));
+    }
+    if system == System::Shoal {
+        row["runtime"] = json!(opts.runtime);
+    }
+    if samples.left_behind > 0 {
+        row["left_after_rm"] = json!(samples.left_behind);
+    }
+    let rounds = samples.m[0].len();
+    if rounds > 1 {
+        row["rounds"] = json!(rounds);
+        let all: serde_json::Map<String, Value> = MEASURES
+            .iter()
+            .zip(&samples.m)
+            .map(|(name, s)| {
+                let v: Vec<f64> = s.iter().copied().map(round3).collect();
+                (name.to_string(), json!(v))
+            })
+            .collect();
+        row["samples"] = Value::Object(all);
+    }
+    row
 }
 
 /// An object as JSON text with these keys first, in this order, then the others (serde_json
@@ -1291,51 +1310,90 @@ fn main() -> ExitCode {
     );
 
     let mut failed = Vec::new();
-    let (mut engine_rows, mut swarm_rows, mut shoal_rows) = (Vec::new(), Vec::new(), Vec::new());
+    // Every system is set up first; then the measurements take turns (each replica count,
+    // each round: engine, Swarm, shoal), so that a machine whose speed drifts (a VM's CPU
+    // steal) slows all three alike instead of whichever ran last.
+    let direct = match (&engine, opts.systems.contains(&System::Engine)) {
+        (Some(e), true) => Direct::start(e, &opts)
+            .map_err(|err| failed.push(format!("engine: {err}")))
+            .ok(),
+        _ => None,
+    };
+    let swarm = match (&engine, wants_swarm) {
+        (Some(e), true) => Swarm::start(e, &opts)
+            .map_err(|err| failed.push(format!("swarm: {err}")))
+            .ok(),
+        _ => None,
+    };
+    let shoal_dir = if wants_shoal {
+        tempdir("shoal").map_err(|e| failed.push(e)).ok()
+    } else {
+        None
+    };
+    let shoal = shoal_dir.as_ref().and_then(|dir| {
+        Shoal::start(engine.as_ref(), &opts, dir.clone())
+            .map_err(|err| failed.push(format!("shoal: {err}")))
+            .ok()
+    });
+    let mut targets: Vec<(System, &dyn Target)> = Vec::new();
     for &system in &opts.systems {
-        eprintln!("swarm-compare: {}", system.name());
-        let result = match system {
-            System::Engine => {
-                let engine = engine.as_ref().expect("the engine is there for the floor");
-                Direct::start(engine, &opts)
-                    .and_then(|d| run_system(&d, Some(engine), system, &opts))
-            }
-            System::Swarm => {
-                let engine = engine.as_ref().expect("the engine is there for Swarm");
-                Swarm::start(engine, &opts)
-                    .and_then(|s| run_system(&s, Some(engine), system, &opts))
-            }
-            System::Shoal => {
-                let dir = match tempdir("shoal") {
-                    Ok(d) => d,
-                    Err(e) => {
-                        failed.push(e);
-                        continue;
-                    }
-                };
-                let result = Shoal::start(engine.as_ref(), &opts, dir.clone())
-                    .and_then(|s| run_system(&s, engine.as_ref(), system, &opts));
-                if result.is_ok() && !opts.keep {
-                    let _ = std::fs::remove_dir_all(&dir);
-                } else {
-                    eprintln!(
-                        "swarm-compare: shoal's data directory and log kept in {}",
-                        dir.display()
-                    );
-                }
-                result
-            }
+        let t: Option<&dyn Target> = match system {
+            System::Engine => direct.as_ref().map(|d| d as &dyn Target),
+            System::Swarm => swarm.as_ref().map(|s| s as &dyn Target),
+            System::Shoal => shoal.as_ref().map(|s| s as &dyn Target),
         };
-        match result {
-            Ok(rows) if system == System::Engine => engine_rows = rows,
-            Ok(rows) if system == System::Swarm => swarm_rows = rows,
-            Ok(rows) => shoal_rows = rows,
-            Err(e) => {
-                eprintln!("swarm-compare: {e}");
-                failed.push(e);
+        if let Some(t) = t {
+            targets.push((system, t));
+        }
+    }
+    let mut rows: HashMap<&'static str, Vec<Value>> = HashMap::new();
+    let mut broken: Vec<System> = Vec::new();
+    for &n in &opts.replicas {
+        let mut samples: HashMap<&'static str, Samples> = HashMap::new();
+        for round in 1..=opts.rounds {
+            for &(system, t) in &targets {
+                if broken.contains(&system) {
+                    continue;
+                }
+                let into = samples.entry(system.name()).or_default();
+                if let Err(e) = sample(t, engine.as_ref(), system, n, round, &opts, into) {
+                    eprintln!("swarm-compare: {e}");
+                    failed.push(e);
+                    broken.push(system);
+                    samples.remove(system.name());
+                }
+            }
+            if interrupted().is_err() {
+                break;
+            }
+        }
+        for &(system, _) in &targets {
+            if let Some(s) = samples.get(system.name()).filter(|s| !s.m[0].is_empty()) {
+                let r = row(system, n, s, &opts);
+                println!("{}", ordered(&r, &ROW_KEYS));
+                rows.entry(system.name()).or_default().push(r);
             }
         }
     }
+    drop(shoal);
+    if let Some(dir) = shoal_dir {
+        if wants_shoal && failed.is_empty() && !opts.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!(
+                "swarm-compare: shoal's data directory and log kept in {}",
+                dir.display()
+            );
+        }
+    }
+    drop(swarm);
+    drop(direct);
+    let take = |rows: &mut HashMap<&'static str, Vec<Value>>, s: System| {
+        rows.remove(s.name()).unwrap_or_default()
+    };
+    let engine_rows = take(&mut rows, System::Engine);
+    let swarm_rows = take(&mut rows, System::Swarm);
+    let shoal_rows = take(&mut rows, System::Shoal);
     let s = summary(&opts, &engine_rows, &swarm_rows, &shoal_rows, &failed);
     println!(
         "{}",

@@ -223,6 +223,10 @@ pub struct TaskView {
     pub current: bool,
     /// It runs the service's current task spec (a scale alone leaves tasks up to date).
     pub up_to_date: bool,
+    /// Its host-mode published ports while it runs (`*:8080->80/tcp`, comma-separated), as
+    /// Swarm's `service ps` shows them.
+    #[serde(default)]
+    pub ports: String,
 }
 
 /// The options of `node update`.

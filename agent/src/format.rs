@@ -361,13 +361,19 @@ pub fn inspect_pretty(_self_id: &str, node: &NodeView) -> String {
     for p in &node.runtime_problems {
         field(&mut out, " Unavailable:", p);
     }
+    // The engine always enforces a container's limits; the flag is about every runtime.
+    let containers = node.runtimes.iter().any(|r| r == "container");
     field(
         &mut out,
         "Resource Limits:",
-        if node.limits_enforced {
-            "enforced (cgroup v2)"
-        } else {
-            "not enforced on this node (reservations still count in scheduling)"
+        match (node.limits_enforced, containers) {
+            (true, true) => "enforced (the Docker Engine for containers, cgroup v2 for processes)",
+            (true, false) => "enforced (cgroup v2)",
+            (false, true) => {
+                "enforced for containers (by the Docker Engine); not for processes on this node \
+                 (reservations still count in scheduling)"
+            }
+            (false, false) => "not enforced on this node (reservations still count in scheduling)",
         },
     );
     out
@@ -703,6 +709,17 @@ Resource Limits:\tnot enforced on this node (reservations still count in schedul
         );
         assert!(
             out.contains("Resource Limits:\tenforced (cgroup v2)\n"),
+            "{out}"
+        );
+        // A node with an engine enforces its containers' limits even without cgroups.
+        let mut engine = n.clone();
+        engine.runtimes = vec!["process".into(), "container".into()];
+        let out = inspect_pretty("", &engine);
+        assert!(
+            out.contains(
+                "Resource Limits:\tenforced for containers (by the Docker Engine); not for \
+                 processes on this node"
+            ),
             "{out}"
         );
 

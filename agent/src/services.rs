@@ -49,6 +49,18 @@ pub fn task_view(st: &ClusterState, t: &Task, current: bool) -> TaskView {
     let svc = st.service(t.service);
     let name = svc.map_or_else(|| "(removed)".to_string(), |s| s.spec.name.clone());
     let node = t.node.and_then(|n| st.node(n));
+    let spec = svc.and_then(|s| s.spec_of(t.spec_version));
+    let ports = match spec {
+        Some(spec) if t.status.state == TaskState::Running => spec
+            .task
+            .ports
+            .iter()
+            .filter(|p| p.mode == shoal_cluster::PublishMode::Host)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => String::new(),
+    };
     TaskView {
         id: object_id_string(t.id),
         name: if t.slot > 0 {
@@ -64,10 +76,7 @@ pub fn task_view(st: &ClusterState, t: &Task, current: bool) -> TaskView {
             || t.node.map(node_id_string).unwrap_or_default(),
             |n| n.description.hostname.clone(),
         ),
-        image: svc
-            .and_then(|s| s.spec_of(t.spec_version))
-            .map(|s| s.task.image.clone())
-            .unwrap_or_default(),
+        image: spec.map(|s| s.task.image.clone()).unwrap_or_default(),
         desired_state: t.desired.title().into(),
         state: t.status.state.title().into(),
         state_since_ms: t.status.timestamp_ms,
@@ -83,6 +92,7 @@ pub fn task_view(st: &ClusterState, t: &Task, current: bool) -> TaskView {
             s.spec_of(t.spec_version)
                 .is_some_and(|old| old.task == s.spec.task)
         }),
+        ports,
     }
 }
 

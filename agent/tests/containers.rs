@@ -541,6 +541,14 @@ fn host_ports_bind_and_an_engine_that_goes_away_comes_back() {
         out.contains("hello over http").then_some(out)
     });
     assert!(body.starts_with("HTTP/1."), "{body}");
+    // `service ps` shows the running task's host-mode port, as Swarm does.
+    let ps = c.wait("service ps to show the running task's port", || {
+        let ps = c.shoal(0, &["service", "ps", "chttp"]).ok();
+        ps.lines()
+            .any(|l| l.contains("Running") && l.contains(&format!("*:{port}->80/tcp")))
+            .then_some(ps)
+    });
+    assert!(ps.contains("chttp.1"), "{ps}");
     c.shoal(0, &["service", "rm", "chttp"]).ok();
 
     // A service with a task on each node; then node-2's engine goes away.

@@ -787,7 +787,7 @@ pub fn task_table(tasks: &[TaskView], no_trunc: bool, now: u64) -> String {
             Cow::Borrowed(t.desired_state.as_str()),
             Cow::Owned(format!("{} {}", t.state, ago(t.state_since_ms, now))),
             Cow::Owned(err),
-            Cow::Borrowed(""),
+            clean(&t.ports),
         ]);
     }
     render_table(&rows)
