@@ -25,6 +25,8 @@ use crate::wire;
 
 /// One Raft tick. The election timeout is 10–20 ticks (0.5–1 s), heartbeats every 2.
 pub const TICK: Duration = Duration::from_millis(50);
+/// The least time between two orchestrator passes run outside the ticks.
+const ORCHESTRATE_GAP: Duration = Duration::from_millis(10);
 /// A member is reachable when the leader heard from it this recently (the longest election
 /// timeout).
 pub const REACHABLE_WINDOW: Duration = Duration::from_millis(1000);
@@ -436,6 +438,8 @@ struct Orchestration {
     wake_at_ms: Option<u64>,
     /// The last entry of the plan in flight, and its term.
     inflight: Option<(u64, u64)>,
+    /// When the last pass ran (passes outside the ticks are spaced by `ORCHESTRATE_GAP`).
+    last_pass: Option<Instant>,
     /// Passes run and task changes proposed (metrics).
     passes: u64,
     changes: u64,
@@ -485,7 +489,11 @@ impl Driver {
                 }
             }
         }
-        if let Err(e) = self.process().await {
+        let mut processed = self.process().await;
+        if processed.is_ok() && self.orchestrate_now() {
+            processed = self.process().await;
+        }
+        if let Err(e) = processed {
             // A replica that cannot persist must not go on answering: it stops here, and
             // nothing that may not be on disk was acknowledged (the core releases those
             // messages only after `on_persisted`).
@@ -541,6 +549,24 @@ impl Driver {
         }
     }
 
+    /// A pass right after entries were applied (a failed task is replaced without waiting for
+    /// the next tick), unless one ran within `ORCHESTRATE_GAP` (a busy leader then runs one
+    /// per tick at most). True when the pass ran.
+    fn orchestrate_now(&mut self) -> bool {
+        if self.node.role() != Role::Leader
+            || self.node.applied_index() == self.orch.seen
+            || self
+                .orch
+                .last_pass
+                .is_some_and(|t| t.elapsed() < ORCHESTRATE_GAP)
+        {
+            return false;
+        }
+        let passes = self.orch.passes;
+        self.orchestrate();
+        self.orch.passes != passes
+    }
+
     /// One orchestrator pass when something was applied since the last one (or a timer is
     /// due), with one plan in flight at a time: its changes go out as `Command::Tasks` entries
     /// of at most `MAX_BATCH` changes.
@@ -574,6 +600,7 @@ impl Driver {
             );
         }
         self.orch.seen = applied;
+        self.orch.last_pass = Some(Instant::now());
         self.orch.wake_at_ms = plan.wake_at_ms;
         self.orch.passes += 1;
         self.orch.changes += plan.changes.len() as u64;

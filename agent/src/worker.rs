@@ -96,7 +96,8 @@ pub const MAX_LOG_BYTES: usize = 8 << 20;
 
 /// How long a node waits for a manager's answer about its tasks (the long poll plus margin).
 const POLL_WAIT: Duration = Duration::from_secs(5);
-/// Reports are gathered this long before they are sent (more go in one batch under load).
+/// Progress reports are gathered this long before they are sent (more go in one batch under
+/// load); a report of a task that ended goes at once.
 const REPORT_GATHER: Duration = Duration::from_millis(20);
 
 /// What the node knows of one task.
@@ -757,11 +758,19 @@ async fn reporter(member: Weak<Member>, mut rx: mpsc::UnboundedReceiver<TaskRepo
     };
     loop {
         if pending.is_empty() {
-            match rx.recv().await {
-                Some(r) => add(&mut pending, r),
+            let ended = match rx.recv().await {
+                Some(r) => {
+                    let ended = r.status.state.is_terminal();
+                    add(&mut pending, r);
+                    ended
+                }
                 None => return,
+            };
+            // A task that ended is reported at once (its replacement waits on it); progress
+            // reports wait a little for others to go with them.
+            if !ended {
+                tokio::time::sleep(REPORT_GATHER).await;
             }
-            tokio::time::sleep(REPORT_GATHER).await;
         }
         while let Ok(r) = rx.try_recv() {
             add(&mut pending, r);

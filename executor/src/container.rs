@@ -95,6 +95,9 @@ pub struct ContainerExecutor {
     /// engine a label search on every call (container ids are never reused; a container
     /// removed behind shoal's back answers 404 and is forgotten).
     ids: Mutex<HashMap<String, String>>,
+    /// Tasks whose container this executor created and has not started yet: their start needs
+    /// no inspection first (nothing else started them).
+    fresh: Mutex<HashSet<String>>,
     /// Containers being killed and cleaned up by the engine at once.
     stops: tokio::sync::Semaphore,
 }
@@ -635,6 +638,7 @@ impl ContainerExecutor {
             engine_version: RwLock::new(String::new()),
             stopped: Mutex::new(HashSet::new()),
             ids: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(HashSet::new()),
             stops: tokio::sync::Semaphore::new(MAX_CONCURRENT_STOPS),
         })
     }
@@ -833,6 +837,9 @@ impl ContainerExecutor {
         if let Ok(mut ids) = self.ids.lock() {
             ids.remove(task_id);
         }
+        if let Ok(mut fresh) = self.fresh.lock() {
+            fresh.remove(task_id);
+        }
     }
 
     /// Like `find`, but a missing container is `NotFound`.
@@ -869,21 +876,14 @@ impl ContainerExecutor {
         if run.task_id.is_empty() {
             return Err(ExecError::Invalid("the task id is empty".to_string()));
         }
-        if self.find(&run.task_id).await?.is_some() {
+        // A container this executor knows is there already. One it does not know (made by an
+        // earlier run and not adopted, or by a concurrent prepare) makes the create below
+        // fail on its name, and is looked up then: a new task costs no label search.
+        if self.known(&run.task_id).is_some() {
             return Ok(());
         }
         if run.program.is_empty() {
             return Err(ExecError::Invalid("the task names no image".to_string()));
-        }
-        match self.d()?.inspect_image(&run.program).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {
-                return Err(ExecError::Invalid(format!(
-                    "No such image: {}",
-                    run.program
-                )))
-            }
-            Err(e) => return Err(engine_err(e)),
         }
         let name = container_name(run, &self.node_id());
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
@@ -894,16 +894,20 @@ impl ContainerExecutor {
         {
             Ok(created) => {
                 self.remember(&run.task_id, &created.id);
+                if let Ok(mut fresh) = self.fresh.lock() {
+                    fresh.insert(run.task_id.clone());
+                }
                 Ok(())
             }
-            // Created meanwhile by a concurrent prepare of the same task?
+            // The task's container exists already (its name is the task's).
             Err(e) if matches!(engine_answer(&e), Some((409, _))) => {
                 match self.find(&run.task_id).await? {
                     Some(_) => Ok(()),
                     None => Err(spec_err(e)),
                 }
             }
-            Err(e) if matches!(engine_answer(&e), Some((404, m)) if m.contains("No such image")) => {
+            // The engine's own words for a missing image (shoal never pulls).
+            Err(e) if matches!(engine_answer(&e), Some((404, m)) if m.to_ascii_lowercase().contains("image")) => {
                 Err(ExecError::Invalid(format!(
                     "No such image: {}",
                     run.program
@@ -915,16 +919,26 @@ impl ContainerExecutor {
 
     async fn start_task(&self, task_id: &str) -> Result<RuntimeDetails, ExecError> {
         let id = self.require(task_id).await?;
-        let info = self.inspect(task_id, &id).await?;
-        let started = info
-            .state
-            .as_ref()
-            .is_some_and(|s| !zero_time(s.started_at.as_deref()));
-        if started {
-            return Ok(details_of(&info));
+        let fresh = self
+            .fresh
+            .lock()
+            .map(|mut f| f.remove(task_id))
+            .unwrap_or(false);
+        if !fresh {
+            // Found, not made here: it may have run already, and must not run twice.
+            let info = self.inspect(task_id, &id).await?;
+            let started = info
+                .state
+                .as_ref()
+                .is_some_and(|s| !zero_time(s.started_at.as_deref()));
+            if started {
+                return Ok(details_of(&info));
+            }
         }
         match self.d()?.start_container(&id, None).await {
             Ok(()) => {}
+            // Already running.
+            Err(e) if matches!(engine_answer(&e), Some((304, _))) => {}
             Err(e) if is_not_found(&e) => {
                 self.forget_id(task_id);
                 return Err(ExecError::NotFound(task_id.to_string()));
