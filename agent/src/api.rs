@@ -113,6 +113,13 @@ pub enum Request {
         /// The new spec.
         spec: ServiceSpec,
     },
+    /// `service rollback SERVICE`, `service update --rollback`: back to the previous spec.
+    ServiceRollback {
+        /// Id, id prefix or name.
+        service: String,
+        /// The version the CLI read (compare-and-set), if any.
+        version: Option<u64>,
+    },
     /// `service rm SERVICE`.
     ServiceRemove {
         /// Id, id prefix or name.
@@ -161,6 +168,9 @@ pub struct ServiceView {
     pub spec: ServiceSpec,
     /// The spec before the last update.
     pub previous: Option<ServiceSpec>,
+    /// The last update or rollback (`None`: the tasks' spec never changed).
+    #[serde(default)]
+    pub update_status: Option<shoal_cluster::UpdateStatus>,
     /// Tasks running now (of those wanted).
     pub running: u64,
     /// Tasks wanted: the replica count, or (global) the tasks the orchestrator keeps.

@@ -69,6 +69,7 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         .route("/v1/services/{service}", get(service_inspect))
         .route("/v1/services/{service}", delete(service_remove))
         .route("/v1/services/{service}/update", post(service_update))
+        .route("/v1/services/{service}/rollback", post(service_rollback))
         .route("/v1/tasks", post(task_list))
         .route("/v1/services/{service}/logs", post(service_logs))
         .route("/v1/swarm/update", post(swarm_update))
@@ -340,6 +341,28 @@ async fn service_update(
             service,
             version: b.version,
             spec: b.spec,
+        }
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct RollbackBody {
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+async fn service_rollback(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    UrlPath(service): UrlPath<String>,
+    Json(b): Json<RollbackBody>,
+) -> axum::response::Response {
+    with_rid!(
+        a,
+        headers,
+        Request::ServiceRollback {
+            service,
+            version: b.version,
         }
     )
 }
@@ -633,9 +656,9 @@ impl Member {
                     return Response::ok(node.clone())
                 }
                 Request::ServiceCreate { spec } => return crate::services::created(h, &spec.name),
-                Request::ServiceUpdate { service, .. } | Request::ServiceRemove { service } => {
-                    return Response::ok(service.clone())
-                }
+                Request::ServiceUpdate { service, .. }
+                | Request::ServiceRollback { service, .. }
+                | Request::ServiceRemove { service } => return Response::ok(service.clone()),
                 Request::SwarmUpdate { .. } => return Response::ok(""),
                 _ => {}
             },
@@ -814,6 +837,7 @@ impl Member {
             | Request::ServiceList
             | Request::ServiceInspect { .. }
             | Request::ServiceUpdate { .. }
+            | Request::ServiceRollback { .. }
             | Request::ServiceRemove { .. }
             | Request::TaskList { .. }
             | Request::SwarmUpdate { .. }) => self.on_leader_services(h, r, rid).await,

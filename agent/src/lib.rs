@@ -14,6 +14,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod format;
 pub mod gossip;
+pub mod health;
 pub mod metrics;
 pub mod raft_driver;
 pub mod services;

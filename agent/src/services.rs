@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::collections::BTreeMap;
 
 use shoal_cluster::{
-    node_id_string, object_id_string, ClusterState, Command, NodeId, Service, ServiceMode, Task,
-    TaskId, TaskState,
+    node_id_string, object_id_string, ClusterState, Command, Health, NodeId, Service, ServiceMode,
+    Task, TaskId, TaskState,
 };
 
 use crate::agent::Member;
@@ -24,7 +24,7 @@ pub fn service_view(st: &ClusterState, s: &Service) -> ServiceView {
     for t in st.tasks_of_service(s.id) {
         if t.live() {
             live += 1;
-            if t.status.state == TaskState::Running {
+            if t.is_ready() {
                 running += 1;
             }
         }
@@ -36,6 +36,7 @@ pub fn service_view(st: &ClusterState, s: &Service) -> ServiceView {
         updated_at_ms: s.updated_at_ms,
         spec: s.spec.clone(),
         previous: s.previous.clone(),
+        update_status: s.update_status.clone(),
         running,
         desired: match s.spec.mode {
             ServiceMode::Replicated { replicas } => replicas,
@@ -44,7 +45,7 @@ pub fn service_view(st: &ClusterState, s: &Service) -> ServiceView {
     }
 }
 
-/// A task as the CLI shows it; `current`: the newest of its slot.
+/// A task as the CLI shows it; `current`: the slot's newest wanted task (else its newest).
 pub fn task_view(st: &ClusterState, t: &Task, current: bool) -> TaskView {
     let svc = st.service(t.service);
     let name = svc.map_or_else(|| "(removed)".to_string(), |s| s.spec.name.clone());
@@ -78,7 +79,13 @@ pub fn task_view(st: &ClusterState, t: &Task, current: bool) -> TaskView {
         ),
         image: spec.map(|s| s.task.image.clone()).unwrap_or_default(),
         desired_state: t.desired.title().into(),
-        state: t.status.state.title().into(),
+        state: match t.status.health {
+            // `Running (healthy)`, as docker ps shows a container's health.
+            h if h != Health::None && t.status.state == TaskState::Running => {
+                format!("{} ({})", t.status.state.title(), h.name())
+            }
+            _ => t.status.state.title().into(),
+        },
         state_since_ms: t.status.timestamp_ms,
         message: t.status.message.clone(),
         err: t.status.err.clone(),
@@ -121,11 +128,19 @@ pub fn task_list(
     let mut out = Vec::new();
     for (service, k) in keys {
         let slot: Vec<&Task> = st.slot_tasks(service, k).collect();
-        for (i, t) in slot.iter().rev().enumerate() {
+        // The slot's current task: its newest wanted one (a rollback may go back to an older
+        // task a start-first update kept), else its newest.
+        let current = slot
+            .iter()
+            .rev()
+            .find(|t| t.wanted())
+            .or(slot.last())
+            .map(|t| t.id);
+        for t in slot.iter().rev() {
             if node.is_some_and(|n| t.node != Some(n)) {
                 continue;
             }
-            out.push(task_view(st, t, i == 0));
+            out.push(task_view(st, t, Some(t.id) == current));
         }
     }
     // By service, slot (global: node), the current task first, then newest first.
@@ -224,6 +239,21 @@ impl Member {
                     id,
                     expected_version: Some(version),
                     spec,
+                    at_ms: now_ms(),
+                };
+                match self.propose_as(rid, cmd).await {
+                    Ok(()) => Response::ok(object_id_string(id)),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::ServiceRollback { service, version } => {
+                let id = match h.state.read().expect("state").resolve_service(&service) {
+                    Ok(s) => s.id,
+                    Err(e) => return Response::error(e),
+                };
+                let cmd = Command::RollbackService {
+                    id,
+                    expected_version: version,
                     at_ms: now_ms(),
                 };
                 match self.propose_as(rid, cmd).await {

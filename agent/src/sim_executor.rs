@@ -150,6 +150,7 @@ impl Executor for SimExecutor {
             Ok(RuntimeDetails {
                 pid: Some(pid),
                 container_id: None,
+                checked: false,
             })
         })
     }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::agent::Member;
 use crate::api::Response;
+use crate::health::Checker;
 use crate::wire::{AgentRequest, Assignment, Assignments};
 
 /// The executors a node has, one per runtime.
@@ -221,7 +222,28 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec, cluster_id: &str) ->
                 udp: p.udp,
             })
             .collect(),
+        health: health_config(&spec.health),
     }
+}
+
+/// The executor's health check for a spec's (`None`: no check of shoal's).
+fn health_config(h: &shoal_cluster::HealthCheck) -> Option<shoal_executor::HealthConfig> {
+    use shoal_cluster::HealthTest;
+    use shoal_executor::HealthProbe;
+    let probe = match &h.test {
+        HealthTest::Default => return None,
+        HealthTest::Disabled => HealthProbe::Disabled,
+        HealthTest::Cmd(c) => HealthProbe::Shell(c.clone()),
+        HealthTest::Http(u) => HealthProbe::Http(u.clone()),
+        HealthTest::Tcp(p) => HealthProbe::Tcp(*p),
+    };
+    Some(shoal_executor::HealthConfig {
+        probe,
+        interval: Duration::from_millis(h.interval_ms),
+        timeout: Duration::from_millis(h.timeout_ms),
+        retries: h.retries.max(1),
+        start_period: Duration::from_millis(h.start_period_ms),
+    })
 }
 
 fn parse_task_id(s: &str) -> Option<TaskId> {
@@ -515,13 +537,16 @@ impl Runner {
             return;
         };
         let key = run.task_id.clone();
-        let started = match adopted {
+        // The Running report, kept to report health changes with the same details.
+        let mut running = report(id, TaskState::Running, "started");
+        let checker;
+        match adopted {
             Some(AdoptedState::Running(details)) => {
-                let mut r = report(id, TaskState::Running, "started");
-                r.status.pid = details.pid.unwrap_or(0);
-                r.status.container_id = details.container_id.unwrap_or_default();
-                self.send(r);
-                true
+                checker = Checker::of(run.health.as_ref(), exec.as_ref(), details.checked);
+                running.status.pid = details.pid.unwrap_or(0);
+                running.status.container_id = details.container_id.unwrap_or_default();
+                running.status.health = checker.initial();
+                self.send(running.clone());
             }
             Some(AdoptedState::Exited(exit)) => {
                 self.send(exit_report(id, exit));
@@ -533,40 +558,41 @@ impl Runner {
                 self.send(r);
                 return;
             }
-            Some(AdoptedState::Prepared) | None => false,
-        };
-        if !started {
-            if *stop.borrow() {
-                self.send(report(id, TaskState::Shutdown, "shutdown"));
-                return;
-            }
-            self.send(report(id, TaskState::Accepted, "accepted"));
-            let _permit = self.starts.acquire().await;
-            self.send(report(id, TaskState::Preparing, "preparing"));
-            if let Err(e) = exec.prepare(&run).await {
-                let mut r = report(id, TaskState::Rejected, "preparing");
-                r.status.err = e.to_string();
-                self.send(r);
-                return;
-            }
-            if *stop.borrow() {
-                let _ = exec.remove(&key).await;
-                self.send(report(id, TaskState::Shutdown, "shutdown"));
-                return;
-            }
-            self.send(report(id, TaskState::Starting, "starting"));
-            match exec.start(&key).await {
-                Ok(details) => {
-                    let mut r = report(id, TaskState::Running, "started");
-                    r.status.pid = details.pid.unwrap_or(0);
-                    r.status.container_id = details.container_id.unwrap_or_default();
-                    self.send(r);
+            Some(AdoptedState::Prepared) | None => {
+                if *stop.borrow() {
+                    self.send(report(id, TaskState::Shutdown, "shutdown"));
+                    return;
                 }
-                Err(e) => {
-                    let mut r = report(id, TaskState::Rejected, "starting");
+                self.send(report(id, TaskState::Accepted, "accepted"));
+                let _permit = self.starts.acquire().await;
+                self.send(report(id, TaskState::Preparing, "preparing"));
+                if let Err(e) = exec.prepare(&run).await {
+                    let mut r = report(id, TaskState::Rejected, "preparing");
                     r.status.err = e.to_string();
                     self.send(r);
                     return;
+                }
+                if *stop.borrow() {
+                    let _ = exec.remove(&key).await;
+                    self.send(report(id, TaskState::Shutdown, "shutdown"));
+                    return;
+                }
+                self.send(report(id, TaskState::Starting, "starting"));
+                match exec.start(&key).await {
+                    Ok(details) => {
+                        checker = Checker::of(run.health.as_ref(), exec.as_ref(), details.checked);
+                        running.status.pid = details.pid.unwrap_or(0);
+                        running.status.container_id = details.container_id.unwrap_or_default();
+                        // A checked task counts as running once healthy (Swarm's rule).
+                        running.status.health = checker.initial();
+                        self.send(running.clone());
+                    }
+                    Err(e) => {
+                        let mut r = report(id, TaskState::Rejected, "starting");
+                        r.status.err = e.to_string();
+                        self.send(r);
+                        return;
+                    }
                 }
             }
         }
@@ -578,6 +604,11 @@ impl Runner {
                 }
             }
         };
+        let unhealthy = crate::health::follow(checker, exec.clone(), key.clone(), |h| {
+            let mut r = running.clone();
+            r.status.health = h;
+            self.send(r);
+        });
         tokio::select! {
             exit = exec.wait(&key) => match exit {
                 Ok(exit) => self.send(exit_report(id, exit)),
@@ -595,6 +626,18 @@ impl Runner {
                     rep.status.err = e.to_string();
                 }
                 self.send(rep);
+            }
+            why = unhealthy => {
+                // Failed, and handled by the restart policy like any other failure.
+                tracing::info!(task = %key, "unhealthy: stopping the task");
+                let _ = exec.shutdown(&key, run.stop_grace).await;
+                let mut r = report(id, TaskState::Failed, "unhealthy");
+                r.status.err = if why.is_empty() {
+                    "task: unhealthy".to_string()
+                } else {
+                    format!("task: unhealthy: {why}")
+                };
+                self.send(r);
             }
         }
     }

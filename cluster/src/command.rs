@@ -178,6 +178,16 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// `service rollback`, `service update --rollback`: back to the previous spec, rolled out
+    /// with the service's rollback policy.
+    RollbackService {
+        /// The service.
+        id: ServiceId,
+        /// The version the rollback was asked against (compare-and-set), if any.
+        expected_version: Option<u64>,
+        /// When.
+        at_ms: u64,
+    },
     /// `service rm`: the service goes at once; its tasks are told to stop (desired remove) and
     /// are forgotten once they have.
     RemoveService {
@@ -290,6 +300,7 @@ impl Command {
             Command::RotateJoinToken { .. }
             | Command::CreateService { .. }
             | Command::UpdateService { .. }
+            | Command::RollbackService { .. }
             | Command::RemoveService { .. }
             | Command::Tasks { .. }
             | Command::UpdateSettings { .. } => None,

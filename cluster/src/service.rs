@@ -158,6 +158,168 @@ impl Default for RestartPolicy {
     }
 }
 
+/// What an update (or a rollback) does once too many of its tasks failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop replacing tasks; the operator decides (`service update` again, or rollback).
+    #[default]
+    Pause,
+    /// Go on replacing tasks regardless.
+    Continue,
+    /// Go back to the previous spec (an update only; a failing rollback pauses).
+    Rollback,
+}
+
+impl FailureAction {
+    /// As the flags take it and `service inspect` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// Whether a slot's new task starts before or after its old one stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Stop the old task, then start the new one (no overlap; capacity dips).
+    #[default]
+    StopFirst,
+    /// Start the new task, stop the old one once the new one runs (healthy).
+    StartFirst,
+}
+
+impl UpdateOrder {
+    /// As the flags take it and `service inspect` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+    }
+}
+
+/// How tasks are replaced by an update (`--update-*`) or a rollback (`--rollback-*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Slots replaced at once (0: all at once).
+    pub parallelism: u64,
+    /// Wait after a slot's new task runs before its worker takes the next slot.
+    pub delay_ms: u64,
+    /// What to do once too many new tasks failed.
+    pub failure_action: FailureAction,
+    /// How long a new task is watched after it runs: a failure then counts against the update.
+    /// A new task that does not run (healthy) within this plus its start period failed too.
+    pub monitor_ms: u64,
+    /// Failures tolerated, in millionths of the tasks updated (0: none).
+    pub max_failure_ppm: u32,
+    /// Stop-first or start-first.
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: DEFAULT_UPDATE_MONITOR_MS,
+            max_failure_ppm: 0,
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+/// The default `--update-monitor` and `--rollback-monitor` (Swarm's).
+pub const DEFAULT_UPDATE_MONITOR_MS: u64 = 5_000;
+/// The default `--health-interval` and `--health-timeout` (Docker's).
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 30_000;
+/// The default `--health-retries` (Docker's).
+pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
+
+/// What a health check runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthTest {
+    /// No check of shoal's: containers keep their image's own (if any), processes have none.
+    #[default]
+    Default,
+    /// `--no-healthcheck`: no check at all, not even the image's.
+    Disabled,
+    /// `--health-cmd`: a shell command in the task's context; exit 0 is healthy.
+    Cmd(String),
+    /// `--health-http URL`: a GET made by the agent; a 2xx or 3xx answer is healthy.
+    Http(String),
+    /// `--health-tcp PORT`: a connection to the port on the task's node is healthy.
+    Tcp(u16),
+}
+
+/// A task's health check (`--health-*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What runs.
+    pub test: HealthTest,
+    /// Between two checks.
+    pub interval_ms: u64,
+    /// A check taking longer failed.
+    pub timeout_ms: u64,
+    /// Failures in a row that make the task unhealthy.
+    pub retries: u32,
+    /// Failures in this time after the start do not count (the task is starting).
+    pub start_period_ms: u64,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            test: HealthTest::Default,
+            interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            timeout_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            retries: DEFAULT_HEALTH_RETRIES,
+            start_period_ms: 0,
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Whether shoal runs a check of its own (an image's own check is the engine's business,
+    /// and is seen through the engine's health status).
+    pub fn is_set(&self) -> bool {
+        !matches!(self.test, HealthTest::Default | HealthTest::Disabled)
+    }
+}
+
+/// A running task's health, as its node last saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No health check.
+    #[default]
+    None,
+    /// Checked, not healthy yet (within the start period, or no check passed yet).
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// `retries` checks failed in a row.
+    Unhealthy,
+}
+
+impl Health {
+    /// As `service ps` shows it after `Running`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::None => "",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// Where tasks may go.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacementSpec {
@@ -212,6 +374,8 @@ pub struct TaskSpec {
     pub mounts: Vec<MountSpec>,
     /// Containers: published ports.
     pub ports: Vec<PortConfig>,
+    /// The health check: a task with one counts as running once healthy.
+    pub health: HealthCheck,
 }
 
 /// What a mount's source is (`--mount type=…`).
@@ -287,6 +451,7 @@ impl Default for TaskSpec {
             read_only: false,
             mounts: Vec::new(),
             ports: Vec::new(),
+            health: HealthCheck::default(),
         }
     }
 }
@@ -302,6 +467,10 @@ pub struct ServiceSpec {
     pub mode: ServiceMode,
     /// What every task runs.
     pub task: TaskSpec,
+    /// How an update replaces tasks.
+    pub update: UpdateConfig,
+    /// How a rollback replaces tasks.
+    pub rollback: UpdateConfig,
 }
 
 impl ServiceSpec {
@@ -315,6 +484,8 @@ impl ServiceSpec {
                 image: image.into(),
                 ..TaskSpec::default()
             },
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
         }
     }
 
@@ -393,6 +564,15 @@ impl ServiceSpec {
             shoal_scheduler::Preference::parse(p).map_err(|e| invalid(e.to_string()))?;
         }
         validate_container_fields(t)?;
+        validate_health(&t.health)?;
+        validate_update_config(&self.update, "update")?;
+        validate_update_config(&self.rollback, "rollback")?;
+        if self.rollback.failure_action == FailureAction::Rollback {
+            return Err(invalid(
+                "invalid rollback failure action \"rollback\": a rollback can pause or continue"
+                    .into(),
+            ));
+        }
         if t.placement.max_replicas_per_node > u64::from(u32::MAX) {
             return Err(invalid("max replicas per node too large".into()));
         }
@@ -404,6 +584,78 @@ impl ServiceSpec {
         }
         Ok(())
     }
+}
+
+/// The most a duration of a policy or health check may be (a week): larger values are typos.
+const MAX_POLICY_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Checks a health check: one probe with a sane target, and positive, bounded times.
+fn validate_health(h: &HealthCheck) -> Result<(), ClusterError> {
+    match &h.test {
+        HealthTest::Default | HealthTest::Disabled => return Ok(()),
+        HealthTest::Cmd(c) => {
+            if c.trim().is_empty() {
+                return Err(invalid("--health-cmd: the command is empty".into()));
+            }
+            check_text(c, "health command")?;
+        }
+        HealthTest::Http(url) => {
+            check_text(url, "health URL")?;
+            let rest = url.strip_prefix("http://").ok_or_else(|| {
+                invalid(format!(
+                    "invalid --health-http {url:?}: expected http://HOST:PORT/PATH"
+                ))
+            })?;
+            let host = rest.split('/').next().unwrap_or("");
+            if host.is_empty() || host.chars().any(|c| c.is_whitespace()) {
+                return Err(invalid(format!("invalid --health-http {url:?}: no host")));
+            }
+        }
+        HealthTest::Tcp(port) => {
+            if *port == 0 {
+                return Err(invalid("invalid --health-tcp 0: expected a port".into()));
+            }
+        }
+    }
+    if h.interval_ms == 0 || h.interval_ms > MAX_POLICY_MS {
+        return Err(invalid(
+            "--health-interval must be between 1ms and a week".into(),
+        ));
+    }
+    if h.timeout_ms == 0 || h.timeout_ms > MAX_POLICY_MS {
+        return Err(invalid(
+            "--health-timeout must be between 1ms and a week".into(),
+        ));
+    }
+    if h.retries == 0 || h.retries > 1000 {
+        return Err(invalid(
+            "--health-retries must be between 1 and 1000".into(),
+        ));
+    }
+    if h.start_period_ms > MAX_POLICY_MS {
+        return Err(invalid("--health-start-period: at most a week".into()));
+    }
+    Ok(())
+}
+
+/// Checks an update or rollback policy.
+fn validate_update_config(c: &UpdateConfig, what: &str) -> Result<(), ClusterError> {
+    if c.max_failure_ppm > 1_000_000 {
+        return Err(invalid(format!(
+            "--{what}-max-failure-ratio must be between 0 and 1"
+        )));
+    }
+    if c.delay_ms > MAX_POLICY_MS || c.monitor_ms > MAX_POLICY_MS {
+        return Err(invalid(format!(
+            "--{what}-delay and --{what}-monitor: at most a week"
+        )));
+    }
+    if c.parallelism > MAX_REPLICAS {
+        return Err(invalid(format!(
+            "--{what}-parallelism: at most {MAX_REPLICAS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the fields only containers have: set only with the container runtime, mounts with
@@ -557,6 +809,84 @@ pub struct Service {
     pub created_at_ms: u64,
     /// Last changed (Unix ms).
     pub updated_at_ms: u64,
+    /// The last update or rollback of its tasks (`None`: their spec never changed).
+    pub update_status: Option<UpdateStatus>,
+}
+
+/// Where an update or rollback stands (Docker's `UpdateStatus.State`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// Tasks are being replaced with the new spec.
+    Updating,
+    /// Stopped after failures; the operator decides.
+    Paused,
+    /// Every task runs the new spec.
+    Completed,
+    /// Tasks are being replaced with the previous spec.
+    RollbackStarted,
+    /// The rollback stopped after failures.
+    RollbackPaused,
+    /// Every task runs the previous spec again.
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// As `service inspect` and `service ls` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    /// Tasks are being replaced (an update or a rollback in progress).
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    /// A rollback (started, paused or completed).
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            UpdateState::RollbackStarted
+                | UpdateState::RollbackPaused
+                | UpdateState::RollbackCompleted
+        )
+    }
+}
+
+/// The last update or rollback of a service: kept in the replicated state, so that a new leader
+/// goes on where the last one was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// Where it stands.
+    pub state: UpdateState,
+    /// Began (Unix ms).
+    pub started_at_ms: u64,
+    /// Ended, completed or paused (Unix ms; 0 while in progress).
+    pub completed_at_ms: u64,
+    /// What happened (`update paused due to failure or early termination of task …`).
+    pub message: String,
+    /// The new tasks that failed so far (counted against the failure ratio once each).
+    pub failed: Vec<TaskId>,
+}
+
+impl UpdateStatus {
+    /// A new update or rollback, in progress from `at_ms`.
+    pub fn started(state: UpdateState, at_ms: u64, message: &str) -> Self {
+        UpdateStatus {
+            state,
+            started_at_ms: at_ms,
+            completed_at_ms: 0,
+            message: message.into(),
+            failed: Vec::new(),
+        }
+    }
 }
 
 impl Service {
@@ -672,6 +1002,8 @@ pub struct TaskStatus {
     pub pid: u32,
     /// The container id (container runtime).
     pub container_id: String,
+    /// Its health, while it runs.
+    pub health: Health,
 }
 
 impl TaskStatus {
@@ -685,6 +1017,7 @@ impl TaskStatus {
             exit_code: None,
             pid: 0,
             container_id: String::new(),
+            health: Health::None,
         }
     }
 
@@ -729,6 +1062,9 @@ pub struct Task {
     pub window_start_ms: u64,
     /// A restart's replacement waits (desired ready) until then.
     pub not_before_ms: u64,
+    /// When it first counted as running: running, and healthy if it has a health check (Unix
+    /// ms; 0: not yet). Updates wait for it and watch the task for their monitor period from it.
+    pub ready_at_ms: u64,
 }
 
 impl Task {
@@ -740,6 +1076,12 @@ impl Task {
     /// Wanted and not ended: it holds its slot and its node's resources.
     pub fn live(&self) -> bool {
         self.wanted() && !self.status.state.is_terminal()
+    }
+
+    /// Counts as running: running, and not starting or unhealthy by its health check.
+    pub fn is_ready(&self) -> bool {
+        self.status.state == TaskState::Running
+            && matches!(self.status.health, Health::None | Health::Healthy)
     }
 }
 
@@ -804,6 +1146,26 @@ pub enum TaskChange {
     Delete {
         /// The task.
         id: TaskId,
+    },
+    /// An update or rollback moved on (failures counted, paused, completed); applied only while
+    /// the service is still at `version`.
+    UpdateStatus {
+        /// The service.
+        service: ServiceId,
+        /// The service version the decision was made on.
+        version: u64,
+        /// The new status.
+        status: UpdateStatus,
+    },
+    /// Roll a service back to its previous spec after a failed update (only while it is still
+    /// at `version`).
+    Rollback {
+        /// The service.
+        service: ServiceId,
+        /// The service version the decision was made on.
+        version: u64,
+        /// Why (names the failed task).
+        message: String,
     },
 }
 

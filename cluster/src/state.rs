@@ -14,7 +14,7 @@ use crate::types::{
 };
 
 /// Version byte in front of every snapshot (3: services, tasks and settings).
-pub const SNAPSHOT_VERSION: u8 = 4;
+pub const SNAPSHOT_VERSION: u8 = 5;
 
 /// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
 /// seconds; this many writes take far longer on any real cluster.
@@ -348,6 +348,7 @@ impl ClusterState {
             }
             Command::CreateService { .. }
             | Command::UpdateService { .. }
+            | Command::RollbackService { .. }
             | Command::RemoveService { .. }
             | Command::Tasks { .. }
             | Command::ReportTasks { .. }

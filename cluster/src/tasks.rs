@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use crate::command::{Command, MAX_BATCH};
 use crate::error::ClusterError;
 use crate::service::{
-    object_id_string, NewTask, Service, ServiceId, ServiceMode, Settings, Task, TaskChange, TaskId,
-    TaskReport, TaskState, TaskStatus, MAX_REPLICAS, MAX_STATUS_TEXT,
+    object_id_string, NewTask, Service, ServiceId, ServiceMode, ServiceSpec, Settings, Task,
+    TaskChange, TaskId, TaskReport, TaskState, TaskStatus, UpdateOrder, UpdateState, UpdateStatus,
+    MAX_REPLICAS, MAX_STATUS_TEXT,
 };
 use crate::state::ClusterState;
 use crate::types::NodeId;
@@ -172,6 +173,17 @@ impl ClusterState {
                 spec,
                 at_ms,
             } => self.update_service(index, *id, *expected_version, spec, *at_ms),
+            Command::RollbackService {
+                id,
+                expected_version,
+                at_ms,
+            } => self.rollback_service(
+                index,
+                *id,
+                *expected_version,
+                "manually requested rollback",
+                *at_ms,
+            ),
             Command::RemoveService { id, .. } => self.remove_service(index, *id),
             Command::Tasks { changes, at_ms } => self.apply_changes(index, changes, *at_ms),
             Command::ReportTasks {
@@ -232,6 +244,7 @@ impl ClusterState {
                 versions: Default::default(),
                 created_at_ms: at_ms,
                 updated_at_ms: at_ms,
+                update_status: None,
             },
         );
         Ok(())
@@ -245,17 +258,7 @@ impl ClusterState {
         spec: &crate::service::ServiceSpec,
         at_ms: u64,
     ) -> Result<(), ClusterError> {
-        let current = self.services.get(&id).ok_or_else(|| {
-            ClusterError::Invalid(format!("service {} not found", object_id_string(id)))
-        })?;
-        if let Some(expected) = expected {
-            if expected != current.version {
-                return Err(ClusterError::Invalid(format!(
-                    "update out of sequence: service {} is at version {}, not {expected}",
-                    current.spec.name, current.version
-                )));
-            }
-        }
+        let current = self.service_at(id, expected, "update")?;
         spec.validate()?;
         if spec.name != current.spec.name {
             return Err(ClusterError::Invalid(
@@ -268,13 +271,77 @@ impl ClusterState {
                 current.spec.mode.name()
             )));
         }
-        let s = self.services.get_mut(&id).expect("checked above");
-        let old = std::mem::replace(&mut s.spec, spec.clone());
+        // New tasks to roll out: a new update (a paused one goes on with this spec).
+        let status = (spec.task != current.spec.task)
+            .then(|| UpdateStatus::started(UpdateState::Updating, at_ms, "update in progress"));
+        self.replace_spec(index, id, spec.clone(), status, at_ms);
+        Ok(())
+    }
+
+    /// The service `id`, if it is at version `expected` (when given).
+    fn service_at(
+        &self,
+        id: ServiceId,
+        expected: Option<u64>,
+        what: &str,
+    ) -> Result<&Service, ClusterError> {
+        let current = self.services.get(&id).ok_or_else(|| {
+            ClusterError::Invalid(format!("service {} not found", object_id_string(id)))
+        })?;
+        if let Some(expected) = expected {
+            if expected != current.version {
+                return Err(ClusterError::Invalid(format!(
+                    "{what} out of sequence: service {} is at version {}, not {expected}",
+                    current.spec.name, current.version
+                )));
+            }
+        }
+        Ok(current)
+    }
+
+    /// Makes `spec` the service's spec at version `index`, the old one its previous (kept for
+    /// the tasks that run it), with a new update status if given.
+    fn replace_spec(
+        &mut self,
+        index: u64,
+        id: ServiceId,
+        spec: ServiceSpec,
+        status: Option<UpdateStatus>,
+        at_ms: u64,
+    ) {
+        let Some(s) = self.services.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut s.spec, spec);
+        if status.is_some() {
+            s.update_status = status;
+        }
         s.versions.insert(s.version, old.clone());
         s.previous = Some(old);
         s.version = index;
         s.updated_at_ms = s.updated_at_ms.max(at_ms);
         self.prune_versions(id);
+    }
+
+    /// Goes back to a service's previous spec (`service rollback`, or an update's failure
+    /// action): the rollback is rolled out with the service's rollback policy.
+    fn rollback_service(
+        &mut self,
+        index: u64,
+        id: ServiceId,
+        expected: Option<u64>,
+        message: &str,
+        at_ms: u64,
+    ) -> Result<(), ClusterError> {
+        let current = self.service_at(id, expected, "rollback")?;
+        let Some(previous) = current.previous.clone() else {
+            return Err(ClusterError::Invalid(format!(
+                "service {} has no previous spec to roll back to",
+                current.spec.name
+            )));
+        };
+        let status = UpdateStatus::started(UpdateState::RollbackStarted, at_ms, message);
+        self.replace_spec(index, id, previous, Some(status), at_ms);
         Ok(())
     }
 
@@ -379,6 +446,33 @@ impl ClusterState {
                         }
                     }
                 }
+                TaskChange::UpdateStatus {
+                    service,
+                    version,
+                    status,
+                } => {
+                    if let Some(s) = self.services.get_mut(service) {
+                        if s.version == *version && status.failed.len() <= MAX_REPLICAS as usize {
+                            let mut status = status.clone();
+                            status.message = truncate(&status.message);
+                            s.update_status = Some(status);
+                        }
+                    }
+                }
+                TaskChange::Rollback {
+                    service,
+                    version,
+                    message,
+                } => {
+                    // Refused (no previous spec, moved on meanwhile): nothing to do.
+                    let _ = self.rollback_service(
+                        index,
+                        *service,
+                        Some(*version),
+                        &truncate(message),
+                        at_ms,
+                    );
+                }
                 TaskChange::Delete { id } => {
                     let Some(t) = self.tasks.get(id) else {
                         continue;
@@ -425,8 +519,26 @@ impl ClusterState {
         if nt.node.is_some_and(|n| self.node(n).is_none()) {
             return;
         }
-        // One live task per slot (per node for global services), whatever the orchestrator saw.
-        if self.slot_tasks(nt.service, key).any(Task::live) {
+        // One live task per slot (per node for global services), whatever the orchestrator saw;
+        // a start-first rollout adds the new spec's task beside the old one, never a third.
+        let start_first = {
+            let rollback = service
+                .update_status
+                .as_ref()
+                .is_some_and(|u| u.state.is_rollback());
+            let policy = if rollback {
+                &service.spec.rollback
+            } else {
+                &service.spec.update
+            };
+            policy.order == UpdateOrder::StartFirst
+        };
+        let live: Vec<&Task> = self
+            .slot_tasks(nt.service, key)
+            .filter(|t| t.live())
+            .collect();
+        let overlap_ok = live.len() == 1 && start_first && live[0].spec_version != nt.spec_version;
+        if !live.is_empty() && !overlap_ok {
             return;
         }
         let mut id = mix((index << 20) ^ k ^ 0x7a5c);
@@ -459,6 +571,7 @@ impl ClusterState {
             restarts: nt.restarts,
             window_start_ms: nt.window_start_ms,
             not_before_ms: nt.not_before_ms,
+            ready_at_ms: 0,
         };
         self.index(&task);
         self.tasks.insert(id, task);
@@ -487,9 +600,13 @@ impl ClusterState {
                 continue;
             };
             let from_node = (TaskState::Accepted..=TaskState::Rejected).contains(&r.status.state);
+            // The state moves forward; a running task's health may change while it runs.
+            let health_news = r.status.state == TaskState::Running
+                && t.status.state == TaskState::Running
+                && r.status.health != t.status.health;
             if t.node != Some(node)
                 || !from_node
-                || r.status.state <= t.status.state
+                || (r.status.state <= t.status.state && !health_news)
                 || r.status.validate().is_err()
             {
                 continue;
@@ -504,6 +621,7 @@ impl ClusterState {
                 exit_code,
                 pid,
                 container_id,
+                health,
             } = &r.status;
             t.status.state = *state;
             t.status.message.clone_from(message);
@@ -511,7 +629,13 @@ impl ClusterState {
             t.status.exit_code = *exit_code;
             t.status.pid = *pid;
             t.status.container_id.clone_from(container_id);
-            t.status.timestamp_ms = at_ms;
+            t.status.health = *health;
+            if !health_news {
+                t.status.timestamp_ms = at_ms;
+            }
+            if t.ready_at_ms == 0 && t.is_ready() {
+                t.ready_at_ms = at_ms;
+            }
             t.version = index;
         }
         Ok(())

@@ -266,8 +266,59 @@ fn create_body(run: &TaskRun, node_id: &str) -> ContainerCreateBody {
         labels: Some(labels),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(host_config),
+        healthcheck: run.health.as_ref().and_then(engine_healthcheck),
         ..Default::default()
     }
+}
+
+/// The engine's healthcheck for a task's: a shell command runs in the container, `Disabled`
+/// turns off the image's own; the agent runs HTTP and TCP checks itself (the image's own check,
+/// if any, then stays but is not what decides).
+fn engine_healthcheck(h: &crate::HealthConfig) -> Option<bollard::models::HealthConfig> {
+    let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    match &h.probe {
+        crate::HealthProbe::Disabled => Some(bollard::models::HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        }),
+        crate::HealthProbe::Shell(cmd) => Some(bollard::models::HealthConfig {
+            test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),
+            interval: Some(ns(h.interval)),
+            timeout: Some(ns(h.timeout)),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(ns(h.start_period)),
+            start_interval: None,
+        }),
+        crate::HealthProbe::Http(_) | crate::HealthProbe::Tcp(_) => None,
+    }
+}
+
+/// The engine's health of a container and its last check's output.
+fn engine_health(info: &ContainerInspectResponse) -> Option<(crate::HealthState, String)> {
+    use bollard::models::HealthStatusEnum as H;
+    let h = info.state.as_ref()?.health.as_ref()?;
+    let state = match h.status? {
+        H::STARTING => crate::HealthState::Starting,
+        H::HEALTHY => crate::HealthState::Healthy,
+        H::UNHEALTHY => crate::HealthState::Unhealthy,
+        H::NONE | H::EMPTY => return None,
+    };
+    let output = h
+        .log
+        .as_ref()
+        .and_then(|l| l.last())
+        .and_then(|r| r.output.clone())
+        .unwrap_or_default();
+    Some((state, bounded_output(output.trim())))
+}
+
+/// At most 1 KiB of a check's output (on a character boundary).
+pub(crate) fn bounded_output(s: &str) -> String {
+    let mut end = s.len().min(1024);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// Whether the engine's timestamp is Go's zero time (never happened).
@@ -288,6 +339,7 @@ fn details_of(info: &ContainerInspectResponse) -> RuntimeDetails {
     RuntimeDetails {
         pid,
         container_id: info.id.clone(),
+        checked: engine_health(info).is_some(),
     }
 }
 
@@ -1250,6 +1302,21 @@ impl Executor for ContainerExecutor {
 
     fn start<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<RuntimeDetails, ExecError>> {
         Box::pin(self.start_task(task_id))
+    }
+
+    fn health<'a>(
+        &'a self,
+        task_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(crate::HealthState, String)>, ExecError>> {
+        Box::pin(async move {
+            let id = self.require(task_id).await?;
+            let info = self.inspect(task_id, &id).await?;
+            Ok(engine_health(&info))
+        })
+    }
+
+    fn runs_shell_checks(&self) -> bool {
+        true
     }
 
     /// Resolves when the container exits (at once if it has), also for adopted containers. A

@@ -73,6 +73,60 @@ pub struct TaskRun {
     /// Container runtime: ports published on the node's own addresses (`mode=host`).
     #[serde(default)]
     pub ports: Vec<HostPort>,
+    /// The health check (`None`: a container keeps its image's own, a process has none).
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+}
+
+/// What a health check runs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HealthProbe {
+    /// No check at all, not even a container image's own (`--no-healthcheck`).
+    Disabled,
+    /// A shell command in the task's context (a container's: run by the engine); exit 0 is
+    /// healthy.
+    Shell(String),
+    /// A GET of the URL, made by the agent: a 2xx or 3xx answer is healthy.
+    Http(String),
+    /// A TCP connection to the port on the node, made by the agent.
+    Tcp(u16),
+}
+
+/// A task's health check and its timing (Docker's semantics: a check every `interval`, the
+/// first one `interval` after the start; `retries` failures in a row make the task unhealthy,
+/// except within `start_period`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthConfig {
+    /// What runs.
+    pub probe: HealthProbe,
+    /// Between two checks.
+    pub interval: Duration,
+    /// One check taking longer failed.
+    pub timeout: Duration,
+    /// Failures in a row that make the task unhealthy.
+    pub retries: u32,
+    /// Failures within this time after the start do not count.
+    pub start_period: Duration,
+}
+
+/// A task's health as its runtime tracks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthState {
+    /// No check passed yet.
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// `retries` checks failed in a row.
+    Unhealthy,
+}
+
+/// The outcome of one check the agent ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    /// It passed.
+    pub ok: bool,
+    /// What it printed or why it failed (bounded).
+    pub output: String,
 }
 
 /// What a mount's source is.
@@ -133,6 +187,9 @@ pub struct RuntimeDetails {
     pub pid: Option<u32>,
     /// The container id (container runtime).
     pub container_id: Option<String>,
+    /// The runtime checks the task's health itself (a container image's own check).
+    #[serde(default)]
+    pub checked: bool,
 }
 
 /// How a task ended.
@@ -285,6 +342,37 @@ pub trait Executor: Send + Sync {
 
     /// The tasks left by an earlier run of the agent.
     fn adopt(&self) -> BoxFuture<'_, Result<Vec<AdoptedTask>, ExecError>>;
+
+    /// The task's health as the runtime itself checks it (a container's engine-run check), with
+    /// the last check's output; `None` when the runtime checks nothing for this task.
+    fn health<'a>(
+        &'a self,
+        _task_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(HealthState, String)>, ExecError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Whether the runtime runs a task's shell health check itself (the engine does for
+    /// containers); otherwise the agent runs it through [`Executor::probe`].
+    fn runs_shell_checks(&self) -> bool {
+        false
+    }
+
+    /// Runs a shell command in the task's context (its environment and working directory),
+    /// killed after `timeout`: one health check.
+    fn probe<'a>(
+        &'a self,
+        task_id: &'a str,
+        _cmd: &'a str,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<ProbeOutcome, ExecError>> {
+        Box::pin(async move {
+            Err(ExecError::Invalid(format!(
+                "the {} runtime runs no health command for task {task_id}",
+                self.runtime()
+            )))
+        })
+    }
 
     /// The task's output: the kept lines (or the last `tail`), then new ones while `follow`.
     fn logs<'a>(

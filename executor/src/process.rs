@@ -25,13 +25,13 @@ use tokio::sync::{mpsc, watch};
 use crate::cgroup::{self, Cgroups};
 use crate::logs::stream_logs;
 use crate::records::{
-    group_exists, read_exit, read_run, read_start_error, resolve_program, signal_group, task_path,
-    task_workdir, valid_task_id, write_atomic, PidRecord, EXIT_FILE, RUN_FILE, SHIM_LOG_FILE,
-    SHIM_PID_FILE, TASK_PID_FILE, WORK_DIR,
+    group_exists, read_exit, read_run, read_start_error, resolve_program, signal_group, task_env,
+    task_path, task_workdir, valid_task_id, write_atomic, PidRecord, EXIT_FILE, RUN_FILE,
+    SHIM_LOG_FILE, SHIM_PID_FILE, TASK_PID_FILE, WORK_DIR,
 };
 use crate::{
     AdoptedState, AdoptedTask, BoxFuture, ExecError, Executor, ExitStatus, LimitsSupport, LogLine,
-    LogOptions, RuntimeDetails, TaskRun,
+    LogOptions, ProbeOutcome, RuntimeDetails, TaskRun,
 };
 
 /// How long `start` waits for the shim to report that the task is spawned.
@@ -160,6 +160,7 @@ impl ProcessExecutor {
         let details = |pid: u32| RuntimeDetails {
             pid: Some(pid),
             container_id: None,
+            checked: false,
         };
         match PidRecord::read(&dir.join(TASK_PID_FILE)) {
             Ok(Some(r)) => return Ok(details(r.pid)),
@@ -406,6 +407,7 @@ impl ProcessExecutor {
                     return AdoptedState::Running(RuntimeDetails {
                         pid: Some(r.pid),
                         container_id: None,
+                        checked: false,
                     })
                 }
                 Ok(Some(_)) if !shim_alive => {
@@ -501,9 +503,74 @@ impl ProcessExecutor {
     }
 }
 
+impl ProcessExecutor {
+    /// One health command: `/bin/sh -c CMD` with the task's environment and working directory,
+    /// in its own process group (killed whole on timeout).
+    async fn probe_task(
+        &self,
+        task_id: &str,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, ExecError> {
+        let dir = self.existing_dir(task_id)?;
+        let run = match read_run(&dir) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(ExecError::NotFound(task_id.to_string())),
+            Err(e) => return Err(ExecError::Runtime(e)),
+        };
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(cmd)
+            .env_clear()
+            .envs(task_env(&run))
+            .current_dir(task_workdir(&run, &dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = c
+            .spawn()
+            .map_err(|e| ExecError::Runtime(format!("health command: {e}")))?;
+        let pid = child.id();
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => {
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                Ok(ProbeOutcome {
+                    ok: out.status.success(),
+                    output: crate::container::bounded_output(text.trim()),
+                })
+            }
+            Ok(Err(e)) => Err(ExecError::Runtime(format!("health command: {e}"))),
+            Err(_) => {
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: kill(2) of the probe's own process group.
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                    }
+                }
+                Ok(ProbeOutcome {
+                    ok: false,
+                    output: format!("Health check exceeded timeout ({}ms)", timeout.as_millis()),
+                })
+            }
+        }
+    }
+}
+
 impl Executor for ProcessExecutor {
     fn runtime(&self) -> &'static str {
         "process"
+    }
+
+    fn probe<'a>(
+        &'a self,
+        task_id: &'a str,
+        cmd: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ProbeOutcome, ExecError>> {
+        Box::pin(self.probe_task(task_id, cmd, timeout))
     }
 
     fn limits(&self) -> LimitsSupport {

@@ -31,8 +31,6 @@ pub struct Config {
     pub orphan_after_ms: u64,
     /// Most changes in one plan; the rest waits for the next pass (`Plan::more`).
     pub max_changes: usize,
-    /// Slots replaced at once when a service's spec changes (the rolling update's parallelism).
-    pub update_parallelism: usize,
 }
 
 impl Default for Config {
@@ -40,7 +38,6 @@ impl Default for Config {
         Config {
             orphan_after_ms: 24 * 3600 * 1000,
             max_changes: 200_000,
-            update_parallelism: 1,
         }
     }
 }

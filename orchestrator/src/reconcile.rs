@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_cluster::{
-    Availability, ClusterState, NewTask, Node, NodeId, NodeState, RestartCondition, Service,
-    ServiceId, ServiceMode, Task, TaskChange, TaskId, TaskState,
+    object_id_string, Availability, ClusterState, FailureAction, NewTask, Node, NodeId, NodeState,
+    RestartCondition, Service, ServiceId, ServiceMode, Task, TaskChange, TaskId, TaskState,
+    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 
 use crate::placement::{scheduler, scheduler_spec};
@@ -54,6 +55,132 @@ struct Run<'a> {
     views: BTreeMap<NodeId, shoal_scheduler::Node>,
     /// Scale-up stopped at `max_changes` creations.
     capped: bool,
+}
+
+/// One service's rolling update (or rollback) as one pass sees it.
+struct Roll<'a> {
+    /// The policy in force: the service's rollback policy during a rollback, else its update
+    /// policy.
+    cfg: UpdateConfig,
+    /// The update in progress (failures counted, completion recorded), if any.
+    tracking: Option<UpdateStatus>,
+    /// Slots (or global nodes) whose task runs an older spec, with that task.
+    stale: Vec<(u64, &'a Task)>,
+    /// Slots taken by the update: a new task not running yet, or within its delay.
+    busy: usize,
+    /// Something is not converged yet (a task not running, a slot short, an old task kept);
+    /// a task that ended is the restart policy's business, not the update's.
+    unsettled: bool,
+    /// New failures this pass, with why.
+    failures: Vec<(TaskId, String)>,
+    /// The slot at hand has a task the update counted as failed.
+    slot_failed: bool,
+    /// The monitor period of the last new task to run ends then.
+    monitor_until: u64,
+    /// Slots (or nodes) the service has: the failure ratio's denominator.
+    units: usize,
+}
+
+impl<'a> Roll<'a> {
+    fn new(svc: &Service) -> Self {
+        let tracking = svc
+            .update_status
+            .as_ref()
+            .filter(|s| s.state.in_progress())
+            .cloned();
+        let cfg = match &tracking {
+            Some(s) if s.state.is_rollback() => svc.spec.rollback,
+            _ => svc.spec.update,
+        };
+        Roll {
+            cfg,
+            tracking,
+            stale: Vec::new(),
+            busy: 0,
+            unsettled: false,
+            failures: Vec::new(),
+            slot_failed: false,
+            monitor_until: 0,
+            units: 0,
+        }
+    }
+
+    /// Whether a task of the current spec is the update's business: made since it began.
+    fn tracks(&self, t: &Task) -> bool {
+        self.tracking
+            .as_ref()
+            .is_some_and(|s| t.created_at_ms >= s.started_at_ms)
+    }
+
+    /// Records a failure once per task.
+    fn fail(&mut self, id: TaskId, why: String) {
+        let known = self
+            .tracking
+            .as_ref()
+            .is_some_and(|s| s.failed.contains(&id));
+        if !known && !self.failures.iter().any(|(f, _)| *f == id) {
+            self.failures.push((id, why));
+        }
+    }
+
+    /// A task of the update that ended on its own before or within its monitor period failed
+    /// the update (later failures are the restart policy's alone). Either way the slot is the
+    /// restart policy's now: the update does not wait for it.
+    fn ended(&mut self, t: &Task) {
+        if !self.tracks(t) || t.desired > TaskState::Running {
+            return;
+        }
+        let monitored = t.ready_at_ms == 0
+            || t.status.timestamp_ms < t.ready_at_ms.saturating_add(self.cfg.monitor_ms);
+        if !monitored {
+            return;
+        }
+        let why = if !t.status.err.is_empty() {
+            t.status.err.clone()
+        } else {
+            t.status.state.title().to_lowercase()
+        };
+        self.fail(t.id, why);
+    }
+
+    /// The stale slots to replace now: as many as the parallelism leaves room for (0: all),
+    /// those whose task does not run first, then by slot.
+    fn take_batch(&mut self) -> Vec<(u64, &'a Task)> {
+        let room = if self.cfg.parallelism == 0 {
+            usize::MAX
+        } else {
+            usize::try_from(self.cfg.parallelism)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(self.busy)
+        };
+        let mut stale = std::mem::take(&mut self.stale);
+        stale.sort_by_key(|(k, t)| (t.is_ready(), *k));
+        stale.truncate(room);
+        stale
+    }
+}
+
+/// Whether the service's update in progress counted a task of this slot as failed.
+fn failed_on(svc: &Service, tasks: &[&Task]) -> bool {
+    match &svc.update_status {
+        Some(s) if s.state.in_progress() && !s.failed.is_empty() => {
+            tasks.iter().any(|t| s.failed.contains(&t.id))
+        }
+        _ => false,
+    }
+}
+
+/// `5s`, `1m30s`, `250ms`: a duration as the flags take it.
+fn duration_text(ms: u64) -> String {
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    match (s / 60, s % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
 }
 
 /// Computes the task changes that move the state toward its services' specs at time `now_ms`.
@@ -356,24 +483,38 @@ impl<'a> Run<'a> {
                 .is_none_or(|old| old.task != svc.spec.task)
     }
 
+    /// A slot's tasks: the newest one still wanted, and the older ones still wanted (a
+    /// start-first update keeps the old task until the new one runs). Tasks no longer wanted
+    /// are orphaned when their node is lost; the reaper trims the history.
+    fn slot_view<'t>(&mut self, tasks: &[&'t Task]) -> Option<(&'t Task, Vec<&'t Task>)> {
+        for t in tasks {
+            if !t.wanted() {
+                self.maybe_orphan(t);
+            }
+        }
+        self.reap(tasks);
+        let mut wanted: Vec<&'t Task> = tasks
+            .iter()
+            .copied()
+            .filter(|t| t.wanted() && !self.deleted.contains(&t.id))
+            .collect();
+        let cur = wanted.pop()?;
+        Some((cur, wanted))
+    }
+
     fn replicated_service(&mut self, svc: &'a Service, replicas: u64) {
         let state = self.state;
-        // The newest task of each slot that is still wanted.
-        let mut active: Vec<(u64, &Task)> = Vec::new();
+        // The newest wanted task of each slot, with the older ones still wanted, and whether
+        // the update in progress failed on the slot already.
+        let mut active: Vec<(u64, &Task, Vec<&Task>, bool)> = Vec::new();
         // Every slot that has tasks, ascending.
         let mut keys: Vec<u64> = Vec::new();
         for (key, tasks) in state.slots(svc.id) {
             keys.push(key);
             let tasks: Vec<&Task> = tasks.collect();
-            for t in &tasks {
-                if !t.wanted() {
-                    self.maybe_orphan(t);
-                }
-            }
-            if let Some(cur) = self.reap(&tasks) {
-                if cur.wanted() {
-                    active.push((key, cur));
-                }
+            let failed = failed_on(svc, &tasks);
+            if let Some((cur, olds)) = self.slot_view(&tasks) {
+                active.push((key, cur, olds, failed));
             }
         }
         // Scale down: remove the surplus, tasks not running first, then one at a time from the
@@ -391,7 +532,7 @@ impl<'a> Run<'a> {
                 excess -= 1;
             }
             let mut per_node: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
-            for (i, (_, t)) in active.iter().enumerate() {
+            for (i, (_, t, _, _)) in active.iter().enumerate() {
                 if !surplus.contains(&i) {
                     per_node.entry(t.node.unwrap_or(0)).or_default().push(i);
                 }
@@ -411,6 +552,9 @@ impl<'a> Run<'a> {
             }
             for &i in &surplus {
                 self.shutdown(active[i].1.id, TaskState::Remove);
+                for old in &active[i].2 {
+                    self.shutdown(old.id, TaskState::Remove);
+                }
             }
             let mut k = 0;
             active.retain(|_| {
@@ -419,10 +563,15 @@ impl<'a> Run<'a> {
             });
         }
         // Each remaining slot: restart, replace, promote, or queue for placement or update.
-        let mut stale: Vec<(u64, &Task)> = Vec::new();
-        let mut rolling = 0usize;
-        for &(key, cur) in &active {
+        let mut roll = Roll::new(svc);
+        for (key, cur, olds, failed) in &active {
+            let (key, cur) = (*key, *cur);
+            roll.slot_failed = *failed;
+            if self.keep_old(svc, cur, olds, &mut roll) {
+                continue;
+            }
             if cur.status.state.is_terminal() {
+                roll.ended(cur);
                 if let Some(next) = self.restart(svc, cur, key) {
                     self.shutdown(cur.id, TaskState::Shutdown);
                     self.create(next);
@@ -436,7 +585,7 @@ impl<'a> Run<'a> {
                         self.shutdown(cur.id, TaskState::Shutdown);
                         let t = self.fresh(svc, key, None, Some(cur));
                         self.create(t);
-                    } else {
+                    } else if self.watch(svc, cur, &mut roll) {
                         self.replicated
                             .entry(svc.id)
                             .or_default()
@@ -446,9 +595,9 @@ impl<'a> Run<'a> {
                 Some(node) => match self.where_is(svc, node) {
                     Where::Fine => {
                         if Self::out_of_date(svc, cur) {
-                            stale.push((key, cur));
-                        } else if cur.status.state < TaskState::Running {
-                            rolling += 1;
+                            roll.stale.push((key, cur));
+                        } else {
+                            self.watch(svc, cur, &mut roll);
                         }
                     }
                     Where::Down | Where::Unfit(_) | Where::Gone => {
@@ -456,20 +605,28 @@ impl<'a> Run<'a> {
                         self.maybe_orphan(cur);
                         let t = self.fresh(svc, key, None, Some(cur));
                         self.create(t);
+                        roll.unsettled = true;
                     }
                 },
             }
         }
-        // Rolling update, stop-first: a few stale slots at a time.
-        let room = self.cfg.update_parallelism.max(1).saturating_sub(rolling);
-        for &(key, cur) in stale.iter().take(room) {
-            self.shutdown(cur.id, TaskState::Shutdown);
-            let t = self.fresh(svc, key, None, Some(cur));
-            self.create(t);
+        roll.units = want;
+        if active.len() < want {
+            roll.unsettled = true;
+        }
+        // The rolling update: failures judged, a few stale slots replaced, completion noted.
+        if self.judge(svc, &mut roll) {
+            for (key, cur) in roll.take_batch() {
+                if roll.cfg.order == UpdateOrder::StopFirst {
+                    self.shutdown(cur.id, TaskState::Shutdown);
+                }
+                let t = self.fresh(svc, key, None, Some(cur));
+                self.create(t);
+            }
         }
         // Scale up: the lowest free slot numbers.
         if active.len() < want {
-            let taken: BTreeSet<u64> = active.iter().map(|(k, _)| *k).collect();
+            let taken: BTreeSet<u64> = active.iter().map(|(k, _, _, _)| *k).collect();
             let mut slot = 1u64;
             let mut missing = want - active.len();
             while missing > 0 {
@@ -494,28 +651,216 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// A slot that still has older wanted tasks (start-first): once the new task runs they
+    /// stop; while a rollback makes the old task's spec current again, the old task stays and
+    /// the new one stops instead. True when the slot needs nothing else this pass.
+    fn keep_old(&mut self, svc: &Service, cur: &Task, olds: &[&Task], roll: &mut Roll) -> bool {
+        if olds.is_empty() {
+            return false;
+        }
+        if Self::out_of_date(svc, cur) {
+            let current = olds
+                .iter()
+                .rev()
+                .find(|o| !o.status.state.is_terminal() && !Self::out_of_date(svc, o));
+            if let Some(keep) = current {
+                self.shutdown(cur.id, TaskState::Shutdown);
+                for o in olds {
+                    if o.id != keep.id {
+                        self.shutdown(o.id, TaskState::Shutdown);
+                    }
+                }
+                roll.unsettled = true;
+                return true;
+            }
+        }
+        if cur.is_ready() {
+            for o in olds {
+                self.shutdown(o.id, TaskState::Shutdown);
+            }
+        } else {
+            // Old tasks that ended meanwhile are done with; the others serve until the new
+            // task runs.
+            for o in olds.iter().filter(|o| o.status.state.is_terminal()) {
+                self.shutdown(o.id, TaskState::Shutdown);
+            }
+            // A slot the update failed on is done with, from the update's view: its old task
+            // serves until a new one runs.
+            if !roll.slot_failed {
+                roll.unsettled = true;
+            }
+        }
+        false
+    }
+
+    /// A live task of the current spec during an update: busy until it runs (healthy) and its
+    /// delay has passed; failed if it does not run within the monitor period plus its start
+    /// period (it is stopped then, and replaced like any other failed task). False when it was
+    /// stopped.
+    fn watch(&mut self, svc: &Service, t: &Task, roll: &mut Roll) -> bool {
+        if roll.slot_failed && !t.is_ready() {
+            // The update failed on this slot already: its restarts are the restart policy's
+            // business, and the update (going on, or paused) does not wait for them.
+            return true;
+        }
+        if !roll.tracks(t) {
+            if !t.is_ready() {
+                roll.unsettled = true;
+                roll.busy += 1;
+            }
+            return true;
+        }
+        if !t.is_ready() {
+            let limit = roll
+                .cfg
+                .monitor_ms
+                .saturating_add(svc.spec.task.health.start_period_ms);
+            // From its creation, or the end of its restart delay.
+            let deadline = t.created_at_ms.max(t.not_before_ms).saturating_add(limit);
+            if self.now >= deadline {
+                roll.fail(
+                    t.id,
+                    format!(
+                        "did not reach running{} within {}",
+                        if svc.spec.task.health.is_set() {
+                            " (healthy)"
+                        } else {
+                            ""
+                        },
+                        duration_text(limit)
+                    ),
+                );
+                self.shutdown(t.id, TaskState::Shutdown);
+                roll.unsettled = true;
+                return false;
+            }
+            roll.busy += 1;
+            self.wake_at(deadline);
+            roll.unsettled = true;
+            return true;
+        }
+        let free_at = t.ready_at_ms.saturating_add(roll.cfg.delay_ms);
+        if self.now < free_at {
+            roll.busy += 1;
+            self.wake_at(free_at);
+        }
+        let watched_until = t.ready_at_ms.saturating_add(roll.cfg.monitor_ms);
+        roll.monitor_until = roll.monitor_until.max(watched_until);
+        true
+    }
+
+    /// The update's decisions for this pass: failures counted against the ratio (pause,
+    /// rollback or go on), completion recorded. True when stale slots may be replaced now.
+    fn judge(&mut self, svc: &Service, roll: &mut Roll) -> bool {
+        let Some(status) = roll.tracking.clone() else {
+            // Nothing tracked (no update in progress, or it paused): stale tasks roll only
+            // when no update was paused on them.
+            return !svc.update_status.as_ref().is_some_and(|s| {
+                matches!(s.state, UpdateState::Paused | UpdateState::RollbackPaused)
+            });
+        };
+        let mut status = status;
+        if !roll.failures.is_empty() {
+            let (first, why) = roll.failures[0].clone();
+            for (id, _) in &roll.failures {
+                if !status.failed.contains(id) {
+                    status.failed.push(*id);
+                }
+            }
+            // Failed tasks over the tasks updated (a slot failing again counts again, as in
+            // Swarm; a ratio of 1 tolerates everything).
+            let total = roll.units.max(1) as u128;
+            let failed = (status.failed.len() as u128).min(total);
+            let exceeded = failed * 1_000_000 > u128::from(roll.cfg.max_failure_ppm) * total;
+            let task = format!("{}: {why}", object_id_string(first));
+            let rollback = status.state == UpdateState::RollbackStarted;
+            if exceeded {
+                match (rollback, roll.cfg.failure_action) {
+                    (false, FailureAction::Rollback) => {
+                        self.changes.push(TaskChange::Rollback {
+                            service: svc.id,
+                            version: svc.version,
+                            message: format!(
+                                "update rolled back due to failure or early termination of task {task}"
+                            ),
+                        });
+                        return false;
+                    }
+                    (_, FailureAction::Continue) => {}
+                    (false, _) => {
+                        status.state = UpdateState::Paused;
+                        status.message = format!(
+                            "update paused due to failure or early termination of task {task}"
+                        );
+                        self.set_status(svc, status);
+                        return false;
+                    }
+                    (true, _) => {
+                        status.state = UpdateState::RollbackPaused;
+                        status.message = format!(
+                            "rollback paused due to failure or early termination of task {task}"
+                        );
+                        self.set_status(svc, status);
+                        return false;
+                    }
+                }
+            }
+            roll.tracking = Some(status.clone());
+            self.set_status(svc, status.clone());
+        }
+        let done = roll.stale.is_empty() && roll.busy == 0 && !roll.unsettled;
+        if done {
+            if self.now >= roll.monitor_until {
+                let rollback = status.state == UpdateState::RollbackStarted;
+                status.state = if rollback {
+                    UpdateState::RollbackCompleted
+                } else {
+                    UpdateState::Completed
+                };
+                status.completed_at_ms = self.now;
+                status.message = if rollback {
+                    "rollback completed".into()
+                } else {
+                    "update completed".into()
+                };
+                self.set_status(svc, status);
+            } else {
+                self.wake_at(roll.monitor_until);
+            }
+        }
+        true
+    }
+
+    fn set_status(&mut self, svc: &Service, status: UpdateStatus) {
+        // One status change per service and pass: the last decision wins.
+        self.changes.retain(
+            |c| !matches!(c, TaskChange::UpdateStatus { service, .. } if *service == svc.id),
+        );
+        self.changes.push(TaskChange::UpdateStatus {
+            service: svc.id,
+            version: svc.version,
+            status,
+        });
+    }
+
     fn global_service(&mut self, svc: &'a Service) {
         let state = self.state;
         let mut covered: BTreeSet<NodeId> = BTreeSet::new();
-        let mut stale: Vec<(NodeId, &Task)> = Vec::new();
-        let mut rolling = 0usize;
+        let mut roll = Roll::new(svc);
         for (node, tasks) in state.slots(svc.id) {
             let tasks: Vec<&Task> = tasks.collect();
-            for t in &tasks {
-                if !t.wanted() {
-                    self.maybe_orphan(t);
-                }
-            }
-            let Some(cur) = self.reap(&tasks) else {
+            roll.slot_failed = failed_on(svc, &tasks);
+            let Some((cur, olds)) = self.slot_view(&tasks) else {
                 continue;
             };
-            if !cur.wanted() {
-                continue;
-            }
             match self.where_is(svc, node) {
                 Where::Gone | Where::Unfit(_) => {
                     self.shutdown(cur.id, TaskState::Shutdown);
                     self.maybe_orphan(cur);
+                    for o in &olds {
+                        self.shutdown(o.id, TaskState::Shutdown);
+                        self.maybe_orphan(o);
+                    }
                     continue;
                 }
                 Where::Down => {
@@ -526,7 +871,11 @@ impl<'a> Run<'a> {
                 Where::Fine => {}
             }
             covered.insert(node);
+            if self.keep_old(svc, cur, &olds, &mut roll) {
+                continue;
+            }
             if cur.status.state.is_terminal() {
+                roll.ended(cur);
                 if let Some(next) = self.restart(svc, cur, node) {
                     self.shutdown(cur.id, TaskState::Shutdown);
                     self.create(next);
@@ -535,21 +884,15 @@ impl<'a> Run<'a> {
             }
             self.promote(cur);
             if Self::out_of_date(svc, cur) {
-                stale.push((node, cur));
-            } else if cur.status.state <= TaskState::Pending {
+                roll.stale.push((node, cur));
+                continue;
+            }
+            if self.watch(svc, cur, &mut roll) && cur.status.state <= TaskState::Pending {
                 self.global
                     .entry(svc.id)
                     .or_default()
                     .push((Placeable::Existing(cur.id), node));
-            } else if cur.status.state < TaskState::Running {
-                rolling += 1;
             }
-        }
-        let room = self.cfg.update_parallelism.max(1).saturating_sub(rolling);
-        for &(node, cur) in stale.iter().take(room) {
-            self.shutdown(cur.id, TaskState::Shutdown);
-            let t = self.fresh(svc, 0, Some(node), Some(cur));
-            self.create(t);
         }
         // Every eligible node without a task gets one.
         let mut fresh = Vec::new();
@@ -562,6 +905,19 @@ impl<'a> Run<'a> {
                 continue;
             }
             fresh.push(n.id);
+        }
+        roll.units = covered.len() + fresh.len();
+        if !fresh.is_empty() {
+            roll.unsettled = true;
+        }
+        if self.judge(svc, &mut roll) {
+            for (node, cur) in roll.take_batch() {
+                if roll.cfg.order == UpdateOrder::StopFirst {
+                    self.shutdown(cur.id, TaskState::Shutdown);
+                }
+                let t = self.fresh(svc, 0, Some(node), Some(cur));
+                self.create(t);
+            }
         }
         for node in fresh {
             let t = self.fresh(svc, 0, Some(node), None);

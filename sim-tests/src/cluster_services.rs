@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use shoal_agent::api::{Request, Response};
 use shoal_agent::sim_executor::SimExecutor;
 use shoal_cluster::{
-    Availability, ClusterState, NodeId, NodeState, RestartCondition, ServiceMode, ServiceSpec,
-    TaskState,
+    Availability, ClusterState, FailureAction, NodeId, NodeState, RestartCondition, ServiceMode,
+    ServiceSpec, TaskState, UpdateOrder, UpdateState,
 };
 
 use crate::agent_hosts::{call, name, Shared};
@@ -170,6 +170,17 @@ impl Workload {
         // seconds while the simulated convergence window passes in less (see the README).
         spec.task.restart.delay_ms = 0;
         spec.task.stop_grace_ms = 1000;
+        // Updates roll out with any parallelism and either order. They go on past failures
+        // (a task pending behind a partition for the monitor period counts as one): pausing is
+        // the operator's safety, and a paused update would leave acknowledged specs unapplied.
+        spec.update.parallelism = rng.below(4);
+        spec.update.failure_action = FailureAction::Continue;
+        spec.update.monitor_ms = 1000;
+        if spec.task.resources.reservations.memory_bytes == 0 && rng.below(2) == 0 {
+            // Start-first needs room for both tasks of a slot: not with reservations, whose
+            // budget counts one task per slot.
+            spec.update.order = UpdateOrder::StartFirst;
+        }
         (kind, spec)
     }
 
@@ -365,6 +376,22 @@ impl Workload {
         for name in by_name.keys() {
             if !tracked.contains_key(name) {
                 return Err(format!("service {name} was never asked for"));
+            }
+        }
+        // An update never pauses here (failure action continue), and a rolled-out spec of a
+        // long-running service completes or is still being watched.
+        for svc in state.services().values() {
+            if let Some(u) = &svc.update_status {
+                if matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused)
+                    || u.state.is_rollback()
+                {
+                    return Err(format!(
+                        "service {}: update {} ({})",
+                        svc.spec.name,
+                        u.state.name(),
+                        u.message
+                    ));
+                }
             }
         }
         // (b), (c), (f): the tasks of each service.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_cluster::{
-    validate_label, MountSpec, MountType, PortConfig, PublishMode, RestartCondition, Runtime,
-    ServiceMode, ServiceSpec,
+    validate_label, FailureAction, HealthTest, MountSpec, MountType, PortConfig, PublishMode,
+    RestartCondition, Runtime, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState,
 };
 
 use super::{unexpected, Agent, Ui};
@@ -77,6 +77,17 @@ pub enum ServiceCmd {
     },
     /// Update a service
     Update(Box<UpdateArgs>),
+    /// Revert a service to its previous spec (rolled out with its rollback policy)
+    Rollback {
+        /// Exit immediately instead of waiting for the service to converge
+        #[arg(short, long)]
+        detach: bool,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
+        /// Service id, id prefix or name
+        service: String,
+    },
     /// Show the output of a service's tasks (or of one task), gathered from their nodes
     Logs {
         /// Keep printing new output
@@ -143,6 +154,71 @@ pub struct TaskOpts {
     pub read_only: Option<bool>,
 }
 
+/// The options shared by create and update that say how tasks are rolled out and checked.
+#[derive(Debug, Args, Default)]
+pub struct PolicyOpts {
+    /// Maximum number of tasks updated simultaneously (0 to update all at once)
+    #[arg(long, value_name = "N")]
+    pub update_parallelism: Option<u64>,
+    /// Delay between updates of a task and the next, e.g. 10s
+    #[arg(long, value_name = "DURATION")]
+    pub update_delay: Option<String>,
+    /// Action on update failure: pause, continue or rollback
+    #[arg(long, value_name = "ACTION")]
+    pub update_failure_action: Option<String>,
+    /// How long each updated task is watched for failure, e.g. 5s
+    #[arg(long, value_name = "DURATION")]
+    pub update_monitor: Option<String>,
+    /// Failure rate to tolerate during an update, 0 to 1
+    #[arg(long, value_name = "RATIO")]
+    pub update_max_failure_ratio: Option<String>,
+    /// Update order: stop-first or start-first
+    #[arg(long, value_name = "ORDER")]
+    pub update_order: Option<String>,
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once)
+    #[arg(long, value_name = "N")]
+    pub rollback_parallelism: Option<u64>,
+    /// Delay between rollbacks of a task and the next, e.g. 10s
+    #[arg(long, value_name = "DURATION")]
+    pub rollback_delay: Option<String>,
+    /// Action on rollback failure: pause or continue
+    #[arg(long, value_name = "ACTION")]
+    pub rollback_failure_action: Option<String>,
+    /// How long each rolled-back task is watched for failure, e.g. 5s
+    #[arg(long, value_name = "DURATION")]
+    pub rollback_monitor: Option<String>,
+    /// Failure rate to tolerate during a rollback, 0 to 1
+    #[arg(long, value_name = "RATIO")]
+    pub rollback_max_failure_ratio: Option<String>,
+    /// Rollback order: stop-first or start-first
+    #[arg(long, value_name = "ORDER")]
+    pub rollback_order: Option<String>,
+    /// Command run to check health, in the task's context (a shell command)
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub health_cmd: Option<String>,
+    /// Check health with a GET of this URL made by the agent (2xx or 3xx is healthy)
+    #[arg(long, value_name = "URL")]
+    pub health_http: Option<String>,
+    /// Check health by connecting to this port on the task's node
+    #[arg(long, value_name = "PORT")]
+    pub health_tcp: Option<u16>,
+    /// Time between running the check, e.g. 30s
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run, e.g. 30s
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Start period for the task to initialize before failed checks count, e.g. 10s
+    #[arg(long, value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+    /// Disable any health check (an image's own too)
+    #[arg(long)]
+    pub no_healthcheck: bool,
+}
+
 /// `service create [OPTIONS] IMAGE [COMMAND] [ARG...]`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -185,6 +261,9 @@ pub struct CreateArgs {
     /// Task options (resources, restart policy, …).
     #[command(flatten)]
     pub task: TaskOpts,
+    /// Update, rollback and health check options.
+    #[command(flatten)]
+    pub policy: PolicyOpts,
     /// The image (container runtime) or program (process runtime)
     pub image: String,
     /// The command and its arguments
@@ -243,6 +322,9 @@ pub struct UpdateArgs {
     /// Replace every task even if nothing changed
     #[arg(long)]
     pub force: bool,
+    /// Roll back to the previous spec (no other option may be given)
+    #[arg(long)]
+    pub rollback: bool,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -252,6 +334,9 @@ pub struct UpdateArgs {
     /// Task options (resources, restart policy, …).
     #[command(flatten)]
     pub task: TaskOpts,
+    /// Update, rollback and health check options.
+    #[command(flatten)]
+    pub policy: PolicyOpts,
     /// Service id, id prefix or name
     pub service: String,
 }
@@ -399,6 +484,172 @@ fn apply_task_opts(spec: &mut ServiceSpec, o: &TaskOpts) -> Result<(), String> {
         t.read_only = v;
     }
     Ok(())
+}
+
+/// Parses a failure ratio (`0.25`) into millionths.
+fn parse_ratio(s: &str, flag: &str) -> Result<u32, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{flag}: invalid ratio {s:?}: expected a number from 0 to 1"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{flag}: {s} is not between 0 and 1"));
+    }
+    Ok((v * 1_000_000.0).round() as u32)
+}
+
+/// Applies one `--update-*` or `--rollback-*` family of options.
+#[allow(clippy::too_many_arguments)]
+fn apply_rollout(
+    c: &mut UpdateConfig,
+    what: &str,
+    parallelism: Option<u64>,
+    delay: &Option<String>,
+    action: &Option<String>,
+    monitor: &Option<String>,
+    ratio: &Option<String>,
+    order: &Option<String>,
+) -> Result<(), String> {
+    if let Some(p) = parallelism {
+        c.parallelism = p;
+    }
+    if let Some(d) = delay {
+        c.delay_ms = ms(parse_duration(d).map_err(|e| format!("--{what}-delay: {e}"))?);
+    }
+    if let Some(a) = action {
+        c.failure_action = match a.as_str() {
+            "pause" => FailureAction::Pause,
+            "continue" => FailureAction::Continue,
+            "rollback" if what == "update" => FailureAction::Rollback,
+            _ if what == "update" => {
+                return Err(format!(
+                    "--update-failure-action {a:?}: expected pause, continue or rollback"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "--rollback-failure-action {a:?}: expected pause or continue"
+                ))
+            }
+        };
+    }
+    if let Some(m) = monitor {
+        c.monitor_ms = ms(parse_duration(m).map_err(|e| format!("--{what}-monitor: {e}"))?);
+    }
+    if let Some(r) = ratio {
+        c.max_failure_ppm = parse_ratio(r, &format!("--{what}-max-failure-ratio"))?;
+    }
+    if let Some(o) = order {
+        c.order = match o.as_str() {
+            "stop-first" => UpdateOrder::StopFirst,
+            "start-first" => UpdateOrder::StartFirst,
+            _ => {
+                return Err(format!(
+                    "--{what}-order {o:?}: expected stop-first or start-first"
+                ))
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Applies the update, rollback and health check options.
+fn apply_policy_opts(spec: &mut ServiceSpec, o: &PolicyOpts) -> Result<(), String> {
+    apply_rollout(
+        &mut spec.update,
+        "update",
+        o.update_parallelism,
+        &o.update_delay,
+        &o.update_failure_action,
+        &o.update_monitor,
+        &o.update_max_failure_ratio,
+        &o.update_order,
+    )?;
+    apply_rollout(
+        &mut spec.rollback,
+        "rollback",
+        o.rollback_parallelism,
+        &o.rollback_delay,
+        &o.rollback_failure_action,
+        &o.rollback_monitor,
+        &o.rollback_max_failure_ratio,
+        &o.rollback_order,
+    )?;
+    let h = &mut spec.task.health;
+    let probes = [
+        o.health_cmd.is_some(),
+        o.health_http.is_some(),
+        o.health_tcp.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if probes > 1 {
+        return Err("give one of --health-cmd, --health-http and --health-tcp".into());
+    }
+    if o.no_healthcheck {
+        let tuned = o.health_interval.is_some()
+            || o.health_timeout.is_some()
+            || o.health_retries.is_some()
+            || o.health_start_period.is_some();
+        if probes > 0 || tuned {
+            return Err("--no-healthcheck conflicts with --health-* options".into());
+        }
+        h.test = HealthTest::Disabled;
+    }
+    if let Some(c) = &o.health_cmd {
+        h.test = HealthTest::Cmd(c.clone());
+    }
+    if let Some(u) = &o.health_http {
+        h.test = HealthTest::Http(u.clone());
+    }
+    if let Some(p) = o.health_tcp {
+        h.test = HealthTest::Tcp(p);
+    }
+    if let Some(d) = &o.health_interval {
+        h.interval_ms = ms(parse_duration(d).map_err(|e| format!("--health-interval: {e}"))?);
+    }
+    if let Some(d) = &o.health_timeout {
+        h.timeout_ms = ms(parse_duration(d).map_err(|e| format!("--health-timeout: {e}"))?);
+    }
+    if let Some(r) = o.health_retries {
+        h.retries = r;
+    }
+    if let Some(d) = &o.health_start_period {
+        h.start_period_ms =
+            ms(parse_duration(d).map_err(|e| format!("--health-start-period: {e}"))?);
+    }
+    Ok(())
+}
+
+/// Whether any option of `service update` besides the service, detach and quiet was given
+/// (`--rollback` takes none).
+fn update_changes_anything(a: &UpdateArgs) -> bool {
+    let probe = UpdateArgs {
+        replicas: None,
+        image: None,
+        args: None,
+        env_add: Vec::new(),
+        env_rm: Vec::new(),
+        label_add: Vec::new(),
+        label_rm: Vec::new(),
+        constraint_add: Vec::new(),
+        constraint_rm: Vec::new(),
+        pref_add: Vec::new(),
+        pref_rm: Vec::new(),
+        mount_add: Vec::new(),
+        mount_rm: Vec::new(),
+        publish_add: Vec::new(),
+        publish_rm: Vec::new(),
+        force: false,
+        rollback: a.rollback,
+        detach: a.detach,
+        quiet: a.quiet,
+        task: TaskOpts::default(),
+        policy: PolicyOpts::default(),
+        service: a.service.clone(),
+    };
+    format!("{a:?}") != format!("{probe:?}")
 }
 
 /// Parses `--mount type=bind,source=/srv,target=/data[,readonly]` (Docker's keys and aliases;
@@ -568,6 +819,7 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec, String> {
         spec.task.ports.push(parse_publish(p)?);
     }
     apply_task_opts(&mut spec, &a.task)?;
+    apply_policy_opts(&mut spec, &a.policy)?;
     spec.validate().map_err(|e| e.to_string())?;
     Ok(spec)
 }
@@ -680,6 +932,7 @@ pub fn update_spec(current: &ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec,
         t.ports.push(p);
     }
     apply_task_opts(&mut spec, &a.task)?;
+    apply_policy_opts(&mut spec, &a.policy)?;
     if a.force {
         spec.task.force_update = spec.task.force_update.wrapping_add(1);
     }
@@ -736,7 +989,12 @@ pub fn service_table(services: &[ServiceView]) -> String {
             Cow::Borrowed(short(&s.id, false)),
             clean(&s.spec.name),
             Cow::Borrowed(mode_name(&s.spec)),
-            Cow::Owned(format!("{}/{}", s.running, s.desired)),
+            Cow::Owned(match &s.update_status {
+                Some(u) if u.state != UpdateState::Completed => {
+                    format!("{}/{} ({})", s.running, s.desired, u.state.name())
+                }
+                _ => format!("{}/{}", s.running, s.desired),
+            }),
             clean(&s.spec.task.image),
             Cow::Owned(
                 s.spec
@@ -837,6 +1095,15 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
     field("Runtime:", t.runtime.as_str());
     field("Created at:", &rfc3339_utc(s.created_at_ms));
     field("Updated at:", &rfc3339_utc(s.updated_at_ms));
+    if let Some(u) = &s.update_status {
+        field("UpdateStatus:", "");
+        field(" State:", u.state.name());
+        field(" Started:", &rfc3339_utc(u.started_at_ms));
+        if u.completed_at_ms > 0 {
+            field(" Completed:", &rfc3339_utc(u.completed_at_ms));
+        }
+        field(" Message:", &u.message);
+    }
     if !t.placement.constraints.is_empty() || !t.placement.preferences.is_empty() {
         field("Placement:", "");
         if !t.placement.constraints.is_empty() {
@@ -932,6 +1199,24 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
         }
     }
     field(" StopGracePeriod:", &dur(t.stop_grace_ms));
+    let h = &t.health;
+    match &h.test {
+        HealthTest::Default => {}
+        HealthTest::Disabled => field(" Healthcheck:", "none"),
+        test => {
+            let probe = match test {
+                HealthTest::Cmd(c) => format!("CMD-SHELL {c}"),
+                HealthTest::Http(u) => format!("HTTP GET {u}"),
+                HealthTest::Tcp(p) => format!("TCP {p}"),
+                _ => String::new(),
+            };
+            field(" Healthcheck:", &probe);
+            field("  Interval:", &dur(h.interval_ms));
+            field("  Timeout:", &dur(h.timeout_ms));
+            field("  Retries:", &h.retries.to_string());
+            field("  Start Period:", &dur(h.start_period_ms));
+        }
+    }
     let r = &t.resources;
     if r.limits != Default::default() || r.reservations != Default::default() {
         field("Resources:", "");
@@ -946,6 +1231,23 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
                 }
             }
         }
+    }
+    for (title, order, c) in [
+        ("UpdateConfig:", " Update order:", &spec.update),
+        ("RollbackConfig:", " Rollback order:", &spec.rollback),
+    ] {
+        field(title, "");
+        field(" Parallelism:", &c.parallelism.to_string());
+        if c.delay_ms > 0 {
+            field(" Delay:", &dur(c.delay_ms));
+        }
+        field(" On failure:", c.failure_action.name());
+        field(" Monitoring Period:", &dur(c.monitor_ms));
+        field(
+            " Max failure ratio:",
+            &format!("{}", f64::from(c.max_failure_ppm) / 1e6),
+        );
+        field(order, c.order.name());
     }
     out
 }
@@ -1024,6 +1326,11 @@ fn update(
     agent.ok("POST", &service_path(service, "/update"), Some(&body))
 }
 
+fn rollback(agent: &Agent, service: &str, version: u64) -> Result<String, String> {
+    let body = json!({ "version": version });
+    agent.ok("POST", &service_path(service, "/rollback"), Some(&body))
+}
+
 /// Runs a `service` command.
 pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Result<(), String> {
     match cmd {
@@ -1033,7 +1340,7 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
             let id = agent.ok("POST", "/v1/services/create", Some(&body))?;
             ui.print(&id);
             if !a.detach {
-                converge(agent, &id, ui, !a.quiet)?;
+                converge(agent, &id, ui, !a.quiet, false)?;
             }
         }
         ServiceCmd::Ls { quiet, filters } => {
@@ -1143,7 +1450,7 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
             }
             if !detach {
                 for id in scaled {
-                    converge(agent, &id, ui, true)?;
+                    converge(agent, &id, ui, true, false)?;
                 }
             }
         }
@@ -1154,6 +1461,33 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
             no_trunc,
             service,
         } => logs(agent, service, tail, *follow, *timestamps, *no_trunc, ui)?,
+        ServiceCmd::Update(a) if a.rollback => {
+            if update_changes_anything(a) {
+                return Err("--rollback cannot be combined with other options".into());
+            }
+            let v = inspect(agent, &a.service)?;
+            rollback(agent, &v.id, v.version)?;
+            if !a.quiet {
+                ui.print(&a.service);
+            }
+            if !a.detach {
+                converge(agent, &v.id, ui, !a.quiet, true)?;
+            }
+        }
+        ServiceCmd::Rollback {
+            detach,
+            quiet,
+            service,
+        } => {
+            let v = inspect(agent, service)?;
+            rollback(agent, &v.id, v.version)?;
+            if !quiet {
+                ui.print(service);
+            }
+            if !detach {
+                converge(agent, &v.id, ui, !quiet, true)?;
+            }
+        }
         ServiceCmd::Update(a) => {
             let v = inspect(agent, &a.service)?;
             let spec = update_spec(&v.spec, a)?;
@@ -1162,7 +1496,16 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
                 ui.print(&a.service);
             }
             if !a.detach {
-                converge(agent, &v.id, ui, !a.quiet)?;
+                converge(agent, &v.id, ui, !a.quiet, true)?;
+                // Converged, but on the old spec: the update failed.
+                let after = inspect(agent, &v.id)?;
+                if let Some(u) = after.update_status.filter(|u| u.state.is_rollback()) {
+                    return Err(format!(
+                        "the update of {} was rolled back: {}",
+                        clean(&after.spec.name),
+                        clean(&u.message)
+                    ));
+                }
             }
         }
     }
@@ -1303,8 +1646,8 @@ fn step(state: &str) -> u64 {
         "Accepted" => 3,
         "Preparing" => 4,
         "Ready" => 5,
-        "Starting" => 6,
-        "Running" => 8,
+        "Starting" | "Running (starting)" | "Running (unhealthy)" => 6,
+        "Running" | "Running (healthy)" => 8,
         _ => 0,
     }
 }
@@ -1324,7 +1667,7 @@ fn progress(view: &ServiceView, tasks: &[TaskView]) -> Progress {
         if !wanted {
             continue;
         }
-        let ok = t.state == "Running" && t.up_to_date;
+        let ok = counts_as_running(&t.state) && t.up_to_date;
         if ok {
             running += 1;
         }
@@ -1342,8 +1685,21 @@ fn progress(view: &ServiceView, tasks: &[TaskView]) -> Progress {
     }
 }
 
-/// Follows a service until every wanted task runs and stays running for [`VERIFY`].
-fn converge(agent: &Agent, id: &str, ui: &mut Ui<'_>, show: bool) -> Result<(), String> {
+/// `Running`, or `Running (healthy)`: what counts as running (a checked task once healthy).
+fn counts_as_running(state: &str) -> bool {
+    state == "Running" || state == "Running (healthy)"
+}
+
+/// Follows a service until every wanted task runs and stays running for [`VERIFY`]; with
+/// `rollout`, also until its update or rollback has ended: a paused one is an error (its
+/// message), a rollback is announced as docker does.
+fn converge(
+    agent: &Agent,
+    id: &str,
+    ui: &mut Ui<'_>,
+    show: bool,
+    rollout: bool,
+) -> Result<(), String> {
     let tty = std::io::stdout().is_terminal() && show;
     let mut bars: Option<(
         indicatif::MultiProgress,
@@ -1353,25 +1709,58 @@ fn converge(agent: &Agent, id: &str, ui: &mut Ui<'_>, show: bool) -> Result<(), 
     let mut last_line = String::new();
     let mut stable_since: Option<Instant> = None;
     let mut shown_errors: BTreeMap<String, String> = BTreeMap::new();
+    let mut rolling_back = false;
     loop {
         let view = inspect(agent, id)?;
         let list = tasks(agent, std::slice::from_ref(&view.id), None)?;
         let p = progress(&view, &list);
-        let done = p.running >= p.desired
-            && p.slots.values().filter(|(s, _)| s == "Running").count() as u64 >= p.desired;
+        let status = view.update_status.as_ref().filter(|_| rollout);
+        if let Some(u) = status {
+            if u.state.is_rollback() && !rolling_back {
+                rolling_back = true;
+                if show {
+                    if let Some((multi, _, _)) = &bars {
+                        let _ = multi.println(format!("rollback: {}", clean(&u.message)));
+                    } else {
+                        ui.print(&format!("rollback: {}", clean(&u.message)));
+                    }
+                }
+            }
+            if matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused) {
+                if let Some((_, overall, per_slot)) = &bars {
+                    for b in per_slot.values() {
+                        b.abandon();
+                    }
+                    overall.abandon();
+                }
+                return Err(clean(&u.message).into_owned());
+            }
+        }
+        let settled = status.is_none_or(|u| !u.state.in_progress());
+        let done = settled
+            && p.running >= p.desired
+            && p.slots
+                .values()
+                .filter(|(s, _)| counts_as_running(s))
+                .count() as u64
+                >= p.desired;
+        let what = if rolling_back {
+            "overall progress: rolling back update"
+        } else {
+            "overall progress"
+        };
         if show {
             if tty {
                 let (multi, overall, per_slot) = bars.get_or_insert_with(|| {
                     let multi = indicatif::MultiProgress::new();
                     let overall = multi.add(indicatif::ProgressBar::new(p.desired.max(1)));
                     overall.set_style(
-                        indicatif::ProgressStyle::with_template(
-                            "overall progress: {pos} out of {len} tasks",
-                        )
-                        .expect("template"),
+                        indicatif::ProgressStyle::with_template("{msg}: {pos} out of {len} tasks")
+                            .expect("template"),
                     );
                     (multi, overall, BTreeMap::new())
                 });
+                overall.set_message(what);
                 overall.set_length(p.desired);
                 overall.set_position(p.running);
                 for (slot, (state, err)) in p.slots.iter().take(20) {
@@ -1396,7 +1785,7 @@ fn converge(agent: &Agent, id: &str, ui: &mut Ui<'_>, show: bool) -> Result<(), 
                     });
                 }
             } else {
-                let line = format!("overall progress: {} out of {} tasks", p.running, p.desired);
+                let line = format!("{what}: {} out of {} tasks", p.running, p.desired);
                 if line != last_line {
                     ui.print(&line);
                     last_line = line;

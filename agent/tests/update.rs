@@ -1,0 +1,270 @@
+//! Rolling updates on real agents and real processes, through the CLI as an operator runs them:
+//! a good update with parallelism 2, a start-first update that never lowers the number of
+//! running processes (counted every 100 ms), a failing update rolled back, a health check that
+//! never passes pausing the update with a message, and a manual rollback.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{running_task_pids, Cluster, SERIAL};
+use serde_json::Value;
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn inspect(c: &Cluster, service: &str) -> Value {
+    let out = c.shoal(0, &["service", "inspect", service]).ok();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v[0].clone()
+}
+
+/// Task processes running on every node now.
+fn processes(c: &Cluster) -> usize {
+    c.nodes
+        .iter()
+        .map(|n| running_task_pids(&n.dir).len())
+        .sum()
+}
+
+/// The programs and arguments of the current, running tasks (`service ps` IMAGE is the program;
+/// the arguments come from the spec each task runs, checked through the process command lines).
+fn running_rows(c: &Cluster, service: &str) -> Vec<String> {
+    let out = c.shoal(0, &["service", "ps", service]).ok();
+    out.lines()
+        .skip(1)
+        .filter(|l| !l.contains("\\_"))
+        .filter(|l| l.contains(" Running "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The command lines of the task processes on every node.
+fn command_lines(c: &Cluster) -> Vec<String> {
+    let mut v = Vec::new();
+    for n in &c.nodes {
+        for pid in running_task_pids(&n.dir) {
+            if let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                v.push(
+                    raw.split(|b| *b == 0)
+                        .filter(|p| !p.is_empty())
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn updates_roll_out_pause_and_roll_back_on_real_processes() {
+    let _g = serial();
+    let c = Cluster::start(3);
+    c.form(3);
+    c.shoal(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "--runtime",
+            "process",
+            "--restart-delay",
+            "0s",
+            "--stop-grace-period",
+            "1s",
+            "--update-monitor",
+            "1s",
+            "sleep",
+            "1000",
+        ],
+    )
+    .ok();
+    c.wait("4 processes", || (processes(&c) == 4).then_some(()));
+
+    // A good update, two slots at a time: converges, completed, every process the new one.
+    let out = c
+        .shoal(
+            0,
+            &[
+                "service",
+                "update",
+                "--update-parallelism",
+                "2",
+                "--args",
+                "2000",
+                "web",
+            ],
+        )
+        .ok();
+    assert!(out.contains("verify: Service web converged"), "{out}");
+    let v = inspect(&c, "web");
+    assert_eq!(v["update_status"]["state"], "completed", "{v}");
+    assert_eq!(v["update_status"]["message"], "update completed");
+    c.wait("4 new processes", || {
+        (command_lines(&c) == vec!["sleep 2000"; 4]).then_some(())
+    });
+    assert_eq!(running_rows(&c, "web").len(), 4);
+
+    // Start-first: the number of running processes never drops below 4 while it rolls.
+    let low = Arc::new(AtomicUsize::new(usize::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let dirs: Vec<_> = c.nodes.iter().map(|n| n.dir.clone()).collect();
+    let counter = {
+        let (low, stop) = (low.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut samples = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let n: usize = dirs.iter().map(|d| running_task_pids(d).len()).sum();
+                low.fetch_min(n, Ordering::Relaxed);
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        })
+    };
+    let out = c
+        .shoal(
+            0,
+            &[
+                "service",
+                "update",
+                "--update-order",
+                "start-first",
+                "--args",
+                "3000",
+                "web",
+            ],
+        )
+        .ok();
+    stop.store(true, Ordering::Relaxed);
+    let samples = counter.join().unwrap();
+    assert!(out.contains("verify: Service web converged"), "{out}");
+    assert!(samples > 5, "{samples} samples");
+    assert!(
+        low.load(Ordering::Relaxed) >= 4,
+        "start-first ran only {} processes at one point",
+        low.load(Ordering::Relaxed)
+    );
+    c.wait("4 processes of the new spec", || {
+        (command_lines(&c) == vec!["sleep 3000"; 4]).then_some(())
+    });
+
+    // A program that exits 1, with rollback as the failure action: rolled back, every task on
+    // the previous spec; the CLI says so and fails.
+    let out = c.shoal(
+        0,
+        &[
+            "service",
+            "update",
+            "--update-failure-action",
+            "rollback",
+            "--update-order",
+            "stop-first",
+            "--image",
+            "sh",
+            "--args",
+            "-c 'exit 1'",
+            "web",
+        ],
+    );
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("rollback: update rolled back due to failure or early termination of task"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("rolled back"), "{}", out.stderr);
+    let v = inspect(&c, "web");
+    assert_eq!(v["update_status"]["state"], "rollback_completed", "{v}");
+    assert_eq!(v["spec"]["task"]["image"], "sleep");
+    assert_eq!(v["previous"]["task"]["image"], "sh");
+    c.wait("4 processes of the previous spec", || {
+        (command_lines(&c) == vec!["sleep 3000"; 4]).then_some(())
+    });
+
+    // A health check that never passes: the update pauses, naming the task and why.
+    let out = c.shoal(
+        0,
+        &[
+            "service",
+            "update",
+            "--health-cmd",
+            "exit 1",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "1000",
+            "--args",
+            "4000",
+            "web",
+        ],
+    );
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("update paused due to failure or early termination of task")
+            && out
+                .stderr
+                .contains("did not reach running (healthy) within 1s"),
+        "{}",
+        out.stderr
+    );
+    let v = inspect(&c, "web");
+    assert_eq!(v["update_status"]["state"], "paused", "{v}");
+    let ls = c.shoal(0, &["service", "ls"]).ok();
+    assert!(ls.contains("(paused)"), "{ls}");
+    // The slots beyond the first batch (parallelism 2) still serve the old spec.
+    assert!(
+        command_lines(&c)
+            .iter()
+            .filter(|l| *l == "sleep 3000")
+            .count()
+            >= 2,
+        "{:?}",
+        command_lines(&c)
+    );
+
+    // A manual rollback goes back to the spec before the paused update.
+    let out = c.shoal(0, &["service", "rollback", "web"]).ok();
+    assert!(out.contains("verify: Service web converged"), "{out}");
+    let v = inspect(&c, "web");
+    assert_eq!(v["update_status"]["state"], "rollback_completed", "{v}");
+    assert_eq!(v["update_status"]["message"], "rollback completed");
+    c.wait("4 processes of the spec before", || {
+        (command_lines(&c) == vec!["sleep 3000"; 4]).then_some(())
+    });
+    let ps = c.shoal(0, &["service", "ps", "web"]).ok();
+    assert!(!ps.contains("(starting)"), "{ps}");
+
+    // A process health check that passes: tasks show healthy and count as running.
+    c.shoal(
+        0,
+        &[
+            "service",
+            "update",
+            "--health-cmd",
+            "test -d /",
+            "--health-interval",
+            "300ms",
+            "--update-parallelism",
+            "0",
+            "web",
+        ],
+    )
+    .ok();
+    let ps = c.shoal(0, &["service", "ps", "web"]).ok();
+    assert_eq!(ps.matches("Running (healthy)").count(), 4, "{ps}");
+    let ls = c.shoal(0, &["service", "ls"]).ok();
+    assert!(ls.contains("4/4"), "{ls}");
+}
