@@ -1496,14 +1496,11 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
                 ui.print(&a.service);
             }
             if !a.detach {
-                converge(agent, &v.id, ui, !a.quiet, true)?;
                 // Converged, but on the old spec: the update failed.
-                let after = inspect(agent, &v.id)?;
-                if let Some(u) = after.update_status.filter(|u| u.state.is_rollback()) {
+                if let Some(why) = converge(agent, &v.id, ui, !a.quiet, true)? {
                     return Err(format!(
-                        "the update of {} was rolled back: {}",
-                        clean(&after.spec.name),
-                        clean(&u.message)
+                        "the update of {} was rolled back ({why})",
+                        clean(&v.spec.name)
                     ));
                 }
             }
@@ -1692,14 +1689,14 @@ fn counts_as_running(state: &str) -> bool {
 
 /// Follows a service until every wanted task runs and stays running for [`VERIFY`]; with
 /// `rollout`, also until its update or rollback has ended: a paused one is an error (its
-/// message), a rollback is announced as docker does.
+/// message), a rollback is announced as docker does and its cause returned.
 fn converge(
     agent: &Agent,
     id: &str,
     ui: &mut Ui<'_>,
     show: bool,
     rollout: bool,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let tty = std::io::stdout().is_terminal() && show;
     let mut bars: Option<(
         indicatif::MultiProgress,
@@ -1709,15 +1706,15 @@ fn converge(
     let mut last_line = String::new();
     let mut stable_since: Option<Instant> = None;
     let mut shown_errors: BTreeMap<String, String> = BTreeMap::new();
-    let mut rolling_back = false;
+    let mut rolling_back: Option<String> = None;
     loop {
         let view = inspect(agent, id)?;
         let list = tasks(agent, std::slice::from_ref(&view.id), None)?;
         let p = progress(&view, &list);
         let status = view.update_status.as_ref().filter(|_| rollout);
         if let Some(u) = status {
-            if u.state.is_rollback() && !rolling_back {
-                rolling_back = true;
+            if u.state.is_rollback() && rolling_back.is_none() {
+                rolling_back = Some(clean(&u.message).into_owned());
                 if show {
                     if let Some((multi, _, _)) = &bars {
                         let _ = multi.println(format!("rollback: {}", clean(&u.message)));
@@ -1744,7 +1741,7 @@ fn converge(
                 .filter(|(s, _)| counts_as_running(s))
                 .count() as u64
                 >= p.desired;
-        let what = if rolling_back {
+        let what = if rolling_back.is_some() {
             "overall progress: rolling back update"
         } else {
             "overall progress"
@@ -1820,7 +1817,7 @@ fn converge(
                         clean(&view.spec.name)
                     ));
                 }
-                return Ok(());
+                return Ok(rolling_back);
             }
         } else {
             stable_since = None;
