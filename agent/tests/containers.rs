@@ -201,15 +201,22 @@ fn cluster_id(c: &Cluster) -> String {
         .unwrap_or_default()
 }
 
-/// Cleans the engine when the test ends, passed or failed.
+/// Cleans the engine when the test ends, passed or failed: the agents first (dropped after
+/// this, they would make the containers of their tasks again), then the containers.
 struct Cleanup<'a> {
     engine: &'a Engine,
     cluster: String,
     foreign: Vec<String>,
+    agents: Vec<PathBuf>,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
+        for dir in &self.agents {
+            let _ = std::process::Command::new("pkill")
+                .args(["-9", "-f", &format!("--data-dir {} agent", dir.display())])
+                .status();
+        }
         self.engine.clean(&self.cluster);
         for f in &self.foreign {
             self.engine.remove(f);
@@ -227,6 +234,7 @@ fn containers_spread_restart_adopt_and_go() {
         engine: &engine,
         cluster: cluster_id(&c),
         foreign: Vec::new(),
+        agents: c.nodes.iter().map(|n| n.dir.clone()).collect(),
     };
     assert!(!cleanup.cluster.is_empty());
     // Every agent found the engine: node ls shows its version, node inspect the runtime.
@@ -314,6 +322,36 @@ fn containers_spread_restart_adopt_and_go() {
         let out = c.shoal(0, &["service", "ps", "--no-trunc", "cweb"]).stdout;
         out.contains("task: non-zero exit (137)").then_some(())
     });
+
+    // A health check run by the engine: the update waits for healthy containers.
+    c.shoal(
+        0,
+        &[
+            "service",
+            "update",
+            "--health-cmd",
+            "test -d /tmp",
+            "--health-interval",
+            "500ms",
+            "--update-parallelism",
+            "0",
+            "--update-monitor",
+            "1s",
+            "cweb",
+        ],
+    )
+    .ok();
+    let ps_out = c.shoal(0, &["service", "ps", "cweb"]).ok();
+    assert_eq!(ps_out.matches("Running (healthy)").count(), 4, "{ps_out}");
+    for ctr in engine.running("cweb") {
+        let info = engine.inspect(&ctr.id);
+        assert_eq!(
+            info["Config"]["Healthcheck"]["Test"],
+            serde_json::json!(["CMD-SHELL", "test -d /tmp"]),
+            "{info}"
+        );
+        assert_eq!(info["State"]["Health"]["Status"], "healthy", "{info}");
+    }
 
     // The agent of node-3 dies and comes back: its containers run on, and are adopted.
     let n3 = c.index("node-3");
@@ -503,6 +541,7 @@ fn host_ports_bind_and_an_engine_that_goes_away_comes_back() {
         engine: &engine,
         cluster: cluster_id(&c),
         foreign: Vec::new(),
+        agents: c.nodes.iter().map(|n| n.dir.clone()).collect(),
     };
 
     // A host-mode port answers on the task's node.

@@ -203,6 +203,8 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
             "exit 1",
             "--health-interval",
             "200ms",
+            "--health-timeout",
+            "300ms",
             "--health-retries",
             "1000",
             "--args",
@@ -216,7 +218,7 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
             .contains("update paused due to failure or early termination of task")
             && out
                 .stderr
-                .contains("did not reach running (healthy) within 1s"),
+                .contains("did not reach running (healthy) within 1.5s"),
         "{}",
         out.stderr
     );

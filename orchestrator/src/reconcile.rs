@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_cluster::{
-    object_id_string, Availability, ClusterState, FailureAction, NewTask, Node, NodeId, NodeState,
-    RestartCondition, Service, ServiceId, ServiceMode, Task, TaskChange, TaskId, TaskState,
-    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    object_id_string, Availability, ClusterState, FailureAction, Health, NewTask, Node, NodeId,
+    NodeState, RestartCondition, Service, ServiceId, ServiceMode, Task, TaskChange, TaskId,
+    TaskState, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS,
 };
 
 use crate::placement::{scheduler, scheduler_spec};
@@ -172,8 +172,12 @@ fn failed_on(svc: &Service, tasks: &[&Task]) -> bool {
 
 /// `5s`, `1m30s`, `250ms`: a duration as the flags take it.
 fn duration_text(ms: u64) -> String {
-    if !ms.is_multiple_of(1000) {
+    if ms < 1000 {
         return format!("{ms}ms");
+    }
+    if !ms.is_multiple_of(1000) {
+        // As Go prints durations: 3.5s, 1.25s.
+        return format!("{}s", ms as f64 / 1000.0);
     }
     let s = ms / 1000;
     match (s / 60, s % 60) {
@@ -711,10 +715,18 @@ impl<'a> Run<'a> {
             return true;
         }
         if !t.is_ready() {
-            let limit = roll
-                .cfg
-                .monitor_ms
-                .saturating_add(svc.spec.task.health.start_period_ms);
+            let h = &svc.spec.task.health;
+            let mut limit = roll.cfg.monitor_ms.saturating_add(h.start_period_ms);
+            if t.status.state == TaskState::Running && t.status.health == Health::Starting {
+                // Running, its check not passed yet: the first verdict comes an interval after
+                // the start and may take the check's timeout (an image's own check: Docker's
+                // defaults, its timing being unknown here).
+                limit = limit.saturating_add(if h.is_set() {
+                    h.interval_ms.saturating_add(h.timeout_ms)
+                } else {
+                    2 * DEFAULT_HEALTH_INTERVAL_MS
+                });
+            }
             // From its creation, or the end of its restart delay.
             let deadline = t.created_at_ms.max(t.not_before_ms).saturating_add(limit);
             if self.now >= deadline {

@@ -318,12 +318,14 @@ fn a_health_check_that_never_passes_fails_the_task_instead_of_stalling() {
     w.update(web, |s| {
         s.task.args = vec!["v2".into()];
         s.task.health.test = HealthTest::Cmd("never".into());
+        s.task.health.interval_ms = 1_000;
+        s.task.health.timeout_ms = 500;
     });
     let done = until_done(&mut w, web, 200, outcome, |_| {});
     assert_eq!(done.state, UpdateState::Paused);
     assert!(
         done.message
-            .ends_with("did not reach running (healthy) within 3s"),
+            .ends_with("did not reach running (healthy) within 4.5s"),
         "{}",
         done.message
     );
