@@ -1,7 +1,8 @@
 //! Rolling updates on real agents and real processes, through the CLI as an operator runs them:
 //! a good update with parallelism 2, a start-first update that never lowers the number of
 //! running processes (counted every 100 ms), a failing update rolled back, a health check that
-//! never passes pausing the update with a message, and a manual rollback.
+//! never passes pausing the update with a message, a manual rollback, and an update that goes
+//! on after its leader's agent dies.
 
 mod common;
 
@@ -65,7 +66,7 @@ fn command_lines(c: &Cluster) -> Vec<String> {
 #[test]
 fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     let _g = serial();
-    let c = Cluster::start(3);
+    let mut c = Cluster::start(3);
     c.form(3);
     c.shoal(
         0,
@@ -269,4 +270,44 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     assert_eq!(ps.matches("Running (healthy)").count(), 4, "{ps}");
     let ls = c.shoal(0, &["service", "ls"]).ok();
     assert!(ls.contains("4/4"), "{ls}");
+
+    // The leader's agent dies in the middle of a slow update: the new leader goes on from the
+    // replicated state, and the update completes.
+    c.shoal(
+        0,
+        &[
+            "service",
+            "update",
+            "-d",
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "2s",
+            "--args",
+            "5000",
+            "web",
+        ],
+    )
+    .ok();
+    c.wait("the first slot updated", || {
+        command_lines(&c)
+            .iter()
+            .any(|l| l == "sleep 5000")
+            .then_some(())
+    });
+    let leader = c.wait("a leader", || c.leader(0));
+    let li = c.index(&leader);
+    let other = (li + 1) % 3;
+    c.kill(li);
+    let v = c.wait("the update completed under the new leader", || {
+        let out = c.shoal(other, &["service", "inspect", "web"]);
+        let v: Value = serde_json::from_str(&out.stdout).ok()?;
+        (v[0]["update_status"]["state"] == "completed").then(|| v[0].clone())
+    });
+    assert_eq!(v["spec"]["task"]["args"][0], "5000");
+    // The old leader's agent comes back: it stops what was replaced while it was away.
+    c.spawn(li);
+    c.wait("4 processes of the last spec", || {
+        (command_lines(&c) == vec!["sleep 5000"; 4]).then_some(())
+    });
 }
