@@ -738,6 +738,54 @@ mod tests {
         Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
+    #[test]
+    fn rollout_and_health_options_are_checked_before_anything_is_sent() {
+        let (code, _, err, seen) = run_against(
+            &["service", "update", "--rollback", "--args", "x", "web"],
+            vec![],
+        );
+        assert_ne!(code, 0);
+        assert!(err.contains("--rollback cannot be combined"), "{err}");
+        assert!(seen.is_empty(), "{seen:?}");
+        let cases: [(&[&str], &str); 8] = [
+            (
+                &["--update-failure-action", "explode"],
+                "--update-failure-action",
+            ),
+            (
+                &["--rollback-failure-action", "rollback"],
+                "--rollback-failure-action",
+            ),
+            (
+                &["--update-max-failure-ratio", "1.5"],
+                "--update-max-failure-ratio",
+            ),
+            (&["--update-order", "sideways"], "--update-order"),
+            (
+                &["--health-cmd", "true", "--health-tcp", "80"],
+                "give one of",
+            ),
+            (
+                &["--no-healthcheck", "--health-interval", "1s"],
+                "--no-healthcheck",
+            ),
+            (&["--health-http", "ftp://x/"], "--health-http"),
+            (
+                &["--health-cmd", "true", "--health-retries", "0"],
+                "--health-retries",
+            ),
+        ];
+        for (opts, want) in cases {
+            let mut full = vec!["service", "create", "--name", "x"];
+            full.extend_from_slice(opts);
+            full.push("img");
+            let (code, _, err, seen) = run_against(&full, vec![]);
+            assert_ne!(code, 0, "{full:?}");
+            assert!(err.contains(want), "{full:?}: {err}");
+            assert!(seen.is_empty(), "{full:?}: {seen:?}");
+        }
+    }
+
     /// Runs a command line against a fake agent answering `answers`; returns the exit status,
     /// stdout, stderr and the requests as `METHOD path body`.
     fn run_against(
