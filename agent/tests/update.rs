@@ -227,6 +227,12 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     assert_eq!(v["update_status"]["state"], "paused", "{v}");
     let ls = c.shoal(0, &["service", "ls"]).ok();
     assert!(ls.contains("(paused)"), "{ls}");
+    // The stopped task says why in its own row too.
+    let ps = c.shoal(0, &["service", "ps", "--no-trunc", "web"]).ok();
+    assert!(
+        ps.contains("update: did not reach running (healthy) within 1.5s"),
+        "{ps}"
+    );
     // The slots beyond the first batch (parallelism 2) still serve the old spec.
     assert!(
         command_lines(&c)

@@ -1147,6 +1147,14 @@ pub enum TaskChange {
         /// The task.
         id: TaskId,
     },
+    /// Stop a task for a reason the node does not know (an update gave up on it): desired
+    /// shutdown, and the reason in its status until the node reports an error of its own.
+    Stop {
+        /// The task.
+        id: TaskId,
+        /// Why (`update: did not reach running (healthy) within 5s`).
+        reason: String,
+    },
     /// An update or rollback moved on (failures counted, paused, completed); applied only while
     /// the service is still at `version`.
     UpdateStatus {

@@ -446,6 +446,15 @@ impl ClusterState {
                         }
                     }
                 }
+                TaskChange::Stop { id, reason } => {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        if t.desired < TaskState::Shutdown {
+                            t.desired = TaskState::Shutdown;
+                            t.status.err = truncate(reason);
+                            t.version = index;
+                        }
+                    }
+                }
                 TaskChange::UpdateStatus {
                     service,
                     version,
@@ -625,7 +634,10 @@ impl ClusterState {
             } = &r.status;
             t.status.state = *state;
             t.status.message.clone_from(message);
-            t.status.err.clone_from(err);
+            // A stop without an error of the node's keeps the manager's reason for it.
+            if !(err.is_empty() && *state == TaskState::Shutdown) {
+                t.status.err.clone_from(err);
+            }
             t.status.exit_code = *exit_code;
             t.status.pid = *pid;
             t.status.container_id.clone_from(container_id);

@@ -730,19 +730,20 @@ impl<'a> Run<'a> {
             // From its creation, or the end of its restart delay.
             let deadline = t.created_at_ms.max(t.not_before_ms).saturating_add(limit);
             if self.now >= deadline {
-                roll.fail(
-                    t.id,
-                    format!(
-                        "did not reach running{} within {}",
-                        if svc.spec.task.health.is_set() {
-                            " (healthy)"
-                        } else {
-                            ""
-                        },
-                        duration_text(limit)
-                    ),
+                let why = format!(
+                    "did not reach running{} within {}",
+                    if svc.spec.task.health.is_set() {
+                        " (healthy)"
+                    } else {
+                        ""
+                    },
+                    duration_text(limit)
                 );
-                self.shutdown(t.id, TaskState::Shutdown);
+                self.changes.push(TaskChange::Stop {
+                    id: t.id,
+                    reason: format!("update: {why}"),
+                });
+                roll.fail(t.id, why);
                 roll.unsettled = true;
                 return false;
             }

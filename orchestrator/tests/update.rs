@@ -332,6 +332,10 @@ fn a_health_check_that_never_passes_fails_the_task_instead_of_stalling() {
     // The stalled task was stopped; the old tasks of the other slots still serve.
     let stalled = w.s.task(done.failed[0]).unwrap();
     assert!(stalled.desired >= TaskState::Shutdown);
+    assert_eq!(
+        stalled.status.err, "update: did not reach running (healthy) within 4.5s",
+        "the stopped task says why"
+    );
     assert!(args_of(&w, web).iter().filter(|a| *a == "v1").count() >= 2);
 }
 
