@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod raft_driver;
 pub mod services;
 pub mod sim_executor;
+pub mod stack;
 pub mod store;
 pub mod wire;
 pub mod worker;
