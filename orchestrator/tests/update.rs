@@ -479,6 +479,28 @@ fn a_global_service_updates_node_by_node() {
     assert_eq!(args_of(&w, g), vec!["v2"; 4]);
 }
 
+#[test]
+fn a_global_service_updates_start_first_without_a_gap() {
+    let mut w = World::new(3);
+    let mut g = spec("g", 0);
+    g.mode = ServiceMode::Global;
+    g.task.args = vec!["v1".into()];
+    g.update.monitor_ms = 1_000;
+    g.update.order = UpdateOrder::StartFirst;
+    g.update.parallelism = 0;
+    let g = w.create(g);
+    w.settle(20);
+    w.update(g, |s| s.task.args = vec!["v2".into()]);
+    let mut fewest = usize::MAX;
+    let done = until_done(&mut w, g, 400, outcome, |w| {
+        let up: BTreeSet<NodeId> = ready(w, g).iter().filter_map(|t| t.node).collect();
+        fewest = fewest.min(up.len());
+    });
+    assert_eq!(done.state, UpdateState::Completed);
+    assert_eq!(fewest, 3, "a node went without a running task");
+    assert_eq!(args_of(&w, g), vec!["v2"; 3]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
