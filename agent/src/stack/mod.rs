@@ -1,4 +1,5 @@
-//! `shoal stack`: applications from Compose files (Swarm's `docker stack`), starting with
-//! Compose's variable interpolation and `.env` files.
+//! `shoal stack`: applications from Compose files (Swarm's `docker stack`): Compose's variable
+//! interpolation and `.env` files, and reading and merging the files.
 
 pub mod interpolate;
+pub mod load;
