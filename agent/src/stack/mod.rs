@@ -1,5 +1,7 @@
 //! `shoal stack`: applications from Compose files (Swarm's `docker stack`): Compose's variable
-//! interpolation and `.env` files, and reading and merging the files.
+//! interpolation and `.env` files, reading and merging the files, and the fields that take
+//! several shapes.
 
+pub mod fields;
 pub mod interpolate;
 pub mod load;
