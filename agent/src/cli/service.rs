@@ -420,7 +420,8 @@ pub fn parse_cpus(s: &str) -> Result<u64, String> {
     Ok((v * 1e9).round() as u64)
 }
 
-fn parse_condition(s: &str) -> Result<RestartCondition, String> {
+/// A restart condition as the flags and Compose files take it: none, on-failure or any.
+pub fn parse_condition(s: &str) -> Result<RestartCondition, String> {
     match s {
         "none" => Ok(RestartCondition::None),
         "on-failure" => Ok(RestartCondition::OnFailure),
@@ -825,7 +826,7 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec, String> {
 }
 
 /// Splits `--args` on whitespace, keeping quoted groups together.
-fn split_args(s: &str) -> Result<Vec<String>, String> {
+pub fn split_args(s: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quote: Option<char> = None;

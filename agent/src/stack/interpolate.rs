@@ -161,10 +161,10 @@ fn expand(
         (":?", w)
     } else if let Some(w) = op.strip_prefix(":+") {
         (":+", w)
-    } else if op.is_empty() {
-        ("", "")
     } else {
-        op.split_at(1)
+        // One character (of any width) of operator, or none.
+        let len = op.chars().next().map_or(0, char::len_utf8);
+        op.split_at(len)
     };
     match (op, value) {
         ("", Some(v)) => Ok(v.to_string()),
@@ -359,6 +359,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
         /// No input panics, and text without `$` comes back unchanged.
         #[test]
         fn any_input_is_an_answer_not_a_panic(s in "\\PC{0,64}", t in "[^$]{0,64}") {

@@ -209,6 +209,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
         /// No input panics the loader.
         #[test]
         fn any_text_is_an_answer_not_a_panic(s in "\\PC{0,200}") {

@@ -5,3 +5,4 @@
 pub mod fields;
 pub mod interpolate;
 pub mod load;
+pub mod spec;
