@@ -97,13 +97,48 @@ const APPENDED: [&str; 7] = [
     "extra_hosts",
 ];
 
-/// Merges `over` into `base`: mappings key by key, the lists of [`APPENDED`] keys appended
-/// (without repeating an equal entry), anything else replaced.
+/// Merges `over` into `base`: mappings key by key, `environment` and `labels` by name in
+/// either form, the lists of [`APPENDED`] keys appended (without repeating an equal entry),
+/// anything else replaced.
 pub fn merge(base: &mut Value, over: Value) {
     merge_at(base, over, "");
 }
 
+/// Keys whose entries merge by name whether written as a list (`K=V`) or a mapping.
+const KEYED: [&str; 2] = ["environment", "labels"];
+
+/// A list of `K=V` (or bare `K`) as a mapping; a mapping as it is.
+fn as_mapping(v: Value) -> Option<Map<String, Value>> {
+    match v {
+        Value::Object(m) => Some(m),
+        Value::Array(items) => {
+            let mut m = Map::new();
+            for item in items {
+                let s = match item {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                match s.split_once('=') {
+                    Some((k, v)) => m.insert(k.to_string(), Value::String(v.to_string())),
+                    None => m.insert(s, Value::Null),
+                };
+            }
+            Some(m)
+        }
+        _ => None,
+    }
+}
+
 fn merge_at(base: &mut Value, over: Value, key: &str) {
+    if KEYED.contains(&key) && (base.is_array() || over.is_array()) {
+        if let (Some(mut b), Some(o)) = (as_mapping(base.take()), as_mapping(over.clone())) {
+            b.extend(o);
+            *base = Value::Object(b);
+            return;
+        }
+        *base = over;
+        return;
+    }
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
@@ -198,6 +233,22 @@ mod tests {
             }})
         );
         assert!(warnings.is_empty(), "{warnings:?}");
+        // environment merges by name, list or mapping.
+        let files = vec![
+            (
+                "a.yml".to_string(),
+                "services:\n  web:\n    environment: [A=1, B=2, C]\n".to_string(),
+            ),
+            (
+                "b.yml".to_string(),
+                "services:\n  web:\n    environment: {B: 3, D: 4}\n".to_string(),
+            ),
+        ];
+        let v = load(&files, &vars, &mut warnings).unwrap();
+        assert_eq!(
+            v["services"]["web"]["environment"],
+            json!({"A": "1", "B": 3, "C": null, "D": 4})
+        );
         let bad = vec![(
             "x.yml".to_string(),
             "services:\n  web:\n    image: ${IMAGE:?name the image}\n".to_string(),
