@@ -180,6 +180,13 @@ impl FailureAction {
             FailureAction::Rollback => "rollback",
         }
     }
+
+    /// The action named `s` (as [`FailureAction::name`] writes it).
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Pause, Self::Continue, Self::Rollback]
+            .into_iter()
+            .find(|a| a.name() == s)
+    }
 }
 
 /// Whether a slot's new task starts before or after its old one stops.
@@ -200,6 +207,13 @@ impl UpdateOrder {
             UpdateOrder::StopFirst => "stop-first",
             UpdateOrder::StartFirst => "start-first",
         }
+    }
+
+    /// The order named `s` (as [`UpdateOrder::name`] writes it).
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::StopFirst, Self::StartFirst]
+            .into_iter()
+            .find(|o| o.name() == s)
     }
 }
 
@@ -890,6 +904,15 @@ impl UpdateStatus {
 }
 
 impl Service {
+    /// The policy tasks are replaced by now: the rollback policy once a rollback began (until
+    /// the next update), else the update policy.
+    pub fn rollout_policy(&self) -> &UpdateConfig {
+        match &self.update_status {
+            Some(u) if u.state.is_rollback() => &self.spec.rollback,
+            _ => &self.spec.update,
+        }
+    }
+
     /// The spec a task of `version` was made from.
     pub fn spec_of(&self, version: u64) -> Option<&ServiceSpec> {
         if version == self.version {

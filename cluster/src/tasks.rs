@@ -530,18 +530,7 @@ impl ClusterState {
         }
         // One live task per slot (per node for global services), whatever the orchestrator saw;
         // a start-first rollout adds the new spec's task beside the old one, never a third.
-        let start_first = {
-            let rollback = service
-                .update_status
-                .as_ref()
-                .is_some_and(|u| u.state.is_rollback());
-            let policy = if rollback {
-                &service.spec.rollback
-            } else {
-                &service.spec.update
-            };
-            policy.order == UpdateOrder::StartFirst
-        };
+        let start_first = service.rollout_policy().order == UpdateOrder::StartFirst;
         let live: Vec<&Task> = self
             .slot_tasks(nt.service, key)
             .filter(|t| t.live())

@@ -88,12 +88,8 @@ impl<'a> Roll<'a> {
             .as_ref()
             .filter(|s| s.state.in_progress())
             .cloned();
-        let cfg = match &tracking {
-            Some(s) if s.state.is_rollback() => svc.spec.rollback,
-            _ => svc.spec.update,
-        };
         Roll {
-            cfg,
+            cfg: *svc.rollout_policy(),
             tracking,
             stale: Vec::new(),
             busy: 0,
@@ -618,16 +614,7 @@ impl<'a> Run<'a> {
         if active.len() < want {
             roll.unsettled = true;
         }
-        // The rolling update: failures judged, a few stale slots replaced, completion noted.
-        if self.judge(svc, &mut roll) {
-            for (key, cur) in roll.take_batch() {
-                if roll.cfg.order == UpdateOrder::StopFirst {
-                    self.shutdown(cur.id, TaskState::Shutdown);
-                }
-                let t = self.fresh(svc, key, None, Some(cur));
-                self.create(t);
-            }
-        }
+        self.roll_out(svc, &mut roll);
         // Scale up: the lowest free slot numbers.
         if active.len() < want {
             let taken: BTreeSet<u64> = active.iter().map(|(k, _, _, _)| *k).collect();
@@ -762,6 +749,26 @@ impl<'a> Run<'a> {
         true
     }
 
+    /// The rolling update: failures judged, a few stale slots (global: nodes) replaced, stop-first
+    /// or start-first, completion noted.
+    fn roll_out(&mut self, svc: &Service, roll: &mut Roll) {
+        if !self.judge(svc, roll) {
+            return;
+        }
+        let global = svc.spec.mode == ServiceMode::Global;
+        for (key, cur) in roll.take_batch() {
+            if roll.cfg.order == UpdateOrder::StopFirst {
+                self.shutdown(cur.id, TaskState::Shutdown);
+            }
+            let t = if global {
+                self.fresh(svc, 0, Some(key), Some(cur))
+            } else {
+                self.fresh(svc, key, None, Some(cur))
+            };
+            self.create(t);
+        }
+    }
+
     /// The update's decisions for this pass: failures counted against the ratio (pause,
     /// rollback or go on), completion recorded. True when stale slots may be replaced now.
     fn judge(&mut self, svc: &Service, roll: &mut Roll) -> bool {
@@ -800,18 +807,15 @@ impl<'a> Run<'a> {
                         return false;
                     }
                     (_, FailureAction::Continue) => {}
-                    (false, _) => {
-                        status.state = UpdateState::Paused;
+                    (rollback, _) => {
+                        let (state, what) = if rollback {
+                            (UpdateState::RollbackPaused, "rollback")
+                        } else {
+                            (UpdateState::Paused, "update")
+                        };
+                        status.state = state;
                         status.message = format!(
-                            "update paused due to failure or early termination of task {task}"
-                        );
-                        self.set_status(svc, status);
-                        return false;
-                    }
-                    (true, _) => {
-                        status.state = UpdateState::RollbackPaused;
-                        status.message = format!(
-                            "rollback paused due to failure or early termination of task {task}"
+                            "{what} paused due to failure or early termination of task {task}"
                         );
                         self.set_status(svc, status);
                         return false;
@@ -923,15 +927,7 @@ impl<'a> Run<'a> {
         if !fresh.is_empty() {
             roll.unsettled = true;
         }
-        if self.judge(svc, &mut roll) {
-            for (node, cur) in roll.take_batch() {
-                if roll.cfg.order == UpdateOrder::StopFirst {
-                    self.shutdown(cur.id, TaskState::Shutdown);
-                }
-                let t = self.fresh(svc, 0, Some(node), Some(cur));
-                self.create(t);
-            }
-        }
+        self.roll_out(svc, &mut roll);
         for node in fresh {
             let t = self.fresh(svc, 0, Some(node), None);
             self.create(t);

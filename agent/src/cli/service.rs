@@ -518,18 +518,16 @@ fn apply_rollout(
         c.delay_ms = ms(parse_duration(d).map_err(|e| format!("--{what}-delay: {e}"))?);
     }
     if let Some(a) = action {
-        c.failure_action = match a.as_str() {
-            "pause" => FailureAction::Pause,
-            "continue" => FailureAction::Continue,
-            "rollback" if what == "update" => FailureAction::Rollback,
-            _ if what == "update" => {
-                return Err(format!(
-                    "--update-failure-action {a:?}: expected pause, continue or rollback"
-                ))
-            }
-            _ => {
+        c.failure_action = match FailureAction::from_name(a) {
+            Some(FailureAction::Rollback) | None if what != "update" => {
                 return Err(format!(
                     "--rollback-failure-action {a:?}: expected pause or continue"
+                ))
+            }
+            Some(action) => action,
+            None => {
+                return Err(format!(
+                    "--update-failure-action {a:?}: expected pause, continue or rollback"
                 ))
             }
         };
@@ -541,15 +539,8 @@ fn apply_rollout(
         c.max_failure_ppm = parse_ratio(r, &format!("--{what}-max-failure-ratio"))?;
     }
     if let Some(o) = order {
-        c.order = match o.as_str() {
-            "stop-first" => UpdateOrder::StopFirst,
-            "start-first" => UpdateOrder::StartFirst,
-            _ => {
-                return Err(format!(
-                    "--{what}-order {o:?}: expected stop-first or start-first"
-                ))
-            }
-        };
+        c.order = UpdateOrder::from_name(o)
+            .ok_or_else(|| format!("--{what}-order {o:?}: expected stop-first or start-first"))?;
     }
     Ok(())
 }

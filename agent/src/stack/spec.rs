@@ -113,11 +113,14 @@ fn rollout(v: &Value, what: &str, rollback: bool) -> Result<UpdateConfig, String
         c.monitor_ms = millis(d, &format!("{what}.monitor"))?;
     }
     if let Some(a) = m.get("failure_action") {
-        c.failure_action = match (a.as_str(), rollback) {
-            (Some("pause"), _) => FailureAction::Pause,
-            (Some("continue"), _) => FailureAction::Continue,
-            (Some("rollback"), false) => FailureAction::Rollback,
-            _ => return Err(format!("{what}.failure_action: invalid value {a}")),
+        c.failure_action = match a.as_str().and_then(FailureAction::from_name) {
+            Some(FailureAction::Rollback) if rollback => {
+                return Err(format!(
+                    "{what}.failure_action: a rollback can pause or continue"
+                ))
+            }
+            Some(action) => action,
+            None => return Err(format!("{what}.failure_action: invalid value {a}")),
         };
     }
     if let Some(r) = m.get("max_failure_ratio") {
@@ -128,11 +131,10 @@ fn rollout(v: &Value, what: &str, rollback: bool) -> Result<UpdateConfig, String
         c.max_failure_ppm = (r * 1_000_000.0).round() as u32;
     }
     if let Some(o) = m.get("order") {
-        c.order = match o.as_str() {
-            Some("stop-first") => UpdateOrder::StopFirst,
-            Some("start-first") => UpdateOrder::StartFirst,
-            _ => return Err(format!("{what}.order: invalid value {o}")),
-        };
+        c.order = o
+            .as_str()
+            .and_then(UpdateOrder::from_name)
+            .ok_or_else(|| format!("{what}.order: invalid value {o}"))?;
     }
     Ok(c)
 }
