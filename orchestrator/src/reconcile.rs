@@ -352,6 +352,15 @@ impl<'a> Run<'a> {
             window_start = self.now;
         }
         if policy.max_attempts > 0 && restarts >= policy.max_attempts {
+            if policy.window_ms > 0 {
+                // The slot gets its next attempts when a new window opens: wake then, rather
+                // than whenever some other event happens to come.
+                self.wake_at(
+                    window_start
+                        .saturating_add(policy.window_ms)
+                        .saturating_add(1),
+                );
+            }
             return None;
         }
         let not_before = ended.saturating_add(policy.delay_ms);

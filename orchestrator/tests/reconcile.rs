@@ -106,6 +106,43 @@ fn restart_policy_none_on_failure_and_max_attempts_are_obeyed() {
 }
 
 #[test]
+fn attempts_exhausted_in_a_window_resume_when_the_window_ends() {
+    let mut w = World::new(1);
+    let mut s = spec("flaky", 1);
+    s.task.restart.condition = RestartCondition::OnFailure;
+    s.task.restart.delay_ms = 0;
+    s.task.restart.max_attempts = 2;
+    s.task.restart.window_ms = 30_000;
+    let svc = w.create(s);
+    let start = w.now;
+    let mut plan = w.pass();
+    for _ in 0..4 {
+        w.agents(|_| TaskState::Failed);
+        w.now += 1_000;
+        plan = w.pass();
+    }
+    assert_eq!(
+        w.s.slot_tasks(svc, 1).count(),
+        3,
+        "the first run and two restarts"
+    );
+    // Given up for this window, with a wake-up when the next one opens: nothing else need
+    // happen in the cluster for the slot to be tried again.
+    // The window began with the first restart, a second after the first start.
+    let window_start = start + 1_000;
+    assert!(w
+        .s
+        .slot_tasks(svc, 1)
+        .all(|t| t.window_start_ms <= window_start));
+    assert_eq!(plan.wake_at_ms, Some(window_start + 30_001));
+    w.now = window_start + 30_001;
+    w.pass();
+    w.agents(|_| TaskState::Running);
+    assert_eq!(w.running(svc).len(), 1);
+    assert_eq!(w.s.slot_tasks(svc, 1).count(), 4);
+}
+
+#[test]
 fn tasks_on_a_down_or_drained_node_are_replaced_elsewhere() {
     let mut w = World::new(3);
     let web = w.create(spec("web", 3));
