@@ -66,9 +66,38 @@ fn millis(v: &Value, what: &str) -> Result<u64, String> {
         .map_err(|e| format!("{what}: {e}"))
 }
 
+/// A whole number; a string of digits too, since an interpolated value (`replicas: ${N}`) is a
+/// string until the key's type is known, as in Compose.
 fn count(v: &Value, what: &str) -> Result<u64, String> {
-    v.as_u64()
-        .ok_or_else(|| format!("{what}: expected a whole number, not {v}"))
+    match v {
+        Value::String(s) => s.trim().parse().ok(),
+        _ => v.as_u64(),
+    }
+    .ok_or_else(|| format!("{what}: expected a whole number, not {v}"))
+}
+
+/// A number (or a string holding one, as [`count`]).
+fn number(v: &Value, what: &str) -> Result<f64, String> {
+    match v {
+        Value::String(s) => s.trim().parse().ok().filter(|x: &f64| x.is_finite()),
+        _ => v.as_f64(),
+    }
+    .ok_or_else(|| format!("{what}: expected a number, not {v}"))
+}
+
+/// A boolean: `true`/`false`, or after interpolation the strings Compose takes for them
+/// (`true`, `yes`, `y`, `on`, `1` and their opposites, any case).
+pub(super) fn flag(v: &Value, what: &str) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "y" | "on" | "1" => Some(true),
+            "false" | "no" | "n" | "off" | "0" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+    .ok_or_else(|| format!("{what}: expected true or false, not {v}"))
 }
 
 /// Refuses keys of `map` outside `known` (except `x-` extensions).
@@ -124,8 +153,8 @@ fn rollout(v: &Value, what: &str, rollback: bool) -> Result<UpdateConfig, String
         };
     }
     if let Some(r) = m.get("max_failure_ratio") {
-        let r = r
-            .as_f64()
+        let r = number(r, &format!("{what}.max_failure_ratio"))
+            .ok()
             .filter(|r| (0.0..=1.0).contains(r))
             .ok_or_else(|| format!("{what}.max_failure_ratio: expected a number from 0 to 1"))?;
         c.max_failure_ppm = (r * 1_000_000.0).round() as u32;
@@ -194,8 +223,10 @@ fn volume(v: &Value, what: &str, base: &std::path::Path) -> Result<MountSpec, St
                     spec.push_str(&format!(",{k}={val}"));
                 }
             }
-            if m.get("read_only").and_then(Value::as_bool) == Some(true) {
-                spec.push_str(",readonly");
+            if let Some(r) = m.get("read_only") {
+                if flag(r, &format!("{what}.read_only"))? {
+                    spec.push_str(",readonly");
+                }
             }
             parse_mount(&spec).map_err(|e| format!("{what}: {e}"))
         }
@@ -276,7 +307,7 @@ pub fn service_spec(
         spec.task.user = text(u, &format!("{what}.user"))?;
     }
     if let Some(r) = m.get("read_only") {
-        spec.task.read_only = r.as_bool().unwrap_or(false);
+        spec.task.read_only = flag(r, &format!("{what}.read_only"))?;
     }
     if let Some(p) = m.get("ports") {
         spec.task.ports = ports(p, name)?;
@@ -308,7 +339,11 @@ pub fn service_spec(
             &hw,
         )?;
         let health = &mut spec.task.health;
-        if hm.get("disable").and_then(Value::as_bool) == Some(true) {
+        let disabled = match hm.get("disable") {
+            Some(d) => flag(d, &format!("{hw}.disable"))?,
+            None => false,
+        };
+        if disabled {
             health.test = HealthTest::Disabled;
         } else if let Some(t) = hm.get("test") {
             health.test = match t {
@@ -660,6 +695,50 @@ mod tests {
         ] {
             let e = build(bad.clone()).unwrap_err();
             assert!(e.starts_with("service web"), "{bad}: {e}");
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn interpolated_numbers_and_booleans_are_read_by_the_key_type() {
+        // After `${VAR}` interpolation every value is a string, as in Compose.
+        let (s, _) = build(json!({
+            "image": "nginx",
+            "read_only": "yes",
+            "healthcheck": {"test": "true", "disable": "false"},
+            "volumes": [{"type": "bind", "source": "/srv", "target": "/x", "read_only": "true"}],
+            "deploy": {
+                "replicas": "4",
+                "placement": {"max_replicas_per_node": "2"},
+                "restart_policy": {"max_attempts": " 3 "},
+                "update_config": {"parallelism": "2", "max_failure_ratio": "0.25"}
+            }
+        }))
+        .unwrap();
+        assert_eq!(s.mode, ServiceMode::Replicated { replicas: 4 });
+        assert!(s.task.read_only);
+        assert!(s.task.mounts[0].read_only);
+        assert_eq!(s.task.placement.max_replicas_per_node, 2);
+        assert_eq!(s.task.restart.max_attempts, 3);
+        assert_eq!(s.update.parallelism, 2);
+        assert_eq!(s.update.max_failure_ppm, 250_000);
+        assert_eq!(s.task.health.test, HealthTest::Cmd("true".into()));
+        for (bad, want) in [
+            (
+                json!({"image": "x", "deploy": {"replicas": "three"}}),
+                "replicas",
+            ),
+            (
+                json!({"image": "x", "deploy": {"replicas": "-1"}}),
+                "replicas",
+            ),
+            (json!({"image": "x", "read_only": "maybe"}), "read_only"),
+            (
+                json!({"image": "x", "deploy": {"update_config": {"max_failure_ratio": "NaN"}}}),
+                "max_failure_ratio",
+            ),
+        ] {
+            let e = build(bad.clone()).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }
