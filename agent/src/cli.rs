@@ -19,6 +19,7 @@ use crate::client::{self, encode_segment};
 use crate::format;
 
 pub mod service;
+pub mod stack;
 
 /// The name of the agent's control socket in its data directory.
 pub const SOCKET_NAME: &str = "shoal.sock";
@@ -73,6 +74,12 @@ pub enum Command {
         /// The service command.
         #[command(subcommand)]
         cmd: service::ServiceCmd,
+    },
+    /// Manage stacks (applications from Compose files): deploy, ls, services, ps, rm, config
+    Stack {
+        /// The stack command.
+        #[command(subcommand)]
+        cmd: stack::StackCmd,
     },
     /// Show what the agent knows about itself and its swarm
     Info {
@@ -305,6 +312,7 @@ pub fn run_with(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             Command::Swarm { cmd } => swarm(&agent, cmd, &mut ui),
             Command::Node { cmd } => node(&agent, cmd, &mut ui),
             Command::Service { cmd } => service::service(&agent, cmd, &mut ui),
+            Command::Stack { cmd } => stack::stack(&agent, cmd, &mut ui),
             Command::Info { format } => info(&agent, format.as_deref(), &mut ui),
             Command::Agent(_) | Command::Demo(_) => Ok(()),
         }
@@ -341,6 +349,12 @@ impl Ui<'_> {
                 self.error(&format!("cannot write the output: {e}"));
             }
         }
+    }
+
+    /// Prints a warning line on stderr (the run does not fail).
+    fn warn(&mut self, message: &str) {
+        let _ = writeln!(self.err, "{}", one_line(message));
+        let _ = self.err.flush();
     }
 
     /// Prints `Error: <message>` (on one line) on stderr and marks the run failed.

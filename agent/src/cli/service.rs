@@ -934,7 +934,7 @@ pub fn update_spec(current: &ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec,
 
 // ------------------------------------------------------------------ output
 
-fn short(id: &str, no_trunc: bool) -> &str {
+pub(super) fn short(id: &str, no_trunc: bool) -> &str {
     if no_trunc {
         id
     } else {
@@ -942,7 +942,7 @@ fn short(id: &str, no_trunc: bool) -> &str {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -1244,7 +1244,10 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
     out
 }
 
-fn filter_tasks(tasks: Vec<TaskView>, filters: &[String]) -> Result<Vec<TaskView>, String> {
+pub(super) fn filter_tasks(
+    tasks: Vec<TaskView>,
+    filters: &[String],
+) -> Result<Vec<TaskView>, String> {
     let mut parsed = Vec::new();
     for f in filters {
         let (k, v) = f
@@ -1281,7 +1284,7 @@ fn filter_tasks(tasks: Vec<TaskView>, filters: &[String]) -> Result<Vec<TaskView
 
 // ------------------------------------------------------------------ commands
 
-fn service_path(service: &str, suffix: &str) -> String {
+pub(super) fn service_path(service: &str, suffix: &str) -> String {
     format!("/v1/services/{}{suffix}", encode_segment(service))
 }
 
@@ -1292,7 +1295,7 @@ fn check_service_arg(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn inspect(agent: &Agent, service: &str) -> Result<ServiceView, String> {
+pub(super) fn inspect(agent: &Agent, service: &str) -> Result<ServiceView, String> {
     check_service_arg(service)?;
     match agent.call("GET", &service_path(service, ""), None)? {
         Response::Service { service } => Ok(*service),
@@ -1300,7 +1303,11 @@ fn inspect(agent: &Agent, service: &str) -> Result<ServiceView, String> {
     }
 }
 
-fn tasks(agent: &Agent, services: &[String], node: Option<&str>) -> Result<Vec<TaskView>, String> {
+pub(super) fn tasks(
+    agent: &Agent,
+    services: &[String],
+    node: Option<&str>,
+) -> Result<Vec<TaskView>, String> {
     let body = json!({ "services": services, "node": node });
     match agent.call("POST", "/v1/tasks", Some(&body))? {
         Response::Tasks { tasks } => Ok(tasks),
@@ -1308,7 +1315,7 @@ fn tasks(agent: &Agent, services: &[String], node: Option<&str>) -> Result<Vec<T
     }
 }
 
-fn update(
+pub(super) fn update(
     agent: &Agent,
     service: &str,
     version: u64,
@@ -1641,11 +1648,14 @@ fn step(state: &str) -> u64 {
     }
 }
 
-/// Where the service stands: (running current tasks, desired, per-slot state line, errors).
-struct Progress {
-    running: u64,
-    desired: u64,
-    slots: BTreeMap<String, (String, String)>,
+/// Where a service stands.
+pub(super) struct Progress {
+    /// Its current, wanted tasks that run its current spec.
+    pub running: u64,
+    /// How many it wants.
+    pub desired: u64,
+    /// Per slot (or node, for a global service): state and error.
+    pub slots: BTreeMap<String, (String, String)>,
 }
 
 fn progress(view: &ServiceView, tasks: &[TaskView]) -> Progress {
@@ -1679,9 +1689,111 @@ fn counts_as_running(state: &str) -> bool {
     state == "Running" || state == "Running (healthy)"
 }
 
-/// Follows a service until every wanted task runs and stays running for [`VERIFY`]; with
-/// `rollout`, also until its update or rollback has ended: a paused one is an error (its
-/// message), a rollback is announced as docker does and its cause returned.
+/// One service followed until it has converged: every wanted task runs and stays running for
+/// [`VERIFY`]; with `rollout`, also until its update or rollback has ended.
+pub(super) struct Follower {
+    id: String,
+    rollout: bool,
+    stable_since: Option<Instant>,
+    rolling_back: Option<String>,
+    shown_errors: BTreeMap<String, String>,
+}
+
+/// What one look at a followed service found.
+pub(super) struct Look {
+    /// The service's name (cleaned for a terminal).
+    pub name: String,
+    /// Its tasks' progress.
+    pub progress: Progress,
+    /// `overall progress`, or `overall progress: rolling back update`.
+    pub what: &'static str,
+    /// The rollback's cause, the first time a rollback is seen.
+    pub rollback_started: Option<String>,
+    /// Slot errors not reported before: (slot, state, error).
+    pub new_errors: Vec<(String, String, String)>,
+    /// Set once it has ended: converged (with the rollback's cause if the update was rolled
+    /// back), or an error (a paused update's message).
+    pub outcome: Option<Result<Option<String>, String>>,
+}
+
+impl Follower {
+    /// Follows service `id` (`rollout`: also its update or rollback).
+    pub(super) fn new(id: &str, rollout: bool) -> Follower {
+        Follower {
+            id: id.to_string(),
+            rollout,
+            stable_since: None,
+            rolling_back: None,
+            shown_errors: BTreeMap::new(),
+        }
+    }
+
+    /// Looks at the service and its tasks once.
+    pub(super) fn look(&mut self, agent: &Agent) -> Result<Look, String> {
+        let view = inspect(agent, &self.id)?;
+        let list = tasks(agent, std::slice::from_ref(&view.id), None)?;
+        let p = progress(&view, &list);
+        let name = clean(&view.spec.name).into_owned();
+        let mut look = Look {
+            name,
+            what: "overall progress",
+            rollback_started: None,
+            new_errors: Vec::new(),
+            outcome: None,
+            progress: Progress {
+                running: 0,
+                desired: 0,
+                slots: BTreeMap::new(),
+            },
+        };
+        let status = view.update_status.as_ref().filter(|_| self.rollout);
+        if let Some(u) = status {
+            if u.state.is_rollback() && self.rolling_back.is_none() {
+                let why = clean(&u.message).into_owned();
+                self.rolling_back = Some(why.clone());
+                look.rollback_started = Some(why);
+            }
+            if matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused) {
+                look.outcome = Some(Err(clean(&u.message).into_owned()));
+            }
+        }
+        if self.rolling_back.is_some() {
+            look.what = "overall progress: rolling back update";
+        }
+        for (slot, (state, err)) in &p.slots {
+            if !err.is_empty() && self.shown_errors.get(slot) != Some(err) {
+                look.new_errors
+                    .push((slot.clone(), state.to_ascii_lowercase(), err.clone()));
+                self.shown_errors.insert(slot.clone(), err.clone());
+            }
+        }
+        let settled = status.is_none_or(|u| !u.state.in_progress());
+        let done = settled
+            && p.running >= p.desired
+            && p.slots
+                .values()
+                .filter(|(s, _)| counts_as_running(s))
+                .count() as u64
+                >= p.desired;
+        if done {
+            let since = *self.stable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= VERIFY && look.outcome.is_none() {
+                look.outcome = Some(Ok(self.rolling_back.clone()));
+            }
+        } else {
+            self.stable_since = None;
+        }
+        look.progress = p;
+        Ok(look)
+    }
+}
+
+/// The time between two looks at a converging service.
+pub(super) const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// Follows a service until it has converged (see [`Follower`]), drawing a bar per slot on a
+/// terminal and plain lines otherwise: a paused update is an error (its message), a rollback
+/// is announced as docker does and its cause returned.
 fn converge(
     agent: &Agent,
     id: &str,
@@ -1696,105 +1808,72 @@ fn converge(
         BTreeMap<String, indicatif::ProgressBar>,
     )> = None;
     let mut last_line = String::new();
-    let mut stable_since: Option<Instant> = None;
-    let mut shown_errors: BTreeMap<String, String> = BTreeMap::new();
-    let mut rolling_back: Option<String> = None;
+    let mut follower = Follower::new(id, rollout);
     loop {
-        let view = inspect(agent, id)?;
-        let list = tasks(agent, std::slice::from_ref(&view.id), None)?;
-        let p = progress(&view, &list);
-        let status = view.update_status.as_ref().filter(|_| rollout);
-        if let Some(u) = status {
-            if u.state.is_rollback() && rolling_back.is_none() {
-                rolling_back = Some(clean(&u.message).into_owned());
-                if show {
-                    if let Some((multi, _, _)) = &bars {
-                        let _ = multi.println(format!("rollback: {}", clean(&u.message)));
-                    } else {
-                        ui.print(&format!("rollback: {}", clean(&u.message)));
-                    }
-                }
+        let look = follower.look(agent)?;
+        let p = &look.progress;
+        if let (Some(why), true) = (&look.rollback_started, show) {
+            if let Some((multi, _, _)) = &bars {
+                let _ = multi.println(format!("rollback: {why}"));
+            } else {
+                ui.print(&format!("rollback: {why}"));
             }
-            if matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused) {
+        }
+        if show && tty {
+            let (multi, overall, per_slot) = bars.get_or_insert_with(|| {
+                let multi = indicatif::MultiProgress::new();
+                let overall = multi.add(indicatif::ProgressBar::new(p.desired.max(1)));
+                overall.set_style(
+                    indicatif::ProgressStyle::with_template("{msg}: {pos} out of {len} tasks")
+                        .expect("template"),
+                );
+                (multi, overall, BTreeMap::new())
+            });
+            overall.set_message(look.what);
+            overall.set_length(p.desired);
+            overall.set_position(p.running);
+            for (slot, (state, err)) in p.slots.iter().take(20) {
+                let bar = per_slot.entry(slot.clone()).or_insert_with(|| {
+                    let b = multi.add(indicatif::ProgressBar::new(8));
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(&format!(
+                            "{}/{}: {{msg:<10}} [{{bar:50.cyan/blue}}]",
+                            slot.trim(),
+                            p.desired
+                        ))
+                        .expect("template")
+                        .progress_chars("=> "),
+                    );
+                    b
+                });
+                bar.set_position(step(state));
+                bar.set_message(if err.is_empty() {
+                    state.to_ascii_lowercase()
+                } else {
+                    err.clone()
+                });
+            }
+        } else if show {
+            let line = format!("{}: {} out of {} tasks", look.what, p.running, p.desired);
+            if line != last_line {
+                ui.print(&line);
+                last_line = line;
+            }
+            for (slot, state, err) in &look.new_errors {
+                ui.print(&format!("{}/{}: {state}: {err}", slot.trim(), p.desired));
+            }
+        }
+        match look.outcome {
+            Some(Err(paused)) => {
                 if let Some((_, overall, per_slot)) = &bars {
                     for b in per_slot.values() {
                         b.abandon();
                     }
                     overall.abandon();
                 }
-                return Err(clean(&u.message).into_owned());
+                return Err(paused);
             }
-        }
-        let settled = status.is_none_or(|u| !u.state.in_progress());
-        let done = settled
-            && p.running >= p.desired
-            && p.slots
-                .values()
-                .filter(|(s, _)| counts_as_running(s))
-                .count() as u64
-                >= p.desired;
-        let what = if rolling_back.is_some() {
-            "overall progress: rolling back update"
-        } else {
-            "overall progress"
-        };
-        if show {
-            if tty {
-                let (multi, overall, per_slot) = bars.get_or_insert_with(|| {
-                    let multi = indicatif::MultiProgress::new();
-                    let overall = multi.add(indicatif::ProgressBar::new(p.desired.max(1)));
-                    overall.set_style(
-                        indicatif::ProgressStyle::with_template("{msg}: {pos} out of {len} tasks")
-                            .expect("template"),
-                    );
-                    (multi, overall, BTreeMap::new())
-                });
-                overall.set_message(what);
-                overall.set_length(p.desired);
-                overall.set_position(p.running);
-                for (slot, (state, err)) in p.slots.iter().take(20) {
-                    let bar = per_slot.entry(slot.clone()).or_insert_with(|| {
-                        let b = multi.add(indicatif::ProgressBar::new(8));
-                        b.set_style(
-                            indicatif::ProgressStyle::with_template(&format!(
-                                "{}/{}: {{msg:<10}} [{{bar:50.cyan/blue}}]",
-                                slot.trim(),
-                                p.desired
-                            ))
-                            .expect("template")
-                            .progress_chars("=> "),
-                        );
-                        b
-                    });
-                    bar.set_position(step(state));
-                    bar.set_message(if err.is_empty() {
-                        state.to_ascii_lowercase()
-                    } else {
-                        err.clone()
-                    });
-                }
-            } else {
-                let line = format!("{what}: {} out of {} tasks", p.running, p.desired);
-                if line != last_line {
-                    ui.print(&line);
-                    last_line = line;
-                }
-                for (slot, (state, err)) in &p.slots {
-                    if !err.is_empty() && shown_errors.get(slot) != Some(err) {
-                        ui.print(&format!(
-                            "{}/{}: {}: {err}",
-                            slot.trim(),
-                            p.desired,
-                            state.to_ascii_lowercase()
-                        ));
-                        shown_errors.insert(slot.clone(), err.clone());
-                    }
-                }
-            }
-        }
-        if done {
-            let since = *stable_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= VERIFY {
+            Some(Ok(rolled_back)) => {
                 if let Some((_, overall, per_slot)) = &bars {
                     for b in per_slot.values() {
                         b.finish();
@@ -1804,17 +1883,13 @@ fn converge(
                 if show {
                     // After the bars, on a line of its own.
                     let lead = if bars.is_some() { "\n" } else { "" };
-                    ui.print(&format!(
-                        "{lead}verify: Service {} converged",
-                        clean(&view.spec.name)
-                    ));
+                    ui.print(&format!("{lead}verify: Service {} converged", look.name));
                 }
-                return Ok(rolling_back);
+                return Ok(rolled_back);
             }
-        } else {
-            stable_since = None;
+            None => {}
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(LOOK_EVERY);
     }
 }
 

@@ -5,4 +5,5 @@
 pub mod fields;
 pub mod interpolate;
 pub mod load;
+pub mod project;
 pub mod spec;
