@@ -472,8 +472,49 @@ impl<'a> Run<'a> {
     }
 
     /// A task that is wanted and waiting: promote a restart whose delay has passed.
+    /// The slot key of a task: its slot (replicated) or its node (global).
+    fn slot_key(t: &Task) -> u64 {
+        if t.slot > 0 {
+            t.slot
+        } else {
+            t.node.unwrap_or(0)
+        }
+    }
+
+    /// Whether an older task of `t`'s slot was told to stop and may still be running (it has
+    /// not reported an end and its node is not down): a stop-first replacement waits for it,
+    /// as Swarm's does, so that what the old task held (a host port, a volume) is free when the
+    /// new one starts.
+    fn old_still_stopping(&self, t: &Task) -> bool {
+        self.state
+            .slot_tasks(t.service, Self::slot_key(t))
+            .any(|o| {
+                o.created_index < t.created_index
+                    && !o.wanted()
+                    && !o.status.state.is_terminal()
+                    && o.node
+                        .and_then(|n| self.state.node(n))
+                        .is_some_and(|n| n.status.state != NodeState::Down)
+            })
+    }
+
+    /// When the older tasks of `t`'s slot last reported an end (0: none did): a stop-first
+    /// replacement's time to start counts from then.
+    fn olds_ended_at(&self, t: &Task) -> u64 {
+        self.state
+            .slot_tasks(t.service, Self::slot_key(t))
+            .filter(|o| o.created_index < t.created_index && o.status.state.is_terminal())
+            .map(|o| o.status.timestamp_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn promote(&mut self, t: &Task) {
         if t.desired == TaskState::Ready {
+            // Its stop report brings the next pass.
+            if self.old_still_stopping(t) {
+                return;
+            }
             if self.now >= t.not_before_ms {
                 self.changes.push(TaskChange::Desired {
                     id: t.id,
@@ -710,6 +751,13 @@ impl<'a> Run<'a> {
             }
             return true;
         }
+        if !t.is_ready() && t.desired == TaskState::Ready && self.old_still_stopping(t) {
+            // Stop-first: not started before the old task has stopped, however long its stop
+            // grace period.
+            roll.busy += 1;
+            roll.unsettled = true;
+            return true;
+        }
         if !t.is_ready() {
             let h = &svc.spec.task.health;
             let mut limit = roll.cfg.monitor_ms.saturating_add(h.start_period_ms);
@@ -723,8 +771,13 @@ impl<'a> Run<'a> {
                     2 * DEFAULT_HEALTH_INTERVAL_MS
                 });
             }
-            // From its creation, or the end of its restart delay.
-            let deadline = t.created_at_ms.max(t.not_before_ms).saturating_add(limit);
+            // From its creation, the end of its restart delay, or (stop-first) the end of
+            // the task it replaces.
+            let deadline = t
+                .created_at_ms
+                .max(t.not_before_ms)
+                .max(self.olds_ended_at(t))
+                .saturating_add(limit);
             if self.now >= deadline {
                 let why = format!(
                     "did not reach running{} within {}",
@@ -766,14 +819,18 @@ impl<'a> Run<'a> {
         }
         let global = svc.spec.mode == ServiceMode::Global;
         for (key, cur) in roll.take_batch() {
-            if roll.cfg.order == UpdateOrder::StopFirst {
-                self.shutdown(cur.id, TaskState::Shutdown);
-            }
-            let t = if global {
+            let mut t = if global {
                 self.fresh(svc, 0, Some(key), Some(cur))
             } else {
                 self.fresh(svc, key, None, Some(cur))
             };
+            if roll.cfg.order == UpdateOrder::StopFirst {
+                self.shutdown(cur.id, TaskState::Shutdown);
+                if cur.node.is_some() && !cur.status.state.is_terminal() {
+                    // Started once the old task has stopped (see `promote`).
+                    t.desired = TaskState::Ready;
+                }
+            }
             self.create(t);
         }
     }

@@ -141,6 +141,35 @@ fn stop_first_replaces_at_most_parallelism_slots_at_once_and_completes_after_the
 }
 
 #[test]
+fn stop_first_starts_the_new_task_only_once_the_old_one_has_stopped() {
+    // One slot whose old task holds something the new one needs (a host port, a volume).
+    let (mut w, web) = world(1, 1, |s| s.update.order = UpdateOrder::StopFirst);
+    let old = w.running(web)[0].id;
+    w.update(web, |s| s.task.args = vec!["v2".into()]);
+    w.pass();
+    let new =
+        w.s.tasks_of_service(web)
+            .find(|t| t.id != old && t.wanted())
+            .map(|t| t.id)
+            .expect("a replacement");
+    // The old task takes its time to stop (a long stop grace period): its replacement is
+    // placed but not started, however long that takes, and that is no failure of the update.
+    for _ in 0..30 {
+        w.now += 1_000;
+        w.pass();
+        assert_eq!(w.s.task(old).unwrap().status.state, TaskState::Running);
+        assert_eq!(w.s.task(new).unwrap().desired, TaskState::Ready);
+    }
+    assert_eq!(status(&w, web).state, UpdateState::Updating);
+    // Once it has stopped, the new task starts and the update completes without failure.
+    let done = until_done(&mut w, web, 100, outcome, |_| {});
+    assert_eq!(done.state, UpdateState::Completed);
+    assert!(done.failed.is_empty(), "{done:?}");
+    assert_eq!(args_of(&w, web), vec!["v2"]);
+    assert_eq!(w.s.task(new).unwrap().status.state, TaskState::Running);
+}
+
+#[test]
 fn the_delay_spaces_a_worker_s_slots() {
     let (mut w, web) = world(2, 4, |s| s.update.delay_ms = 3_000);
     w.update(web, |s| s.task.args = vec!["v2".into()]);

@@ -160,13 +160,17 @@ impl World {
     }
 
     /// Every agent that is up acts once: starts what should run, stops what should stop.
-    pub fn agents(&mut self, outcome: impl Fn(&Task) -> TaskState) {
-        self.agents_health(|t, _| (outcome(t), Health::None));
+    pub fn agents(&mut self, outcome: impl Fn(&Task) -> TaskState) -> bool {
+        self.agents_health(|t, _| (outcome(t), Health::None))
     }
 
     /// Every agent that is up acts once: stops what should stop, and moves each task that should
     /// run to the state (and health, once running) `outcome` gives for it and its spec.
-    pub fn agents_health(&mut self, outcome: impl Fn(&Task, &TaskSpec) -> (TaskState, Health)) {
+    /// True when some agent reported something (the leader then runs another pass).
+    pub fn agents_health(
+        &mut self,
+        outcome: impl Fn(&Task, &TaskSpec) -> (TaskState, Health),
+    ) -> bool {
         let mut by_node: BTreeMap<NodeId, Vec<TaskReport>> = BTreeMap::new();
         for t in self.s.tasks().values() {
             let Some(n) = t.node else { continue };
@@ -204,6 +208,7 @@ impl World {
                     .push(TaskReport { id: t.id, status });
             }
         }
+        let reported = !by_node.is_empty();
         for (node, reports) in by_node {
             let now = self.now;
             self.apply(Command::ReportTasks {
@@ -213,15 +218,17 @@ impl World {
             })
             .unwrap();
         }
+        reported
     }
 
-    /// Passes and agent rounds (1 s apart) until a pass changes nothing, at most `rounds`.
+    /// Passes and agent rounds (1 s apart) until a pass changes nothing and no agent had
+    /// anything to report, at most `rounds`.
     pub fn settle(&mut self, rounds: usize) -> usize {
         for round in 0..rounds {
             let plan = self.pass();
-            self.agents(|_| TaskState::Running);
+            let reported = self.agents(|_| TaskState::Running);
             self.check();
-            if plan.changes.is_empty() && !self.agents_busy() {
+            if plan.changes.is_empty() && !reported && !self.agents_busy() {
                 return round;
             }
             self.now += 1_000;
