@@ -1697,6 +1697,8 @@ pub(super) struct Follower {
     stable_since: Option<Instant>,
     rolling_back: Option<String>,
     shown_errors: BTreeMap<String, String>,
+    /// When the follow began (Unix ms).
+    since_ms: u64,
 }
 
 /// What one look at a followed service found.
@@ -1725,6 +1727,7 @@ impl Follower {
             stable_since: None,
             rolling_back: None,
             shown_errors: BTreeMap::new(),
+            since_ms: now_ms(),
         }
     }
 
@@ -1749,7 +1752,24 @@ impl Follower {
         let status = view.update_status.as_ref().filter(|_| self.rollout);
         if let Some(u) = status {
             if u.state.is_rollback() && self.rolling_back.is_none() {
-                let why = clean(&u.message).into_owned();
+                let mut why = clean(&u.message).into_owned();
+                // A quick rollback may be over before this look: its message then says only
+                // that, so the error of a task that failed since the follow began says why
+                // (clocks of the CLI and the nodes may differ by a few seconds).
+                if !u.state.in_progress() {
+                    let failed = list
+                        .iter()
+                        .filter(|t| !t.err.is_empty() && !why.contains(t.err.as_str()))
+                        .filter(|t| t.state_since_ms + 5_000 >= self.since_ms)
+                        .max_by_key(|t| t.state_since_ms);
+                    if let Some(t) = failed {
+                        why = format!(
+                            "{why}: task {} failed: {}",
+                            short(&t.id, false),
+                            clean(&t.err)
+                        );
+                    }
+                }
                 self.rolling_back = Some(why.clone());
                 look.rollback_started = Some(why);
             }
