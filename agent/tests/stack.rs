@@ -10,39 +10,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{running_task_pids, Cluster, SERIAL};
+use common::{Cluster, SERIAL};
 use serde_json::Value;
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Task processes running on every node now.
-fn processes(c: &Cluster) -> usize {
-    c.nodes
-        .iter()
-        .map(|n| running_task_pids(&n.dir).len())
-        .sum()
-}
-
-/// The command lines of the task processes on every node.
-fn command_lines(c: &Cluster) -> Vec<String> {
-    let mut v = Vec::new();
-    for n in &c.nodes {
-        for pid in running_task_pids(&n.dir) {
-            if let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-                v.push(
-                    raw.split(|b| *b == 0)
-                        .filter(|p| !p.is_empty())
-                        .map(|p| String::from_utf8_lossy(p).into_owned())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-            }
-        }
-    }
-    v.sort();
-    v
 }
 
 fn inspect(c: &Cluster, service: &str) -> Value {
@@ -144,7 +116,7 @@ fn a_stack_deploys_updates_prunes_and_is_removed_only_when_its_tasks_are_gone() 
         );
     }
     // Returned once converged: every task runs now (3 web, 2 api, one agent per node).
-    assert_eq!(processes(&c), 8, "{:?}", command_lines(&c));
+    assert_eq!(c.processes(), 8, "{:?}", c.command_lines());
     let web = inspect(&c, "app_web");
     assert_eq!(
         web["spec"]["labels"]["com.docker.stack.namespace"], "app",
@@ -211,7 +183,7 @@ fn a_stack_deploys_updates_prunes_and_is_removed_only_when_its_tasks_are_gone() 
     let err = c.shoal(0, &["stack", "deploy", "-c", file, "app"]).err();
     assert!(err.contains("docker-compose.yml:"), "{err}");
     assert_eq!(inspect(&c, "app_web")["version"], version);
-    assert_eq!(processes(&c), 8);
+    assert_eq!(c.processes(), 8);
 
     // Edited (a variable in .env): web goes through its rolling update, the rest is untouched.
     write(&app, "docker-compose.yml", COMPOSE);
@@ -238,7 +210,7 @@ fn a_stack_deploys_updates_prunes_and_is_removed_only_when_its_tasks_are_gone() 
     assert_eq!(web["update_status"]["state"], "completed", "{web}");
     assert_eq!(inspect(&c, "app_api")["version"], api_version);
     c.wait("the old web processes gone", || {
-        let lines = command_lines(&c);
+        let lines = c.command_lines();
         (lines
             .iter()
             .filter(|l| l.as_str() == "sleep 100010")
@@ -264,7 +236,7 @@ fn a_stack_deploys_updates_prunes_and_is_removed_only_when_its_tasks_are_gone() 
     let out = c.shoal(0, &["stack", "rm", "app"]).ok();
     assert!(out.contains("Removing service app_api"), "{out}");
     assert!(out.contains("Removing service app_web"), "{out}");
-    assert_eq!(processes(&c), 0, "{:?}", command_lines(&c));
+    assert_eq!(c.processes(), 0, "{:?}", c.command_lines());
     assert_eq!(
         c.shoal(0, &["stack", "ls"]).ok().lines().count(),
         1,
@@ -282,9 +254,9 @@ fn a_stack_deploys_updates_prunes_and_is_removed_only_when_its_tasks_are_gone() 
     write(&app, "docker-compose.yml", COMPOSE);
     let out = c.shoal(0, &["stack", "deploy", "-c", file, "app"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    assert_eq!(processes(&c), 8, "{:?}", command_lines(&c));
+    assert_eq!(c.processes(), 8, "{:?}", c.command_lines());
     c.shoal(0, &["stack", "rm", "app"]).ok();
-    assert_eq!(processes(&c), 0);
+    assert_eq!(c.processes(), 0);
 }
 
 /// A file written like the Docker documentation's stack examples: containers of a locally
@@ -355,29 +327,34 @@ services:
           - node.role == worker
 "#;
 
-#[test]
-fn a_stack_of_containers_from_a_docs_style_file() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if rt
-        .block_on(shoal_executor::test_image::engine_for_tests(
+/// The local Docker Engine, with the test image built (`None`: the container tests are skipped,
+/// unless `SHOAL_REQUIRE_DOCKER=1`, which fails them).
+struct Engine {
+    rt: tokio::runtime::Runtime,
+    docker: bollard::Docker,
+}
+
+impl Engine {
+    fn get() -> Option<Engine> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(shoal_executor::test_image::engine_for_tests(
             "shoal-stack-tests",
-        ))
-        .is_none()
-    {
-        return;
+        ))?;
+        let docker = rt.block_on(async {
+            bollard::Docker::connect_with_local_defaults()
+                .unwrap()
+                .negotiate_version()
+                .await
+                .unwrap()
+        });
+        Some(Engine { rt, docker })
     }
-    let docker = rt.block_on(async {
-        bollard::Docker::connect_with_local_defaults()
-            .unwrap()
-            .negotiate_version()
-            .await
-            .unwrap()
-    });
-    // Containers (running or not) of a shoal service.
-    let containers = |service: &str| -> Vec<(String, bool)> {
+
+    /// Containers (id, running) of a shoal service.
+    fn containers(&self, service: &str) -> Vec<(String, bool)> {
         let filters = std::collections::HashMap::from([(
             "label",
             vec![format!("com.shoal.service={service}")],
@@ -386,7 +363,8 @@ fn a_stack_of_containers_from_a_docs_style_file() {
             .all(true)
             .filters(&filters)
             .build();
-        rt.block_on(docker.list_containers(Some(options)))
+        self.rt
+            .block_on(self.docker.list_containers(Some(options)))
             .unwrap_or_default()
             .into_iter()
             .map(|c| {
@@ -396,7 +374,47 @@ fn a_stack_of_containers_from_a_docs_style_file() {
                 )
             })
             .collect()
+    }
+
+    /// Running containers of a shoal service.
+    fn running(&self, service: &str) -> Vec<String> {
+        self.containers(service)
+            .into_iter()
+            .filter(|c| c.1)
+            .map(|c| c.0)
+            .collect()
+    }
+
+    /// The engine's HostConfig of a container.
+    fn host_config(&self, id: &str) -> bollard::models::HostConfig {
+        self.rt
+            .block_on(self.docker.inspect_container(id, None))
+            .unwrap()
+            .host_config
+            .unwrap()
+    }
+
+    /// Removes whatever is left of these services' containers.
+    fn clean(&self, services: &[&str]) {
+        for s in services {
+            for (id, _) in self.containers(s) {
+                let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build();
+                let _ = self
+                    .rt
+                    .block_on(self.docker.remove_container(&id, Some(options)));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stack_of_containers_from_a_docs_style_file() {
+    let Some(engine) = Engine::get() else {
+        return;
     };
+    let containers = |service: &str| engine.containers(service);
 
     let _g = serial();
     let c = Cluster::start(3);
@@ -435,16 +453,9 @@ fn a_stack_of_containers_from_a_docs_style_file() {
     // The web container answers on its host port, healthy, with its limits.
     let (status, body) = common::http_get(&format!("127.0.0.1:{port}"), "/");
     assert_eq!((status, body.trim()), (200, "ok"));
-    let web: Vec<String> = containers("docs_web")
-        .into_iter()
-        .filter(|c| c.1)
-        .map(|c| c.0)
-        .collect();
+    let web = engine.running("docs_web");
     assert_eq!(web.len(), 1);
-    let info = rt
-        .block_on(docker.inspect_container(&web[0], None))
-        .unwrap();
-    let host = info.host_config.unwrap();
+    let host = engine.host_config(&web[0]);
     assert_eq!(host.memory, Some(64 << 20));
     assert_eq!(host.nano_cpus, Some(500_000_000));
     let v: Value =
@@ -471,12 +482,86 @@ fn a_stack_of_containers_from_a_docs_style_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     // Whatever the engine still holds of this cluster goes with the test.
-    for s in ["docs_web", "docs_worker"] {
-        for (id, _) in containers(s) {
-            let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                .force(true)
-                .build();
-            let _ = rt.block_on(docker.remove_container(&id, Some(options)));
-        }
+    engine.clean(&["docs_web", "docs_worker"]);
+}
+
+/// The seed's example (`../shared/seed/`), as it is but for its port: `"4000:80"` means the
+/// routing mesh, which shoal does not have yet (that form is refused with a hint, see the unit
+/// tests), so the port is published in host mode on a port the engine picks. The image and its
+/// command come from a second file, as operators adapt a stack to a site.
+const SEED: &str = r#"version: "3"
+services:
+  web:
+    image: username/repo
+    deploy:
+      replicas: 5
+      resources:
+        limits:
+          cpus: "0.1"
+          memory: 50M
+      restart_policy:
+        condition: on-failure
+    ports:
+      - target: 80
+        mode: host
+    networks:
+      - webnet
+networks:
+  webnet:
+"#;
+
+#[test]
+fn the_seed_example_deploys_with_a_site_override() {
+    let Some(engine) = Engine::get() else {
+        return;
+    };
+    let _g = serial();
+    let c = Cluster::start(3);
+    c.form(1);
+    let dir = c.tmp.path().join("seed");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "docker-compose.yml", SEED);
+    write(
+        &dir,
+        "site.yml",
+        &format!(
+            "services:\n  web:\n    image: {}\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/\"]\n",
+            shoal_executor::test_image::DEFAULT_TAG
+        ),
+    );
+    let base = dir.join("docker-compose.yml");
+    let site = dir.join("site.yml");
+    let out = c.shoal(
+        0,
+        &[
+            "stack",
+            "deploy",
+            "-c",
+            base.to_str().unwrap(),
+            "-c",
+            site.to_str().unwrap(),
+            "getstartedlab",
+        ],
+    );
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("verify: Service getstartedlab_web converged"),
+        "{}",
+        out.stdout
+    );
+    // Networks are not dropped silently.
+    assert!(out.stderr.contains("networks"), "{}", out.stderr);
+    let web = engine.running("getstartedlab_web");
+    assert_eq!(web.len(), 5);
+    for id in &web {
+        let host = engine.host_config(id);
+        assert_eq!(host.memory, Some(50 << 20));
+        assert_eq!(host.nano_cpus, Some(100_000_000));
     }
+    let services = c.shoal(0, &["stack", "services", "getstartedlab"]).ok();
+    assert!(services.contains("5/5"), "{services}");
+    c.shoal(0, &["stack", "rm", "getstartedlab"]).ok();
+    assert!(engine.running("getstartedlab_web").is_empty());
+    engine.clean(&["getstartedlab_web"]);
 }

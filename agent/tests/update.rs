@@ -23,14 +23,6 @@ fn inspect(c: &Cluster, service: &str) -> Value {
     v[0].clone()
 }
 
-/// Task processes running on every node now.
-fn processes(c: &Cluster) -> usize {
-    c.nodes
-        .iter()
-        .map(|n| running_task_pids(&n.dir).len())
-        .sum()
-}
-
 /// The programs and arguments of the current, running tasks (`service ps` IMAGE is the program;
 /// the arguments come from the spec each task runs, checked through the process command lines).
 fn running_rows(c: &Cluster, service: &str) -> Vec<String> {
@@ -41,26 +33,6 @@ fn running_rows(c: &Cluster, service: &str) -> Vec<String> {
         .filter(|l| l.contains(" Running "))
         .map(str::to_string)
         .collect()
-}
-
-/// The command lines of the task processes on every node.
-fn command_lines(c: &Cluster) -> Vec<String> {
-    let mut v = Vec::new();
-    for n in &c.nodes {
-        for pid in running_task_pids(&n.dir) {
-            if let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-                v.push(
-                    raw.split(|b| *b == 0)
-                        .filter(|p| !p.is_empty())
-                        .map(|p| String::from_utf8_lossy(p).into_owned())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-            }
-        }
-    }
-    v.sort();
-    v
 }
 
 #[test]
@@ -90,7 +62,7 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
         ],
     )
     .ok();
-    c.wait("4 processes", || (processes(&c) == 4).then_some(()));
+    c.wait("4 processes", || (c.processes() == 4).then_some(()));
 
     // A good update, two slots at a time: converges, completed, every process the new one.
     let out = c
@@ -112,7 +84,7 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     assert_eq!(v["update_status"]["state"], "completed", "{v}");
     assert_eq!(v["update_status"]["message"], "update completed");
     c.wait("4 new processes", || {
-        (command_lines(&c) == vec!["sleep 2000"; 4]).then_some(())
+        (c.command_lines() == vec!["sleep 2000"; 4]).then_some(())
     });
     assert_eq!(running_rows(&c, "web").len(), 4);
 
@@ -157,7 +129,7 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
         low.load(Ordering::Relaxed)
     );
     c.wait("4 processes of the new spec", || {
-        (command_lines(&c) == vec!["sleep 3000"; 4]).then_some(())
+        (c.command_lines() == vec!["sleep 3000"; 4]).then_some(())
     });
 
     // A program that exits 1, with rollback as the failure action: rolled back, every task on
@@ -191,7 +163,7 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     assert_eq!(v["spec"]["task"]["image"], "sleep");
     assert_eq!(v["previous"]["task"]["image"], "sh");
     c.wait("4 processes of the previous spec", || {
-        (command_lines(&c) == vec!["sleep 3000"; 4]).then_some(())
+        (c.command_lines() == vec!["sleep 3000"; 4]).then_some(())
     });
 
     // A health check that never passes: the update pauses, naming the task and why.
@@ -235,13 +207,13 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     );
     // The slots beyond the first batch (parallelism 2) still serve the old spec.
     assert!(
-        command_lines(&c)
+        c.command_lines()
             .iter()
             .filter(|l| *l == "sleep 3000")
             .count()
             >= 2,
         "{:?}",
-        command_lines(&c)
+        c.command_lines()
     );
 
     // A manual rollback goes back to the spec before the paused update.
@@ -251,7 +223,7 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     assert_eq!(v["update_status"]["state"], "rollback_completed", "{v}");
     assert_eq!(v["update_status"]["message"], "rollback completed");
     c.wait("4 processes of the spec before", || {
-        (command_lines(&c) == vec!["sleep 3000"; 4]).then_some(())
+        (c.command_lines() == vec!["sleep 3000"; 4]).then_some(())
     });
     let ps = c.shoal(0, &["service", "ps", "web"]).ok();
     assert!(!ps.contains("(starting)"), "{ps}");
@@ -296,7 +268,7 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     )
     .ok();
     c.wait("the first slot updated", || {
-        command_lines(&c)
+        c.command_lines()
             .iter()
             .any(|l| l == "sleep 5000")
             .then_some(())
@@ -314,6 +286,6 @@ fn updates_roll_out_pause_and_roll_back_on_real_processes() {
     // The old leader's agent comes back: it stops what was replaced while it was away.
     c.spawn(li);
     c.wait("4 processes of the last spec", || {
-        (command_lines(&c) == vec!["sleep 5000"; 4]).then_some(())
+        (c.command_lines() == vec!["sleep 5000"; 4]).then_some(())
     });
 }

@@ -104,25 +104,15 @@ pub struct DeployArgs {
     pub stack: String,
 }
 
-/// A stack name: what may start a service name (letters, digits, `_ . -`, starting with a
-/// letter or digit), at most 63 characters so that `STACK_SERVICE` still fits.
+/// A stack name: what a service name may be (letters, digits, `_ . -`, starting with a letter
+/// or digit, at most 63 characters); `STACK_SERVICE` is checked again as a service name.
 fn check_stack_name(name: &str) -> Result<(), String> {
-    let ok = name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    shoal_cluster::validate_service_name(name).map_err(|_| {
+        format!(
             "invalid stack name {name:?}: use letters, digits, '_', '.' and '-', starting with a \
              letter or digit, at most 63 characters"
-        ))
-    }
+        )
+    })
 }
 
 /// Every service of the cluster.

@@ -323,6 +323,36 @@ pub fn running_task_pids(dir: &std::path::Path) -> Vec<i32> {
     out
 }
 
+impl Cluster {
+    /// Task processes running on every node now.
+    pub fn processes(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| running_task_pids(&n.dir).len())
+            .sum()
+    }
+
+    /// The command lines of the task processes on every node, sorted.
+    pub fn command_lines(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for n in &self.nodes {
+            for pid in running_task_pids(&n.dir) {
+                if let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                    v.push(
+                        raw.split(|b| *b == 0)
+                            .filter(|p| !p.is_empty())
+                            .map(|p| String::from_utf8_lossy(p).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    );
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
