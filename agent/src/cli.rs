@@ -1179,6 +1179,8 @@ mod tests {
                 "A=1",
                 "--limit-memory",
                 "64M",
+                "--limit-pids",
+                "100",
                 "--reserve-cpu",
                 "0.5",
                 "--restart-condition",
@@ -1215,6 +1217,7 @@ mod tests {
         assert_eq!(t["env"], serde_json::json!(["A=1"]));
         assert_eq!(t["resources"]["limits"]["memory_bytes"], 64 << 20);
         assert_eq!(t["resources"]["reservations"]["nano_cpus"], 500_000_000);
+        assert_eq!(t["resources"]["pids_limit"], 100);
         assert_eq!(t["restart"]["condition"], "on-failure");
         assert_eq!(t["restart"]["delay_ms"], 1000);
         assert_eq!(t["placement"]["constraints"][0], "node.role==worker");

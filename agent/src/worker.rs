@@ -192,6 +192,7 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec, cluster_id: &str) ->
         limits: Limits {
             nano_cpus: (limits.nano_cpus > 0).then_some(limits.nano_cpus),
             memory_bytes: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
+            pids: (spec.resources.pids_limit > 0).then_some(spec.resources.pids_limit),
         },
         stop_grace: Duration::from_millis(spec.stop_grace_ms),
         cluster_id: cluster_id.to_string(),

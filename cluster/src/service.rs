@@ -353,7 +353,12 @@ pub struct ResourceSpec {
     pub limits: Resources,
     /// Reserved on the node the task is placed on.
     pub reservations: Resources,
+    /// Most processes and threads a task may have (0: no limit), as Docker's `--limit-pids`.
+    pub pids_limit: u64,
 }
+
+/// The largest pids limit a task may have: Linux's highest pid_max (2^22).
+pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
 
 /// What each task of a service runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -566,6 +571,12 @@ impl ServiceSpec {
             return Err(invalid(
                 "invalid memory limit: the minimum is 6MB (as Docker's)".into(),
             ));
+        }
+        if r.pids_limit > MAX_PIDS_LIMIT {
+            return Err(invalid(format!(
+                "invalid pids limit {}: at most {MAX_PIDS_LIMIT} (the kernel's own maximum)",
+                r.pids_limit
+            )));
         }
         if t.restart.max_attempts > 1_000_000 {
             return Err(invalid("restart max attempts: at most 1000000".into()));
@@ -1265,6 +1276,16 @@ mod tests {
         let mut bad = ok.clone();
         bad.task.resources.limits.memory_bytes = 1 << 20;
         assert!(bad.validate().unwrap_err().to_string().contains("6MB"));
+        let mut bad = ok.clone();
+        bad.task.resources.pids_limit = MAX_PIDS_LIMIT + 1;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("pids limit"));
+        let mut fine = ok.clone();
+        fine.task.resources.pids_limit = MAX_PIDS_LIMIT;
+        assert!(fine.validate().is_ok());
         let mut bad = ok.clone();
         bad.task.resources.limits.nano_cpus = 1_000_000_000;
         bad.task.resources.reservations.nano_cpus = 2_000_000_000;

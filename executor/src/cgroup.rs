@@ -146,6 +146,24 @@ impl Cgroups {
             fs::write(dir.join(file), &value)
                 .map_err(|e| format!("cannot write {value:?} to {}/{file}: {e}", dir.display()))?;
         }
+        if let Some(pids) = limits.pids {
+            // The pids controller only when a task asks for it: a host without it still runs
+            // every other task, and this one fails saying why rather than run unlimited.
+            let control = self.parent.join("cgroup.subtree_control");
+            let enabled = fs::read_to_string(&control)
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "pids"));
+            if !enabled {
+                fs::write(&control, "+pids").map_err(|e| {
+                    format!(
+                        "cannot apply the pids limit: the pids controller cannot be enabled in {}: {e}",
+                        self.parent.display()
+                    )
+                })?;
+            }
+            let file = dir.join("pids.max");
+            fs::write(&file, pids.to_string())
+                .map_err(|e| format!("cannot write {pids} to {}: {e}", file.display()))?;
+        }
         Ok(dir)
     }
 
@@ -191,6 +209,47 @@ mod tests {
             Some("/system.slice/shoal.service")
         );
         assert_eq!(own_cgroup("1:name=systemd:/\n"), None);
+    }
+
+    #[test]
+    fn a_task_cgroup_gets_its_limits_and_the_pids_controller_only_when_asked() {
+        // A directory standing in for the cgroup filesystem: the files the kernel would offer.
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), "cpu memory").unwrap();
+        let c = Cgroups {
+            parent: root.path().to_path_buf(),
+        };
+        let dir = c
+            .create_task(
+                "t1",
+                &Limits {
+                    nano_cpus: Some(500_000_000),
+                    memory_bytes: Some(64 << 20),
+                    pids: None,
+                },
+            )
+            .unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
+        assert_eq!(read(&dir.join("memory.max")), "67108864");
+        assert!(!dir.join("pids.max").exists());
+        assert_eq!(
+            read(&root.path().join("cgroup.subtree_control")),
+            "cpu memory"
+        );
+
+        let dir = c
+            .create_task(
+                "t2",
+                &Limits {
+                    pids: Some(100),
+                    ..Limits::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(read(&dir.join("pids.max")), "100");
+        assert_eq!(read(&dir.join("memory.max")), "max");
+        assert_eq!(read(&root.path().join("cgroup.subtree_control")), "+pids");
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn create_body(run: &TaskRun, node_id: &str) -> ContainerCreateBody {
     let host_config = HostConfig {
         nano_cpus: run.limits.nano_cpus.map(to_i64),
         memory: run.limits.memory_bytes.map(to_i64),
+        pids_limit: run.limits.pids.map(to_i64),
         readonly_rootfs: Some(run.read_only),
         mounts: (!mounts.is_empty()).then_some(mounts),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
@@ -431,6 +432,10 @@ fn run_of(info: &ContainerInspectResponse) -> TaskRun {
                         .filter(|v| *v > 0),
                     memory_bytes: host
                         .memory
+                        .and_then(|v| u64::try_from(v).ok())
+                        .filter(|v| *v > 0),
+                    pids: host
+                        .pids_limit
                         .and_then(|v| u64::try_from(v).ok())
                         .filter(|v| *v > 0),
                 },

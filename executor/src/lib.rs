@@ -169,6 +169,8 @@ pub struct Limits {
     pub nano_cpus: Option<u64>,
     /// Memory in bytes.
     pub memory_bytes: Option<u64>,
+    /// Most processes and threads.
+    pub pids: Option<u64>,
 }
 
 /// Whether this executor enforces [`Limits`] on this node (nodes report it, never silently).

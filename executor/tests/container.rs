@@ -216,6 +216,7 @@ async fn limits_and_labels_reach_the_engine() {
     run.limits = Limits {
         nano_cpus: Some(500_000_000),
         memory_bytes: Some(64 << 20),
+        pids: Some(100),
     };
     run.labels.insert("team".to_string(), "blue".to_string());
     exec.prepare(&run).await.expect("prepare");
@@ -229,6 +230,7 @@ async fn limits_and_labels_reach_the_engine() {
     let host = info.host_config.clone().unwrap_or_default();
     assert_eq!(host.nano_cpus, Some(500_000_000));
     assert_eq!(host.memory, Some(64 << 20));
+    assert_eq!(host.pids_limit, Some(100));
     let labels = info
         .config
         .clone()

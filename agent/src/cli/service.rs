@@ -119,6 +119,9 @@ pub struct TaskOpts {
     /// Memory the task may use, e.g. 256M
     #[arg(long, value_name = "BYTES")]
     pub limit_memory: Option<String>,
+    /// Most processes and threads each task may have (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u64>,
     /// CPUs reserved for each task (scheduling), e.g. 0.25
     #[arg(long, value_name = "CPUS")]
     pub reserve_cpu: Option<String>,
@@ -448,6 +451,9 @@ fn apply_task_opts(spec: &mut ServiceSpec, o: &TaskOpts) -> Result<(), String> {
     if let Some(v) = &o.limit_memory {
         t.resources.limits.memory_bytes =
             parse_memory(v).map_err(|e| format!("--limit-memory: {e}"))?;
+    }
+    if let Some(n) = o.limit_pids {
+        t.resources.pids_limit = n;
     }
     if let Some(v) = &o.reserve_cpu {
         t.resources.reservations.nano_cpus =
@@ -1210,16 +1216,22 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
         }
     }
     let r = &t.resources;
-    if r.limits != Default::default() || r.reservations != Default::default() {
+    if *r != Default::default() {
         field("Resources:", "");
-        for (label, res) in [(" Reservations:", r.reservations), (" Limits:", r.limits)] {
-            if res != Default::default() {
+        for (label, res, pids) in [
+            (" Reservations:", r.reservations, 0),
+            (" Limits:", r.limits, r.pids_limit),
+        ] {
+            if res != Default::default() || pids > 0 {
                 field(label, "");
                 if res.nano_cpus > 0 {
                     field("  CPU:", &format!("{}", res.nano_cpus as f64 / 1e9));
                 }
                 if res.memory_bytes > 0 {
                     field("  Memory:", &human_bytes(res.memory_bytes));
+                }
+                if pids > 0 {
+                    field("  PIDs:", &pids.to_string());
                 }
             }
         }

@@ -494,10 +494,19 @@ fn deploy(
                 res.memory_bytes = parse_memory(&text(mem, &format!("{xw}.memory"))?)
                     .map_err(|e| format!("{xw}: {e}"))?;
             }
-            let ignored: Vec<&str> = ["pids", "devices", "generic_resources"]
-                .into_iter()
-                .filter(|k| xm.contains_key(*k))
-                .collect();
+            let mut ignored: Vec<&str> = Vec::new();
+            if let Some(p) = xm.get("pids") {
+                if key == "limits" {
+                    spec.task.resources.pids_limit = count(p, &format!("{xw}.pids"))?;
+                } else {
+                    ignored.push("pids");
+                }
+            }
+            ignored.extend(
+                ["devices", "generic_resources"]
+                    .into_iter()
+                    .filter(|k| xm.contains_key(*k)),
+            );
             if !ignored.is_empty() {
                 warnings.push(format!("{xw}: ignoring {}", ignored.join(", ")));
             }
@@ -581,7 +590,7 @@ mod tests {
                 "endpoint_mode": "vip",
                 "labels": ["tier=front"],
                 "placement": {"constraints": ["node.role==worker"], "preferences": [{"spread": "node.labels.zone"}], "max_replicas_per_node": 2},
-                "resources": {"limits": {"cpus": "0.5", "memory": "256M"}, "reservations": {"cpus": "0.25", "memory": "64M"}},
+                "resources": {"limits": {"cpus": "0.5", "memory": "256M", "pids": 200}, "reservations": {"cpus": "0.25", "memory": "64M"}},
                 "restart_policy": {"condition": "on-failure", "delay": "5s", "max_attempts": 3, "window": "2m"},
                 "update_config": {"parallelism": 2, "delay": "10s", "failure_action": "rollback", "monitor": "30s", "max_failure_ratio": 0.3, "order": "start-first"},
                 "rollback_config": {"parallelism": 0, "order": "stop-first"}
@@ -629,6 +638,7 @@ mod tests {
         assert_eq!(s.task.resources.limits.nano_cpus, 500_000_000);
         assert_eq!(s.task.resources.limits.memory_bytes, 256 << 20);
         assert_eq!(s.task.resources.reservations.memory_bytes, 64 << 20);
+        assert_eq!(s.task.resources.pids_limit, 200);
         assert_eq!(s.task.restart.max_attempts, 3);
         assert_eq!(s.task.restart.window_ms, 120_000);
         assert_eq!(s.update.parallelism, 2);
