@@ -770,12 +770,15 @@ impl Member {
     }
 
     fn start_raft(self: &Arc<Self>, how: Start) -> Result<()> {
+        // The Raft data is encrypted at rest with the node's data keys.
+        let keys = crate::keys::RaftKeys::new(self.data.root()).load_or_create()?;
         let h = raft_driver::start(
             self.id,
             self.data.raft_dir(),
             shoal_raft::wal::WalOptions {
                 fsync: self.fsync,
                 faults: self.wal_faults.clone(),
+                keys: Some(keys),
                 ..Default::default()
             },
             self.entropy.next(),

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod format;
 pub mod gossip;
 pub mod health;
+pub mod keys;
 pub mod metrics;
 pub mod raft_driver;
 pub mod services;

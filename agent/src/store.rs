@@ -69,6 +69,11 @@ impl DataDir {
         self.root.join("raft")
     }
 
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Whether this node holds Raft data (it is, or was until a crash, a manager).
     pub fn has_raft(&self) -> bool {
         self.raft_dir().join("wal").is_dir()

@@ -96,8 +96,19 @@ impl Driver {
     }
 }
 
-/// Runs `clients` concurrent writers against a fresh durable cluster whose data lives under `dir`.
-pub fn run(clients: usize, dir: &Path, warmup: Duration, measure: Duration) -> DurableResult {
+/// Runs `clients` concurrent writers against a fresh durable cluster whose data lives under `dir`,
+/// its WAL and snapshots encrypted at rest (as the agent's are) when `encrypted`.
+pub fn run(
+    clients: usize,
+    dir: &Path,
+    warmup: Duration,
+    measure: Duration,
+    encrypted: bool,
+) -> DurableResult {
+    let keys = encrypted.then(|| {
+        let key = shoal_raft::seal::random_key().expect("a random key");
+        Arc::new(shoal_raft::seal::Keyring::new(1, &key).expect("a keyring"))
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_time()
@@ -110,8 +121,14 @@ pub fn run(clients: usize, dir: &Path, warmup: Duration, measure: Duration) -> D
     let mut threads = Vec::new();
     let leader_disk = Arc::new(DiskCounters::default());
     for (i, &id) in ids.iter().enumerate() {
-        let (mut wal, state, _) =
-            Wal::open(dir.join(format!("node{id}")), WalOptions::default()).expect("open WAL");
+        let (mut wal, state, _) = Wal::open(
+            dir.join(format!("node{id}")),
+            WalOptions {
+                keys: keys.clone(),
+                ..WalOptions::default()
+            },
+        )
+        .expect("open WAL");
         let state = if state == RecoveredState::default() {
             let boot = RecoveredState::bootstrap(ids);
             wal.write(&WriteBatch {

@@ -21,6 +21,7 @@ mod node;
 mod progress;
 mod read;
 mod replication;
+pub mod seal;
 mod snapshot;
 mod storage;
 mod types;

@@ -28,11 +28,20 @@
 //! segment or an unreadable header is an error naming the file and offset. Nothing is dropped
 //! silently. Segments of format version 1 (checksum without the length) are refused.
 //!
+//! Encryption at rest: with a [`Keyring`] in [`WalOptions::keys`], segments are written in
+//! format version 3, whose record payloads are sealed ([`crate::seal`]), and snapshots in
+//! version 2, whose data is sealed (the header, index, term and membership stay readable). Each
+//! segment and snapshot is sealed under one data key, named in its header; [`Wal::set_keys`]
+//! rotates to a new key (a new segment at once, the next snapshot under it), and
+//! [`Wal::key_ids_in_use`] says which old keys are still needed. Plaintext files are still read,
+//! so a log becomes encrypted as compaction removes its old segments.
+//!
 //! Durability: `sync` fsyncs only when a batch written since the last fsync needs it
 //! ([`WriteBatch::must_sync`]); commit-only batches are written without one. A failed write or
 //! fsync poisons the log: every later `write` and `sync` fails (an fsync is never retried, the
 //! kernel may have dropped the dirty pages). [`WalFaults`] injects such failures in tests.
 
+use crate::seal::Keyring;
 use crate::storage::{RecoveredState, Storage, WriteBatch};
 use crate::types::{Entry, HardState, LogIndex, Membership, Payload, Snapshot, SnapshotMeta, Term};
 use std::collections::BTreeSet;
@@ -47,7 +56,13 @@ const SEGMENT_MAGIC: &[u8; 8] = b"SHOALWAL";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SHOALSNP";
 /// Segment format: 2 since the record checksum covers the length and records carry a trailer.
 const SEGMENT_VERSION: u32 = 2;
+/// Version 2 with sealed record payloads; the header is followed by the data key's id.
+const SEALED_SEGMENT_VERSION: u32 = 3;
 const SNAPSHOT_VERSION: u32 = 1;
+/// Version 1 with the data sealed; the version is followed by the data key's id.
+const SEALED_SNAPSHOT_VERSION: u32 = 2;
+/// What a sealed record is bound to (a blob of another kind does not open as one).
+const RECORD_AAD: &[u8] = b"shoal wal record";
 const HEADER_LEN: usize = 24;
 const RECORD_HEADER: usize = 8;
 const RECORD_TRAILER: usize = 4;
@@ -92,6 +107,9 @@ pub enum WalError {
     /// A batch too large to be one record.
     #[error("batch of {0} bytes exceeds the record limit of {MAX_RECORD} bytes")]
     TooLarge(usize),
+    /// A record or snapshot could not be sealed (the system's random source failed).
+    #[error("cannot encrypt: {0}")]
+    Seal(String),
     /// An earlier write or fsync failed: the log accepts nothing more (what reached the disk is
     /// unknown, and an fsync must not be retried). Reopen the directory to recover.
     #[error(
@@ -244,6 +262,8 @@ pub struct WalOptions {
     pub keep_snapshots: usize,
     /// Failure injection for tests and simulations; the default injects nothing.
     pub faults: WalFaults,
+    /// Data keys: with them, what is written is encrypted (and encrypted files can be read).
+    pub keys: Option<Arc<Keyring>>,
 }
 
 impl Default for WalOptions {
@@ -253,6 +273,7 @@ impl Default for WalOptions {
             fsync: true,
             keep_snapshots: 2,
             faults: WalFaults::default(),
+            keys: None,
         }
     }
 }
@@ -347,6 +368,8 @@ struct SegmentInfo {
     path: PathBuf,
     /// Highest log index mentioned in the segment (entries or snapshot marker).
     max_index: LogIndex,
+    /// The data key its records are sealed with (`None`: plaintext).
+    key: Option<u32>,
 }
 
 /// The write-ahead log of one node.
@@ -400,7 +423,8 @@ impl Wal {
                 recovery.removed_temp_files.push(p);
             }
         }
-        let mut scan = scan(&wal_dir, &snap_dir, true)?;
+        let keys = opts.keys.as_deref();
+        let mut scan = scan(&wal_dir, &snap_dir, true, keys)?;
         let snaps = list_snapshots(&snap_dir)?;
         if scan.records == 0 && !snaps.is_empty() {
             // Snapshot files are only written through an opened log, whose first segment and
@@ -450,7 +474,7 @@ impl Wal {
         // truncated segment is never written again and every segment carries the hard state.
         let hs = scan.state.hard_state;
         let seq = scan.segments.last().map_or(1, |s| s.seq + 1);
-        let (file, info) = create_segment(faults, &wal_dir, seq, hs)?;
+        let (file, info) = create_segment(faults, &wal_dir, seq, hs, keys)?;
         fsync_file(faults, &file, &info.path, opts.fsync)?;
         sync_dir(faults, &wal_dir, opts.fsync)?;
         let file_len = file.metadata().map_err(io("stat", &info.path))?.len();
@@ -477,6 +501,42 @@ impl Wal {
         };
         wal.remove_old_snapshots()?;
         Ok((wal, scan.state, recovery))
+    }
+
+    /// Seals what is written from now on with `keys` (a rotated data key, or encryption turned
+    /// on): buffered batches are written first, then the log moves to a new segment sealed with
+    /// the new current key. Older segments and snapshots keep their key until compaction
+    /// removes them (see [`Wal::key_ids_in_use`]).
+    pub fn set_keys(&mut self, keys: Arc<Keyring>) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        self.sync_batches().map_err(|e| self.poison(e))?;
+        self.opts.keys = Some(keys);
+        self.rotate().map_err(|e| self.poison(e))
+    }
+
+    /// The data keys the files on disk still need: those of the segments and of the kept
+    /// snapshot files. A key not in this set may be forgotten.
+    pub fn key_ids_in_use(&self) -> Result<BTreeSet<u32>, WalError> {
+        let mut ids: BTreeSet<u32> = self.segments.iter().filter_map(|s| s.key).collect();
+        for (_, _, p) in list_snapshots(&self.snap_dir)? {
+            if let Some(id) = snapshot_key_id(&p)? {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether some segment or kept snapshot file is still plaintext.
+    pub fn plaintext_in_use(&self) -> Result<bool, WalError> {
+        if self.segments.iter().any(|s| s.key.is_none()) {
+            return Ok(true);
+        }
+        for (_, _, p) in list_snapshots(&self.snap_dir)? {
+            if snapshot_key_id(&p)?.is_none() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Counters.
@@ -560,14 +620,36 @@ impl Wal {
             .snap_dir
             .join(snapshot_file_name(snap.meta.index, snap.meta.term));
         let tmp = fin.with_extension("tmp");
-        let mut buf = Vec::with_capacity(snap.data.len() + 64);
+        let mut buf = Vec::with_capacity(snap.data.len() + 128);
         buf.extend_from_slice(SNAPSHOT_MAGIC);
-        put_u32(&mut buf, SNAPSHOT_VERSION);
+        let keys = self.opts.keys.as_deref();
+        match keys {
+            None => put_u32(&mut buf, SNAPSHOT_VERSION),
+            Some(k) => {
+                put_u32(&mut buf, SEALED_SNAPSHOT_VERSION);
+                put_u32(&mut buf, k.current_id());
+            }
+        }
         put_u64(&mut buf, snap.meta.index);
         put_u64(&mut buf, snap.meta.term);
         put_membership(&mut buf, &snap.meta.membership);
-        put_u64(&mut buf, snap.data.len() as u64);
-        buf.extend_from_slice(&snap.data);
+        match keys {
+            None => {
+                put_u64(&mut buf, snap.data.len() as u64);
+                buf.extend_from_slice(&snap.data);
+            }
+            Some(k) => {
+                let mut sealed = Vec::with_capacity(snap.data.len() + crate::seal::OVERHEAD);
+                k.seal(
+                    &snapshot_aad(snap.meta.index, snap.meta.term),
+                    &snap.data,
+                    &mut sealed,
+                )
+                .map_err(WalError::Seal)?;
+                put_u64(&mut buf, sealed.len() as u64);
+                buf.extend_from_slice(&sealed);
+            }
+        }
         let crc = crc32c::crc32c(&buf);
         put_u32(&mut buf, crc);
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
@@ -596,7 +678,8 @@ impl Wal {
         }
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let faults = &self.opts.faults;
-        let (file, info) = create_segment(faults, &self.wal_dir, seq, self.durable_hs)?;
+        let keys = self.opts.keys.as_deref();
+        let (file, info) = create_segment(faults, &self.wal_dir, seq, self.durable_hs, keys)?;
         fsync_file(faults, &file, &info.path, self.opts.fsync)?;
         sync_dir(faults, &self.wal_dir, self.opts.fsync)?;
         self.file_len = file.metadata().map_err(io("stat", &info.path))?.len();
@@ -626,9 +709,7 @@ impl Wal {
 
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), WalError> {
         let start = self.buffer.len();
-        if let Err(len) = encode_record(&mut self.buffer, batch) {
-            return Err(WalError::TooLarge(len));
-        }
+        encode_record(&mut self.buffer, batch, self.opts.keys.as_deref())?;
         if let Some(s) = &batch.snapshot {
             // The snapshot file is durable before its marker (still only buffered) can be.
             if let Err(e) = self.write_snapshot_file(s) {
@@ -703,7 +784,8 @@ impl Storage for Wal {
     fn write(&mut self, batch: &WriteBatch) -> Result<(), WalError> {
         self.check_poisoned()?;
         match self.write_batch(batch) {
-            Err(e @ WalError::TooLarge(_)) => Err(e),
+            // Nothing was written: the log is as it was.
+            Err(e @ (WalError::TooLarge(_) | WalError::Seal(_))) => Err(e),
             Err(e) => Err(self.poison(e)),
             Ok(()) => Ok(()),
         }
@@ -718,8 +800,22 @@ impl Storage for Wal {
     }
 
     fn recover(&self) -> Result<RecoveredState, WalError> {
-        Ok(scan(&self.wal_dir, &self.snap_dir, false)?.state)
+        Ok(scan(
+            &self.wal_dir,
+            &self.snap_dir,
+            false,
+            self.opts.keys.as_deref(),
+        )?
+        .state)
     }
+}
+
+/// What a sealed snapshot's data is bound to: its index and term.
+fn snapshot_aad(index: LogIndex, term: Term) -> Vec<u8> {
+    let mut aad = b"shoal snapshot".to_vec();
+    aad.extend_from_slice(&index.to_le_bytes());
+    aad.extend_from_slice(&term.to_le_bytes());
+    aad
 }
 
 fn snapshot_file_name(index: LogIndex, term: Term) -> String {
@@ -735,20 +831,34 @@ fn create_segment(
     dir: &Path,
     seq: u64,
     hs: HardState,
+    keys: Option<&Keyring>,
 ) -> Result<(File, SegmentInfo), WalError> {
     let path = segment_path(dir, seq);
-    let mut buf = Vec::with_capacity(64);
+    let mut buf = Vec::with_capacity(128);
     buf.extend_from_slice(SEGMENT_MAGIC);
-    put_u32(&mut buf, SEGMENT_VERSION);
+    put_u32(
+        &mut buf,
+        if keys.is_some() {
+            SEALED_SEGMENT_VERSION
+        } else {
+            SEGMENT_VERSION
+        },
+    );
     put_u64(&mut buf, seq);
     let crc = crc32c::crc32c(&buf);
     put_u32(&mut buf, crc);
+    if let Some(k) = keys {
+        // The data key's id, with its own checksum.
+        let id = k.current_id();
+        put_u32(&mut buf, id);
+        put_u32(&mut buf, crc32c::crc32c(&id.to_le_bytes()));
+    }
     // The first record repeats the hard state.
     let hs_batch = WriteBatch {
         hard_state: Some(hs),
         ..Default::default()
     };
-    encode_record(&mut buf, &hs_batch).map_err(WalError::TooLarge)?;
+    encode_record(&mut buf, &hs_batch, keys)?;
     let mut f = OpenOptions::new()
         .create_new(true)
         .append(true)
@@ -761,6 +871,7 @@ fn create_segment(
             seq,
             path,
             max_index: 0,
+            key: keys.map(Keyring::current_id),
         },
     ))
 }
@@ -771,16 +882,35 @@ fn record_crc(len: u32, payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(payload), &len.to_le_bytes())
 }
 
-/// Appends `batch` as one record `[len][crc][payload][!crc]`; `Err(len)` if the payload is over
-/// [`MAX_RECORD`] (nothing is appended then).
-fn encode_record(buf: &mut Vec<u8>, batch: &WriteBatch) -> Result<(), usize> {
+/// Appends `batch` as one record `[len][crc][payload][!crc]`, the payload sealed when there are
+/// keys; an error if the payload is over [`MAX_RECORD`] or cannot be sealed (nothing is
+/// appended then).
+fn encode_record(
+    buf: &mut Vec<u8>,
+    batch: &WriteBatch,
+    keys: Option<&Keyring>,
+) -> Result<(), WalError> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER]);
-    encode_batch(buf, batch);
+    match keys {
+        None => encode_batch(buf, batch),
+        Some(k) => {
+            let mut plain = Vec::new();
+            encode_batch(&mut plain, batch);
+            if plain.len() > MAX_RECORD {
+                buf.truncate(start);
+                return Err(WalError::TooLarge(plain.len()));
+            }
+            if let Err(e) = k.seal(RECORD_AAD, &plain, buf) {
+                buf.truncate(start);
+                return Err(WalError::Seal(e));
+            }
+        }
+    }
     let len = buf.len() - start - RECORD_HEADER;
     if len > MAX_RECORD {
         buf.truncate(start);
-        return Err(len);
+        return Err(WalError::TooLarge(len));
     }
     let crc = record_crc(len as u32, &buf[start + RECORD_HEADER..]);
     buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -1135,7 +1265,19 @@ fn list_snapshots(dir: &Path) -> Result<Vec<(LogIndex, Term, PathBuf)>, WalError
     Ok(out)
 }
 
-fn read_snapshot(path: &Path) -> Result<Snapshot, WalError> {
+/// The data key a snapshot file is sealed with (`None`: plaintext), from its header alone.
+fn snapshot_key_id(path: &Path) -> Result<Option<u32>, WalError> {
+    let mut head = [0u8; 16];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(io("read", path))?;
+    match le32(&head, 8) {
+        SEALED_SNAPSHOT_VERSION => Ok(Some(le32(&head, 12))),
+        _ => Ok(None),
+    }
+}
+
+fn read_snapshot(path: &Path, keys: Option<&Keyring>) -> Result<Snapshot, WalError> {
     let mut buf = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
@@ -1159,17 +1301,28 @@ fn read_snapshot(path: &Path) -> Result<Snapshot, WalError> {
     let mut c = Cursor { b: body, pos: 8 };
     let parse = |c: &mut Cursor| -> Result<Snapshot, String> {
         let version = c.u32()?;
-        if version != SNAPSHOT_VERSION {
-            return Err(format!("unsupported snapshot version {version}"));
-        }
+        let sealed = match version {
+            SNAPSHOT_VERSION => false,
+            SEALED_SNAPSHOT_VERSION => {
+                c.u32()?;
+                true
+            }
+            _ => return Err(format!("unsupported snapshot version {version}")),
+        };
         let index = c.u64()?;
         let term = c.u64()?;
         let membership = c.membership()?;
         let len = c.u64()? as usize;
-        let data = c.take(len)?.to_vec();
+        let raw = c.take(len)?;
         if c.pos != c.b.len() {
             return Err("trailing bytes".into());
         }
+        let data = if sealed {
+            let k = keys.ok_or("the snapshot is encrypted and no data key was given")?;
+            k.open(&snapshot_aad(index, term), raw)?
+        } else {
+            raw.to_vec()
+        };
         Ok(Snapshot {
             meta: SnapshotMeta {
                 index,
@@ -1288,7 +1441,12 @@ fn find_record_end(buf: &[u8], off: usize, stated: u32, crc: u32) -> Option<usiz
     None
 }
 
-fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalError> {
+fn scan(
+    wal_dir: &Path,
+    snap_dir: &Path,
+    allow_torn: bool,
+    keys: Option<&Keyring>,
+) -> Result<Scan, WalError> {
     let mut seqs = Vec::new();
     for entry in fs::read_dir(wal_dir).map_err(io("list", wal_dir))? {
         let p = entry.map_err(io("list", wal_dir))?.path();
@@ -1332,7 +1490,10 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
             offset: offset as u64,
             reason,
         };
-        if buf.len() < HEADER_LEN {
+        // A sealed segment's header is followed by its data key's id and that id's checksum.
+        let sealed = buf.len() >= 12 && le32(&buf, 8) == SEALED_SEGMENT_VERSION;
+        let header_len = if sealed { HEADER_LEN + 8 } else { HEADER_LEN };
+        if buf.len() < header_len {
             if is_last && allow_torn {
                 // A segment whose header never fully reached the disk: nothing in it was acknowledged.
                 torn = Some(TornTail {
@@ -1345,6 +1506,7 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
                     seq,
                     path,
                     max_index: 0,
+                    key: None,
                 });
                 break;
             }
@@ -1358,12 +1520,13 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
             return Err(corrupt(0, "segment header checksum mismatch".into()));
         }
         let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-        if version != SEGMENT_VERSION {
+        if version != SEGMENT_VERSION && version != SEALED_SEGMENT_VERSION {
             return Err(corrupt(
                 8,
                 format!(
-                    "WAL segment format version {version} is not supported (this build reads and \
-                     writes version {SEGMENT_VERSION}); start from a build that wrote it"
+                    "WAL segment format version {version} is not supported (this build reads \
+                     versions {SEGMENT_VERSION} and {SEALED_SEGMENT_VERSION}); start from a build \
+                     that wrote it"
                 ),
             ));
         }
@@ -1371,8 +1534,29 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
         if hseq != seq {
             return Err(corrupt(12, format!("header says segment {hseq:016x}")));
         }
-        let mut max_index = 0;
         let mut off = HEADER_LEN;
+        let mut key = None;
+        if version == SEALED_SEGMENT_VERSION {
+            let id = le32(&buf, HEADER_LEN);
+            if crc32c::crc32c(&id.to_le_bytes()) != le32(&buf, HEADER_LEN + 4) {
+                return Err(corrupt(
+                    HEADER_LEN,
+                    "segment key id checksum mismatch".into(),
+                ));
+            }
+            if keys.is_none_or(|k| !k.has(id)) {
+                return Err(corrupt(
+                    HEADER_LEN,
+                    format!(
+                        "the segment is encrypted with data key {id}, which was not given \
+                         (the node's key files are missing or do not match its data)"
+                    ),
+                ));
+            }
+            key = Some(id);
+            off += 8;
+        }
+        let mut max_index = 0;
         while off < buf.len() {
             let (payload, next) = match read_record(&buf, off) {
                 Ok(r) => r,
@@ -1395,7 +1579,13 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
                 }
                 Err(Bad::Corrupt(reason)) => return Err(corrupt(off, reason)),
             };
-            let rec = decode_batch(&buf[payload]).map_err(|r| corrupt(off, r))?;
+            let rec = match (key, keys) {
+                (Some(_), Some(k)) => k
+                    .open(RECORD_AAD, &buf[payload])
+                    .and_then(|plain| decode_batch(&plain)),
+                _ => decode_batch(&buf[payload]),
+            }
+            .map_err(|r| corrupt(off, r))?;
             if let Some((i, t, reset, compact_to)) = rec.snapshot {
                 replay.apply_marker(i, t, reset, compact_to);
                 marker = Some((i, t));
@@ -1419,6 +1609,7 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
             seq,
             path,
             max_index,
+            key,
         });
     }
 
@@ -1434,7 +1625,7 @@ fn scan(wal_dir: &Path, snap_dir: &Path, allow_torn: bool) -> Result<Scan, WalEr
                     reason: "the snapshot file named by the last snapshot marker is missing".into(),
                 });
             }
-            let s = read_snapshot(&p)?;
+            let s = read_snapshot(&p, keys)?;
             if (s.meta.index, s.meta.term) != (i, t) {
                 return Err(WalError::Corrupt {
                     path: p,

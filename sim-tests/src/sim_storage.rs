@@ -70,11 +70,16 @@ fn base_dir() -> PathBuf {
     }
 }
 
+/// The simulated nodes' WAL: small segments, no fsync (crashes are modelled), and encrypted at
+/// rest as the agent's is (a fixed data key: the sim's behaviour never depends on the bytes).
 fn wal_options() -> WalOptions {
     WalOptions {
         segment_bytes: 16 << 10,
         fsync: false,
         keep_snapshots: 2,
+        keys: shoal_raft::seal::Keyring::new(1, &[0x5a; shoal_raft::seal::KEY_LEN])
+            .ok()
+            .map(std::sync::Arc::new),
         ..WalOptions::default()
     }
 }

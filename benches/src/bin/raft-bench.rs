@@ -89,30 +89,39 @@ fn run_durable(a: &Args) {
     let measure = Duration::from_secs_f64(a.seconds);
     let warmup = Duration::from_secs_f64((a.seconds / 3.0).min(1.0));
     for &c in a.clients.as_deref().unwrap_or(&[1, 256]) {
-        let mut results = Vec::new();
-        for _ in 0..a.runs {
-            let tmp = match &a.dir {
-                Some(d) => tempfile::tempdir_in(d),
-                None => tempfile::tempdir_in("."),
+        // Plain and encrypted runs alternate, each going first every other time, so that both
+        // see the same disk and load (a run right after another finds the disk busier).
+        let mut by_mode: [Vec<durable::DurableResult>; 2] = [Vec::new(), Vec::new()];
+        for run in 0..a.runs {
+            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for encrypted in order {
+                let results = &mut by_mode[encrypted];
+                let tmp = match &a.dir {
+                    Some(d) => tempfile::tempdir_in(d),
+                    None => tempfile::tempdir_in("."),
+                }
+                .expect("temp dir for the durable benchmark");
+                results.push(durable::run(c, tmp.path(), warmup, measure, encrypted == 1));
             }
-            .expect("temp dir for the durable benchmark");
-            results.push(durable::run(c, tmp.path(), warmup, measure));
         }
-        results.sort_by(|x, y| x.ops_per_s.total_cmp(&y.ops_per_s));
-        let r = &results[results.len() / 2];
-        println!(
-            "{}",
-            json!({
-                "scenario": "durable",
-                "clients": c,
-                "ops_per_s": r.ops_per_s.round() as u64,
-                "p50_us": r.p50_us,
-                "p99_us": r.p99_us,
-                "entries_per_fsync": (r.entries_per_fsync * 10.0).round() / 10.0,
-                "fsyncs_per_s": r.fsyncs_per_s.round() as u64,
-                "runs": results.iter().map(|r| r.ops_per_s.round() as u64).collect::<Vec<_>>(),
-            })
-        );
+        for (encrypted, results) in by_mode.iter_mut().enumerate() {
+            results.sort_by(|x, y| x.ops_per_s.total_cmp(&y.ops_per_s));
+            let r = &results[results.len() / 2];
+            println!(
+                "{}",
+                json!({
+                    "scenario": "durable",
+                    "encrypted": encrypted == 1,
+                    "clients": c,
+                    "ops_per_s": r.ops_per_s.round() as u64,
+                    "p50_us": r.p50_us,
+                    "p99_us": r.p99_us,
+                    "entries_per_fsync": (r.entries_per_fsync * 10.0).round() / 10.0,
+                    "fsyncs_per_s": r.fsyncs_per_s.round() as u64,
+                    "runs": results.iter().map(|r| r.ops_per_s.round() as u64).collect::<Vec<_>>(),
+                })
+            );
+        }
     }
 }
 
