@@ -151,6 +151,32 @@ pub enum Request {
         #[serde(default)]
         task_history_limit: Option<u32>,
     },
+    /// `secret create`, `config create`.
+    SecretCreate {
+        /// Secret or config.
+        kind: shoal_cluster::SecretKind,
+        /// Name, labels, data (checked again on the leader).
+        spec: shoal_cluster::SecretSpec,
+    },
+    /// `secret ls`, `config ls`.
+    SecretList {
+        /// Secret or config.
+        kind: shoal_cluster::SecretKind,
+    },
+    /// `secret inspect`, `config inspect`.
+    SecretInspect {
+        /// Secret or config.
+        kind: shoal_cluster::SecretKind,
+        /// Id, id prefix or name.
+        name: String,
+    },
+    /// `secret rm`, `config rm`.
+    SecretRemove {
+        /// Secret or config.
+        kind: shoal_cluster::SecretKind,
+        /// Id, id prefix or name.
+        name: String,
+    },
 }
 
 /// A service as the CLI shows it.
@@ -322,6 +348,35 @@ pub enum Response {
         /// The line.
         message: String,
     },
+    /// `secret ls`, `secret inspect`, and the same for configs.
+    Secrets {
+        /// By name.
+        secrets: Vec<SecretView>,
+    },
+}
+
+/// A secret or config as the CLI shows it: a secret's data never leaves the managers this way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    /// 16 hex digits.
+    pub id: String,
+    /// Secret or config.
+    pub kind: shoal_cluster::SecretKind,
+    /// Its name.
+    pub name: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Created (Unix ms).
+    pub created_at_ms: u64,
+    /// The data's size in bytes.
+    pub size: usize,
+    /// A config's data (text; hex when it is not UTF-8, with `binary`); never a secret's.
+    /// (Always present: this type also travels between agents in postcard, which cannot skip.)
+    #[serde(default)]
+    pub data: Option<String>,
+    /// The config's data is shown in hex.
+    #[serde(default)]
+    pub binary: bool,
 }
 
 /// A node as the CLI shows it.

@@ -18,6 +18,7 @@ use crate::api::{NodeUpdateRequest, NodeView, Response};
 use crate::client::{self, encode_segment};
 use crate::format;
 
+pub mod secret;
 pub mod service;
 pub mod stack;
 
@@ -80,6 +81,18 @@ pub enum Command {
         /// The stack command.
         #[command(subcommand)]
         cmd: stack::StackCmd,
+    },
+    /// Manage secrets (kept encrypted by the managers; their data is never shown back)
+    Secret {
+        /// The secret command.
+        #[command(subcommand)]
+        cmd: secret::SecretCmd,
+    },
+    /// Manage configs (like secrets, but inspect shows their data)
+    Config {
+        /// The config command.
+        #[command(subcommand)]
+        cmd: secret::SecretCmd,
     },
     /// Show what the agent knows about itself and its swarm
     Info {
@@ -313,6 +326,12 @@ pub fn run_with(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             Command::Node { cmd } => node(&agent, cmd, &mut ui),
             Command::Service { cmd } => service::service(&agent, cmd, &mut ui),
             Command::Stack { cmd } => stack::stack(&agent, cmd, &mut ui),
+            Command::Secret { cmd } => {
+                secret::secret(&agent, shoal_cluster::SecretKind::Secret, cmd, &mut ui)
+            }
+            Command::Config { cmd } => {
+                secret::secret(&agent, shoal_cluster::SecretKind::Config, cmd, &mut ui)
+            }
             Command::Info { format } => info(&agent, format.as_deref(), &mut ui),
             Command::Agent(_) | Command::Demo(_) => Ok(()),
         }
@@ -454,6 +473,7 @@ fn unexpected(wanted: &str, got: &Response) -> String {
         Response::Tasks { .. } => "a task list",
         Response::Logs { .. } => "task output",
         Response::Error { .. } => "an error",
+        Response::Secrets { .. } => "a secret or config list",
     };
     format!("unexpected answer from the agent: expected {wanted}, got {kind}")
 }

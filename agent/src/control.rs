@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use shoal_cluster::{
     check_demote, check_remove, no_leader, node_id_string, parse_label, quorum, Availability,
-    ClusterError, Command, ManagerView, Node, NodeState, NodeUpdate, Role,
+    ClusterError, Command, ManagerView, Node, NodeState, NodeUpdate, Role, SecretKind, SecretSpec,
 };
 use shoal_membership::State;
 use shoal_transport::pki::JoinToken;
@@ -73,6 +73,42 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         .route("/v1/tasks", post(task_list))
         .route("/v1/services/{service}/logs", post(service_logs))
         .route("/v1/swarm/update", post(swarm_update))
+        .route(
+            "/v1/secrets",
+            get(|a: Ax| secret_list(a, SecretKind::Secret)),
+        )
+        .route(
+            "/v1/configs",
+            get(|a: Ax| secret_list(a, SecretKind::Config)),
+        )
+        .route(
+            "/v1/secrets/create",
+            post(|a: Ax, h: HeaderMap, b: Json<SecretBody>| {
+                secret_create(a, h, b, SecretKind::Secret)
+            }),
+        )
+        .route(
+            "/v1/configs/create",
+            post(|a: Ax, h: HeaderMap, b: Json<SecretBody>| {
+                secret_create(a, h, b, SecretKind::Config)
+            }),
+        )
+        .route(
+            "/v1/secrets/{name}",
+            get(|a: Ax, n: UrlPath<String>| secret_inspect(a, n, SecretKind::Secret)).delete(
+                |a: Ax, h: HeaderMap, n: UrlPath<String>| {
+                    secret_remove(a, h, n, SecretKind::Secret)
+                },
+            ),
+        )
+        .route(
+            "/v1/configs/{name}",
+            get(|a: Ax, n: UrlPath<String>| secret_inspect(a, n, SecretKind::Config)).delete(
+                |a: Ax, h: HeaderMap, n: UrlPath<String>| {
+                    secret_remove(a, h, n, SecretKind::Config)
+                },
+            ),
+        )
         .route("/metrics", get(metrics))
         .with_state(agent);
     axum::serve(listener, app).await?;
@@ -416,6 +452,41 @@ async fn swarm_update(
     )
 }
 
+#[derive(Deserialize)]
+struct SecretBody {
+    spec: SecretSpec,
+}
+
+async fn secret_list(AxState(a): Ax, kind: SecretKind) -> axum::response::Response {
+    answer(&a, Request::SecretList { kind }).await
+}
+
+async fn secret_create(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    Json(b): Json<SecretBody>,
+    kind: SecretKind,
+) -> axum::response::Response {
+    with_rid!(a, headers, Request::SecretCreate { kind, spec: b.spec })
+}
+
+async fn secret_inspect(
+    AxState(a): Ax,
+    UrlPath(name): UrlPath<String>,
+    kind: SecretKind,
+) -> axum::response::Response {
+    answer(&a, Request::SecretInspect { kind, name }).await
+}
+
+async fn secret_remove(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    kind: SecretKind,
+) -> axum::response::Response {
+    with_rid!(a, headers, Request::SecretRemove { kind, name })
+}
+
 // ------------------------------------------------------------------ answering
 
 /// Is this a read that may be answered from a follower's own state?
@@ -660,6 +731,10 @@ impl Member {
                 | Request::ServiceRollback { service, .. }
                 | Request::ServiceRemove { service } => return Response::ok(service.clone()),
                 Request::SwarmUpdate { .. } => return Response::ok(""),
+                Request::SecretCreate { kind, spec } => {
+                    return crate::services::secret_created(h, *kind, &spec.name)
+                }
+                Request::SecretRemove { name, .. } => return Response::ok(name.clone()),
                 _ => {}
             },
             None => {}
@@ -840,7 +915,11 @@ impl Member {
             | Request::ServiceRollback { .. }
             | Request::ServiceRemove { .. }
             | Request::TaskList { .. }
-            | Request::SwarmUpdate { .. }) => self.on_leader_services(h, r, rid).await,
+            | Request::SwarmUpdate { .. }
+            | Request::SecretCreate { .. }
+            | Request::SecretList { .. }
+            | Request::SecretInspect { .. }
+            | Request::SecretRemove { .. }) => self.on_leader_services(h, r, rid).await,
         }
     }
 

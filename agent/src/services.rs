@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::collections::BTreeMap;
 
 use shoal_cluster::{
-    node_id_string, object_id_string, ClusterState, Command, Health, NodeId, Service, ServiceMode,
-    Task, TaskId, TaskState,
+    node_id_string, object_id_string, ClusterState, Command, Health, NodeId, SecretKind, Service,
+    ServiceMode, Task, TaskId, TaskState,
 };
 
 use crate::agent::Member;
-use crate::api::{Request, Response, ServiceView, TaskView};
+use crate::api::{Request, Response, SecretView, ServiceView, TaskView};
 use crate::raft_driver::{now_ms, RaftHandle};
 use crate::wire::{LogCursor, TaskLogLine};
 use shoal_cluster::RequestId;
@@ -285,8 +285,95 @@ impl Member {
                     Err(e) => Response::error(e),
                 }
             }
+            Request::SecretList { .. } | Request::SecretInspect { .. } => {
+                if let Err(e) = self.read_barrier().await {
+                    return Response::error(e);
+                }
+                read(&|st| match &req {
+                    Request::SecretList { kind } => {
+                        let mut secrets: Vec<SecretView> = st
+                            .secrets()
+                            .values()
+                            .filter(|s| s.kind == *kind)
+                            .map(|s| secret_view(s, false))
+                            .collect();
+                        secrets.sort_by(|a, b| a.name.cmp(&b.name));
+                        Response::Secrets { secrets }
+                    }
+                    Request::SecretInspect { kind, name } => match st.resolve_secret(*kind, name) {
+                        Ok(s) => Response::Secrets {
+                            secrets: vec![secret_view(s, true)],
+                        },
+                        Err(e) => Response::error(e),
+                    },
+                    _ => Response::error("not a read"),
+                })
+            }
+            Request::SecretCreate { kind, spec } => {
+                if let Err(e) = spec.validate(kind) {
+                    return Response::error(e);
+                }
+                let name = spec.name.clone();
+                let cmd = Command::CreateSecret {
+                    kind,
+                    spec,
+                    at_ms: now_ms(),
+                };
+                match self.propose_as(rid, cmd).await {
+                    Ok(()) => secret_created(h, kind, &name),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::SecretRemove { kind, name } => {
+                let id = match h.state.read().expect("state").resolve_secret(kind, &name) {
+                    Ok(s) => s.id,
+                    Err(e) => return Response::error(e),
+                };
+                let cmd = Command::RemoveSecret {
+                    kind,
+                    id,
+                    at_ms: now_ms(),
+                };
+                match self.propose_as(rid, cmd).await {
+                    Ok(()) => Response::ok(name),
+                    Err(e) => Response::error(e),
+                }
+            }
             _ => Response::error("not a service request"),
         }
+    }
+}
+
+/// A secret or config for the CLI: a config's data only when `with_data` (inspect), a secret's
+/// never.
+fn secret_view(s: &shoal_cluster::Secret, with_data: bool) -> SecretView {
+    let (data, binary) = match (s.kind, with_data) {
+        (SecretKind::Config, true) => match std::str::from_utf8(&s.spec.data) {
+            Ok(text) => (Some(text.to_string()), false),
+            Err(_) => (
+                Some(s.spec.data.iter().map(|b| format!("{b:02x}")).collect()),
+                true,
+            ),
+        },
+        _ => (None, false),
+    };
+    SecretView {
+        id: object_id_string(s.id),
+        kind: s.kind,
+        name: s.spec.name.clone(),
+        labels: s.spec.labels.clone(),
+        created_at_ms: s.created_at_ms,
+        size: s.spec.data.len(),
+        data,
+        binary,
+    }
+}
+
+/// The answer to a secret or config created: its id.
+pub(crate) fn secret_created(h: &RaftHandle, kind: SecretKind, name: &str) -> Response {
+    match h.state.read().expect("state").resolve_secret(kind, name) {
+        Ok(s) => Response::ok(object_id_string(s.id)),
+        Err(e) => Response::error(e),
     }
 }
 

@@ -1,8 +1,10 @@
 //! Raft data encrypted at rest, checked the way an attacker with a copy of the disk would look:
-//! on three real managers (snapshots every 20 entries), a service whose spec carries a unique
+//! on three real managers and a worker (snapshots every 20 entries), a service whose spec carries a unique
 //! marker and the join tokens are searched for in every file of every node's `raft/` directory
 //! (WAL segments and snapshots), plain and as they would appear hex- or JSON-encoded, together
-//! with the PEM header of the CA key; none is found. A manager killed and restarted reads its
+//! with the PEM header of the CA key; none is found. A secret holding the marker is created,
+//! listed and inspected from two managers without its data ever being shown (a config's is),
+//! refused on a worker, when its name is taken and over 500 KiB, and removed. A manager killed and restarted reads its
 //! encrypted log back and serves the same state.
 
 mod common;
@@ -57,7 +59,7 @@ fn found_in(path: &Path, needles: &[Vec<u8>]) -> bool {
 #[test]
 fn raft_data_on_disk_reveals_neither_state_nor_secrets() {
     let _g = serial();
-    let mut c = Cluster::start_with_env(3, &[("SHOAL_SNAPSHOT_EVERY", "20")]);
+    let mut c = Cluster::start_with_env(4, &[("SHOAL_SNAPSHOT_EVERY", "20")]);
     c.form(3);
     let marker = format!("marker-{:016x}", rand_u64());
     let manager_token = c
@@ -87,6 +89,71 @@ fn raft_data_on_disk_reveals_neither_state_nor_secrets() {
         ],
     )
     .ok();
+    // A secret holding the marker, and a config: the secret's data is never shown back.
+    let secret_file = c.tmp.path().join("secret.txt");
+    std::fs::write(&secret_file, format!("pw-{marker}")).unwrap();
+    let sid = c
+        .shoal(
+            0,
+            &[
+                "secret",
+                "create",
+                "-l",
+                "team=db",
+                "db_pw",
+                secret_file.to_str().unwrap(),
+            ],
+        )
+        .ok();
+    assert_eq!(sid.trim().len(), 16, "{sid}");
+    let config_file = c.tmp.path().join("app.conf");
+    std::fs::write(&config_file, "port=5432\n").unwrap();
+    c.shoal(
+        0,
+        &[
+            "config",
+            "create",
+            "app_conf",
+            config_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    for i in 0..2 {
+        let ls = c.shoal(i, &["secret", "ls"]).ok();
+        assert!(ls.contains("db_pw") && ls.contains(sid.trim()), "{ls}");
+        let inspect = c.shoal(i, &["secret", "inspect", "db_pw"]).ok();
+        assert!(inspect.contains("\"team\": \"db\""), "{inspect}");
+        assert!(
+            !inspect.contains(&marker),
+            "a secret's data is never shown: {inspect}"
+        );
+        let pretty = c
+            .shoal(i, &["config", "inspect", "--pretty", "app_conf"])
+            .ok();
+        assert!(pretty.contains("Data:\nport=5432\n"), "{pretty}");
+    }
+    let err = c.shoal(3, &["secret", "ls"]).err();
+    assert!(err.contains("not a swarm manager"), "{err}");
+    let err = c
+        .shoal(
+            1,
+            &["secret", "create", "db_pw", secret_file.to_str().unwrap()],
+        )
+        .err();
+    assert!(err.contains("secret db_pw already exists"), "{err}");
+    let big = c.tmp.path().join("big");
+    std::fs::write(&big, vec![b'x'; 500 * 1024 + 1]).unwrap();
+    let err = c
+        .shoal(0, &["secret", "create", "big", big.to_str().unwrap()])
+        .err();
+    assert!(err.contains("500 KiB"), "{err}");
+    std::fs::write(&big, vec![b'x'; 500 * 1024]).unwrap();
+    c.shoal(1, &["secret", "create", "big", big.to_str().unwrap()])
+        .ok();
+    c.shoal(0, &["secret", "rm", "big"]).ok();
+    let err = c.shoal(0, &["secret", "inspect", "big"]).err();
+    assert!(err.contains("secret big not found"), "{err}");
+
     // Enough changes for snapshots on every manager.
     for i in 0..30 {
         c.shoal(
@@ -102,7 +169,7 @@ fn raft_data_on_disk_reveals_neither_state_nor_secrets() {
         .ok();
     }
     c.wait("a snapshot file on every manager", || {
-        c.nodes
+        c.nodes[..3]
             .iter()
             .all(|n| {
                 files(&n.dir.join("raft"))
@@ -122,7 +189,7 @@ fn raft_data_on_disk_reveals_neither_state_nor_secrets() {
         needles.extend(forms(s));
     }
     let mut looked = 0;
-    for n in &c.nodes {
+    for n in &c.nodes[..3] {
         for p in files(&n.dir.join("raft")) {
             looked += 1;
             assert!(

@@ -10,7 +10,7 @@ use crate::service::{ServiceId, ServiceSpec, TaskChange, TaskReport};
 use crate::types::{Availability, ClusterInfo, NewNode, NodeDescription, NodeId, NodeStatus, Role};
 
 /// Largest encoded command accepted (a CA and two tokens fit many times over).
-pub const MAX_COMMAND_SIZE: usize = 256 * 1024;
+pub const MAX_COMMAND_SIZE: usize = 1024 * 1024;
 
 /// Version byte in front of every encoded command (2: services and tasks).
 const COMMAND_VERSION: u8 = 3;
@@ -228,6 +228,24 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// `secret create`, `config create`: the id is chosen when applied (from the Raft index).
+    CreateSecret {
+        /// Secret or config.
+        kind: crate::secrets::SecretKind,
+        /// Name, labels, data.
+        spec: crate::secrets::SecretSpec,
+        /// When.
+        at_ms: u64,
+    },
+    /// `secret rm`, `config rm`: refused while a service uses it.
+    RemoveSecret {
+        /// Secret or config.
+        kind: crate::secrets::SecretKind,
+        /// Which.
+        id: crate::secrets::SecretId,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -303,7 +321,9 @@ impl Command {
             | Command::RollbackService { .. }
             | Command::RemoveService { .. }
             | Command::Tasks { .. }
-            | Command::UpdateSettings { .. } => None,
+            | Command::UpdateSettings { .. }
+            | Command::CreateSecret { .. }
+            | Command::RemoveSecret { .. } => None,
         }
     }
 }

@@ -13,6 +13,7 @@
 mod command;
 mod error;
 mod reconcile;
+mod secrets;
 mod service;
 mod state;
 mod tasks;
@@ -22,6 +23,7 @@ mod validate;
 pub use command::{Command, NodeUpdate, RequestId, MAX_BATCH, MAX_COMMAND_SIZE};
 pub use error::ClusterError;
 pub use reconcile::{reconcile, Action, RaftView, Reconciliation};
+pub use secrets::{Secret, SecretId, SecretKind, SecretSpec, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use service::{
     object_id_string, validate_service_name, FailureAction, Health, HealthCheck, HealthTest,
     MountSpec, MountType, NewTask, PlacementSpec, PortConfig, PublishMode, ResourceSpec,

@@ -14,7 +14,7 @@ use crate::types::{
 };
 
 /// Version byte in front of every snapshot (3: services, tasks and settings).
-pub const SNAPSHOT_VERSION: u8 = 5;
+pub const SNAPSHOT_VERSION: u8 = 6;
 
 /// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
 /// seconds; this many writes take far longer on any real cluster.
@@ -48,6 +48,8 @@ pub struct ClusterState {
     pub(crate) tasks: BTreeMap<TaskId, Task>,
     /// `swarm update` settings.
     pub(crate) settings: Settings,
+    /// Secrets and configs, by id.
+    pub(crate) secrets: BTreeMap<crate::secrets::SecretId, crate::secrets::Secret>,
     /// Task ids per (service, slot) for replicated services and per (service, node) for global
     /// ones, oldest first (derived; rebuilt on restore).
     #[serde(skip)]
@@ -352,7 +354,9 @@ impl ClusterState {
             | Command::RemoveService { .. }
             | Command::Tasks { .. }
             | Command::ReportTasks { .. }
-            | Command::UpdateSettings { .. } => {
+            | Command::UpdateSettings { .. }
+            | Command::CreateSecret { .. }
+            | Command::RemoveSecret { .. } => {
                 unreachable!("service commands are applied by apply_service_command")
             }
             Command::ForceNewCluster { survivor, at_ms } => {
@@ -415,11 +419,19 @@ impl ClusterState {
             return Err(err(format!("{} bytes is too large", bytes.len())));
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
-        if version != SNAPSHOT_VERSION {
-            return Err(err(format!("unknown version {version}")));
-        }
+        let body: std::borrow::Cow<'_, [u8]> = match version {
+            SNAPSHOT_VERSION => body.into(),
+            // Version 5 is version 6 without the secrets, its last field: an empty map (a zero
+            // length) completes it, so that a cluster keeps its state across the upgrade.
+            5 => {
+                let mut b = body.to_vec();
+                b.push(0);
+                b.into()
+            }
+            _ => return Err(err(format!("unknown version {version}"))),
+        };
         let (mut state, rest) =
-            postcard::take_from_bytes::<ClusterState>(body).map_err(|e| err(e.to_string()))?;
+            postcard::take_from_bytes::<ClusterState>(&body).map_err(|e| err(e.to_string()))?;
         if !rest.is_empty() {
             return Err(err(format!("{} trailing bytes", rest.len())));
         }

@@ -21,7 +21,7 @@ pub const MAX_SERVICES: usize = 100_000;
 pub const MAX_TASK_HISTORY: u32 = 1000;
 
 /// splitmix64: spreads Raft indexes into ids that look random and are the same on every replica.
-fn mix(x: u64) -> u64 {
+pub(crate) fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -194,11 +194,15 @@ impl ClusterState {
             Command::UpdateSettings {
                 task_history_limit, ..
             } => self.update_settings(*task_history_limit),
+            Command::CreateSecret { kind, spec, at_ms } => {
+                self.create_secret(index, *kind, spec, *at_ms)
+            }
+            Command::RemoveSecret { kind, id, .. } => self.remove_secret(*kind, *id),
             _ => return None,
         })
     }
 
-    fn check_initialized(&self) -> Result<(), ClusterError> {
+    pub(crate) fn check_initialized(&self) -> Result<(), ClusterError> {
         if self.cluster().is_none() {
             return Err(ClusterError::NotInitialized);
         }
