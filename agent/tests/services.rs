@@ -291,3 +291,66 @@ fn ps_node(c: &Cluster, node: &str) -> usize {
     let out = c.shoal(0, &["node", "ps", node]).ok();
     out.lines().skip(1).filter(|l| !l.contains("\\_")).count()
 }
+
+/// `service create` follows a service until it converges; one whose restart policy gives up on
+/// a task (no more attempts, or a condition that does not restart) never will, and the command
+/// says so and fails instead of waiting forever.
+#[test]
+fn a_service_whose_restart_policy_gives_up_is_an_error_not_a_wait() {
+    let _g = serial();
+    let c = Cluster::start(1);
+    c.form(1);
+    let out = c.shoal(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "crashy",
+            "--runtime",
+            "process",
+            "--restart-condition",
+            "on-failure",
+            "--restart-max-attempts",
+            "1",
+            "--restart-delay",
+            "100ms",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("1 of 1 tasks ended and the restart policy does not restart it (slot 1 failed: task: non-zero exit (3))"),
+        "{}",
+        out.stderr
+    );
+    // A task that completes under `--restart-condition none` is not waited for either.
+    let out = c.shoal(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "once",
+            "--replicas",
+            "2",
+            "--runtime",
+            "process",
+            "--restart-condition",
+            "none",
+            "true",
+        ],
+    );
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains(" of 2 tasks ended") && out.stderr.contains("complete"),
+        "{}",
+        out.stderr
+    );
+    // The services exist: the error is about convergence, not creation.
+    let ls = c.shoal(0, &["service", "ls"]).ok();
+    assert!(ls.contains("crashy") && ls.contains("once"), "{ls}");
+}

@@ -1711,6 +1711,8 @@ pub(super) struct Follower {
     shown_errors: BTreeMap<String, String>,
     /// When the follow began (Unix ms).
     since_ms: u64,
+    /// Since when some slot's task has ended without a replacement.
+    given_up_since: Option<Instant>,
 }
 
 /// What one look at a followed service found.
@@ -1740,6 +1742,7 @@ impl Follower {
             rolling_back: None,
             shown_errors: BTreeMap::new(),
             since_ms: now_ms(),
+            given_up_since: None,
         }
     }
 
@@ -1814,6 +1817,37 @@ impl Follower {
             }
         } else {
             self.stable_since = None;
+        }
+        // A slot whose task ended and still wants it running has no replacement coming: the
+        // orchestrator replaces a task it restarts at once (waiting, if there is a delay), so
+        // its restart policy gave up (no more attempts, or a condition that does not restart).
+        // Waiting on would be forever, as docker's own follow does; say so instead.
+        let ended: Vec<(&String, &String, &String)> = p
+            .slots
+            .iter()
+            .filter(|(_, (s, _))| matches!(s.as_str(), "Failed" | "Rejected" | "Complete"))
+            .map(|(slot, (s, err))| (slot, s, err))
+            .collect();
+        if settled && !done && !ended.is_empty() {
+            let since = *self.given_up_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= VERIFY && look.outcome.is_none() {
+                let (slot, state, err) = ended[0];
+                let why = if err.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", clean(err))
+                };
+                look.outcome = Some(Err(format!(
+                    "{} of {} tasks ended and the restart policy does not restart {} (slot {} {}{why})",
+                    ended.len(),
+                    p.desired,
+                    if ended.len() == 1 { "it" } else { "them" },
+                    slot.trim(),
+                    state.to_ascii_lowercase()
+                )));
+            }
+        } else {
+            self.given_up_since = None;
         }
         look.progress = p;
         Ok(look)
