@@ -84,13 +84,79 @@ pub fn load_stack(
         texts.push((f.display().to_string(), read_capped(f)?));
     }
     let mut warnings = Vec::new();
-    let merged = load(&texts, &vars, &mut warnings)?;
+    let mut merged = load(&texts, &vars, &mut warnings)?;
+    retype(&mut merged);
     let services = specs(name, &merged, &base, &vars, &mut warnings)?;
     Ok(Stack {
         services,
         merged,
         warnings,
     })
+}
+
+/// Whole-number and boolean keys of a service, by path: after interpolation their values are
+/// strings (`replicas: ${N}`), which Compose then reads by the key's type.
+const NUMBER_PATHS: [&[&str]; 9] = [
+    &["deploy", "replicas"],
+    &["deploy", "placement", "max_replicas_per_node"],
+    &["deploy", "restart_policy", "max_attempts"],
+    &["deploy", "update_config", "parallelism"],
+    &["deploy", "update_config", "max_failure_ratio"],
+    &["deploy", "rollback_config", "parallelism"],
+    &["deploy", "rollback_config", "max_failure_ratio"],
+    &["deploy", "resources", "limits", "pids"],
+    &["healthcheck", "retries"],
+];
+const BOOL_PATHS: [&[&str]; 2] = [&["read_only"], &["healthcheck", "disable"]];
+
+/// Gives interpolated numbers and booleans their type again (what does not parse is left for
+/// the spec to refuse, naming the key), so that `stack config` prints `replicas: 3`.
+fn retype(merged: &mut Value) {
+    let Some(Value::Object(services)) = merged.get_mut("services") else {
+        return;
+    };
+    for svc in services.values_mut() {
+        for path in NUMBER_PATHS {
+            if let Some(v) = at(svc, path) {
+                let parsed = v.as_str().and_then(|s| {
+                    let s = s.trim();
+                    s.parse::<u64>().map(Value::from).ok().or_else(|| {
+                        s.parse::<f64>()
+                            .ok()
+                            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+                    })
+                });
+                if let Some(n) = parsed {
+                    *v = n;
+                }
+            }
+        }
+        for path in BOOL_PATHS {
+            if let Some(v) = at(svc, path) {
+                match v.as_str().map(str::trim) {
+                    Some("true") => *v = Value::Bool(true),
+                    Some("false") => *v = Value::Bool(false),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(Value::Array(ports)) = svc.get_mut("ports") {
+            for p in ports.iter_mut().filter(|p| p.is_object()) {
+                for k in ["target", "published"] {
+                    if let Some(v) = p.get_mut(k) {
+                        if let Some(n) = v.as_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+                            *v = Value::from(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The value at `path` under `v`, if every step is there.
+fn at<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, k| v.get_mut(*k))
 }
 
 /// Checks the merged file's top level and builds every service's spec.
@@ -411,17 +477,20 @@ services:
         let a = write(
             dir.path(),
             "a.yml",
-            "services:\n  web:\n    image: ${IMAGE}\n    deploy:\n      replicas: 2\n",
+            "services:\n  web:\n    image: ${IMAGE}\n    read_only: ${RO:-true}\n    deploy:\n      replicas: 2\n",
         );
         let b = write(
             dir.path(),
             "b.yml",
-            "services:\n  web:\n    deploy:\n      replicas: 4\n    environment:\n      - COST=$$5\n",
+            "services:\n  web:\n    deploy:\n      replicas: ${N:-4}\n    environment:\n      - COST=$$5\n      - COUNT=${N:-4}\n",
         );
         let stack = load_stack("s", &[a, b], env(&[])).unwrap();
         let yaml = config_yaml(&stack.merged).unwrap();
         assert!(yaml.contains("image: nginx:1.27"), "{yaml}");
-        assert!(yaml.contains("replicas: 4"), "{yaml}");
+        // Numbers and booleans are printed as such again, environment values stay strings.
+        assert!(yaml.contains("replicas: 4\n"), "{yaml}");
+        assert!(yaml.contains("read_only: true\n"), "{yaml}");
+        assert!(yaml.contains("COUNT=4"), "{yaml}");
         assert!(yaml.contains("COST=$$5"), "{yaml}");
         // What is printed is itself a Compose file giving the same stack.
         let again = write(dir.path(), "again.yml", &yaml);
