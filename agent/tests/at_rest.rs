@@ -11,11 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Cluster, SERIAL};
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::{serial, Cluster};
 
 /// Every file under `dir`.
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -21,13 +21,9 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use common::{Cluster, SERIAL};
+use common::{serial, Cluster};
 use serde_json::Value;
 use shoal_executor::test_image::{engine_for_tests, DEFAULT_TAG};
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The local engine, for what the test checks and does behind shoal's back.
 struct Engine {

@@ -6,11 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Cluster, SERIAL};
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::{serial, Cluster};
 
 fn node<'a>(ls: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
     ls.iter().find(|n| n["Hostname"] == name)

@@ -8,7 +8,7 @@ mod common;
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::{Cluster, SERIAL};
+use common::{serial, Cluster};
 use shoal_raft::{Membership, Message, MessageBody, SnapshotMeta};
 use shoal_transport::join;
 use shoal_transport::net::{self, Transport, TransportConfig};
@@ -116,7 +116,7 @@ fn barrage(t: &Transport, me: u64, managers: &[(u64, String)]) {
 
 #[test]
 fn garbage_and_forged_raft_from_workers_and_managers_does_not_stop_the_cluster() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let c = Cluster::start(3);
     c.form(3);
     let term_before = c

@@ -3,12 +3,8 @@
 
 mod common;
 
-use common::{running_task_pids, Cluster, SERIAL};
+use common::{running_task_pids, serial, Cluster};
 use serde_json::Value;
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `service ps SERVICE` rows as (name, node, desired, current state) of the current tasks.
 fn ps(c: &Cluster, i: usize, service: &str) -> Option<Vec<(String, String, String, String)>> {

@@ -10,12 +10,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{Cluster, SERIAL};
+use common::{serial, Cluster};
 use serde_json::Value;
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn inspect(c: &Cluster, service: &str) -> Value {
     let out = c.shoal(0, &["service", "inspect", service]).ok();

@@ -10,12 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{running_task_pids, Cluster, SERIAL};
+use common::{running_task_pids, serial, Cluster};
 use serde_json::Value;
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn inspect(c: &Cluster, service: &str) -> Value {
     let out = c.shoal(0, &["service", "inspect", service]).ok();

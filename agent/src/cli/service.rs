@@ -1889,10 +1889,11 @@ fn converge(
             let (multi, overall, per_slot) = bars.get_or_insert_with(|| {
                 let multi = indicatif::MultiProgress::new();
                 let overall = multi.add(indicatif::ProgressBar::new(p.desired.max(1)));
-                overall.set_style(
+                if let Ok(style) =
                     indicatif::ProgressStyle::with_template("{msg}: {pos} out of {len} tasks")
-                        .expect("template"),
-                );
+                {
+                    overall.set_style(style);
+                }
                 (multi, overall, BTreeMap::new())
             });
             overall.set_message(look.what);
@@ -1901,15 +1902,15 @@ fn converge(
             for (slot, (state, err)) in p.slots.iter().take(20) {
                 let bar = per_slot.entry(slot.clone()).or_insert_with(|| {
                     let b = multi.add(indicatif::ProgressBar::new(8));
-                    b.set_style(
-                        indicatif::ProgressStyle::with_template(&format!(
-                            "{}/{}: {{msg:<10}} [{{bar:50.cyan/blue}}]",
-                            slot.trim(),
-                            p.desired
-                        ))
-                        .expect("template")
-                        .progress_chars("=> "),
-                    );
+                    // The slot is part of the template: one that does not parse keeps the
+                    // default style rather than stopping the follow.
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+                        "{}/{}: {{msg:<10}} [{{bar:50.cyan/blue}}]",
+                        slot.trim(),
+                        p.desired
+                    )) {
+                        b.set_style(style.progress_chars("=> "));
+                    }
                     b
                 });
                 bar.set_position(step(state));

@@ -21,6 +21,11 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 /// clusters at once makes elections flap.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Takes [`SERIAL`] for one scenario (a scenario that panicked leaves it usable).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One agent.
 pub struct Node {
     pub name: String,
