@@ -11,7 +11,7 @@ use shoal_cluster::{ClusterState, Command, NodeId, TaskId, TaskReport, TaskState
 
 use crate::api::Response;
 use crate::raft_driver::{now_ms, RaftCmd, RaftHandle};
-use crate::wire::{Assignment, Assignments};
+use crate::wire::{Assignment, Assignments, TaskFile};
 
 /// The longest a node's request for assignments waits for a change.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -46,10 +46,26 @@ fn assignment(st: &ClusterState, id: TaskId) -> Option<Assignment> {
     let t = st.task(id)?;
     let svc = st.service(t.service);
     let spec = svc.and_then(|s| s.spec_of(t.spec_version));
+    // A task's secrets travel with it only while it is to run: history and stopping tasks
+    // do not carry them.
+    let to_run = t.desired <= TaskState::Running && !t.status.state.is_terminal();
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for r in spec.iter().flat_map(|s| &s.task.secrets).filter(|_| to_run) {
+        match st.secrets().get(&r.id) {
+            Some(s) if s.kind == r.kind => files.push(TaskFile {
+                reference: r.clone(),
+                data: s.spec.data.clone(),
+            }),
+            _ => missing.push(format!("{} {} not found", r.kind.name(), r.name)),
+        }
+    }
     Some(Assignment {
         task: t.clone(),
         service_name: svc.map(|s| s.spec.name.clone()).unwrap_or_default(),
         spec: spec.map(|s| s.task.clone()),
+        files,
+        missing: missing.join("; "),
     })
 }
 

@@ -22,5 +22,6 @@ pub mod services;
 pub mod sim_executor;
 pub mod stack;
 pub mod store;
+pub mod task_files;
 pub mod wire;
 pub mod worker;

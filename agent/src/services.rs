@@ -209,7 +209,10 @@ impl Member {
                     _ => Response::error("not a read"),
                 })
             }
-            Request::ServiceCreate { spec } => {
+            Request::ServiceCreate { mut spec } => {
+                if let Err(e) = resolve_refs(&h.state.read().expect("state"), &mut spec) {
+                    return Response::error(e);
+                }
                 if let Err(e) = spec.validate() {
                     return Response::error(e);
                 }
@@ -226,11 +229,17 @@ impl Member {
             Request::ServiceUpdate {
                 service,
                 version,
-                spec,
+                mut spec,
             } => {
-                let id = match h.state.read().expect("state").resolve_service(&service) {
-                    Ok(s) => s.id,
-                    Err(e) => return Response::error(e),
+                let id = {
+                    let st = h.state.read().expect("state");
+                    if let Err(e) = resolve_refs(&st, &mut spec) {
+                        return Response::error(e);
+                    }
+                    match st.resolve_service(&service) {
+                        Ok(s) => s.id,
+                        Err(e) => return Response::error(e),
+                    }
                 };
                 if let Err(e) = spec.validate() {
                     return Response::error(e);
@@ -346,6 +355,21 @@ impl Member {
 
 /// A secret or config for the CLI: a config's data only when `with_data` (inspect), a secret's
 /// never.
+/// Gives the secrets and configs a request names by name (or id prefix) their ids.
+fn resolve_refs(
+    st: &ClusterState,
+    spec: &mut shoal_cluster::ServiceSpec,
+) -> Result<(), shoal_cluster::ClusterError> {
+    for r in &mut spec.task.secrets {
+        if r.id == 0 {
+            let s = st.resolve_secret(r.kind, &r.name)?;
+            r.id = s.id;
+            r.name = s.spec.name.clone();
+        }
+    }
+    Ok(())
+}
+
 fn secret_view(s: &shoal_cluster::Secret, with_data: bool) -> SecretView {
     let (data, binary) = match (s.kind, with_data) {
         (SecretKind::Config, true) => match std::str::from_utf8(&s.spec.data) {

@@ -163,6 +163,30 @@ pub struct Assignment {
     /// The task's spec, at the task's spec version; `None` once the service is removed (the
     /// task is then only to be stopped).
     pub spec: Option<TaskSpec>,
+    /// The secrets and configs the task gets, with their data: sent only while the task is
+    /// to run (never for history), and only to the task's node.
+    pub files: Vec<TaskFile>,
+    /// A secret or config the spec names that no longer exists (the task cannot start).
+    pub missing: String,
+}
+
+/// A secret or config as a task's node gets it: where the file goes and what it holds.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFile {
+    /// What the spec says of it (kind, name, target, owner, mode).
+    pub reference: shoal_cluster::SecretRef,
+    /// The content.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for TaskFile {
+    /// Never the data: a secret must not reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFile")
+            .field("reference", &self.reference)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
 }
 
 /// The answer to [`AgentRequest::Assignments`]: the node's whole set (`full`), or what changed

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 use crate::agent::Member;
 use crate::api::Response;
 use crate::health::Checker;
-use crate::wire::{AgentRequest, Assignment, Assignments};
+use crate::task_files::{TaskFiles, Written};
+use crate::wire::{AgentRequest, Assignment, Assignments, TaskFile};
 
 /// The executors a node has, one per runtime.
 #[derive(Clone, Default)]
@@ -121,6 +122,49 @@ pub struct Runner {
     reports: mpsc::UnboundedSender<TaskReport>,
     /// The cluster's id (containers are labelled with it).
     cluster_id: String,
+    /// Where the tasks' secrets and configs go.
+    files: TaskFiles,
+}
+
+/// The secrets and configs of a task about to start, as its assignment brought them.
+#[derive(Default)]
+struct Secrets {
+    files: Vec<TaskFile>,
+    /// Those the spec names that no longer exist.
+    missing: String,
+}
+
+impl Secrets {
+    fn of(a: &Assignment) -> Secrets {
+        Secrets {
+            files: a.files.clone(),
+            missing: a.missing.clone(),
+        }
+    }
+}
+
+/// Points a run at its files: the directories in a process's environment, a read-only bind
+/// mount per file in a container.
+fn with_files(run: &mut TaskRun, w: Written) {
+    for (key, dir) in [
+        ("SHOAL_SECRETS_DIR", w.secrets_dir),
+        ("SHOAL_CONFIGS_DIR", w.configs_dir),
+    ] {
+        if let Some(dir) = dir {
+            run.env.retain(|(k, _)| k != key);
+            run.env
+                .push((key.to_string(), dir.to_string_lossy().to_string()));
+        }
+    }
+    for (source, target) in w.mounts {
+        run.mounts.retain(|m| m.target != target);
+        run.mounts.push(shoal_executor::Mount {
+            kind: shoal_executor::MountKind::Bind,
+            source: source.to_string_lossy().to_string(),
+            target,
+            read_only: true,
+        });
+    }
 }
 
 fn report(id: TaskId, state: TaskState, message: &str) -> TaskReport {
@@ -262,6 +306,7 @@ impl Runner {
         }
         let runner = Arc::new(Runner {
             cluster_id: member.cluster_id.to_string(),
+            files: TaskFiles::for_node(&shoal_cluster::node_id_string(member.id)),
             executors,
             starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS),
             tasks: Mutex::new(HashMap::new()),
@@ -309,6 +354,14 @@ impl Runner {
         if !adopted.is_empty() {
             tracing::info!("found {} tasks of an earlier run", adopted.len());
         }
+        // Files of tasks an earlier run left and that are gone (a crash between a task's end
+        // and the removal of its files).
+        self.files.sweep(
+            &adopted
+                .values()
+                .map(|(_, t)| t.run.task_id.clone())
+                .collect(),
+        );
         let session = rand::random::<u64>() | 1;
         let mut seq = 0u64;
         let mut seen_index = 0u64;
@@ -444,7 +497,7 @@ impl Runner {
                     let run = task_run(&a, spec, &self.cluster_id);
                     let (tx, rx) = watch::channel(false);
                     l.stop = Some(tx);
-                    self.spawn_supervisor(id, l.runtime, run, rx, None);
+                    self.spawn_supervisor(id, l.runtime, run, Secrets::of(&a), rx, None);
                 }
             }
             return;
@@ -487,13 +540,13 @@ impl Runner {
                 let (tx, rx) = watch::channel(desired > TaskState::Running);
                 local.stop = Some(tx);
                 tasks.insert(id, local);
-                self.spawn_supervisor(id, runtime, run, rx, Some(t.state));
+                self.spawn_supervisor(id, runtime, run, Secrets::of(&a), rx, Some(t.state));
             }
             (Some(run), None) if desired == TaskState::Running => {
                 let (tx, rx) = watch::channel(false);
                 local.stop = Some(tx);
                 tasks.insert(id, local);
-                self.spawn_supervisor(id, runtime, run, rx, None);
+                self.spawn_supervisor(id, runtime, run, Secrets::of(&a), rx, None);
             }
             (_, None) if desired > TaskState::Running => {
                 local.ended = true;
@@ -512,12 +565,16 @@ impl Runner {
         id: TaskId,
         runtime: &'static str,
         run: TaskRun,
+        secrets: Secrets,
         stop: watch::Receiver<bool>,
         adopted: Option<AdoptedState>,
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            me.supervise(id, runtime, run, stop, adopted).await;
+            let key = run.task_id.clone();
+            me.supervise(id, runtime, run, secrets, stop, adopted).await;
+            // The task has ended: its secrets go with it.
+            me.files.remove(&key);
             if let Some(l) = me.tasks.lock().expect("tasks").get_mut(&id) {
                 l.ended = true;
                 l.stop = None;
@@ -530,7 +587,8 @@ impl Runner {
         &self,
         id: TaskId,
         runtime: &'static str,
-        run: TaskRun,
+        mut run: TaskRun,
+        secrets: Secrets,
         mut stop: watch::Receiver<bool>,
         adopted: Option<AdoptedState>,
     ) {
@@ -538,11 +596,17 @@ impl Runner {
             return;
         };
         let key = run.task_id.clone();
+        let process = runtime == "process";
         // The Running report, kept to report health changes with the same details.
         let mut running = report(id, TaskState::Running, "started");
         let checker;
         match adopted {
             Some(AdoptedState::Running(details)) => {
+                // Its files are still on the tmpfs unless the node restarted; written again
+                // all the same.
+                if let Err(e) = self.files.write(&key, &secrets.files, process) {
+                    tracing::warn!(task = %key, "{e}");
+                }
                 checker = Checker::of(run.health.as_ref(), exec.as_ref(), details.checked);
                 running.status.pid = details.pid.unwrap_or(0);
                 running.status.container_id = details.container_id.unwrap_or_default();
@@ -564,9 +628,25 @@ impl Runner {
                     self.send(report(id, TaskState::Shutdown, "shutdown"));
                     return;
                 }
+                if !secrets.missing.is_empty() {
+                    let mut r = report(id, TaskState::Rejected, "rejected");
+                    r.status.err = secrets.missing.clone();
+                    self.send(r);
+                    return;
+                }
                 self.send(report(id, TaskState::Accepted, "accepted"));
                 let _permit = self.starts.acquire().await;
                 self.send(report(id, TaskState::Preparing, "preparing"));
+                match self.files.write(&key, &secrets.files, process) {
+                    Ok(w) => with_files(&mut run, w),
+                    Err(e) => {
+                        let mut r = report(id, TaskState::Rejected, "preparing");
+                        r.status.err = e;
+                        self.send(r);
+                        return;
+                    }
+                }
+                drop(secrets);
                 if let Err(e) = exec.prepare(&run).await {
                     let mut r = report(id, TaskState::Rejected, "preparing");
                     r.status.err = e.to_string();
@@ -658,6 +738,7 @@ impl Runner {
             let _ = exec.shutdown(&key, Duration::from_secs(10)).await;
         }
         let _ = exec.remove(&key).await;
+        self.files.remove(&key);
     }
 
     /// After a runtime came back (the engine restarted): whatever it still has of tasks this

@@ -13,7 +13,7 @@ use crate::types::{Availability, ClusterInfo, NewNode, NodeDescription, NodeId, 
 pub const MAX_COMMAND_SIZE: usize = 1024 * 1024;
 
 /// Version byte in front of every encoded command (2: services and tasks).
-const COMMAND_VERSION: u8 = 3;
+const COMMAND_VERSION: u8 = 4;
 
 /// Most task changes or reports in one command (one Raft entry).
 pub const MAX_BATCH: usize = 8192;
@@ -290,11 +290,14 @@ impl Command {
             )));
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
-        if version != COMMAND_VERSION {
-            return Err(err(format!("unknown version {version}")));
-        }
-        let (cmd, rest) =
-            postcard::take_from_bytes::<Command>(body).map_err(|e| err(e.to_string()))?;
+        let decode = || postcard::take_from_bytes::<Command>(body);
+        let decoded = match version {
+            COMMAND_VERSION => decode(),
+            // Version 3: task specs without secrets.
+            3 => crate::compat::before_secrets(decode),
+            _ => return Err(err(format!("unknown version {version}"))),
+        };
+        let (cmd, rest) = decoded.map_err(|e| err(e.to_string()))?;
         if !rest.is_empty() {
             return Err(err(format!("{} trailing bytes", rest.len())));
         }

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod command;
+mod compat;
 mod error;
 mod reconcile;
 mod secrets;
@@ -23,7 +24,10 @@ mod validate;
 pub use command::{Command, NodeUpdate, RequestId, MAX_BATCH, MAX_COMMAND_SIZE};
 pub use error::ClusterError;
 pub use reconcile::{reconcile, Action, RaftView, Reconciliation};
-pub use secrets::{Secret, SecretId, SecretKind, SecretSpec, MAX_SECRETS, MAX_SECRET_BYTES};
+pub use secrets::{
+    validate_refs, Secret, SecretId, SecretKind, SecretRef, SecretSpec, MAX_SECRETS,
+    MAX_SECRET_BYTES, MAX_SECRET_REFS,
+};
 pub use service::{
     object_id_string, validate_service_name, FailureAction, Health, HealthCheck, HealthTest,
     MountSpec, MountType, NewTask, PlacementSpec, PortConfig, PublishMode, ResourceSpec,

@@ -157,6 +157,122 @@ impl SecretSpec {
     }
 }
 
+/// Most secrets and configs one service's tasks get.
+pub const MAX_SECRET_REFS: usize = 100;
+
+/// A secret or config a service's tasks get as a file (`--secret src=NAME,target=…`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// Secret or config.
+    pub kind: SecretKind,
+    /// The object's id (0 in a request: the leader resolves `name`).
+    pub id: SecretId,
+    /// The object's name.
+    pub name: String,
+    /// The file: a relative path goes under `/run/secrets/` (secrets) or `/` (configs) in a
+    /// container and under `$SHOAL_SECRETS_DIR` / `$SHOAL_CONFIGS_DIR` for a process; a
+    /// container may also name an absolute path.
+    pub target: String,
+    /// The file's owner.
+    pub uid: u32,
+    /// The file's group.
+    pub gid: u32,
+    /// The file's mode (0: the default, 0444 in containers as Swarm's, 0400 for processes).
+    pub mode: u32,
+}
+
+impl SecretRef {
+    /// Checks the name, the target (no `..`, `.` or empty component, no NUL; relative for a
+    /// process task) and the mode.
+    pub fn validate(&self, process: bool) -> Result<(), ClusterError> {
+        let what = self.kind.name();
+        let invalid =
+            |why: String| ClusterError::Invalid(format!("invalid {what} {}: {why}", self.name));
+        SecretSpec {
+            name: self.name.clone(),
+            labels: BTreeMap::new(),
+            data: vec![0],
+        }
+        .validate(self.kind)?;
+        let t = &self.target;
+        if t.is_empty() || t.len() > 1024 || t.contains('\0') {
+            return Err(invalid(format!("target {t:?}: 1 to 1024 bytes, no NUL")));
+        }
+        let rel = t.strip_prefix('/').unwrap_or(t);
+        if rel.is_empty()
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(invalid(format!(
+                "target {t:?}: a file path without empty, '.' or '..' components"
+            )));
+        }
+        if process && t.starts_with('/') {
+            return Err(invalid(format!(
+                "target {t:?}: a process task's files are under ${}, so the target must be \
+                 a relative path",
+                if self.kind == SecretKind::Secret {
+                    "SHOAL_SECRETS_DIR"
+                } else {
+                    "SHOAL_CONFIGS_DIR"
+                }
+            )));
+        }
+        if self.mode > 0o777 {
+            return Err(invalid(format!("mode {:o}: at most 0777", self.mode)));
+        }
+        Ok(())
+    }
+
+    /// The file mode tasks get: the given one, or the runtime's default.
+    pub fn file_mode(&self, process: bool) -> u32 {
+        match (self.mode, process) {
+            (0, true) => 0o400,
+            (0, false) => 0o444,
+            (m, _) => m,
+        }
+    }
+
+    /// The path in a container: relative targets go under `/run/secrets/` (secrets) or `/`
+    /// (configs), as Swarm places them.
+    pub fn container_path(&self) -> String {
+        if self.target.starts_with('/') {
+            self.target.clone()
+        } else if self.kind == SecretKind::Secret {
+            format!("/run/secrets/{}", self.target)
+        } else {
+            format!("/{}", self.target)
+        }
+    }
+}
+
+/// Checks a task spec's secret and config references among themselves: a bounded count and
+/// no two files at one path.
+pub fn validate_refs(refs: &[SecretRef], process: bool) -> Result<(), ClusterError> {
+    if refs.len() > MAX_SECRET_REFS {
+        return Err(ClusterError::Invalid(format!(
+            "at most {MAX_SECRET_REFS} secrets and configs per service"
+        )));
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for r in refs {
+        r.validate(process)?;
+        let path = if process {
+            format!("{}/{}", r.kind.name(), r.target)
+        } else {
+            r.container_path()
+        };
+        if !paths.insert(path) {
+            return Err(ClusterError::Invalid(format!(
+                "two secrets or configs have the target {:?}",
+                r.target
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A secret or config as the state holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Secret {
@@ -241,6 +357,35 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Checks that every object a spec refers to exists, with its kind and name.
+    pub(crate) fn check_refs(&self, refs: &[SecretRef]) -> Result<(), ClusterError> {
+        for r in refs {
+            match self.secrets.get(&r.id) {
+                Some(s) if s.kind == r.kind && s.spec.name == r.name => {}
+                _ => {
+                    return Err(ClusterError::Invalid(format!(
+                        "{} {} not found",
+                        r.kind.name(),
+                        r.name
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of the services whose spec uses object `id`.
+    pub fn services_using(&self, id: SecretId) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .values()
+            .filter(|s| s.spec.task.secrets.iter().any(|r| r.id == id))
+            .map(|s| s.spec.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub(crate) fn remove_secret(
         &mut self,
         kind: SecretKind,
@@ -248,6 +393,16 @@ impl ClusterState {
     ) -> Result<(), ClusterError> {
         match self.secrets.get(&id) {
             Some(s) if s.kind == kind => {
+                let users = self.services_using(id);
+                if !users.is_empty() {
+                    return Err(ClusterError::Invalid(format!(
+                        "{} {} is in use by the following service{}: {}",
+                        kind.name(),
+                        s.spec.name,
+                        if users.len() == 1 { "" } else { "s" },
+                        users.join(", ")
+                    )));
+                }
                 self.secrets.remove(&id);
                 Ok(())
             }

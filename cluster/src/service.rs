@@ -395,6 +395,9 @@ pub struct TaskSpec {
     pub ports: Vec<PortConfig>,
     /// The health check: a task with one counts as running once healthy.
     pub health: HealthCheck,
+    /// Secrets and configs given to each task as files.
+    #[serde(default, deserialize_with = "crate::compat::secret_refs")]
+    pub secrets: Vec<crate::secrets::SecretRef>,
 }
 
 /// What a mount's source is (`--mount type=…`).
@@ -471,6 +474,7 @@ impl Default for TaskSpec {
             mounts: Vec::new(),
             ports: Vec::new(),
             health: HealthCheck::default(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -590,6 +594,7 @@ impl ServiceSpec {
         }
         validate_container_fields(t)?;
         validate_health(&t.health)?;
+        crate::secrets::validate_refs(&t.secrets, t.runtime == Runtime::Process)?;
         validate_update_config(&self.update, "update")?;
         validate_update_config(&self.rollback, "rollback")?;
         if self.rollback.failure_action == FailureAction::Rollback {

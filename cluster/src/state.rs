@@ -14,7 +14,7 @@ use crate::types::{
 };
 
 /// Version byte in front of every snapshot (3: services, tasks and settings).
-pub const SNAPSHOT_VERSION: u8 = 6;
+pub const SNAPSHOT_VERSION: u8 = 7;
 
 /// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
 /// seconds; this many writes take far longer on any real cluster.
@@ -420,7 +420,7 @@ impl ClusterState {
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
         let body: std::borrow::Cow<'_, [u8]> = match version {
-            SNAPSHOT_VERSION => body.into(),
+            SNAPSHOT_VERSION | 6 => body.into(),
             // Version 5 is version 6 without the secrets, its last field: an empty map (a zero
             // length) completes it, so that a cluster keeps its state across the upgrade.
             5 => {
@@ -430,8 +430,14 @@ impl ClusterState {
             }
             _ => return Err(err(format!("unknown version {version}"))),
         };
-        let (mut state, rest) =
-            postcard::take_from_bytes::<ClusterState>(&body).map_err(|e| err(e.to_string()))?;
+        // Versions 5 and 6 have task specs without secrets.
+        let decode = || postcard::take_from_bytes::<ClusterState>(&body);
+        let decoded = if version < 7 {
+            crate::compat::before_secrets(decode)
+        } else {
+            decode()
+        };
+        let (mut state, rest) = decoded.map_err(|e| err(e.to_string()))?;
         if !rest.is_empty() {
             return Err(err(format!("{} trailing bytes", rest.len())));
         }

@@ -223,6 +223,7 @@ impl ClusterState {
     ) -> Result<(), ClusterError> {
         self.check_initialized()?;
         spec.validate()?;
+        self.check_refs(&spec.task.secrets)?;
         if self.name_taken(&spec.name, None) {
             return Err(ClusterError::Invalid(format!(
                 "service {} already exists",
@@ -264,6 +265,7 @@ impl ClusterState {
     ) -> Result<(), ClusterError> {
         let current = self.service_at(id, expected, "update")?;
         spec.validate()?;
+        self.check_refs(&spec.task.secrets)?;
         if spec.name != current.spec.name {
             return Err(ClusterError::Invalid(
                 "a service's name cannot be changed".into(),

@@ -127,3 +127,168 @@ fn a_snapshot_from_before_secrets_still_restores() {
     v6[0] = 4;
     assert!(ClusterState::restore(&v6).is_err());
 }
+
+fn secret_ref(kind: SecretKind, id: SecretId, name: &str, target: &str) -> SecretRef {
+    SecretRef {
+        kind,
+        id,
+        name: name.into(),
+        target: target.into(),
+        uid: 0,
+        gid: 0,
+        mode: 0,
+    }
+}
+
+fn create_service(s: &mut ClusterState, spec: &ServiceSpec) -> Result<(), ClusterError> {
+    let index = s.applied() + 1;
+    let cmd = Command::CreateService {
+        spec: spec.clone(),
+        at_ms: 9,
+    };
+    s.apply(index, &Command::decode(&cmd.encode()).unwrap())
+}
+
+#[test]
+fn services_refer_to_secrets_that_exist_and_hold_them_until_they_let_go() {
+    let mut s = cluster(1, 1);
+    create(&mut s, SecretKind::Secret, spec("db", b"hunter2")).unwrap();
+    create(&mut s, SecretKind::Config, spec("conf", b"a=1")).unwrap();
+    let db = s.resolve_secret(SecretKind::Secret, "db").unwrap().id;
+    let conf = s.resolve_secret(SecretKind::Config, "conf").unwrap().id;
+
+    let mut web = ServiceSpec::new("web", "/bin/sleep", 1);
+    web.task.secrets = vec![
+        secret_ref(SecretKind::Secret, db, "db", "db"),
+        secret_ref(SecretKind::Config, conf, "conf", "app/conf"),
+    ];
+    create_service(&mut s, &web).unwrap();
+    let mut api = ServiceSpec::new("api", "/bin/sleep", 1);
+    api.task.secrets = vec![secret_ref(SecretKind::Secret, db, "db", "password")];
+    create_service(&mut s, &api).unwrap();
+
+    // Kept across the encoding and a snapshot.
+    let restored = ClusterState::restore(&s.snapshot()).unwrap();
+    let svc = restored.resolve_service("web").unwrap();
+    assert_eq!(svc.spec.task.secrets, web.task.secrets);
+
+    // A reference to an object that does not exist, or of the other kind, is refused.
+    let mut bad = ServiceSpec::new("bad", "/bin/sleep", 1);
+    bad.task.secrets = vec![secret_ref(SecretKind::Config, db, "db", "db")];
+    let e = create_service(&mut s, &bad).unwrap_err();
+    assert!(e.to_string().contains("config db not found"), "{e}");
+    bad.task.secrets = vec![secret_ref(SecretKind::Secret, 12345, "gone", "x")];
+    assert!(create_service(&mut s, &bad).is_err());
+
+    // In use: the removal names every service using it.
+    let index = s.applied() + 1;
+    let e = s
+        .apply(
+            index,
+            &Command::RemoveSecret {
+                kind: SecretKind::Secret,
+                id: db,
+                at_ms: 10,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "secret db is in use by the following services: api, web"
+    );
+    assert!(s.resolve_secret(SecretKind::Secret, "db").is_ok());
+
+    // Once no service uses it, it goes.
+    for name in ["web", "api"] {
+        let id = s.resolve_service(name).unwrap().id;
+        let index = s.applied() + 1;
+        s.apply(index, &Command::RemoveService { id, at_ms: 11 })
+            .unwrap();
+    }
+    let index = s.applied() + 1;
+    s.apply(
+        index,
+        &Command::RemoveSecret {
+            kind: SecretKind::Secret,
+            id: db,
+            at_ms: 12,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn secret_targets_and_modes_are_checked() {
+    let ok = |kind, target: &str, process: bool| {
+        validate_refs(&[secret_ref(kind, 1, "s", target)], process)
+    };
+    assert!(ok(SecretKind::Secret, "s", true).is_ok());
+    assert!(ok(SecretKind::Secret, "certs/tls.key", true).is_ok());
+    assert!(ok(SecretKind::Config, "/etc/app.conf", false).is_ok());
+    for (target, process, want) in [
+        ("/etc/app.conf", true, "must be a relative path"),
+        ("../etc/passwd", false, "'..'"),
+        ("a//b", false, "empty"),
+        ("", false, "1 to 1024 bytes"),
+        ("a\0b", true, "NUL"),
+        ("/", false, "components"),
+    ] {
+        let e = ok(SecretKind::Secret, target, process).unwrap_err();
+        assert!(e.to_string().contains(want), "{target:?}: {e}");
+    }
+    let mut m = secret_ref(SecretKind::Secret, 1, "s", "s");
+    m.mode = 0o1777;
+    assert!(validate_refs(&[m.clone()], false).is_err());
+    m.mode = 0;
+    assert_eq!(m.file_mode(true), 0o400);
+    assert_eq!(m.file_mode(false), 0o444);
+    assert_eq!(m.container_path(), "/run/secrets/s");
+    let c = secret_ref(SecretKind::Config, 1, "c", "c");
+    assert_eq!(c.container_path(), "/c");
+    // Two files at one path.
+    let e = validate_refs(
+        &[
+            secret_ref(SecretKind::Secret, 1, "a", "x"),
+            secret_ref(SecretKind::Secret, 2, "b", "x"),
+        ],
+        false,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("the target \"x\""), "{e}");
+    // A secret and a config may share a name as a process task's files (two directories).
+    assert!(validate_refs(
+        &[
+            secret_ref(SecretKind::Secret, 1, "a", "x"),
+            secret_ref(SecretKind::Config, 2, "b", "x"),
+        ],
+        true,
+    )
+    .is_ok());
+}
+
+#[test]
+fn commands_from_before_secrets_still_decode() {
+    // Where the secrets field sits in an encoded service spec: where an empty and a one-entry
+    // list first differ. The old encoding is the new one without that byte.
+    let spec_with = |refs: Vec<SecretRef>| {
+        let mut s = ServiceSpec::new("web", "/bin/sleep", 2);
+        s.task.secrets = refs;
+        Command::CreateService { spec: s, at_ms: 5 }.encode()
+    };
+    let empty = spec_with(Vec::new());
+    let one = spec_with(vec![secret_ref(SecretKind::Secret, 1, "s", "s")]);
+    let at = empty.iter().zip(&one).position(|(a, b)| a != b).unwrap();
+    assert_eq!(empty[at], 0, "the empty list's length");
+    let mut v3 = empty.clone();
+    v3.remove(at);
+    v3[0] = 3;
+    assert_eq!(
+        Command::decode(&v3).unwrap(),
+        Command::decode(&empty).unwrap()
+    );
+    // The new version with the byte missing is malformed, not silently read as old.
+    v3[0] = empty[0];
+    assert!(Command::decode(&v3).is_err());
+    v3[0] = 2;
+    assert!(Command::decode(&v3).is_err());
+}

@@ -12,7 +12,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use shoal_cluster::{
     validate_label, FailureAction, HealthTest, MountSpec, MountType, PortConfig, PublishMode,
-    RestartCondition, Runtime, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState,
+    RestartCondition, Runtime, SecretKind, SecretRef, ServiceMode, ServiceSpec, UpdateConfig,
+    UpdateOrder, UpdateState,
 };
 
 use super::{unexpected, Agent, Ui};
@@ -261,6 +262,12 @@ pub struct CreateArgs {
     /// Containers: publish a port, published=8080,target=80,mode=host (repeatable)
     #[arg(short, long = "publish", value_name = "PORT")]
     pub publish: Vec<String>,
+    /// Give tasks a secret: NAME or source=NAME,target=PATH,uid=,gid=,mode= (repeatable)
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secrets: Vec<String>,
+    /// Give tasks a config: NAME or source=NAME,target=PATH,uid=,gid=,mode= (repeatable)
+    #[arg(long = "config", value_name = "CONFIG")]
+    pub configs: Vec<String>,
     /// Task options (resources, restart policy, …).
     #[command(flatten)]
     pub task: TaskOpts,
@@ -322,6 +329,18 @@ pub struct UpdateArgs {
     /// Containers: remove the published port PUBLISHED[/PROTOCOL] (repeatable)
     #[arg(long = "publish-rm", value_name = "PORT")]
     pub publish_rm: Vec<String>,
+    /// Add or replace (by target) a secret: NAME or source=NAME,target=… (repeatable)
+    #[arg(long = "secret-add", value_name = "SECRET")]
+    pub secret_add: Vec<String>,
+    /// Remove a secret, by name (repeatable)
+    #[arg(long = "secret-rm", value_name = "NAME")]
+    pub secret_rm: Vec<String>,
+    /// Add or replace (by target) a config: NAME or source=NAME,target=… (repeatable)
+    #[arg(long = "config-add", value_name = "CONFIG")]
+    pub config_add: Vec<String>,
+    /// Remove a config, by name (repeatable)
+    #[arg(long = "config-rm", value_name = "NAME")]
+    pub config_rm: Vec<String>,
     /// Replace every task even if nothing changed
     #[arg(long)]
     pub force: bool,
@@ -637,6 +656,10 @@ fn update_changes_anything(a: &UpdateArgs) -> bool {
         pref_rm: Vec::new(),
         mount_add: Vec::new(),
         mount_rm: Vec::new(),
+        secret_add: Vec::new(),
+        secret_rm: Vec::new(),
+        config_add: Vec::new(),
+        config_rm: Vec::new(),
         publish_add: Vec::new(),
         publish_rm: Vec::new(),
         force: false,
@@ -648,6 +671,55 @@ fn update_changes_anything(a: &UpdateArgs) -> bool {
         service: a.service.clone(),
     };
     format!("{a:?}") != format!("{probe:?}")
+}
+
+/// Parses `--secret NAME` or `--secret source=NAME,target=PATH,uid=0,gid=0,mode=0400`
+/// (Docker's keys; the target defaults to the name, the mode to the runtime's default).
+pub fn parse_secret_ref(kind: SecretKind, s: &str) -> Result<SecretRef, String> {
+    let flag = kind.name();
+    let mut r = SecretRef {
+        kind,
+        id: 0,
+        name: String::new(),
+        target: String::new(),
+        uid: 0,
+        gid: 0,
+        mode: 0,
+    };
+    if !s.contains('=') {
+        r.name = s.to_string();
+    } else {
+        for field in s.split(',') {
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| format!("--{flag} {s:?}: expected key=value, found {field:?}"))?;
+            let number = |v: &str, radix: u32| {
+                u32::from_str_radix(v, radix)
+                    .map_err(|_| format!("--{flag} {s:?}: invalid {k} {v:?}"))
+            };
+            match k {
+                "source" | "src" => r.name = v.to_string(),
+                "target" => r.target = v.to_string(),
+                "uid" => r.uid = number(v, 10)?,
+                "gid" => r.gid = number(v, 10)?,
+                "mode" => r.mode = number(v, 8)?,
+                _ => return Err(format!("--{flag} {s:?}: unknown field {k:?}")),
+            }
+        }
+    }
+    if r.name.is_empty() {
+        return Err(format!("--{flag} {s:?}: the source is required"));
+    }
+    if r.target.is_empty() {
+        r.target = r.name.clone();
+    }
+    if r.mode > 0o777 {
+        return Err(format!(
+            "--{flag} {s:?}: invalid mode {:o} (at most 0777)",
+            r.mode
+        ));
+    }
+    Ok(r)
 }
 
 /// Parses `--mount type=bind,source=/srv,target=/data[,readonly]` (Docker's keys and aliases;
@@ -816,6 +888,14 @@ pub fn create_spec(a: &CreateArgs) -> Result<ServiceSpec, String> {
     for p in &a.publish {
         spec.task.ports.push(parse_publish(p)?);
     }
+    for (kind, list) in [
+        (SecretKind::Secret, &a.secrets),
+        (SecretKind::Config, &a.configs),
+    ] {
+        for r in list {
+            spec.task.secrets.push(parse_secret_ref(kind, r)?);
+        }
+    }
     apply_task_opts(&mut spec, &a.task)?;
     apply_policy_opts(&mut spec, &a.policy)?;
     spec.validate().map_err(|e| e.to_string())?;
@@ -922,6 +1002,19 @@ pub fn update_spec(current: &ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec,
             _ => return Err(format!("--publish-rm {r:?}: invalid protocol")),
         };
         t.ports.retain(|p| !(p.published == port && p.udp == udp));
+    }
+    for (kind, rm, add) in [
+        (SecretKind::Secret, &a.secret_rm, &a.secret_add),
+        (SecretKind::Config, &a.config_rm, &a.config_add),
+    ] {
+        t.secrets
+            .retain(|r| r.kind != kind || !rm.contains(&r.name));
+        for r in add {
+            let r = parse_secret_ref(kind, r)?;
+            t.secrets
+                .retain(|o| !(o.kind == kind && (o.target == r.target || o.name == r.name)));
+            t.secrets.push(r);
+        }
     }
     for p in &a.publish_add {
         let p = parse_publish(p)?;
@@ -1175,6 +1268,38 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
             field(
                 " ",
                 &format!("type={kind},source={},target={}{ro}", m.source, m.target),
+            );
+        }
+    }
+    for (kind, title) in [
+        (SecretKind::Secret, "Secrets:"),
+        (SecretKind::Config, "Configs:"),
+    ] {
+        let refs: Vec<&SecretRef> = t.secrets.iter().filter(|r| r.kind == kind).collect();
+        if refs.is_empty() {
+            continue;
+        }
+        field(title, "");
+        let process = t.runtime == Runtime::Process;
+        for r in refs {
+            let path = if process {
+                let var = match kind {
+                    SecretKind::Secret => "SHOAL_SECRETS_DIR",
+                    SecretKind::Config => "SHOAL_CONFIGS_DIR",
+                };
+                format!("${var}/{}", r.target)
+            } else {
+                r.container_path()
+            };
+            field(
+                " ",
+                &format!(
+                    "{} -> {path} (uid {}, gid {}, mode {:04o})",
+                    r.name,
+                    r.uid,
+                    r.gid,
+                    r.file_mode(process)
+                ),
             );
         }
     }
