@@ -157,6 +157,9 @@ pub enum Request {
         kind: shoal_cluster::SecretKind,
         /// Name, labels, data (checked again on the leader).
         spec: shoal_cluster::SecretSpec,
+        /// An object of that name with the same data is not an error (`stack deploy` run
+        /// again); one with other data still is.
+        exist_ok: bool,
     },
     /// `secret ls`, `config ls`.
     SecretList {

@@ -455,6 +455,8 @@ async fn swarm_update(
 #[derive(Deserialize)]
 struct SecretBody {
     spec: SecretSpec,
+    #[serde(default)]
+    exist_ok: bool,
 }
 
 async fn secret_list(AxState(a): Ax, kind: SecretKind) -> axum::response::Response {
@@ -467,7 +469,15 @@ async fn secret_create(
     Json(b): Json<SecretBody>,
     kind: SecretKind,
 ) -> axum::response::Response {
-    with_rid!(a, headers, Request::SecretCreate { kind, spec: b.spec })
+    with_rid!(
+        a,
+        headers,
+        Request::SecretCreate {
+            kind,
+            spec: b.spec,
+            exist_ok: b.exist_ok
+        }
+    )
 }
 
 async fn secret_inspect(
@@ -731,7 +741,7 @@ impl Member {
                 | Request::ServiceRollback { service, .. }
                 | Request::ServiceRemove { service } => return Response::ok(service.clone()),
                 Request::SwarmUpdate { .. } => return Response::ok(""),
-                Request::SecretCreate { kind, spec } => {
+                Request::SecretCreate { kind, spec, .. } => {
                     return crate::services::secret_created(h, *kind, &spec.name)
                 }
                 Request::SecretRemove { name, .. } => return Response::ok(name.clone()),

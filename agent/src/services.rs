@@ -318,9 +318,35 @@ impl Member {
                     _ => Response::error("not a read"),
                 })
             }
-            Request::SecretCreate { kind, spec } => {
+            Request::SecretCreate {
+                kind,
+                spec,
+                exist_ok,
+            } => {
                 if let Err(e) = spec.validate(kind) {
                     return Response::error(e);
+                }
+                if exist_ok {
+                    let st = h.state.read().expect("state");
+                    let same_name = st
+                        .secrets()
+                        .values()
+                        .find(|s| s.kind == kind && s.spec.name == spec.name);
+                    match same_name {
+                        Some(s) if s.spec.data == spec.data => {
+                            return Response::ok(object_id_string(s.id))
+                        }
+                        Some(_) => {
+                            return Response::error(format!(
+                                "{k} {n} exists with other content, and a {k} cannot change: \
+                                 give the new content another name (such as {n}_v2) and point \
+                                 the services at it",
+                                k = kind.name(),
+                                n = spec.name
+                            ))
+                        }
+                        None => {}
+                    }
                 }
                 let name = spec.name.clone();
                 let cmd = Command::CreateSecret {

@@ -302,3 +302,103 @@ fn a_container_gets_its_secret_read_only_at_run_secrets() {
         task_dirs(&id).is_empty().then_some(())
     });
 }
+
+#[test]
+fn a_stack_brings_its_secrets_and_configs_and_takes_them_away() {
+    let _g = serial();
+    let c = Cluster::start(1);
+    c.form(1);
+    let app = c.tmp.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    let marker = format!("stack-{:016x}", rand_u64());
+    std::fs::write(app.join("db_pw.txt"), &marker).unwrap();
+    let compose = r#"
+services:
+  reader:
+    x-shoal-runtime: process
+    command:
+      - sh
+      - -c
+      - 'echo "hash $$(sha256sum "$$SHOAL_SECRETS_DIR/password" | cut -d" " -f1)"; cat "$$SHOAL_SECRETS_DIR/shared"; cat "$$SHOAL_CONFIGS_DIR/app.conf"; exec sleep 100000'
+    secrets:
+      - source: db_pw
+        target: password
+      - shared
+    configs:
+      - source: conf
+        target: app.conf
+secrets:
+  db_pw:
+    file: ./db_pw.txt
+  shared:
+    external: true
+configs:
+  conf:
+    content: |
+      level=debug
+"#;
+    std::fs::write(app.join("docker-compose.yml"), compose).unwrap();
+    let file = app.join("docker-compose.yml");
+    let file = file.to_str().unwrap();
+
+    // The external secret must exist first.
+    let err = c.shoal(0, &["stack", "deploy", "-c", file, "app"]).err();
+    assert!(
+        err.contains("secret shared is external but does not exist"),
+        "{err}"
+    );
+    assert!(!c.shoal(0, &["secret", "ls"]).ok().contains("app_db_pw"));
+    create_secret(&c, "secret", "shared", "shared-value\n");
+
+    let out = c.shoal(0, &["stack", "deploy", "-c", file, "app"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("Creating secret app_db_pw"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("Creating config app_conf"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("Ignoring"), "{}", out.stderr);
+    let hash = sha256(marker.as_bytes());
+    c.wait("the stack's task to read its files", || {
+        let logs = c.shoal(0, &["service", "logs", "app_reader"]).stdout;
+        (logs.contains(&format!("hash {hash}"))
+            && logs.contains("shared-value")
+            && logs.contains("level=debug"))
+        .then_some(())
+    });
+    let inspect = c.shoal(0, &["secret", "inspect", "app_db_pw"]).ok();
+    assert!(
+        inspect.contains("\"com.docker.stack.namespace\": \"app\""),
+        "{inspect}"
+    );
+
+    // Deployed again unchanged: nothing created, nothing updated.
+    let out = c.shoal(0, &["stack", "deploy", "-c", file, "app"]).ok();
+    assert!(!out.contains("Creating"), "{out}");
+    assert!(out.contains("Service app_reader is up to date"), "{out}");
+
+    // A secret's content cannot change under the same name.
+    std::fs::write(app.join("db_pw.txt"), "another").unwrap();
+    let err = c.shoal(0, &["stack", "deploy", "-c", file, "app"]).err();
+    assert!(
+        err.contains("secret app_db_pw exists with other content"),
+        "{err}"
+    );
+
+    // Removed with the stack; the external one stays.
+    let out = c.shoal(0, &["stack", "rm", "app"]).ok();
+    assert!(out.contains("Removing secret app_db_pw"), "{out}");
+    assert!(out.contains("Removing config app_conf"), "{out}");
+    let ls = c.shoal(0, &["secret", "ls"]).ok();
+    assert!(!ls.contains("app_db_pw") && ls.contains("shared"), "{ls}");
+    assert!(!c.shoal(0, &["config", "ls"]).ok().contains("app_conf"));
+    assert!(!c
+        .command_lines()
+        .iter()
+        .any(|l| l.contains("SHOAL_SECRETS_DIR")));
+}

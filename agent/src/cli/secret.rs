@@ -56,7 +56,7 @@ pub enum SecretCmd {
     },
 }
 
-fn base(kind: SecretKind) -> &'static str {
+pub(super) fn base(kind: SecretKind) -> &'static str {
     match kind {
         SecretKind::Secret => "/v1/secrets",
         SecretKind::Config => "/v1/configs",
@@ -79,7 +79,7 @@ fn read_data(file: &str, kind: SecretKind) -> Result<Vec<u8>, String> {
     Ok(data)
 }
 
-fn views(agent: &Agent, path: &str) -> Result<Vec<SecretView>, String> {
+pub(super) fn views(agent: &Agent, path: &str) -> Result<Vec<SecretView>, String> {
     match agent.call("GET", path, None)? {
         Response::Secrets { secrets } => Ok(secrets),
         other => Err(unexpected("a list", &other)),

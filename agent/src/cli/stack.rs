@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use shoal_cluster::{SecretKind, SecretSpec};
 
+use super::secret::{base, views};
 use super::service::{
     filter_tasks, now_ms, service_path, service_table, short, task_table, tasks, update, Follower,
     LOOK_EVERY,
@@ -20,6 +22,7 @@ use super::service::{
 use super::{unexpected, Agent, Ui};
 use crate::api::{Response, ServiceView};
 use crate::format::{clean, render_table};
+use crate::stack::objects::StackObject;
 use crate::stack::project::{config_yaml, load_stack};
 use crate::stack::spec::STACK_LABEL;
 
@@ -220,6 +223,20 @@ pub(super) fn stack(agent: &Agent, cmd: &StackCmd, ui: &mut Ui<'_>) -> Result<()
                     }
                 }
             }
+            // The stacks' own secrets and configs go with them (external ones stay).
+            for name in stacks {
+                for kind in [SecretKind::Secret, SecretKind::Config] {
+                    for o in views(agent, base(kind))? {
+                        if o.labels.get(STACK_LABEL) == Some(name) {
+                            ui.print(&format!("Removing {} {}", kind.name(), o.name));
+                            let path = format!("{}/{}", base(kind), o.id);
+                            if let Err(e) = agent.ok("DELETE", &path, None) {
+                                ui.error(&e);
+                            }
+                        }
+                    }
+                }
+            }
             if !detach {
                 wait_gone(agent, &removed, ui)?;
             }
@@ -235,6 +252,55 @@ pub(super) fn stack(agent: &Agent, cmd: &StackCmd, ui: &mut Ui<'_>) -> Result<()
             Ok(())
         }
     }
+}
+
+/// Creates the secrets and configs a stack defines that do not exist yet (an existing one
+/// with the same content is left alone; with other content, refused: they cannot change), and
+/// checks that the external ones exist. Everything is checked before anything is created.
+fn ensure_objects(agent: &Agent, objects: &[StackObject], ui: &mut Ui<'_>) -> Result<(), String> {
+    let mut specs = Vec::new();
+    for o in objects {
+        if let Some(data) = &o.data {
+            let spec = SecretSpec {
+                name: o.name.clone(),
+                labels: o.labels.clone(),
+                data: data.clone(),
+            };
+            spec.validate(o.kind)
+                .map_err(|e| format!("{}s.{}: {e}", o.kind.name(), o.key))?;
+            specs.push((o.kind, spec));
+        }
+    }
+    let mut existing = BTreeSet::new();
+    for kind in [SecretKind::Secret, SecretKind::Config] {
+        if objects.iter().any(|o| o.kind == kind) {
+            for v in views(agent, base(kind))? {
+                existing.insert((kind, v.name));
+            }
+        }
+    }
+    for o in objects.iter().filter(|o| o.data.is_none()) {
+        if !existing.contains(&(o.kind, o.name.clone())) {
+            return Err(format!(
+                "{k} {n} is external but does not exist: create it first with shoal {k} create \
+                 {n} FILE",
+                k = o.kind.name(),
+                n = o.name
+            ));
+        }
+    }
+    for (kind, spec) in specs {
+        if !existing.contains(&(kind, spec.name.clone())) {
+            ui.print(&format!("Creating {} {}", kind.name(), spec.name));
+        }
+        let path = format!("{}/create", base(kind));
+        agent.ok(
+            "POST",
+            &path,
+            Some(&json!({ "spec": spec, "exist_ok": true })),
+        )?;
+    }
+    Ok(())
 }
 
 /// Waits until no task of the services `ids` is left (the cluster forgets a removed service's
@@ -285,6 +351,7 @@ fn deploy(agent: &Agent, a: &DeployArgs, ui: &mut Ui<'_>) -> Result<(), String> 
             s.name, a.stack
         ));
     }
+    ensure_objects(agent, &stack.objects, ui)?;
     let by_name: BTreeMap<&str, &ServiceView> =
         existing.iter().map(|s| (s.spec.name.as_str(), s)).collect();
     let mut follow = Vec::new();
@@ -304,6 +371,18 @@ fn deploy(agent: &Agent, a: &DeployArgs, ui: &mut Ui<'_>) -> Result<(), String> 
                 let mut spec = spec.clone();
                 // An unchanged file does not redeploy tasks an earlier --force redeployed.
                 spec.task.force_update = current.spec.task.force_update;
+                // Secrets and configs are named in the file and known by id in the swarm.
+                for r in &mut spec.task.secrets {
+                    if let Some(c) = current
+                        .spec
+                        .task
+                        .secrets
+                        .iter()
+                        .find(|c| c.kind == r.kind && c.name == r.name)
+                    {
+                        r.id = c.id;
+                    }
+                }
                 if spec == current.spec {
                     ui.print(&format!(
                         "Service {} is up to date (id: {})",

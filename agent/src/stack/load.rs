@@ -21,6 +21,8 @@ pub fn parse(text: &str, file: &str) -> Result<Value, String> {
     let options = serde_saphyr::options! {
         strict_booleans: true,
         with_snippet: false,
+        // `mode: 0440` is octal, as Compose (YAML 1.1) reads it.
+        legacy_octal_numbers: true,
     };
     let v: Value =
         serde_saphyr::from_str_with_options(text, options).map_err(|e| located(&e, file))?;

@@ -5,5 +5,6 @@
 pub mod fields;
 pub mod interpolate;
 pub mod load;
+pub mod objects;
 pub mod project;
 pub mod spec;

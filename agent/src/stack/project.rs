@@ -10,7 +10,8 @@ use shoal_cluster::ServiceSpec;
 
 use super::interpolate::{parse_dotenv, Vars};
 use super::load::{load, MAX_FILE_BYTES};
-use super::spec::service_spec;
+use super::objects::{objects, StackObject};
+use super::spec::{service_spec, StackContext};
 
 /// Top-level keys of a Compose file.
 const TOP_LEVEL: [&str; 7] = [
@@ -18,8 +19,8 @@ const TOP_LEVEL: [&str; 7] = [
 ];
 
 /// Top-level keys shoal has nothing to do with yet (volumes are created by the engine on first
-/// use; networks, secrets and configs come with later work): warned about when not empty.
-const TOP_LEVEL_LATER: [&str; 3] = ["networks", "secrets", "configs"];
+/// use; networks come with the routing mesh): warned about when not empty.
+const TOP_LEVEL_LATER: [&str; 1] = ["networks"];
 
 /// What a stack's files say: its services as shoal specs (sorted by name), the merged and
 /// interpolated file, and warnings for the operator.
@@ -27,6 +28,8 @@ const TOP_LEVEL_LATER: [&str; 3] = ["networks", "secrets", "configs"];
 pub struct Stack {
     /// One spec per Compose service, named `STACK_SERVICE`.
     pub services: Vec<ServiceSpec>,
+    /// The secrets and configs it defines or uses (external ones).
+    pub objects: Vec<StackObject>,
     /// The merged, interpolated Compose file (`stack config` prints it).
     pub merged: Value,
     /// Lines for the operator (unsupported keys, unset variables).
@@ -86,9 +89,10 @@ pub fn load_stack(
     let mut warnings = Vec::new();
     let mut merged = load(&texts, &vars, &mut warnings)?;
     retype(&mut merged);
-    let services = specs(name, &merged, &base, &vars, &mut warnings)?;
+    let (services, objects) = specs(name, &merged, &base, &vars, &mut warnings)?;
     Ok(Stack {
         services,
+        objects,
         merged,
         warnings,
     })
@@ -159,14 +163,15 @@ fn at<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     path.iter().try_fold(v, |v, k| v.get_mut(*k))
 }
 
-/// Checks the merged file's top level and builds every service's spec.
+/// Checks the merged file's top level and builds every service's spec and the secrets and
+/// configs.
 pub fn specs(
     name: &str,
     merged: &Value,
     base: &Path,
     vars: &Vars,
     warnings: &mut Vec<String>,
-) -> Result<Vec<ServiceSpec>, String> {
+) -> Result<(Vec<ServiceSpec>, Vec<StackObject>), String> {
     let top = merged
         .as_object()
         .ok_or("a Compose file is a mapping (services:, volumes:, …)")?;
@@ -193,16 +198,21 @@ pub fn specs(
         }
         Some(_) => return Err("services: expected a mapping of service names".into()),
     };
+    let objects = objects(name, top, base, vars)?;
     let lookup = |k: &str| vars.get(k).map(str::to_string);
+    let cx = StackContext {
+        stack: name,
+        base,
+        lookup: &lookup,
+        objects: &objects,
+    };
     let mut out = Vec::new();
     for (svc, v) in services {
         let env_file = env_files(svc, v, base)?;
-        out.push(service_spec(
-            name, svc, v, base, &env_file, &lookup, warnings,
-        )?);
+        out.push(service_spec(&cx, svc, v, &env_file, warnings)?);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((out, objects))
 }
 
 /// A service's `env_file:` entries in order (a string, or a list of paths or of

@@ -4,11 +4,12 @@
 
 use serde_json::{Map, Value};
 use shoal_cluster::{
-    FailureAction, HealthTest, MountSpec, MountType, Runtime, ServiceMode, ServiceSpec,
+    FailureAction, HealthTest, MountSpec, MountType, Runtime, SecretKind, ServiceMode, ServiceSpec,
     UpdateConfig, UpdateOrder,
 };
 
 use super::fields::{key_values, ports, unsupported_warning, UNSUPPORTED};
+use super::objects::{service_refs, StackObject};
 use crate::cli::service::{
     parse_condition, parse_cpus, parse_duration, parse_memory, parse_mount, split_args,
 };
@@ -39,7 +40,7 @@ const KNOWN: [&str; 18] = [
 ];
 
 /// Keys a service spec has that the cluster does not use (yet): warned about, not refused.
-const NOT_YET: [&str; 5] = ["secrets", "configs", "hostname", "networks", "labels"];
+const NOT_YET: [&str; 3] = ["hostname", "networks", "labels"];
 
 fn text(v: &Value, what: &str) -> Result<String, String> {
     match v {
@@ -234,19 +235,29 @@ fn volume(v: &Value, what: &str, base: &std::path::Path) -> Result<MountSpec, St
     }
 }
 
-/// The shoal spec of Compose service `name` of stack `stack` (named `STACK_NAME`, labelled with
-/// the stack). `lookup` gives environment values for bare `environment` keys; `env_file`
-/// entries, read by the caller, come first and `environment` overrides them; relative bind
-/// sources are taken from `base`, the first Compose file's directory.
+/// What every service of a stack is built with.
+pub struct StackContext<'a> {
+    /// The stack's name (services are `STACK_NAME`, labelled with it).
+    pub stack: &'a str,
+    /// The first Compose file's directory: relative bind sources are taken from it.
+    pub base: &'a std::path::Path,
+    /// Environment values for bare `environment` keys.
+    pub lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// The stack's secrets and configs, which services name by key.
+    pub objects: &'a [StackObject],
+}
+
+/// The shoal spec of Compose service `name` of the stack (named `STACK_NAME`, labelled with
+/// the stack). `env_file` entries, read by the caller, come first and `environment` overrides
+/// them.
 pub fn service_spec(
-    stack: &str,
+    cx: &StackContext<'_>,
     name: &str,
     v: &Value,
-    base: &std::path::Path,
     env_file: &[(String, String)],
-    lookup: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<ServiceSpec, String> {
+    let (stack, base, lookup, objects) = (cx.stack, cx.base, cx.lookup, cx.objects);
     let what = format!("service {name}");
     let m = object(v, &what)?;
     let mut known: Vec<&str> = KNOWN.to_vec();
@@ -380,6 +391,16 @@ pub fn service_spec(
         if let Some(x) = hm.get("retries") {
             health.retries = u32::try_from(count(x, &format!("{hw}.retries"))?)
                 .map_err(|_| format!("{hw}.retries: too large"))?;
+        }
+    }
+    for (kind, key) in [
+        (SecretKind::Secret, "secrets"),
+        (SecretKind::Config, "configs"),
+    ] {
+        if let Some(list) = m.get(key) {
+            spec.task
+                .secrets
+                .extend(service_refs(kind, list, &format!("{what}.{key}"), objects)?);
         }
     }
     if let Some(d) = m.get("deploy") {
@@ -557,16 +578,13 @@ mod tests {
         let mut w = Vec::new();
         let lookup = |k: &str| (k == "FROM_ENV").then(|| "env".to_string());
         let base = std::path::Path::new("/srv/app");
-        service_spec(
-            "app",
-            "web",
-            &v,
+        let cx = StackContext {
+            stack: "app",
             base,
-            &[("F".into(), "file".into())],
-            &lookup,
-            &mut w,
-        )
-        .map(|s| (s, w))
+            lookup: &lookup,
+            objects: &[],
+        };
+        service_spec(&cx, "web", &v, &[("F".into(), "file".into())], &mut w).map(|s| (s, w))
     }
 
     #[test]
