@@ -102,6 +102,10 @@ pub struct Agent {
     /// When this agent last left a swarm (its endpoint may still be draining).
     left_at: Mutex<Option<Instant>>,
     entropy: Arc<Entropy>,
+    /// A manager locked by autolock, waiting for `swarm unlock`: its identity (nothing runs).
+    locked: Mutex<Option<StoredIdentity>>,
+    /// The unlock key given by `swarm unlock`, for the member it starts.
+    unlock: Mutex<Option<[u8; 32]>>,
 }
 
 /// A node that is part of a cluster.
@@ -151,6 +155,10 @@ pub struct Member {
     leaderless_since: Mutex<Option<Instant>>,
     /// Nodes that recently answered "not a manager": asked last until the entry expires.
     not_managers: Mutex<BTreeMap<u64, Instant>>,
+    /// The Raft data keys (with the unlock key they are opened with, under autolock).
+    keys: Mutex<crate::keys::RaftKeys>,
+    /// A data key was replaced: the old ones are forgotten once the log no longer uses them.
+    old_data_keys: std::sync::atomic::AtomicBool,
 }
 
 /// What this agent reports about its machine and its runtimes.
@@ -211,8 +219,21 @@ impl Agent {
             left_at: Mutex::new(None),
             entropy: Arc::new(Entropy::new(opts.seed)),
             opts,
+            locked: Mutex::new(None),
+            unlock: Mutex::new(None),
         });
         if let Some(stored) = agent.data.load()? {
+            let keys = crate::keys::RaftKeys::new(agent.data.root());
+            if agent.data.retired()?.is_some() {
+                // A retirement a crash interrupted: nothing of the old log is kept.
+                agent.data.finish_retirement()?;
+                keys.destroy()?;
+            }
+            if keys.is_locked()? {
+                tracing::warn!("autolock: {}", crate::keys::LOCKED);
+                *agent.locked.lock().expect("locked") = Some(stored);
+                return Ok(agent);
+            }
             // A demoted node keeps its retired log but runs no replica until a leader calls.
             let start =
                 (agent.data.has_raft() && !agent.data.raft_retired()).then_some(Start::Existing);
@@ -349,6 +370,11 @@ impl Agent {
             executors: self.opts.executors.clone(),
             leaderless_since: Mutex::new(None),
             not_managers: Mutex::new(BTreeMap::new()),
+            keys: Mutex::new(
+                crate::keys::RaftKeys::new(self.data.root())
+                    .with_unlock(*self.unlock.lock().expect("unlock")),
+            ),
+            old_data_keys: Default::default(),
         });
         if let Some(how) = raft {
             member.start_raft(how)?;
@@ -392,11 +418,59 @@ impl Agent {
         req: Request,
         rid: Option<shoal_cluster::RequestId>,
     ) -> Response {
+        let locked = self
+            .locked
+            .lock()
+            .expect("locked")
+            .as_ref()
+            .map(|s| s.node.clone());
+        if let Some(node) = locked {
+            return match req {
+                Request::Unlock { key } => self.unlock(&key).await,
+                Request::Info => {
+                    let mut info = crate::api::InfoView::inactive(self.opts.listen.to_string());
+                    info.swarm = "locked".into();
+                    info.node_id = node_id_string(node.node_id);
+                    info.cluster_id = node.cluster_id;
+                    info.role = "manager".into();
+                    Response::Info(info)
+                }
+                _ => Response::error(crate::keys::LOCKED),
+            };
+        }
         match req {
+            Request::Unlock { .. } => Response::error("this node is not locked"),
             Request::Init {
                 advertise_addr,
                 force_new_cluster,
-            } => self.init(advertise_addr, force_new_cluster).await,
+                autolock,
+            } => {
+                let r = self.init(advertise_addr, force_new_cluster).await;
+                if !autolock || matches!(r, Response::Error { .. }) {
+                    return r;
+                }
+                // Autolock from the start: the key is shown with the welcome.
+                let Some(m) = self.member.read().await.clone() else {
+                    return r;
+                };
+                let update = Request::SwarmUpdate {
+                    task_history_limit: None,
+                    autolock: Some(true),
+                };
+                match (r, m.control(update, None).await) {
+                    (Response::Ok { message }, Response::UnlockKey { key, .. }) => {
+                        Response::ok(format!(
+                            "{message}\n\n{}",
+                            crate::cli::unlock_key_text(&key)
+                        ))
+                    }
+                    (_, Response::Error { message }) => Response::error(format!(
+                        "the swarm was initialized, but autolock could not be turned on: \
+                         {message}"
+                    )),
+                    (r, _) => r,
+                }
+            }
             Request::Join { token, remote_addr } => self.join(token, remote_addr).await,
             Request::Leave { force } => self.leave(force).await,
             Request::Info => match self.member.read().await.clone() {
@@ -411,6 +485,37 @@ impl Agent {
                     "this node is not part of a swarm: run `shoal swarm init` or `shoal swarm join` first",
                 ),
             },
+        }
+    }
+
+    /// `swarm unlock`: checks the key against the data keys (a wrong one changes nothing),
+    /// then starts the member as a restart would.
+    async fn unlock(self: &Arc<Self>, key: &str) -> Response {
+        let _g = self.lifecycle.lock().await;
+        let bytes = match shoal_cluster::parse_unlock_key(key) {
+            Ok(b) => b,
+            Err(e) => return Response::error(e),
+        };
+        let keys = crate::keys::RaftKeys::new(self.data.root()).with_unlock(Some(bytes));
+        if let Err(e) = keys.check() {
+            return Response::error(format!("{e:#}"));
+        }
+        let Some(stored) = self.locked.lock().expect("locked").take() else {
+            return Response::error("this node is not locked");
+        };
+        *self.unlock.lock().expect("unlock") = Some(bytes);
+        let start = (self.data.has_raft() && !self.data.raft_retired()).then_some(Start::Existing);
+        match self.start_member(stored.clone(), start).await {
+            Ok(m) => {
+                *self.member.write().await = Some(m.clone());
+                tokio::spawn(register_loop(m, self.opts.clone()));
+                tracing::info!("unlocked");
+                Response::ok("")
+            }
+            Err(e) => {
+                *self.locked.lock().expect("locked") = Some(stored);
+                Response::error(format!("unlocked, but the node did not start: {e:#}"))
+            }
         }
     }
 
@@ -494,6 +599,7 @@ impl Agent {
             ca_pem: ca.to_pem(),
             worker_token: tokens.worker.to_string(),
             manager_token: tokens.manager.to_string(),
+            unlock_key: String::new(),
         };
         let node = NewNode {
             id,
@@ -771,7 +877,7 @@ impl Member {
 
     fn start_raft(self: &Arc<Self>, how: Start) -> Result<()> {
         // The Raft data is encrypted at rest with the node's data keys.
-        let keys = crate::keys::RaftKeys::new(self.data.root()).load_or_create()?;
+        let keys = self.keys.lock().expect("keys").load_or_create()?;
         let h = raft_driver::start(
             self.id,
             self.data.raft_dir(),
@@ -1097,13 +1203,29 @@ impl Member {
                     return;
                 }
                 tracing::info!(leader = %node_id_string(from), "starting a Raft replica (promotion)");
-                if let Err(e) = self.data.unretire_raft() {
-                    tracing::warn!("cannot reactivate the Raft data: {e:#}");
-                    return;
-                }
-                if let Err(e) = self.start_raft(Start::Existing) {
+                // A retired log kept only its term and vote: a new one starts with them.
+                let (how, rejoin) = match self.data.unretire_raft() {
+                    Ok(Some(r)) => (
+                        Start::Rejoin {
+                            term: r.term,
+                            vote: r.vote,
+                        },
+                        true,
+                    ),
+                    Ok(None) => (Start::Existing, false),
+                    Err(e) => {
+                        tracing::warn!("cannot reactivate the Raft data: {e:#}");
+                        return;
+                    }
+                };
+                if let Err(e) = self.start_raft(how) {
                     tracing::warn!("cannot start a Raft replica: {e:#}");
                     return;
+                }
+                if rejoin {
+                    if let Err(e) = self.data.clear_retired() {
+                        tracing::warn!("cannot clear the retirement marker: {e:#}");
+                    }
                 }
                 match self.raft() {
                     Some(h) => h,
@@ -1297,6 +1419,79 @@ impl Member {
     /// certificate (a joiner accepts only a manager's), a demoted node a worker one, and every
     /// certificate is renewed at a random moment between 50 % and 80 % of its validity. The
     /// role is decided by a manager from the cluster state, never by the node.
+    /// Keeps this manager's key files in line with the swarm: the key-encryption key sealed
+    /// with the replicated unlock key (or stored plain without one), a new data key whenever
+    /// that key changes (what is written from then on, the next snapshot included, is sealed
+    /// with it), and the data keys the log no longer uses forgotten.
+    async fn keep_keys(&self) {
+        let Some(h) = self.raft() else { return };
+        if h.status.borrow().stopped {
+            return;
+        }
+        let want = h
+            .state
+            .read()
+            .expect("state")
+            .cluster()
+            .map(|c| c.unlock_key.clone())
+            .unwrap_or_default();
+        let want = if want.is_empty() {
+            None
+        } else {
+            match shoal_cluster::parse_unlock_key(&want) {
+                Ok(k) => Some(k),
+                Err(_) => return,
+            }
+        };
+        let ring = {
+            let mut keys = self.keys.lock().expect("keys");
+            if keys.unlock_key() == want {
+                None
+            } else {
+                if let Err(e) = keys.set_unlock_key(want) {
+                    tracing::warn!("cannot seal the key-encryption key: {e:#}");
+                    return;
+                }
+                tracing::info!(
+                    "autolock {}: the key-encryption key is {}",
+                    if want.is_some() { "on" } else { "off" },
+                    if want.is_some() {
+                        "sealed with the swarm's unlock key"
+                    } else {
+                        "stored plain"
+                    }
+                );
+                match keys.rotate() {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!("cannot make a new data key: {e:#}");
+                        None
+                    }
+                }
+            }
+        };
+        use std::sync::atomic::Ordering;
+        if let Some(ring) = ring {
+            self.old_data_keys.store(true, Ordering::Relaxed);
+            let _ = h.tx.send(RaftCmd::SetKeys(ring)).await;
+        }
+        if self.old_data_keys.load(Ordering::Relaxed) {
+            let (tx, rx) = oneshot::channel();
+            if h.tx.send(RaftCmd::KeysInUse(tx)).await.is_ok() {
+                if let Ok(Ok(in_use)) = rx.await {
+                    let keys = self.keys.lock().expect("keys");
+                    match keys.forget_unused(&in_use) {
+                        Ok(()) if in_use.len() <= 1 => {
+                            self.old_data_keys.store(false, Ordering::Relaxed);
+                        }
+                        Ok(()) => {}
+                        Err(e) => tracing::warn!("cannot forget old data keys: {e:#}"),
+                    }
+                }
+            }
+        }
+    }
+
     async fn maintain_certificate(&self) {
         let current = self.identity.lock().expect("identity").clone();
         let raft = self.raft();
@@ -2055,8 +2250,18 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
         if ticks.is_multiple_of(8) {
             m.refresh_directory().await;
         }
+        if ticks.is_multiple_of(4) {
+            m.keep_keys().await;
+        }
         let stopped = m.raft().is_some_and(|h| h.status.borrow().stopped);
         if stopped {
+            let (term, vote) = m
+                .raft()
+                .map(|h| {
+                    let s = h.status.borrow();
+                    (s.term, s.vote)
+                })
+                .unwrap_or_default();
             if let Some(h) = m.raft() {
                 // Remember who the managers are: a worker asks them from now on.
                 let managers = h
@@ -2072,12 +2277,14 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
             drop(m.take_raft());
             *m.raft_stopped_at.lock().expect("stopped") = Some(Instant::now());
             tokio::time::sleep(Duration::from_millis(200)).await;
-            // Keep the log and the vote, marked retired, rather than wiping them: the node id is
-            // also its Raft id, and a node that came back as a voter with an empty log could
-            // vote for a candidate missing committed entries (SwarmKit can wipe because a
-            // re-promoted node gets a fresh Raft id).
-            if let Err(e) = m.data.retire_raft() {
+            // Keep the term and vote, and nothing else: the node id is also its Raft id, and a
+            // node promoted again must never vote twice in a term. It comes back with an empty
+            // log as a learner and votes only once caught up, so the log itself (the CA key,
+            // the tokens, the secrets) and its data keys go.
+            if let Err(e) = m.data.retire_raft(term, vote) {
                 tracing::warn!("cannot mark the Raft data retired after demotion: {e:#}");
+            } else if let Err(e) = m.keys.lock().expect("keys").destroy() {
+                tracing::warn!("cannot remove the Raft data keys after demotion: {e:#}");
             }
             let _ = m
                 .gossip

@@ -12,6 +12,9 @@
 //! | `POST /v1/swarm/join` body `{"token":…, "remote_addr":…}` | [`Request::Join`] |
 //! | `GET /v1/swarm/join-token/{worker\|manager}?rotate=true` | [`Request::JoinToken`] |
 //! | `POST /v1/swarm/leave?force=true` | [`Request::Leave`] |
+//! | `POST /v1/swarm/update` body `{"task_history_limit":…, "autolock":bool}` | [`Request::SwarmUpdate`] |
+//! | `GET /v1/swarm/unlock-key?rotate=true` | [`Request::UnlockKey`] |
+//! | `POST /v1/swarm/unlock` body `{"key":…}` | [`Request::Unlock`] |
 //! | `GET /v1/nodes?stale=true` | [`Request::NodeList`] |
 //! | `GET /v1/nodes/{node}?stale=true` | [`Request::NodeInspect`] |
 //! | `POST /v1/nodes/{node}/promote` | [`Request::NodePromote`] |
@@ -36,6 +39,9 @@ pub enum Request {
         advertise_addr: Option<String>,
         /// Restart a surviving manager as a one-manager cluster keeping its committed state.
         force_new_cluster: bool,
+        /// Turn autolock on (the answer shows the unlock key).
+        #[serde(default)]
+        autolock: bool,
     },
     /// `swarm join --token T ADDR`.
     Join {
@@ -150,6 +156,20 @@ pub enum Request {
         /// `--task-history-limit`.
         #[serde(default)]
         task_history_limit: Option<u32>,
+        /// `--autolock=true|false`.
+        #[serde(default)]
+        autolock: Option<bool>,
+    },
+    /// `swarm unlock-key [--rotate]`: the unlock key (a new one with `rotate`).
+    UnlockKey {
+        /// Replace it.
+        #[serde(default)]
+        rotate: bool,
+    },
+    /// `swarm unlock`: the key that opens this locked manager's data (never forwarded).
+    Unlock {
+        /// `SHOALKEY-1-…`.
+        key: String,
     },
     /// `secret create`, `config create`.
     SecretCreate {
@@ -355,6 +375,13 @@ pub enum Response {
     Secrets {
         /// By name.
         secrets: Vec<SecretView>,
+    },
+    /// `swarm unlock-key`, and `swarm init|update --autolock`: the unlock key.
+    UnlockKey {
+        /// `SHOALKEY-1-…`.
+        key: String,
+        /// Whether the swarm's settings just changed (autolock turned on).
+        updated: bool,
     },
 }
 

@@ -157,6 +157,9 @@ pub enum SwarmCmd {
         /// Restart this surviving manager as a one-manager swarm that keeps its state
         #[arg(long)]
         force_new_cluster: bool,
+        /// Lock restarted managers until an operator gives the unlock key (shown once here)
+        #[arg(long)]
+        autolock: bool,
     },
     /// Join a swarm as a worker or manager (the token decides)
     Join {
@@ -188,7 +191,30 @@ pub enum SwarmCmd {
         /// Tasks kept per slot (the running one and its history)
         #[arg(long, value_name = "N")]
         task_history_limit: Option<u32>,
+        /// Lock restarted managers until an operator gives the unlock key
+        #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+        autolock: Option<bool>,
     },
+    /// Show (or rotate) the key that unlocks a restarted manager under autolock
+    UnlockKey {
+        /// Only print the key
+        #[arg(short)]
+        quiet: bool,
+        /// Replace the key (managers reseal their data with the new one)
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Unlock this restarted manager (the key is read from standard input)
+    Unlock,
+}
+
+/// What `swarm init --autolock`, `swarm update --autolock=true` and `swarm unlock-key` say.
+pub fn unlock_key_text(key: &str) -> String {
+    format!(
+        "To unlock a swarm manager after it restarts, run the `shoal swarm unlock` command and \
+         provide the following key:\n\n    {key}\n\nRemember to store this key in a password \
+         manager: without it a restarted manager cannot read its data."
+    )
 }
 
 /// `shoal node …`.
@@ -474,6 +500,7 @@ fn unexpected(wanted: &str, got: &Response) -> String {
         Response::Logs { .. } => "task output",
         Response::Error { .. } => "an error",
         Response::Secrets { .. } => "a secret or config list",
+        Response::UnlockKey { .. } => "an unlock key",
     };
     format!("unexpected answer from the agent: expected {wanted}, got {kind}")
 }
@@ -519,10 +546,12 @@ fn swarm(agent: &Agent, cmd: &SwarmCmd, ui: &mut Ui<'_>) -> Result<(), String> {
         SwarmCmd::Init {
             advertise_addr,
             force_new_cluster,
+            autolock,
         } => {
             let body = json!({
                 "advertise_addr": advertise_addr,
                 "force_new_cluster": force_new_cluster,
+                "autolock": autolock,
             });
             let message = agent.ok("POST", "/v1/swarm/init", Some(&body))?;
             ui.print(&message);
@@ -567,13 +596,56 @@ fn swarm(agent: &Agent, cmd: &SwarmCmd, ui: &mut Ui<'_>) -> Result<(), String> {
                 ));
             }
         }
-        SwarmCmd::Update { task_history_limit } => {
-            if task_history_limit.is_none() {
-                return Err("nothing to update: give --task-history-limit".into());
+        SwarmCmd::Update {
+            task_history_limit,
+            autolock,
+        } => {
+            if task_history_limit.is_none() && autolock.is_none() {
+                return Err("nothing to update: give --task-history-limit or --autolock".into());
             }
-            let body = json!({ "task_history_limit": task_history_limit });
-            agent.ok("POST", "/v1/swarm/update", Some(&body))?;
-            ui.print("Swarm updated.");
+            let body = json!({ "task_history_limit": task_history_limit, "autolock": autolock });
+            match agent.call("POST", "/v1/swarm/update", Some(&body))? {
+                Response::Ok { message } => {
+                    let m = clean_text(&message);
+                    ui.print(if m.is_empty() { "Swarm updated." } else { &m });
+                }
+                Response::UnlockKey { key, .. } => {
+                    ui.print(&format!(
+                        "Swarm updated.\n{}",
+                        unlock_key_text(&one_line(&key))
+                    ));
+                }
+                other => return Err(unexpected("a confirmation", &other)),
+            }
+        }
+        SwarmCmd::UnlockKey { quiet, rotate } => {
+            let path = with_flag("/v1/swarm/unlock-key".into(), "rotate", *rotate);
+            let key = match agent.call("GET", &path, None)? {
+                Response::UnlockKey { key, .. } => one_line(&key),
+                other => return Err(unexpected("an unlock key", &other)),
+            };
+            if *quiet {
+                ui.print(&key);
+            } else {
+                if *rotate {
+                    ui.print("Successfully rotated manager unlock key.\n");
+                }
+                ui.print(&unlock_key_text(&key));
+            }
+        }
+        SwarmCmd::Unlock => {
+            let stdin = std::io::stdin();
+            if std::io::IsTerminal::is_terminal(&stdin) {
+                eprint!("Enter unlock key: ");
+            }
+            let mut key = String::new();
+            std::io::BufRead::read_line(&mut stdin.lock(), &mut key)
+                .map_err(|e| format!("cannot read the unlock key: {e}"))?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err("no unlock key given (on standard input)".into());
+            }
+            agent.ok("POST", "/v1/swarm/unlock", Some(&json!({ "key": key })))?;
         }
         SwarmCmd::Leave { force } => {
             let path = with_flag("/v1/swarm/leave".into(), "force", *force);
@@ -1004,8 +1076,36 @@ mod tests {
         ]);
         assert!(matches!(
             cli.command,
-            Command::Swarm { cmd: SwarmCmd::Init { ref advertise_addr, force_new_cluster: true } }
+            Command::Swarm { cmd: SwarmCmd::Init { ref advertise_addr, force_new_cluster: true, autolock: false } }
                 if advertise_addr.as_deref() == Some("10.0.0.1")
+        ));
+        // Autolock as Docker spells it.
+        for (args, want) in [
+            (&["--autolock"][..], Some(true)),
+            (&["--autolock=false"][..], Some(false)),
+            (&["--autolock", "true"][..], Some(true)),
+            (&[][..], None),
+        ] {
+            let mut all = vec!["shoal", "swarm", "update", "--task-history-limit", "3"];
+            all.extend(args);
+            let cli = parse(&all);
+            assert!(
+                matches!(
+                    cli.command,
+                    Command::Swarm { cmd: SwarmCmd::Update { autolock, .. } } if autolock == want
+                ),
+                "{args:?}"
+            );
+        }
+        let cli = parse(&["shoal", "swarm", "unlock-key", "-q", "--rotate"]);
+        assert!(matches!(
+            cli.command,
+            Command::Swarm {
+                cmd: SwarmCmd::UnlockKey {
+                    quiet: true,
+                    rotate: true
+                }
+            }
         ));
         let cli = parse(&[
             "shoal",
@@ -1166,7 +1266,7 @@ mod tests {
             ),
             (
                 &["swarm", "update"],
-                "nothing to update: give --task-history-limit",
+                "nothing to update: give --task-history-limit or --autolock",
             ),
         ];
         for (args, message) in cases {
@@ -1694,7 +1794,7 @@ ID                   HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS   ENGINE 
         assert_eq!(head, "POST /v1/swarm/init ");
         assert_eq!(
             serde_json::from_str::<Value>(body).unwrap(),
-            json!({"advertise_addr": "10.0.0.1:4242", "force_new_cluster": false})
+            json!({"advertise_addr": "10.0.0.1:4242", "force_new_cluster": false, "autolock": false})
         );
 
         let (code, out, _, seen) = run_against(

@@ -73,6 +73,8 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         .route("/v1/tasks", post(task_list))
         .route("/v1/services/{service}/logs", post(service_logs))
         .route("/v1/swarm/update", post(swarm_update))
+        .route("/v1/swarm/unlock", post(unlock))
+        .route("/v1/swarm/unlock-key", get(unlock_key))
         .route(
             "/v1/secrets",
             get(|a: Ax| secret_list(a, SecretKind::Secret)),
@@ -193,6 +195,8 @@ struct InitBody {
     advertise_addr: Option<String>,
     #[serde(default)]
     force_new_cluster: bool,
+    #[serde(default)]
+    autolock: bool,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +215,7 @@ async fn init(AxState(a): Ax, Json(b): Json<InitBody>) -> axum::response::Respon
         Request::Init {
             advertise_addr: b.advertise_addr,
             force_new_cluster: b.force_new_cluster,
+            autolock: b.autolock,
         },
     )
     .await
@@ -335,6 +340,21 @@ struct TasksBody {
 struct SwarmUpdateBody {
     #[serde(default)]
     task_history_limit: Option<u32>,
+    #[serde(default)]
+    autolock: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct UnlockBody {
+    key: String,
+}
+
+async fn unlock(AxState(a): Ax, Json(b): Json<UnlockBody>) -> axum::response::Response {
+    answer(&a, Request::Unlock { key: b.key }).await
+}
+
+async fn unlock_key(AxState(a): Ax, Query(f): Query<Flags>) -> axum::response::Response {
+    answer(&a, Request::UnlockKey { rotate: f.rotate }).await
 }
 
 async fn service_list(AxState(a): Ax) -> axum::response::Response {
@@ -448,6 +468,7 @@ async fn swarm_update(
         headers,
         Request::SwarmUpdate {
             task_history_limit: b.task_history_limit,
+            autolock: b.autolock,
         }
     )
 }
@@ -740,6 +761,10 @@ impl Member {
                 Request::ServiceUpdate { service, .. }
                 | Request::ServiceRollback { service, .. }
                 | Request::ServiceRemove { service } => return Response::ok(service.clone()),
+                Request::SwarmUpdate {
+                    autolock: Some(true),
+                    ..
+                } => return crate::services::unlock_key_answer(h, true),
                 Request::SwarmUpdate { .. } => return Response::ok(""),
                 Request::SecretCreate { kind, spec, .. } => {
                     return crate::services::secret_created(h, *kind, &spec.name)
@@ -910,7 +935,11 @@ impl Member {
                     None => Response::error(ClusterError::NotInitialized),
                 }
             }
-            Request::Info | Request::Init { .. } | Request::Join { .. } | Request::Leave { .. } => {
+            Request::Info
+            | Request::Init { .. }
+            | Request::Join { .. }
+            | Request::Leave { .. }
+            | Request::Unlock { .. } => {
                 Response::error("this request is answered by the node itself")
             }
             Request::ServiceLogs {
@@ -926,6 +955,7 @@ impl Member {
             | Request::ServiceRemove { .. }
             | Request::TaskList { .. }
             | Request::SwarmUpdate { .. }
+            | Request::UnlockKey { .. }
             | Request::SecretCreate { .. }
             | Request::SecretList { .. }
             | Request::SecretInspect { .. }

@@ -1,8 +1,10 @@
 //! The keys that encrypt a manager's Raft data at rest. The WAL and snapshots are sealed with
 //! data keys ([`shoal_raft::seal`]); the data keys are stored in `raft-keys` in the data
 //! directory, each sealed with the key-encryption key in `kek`. Both files sit outside `raft/`,
-//! so a copy of the Raft directory alone (a backup, a disk image of that volume) reads as noise;
-//! autolock (next) will seal the key-encryption key itself with a key the operator holds.
+//! so a copy of the Raft directory alone (a backup, a disk image of that volume) reads as noise.
+//! With autolock the key-encryption key is itself sealed with the swarm's unlock key, which no
+//! disk holds in the clear: a restarted manager cannot read its log until an operator gives the
+//! key (`swarm unlock`), and a copy of the whole data directory reads as noise too.
 //!
 //! Files are written atomically (temporary name, fsync, rename, directory fsync) and private
 //! (mode 0600); a damaged file is an error naming it, never a silent new key (that would make
@@ -21,6 +23,14 @@ use crate::store::write_atomic;
 const KEK_FILE: &str = "kek";
 /// The sealed data keys' file.
 const DEK_FILE: &str = "raft-keys";
+/// What a key-encryption key file sealed with an unlock key starts with (a plain one is 32
+/// bytes).
+const LOCKED_MAGIC: &[u8] = b"SHOALKEK1\n";
+/// What the sealed key-encryption key is bound to.
+const KEK_AAD: &[u8] = b"shoal key-encryption key";
+
+/// The message of a locked manager.
+pub const LOCKED: &str = "this node is locked: run shoal swarm unlock";
 
 /// `raft-keys`: the data keys, each sealed with the key-encryption key.
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,9 +70,20 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 type Keys = Vec<(u32, [u8; KEY_LEN])>;
 
 /// The Raft data keys of one data directory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RaftKeys {
     root: PathBuf,
+    /// The unlock key the key-encryption key is sealed with, when autolock is on.
+    unlock: Option<[u8; KEY_LEN]>,
+}
+
+impl std::fmt::Debug for RaftKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftKeys")
+            .field("root", &self.root)
+            .field("unlock", &self.unlock.map(|_| "…"))
+            .finish()
+    }
 }
 
 impl RaftKeys {
@@ -70,7 +91,67 @@ impl RaftKeys {
     pub fn new(root: &Path) -> RaftKeys {
         RaftKeys {
             root: root.to_path_buf(),
+            unlock: None,
         }
+    }
+
+    /// The same keys, opened with unlock key `key` (autolock).
+    pub fn with_unlock(mut self, key: Option<[u8; KEY_LEN]>) -> RaftKeys {
+        self.unlock = key;
+        self
+    }
+
+    /// The unlock key these keys are opened with.
+    pub fn unlock_key(&self) -> Option<[u8; KEY_LEN]> {
+        self.unlock
+    }
+
+    /// Whether the key-encryption key is sealed with an unlock key (autolock).
+    pub fn is_locked(&self) -> Result<bool> {
+        match std::fs::read(self.kek_path()) {
+            Ok(b) => Ok(b.starts_with(LOCKED_MAGIC)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.kek_path().display())),
+        }
+    }
+
+    /// Checks that the unlock key opens the key-encryption key (and so every data key).
+    pub fn check(&self) -> Result<()> {
+        let kek = self.kek()?;
+        self.open_all(&kek).map(|_| ())
+    }
+
+    /// Seals the key-encryption key with `key` (autolock on) or stores it plain (`None`),
+    /// atomically; these keys use the new unlock key from then on.
+    pub fn set_unlock_key(&mut self, key: Option<[u8; KEY_LEN]>) -> Result<()> {
+        let kek = self.kek_bytes()?;
+        let bytes = match &key {
+            None => kek.to_vec(),
+            Some(k) => {
+                let ring = Keyring::new(0, k).map_err(|e| anyhow!(e))?;
+                let mut out = LOCKED_MAGIC.to_vec();
+                let mut sealed = Vec::new();
+                ring.seal(KEK_AAD, &kek, &mut sealed)
+                    .map_err(|e| anyhow!(e))?;
+                out.extend_from_slice(&sealed);
+                out
+            }
+        };
+        write_atomic(&self.kek_path(), &bytes, true)?;
+        self.unlock = key;
+        Ok(())
+    }
+
+    /// Removes the keys (a demoted manager: nothing is left that they open).
+    pub fn destroy(&self) -> Result<()> {
+        for p in [self.dek_path(), self.kek_path()] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+            }
+        }
+        Ok(())
     }
 
     fn kek_path(&self) -> PathBuf {
@@ -83,8 +164,30 @@ impl RaftKeys {
 
     /// The key-encryption key as a keyring (id 0), created on first use.
     fn kek(&self) -> Result<Keyring> {
+        Keyring::new(0, &self.kek_bytes()?).map_err(|e| anyhow!(e))
+    }
+
+    /// The key-encryption key, opened with the unlock key if it is sealed, created on first
+    /// use.
+    fn kek_bytes(&self) -> Result<[u8; KEY_LEN]> {
         let path = self.kek_path();
         let key: [u8; KEY_LEN] = match std::fs::read(&path) {
+            Ok(bytes) if bytes.starts_with(LOCKED_MAGIC) => {
+                let unlock = self.unlock.ok_or_else(|| anyhow!(LOCKED))?;
+                let ring = Keyring::new(0, &unlock).map_err(|e| anyhow!(e))?;
+                let plain = ring
+                    .open(KEK_AAD, &bytes[LOCKED_MAGIC.len()..])
+                    .map_err(|_| {
+                        anyhow!(
+                            "invalid unlock key: it does not open this manager's data (nothing \
+                             changed)"
+                        )
+                    })?;
+                plain
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow!("{} is damaged", path.display()))?
+            }
             Ok(bytes) => bytes.as_slice().try_into().map_err(|_| {
                 anyhow!(
                     "{} is damaged: {} bytes instead of {KEY_LEN}",
@@ -106,7 +209,7 @@ impl RaftKeys {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        Keyring::new(0, &key).map_err(|e| anyhow!(e))
+        Ok(key)
     }
 
     fn read_deks(&self) -> Result<Option<DekFile>> {
@@ -258,6 +361,57 @@ mod tests {
         keys.forget_unused(&[2].into()).unwrap();
         let now = keys.load_or_create().unwrap();
         assert!(now.has(2) && !now.has(1));
+    }
+
+    #[test]
+    fn autolock_seals_the_key_encryption_key_with_the_unlock_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = RaftKeys::new(dir.path());
+        let ring = keys.load_or_create().unwrap();
+        let mut sealed = Vec::new();
+        ring.seal(b"x", b"state", &mut sealed).unwrap();
+        let plain_kek = std::fs::read(dir.path().join(KEK_FILE)).unwrap();
+        assert!(!keys.is_locked().unwrap());
+
+        let unlock = [9u8; KEY_LEN];
+        keys.set_unlock_key(Some(unlock)).unwrap();
+        assert!(keys.is_locked().unwrap());
+        let file = std::fs::read(dir.path().join(KEK_FILE)).unwrap();
+        assert!(
+            !file.windows(KEY_LEN).any(|w| w == plain_kek.as_slice()),
+            "the key-encryption key is no longer on disk in the clear"
+        );
+        // A restart without the key: locked, nothing opens.
+        let restarted = RaftKeys::new(dir.path());
+        let err = restarted.load_or_create().unwrap_err().to_string();
+        assert_eq!(err, LOCKED);
+        // A wrong key: refused, and nothing changed on disk.
+        let wrong = RaftKeys::new(dir.path()).with_unlock(Some([8u8; KEY_LEN]));
+        let err = wrong.check().unwrap_err().to_string();
+        assert!(err.contains("invalid unlock key"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join(KEK_FILE)).unwrap(), file);
+        // The right key opens the same data keys.
+        let right = RaftKeys::new(dir.path()).with_unlock(Some(unlock));
+        right.check().unwrap();
+        assert_eq!(
+            right.load_or_create().unwrap().open(b"x", &sealed).unwrap(),
+            b"state"
+        );
+        // Rotated to another unlock key, then autolock off: the old key no longer opens it,
+        // and without autolock no key is needed.
+        let mut right = right;
+        right.set_unlock_key(Some([7u8; KEY_LEN])).unwrap();
+        assert!(RaftKeys::new(dir.path())
+            .with_unlock(Some(unlock))
+            .check()
+            .is_err());
+        right.set_unlock_key(None).unwrap();
+        assert!(!right.is_locked().unwrap());
+        assert_eq!(std::fs::read(dir.path().join(KEK_FILE)).unwrap(), plain_kek);
+        RaftKeys::new(dir.path()).check().unwrap();
+        // A demoted manager destroys them.
+        right.destroy().unwrap();
+        assert!(!dir.path().join(KEK_FILE).exists() && !dir.path().join(DEK_FILE).exists());
     }
 
     #[test]

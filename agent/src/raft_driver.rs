@@ -41,6 +41,9 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
     /// Current term.
     pub term: u64,
+    /// Whom this replica voted for in `term`, if anyone (kept when a demoted manager retires
+    /// its log, so that it never votes twice in a term).
+    pub vote: Option<u64>,
     /// Commit index.
     pub commit: u64,
     /// Applied index.
@@ -111,6 +114,10 @@ pub enum RaftCmd {
     /// counts itself in (it was removed while it was down or cut off, and no leader will ever
     /// contact it again): stop the replica.
     RemovedByLeader,
+    /// Seal what is written from now on with these data keys (a new current key).
+    SetKeys(Arc<shoal_raft::seal::Keyring>),
+    /// Which data keys the log's files are sealed with.
+    KeysInUse(oneshot::Sender<Result<BTreeSet<u32>, String>>),
 }
 
 /// The agent's handle on its replica.
@@ -132,6 +139,14 @@ pub enum Start {
     Bootstrap,
     /// `--force-new-cluster`: keep the committed state, restart as the only voter.
     ForceNewCluster,
+    /// A demoted manager promoted again: a new, empty log that keeps the retired one's term
+    /// and vote.
+    Rejoin {
+        /// The retired log's term.
+        term: u64,
+        /// Its vote in that term.
+        vote: Option<u64>,
+    },
 }
 
 /// Entries applied between two snapshots: 1,000, or `SHOAL_SNAPSHOT_EVERY` (tests use a small
@@ -185,6 +200,25 @@ pub fn start(
             })?;
             wal.sync()?;
             recovered = boot;
+        }
+        Start::Rejoin { term, vote } => {
+            if recovered != RecoveredState::default() {
+                anyhow::bail!("{} already holds a Raft log", dir.display());
+            }
+            // An empty log that remembers the term and vote of the retired one: the leader
+            // brings it up to date as a learner (a snapshot and the entries since).
+            let hard_state = shoal_raft::HardState {
+                term,
+                vote,
+                commit: 0,
+            };
+            wal.write(&WriteBatch {
+                seq: 0,
+                hard_state: Some(hard_state),
+                ..Default::default()
+            })?;
+            wal.sync()?;
+            recovered.hard_state = hard_state;
         }
         Start::ForceNewCluster => {
             drop(wal);
@@ -690,6 +724,20 @@ impl Driver {
             }
             RaftCmd::Retire => self.retired = true,
             RaftCmd::RemovedByLeader => self.removed_by_leader = true,
+            RaftCmd::SetKeys(ring) => match self.wal.as_mut() {
+                Some(w) => match w.set_keys(ring) {
+                    Ok(()) => tracing::info!("the Raft data is sealed with a new data key"),
+                    Err(e) => tracing::warn!("cannot change the Raft data key: {e}"),
+                },
+                None => tracing::warn!("cannot change the Raft data key: the WAL is busy"),
+            },
+            RaftCmd::KeysInUse(reply) => {
+                let r = match self.wal.as_ref() {
+                    Some(w) => w.key_ids_in_use().map_err(|e| e.to_string()),
+                    None => Err("the WAL is busy".into()),
+                };
+                let _ = reply.send(r);
+            }
             RaftCmd::Step(from, manager, bytes) => match wire::decode_raft(&bytes) {
                 Ok(m) if m.from == from && m.to == self.id => {
                     // Raft traffic only from managers: a manager certificate, or a member of
@@ -1069,6 +1117,7 @@ impl Driver {
             proposals_pending: self.proposals.len(),
             leader: self.node.leader(),
             term: self.node.term(),
+            vote: self.node.vote(),
             commit: self.node.commit_index(),
             applied: self.node.applied_index(),
             membership: self.node.membership().clone(),
@@ -1124,6 +1173,7 @@ mod tests {
                 ca_pem: String::new(),
                 worker_token: String::new(),
                 manager_token: String::new(),
+                unlock_key: String::new(),
             },
             node: node(1),
             at_ms: 1,

@@ -284,14 +284,58 @@ impl Member {
                     Err(e) => Response::error(e),
                 }
             }
-            Request::SwarmUpdate { task_history_limit } => {
-                let cmd = Command::UpdateSettings {
-                    task_history_limit,
-                    at_ms: now_ms(),
-                };
-                match self.propose_as(rid, cmd).await {
-                    Ok(()) => Response::ok(""),
-                    Err(e) => Response::error(e),
+            Request::SwarmUpdate {
+                task_history_limit,
+                autolock,
+            } => {
+                if task_history_limit.is_some() {
+                    let cmd = Command::UpdateSettings {
+                        task_history_limit,
+                        at_ms: now_ms(),
+                    };
+                    // With autolock as well, the request id goes with the last command.
+                    let id = if autolock.is_some() { None } else { rid };
+                    if let Err(e) = self.propose_as(id, cmd).await {
+                        return Response::error(e);
+                    }
+                }
+                let on = h
+                    .state
+                    .read()
+                    .expect("state")
+                    .cluster()
+                    .is_some_and(|c| !c.unlock_key.is_empty());
+                match autolock {
+                    Some(true) if on => unlock_key_answer(h, true),
+                    Some(true) => self.set_unlock_key(h, rid, true).await,
+                    Some(false) if on => match self.propose_as(rid, set_key(String::new())).await {
+                        Ok(()) => Response::ok("Swarm updated: autolock is off."),
+                        Err(e) => Response::error(e),
+                    },
+                    Some(false) => Response::ok("Swarm updated: autolock was off already."),
+                    None => Response::ok("Swarm updated."),
+                }
+            }
+            Request::UnlockKey { rotate } => {
+                if let Err(e) = self.read_barrier().await {
+                    return Response::error(e);
+                }
+                let on = h
+                    .state
+                    .read()
+                    .expect("state")
+                    .cluster()
+                    .is_some_and(|c| !c.unlock_key.is_empty());
+                if !on {
+                    return Response::error(
+                        "autolock is off on this swarm: turn it on with shoal swarm update \
+                         --autolock=true",
+                    );
+                }
+                if rotate {
+                    self.set_unlock_key(h, rid, false).await
+                } else {
+                    unlock_key_answer(h, false)
                 }
             }
             Request::SecretList { .. } | Request::SecretInspect { .. } => {
@@ -381,6 +425,47 @@ impl Member {
 
 /// A secret or config for the CLI: a config's data only when `with_data` (inspect), a secret's
 /// never.
+fn set_key(key: String) -> Command {
+    Command::SetUnlockKey {
+        key,
+        at_ms: now_ms(),
+    }
+}
+
+/// The answer that shows the unlock key (after `swarm update --autolock=true` when `updated`).
+pub(crate) fn unlock_key_answer(h: &RaftHandle, updated: bool) -> Response {
+    let key = h
+        .state
+        .read()
+        .expect("state")
+        .cluster()
+        .map(|c| c.unlock_key.clone())
+        .unwrap_or_default();
+    if key.is_empty() {
+        return Response::error("autolock is off on this swarm");
+    }
+    Response::UnlockKey { key, updated }
+}
+
+impl Member {
+    /// Turns autolock on or gives it a new key: a new random key, committed, then shown.
+    async fn set_unlock_key(
+        self: &Arc<Self>,
+        h: &RaftHandle,
+        rid: Option<RequestId>,
+        updated: bool,
+    ) -> Response {
+        let key = match shoal_raft::seal::random_key() {
+            Ok(k) => shoal_cluster::format_unlock_key(&k),
+            Err(e) => return Response::error(format!("cannot make a key: {e}")),
+        };
+        match self.propose_as(rid, set_key(key)).await {
+            Ok(()) => unlock_key_answer(h, updated),
+            Err(e) => Response::error(e),
+        }
+    }
+}
+
 /// Gives the secrets and configs a request names by name (or id prefix) their ids.
 fn resolve_refs(
     st: &ClusterState,

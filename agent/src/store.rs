@@ -10,6 +10,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// A retired log's file: its term and vote.
+const RETIRED_FILE: &str = "retired.json";
+
+/// What a demoted manager keeps of its Raft data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    /// The last term it saw.
+    pub term: u64,
+    /// Whom it voted for in that term.
+    pub vote: Option<u64>,
+}
+
 /// What the node remembers about itself across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFile {
@@ -79,29 +91,74 @@ impl DataDir {
         self.raft_dir().join("wal").is_dir()
     }
 
-    /// Marks the Raft data retired (a demoted manager): it is kept — the node's log and vote
-    /// must survive if it is ever a voter again — but no replica runs from it at start.
-    pub fn retire_raft(&self) -> Result<()> {
-        if self.raft_dir().is_dir() {
-            write_atomic(&self.raft_dir().join("RETIRED"), b"demoted\n", false)?;
+    /// Retires the Raft data of a demoted manager: only its term and vote stay
+    /// (`raft/retired.json`, written and fsynced first), so that if it is ever a voter again it
+    /// cannot vote twice in a term; the log and the snapshots (the cluster's CA key, tokens and
+    /// secrets) are removed. A node promoted again starts from an empty log and is brought up
+    /// to date as a learner before it votes.
+    pub fn retire_raft(&self, term: u64, vote: Option<u64>) -> Result<()> {
+        let dir = self.raft_dir();
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let retired = serde_json::to_vec(&Retired { term, vote })?;
+        write_atomic(&dir.join(RETIRED_FILE), &retired, false)?;
+        self.finish_retirement()
+    }
+
+    /// Removes what a retirement interrupted by a crash left of the log.
+    pub fn finish_retirement(&self) -> Result<()> {
+        let dir = self.raft_dir();
+        for sub in ["wal", "snap"] {
+            let d = dir.join(sub);
+            if d.exists() {
+                fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
+            }
         }
-        Ok(())
+        sync_dir(&dir)
     }
 
-    /// Whether the Raft data is retired.
+    /// Forgets a retirement once the new log that keeps its term and vote is written.
+    pub fn clear_retired(&self) -> Result<()> {
+        let path = self.raft_dir().join(RETIRED_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.raft_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+
+    /// Whether the Raft data is retired (also the marker of older versions, which kept the
+    /// whole log).
     pub fn raft_retired(&self) -> bool {
-        self.raft_dir().join("RETIRED").exists()
+        self.raft_dir().join(RETIRED_FILE).exists() || self.raft_dir().join("RETIRED").exists()
     }
 
-    /// Reactivates retired Raft data (the node is being promoted again).
-    pub fn unretire_raft(&self) -> Result<()> {
+    /// The term and vote a retirement kept, if this is one (not an older version's marker).
+    pub fn retired(&self) -> Result<Option<Retired>> {
+        let path = self.raft_dir().join(RETIRED_FILE);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .with_context(|| format!("{} is damaged", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Ends a retirement (the node is being promoted again): the term and vote to start an
+    /// empty log with, with everything else of `raft/` removed; `None` for an older version's
+    /// retired log, which is reactivated as it is.
+    pub fn unretire_raft(&self) -> Result<Option<Retired>> {
+        if let Some(r) = self.retired()? {
+            self.finish_retirement()?;
+            return Ok(Some(r));
+        }
         let marker = self.raft_dir().join("RETIRED");
         if marker.exists() {
             fs::remove_file(&marker)
                 .with_context(|| format!("cannot remove {}", marker.display()))?;
             sync_dir(&self.raft_dir())?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Removes the Raft data (a departing node, or a new swarm).
@@ -293,13 +350,34 @@ mod tests {
         assert_eq!(back.node, id.node);
         assert_eq!(back.key_pem, "key");
         fs::create_dir_all(dir.raft_dir().join("wal")).unwrap();
+        fs::create_dir_all(dir.raft_dir().join("snap")).unwrap();
+        fs::write(dir.raft_dir().join("wal/0001.wal"), "state").unwrap();
         assert!(dir.has_raft());
         assert!(!dir.raft_retired());
-        dir.retire_raft().unwrap();
-        assert!(dir.raft_retired() && dir.has_raft(), "retired, not wiped");
-        dir.unretire_raft().unwrap();
+        // Retired: the term and vote stay, the log goes.
+        dir.retire_raft(7, Some(3)).unwrap();
+        assert!(dir.raft_retired() && !dir.has_raft());
+        assert!(!dir.raft_dir().join("snap").exists());
+        assert_eq!(
+            dir.retired().unwrap(),
+            Some(Retired {
+                term: 7,
+                vote: Some(3)
+            })
+        );
+        // Promoted again: an empty log and the term and vote to start with, forgotten once
+        // the new log has them.
+        assert_eq!(dir.unretire_raft().unwrap().unwrap().term, 7);
+        assert!(!dir.has_raft());
+        dir.clear_retired().unwrap();
         assert!(!dir.raft_retired());
-        dir.retire_raft().unwrap();
+        // An older version's marker: the log it kept is reactivated.
+        fs::create_dir_all(dir.raft_dir().join("wal")).unwrap();
+        fs::write(dir.raft_dir().join("RETIRED"), "demoted\n").unwrap();
+        assert!(dir.raft_retired());
+        assert_eq!(dir.unretire_raft().unwrap(), None);
+        assert!(!dir.raft_retired() && dir.has_raft());
+        dir.retire_raft(8, None).unwrap();
         dir.wipe_identity().unwrap();
         assert!(dir.load().unwrap().is_none());
         assert!(!dir.has_raft());

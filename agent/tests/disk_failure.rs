@@ -81,6 +81,7 @@ async fn a_manager_whose_fsync_fails_stops_its_replica_and_the_others_carry_on()
             Request::Init {
                 advertise_addr: None,
                 force_new_cluster: false,
+                autolock: false,
             },
             None,
         )

@@ -13,7 +13,7 @@ use crate::types::{Availability, ClusterInfo, NewNode, NodeDescription, NodeId, 
 pub const MAX_COMMAND_SIZE: usize = 1024 * 1024;
 
 /// Version byte in front of every encoded command (2: services and tasks).
-const COMMAND_VERSION: u8 = 4;
+const COMMAND_VERSION: u8 = 5;
 
 /// Most task changes or reports in one command (one Raft entry).
 pub const MAX_BATCH: usize = 8192;
@@ -246,6 +246,14 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// `swarm init --autolock`, `swarm update --autolock`, `swarm unlock-key --rotate`: the key
+    /// every manager seals its key-encryption key with (empty: autolock off).
+    SetUnlockKey {
+        /// `SHOALKEY-1-…`, or empty.
+        key: String,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -290,13 +298,15 @@ impl Command {
             )));
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
-        let decode = || postcard::take_from_bytes::<Command>(body);
-        let decoded = match version {
-            COMMAND_VERSION => decode(),
-            // Version 3: task specs without secrets.
-            3 => crate::compat::before_secrets(decode),
+        // Version 3: task specs without secrets; 4: no unlock key.
+        let generation = match version {
+            3 => 1,
+            4 => 2,
+            COMMAND_VERSION => 3,
             _ => return Err(err(format!("unknown version {version}"))),
         };
+        let decoded =
+            crate::compat::decoding(generation, || postcard::take_from_bytes::<Command>(body));
         let (cmd, rest) = decoded.map_err(|e| err(e.to_string()))?;
         if !rest.is_empty() {
             return Err(err(format!("{} trailing bytes", rest.len())));
@@ -326,7 +336,8 @@ impl Command {
             | Command::Tasks { .. }
             | Command::UpdateSettings { .. }
             | Command::CreateSecret { .. }
-            | Command::RemoveSecret { .. } => None,
+            | Command::RemoveSecret { .. }
+            | Command::SetUnlockKey { .. } => None,
         }
     }
 }

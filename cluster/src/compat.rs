@@ -1,6 +1,9 @@
-//! Reading Raft entries and snapshots written before the task spec had its secrets: postcard
-//! is not self-describing, so the decoder of an older version is told that the field is absent
-//! and fills it with its default without reading a byte.
+//! Reading Raft entries and snapshots written by earlier versions: postcard is not
+//! self-describing, so the decoder is told which generation of the format the bytes are, and a
+//! field added since is filled with its default without reading a byte.
+//!
+//! Generations: 1 (snapshots 5–6, commands 3) has neither task secrets nor the unlock key; 2
+//! (snapshot 7, command 4) has task secrets; 3 (snapshot 8, command 5) adds the unlock key.
 
 use std::cell::Cell;
 
@@ -8,29 +11,45 @@ use serde::{Deserialize, Deserializer};
 
 use crate::secrets::SecretRef;
 
+/// The generation written now.
+const CURRENT: u8 = 3;
+
 thread_local! {
-    /// Set while bytes of a version before secrets are decoded on this thread.
-    static BEFORE_SECRETS: Cell<bool> = const { Cell::new(false) };
+    /// The generation of the bytes being decoded on this thread.
+    static GENERATION: Cell<u8> = const { Cell::new(CURRENT) };
 }
 
-/// Runs `f` (a decode) reading task specs that have no secrets field.
-pub(crate) fn before_secrets<T>(f: impl FnOnce() -> T) -> T {
+/// Runs `f` (a decode) reading bytes of generation `generation`.
+pub(crate) fn decoding<T>(generation: u8, f: impl FnOnce() -> T) -> T {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            BEFORE_SECRETS.with(|b| b.set(false));
+            GENERATION.with(|g| g.set(CURRENT));
         }
     }
-    BEFORE_SECRETS.with(|b| b.set(true));
+    GENERATION.with(|g| g.set(generation));
     let _reset = Reset;
     f()
 }
 
-/// `TaskSpec::secrets`: empty in old bytes, read as usual otherwise.
+fn older_than(generation: u8) -> bool {
+    GENERATION.with(Cell::get) < generation
+}
+
+/// `TaskSpec::secrets`: empty in generation 1, read as usual since.
 pub(crate) fn secret_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretRef>, D::Error> {
-    if BEFORE_SECRETS.with(Cell::get) {
+    if older_than(2) {
         Ok(Vec::new())
     } else {
         Vec::deserialize(d)
+    }
+}
+
+/// `ClusterInfo::unlock_key`: empty (no autolock) before generation 3.
+pub(crate) fn unlock_key<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    if older_than(3) {
+        Ok(String::new())
+    } else {
+        String::deserialize(d)
     }
 }

@@ -39,8 +39,8 @@ pub use service::{
 };
 pub use state::{ClusterState, JOINING, MAX_REMEMBERED_REQUESTS, SNAPSHOT_VERSION};
 pub use types::{
-    node_id_string, parse_label, validate_addr, validate_hostname, validate_label, Availability,
-    ClusterInfo, NewNode, Node, NodeDescription, NodeId, NodeState, NodeStatus, Platform,
-    Resources, Role,
+    format_unlock_key, node_id_string, parse_label, parse_unlock_key, validate_addr,
+    validate_hostname, validate_label, Availability, ClusterInfo, NewNode, Node, NodeDescription,
+    NodeId, NodeState, NodeStatus, Platform, Resources, Role,
 };
 pub use validate::{check_demote, check_leave, check_remove, no_leader, quorum, ManagerView};

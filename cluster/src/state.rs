@@ -9,12 +9,12 @@ use crate::command::{Command, NodeUpdate, RequestId};
 use crate::error::ClusterError;
 use crate::service::{Service, ServiceId, Settings, Task, TaskId};
 use crate::types::{
-    node_id_string, validate_addr, validate_description, validate_label, validate_labels,
-    Availability, ClusterInfo, NewNode, Node, NodeId, NodeState, NodeStatus, Role,
+    node_id_string, parse_unlock_key, validate_addr, validate_description, validate_label,
+    validate_labels, Availability, ClusterInfo, NewNode, Node, NodeId, NodeState, NodeStatus, Role,
 };
 
 /// Version byte in front of every snapshot (3: services, tasks and settings).
-pub const SNAPSHOT_VERSION: u8 = 7;
+pub const SNAPSHOT_VERSION: u8 = 8;
 
 /// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
 /// seconds; this many writes take far longer on any real cluster.
@@ -348,6 +348,15 @@ impl ClusterState {
                 *out = Some(Change::Cluster(Box::new(c)));
                 Ok(())
             }
+            Command::SetUnlockKey { key, .. } => {
+                let mut c = self.initialized()?.clone();
+                if !key.is_empty() {
+                    parse_unlock_key(key)?;
+                }
+                c.unlock_key = key.clone();
+                *out = Some(Change::Cluster(Box::new(c)));
+                Ok(())
+            }
             Command::CreateService { .. }
             | Command::UpdateService { .. }
             | Command::RollbackService { .. }
@@ -420,7 +429,7 @@ impl ClusterState {
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
         let body: std::borrow::Cow<'_, [u8]> = match version {
-            SNAPSHOT_VERSION | 6 => body.into(),
+            SNAPSHOT_VERSION | 6 | 7 => body.into(),
             // Version 5 is version 6 without the secrets, its last field: an empty map (a zero
             // length) completes it, so that a cluster keeps its state across the upgrade.
             5 => {
@@ -430,13 +439,15 @@ impl ClusterState {
             }
             _ => return Err(err(format!("unknown version {version}"))),
         };
-        // Versions 5 and 6 have task specs without secrets.
-        let decode = || postcard::take_from_bytes::<ClusterState>(&body);
-        let decoded = if version < 7 {
-            crate::compat::before_secrets(decode)
-        } else {
-            decode()
+        // Versions 5 and 6 have task specs without secrets; 7 has no unlock key.
+        let generation = match version {
+            5 | 6 => 1,
+            7 => 2,
+            _ => 3,
         };
+        let decoded = crate::compat::decoding(generation, || {
+            postcard::take_from_bytes::<ClusterState>(&body)
+        });
         let (mut state, rest) = decoded.map_err(|e| err(e.to_string()))?;
         if !rest.is_empty() {
             return Err(err(format!("{} trailing bytes", rest.len())));

@@ -233,6 +233,42 @@ pub struct ClusterInfo {
     pub worker_token: String,
     /// The current manager join token.
     pub manager_token: String,
+    /// The autolock key (`SHOALKEY-1-…`; empty: autolock off): managers seal their
+    /// key-encryption key with it, so a restarted manager waits for `swarm unlock`.
+    #[serde(default, deserialize_with = "crate::compat::unlock_key")]
+    pub unlock_key: String,
+}
+
+/// What an unlock key starts with.
+pub const UNLOCK_KEY_PREFIX: &str = "SHOALKEY-1-";
+
+/// The 32 bytes of an unlock key written `SHOALKEY-1-` and 64 hex digits.
+pub fn parse_unlock_key(key: &str) -> Result<[u8; 32], ClusterError> {
+    let bad = || {
+        ClusterError::Invalid(
+            "invalid unlock key: expected SHOALKEY-1- and 64 hex digits, as `shoal swarm \
+             unlock-key` prints it"
+                .into(),
+        )
+    };
+    let hex = key.trim().strip_prefix(UNLOCK_KEY_PREFIX).ok_or_else(bad)?;
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(bad)?;
+    }
+    Ok(out)
+}
+
+/// An unlock key for 32 random bytes.
+pub fn format_unlock_key(bytes: &[u8; 32]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    format!("{UNLOCK_KEY_PREFIX}{hex}")
 }
 
 impl ClusterInfo {

@@ -116,8 +116,9 @@ fn sizes_names_and_the_uninitialised_state_are_checked() {
 #[test]
 fn a_snapshot_from_before_secrets_still_restores() {
     let s = cluster(1, 2);
-    let mut v6 = s.snapshot();
-    assert_eq!(v6[0], SNAPSHOT_VERSION);
+    assert_eq!(s.snapshot()[0], SNAPSHOT_VERSION);
+    // Version 6 is version 7 (no services, so no task specs), which has no unlock key.
+    let mut v6 = version_7(&s);
     // Version 5 had no secrets map at the end: the same bytes without its zero length.
     assert_eq!(v6.pop(), Some(0));
     v6[0] = 5;
@@ -291,4 +292,82 @@ fn commands_from_before_secrets_still_decode() {
     assert!(Command::decode(&v3).is_err());
     v3[0] = 2;
     assert!(Command::decode(&v3).is_err());
+}
+
+#[test]
+fn the_unlock_key_is_replicated_checked_and_read_from_older_snapshots() {
+    let mut s = cluster(1, 1);
+    assert_eq!(s.cluster().unwrap().unlock_key, "");
+    let key = format_unlock_key(&[0xab; 32]);
+    assert!(
+        key.starts_with("SHOALKEY-1-") && key.len() == 11 + 64,
+        "{key}"
+    );
+    assert_eq!(parse_unlock_key(&key).unwrap(), [0xab; 32]);
+    assert_eq!(parse_unlock_key(&format!(" {key}\n")).unwrap(), [0xab; 32]);
+    for bad in [
+        "",
+        "SHOALKEY-1-",
+        "SWMKEY-1-abc",
+        &key[..key.len() - 1],
+        &key.replace('A', "G"),
+    ] {
+        let e = parse_unlock_key(bad).unwrap_err().to_string();
+        assert!(e.contains("invalid unlock key"), "{bad}: {e}");
+    }
+    let apply = |s: &mut ClusterState, key: &str| {
+        let index = s.applied() + 1;
+        let cmd = Command::SetUnlockKey {
+            key: key.into(),
+            at_ms: 3,
+        };
+        s.apply(index, &Command::decode(&cmd.encode()).unwrap())
+    };
+    let empty_snapshot = s.snapshot();
+    apply(&mut s, &key).unwrap();
+    assert_eq!(s.cluster().unwrap().unlock_key, key);
+    assert!(apply(&mut s, "SHOALKEY-1-nothex").is_err());
+    assert_eq!(
+        s.cluster().unwrap().unlock_key,
+        key,
+        "a refused key changes nothing"
+    );
+    let restored = ClusterState::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored.cluster().unwrap().unlock_key, key);
+    apply(&mut s, "").unwrap();
+    assert_eq!(s.cluster().unwrap().unlock_key, "");
+
+    // A version-7 snapshot is the same bytes without the key.
+    let v7 = version_7(&ClusterState::restore(&empty_snapshot).unwrap());
+    let old = ClusterState::restore(&v7).unwrap();
+    assert_eq!(
+        old.cluster(),
+        ClusterState::restore(&empty_snapshot).unwrap().cluster()
+    );
+    assert_eq!(old.nodes(), s.nodes());
+}
+
+/// `s` (without an unlock key) as a version-7 snapshot: the same bytes without the key's empty
+/// length, found where the snapshots with and without a key first differ.
+fn version_7(s: &ClusterState) -> Vec<u8> {
+    assert_eq!(s.cluster().unwrap().unlock_key, "");
+    let empty = s.snapshot();
+    let mut keyed = s.clone();
+    let index = keyed.applied() + 1;
+    keyed
+        .apply(
+            index,
+            &Command::SetUnlockKey {
+                key: format_unlock_key(&[1; 32]),
+                at_ms: 1,
+            },
+        )
+        .unwrap();
+    let keyed = keyed.snapshot();
+    let at = empty.iter().zip(&keyed).position(|(a, b)| a != b).unwrap();
+    assert_eq!(empty[at], 0, "the empty key's length");
+    let mut v7 = empty;
+    v7.remove(at);
+    v7[0] = 7;
+    v7
 }

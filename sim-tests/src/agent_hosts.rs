@@ -269,6 +269,7 @@ pub async fn form(shared: &Shared, managers: usize, workers: usize) -> Result<()
     let init = Request::Init {
         advertise_addr: None,
         force_new_cluster: false,
+        autolock: false,
     };
     match call(shared, "n1", init, long).await {
         Some(Response::Ok { .. }) => {}

@@ -203,6 +203,24 @@ impl Cluster {
         Out::from(o)
     }
 
+    /// Runs the CLI against agent `i` with `input` on its standard input.
+    pub fn shoal_with_input(&self, i: usize, args: &[&str], input: &str) -> Out {
+        use std::io::Write;
+        let mut child = Command::new(SHOAL)
+            .arg("--data-dir")
+            .arg(&self.nodes[i].dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the CLI");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        Out::from(child.wait_with_output().expect("the CLI's output"))
+    }
+
     /// Polls `f` until it returns something, or fails the test after [`DEADLINE`] with the
     /// agents' logs.
     #[track_caller]

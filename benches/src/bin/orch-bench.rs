@@ -464,6 +464,7 @@ fn run(a: &Args, dir: &Path) -> serde_json::Value {
             ca_pem: "ca".into(),
             worker_token: "w".into(),
             manager_token: "m".into(),
+            unlock_key: String::new(),
         },
         node: first,
         at_ms: at,

@@ -12,6 +12,7 @@ pub fn cluster_info() -> ClusterInfo {
         ca_pem: "-----BEGIN CERTIFICATE-----".into(),
         worker_token: "SHOAL-1-w".into(),
         manager_token: "SHOAL-1-m".into(),
+        unlock_key: String::new(),
     }
 }
 

@@ -61,6 +61,7 @@ impl World {
                 ca_pem: "ca".into(),
                 worker_token: "w".into(),
                 manager_token: "m".into(),
+                unlock_key: String::new(),
             },
             node: first,
             at_ms: 10,
