@@ -224,9 +224,8 @@ impl Agent {
         });
         if let Some(stored) = agent.data.load()? {
             let keys = crate::keys::RaftKeys::new(agent.data.root());
-            if agent.data.retired()?.is_some() {
-                // A retirement a crash interrupted: nothing of the old log is kept.
-                agent.data.finish_retirement()?;
+            if agent.data.raft_retired() && !agent.data.has_raft() {
+                // A retirement whose log is gone: its keys go too (a crash in between).
                 keys.destroy()?;
             }
             if keys.is_locked()? {
@@ -1610,6 +1609,38 @@ impl Member {
         }
     }
 
+    /// A demoted manager's second retirement step: once the leader confirms its removal
+    /// committed, the retired log and its data keys are deleted (only the term and vote stay).
+    async fn forget_retired_log(&self) {
+        if self.raft().is_some() || !self.data.retired_log_kept() {
+            return;
+        }
+        let bytes = wire::encode_request(&AgentRequest::RemovalCommitted { node: self.id });
+        for t in self.manager_candidates() {
+            let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(3), self.transport.request(t, &bytes))
+                    .await
+            else {
+                continue;
+            };
+            if let Response::Ok { message } = wire::decode_response(&resp) {
+                if message == "true" && self.raft().is_none() {
+                    let forgot = self
+                        .data
+                        .forget_retired_log()
+                        .and_then(|()| self.keys.lock().expect("keys").destroy());
+                    match forgot {
+                        Ok(()) => tracing::info!(
+                            "removal from the Raft group committed: the retired log and its keys are deleted (term and vote kept)"
+                        ),
+                        Err(e) => tracing::warn!("cannot delete the retired log: {e:#}"),
+                    }
+                }
+                return;
+            }
+        }
+    }
+
     async fn confirm_removal(&self) {
         let Some(h) = self.raft() else { return };
         let (leaving, leader) = {
@@ -1799,6 +1830,31 @@ impl Member {
             }
             AgentRequest::IsMember { node } if node != from.node_id && !manager => {
                 Response::error("a worker may only ask about itself")
+            }
+            AgentRequest::RemovalCommitted { node } if node != from.node_id && !manager => {
+                Response::error("a worker may only ask about itself")
+            }
+            AgentRequest::RemovalCommitted { node } => {
+                let Some(h) = self.raft() else {
+                    return Response::error("this node is not a manager");
+                };
+                if h.status.borrow().leader != Some(self.id) {
+                    return Response::error("not the leader");
+                }
+                // Up to date with everything committed: the worker role recorded after the
+                // node left the configuration means the removal itself committed (it comes
+                // first in the log).
+                if let Err(e) = self.read_barrier().await {
+                    return Response::error(e);
+                }
+                let in_config = h.status.borrow().membership.contains(node);
+                let worker = h
+                    .state
+                    .read()
+                    .expect("state")
+                    .node(node)
+                    .is_none_or(|n| n.role == Role::Worker && n.desired_role == Role::Worker);
+                Response::ok((!in_config && worker).to_string())
             }
             AgentRequest::IsMember { node } => match self.raft() {
                 Some(h) => {
@@ -2252,6 +2308,7 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
         }
         if ticks.is_multiple_of(4) {
             m.keep_keys().await;
+            m.forget_retired_log().await;
         }
         let stopped = m.raft().is_some_and(|h| h.status.borrow().stopped);
         if stopped {
@@ -2283,8 +2340,6 @@ async fn housekeeping(m: std::sync::Weak<Member>, mut node: NodeFile) {
             // the tokens, the secrets) and its data keys go.
             if let Err(e) = m.data.retire_raft(term, vote) {
                 tracing::warn!("cannot mark the Raft data retired after demotion: {e:#}");
-            } else if let Err(e) = m.keys.lock().expect("keys").destroy() {
-                tracing::warn!("cannot remove the Raft data keys after demotion: {e:#}");
             }
             let _ = m
                 .gossip

@@ -91,21 +91,29 @@ impl DataDir {
         self.raft_dir().join("wal").is_dir()
     }
 
-    /// Retires the Raft data of a demoted manager: only its term and vote stay
-    /// (`raft/retired.json`, written and fsynced first), so that if it is ever a voter again it
-    /// cannot vote twice in a term; the log and the snapshots (the cluster's CA key, tokens and
-    /// secrets) are removed. A node promoted again starts from an empty log and is brought up
-    /// to date as a learner before it votes.
+    /// Retires the Raft data of a demoted manager, in two steps. First (here) its term and
+    /// vote are written (`raft/retired.json`) and the log is kept: the removal may not be
+    /// committed yet, and a node back as a voter without the entries it acknowledged could
+    /// elect a leader missing committed ones. Once the leader confirms the removal committed,
+    /// [`Self::forget_retired_log`] removes the log and the snapshots (the cluster's CA key,
+    /// tokens and secrets): promoted again, the node starts an empty log with that term and
+    /// vote (never voting twice in a term) and is brought up to date as a learner before it
+    /// votes.
     pub fn retire_raft(&self, term: u64, vote: Option<u64>) -> Result<()> {
         let dir = self.raft_dir();
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let retired = serde_json::to_vec(&Retired { term, vote })?;
-        write_atomic(&dir.join(RETIRED_FILE), &retired, false)?;
-        self.finish_retirement()
+        write_atomic(&dir.join(RETIRED_FILE), &retired, false)
     }
 
-    /// Removes what a retirement interrupted by a crash left of the log.
-    pub fn finish_retirement(&self) -> Result<()> {
+    /// Whether a retired log is still kept (its removal not yet confirmed committed).
+    pub fn retired_log_kept(&self) -> bool {
+        self.raft_retired() && self.has_raft()
+    }
+
+    /// The second step of a retirement: the log and the snapshots are removed, the term and
+    /// vote stay.
+    pub fn forget_retired_log(&self) -> Result<()> {
         let dir = self.raft_dir();
         for sub in ["wal", "snap"] {
             let d = dir.join(sub);
@@ -145,12 +153,14 @@ impl DataDir {
     }
 
     /// Ends a retirement (the node is being promoted again): the term and vote to start an
-    /// empty log with, with everything else of `raft/` removed; `None` for an older version's
-    /// retired log, which is reactivated as it is.
+    /// empty log with, once the retired log is gone; `None` when the log was kept (its removal
+    /// never confirmed, or an older version's marker): it is reactivated as it is.
     pub fn unretire_raft(&self) -> Result<Option<Retired>> {
         if let Some(r) = self.retired()? {
-            self.finish_retirement()?;
-            return Ok(Some(r));
+            if !self.has_raft() {
+                return Ok(Some(r));
+            }
+            self.clear_retired()?;
         }
         let marker = self.raft_dir().join("RETIRED");
         if marker.exists() {
@@ -354,9 +364,16 @@ mod tests {
         fs::write(dir.raft_dir().join("wal/0001.wal"), "state").unwrap();
         assert!(dir.has_raft());
         assert!(!dir.raft_retired());
-        // Retired: the term and vote stay, the log goes.
+        // Retired: the term and vote are written, the log kept until the removal is confirmed.
         dir.retire_raft(7, Some(3)).unwrap();
-        assert!(dir.raft_retired() && !dir.has_raft());
+        assert!(dir.raft_retired() && dir.retired_log_kept());
+        // Promoted again before that: the kept log is reactivated.
+        assert_eq!(dir.unretire_raft().unwrap(), None);
+        assert!(!dir.raft_retired() && dir.has_raft());
+        dir.retire_raft(7, Some(3)).unwrap();
+        // Confirmed: the log goes.
+        dir.forget_retired_log().unwrap();
+        assert!(dir.raft_retired() && !dir.has_raft() && !dir.retired_log_kept());
         assert!(!dir.raft_dir().join("snap").exists());
         assert_eq!(
             dir.retired().unwrap(),

@@ -151,6 +151,13 @@ pub enum AgentRequest {
         /// The node.
         node: NodeId,
     },
+    /// Is `node`'s removal from the Raft group committed? Answered `true`/`false` by the leader
+    /// only, after a read barrier: its committed state records the node as a worker and its
+    /// configuration excludes it. A demoted manager deletes its retired log only then.
+    RemovalCommitted {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// One task assigned to a node, with what it needs to run it.
