@@ -102,8 +102,8 @@ pub struct Agent {
     /// When this agent last left a swarm (its endpoint may still be draining).
     left_at: Mutex<Option<Instant>>,
     entropy: Arc<Entropy>,
-    /// A manager locked by autolock, waiting for `swarm unlock`: its identity (nothing runs).
-    locked: Mutex<Option<StoredIdentity>>,
+    /// A manager locked by autolock, waiting for `swarm unlock`: who it is (nothing runs).
+    locked: Mutex<Option<NodeFile>>,
     /// The unlock key given by `swarm unlock`, for the member it starts.
     unlock: Mutex<Option<[u8; 32]>>,
 }
@@ -222,17 +222,27 @@ impl Agent {
             locked: Mutex::new(None),
             unlock: Mutex::new(None),
         });
-        if let Some(stored) = agent.data.load()? {
-            let keys = crate::keys::RaftKeys::new(agent.data.root());
-            if agent.data.raft_retired() && !agent.data.has_raft() {
-                // A retirement whose log is gone: its keys go too (a crash in between).
-                keys.destroy()?;
-            }
+        let keys = crate::keys::RaftKeys::new(agent.data.root());
+        if let Some(node) = agent.data.load_node()? {
             if keys.is_locked()? {
                 tracing::warn!("autolock: {}", crate::keys::LOCKED);
-                *agent.locked.lock().expect("locked") = Some(stored);
+                *agent.locked.lock().expect("locked") = Some(node);
                 return Ok(agent);
             }
+            if keys.exists() {
+                let kek = keys.kek_keyring()?;
+                if agent.data.key_sealed()? {
+                    // Autolock was on and is off now, or a crash came between two steps.
+                    agent.data.set_key_seal(Some(kek.clone()));
+                }
+                if agent.data.raft_retired() && !agent.data.has_raft() {
+                    // A retirement whose log is gone: its keys go too (a crash in between).
+                    agent.data.set_key_form(&kek, false)?;
+                    keys.destroy()?;
+                }
+            }
+        }
+        if let Some(stored) = agent.data.load()? {
             // A demoted node keeps its retired log but runs no replica until a leader calls.
             let start =
                 (agent.data.has_raft() && !agent.data.raft_retired()).then_some(Start::Existing);
@@ -417,12 +427,7 @@ impl Agent {
         req: Request,
         rid: Option<shoal_cluster::RequestId>,
     ) -> Response {
-        let locked = self
-            .locked
-            .lock()
-            .expect("locked")
-            .as_ref()
-            .map(|s| s.node.clone());
+        let locked = self.locked.lock().expect("locked").clone();
         if let Some(node) = locked {
             return match req {
                 Request::Unlock { key } => self.unlock(&key).await,
@@ -499,7 +504,19 @@ impl Agent {
         if let Err(e) = keys.check() {
             return Response::error(format!("{e:#}"));
         }
-        let Some(stored) = self.locked.lock().expect("locked").take() else {
+        if self.locked.lock().expect("locked").is_none() {
+            return Response::error("this node is not locked");
+        }
+        // The node key is sealed with the key-encryption key the unlock key opens.
+        let stored = match keys.kek_keyring().and_then(|kek| {
+            self.data.set_key_seal(Some(kek));
+            self.data.load()
+        }) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Response::error("this node's identity is gone"),
+            Err(e) => return Response::error(format!("cannot read this node's identity: {e:#}")),
+        };
+        let Some(node) = self.locked.lock().expect("locked").take() else {
             return Response::error("this node is not locked");
         };
         *self.unlock.lock().expect("unlock") = Some(bytes);
@@ -512,7 +529,7 @@ impl Agent {
                 Response::ok("")
             }
             Err(e) => {
-                *self.locked.lock().expect("locked") = Some(stored);
+                *self.locked.lock().expect("locked") = Some(node);
                 Response::error(format!("unlocked, but the node did not start: {e:#}"))
             }
         }
@@ -1444,6 +1461,24 @@ impl Member {
         };
         let ring = {
             let mut keys = self.keys.lock().expect("keys");
+            // Under autolock the node key is sealed with the key-encryption key too, so a copy
+            // of the data directory holds no usable identity either.
+            match keys.kek_keyring() {
+                Ok(kek) => {
+                    let sealed = want.is_some();
+                    if self.data.key_sealed().ok() != Some(sealed) {
+                        if let Err(e) = self.data.set_key_form(&kek, sealed) {
+                            tracing::warn!(
+                                "cannot {} the node key: {e:#}",
+                                if sealed { "seal" } else { "unseal" }
+                            );
+                        }
+                    } else {
+                        self.data.set_key_seal(sealed.then_some(kek));
+                    }
+                }
+                Err(e) => tracing::warn!("cannot open the key-encryption key: {e:#}"),
+            }
             if keys.unlock_key() == want {
                 None
             } else {
@@ -1625,10 +1660,17 @@ impl Member {
             };
             if let Response::Ok { message } = wire::decode_response(&resp) {
                 if message == "true" && self.raft().is_none() {
-                    let forgot = self
-                        .data
-                        .forget_retired_log()
-                        .and_then(|()| self.keys.lock().expect("keys").destroy());
+                    let keys = self.keys.lock().expect("keys").clone();
+                    // The node key goes back to plain first: nothing will open it otherwise.
+                    let unsealed = if keys.exists() {
+                        keys.kek_keyring()
+                            .and_then(|kek| self.data.set_key_form(&kek, false))
+                    } else {
+                        Ok(())
+                    };
+                    let forgot = unsealed
+                        .and_then(|()| self.data.forget_retired_log())
+                        .and_then(|()| keys.destroy());
                     match forgot {
                         Ok(()) => tracing::info!(
                             "removal from the Raft group committed: the retired log and its keys are deleted (term and vote kept)"

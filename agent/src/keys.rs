@@ -115,6 +115,16 @@ impl RaftKeys {
         }
     }
 
+    /// The key-encryption key (it also seals a manager's node key under autolock).
+    pub fn kek_keyring(&self) -> Result<Arc<Keyring>> {
+        Ok(Arc::new(self.kek()?))
+    }
+
+    /// Whether this directory has a key-encryption key.
+    pub fn exists(&self) -> bool {
+        self.kek_path().exists()
+    }
+
     /// Checks that the unlock key opens the key-encryption key (and so every data key).
     pub fn check(&self) -> Result<()> {
         let kek = self.kek()?;

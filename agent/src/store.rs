@@ -7,8 +7,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use shoal_raft::seal::Keyring;
 
 /// A retired log's file: its term and vote.
 const RETIRED_FILE: &str = "retired.json";
@@ -54,7 +57,15 @@ pub struct StoredIdentity {
 #[derive(Clone, Debug)]
 pub struct DataDir {
     root: PathBuf,
+    /// Under autolock, a manager's node key is sealed with its key-encryption key: the key
+    /// that opens and seals `key.pem` (shared by every clone).
+    key_seal: Arc<Mutex<Option<Arc<Keyring>>>>,
 }
+
+/// What a sealed `key.pem` starts with.
+const SEALED_KEY_MAGIC: &[u8] = b"SHOAL-SEALED-KEY-1\n";
+/// What the sealed node key is bound to.
+const KEY_AAD: &[u8] = b"shoal node key";
 
 impl DataDir {
     /// Opens (creating) the directory, private to the user.
@@ -68,7 +79,86 @@ impl DataDir {
         }
         Ok(DataDir {
             root: root.to_path_buf(),
+            key_seal: Default::default(),
         })
+    }
+
+    /// Seals the node key written from now on with `ring` (`None`: plain), and opens a sealed
+    /// one with it.
+    pub fn set_key_seal(&self, ring: Option<Arc<Keyring>>) {
+        *self.key_seal.lock().unwrap_or_else(|e| e.into_inner()) = ring;
+    }
+
+    fn seal(&self) -> Option<Arc<Keyring>> {
+        self.key_seal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether `key.pem` is sealed.
+    pub fn key_sealed(&self) -> Result<bool> {
+        let p = self.root.join("key.pem");
+        match fs::read(&p) {
+            Ok(b) => Ok(b.starts_with(SEALED_KEY_MAGIC)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+
+    /// The bytes of `key.pem` for a key: sealed when a seal is set.
+    fn key_file_bytes(&self, pem: &str) -> Result<Vec<u8>> {
+        match self.seal() {
+            None => Ok(pem.as_bytes().to_vec()),
+            Some(ring) => {
+                let mut out = SEALED_KEY_MAGIC.to_vec();
+                let mut sealed = Vec::new();
+                ring.seal(KEY_AAD, pem.as_bytes(), &mut sealed)
+                    .map_err(|e| anyhow::anyhow!("cannot seal the node key: {e}"))?;
+                out.extend_from_slice(&sealed);
+                Ok(out)
+            }
+        }
+    }
+
+    /// The key in `key.pem`'s bytes, opened with the seal if it is sealed.
+    fn open_key_file(&self, bytes: &[u8]) -> Result<String> {
+        let Some(sealed) = bytes.strip_prefix(SEALED_KEY_MAGIC) else {
+            return String::from_utf8(bytes.to_vec()).context("key.pem is not text");
+        };
+        let ring = self.seal().ok_or_else(|| {
+            anyhow::anyhow!("key.pem is sealed with the key-encryption key, which is locked")
+        })?;
+        let plain = ring
+            .open(KEY_AAD, sealed)
+            .map_err(|e| anyhow::anyhow!("cannot open key.pem: {e}"))?;
+        String::from_utf8(plain).context("key.pem is not text")
+    }
+
+    /// Rewrites `key.pem` sealed with the key-encryption key `kek` (`sealed`) or plain, opening
+    /// it with `kek` if it is sealed now; the seal of later writes follows.
+    pub fn set_key_form(&self, kek: &Arc<Keyring>, sealed: bool) -> Result<()> {
+        let p = self.root.join("key.pem");
+        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        self.set_key_seal(Some(kek.clone()));
+        let pem = self.open_key_file(&bytes)?;
+        self.set_key_seal(sealed.then(|| kek.clone()));
+        if bytes.starts_with(SEALED_KEY_MAGIC) != sealed {
+            write_atomic(&p, &self.key_file_bytes(&pem)?, true)?;
+        }
+        Ok(())
+    }
+
+    /// The node file alone (a locked manager shows who it is without its key).
+    pub fn load_node(&self) -> Result<Option<NodeFile>> {
+        let p = self.root.join("node.json");
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .with_context(|| format!("{} is malformed", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
     }
 
     /// The control socket.
@@ -194,9 +284,12 @@ impl DataDir {
         };
         let node: NodeFile = serde_json::from_str(&read("node.json")?)
             .with_context(|| format!("{} is malformed", node_path.display()))?;
+        let key_path = self.root.join("key.pem");
+        let key_bytes =
+            fs::read(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
         Ok(Some(StoredIdentity {
             node,
-            key_pem: read("key.pem")?,
+            key_pem: self.open_key_file(&key_bytes)?,
             cert_pem: read("cert.pem")?,
             ca_cert_pem: read("ca.pem")?,
         }))
@@ -205,7 +298,11 @@ impl DataDir {
     /// Saves an identity: key, certificate and CA first, `node.json` last (its presence means
     /// the rest is complete).
     pub fn save(&self, id: &StoredIdentity) -> Result<()> {
-        write_atomic(&self.root.join("key.pem"), id.key_pem.as_bytes(), true)?;
+        write_atomic(
+            &self.root.join("key.pem"),
+            &self.key_file_bytes(&id.key_pem)?,
+            true,
+        )?;
         write_atomic(&self.root.join("cert.pem"), id.cert_pem.as_bytes(), false)?;
         write_atomic(&self.root.join("ca.pem"), id.ca_cert_pem.as_bytes(), false)?;
         self.save_node(&id.node)
@@ -220,7 +317,7 @@ impl DataDir {
             self.root.join("key.pem.next"),
             self.root.join("cert.pem.next"),
         );
-        write_atomic(&key_next, key_pem.as_bytes(), true)?;
+        write_atomic(&key_next, &self.key_file_bytes(key_pem)?, true)?;
         write_atomic(&cert_next, cert_pem.as_bytes(), false)?;
         fs::rename(&key_next, self.root.join("key.pem")).context("cannot install the new key")?;
         sync_dir(&self.root)?;
@@ -398,6 +495,54 @@ mod tests {
         dir.wipe_identity().unwrap();
         assert!(dir.load().unwrap().is_none());
         assert!(!dir.has_raft());
+    }
+
+    #[test]
+    fn a_sealed_node_key_opens_only_with_its_key_encryption_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let id = StoredIdentity {
+            node: NodeFile {
+                node_id: 7,
+                cluster_id: "ab".repeat(16),
+                advertise: "127.0.0.1:4000".into(),
+                hostname: "n1".into(),
+                seeds: vec![],
+            },
+            key_pem: "-----BEGIN PRIVATE KEY-----\nk\n".into(),
+            cert_pem: "cert".into(),
+            ca_cert_pem: "ca".into(),
+        };
+        dir.save(&id).unwrap();
+        let kek = Arc::new(Keyring::new(0, &[5u8; 32]).unwrap());
+        dir.set_key_form(&kek, true).unwrap();
+        assert!(dir.key_sealed().unwrap());
+        let raw = fs::read(tmp.path().join("key.pem")).unwrap();
+        assert!(!raw.windows(11).any(|w| w == b"PRIVATE KEY"));
+        // Another process without the key: the identity does not load; with it, it does.
+        let other = DataDir::open(tmp.path()).unwrap();
+        let err = format!("{:#}", other.load().unwrap_err());
+        assert!(err.contains("sealed"), "{err}");
+        assert_eq!(other.load_node().unwrap().unwrap().node_id, 7);
+        other.set_key_seal(Some(Arc::new(Keyring::new(0, &[6u8; 32]).unwrap())));
+        assert!(other.load().is_err(), "another key does not open it");
+        other.set_key_seal(Some(kek.clone()));
+        assert_eq!(other.load().unwrap().unwrap().key_pem, id.key_pem);
+        // A renewal while sealed writes a sealed key.
+        other
+            .save_key_and_cert("-----BEGIN PRIVATE KEY-----\nk2\n", "cert2")
+            .unwrap();
+        assert!(other.key_sealed().unwrap());
+        // Plain again.
+        other.set_key_form(&kek, false).unwrap();
+        assert!(!other.key_sealed().unwrap());
+        assert!(DataDir::open(tmp.path())
+            .unwrap()
+            .load()
+            .unwrap()
+            .unwrap()
+            .key_pem
+            .ends_with("k2\n"));
     }
 
     #[test]

@@ -26,6 +26,18 @@ fn kek_locked(dir: &Path) -> Option<bool> {
     Some(b.starts_with(b"SHOALKEK1"))
 }
 
+/// Whether the node key is sealed (else it is a plain PEM).
+fn node_key_sealed(dir: &Path) -> bool {
+    let b = std::fs::read(dir.join("key.pem")).unwrap();
+    let sealed = b.starts_with(b"SHOAL-SEALED-KEY-1");
+    assert_eq!(
+        sealed,
+        !b.windows(11).any(|w| w == b"PRIVATE KEY"),
+        "a key file is either sealed or a PEM"
+    );
+    sealed
+}
+
 fn service_names(c: &Cluster, i: usize) -> Option<String> {
     let out = c.shoal(i, &["service", "ls"]);
     (out.code == 0).then_some(out.stdout)
@@ -44,10 +56,10 @@ fn a_locked_manager_waits_for_its_key_and_then_catches_up() {
     let key = key_in(&out);
     // Any manager shows the same key.
     assert_eq!(c.shoal(1, &["swarm", "unlock-key", "-q"]).ok().trim(), key);
-    c.wait("every manager's key sealed with the unlock key", || {
+    c.wait("every manager's keys sealed with the unlock key", || {
         c.nodes
             .iter()
-            .all(|n| kek_locked(&n.dir) == Some(true))
+            .all(|n| kek_locked(&n.dir) == Some(true) && node_key_sealed(&n.dir))
             .then_some(())
     });
     c.shoal(
@@ -178,10 +190,10 @@ fn a_locked_manager_waits_for_its_key_and_then_catches_up() {
     assert!(out.contains("autolock is off"), "{out}");
     let err = c.shoal(0, &["swarm", "unlock-key"]).err();
     assert!(err.contains("autolock is off"), "{err}");
-    c.wait("every key-encryption key plain again", || {
+    c.wait("every key-encryption key and node key plain again", || {
         c.nodes
             .iter()
-            .all(|n| kek_locked(&n.dir) == Some(false))
+            .all(|n| kek_locked(&n.dir) == Some(false) && !node_key_sealed(&n.dir))
             .then_some(())
     });
     c.kill(0);
@@ -215,8 +227,13 @@ fn init_with_autolock_shows_the_key_once_and_locks_a_restart() {
 #[test]
 fn a_demoted_manager_keeps_no_readable_state_and_catches_up_when_promoted() {
     let _g = serial();
-    let c = Cluster::start(3);
+    let mut c = Cluster::start(3);
     c.form(3);
+    // Under autolock, so that the node key is sealed until the demotion unseals it.
+    c.shoal(0, &["swarm", "update", "--autolock"]).ok();
+    c.wait("node-3's node key sealed", || {
+        node_key_sealed(&c.nodes[2].dir).then_some(())
+    });
     let marker = format!("demoted-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("s");
@@ -239,6 +256,15 @@ fn a_demoted_manager_keeps_no_readable_state_and_catches_up_when_promoted() {
     assert!(retired["term"].as_u64().unwrap() >= 1, "{retired}");
     assert!(!c.nodes[2].dir.join("kek").exists());
     assert!(!c.nodes[2].dir.join("raft-keys").exists());
+    // A worker now: its node key is plain again, and it restarts without an unlock key.
+    assert!(!node_key_sealed(&c.nodes[2].dir));
+    c.kill(2);
+    c.spawn(2);
+    c.wait("the demoted node Ready after its restart", || {
+        let ls = c.ls(0)?;
+        let n = ls.iter().find(|n| n["Hostname"] == "node-3")?;
+        (n["Status"] == "Ready").then_some(())
+    });
 
     // Changes while it is a worker, then promoted again: it catches up.
     c.shoal(
