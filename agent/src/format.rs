@@ -261,6 +261,11 @@ pub fn info_text(info: &crate::api::InfoView) -> String {
         out.push_str(&clean(value));
         out.push('\n');
     };
+    if info.swarm == "locked" {
+        line(" NodeID", &info.node_id);
+        line(" ClusterID", &info.cluster_id);
+        line(" Error", crate::keys::LOCKED);
+    }
     if info.swarm == "active" {
         line(" NodeID", &info.node_id);
         line(
@@ -498,6 +503,19 @@ mod tests {
             node("0000000000000001", "node1", "manager", "Leader"),
             n2,
         ]
+    }
+
+    #[test]
+    fn a_locked_node_says_so_in_info() {
+        let mut info = crate::api::InfoView::inactive("127.0.0.1:4242".into());
+        info.swarm = "locked".into();
+        info.node_id = "8a4c2401a63e94c5".into();
+        info.cluster_id = "7463ae51".into();
+        assert_eq!(
+            info_text(&info),
+            "Swarm: locked\n NodeID: 8a4c2401a63e94c5\n ClusterID: 7463ae51\n Error: this node is \
+             locked: run shoal swarm unlock\n Node Address: 127.0.0.1:4242\n"
+        );
     }
 
     #[test]

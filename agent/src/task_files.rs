@@ -141,11 +141,15 @@ impl TaskFiles {
         Ok(out)
     }
 
-    /// Removes a task's files (nothing if it has none).
+    /// Removes a task's files (nothing if it has none), and the node's directory once empty.
     pub fn remove(&self, task: &str) {
         let dir = self.dir(task);
         match fs::remove_dir_all(&dir) {
-            Ok(()) => tracing::debug!(task, "secrets and configs removed"),
+            Ok(()) => {
+                tracing::debug!(task, "secrets and configs removed");
+                // Fails while another task has files: they keep it.
+                let _ = fs::remove_dir(&self.root);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
         }

@@ -383,6 +383,13 @@ impl Drop for Cluster {
         }
         for n in &self.nodes {
             kill_tasks(&n.dir);
+            // The tasks' secrets on the tmpfs (a node that never comes back leaves them).
+            let node: Option<Value> = std::fs::read(n.dir.join("node.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(id) = node.as_ref().and_then(|v| v["node_id"].as_u64()) {
+                let _ = std::fs::remove_dir_all(format!("/dev/shm/shoal/{id:016x}"));
+            }
         }
     }
 }
