@@ -159,6 +159,16 @@ fn snapshot_threshold() -> u64 {
         .unwrap_or(1000)
 }
 
+/// Entries kept behind a snapshot for followers that lag a little: the core's default, or
+/// `SHOAL_SNAPSHOT_TRAILING` (tests use a small value to see a log compacted soon).
+fn snapshot_trailing(default: u64) -> u64 {
+    std::env::var("SHOAL_SNAPSHOT_TRAILING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n <= default)
+        .unwrap_or(default)
+}
+
 /// Milliseconds since the Unix epoch (recorded in commands by the proposer).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -238,6 +248,7 @@ pub fn start(
     let mut cfg = Config::new(id);
     cfg.seed = id ^ seed;
     cfg.snapshot_threshold = snapshot_threshold();
+    cfg.snapshot_trailing = snapshot_trailing(cfg.snapshot_trailing);
     let mut node = RaftNode::new(cfg.clone(), recovered)?;
     // A peer's snapshot that is not a cluster state never reaches the state machine.
     node.set_snapshot_validator(|data| ClusterState::restore(data).is_ok());

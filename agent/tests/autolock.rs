@@ -2,7 +2,9 @@
 //! is sealed with the swarm's unlock key: a manager restarted without the key serves nothing
 //! (every request but `info` and `swarm unlock` says it is locked) and joins nothing (the
 //! others see it down); a wrong or malformed key is refused and changes nothing; the right key
-//! starts it and it catches up with what changed meanwhile. A rotated key replaces the old one;
+//! starts it and it catches up with what changed meanwhile; turning autolock on also gave every
+//! manager a new data key, and once snapshots compacted the log the old one is forgotten. A
+//! rotated key replaces the old one;
 //! autolock off stores the key plain again. A demoted manager keeps only its term and vote:
 //! no log, no snapshot, no data key, so no copy of the CA key, tokens or secrets; promoted
 //! again, it catches up from the leader.
@@ -26,6 +28,19 @@ fn kek_locked(dir: &Path) -> Option<bool> {
     Some(b.starts_with(b"SHOALKEK1"))
 }
 
+/// The current data key and the ids of those kept (`raft-keys`).
+fn data_keys(dir: &Path) -> (u64, Vec<u64>) {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("raft-keys")).unwrap()).unwrap();
+    let ids = v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_u64().unwrap())
+        .collect();
+    (v["current"].as_u64().unwrap(), ids)
+}
+
 /// Whether the node key is sealed (else it is a plain PEM).
 fn node_key_sealed(dir: &Path) -> bool {
     let b = std::fs::read(dir.join("key.pem")).unwrap();
@@ -46,8 +61,15 @@ fn service_names(c: &Cluster, i: usize) -> Option<String> {
 #[test]
 fn a_locked_manager_waits_for_its_key_and_then_catches_up() {
     let _g = serial();
-    let mut c = Cluster::start(3);
+    let mut c = Cluster::start_with_env(
+        3,
+        &[
+            ("SHOAL_SNAPSHOT_EVERY", "20"),
+            ("SHOAL_SNAPSHOT_TRAILING", "5"),
+        ],
+    );
     c.form(3);
+    assert_eq!(data_keys(&c.nodes[0].dir), (1, vec![1]));
     let out = c.shoal(0, &["swarm", "update", "--autolock=true"]).ok();
     assert!(
         out.contains("Swarm updated.") && out.contains("shoal swarm unlock"),
@@ -60,6 +82,27 @@ fn a_locked_manager_waits_for_its_key_and_then_catches_up() {
         c.nodes
             .iter()
             .all(|n| kek_locked(&n.dir) == Some(true) && node_key_sealed(&n.dir))
+            .then_some(())
+    });
+    // A new data key with the new key: once snapshots have compacted the log, what the old
+    // data key sealed is gone, and so is the old key.
+    for i in 0..30 {
+        c.shoal(
+            0,
+            &[
+                "node",
+                "update",
+                "--label-add",
+                &format!("k{i}=v"),
+                "node-1",
+            ],
+        )
+        .ok();
+    }
+    c.wait("every manager on a single, new data key", || {
+        c.nodes
+            .iter()
+            .all(|n| data_keys(&n.dir) == (2, vec![2]))
             .then_some(())
     });
     c.shoal(
