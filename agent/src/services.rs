@@ -52,6 +52,15 @@ pub fn task_view(st: &ClusterState, t: &Task, current: bool) -> TaskView {
     let node = t.node.and_then(|n| st.node(n));
     let spec = svc.and_then(|s| s.spec_of(t.spec_version));
     let ports = match spec {
+        // As the node bound them (an engine-picked port shows its number).
+        _ if t.status.state == TaskState::Running && !t.status.ports.is_empty() => t
+            .status
+            .ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        // A task of an older agent: as the spec asks.
         Some(spec) if t.status.state == TaskState::Running => spec
             .task
             .ports

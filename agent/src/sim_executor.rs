@@ -151,6 +151,7 @@ impl Executor for SimExecutor {
                 pid: Some(pid),
                 container_id: None,
                 checked: false,
+                ports: Vec::new(),
             })
         })
     }

@@ -214,6 +214,25 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec, cluster_id: &str) ->
             env.push((k.to_string(), v));
         }
     }
+    // A process binds its host-mode ports itself: it is told them (`SHOAL_PORT_<TARGET>`, and
+    // `PORT` for the first), unless its spec sets them.
+    if spec.runtime == shoal_cluster::Runtime::Process {
+        let host = spec
+            .ports
+            .iter()
+            .filter(|p| p.mode == shoal_cluster::PublishMode::Host);
+        for (i, p) in host.enumerate() {
+            let mut vars = vec![format!("SHOAL_PORT_{}", p.target)];
+            if i == 0 {
+                vars.push("PORT".to_string());
+            }
+            for k in vars {
+                if !env.iter().any(|(key, _)| *key == k) {
+                    env.push((k, p.published.to_string()));
+                }
+            }
+        }
+    }
     let limits = spec.resources.limits;
     TaskRun {
         task_id: object_id_string(a.task.id),
@@ -269,6 +288,36 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec, cluster_id: &str) ->
             .collect(),
         health: health_config(&spec.health),
     }
+}
+
+/// The ports a started task answers on: as the runtime bound them (a container's, with the
+/// engine's numbers), or those a process was told.
+fn bound_ports(
+    run: &TaskRun,
+    details: &shoal_executor::RuntimeDetails,
+) -> Vec<shoal_cluster::TaskPort> {
+    if !details.ports.is_empty() {
+        return details
+            .ports
+            .iter()
+            .map(|p| shoal_cluster::TaskPort {
+                target: p.target,
+                published: p.published,
+                udp: p.udp,
+            })
+            .collect();
+    }
+    if details.container_id.is_some() {
+        return Vec::new();
+    }
+    run.ports
+        .iter()
+        .map(|p| shoal_cluster::TaskPort {
+            target: p.target,
+            published: p.published,
+            udp: p.udp,
+        })
+        .collect()
 }
 
 /// The executor's health check for a spec's (`None`: no check of shoal's).
@@ -608,6 +657,7 @@ impl Runner {
                     tracing::warn!(task = %key, "{e}");
                 }
                 checker = Checker::of(run.health.as_ref(), exec.as_ref(), details.checked);
+                running.status.ports = bound_ports(&run, &details);
                 running.status.pid = details.pid.unwrap_or(0);
                 running.status.container_id = details.container_id.unwrap_or_default();
                 running.status.health = checker.initial();
@@ -662,6 +712,7 @@ impl Runner {
                 match exec.start(&key).await {
                     Ok(details) => {
                         checker = Checker::of(run.health.as_ref(), exec.as_ref(), details.checked);
+                        running.status.ports = bound_ports(&run, &details);
                         running.status.pid = details.pid.unwrap_or(0);
                         running.status.container_id = details.container_id.unwrap_or_default();
                         // A checked task counts as running once healthy (Swarm's rule).

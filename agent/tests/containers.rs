@@ -586,6 +586,45 @@ fn host_ports_bind_and_an_engine_that_goes_away_comes_back() {
     assert!(ps.contains("chttp.1"), "{ps}");
     c.shoal(0, &["service", "rm", "chttp"]).ok();
 
+    // Published as 0: the engine picks the port, and `service ps` and inspect say which.
+    c.shoal(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "cany",
+            "-p",
+            "target=80,mode=host",
+            "--stop-grace-period",
+            "1s",
+            DEFAULT_TAG,
+            "sh",
+            "-c",
+            "mkdir -p /www && echo picked by the engine > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    )
+    .ok();
+    let picked: u16 = c.wait("the task's engine-picked port in service ps", || {
+        let ps = c.shoal(0, &["service", "ps", "cany"]).ok();
+        let line = ps.lines().find(|l| l.contains("Running"))?;
+        let at = line.find("*:")?;
+        let port: u16 = line[at + 2..].split("->").next()?.parse().ok()?;
+        (port != 0 && line.contains("->80/tcp")).then_some(port)
+    });
+    let body = c.wait("the engine-picked port to answer", || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", picked)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains("picked by the engine").then_some(out)
+    });
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    c.shoal(0, &["service", "rm", "cany"]).ok();
+
     // A service with a task on each node; then node-2's engine goes away.
     c.shoal(
         0,

@@ -350,3 +350,40 @@ fn a_service_whose_restart_policy_gives_up_is_an_error_not_a_wait() {
     let ls = c.shoal(0, &["service", "ls"]).ok();
     assert!(ls.contains("crashy") && ls.contains("once"), "{ls}");
 }
+
+#[test]
+fn a_process_task_is_told_its_host_mode_ports() {
+    let _g = serial();
+    let c = Cluster::start(1);
+    c.form(1);
+    let port = common::free_tcp_port_number();
+    c.shoal(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "told",
+            "--runtime",
+            "process",
+            "-p",
+            &format!("published={port},target=80,mode=host"),
+            "-p",
+            &format!("published={},target=53,protocol=udp,mode=host", port + 1),
+            "sh",
+            "-c",
+            "echo \"port=$PORT http=$SHOAL_PORT_80 dns=$SHOAL_PORT_53\"; exec sleep 100000",
+        ],
+    )
+    .ok();
+    let want = format!("port={port} http={port} dns={}", port + 1);
+    c.wait("the task to print the ports it was told", || {
+        let logs = c.shoal(0, &["service", "logs", "told"]).stdout;
+        logs.contains(&want).then_some(())
+    });
+    let ps = c.shoal(0, &["service", "ps", "told"]).ok();
+    assert!(
+        ps.contains(&format!("*:{port}->80/tcp,*:{}->53/udp", port + 1)),
+        "{ps}"
+    );
+}

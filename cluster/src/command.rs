@@ -13,7 +13,7 @@ use crate::types::{Availability, ClusterInfo, NewNode, NodeDescription, NodeId, 
 pub const MAX_COMMAND_SIZE: usize = 1024 * 1024;
 
 /// Version byte in front of every encoded command (2: services and tasks).
-const COMMAND_VERSION: u8 = 5;
+const COMMAND_VERSION: u8 = 6;
 
 /// Most task changes or reports in one command (one Raft entry).
 pub const MAX_BATCH: usize = 8192;
@@ -298,11 +298,12 @@ impl Command {
             )));
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
-        // Version 3: task specs without secrets; 4: no unlock key.
+        // Version 3: task specs without secrets; 4: no unlock key; 5: no task ports.
         let generation = match version {
             3 => 1,
             4 => 2,
-            COMMAND_VERSION => 3,
+            5 => 3,
+            COMMAND_VERSION => 4,
             _ => return Err(err(format!("unknown version {version}"))),
         };
         let decoded =

@@ -32,9 +32,9 @@ pub use service::{
     object_id_string, validate_service_name, FailureAction, Health, HealthCheck, HealthTest,
     MountSpec, MountType, NewTask, PlacementSpec, PortConfig, PublishMode, ResourceSpec,
     RestartCondition, RestartPolicy, Runtime, Service, ServiceId, ServiceMode, ServiceSpec,
-    Settings, Task, TaskChange, TaskId, TaskReport, TaskSpec, TaskState, TaskStatus, UpdateConfig,
-    UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
-    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS, DEFAULT_TASK_HISTORY,
+    Settings, Task, TaskChange, TaskId, TaskPort, TaskReport, TaskSpec, TaskState, TaskStatus,
+    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS,
+    DEFAULT_HEALTH_RETRIES, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS, DEFAULT_TASK_HISTORY,
     DEFAULT_UPDATE_MONITOR_MS, MAX_REPLICAS,
 };
 pub use state::{ClusterState, JOINING, MAX_REMEMBERED_REQUESTS, SNAPSHOT_VERSION};

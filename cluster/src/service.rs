@@ -689,7 +689,9 @@ fn validate_update_config(c: &UpdateConfig, what: &str) -> Result<(), ClusterErr
 }
 
 /// Checks the fields only containers have: set only with the container runtime, mounts with
-/// absolute targets (and sources, for binds), ports in range and not published twice.
+/// absolute targets (and sources, for binds), ports in range and not published twice. A
+/// process may publish host-mode ports with a number (it binds them itself, told them in
+/// `SHOAL_PORT_<TARGET>` and `PORT`).
 fn validate_container_fields(t: &TaskSpec) -> Result<(), ClusterError> {
     if t.runtime == Runtime::Process {
         let used = [
@@ -697,7 +699,6 @@ fn validate_container_fields(t: &TaskSpec) -> Result<(), ClusterError> {
             (!t.user.is_empty(), "--user"),
             (t.read_only, "--read-only"),
             (!t.mounts.is_empty(), "--mount"),
-            (!t.ports.is_empty(), "--publish"),
         ];
         if let Some((_, flag)) = used.iter().find(|(set, _)| *set) {
             return Err(invalid(format!(
@@ -747,6 +748,13 @@ fn validate_container_fields(t: &TaskSpec) -> Result<(), ClusterError> {
             return Err(invalid(
                 "invalid port: the target port must be 1 to 65535".into(),
             ));
+        }
+        if t.runtime == Runtime::Process && p.mode == PublishMode::Host && p.published == 0 {
+            return Err(invalid(format!(
+                "port {}: a process task binds its host-mode ports itself, so it needs a \
+                 published port (-p published=PORT,target={},mode=host)",
+                p.target, p.target
+            )));
         }
         if p.mode == PublishMode::Ingress {
             return Err(invalid(format!(
@@ -1043,6 +1051,37 @@ pub struct TaskStatus {
     pub container_id: String,
     /// Its health, while it runs.
     pub health: Health,
+    /// The ports it answers on, on its node, while it runs (host-mode ports; one the engine
+    /// picked shows its number here).
+    #[serde(default, deserialize_with = "crate::compat::task_ports")]
+    pub ports: Vec<TaskPort>,
+}
+
+/// Most ports one task's status lists.
+pub const MAX_TASK_PORTS: usize = 64;
+
+/// A port a running task answers on: `published` on its node reaches `target` in the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPort {
+    /// The port in the task (the container's, or the one a process was told).
+    pub target: u16,
+    /// The port on the node.
+    pub published: u16,
+    /// UDP rather than TCP.
+    pub udp: bool,
+}
+
+impl fmt::Display for TaskPort {
+    /// As `service ps` shows it: `*:8080->80/tcp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        PortConfig {
+            published: self.published,
+            target: self.target,
+            udp: self.udp,
+            mode: PublishMode::Host,
+        }
+        .fmt(f)
+    }
 }
 
 impl TaskStatus {
@@ -1057,6 +1096,7 @@ impl TaskStatus {
             pid: 0,
             container_id: String::new(),
             health: Health::None,
+            ports: Vec::new(),
         }
     }
 
@@ -1065,6 +1105,7 @@ impl TaskStatus {
         if self.message.len() > MAX_STATUS_TEXT
             || self.err.len() > MAX_STATUS_TEXT
             || self.container_id.len() > 128
+            || self.ports.len() > MAX_TASK_PORTS
         {
             return Err(invalid("task status text too long".into()));
         }
@@ -1315,6 +1356,17 @@ mod tests {
         let mut process = ServiceSpec::new("web", "/bin/sleep", 1);
         process.task.read_only = true;
         assert!(err(&process).contains("--read-only needs the container runtime"));
+        // A process publishes host-mode ports it binds itself: with a number, not 0.
+        let mut process = ServiceSpec::new("web", "/bin/sleep", 1);
+        process.task.ports = vec![PortConfig {
+            published: 8080,
+            target: 80,
+            udp: false,
+            mode: PublishMode::Host,
+        }];
+        assert!(process.validate().is_ok());
+        process.task.ports[0].published = 0;
+        assert!(err(&process).contains("needs a published port"));
         let mut ok = ServiceSpec::new("web", "nginx", 1);
         ok.task.runtime = Runtime::Container;
         ok.task.read_only = true;

@@ -14,7 +14,7 @@ use crate::types::{
 };
 
 /// Version byte in front of every snapshot (3: services, tasks and settings).
-pub const SNAPSHOT_VERSION: u8 = 8;
+pub const SNAPSHOT_VERSION: u8 = 9;
 
 /// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
 /// seconds; this many writes take far longer on any real cluster.
@@ -429,7 +429,7 @@ impl ClusterState {
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
         let body: std::borrow::Cow<'_, [u8]> = match version {
-            SNAPSHOT_VERSION | 6 | 7 => body.into(),
+            SNAPSHOT_VERSION | 6 | 7 | 8 => body.into(),
             // Version 5 is version 6 without the secrets, its last field: an empty map (a zero
             // length) completes it, so that a cluster keeps its state across the upgrade.
             5 => {
@@ -439,11 +439,13 @@ impl ClusterState {
             }
             _ => return Err(err(format!("unknown version {version}"))),
         };
-        // Versions 5 and 6 have task specs without secrets; 7 has no unlock key.
+        // Versions 5 and 6 have task specs without secrets; 7 has no unlock key; 8 no task
+        // ports.
         let generation = match version {
             5 | 6 => 1,
             7 => 2,
-            _ => 3,
+            8 => 3,
+            _ => 4,
         };
         let decoded = crate::compat::decoding(generation, || {
             postcard::take_from_bytes::<ClusterState>(&body)

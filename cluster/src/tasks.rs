@@ -626,6 +626,7 @@ impl ClusterState {
                 pid,
                 container_id,
                 health,
+                ports,
             } = &r.status;
             t.status.state = *state;
             t.status.message.clone_from(message);
@@ -637,6 +638,7 @@ impl ClusterState {
             t.status.pid = *pid;
             t.status.container_id.clone_from(container_id);
             t.status.health = *health;
+            t.status.ports.clone_from(ports);
             if !health_news {
                 t.status.timestamp_ms = at_ms;
             }

@@ -23,6 +23,23 @@ fn with_service() -> (ClusterState, u64, ServiceId) {
     (s, index + 1, id)
 }
 
+/// A state with one service and its slot-1 task assigned to node 2; the next index; the
+/// service; the task.
+fn with_task_on_node_2() -> (ClusterState, u64, ServiceId, TaskId) {
+    let (mut s, index, id) = with_service();
+    let svc = s.service(id).unwrap().clone();
+    s.apply(
+        index,
+        &Command::Tasks {
+            changes: vec![new_task(&svc, 1, Some(2))],
+            at_ms: 1,
+        },
+    )
+    .unwrap();
+    let tid = s.tasks_of_service(id).next().unwrap().id;
+    (s, index, id, tid)
+}
+
 fn new_task(service: &Service, slot: u64, node: Option<NodeId>) -> TaskChange {
     TaskChange::Create(NewTask {
         service: service.id,
@@ -172,17 +189,7 @@ fn a_batch_creates_assigns_and_explains_tasks_and_keeps_one_live_task_per_slot()
 
 #[test]
 fn reports_only_move_forward_and_only_from_the_tasks_node() {
-    let (mut s, index, id) = with_service();
-    let svc = s.service(id).unwrap().clone();
-    s.apply(
-        index,
-        &Command::Tasks {
-            changes: vec![new_task(&svc, 1, Some(2))],
-            at_ms: 1,
-        },
-    )
-    .unwrap();
-    let tid = s.tasks_of_service(id).next().unwrap().id;
+    let (mut s, index, _, tid) = with_task_on_node_2();
     let mut running = report(tid, TaskState::Running);
     running.status.pid = 42;
     let reports = |node, reports| Command::ReportTasks {
@@ -276,16 +283,8 @@ fn desired_state_only_moves_forward_and_the_reaper_deletes_only_ended_tasks() {
 
 #[test]
 fn removing_a_service_tells_its_tasks_to_go() {
-    let (mut s, index, id) = with_service();
+    let (mut s, index, id, _) = with_task_on_node_2();
     let svc = s.service(id).unwrap().clone();
-    s.apply(
-        index,
-        &Command::Tasks {
-            changes: vec![new_task(&svc, 1, Some(2))],
-            at_ms: 1,
-        },
-    )
-    .unwrap();
     s.apply(index + 1, &Command::RemoveService { id, at_ms: 2 })
         .unwrap();
     assert!(s.service(id).is_none());
@@ -377,4 +376,89 @@ fn large_task_batches_are_split_into_entries_that_decode() {
         }
     }
     assert_eq!(total, 20_000);
+}
+
+#[test]
+fn a_running_task_records_its_ports_and_older_snapshots_have_none() {
+    let (mut s, index, _, tid) = with_task_on_node_2();
+    let before = s.snapshot();
+    let mut running = report(tid, TaskState::Running);
+    running.status.ports = vec![TaskPort {
+        target: 80,
+        published: 49153,
+        udp: false,
+    }];
+    let cmd = Command::ReportTasks {
+        node: 2,
+        reports: vec![running.clone()],
+        at_ms: 5,
+    };
+    s.apply(index + 1, &Command::decode(&cmd.encode()).unwrap())
+        .unwrap();
+    let t = s.task(tid).unwrap();
+    assert_eq!(t.status.ports, running.status.ports);
+    assert_eq!(t.status.ports[0].to_string(), "*:49153->80/tcp");
+    let restored = ClusterState::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored.task(tid).unwrap().status.ports, t.status.ports);
+    // Too many ports: the report is not taken.
+    let mut many = report(tid, TaskState::Failed);
+    many.status.ports = vec![running.status.ports[0]; 65];
+    s.apply(
+        index + 2,
+        &Command::ReportTasks {
+            node: 2,
+            reports: vec![many],
+            at_ms: 6,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.task(tid).unwrap().status.state, TaskState::Running);
+
+    // A version-8 snapshot is the same bytes without the task's (empty) port list.
+    let mut with_port = ClusterState::restore(&before).unwrap();
+    let mut r = report(tid, TaskState::Running);
+    r.status.ports = running.status.ports.clone();
+    with_port
+        .apply(
+            index + 1,
+            &Command::ReportTasks {
+                node: 2,
+                reports: vec![report(tid, TaskState::Accepted)],
+                at_ms: 2,
+            },
+        )
+        .unwrap();
+    let empty = with_port.snapshot();
+    with_port
+        .apply(
+            index + 2,
+            &Command::ReportTasks {
+                node: 2,
+                reports: vec![r],
+                at_ms: 2,
+            },
+        )
+        .unwrap();
+    let mut no_port = ClusterState::restore(&empty).unwrap();
+    no_port
+        .apply(
+            index + 2,
+            &Command::ReportTasks {
+                node: 2,
+                reports: vec![report(tid, TaskState::Running)],
+                at_ms: 2,
+            },
+        )
+        .unwrap();
+    let (a, b) = (no_port.snapshot(), with_port.snapshot());
+    let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap();
+    assert_eq!(a[at], 0, "the empty port list's length");
+    let mut v8 = a.clone();
+    v8.remove(at);
+    v8[0] = 8;
+    let old = ClusterState::restore(&v8).unwrap();
+    assert_eq!(old.task(tid).unwrap().status.state, TaskState::Running);
+    assert!(old.task(tid).unwrap().status.ports.is_empty());
+    v8[0] = SNAPSHOT_VERSION;
+    assert!(ClusterState::restore(&v8).is_err());
 }

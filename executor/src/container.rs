@@ -341,7 +341,37 @@ fn details_of(info: &ContainerInspectResponse) -> RuntimeDetails {
         pid,
         container_id: info.id.clone(),
         checked: engine_health(info).is_some(),
+        ports: bound_ports(info),
     }
+}
+
+/// The host ports the engine bound for a container (`80/tcp` → the first binding's port).
+fn bound_ports(info: &ContainerInspectResponse) -> Vec<crate::BoundPort> {
+    let Some(ports) = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<crate::BoundPort> = ports
+        .iter()
+        .filter_map(|(key, bindings)| {
+            let (target, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+            let target: u16 = target.parse().ok()?;
+            let published: u16 = bindings
+                .as_ref()?
+                .iter()
+                .find_map(|b| b.host_port.as_deref()?.parse().ok())?;
+            Some(crate::BoundPort {
+                target,
+                published,
+                udp: proto == "udp",
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| (p.target, p.udp));
+    out
 }
 
 /// The engine's word on how a container ended, if any.

@@ -192,6 +192,20 @@ pub struct RuntimeDetails {
     /// The runtime checks the task's health itself (a container image's own check).
     #[serde(default)]
     pub checked: bool,
+    /// The ports published on the node, as bound (one asked as 0 has the engine's number).
+    #[serde(default)]
+    pub ports: Vec<BoundPort>,
+}
+
+/// A published port as the runtime bound it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BoundPort {
+    /// The port in the task.
+    pub target: u16,
+    /// The port on the node.
+    pub published: u16,
+    /// UDP rather than TCP.
+    pub udp: bool,
 }
 
 /// How a task ended.

@@ -161,6 +161,7 @@ impl ProcessExecutor {
             pid: Some(pid),
             container_id: None,
             checked: false,
+            ports: Vec::new(),
         };
         match PidRecord::read(&dir.join(TASK_PID_FILE)) {
             Ok(Some(r)) => return Ok(details(r.pid)),
@@ -408,6 +409,7 @@ impl ProcessExecutor {
                         pid: Some(r.pid),
                         container_id: None,
                         checked: false,
+                        ports: Vec::new(),
                     })
                 }
                 Ok(Some(_)) if !shim_alive => {

@@ -86,6 +86,12 @@ fn free_port() -> String {
     s.local_addr().expect("addr").to_string()
 }
 
+/// A TCP port nobody listens on now.
+pub fn free_tcp_port_number() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    s.local_addr().expect("addr").port()
+}
+
 fn free_tcp_port() -> String {
     let s = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     s.local_addr().expect("addr").to_string()
