@@ -439,6 +439,21 @@ impl Agent {
                     info.role = "manager".into();
                     Response::Info(info)
                 }
+                // Without the key the data is lost anyway: leaving wipes it (as Swarm allows).
+                Request::Leave { force: true } => {
+                    let _g = self.lifecycle.lock().await;
+                    if let Err(e) = self.data.wipe_identity() {
+                        return Response::error(format!("{e:#}"));
+                    }
+                    *self.locked.lock().expect("locked") = None;
+                    tracing::info!("a locked manager left its swarm: its data is wiped");
+                    Response::ok("Node left the swarm.")
+                }
+                Request::Leave { force: false } => Response::error(format!(
+                    "{}, or leave the swarm with shoal swarm leave --force (this node's swarm \
+                     data is then lost)",
+                    crate::keys::LOCKED
+                )),
                 _ => Response::error(crate::keys::LOCKED),
             };
         }

@@ -387,7 +387,17 @@ impl DataDir {
     /// Forgets the identity and the Raft data (`swarm leave`).
     pub fn wipe_identity(&self) -> Result<()> {
         self.wipe_raft()?;
-        for name in ["node.json", "cert.pem", "key.pem", "ca.pem", "removed.json"] {
+        // The Raft data keys go with the log they opened; the next identity is written plain.
+        self.set_key_seal(None);
+        for name in [
+            "node.json",
+            "cert.pem",
+            "key.pem",
+            "ca.pem",
+            "removed.json",
+            "raft-keys",
+            "kek",
+        ] {
             let p = self.root.join(name);
             if p.exists() {
                 fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;

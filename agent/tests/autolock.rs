@@ -265,6 +265,24 @@ fn init_with_autolock_shows_the_key_once_and_locks_a_restart() {
         let ls = c.ls(0)?;
         (ls.len() == 1 && ls[0]["ManagerStatus"] == "Leader").then_some(())
     });
+
+    // A lost key: locked again, the only way out is to leave (with --force) and start over.
+    c.kill(0);
+    c.spawn(0);
+    let err = c.shoal(0, &["swarm", "leave"]).err();
+    assert!(err.contains("shoal swarm leave --force"), "{err}");
+    let out = c.shoal(0, &["swarm", "leave", "--force"]).ok();
+    assert!(out.contains("Node left the swarm."), "{out}");
+    assert!(c.shoal(0, &["info"]).ok().contains("Swarm: inactive"));
+    for f in ["kek", "raft-keys", "key.pem", "node.json"] {
+        assert!(!c.nodes[0].dir.join(f).exists(), "{f}");
+    }
+    c.shoal(0, &["swarm", "init"]).ok();
+    c.wait("a new swarm led by this node", || {
+        let ls = c.ls(0)?;
+        (ls.len() == 1 && ls[0]["ManagerStatus"] == "Leader").then_some(())
+    });
+    assert_eq!(kek_locked(&c.nodes[0].dir), Some(false));
 }
 
 #[test]
