@@ -159,6 +159,9 @@ pub struct Member {
     keys: Mutex<crate::keys::RaftKeys>,
     /// A data key was replaced: the old ones are forgotten once the log no longer uses them.
     old_data_keys: std::sync::atomic::AtomicBool,
+    /// The unlock key (or none) the key files were last brought in line with: nothing to read
+    /// or write until the swarm's changes.
+    keys_applied: Mutex<Option<Option<[u8; 32]>>>,
 }
 
 /// What this agent reports about its machine and its runtimes.
@@ -384,6 +387,7 @@ impl Agent {
                     .with_unlock(*self.unlock.lock().expect("unlock")),
             ),
             old_data_keys: Default::default(),
+            keys_applied: Mutex::new(None),
         });
         if let Some(how) = raft {
             member.start_raft(how)?;
@@ -909,6 +913,8 @@ impl Member {
     fn start_raft(self: &Arc<Self>, how: Start) -> Result<()> {
         // The Raft data is encrypted at rest with the node's data keys.
         let keys = self.keys.lock().expect("keys").load_or_create()?;
+        // New (or reopened) key files: brought in line with the swarm again.
+        *self.keys_applied.lock().expect("keys applied") = None;
         let h = raft_driver::start(
             self.id,
             self.data.raft_dir(),
@@ -1474,15 +1480,20 @@ impl Member {
                 Err(_) => return,
             }
         };
-        let ring = {
+        let applied = *self.keys_applied.lock().expect("keys applied") == Some(want);
+        let ring = if applied {
+            None
+        } else {
             let mut keys = self.keys.lock().expect("keys");
             // Under autolock the node key is sealed with the key-encryption key too, so a copy
             // of the data directory holds no usable identity either.
+            let mut done = true;
             match keys.kek_keyring() {
                 Ok(kek) => {
                     let sealed = want.is_some();
                     if self.data.key_sealed().ok() != Some(sealed) {
                         if let Err(e) = self.data.set_key_form(&kek, sealed) {
+                            done = false;
                             tracing::warn!(
                                 "cannot {} the node key: {e:#}",
                                 if sealed { "seal" } else { "unseal" }
@@ -1492,14 +1503,23 @@ impl Member {
                         self.data.set_key_seal(sealed.then_some(kek));
                     }
                 }
-                Err(e) => tracing::warn!("cannot open the key-encryption key: {e:#}"),
+                Err(e) => {
+                    done = false;
+                    tracing::warn!("cannot open the key-encryption key: {e:#}");
+                }
             }
             if keys.unlock_key() == want {
+                if done {
+                    *self.keys_applied.lock().expect("keys applied") = Some(want);
+                }
                 None
             } else {
                 if let Err(e) = keys.set_unlock_key(want) {
                     tracing::warn!("cannot seal the key-encryption key: {e:#}");
                     return;
+                }
+                if done {
+                    *self.keys_applied.lock().expect("keys applied") = Some(want);
                 }
                 tracing::info!(
                     "autolock {}: the key-encryption key is {}",
@@ -1665,36 +1685,33 @@ impl Member {
         if self.raft().is_some() || !self.data.retired_log_kept() {
             return;
         }
-        let bytes = wire::encode_request(&AgentRequest::RemovalCommitted { node: self.id });
-        for t in self.manager_candidates() {
-            let Ok(Ok(resp)) =
-                tokio::time::timeout(Duration::from_secs(3), self.transport.request(t, &bytes))
-                    .await
-            else {
-                continue;
-            };
-            if let Response::Ok { message } = wire::decode_response(&resp) {
-                if message == "true" && self.raft().is_none() {
-                    let keys = self.keys.lock().expect("keys").clone();
-                    // The node key goes back to plain first: nothing will open it otherwise.
-                    let unsealed = if keys.exists() {
-                        keys.kek_keyring()
-                            .and_then(|kek| self.data.set_key_form(&kek, false))
-                    } else {
-                        Ok(())
-                    };
-                    let forgot = unsealed
-                        .and_then(|()| self.data.forget_retired_log())
-                        .and_then(|()| keys.destroy());
-                    match forgot {
-                        Ok(()) => tracing::info!(
-                            "removal from the Raft group committed: the retired log and its keys are deleted (term and vote kept)"
-                        ),
-                        Err(e) => tracing::warn!("cannot delete the retired log: {e:#}"),
-                    }
-                }
-                return;
-            }
+        let req = wire::encode_request(&AgentRequest::RemovalCommitted { node: self.id });
+        let answer = self
+            .ask_managers(&req, Duration::from_secs(3), |r| match r {
+                Response::Ok { message } => Some(message),
+                _ => None,
+            })
+            .await;
+        if answer.as_deref() != Ok("true") || self.raft().is_some() {
+            return;
+        }
+        let keys = self.keys.lock().expect("keys").clone();
+        // The node key goes back to plain first: nothing will open it otherwise.
+        let unsealed = if keys.exists() {
+            keys.kek_keyring()
+                .and_then(|kek| self.data.set_key_form(&kek, false))
+        } else {
+            Ok(())
+        };
+        let forgot = unsealed
+            .and_then(|()| self.data.forget_retired_log())
+            .and_then(|()| keys.destroy());
+        *self.keys_applied.lock().expect("keys applied") = None;
+        match forgot {
+            Ok(()) => tracing::info!(
+                "removal from the Raft group committed: the retired log and its keys are deleted (term and vote kept)"
+            ),
+            Err(e) => tracing::warn!("cannot delete the retired log: {e:#}"),
         }
     }
 

@@ -1032,7 +1032,7 @@ impl Member {
 
     /// Sends `req` to the managers in turn (at most six) until one gives an answer `accept`
     /// takes; one that says it is no manager is noted (asked last for a while).
-    async fn ask_managers<T>(
+    pub(crate) async fn ask_managers<T>(
         &self,
         req: &[u8],
         timeout: Duration,

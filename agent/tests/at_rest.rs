@@ -9,48 +9,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{serial, Cluster};
-
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-/// The forms a string could take in a file: as is, JSON-escaped, hex.
-fn forms(s: &str) -> Vec<Vec<u8>> {
-    let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
-    vec![
-        s.as_bytes().to_vec(),
-        serde_json::to_string(s).unwrap().into_bytes(),
-        hex.into_bytes(),
-    ]
-}
-
-fn found_in(path: &Path, needles: &[Vec<u8>]) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    needles
-        .iter()
-        .any(|n| bytes.windows(n.len()).any(|w| w == n.as_slice()))
-}
+use common::{files, forms, found_in, rand_u64, serial, Cluster};
 
 #[test]
 fn raft_data_on_disk_reveals_neither_state_nor_secrets() {
@@ -151,29 +110,8 @@ fn raft_data_on_disk_reveals_neither_state_nor_secrets() {
     assert!(err.contains("secret big not found"), "{err}");
 
     // Enough changes for snapshots on every manager.
-    for i in 0..30 {
-        c.shoal(
-            0,
-            &[
-                "node",
-                "update",
-                "--label-add",
-                &format!("k{i}=v"),
-                "node-1",
-            ],
-        )
-        .ok();
-    }
-    c.wait("a snapshot file on every manager", || {
-        c.nodes[..3]
-            .iter()
-            .all(|n| {
-                files(&n.dir.join("raft"))
-                    .iter()
-                    .any(|p| p.extension().is_some_and(|e| e == "snap"))
-            })
-            .then_some(())
-    });
+    c.label_writes(30);
+    c.wait_snapshots(3);
 
     let mut needles = Vec::new();
     for s in [
@@ -208,11 +146,4 @@ fn raft_data_on_disk_reveals_neither_state_nor_secrets() {
         let out = c.shoal(1, &["node", "inspect", "node-1"]);
         (out.code == 0 && out.stdout.contains("k29")).then_some(())
     });
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
 }

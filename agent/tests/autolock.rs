@@ -86,19 +86,7 @@ fn a_locked_manager_waits_for_its_key_and_then_catches_up() {
     });
     // A new data key with the new key: once snapshots have compacted the log, what the old
     // data key sealed is gone, and so is the old key.
-    for i in 0..30 {
-        c.shoal(
-            0,
-            &[
-                "node",
-                "update",
-                "--label-add",
-                &format!("k{i}=v"),
-                "node-1",
-            ],
-        )
-        .ok();
-    }
+    c.label_writes(30);
     c.wait("every manager on a single, new data key", || {
         c.nodes
             .iter()

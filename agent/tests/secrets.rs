@@ -11,54 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{serial, Cluster};
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
-}
-
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-/// The forms a string could take in a file: as is (postcard writes bytes as they are),
-/// JSON-escaped, hex (the control API's JSON).
-fn forms(s: &str) -> Vec<Vec<u8>> {
-    let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
-    vec![
-        s.as_bytes().to_vec(),
-        serde_json::to_string(s).unwrap().into_bytes(),
-        hex.into_bytes(),
-    ]
-}
-
-fn found_in(path: &Path, needles: &[Vec<u8>]) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    needles
-        .iter()
-        .any(|n| bytes.windows(n.len()).any(|w| w == n.as_slice()))
-}
+use common::{files, forms, found_in, rand_u64, serial, Cluster};
 
 fn sha256(data: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, data)
@@ -192,29 +145,8 @@ fn tasks_get_their_secrets_in_memory_and_nothing_else_keeps_them() {
     c.shoal(0, &["secret", "rm", "db_pw"]).ok();
 
     // Snapshots on every manager, then the search.
-    for i in 0..25 {
-        c.shoal(
-            0,
-            &[
-                "node",
-                "update",
-                "--label-add",
-                &format!("k{i}=v"),
-                "node-1",
-            ],
-        )
-        .ok();
-    }
-    c.wait("a snapshot file on every manager", || {
-        c.nodes[..3]
-            .iter()
-            .all(|n| {
-                files(&n.dir.join("raft"))
-                    .iter()
-                    .any(|p| p.extension().is_some_and(|e| e == "snap"))
-            })
-            .then_some(())
-    });
+    c.label_writes(25);
+    c.wait_snapshots(3);
     let mut needles = forms(&marker);
     needles.extend(forms(&marker2));
     let all = files(c.tmp.path());

@@ -399,3 +399,86 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Every file under `dir`.
+pub fn files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The forms a string could take in a file: as is (postcard writes bytes as they are),
+/// JSON-escaped, hex (the control API's JSON).
+pub fn forms(s: &str) -> Vec<Vec<u8>> {
+    let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+    vec![
+        s.as_bytes().to_vec(),
+        serde_json::to_string(s).unwrap().into_bytes(),
+        hex.into_bytes(),
+    ]
+}
+
+/// Whether the file at `path` holds any of `needles`.
+pub fn found_in(path: &std::path::Path, needles: &[Vec<u8>]) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    needles
+        .iter()
+        .any(|n| bytes.windows(n.len()).any(|w| w == n.as_slice()))
+}
+
+/// A random number (markers a run writes and then looks for).
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+impl Cluster {
+    /// Commits `n` small changes through agent 0 (labels `k0`… on node-1): enough entries for
+    /// snapshots with a small `SHOAL_SNAPSHOT_EVERY`.
+    pub fn label_writes(&self, n: usize) {
+        for i in 0..n {
+            self.shoal(
+                0,
+                &[
+                    "node",
+                    "update",
+                    "--label-add",
+                    &format!("k{i}=v"),
+                    "node-1",
+                ],
+            )
+            .ok();
+        }
+    }
+
+    /// Waits until each of the first `managers` agents has a snapshot file.
+    pub fn wait_snapshots(&self, managers: usize) {
+        self.wait("a snapshot file on every manager", || {
+            self.nodes[..managers]
+                .iter()
+                .all(|n| {
+                    files(&n.dir.join("raft"))
+                        .iter()
+                        .any(|p| p.extension().is_some_and(|e| e == "snap"))
+                })
+                .then_some(())
+        });
+    }
+}
