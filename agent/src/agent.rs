@@ -55,6 +55,8 @@ pub struct AgentOpts {
     pub wal_faults: shoal_raft::wal::WalFaults,
     /// The runtimes this node runs tasks with (none: it runs no tasks).
     pub executors: crate::worker::Executors,
+    /// The IP the routing mesh listens on (`None`: no mesh, as in simulations).
+    pub ingress: Option<std::net::IpAddr>,
 }
 
 impl AgentOpts {
@@ -410,7 +412,8 @@ impl Agent {
         }
         tokio::spawn(check_suspects(Arc::downgrade(&member)));
         tokio::spawn(watch_runtimes(Arc::downgrade(&member), self.opts.clone()));
-        let runner = crate::worker::Runner::start(&member, self.opts.executors.clone());
+        let mesh = self.opts.ingress.map(crate::mesh::Mesh::new);
+        let runner = crate::worker::Runner::start(&member, self.opts.executors.clone(), mesh);
         *member.runner.lock().expect("runner") = Some(runner);
         let span = tracing::info_span!("agent", node = %node_id_string(member.id));
         tokio::spawn(tracing::Instrument::instrument(
@@ -552,6 +555,13 @@ impl Agent {
                 Response::error(format!("unlocked, but the node did not start: {e:#}"))
             }
         }
+    }
+
+    /// This node's routing mesh, while it is in a swarm.
+    pub async fn mesh(&self) -> Option<Arc<crate::mesh::Mesh>> {
+        let member = self.member.read().await.clone()?;
+        let runner = member.runner()?;
+        runner.mesh().cloned()
     }
 
     /// The metrics of this agent in the Prometheus text format (`GET /metrics`).
@@ -1113,6 +1123,9 @@ impl Member {
         }
         if let Some(r) = self.runner() {
             snap.node_tasks = Some(r.counts());
+            if let Some(mesh) = r.mesh() {
+                snap.ingress = Some((mesh.ports(), mesh.stats()));
+            }
         }
         snap.members = self.members_by_state();
         snap.swim = Some(*self.gossip.counters.lock().expect("counters"));

@@ -224,6 +224,9 @@ pub struct ServiceView {
     pub running: u64,
     /// Tasks wanted: the replica count, or (global) the tasks the orchestrator keeps.
     pub desired: u64,
+    /// Where it answers: its ingress ports and its running tasks' addresses.
+    #[serde(default)]
+    pub endpoints: Option<shoal_cluster::ServiceEndpoints>,
 }
 
 /// A line of `service logs`.

@@ -132,6 +132,15 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// The IP the routing mesh's ingress ports listen on [default: the advertised address's]
+    #[arg(long, value_name = "IP")]
+    pub ingress_addr: Option<std::net::IpAddr>,
+
+    /// Answer DNS queries for services (`web`, `tasks.web`) on this UDP address, e.g.
+    /// 127.0.0.1:5353 [default: no name server]
+    #[arg(long, value_name = "ADDR")]
+    pub dns_addr: Option<SocketAddr>,
+
     /// The Docker Engine for the container runtime: unix:///path, tcp://host:port, or `none`
     /// (only the process runtime) [default: DOCKER_HOST, else /var/run/docker.sock if present]
     #[arg(long, value_name = "ADDR")]
@@ -1220,10 +1229,6 @@ mod tests {
                     "x",
                 ],
                 "a reservation cannot exceed its limit (--reserve-* > --limit-*)",
-            ),
-            (
-                &["service", "create", "--runtime", "container", "-p", "8080:80", "nginx"],
-                "port 8080: ingress mode needs the routing mesh, which shoal does not have yet; publish with mode=host (-p published=8080,target=80,mode=host)",
             ),
             (
                 &["service", "create", "-p", "published=8080", "nginx"],

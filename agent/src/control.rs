@@ -70,6 +70,7 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         .route("/v1/services/{service}", delete(service_remove))
         .route("/v1/services/{service}/update", post(service_update))
         .route("/v1/services/{service}/rollback", post(service_rollback))
+        .route("/v1/services/{service}/endpoints", get(service_endpoints))
         .route("/v1/tasks", post(task_list))
         .route("/v1/services/{service}/logs", post(service_logs))
         .route("/v1/swarm/update", post(swarm_update))
@@ -374,6 +375,25 @@ async fn service_inspect(
     UrlPath(service): UrlPath<String>,
 ) -> axum::response::Response {
     answer(&a, Request::ServiceInspect { service }).await
+}
+
+/// Where a service answers: its ingress ports and its running tasks' addresses (what the
+/// mesh and the name server use).
+async fn service_endpoints(
+    AxState(a): Ax,
+    UrlPath(service): UrlPath<String>,
+) -> axum::response::Response {
+    match a.handle(Request::ServiceInspect { service }, None).await {
+        Response::Service { service } => match service.endpoints {
+            Some(e) => (StatusCode::OK, Json(e)).into_response(),
+            None => (
+                StatusCode::BAD_REQUEST,
+                Json(Response::error("the service has no endpoints")),
+            )
+                .into_response(),
+        },
+        other => (StatusCode::BAD_REQUEST, Json(other)).into_response(),
+    }
 }
 
 async fn service_remove(

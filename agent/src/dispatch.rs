@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_cluster::{ClusterState, Command, NodeId, TaskId, TaskReport, TaskState, MAX_BATCH};
+use shoal_cluster::{
+    ClusterState, Command, NodeId, ServiceEndpoints, TaskId, TaskReport, TaskState, MAX_BATCH,
+};
 
 use crate::api::Response;
 use crate::raft_driver::{now_ms, RaftCmd, RaftHandle};
@@ -16,6 +18,9 @@ use crate::wire::{Assignment, Assignments, TaskFile};
 /// The longest a node's request for assignments waits for a change.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
+/// Most often a node gets a new endpoint table when nothing else changed for it.
+const ENDPOINTS_EVERY: Duration = Duration::from_millis(200);
+
 /// Most changed tasks in one increment; the rest follow in the next answers.
 const MAX_TASKS_PER_ANSWER: usize = 4096;
 
@@ -23,6 +28,9 @@ const MAX_TASKS_PER_ANSWER: usize = 4096;
 #[derive(Default)]
 pub struct Sessions {
     nodes: Mutex<HashMap<NodeId, Session>>,
+    /// The endpoint table at an applied index: computed once per change of the state, not
+    /// once per node.
+    endpoints: Mutex<(u64, Arc<Vec<ServiceEndpoints>>)>,
 }
 
 #[derive(Default)]
@@ -31,6 +39,9 @@ struct Session {
     seq: u64,
     /// Task → version, as last sent.
     sent: HashMap<TaskId, u64>,
+    /// The endpoint table, as last sent, and when.
+    endpoints: Option<Arc<Vec<ServiceEndpoints>>>,
+    endpoints_at: Option<std::time::Instant>,
 }
 
 /// The tasks a node should know of: assigned to it and past pending (a global task still
@@ -110,9 +121,12 @@ impl Sessions {
                     }
                 }
             };
-            match tokio::time::timeout_at(deadline, moved).await {
+            // Looked at again soon in any case: an endpoint table held back goes out then.
+            let recheck = tokio::time::Instant::now() + ENDPOINTS_EVERY;
+            match tokio::time::timeout_at(deadline.min(recheck), moved).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Response::error("this manager stopped its Raft replica"),
+                Err(_) if tokio::time::Instant::now() < deadline => continue,
                 Err(_) => {
                     // Nothing changed: an empty increment (keeps the sequence going).
                     let mut nodes = self.nodes.lock().expect("sessions");
@@ -148,6 +162,13 @@ impl Sessions {
     ) -> Option<Assignments> {
         let st = h.state.read().expect("state");
         let now = node_tasks(&st, node);
+        let table = {
+            let mut cached = self.endpoints.lock().expect("endpoints");
+            if cached.0 != st.applied() || cached.0 == 0 {
+                *cached = (st.applied(), Arc::new(st.endpoints()));
+            }
+            cached.1.clone()
+        };
         let mut nodes = self.nodes.lock().expect("sessions");
         let s = nodes.entry(node).or_default();
         let in_step = s.id == session && s.seq == seq && seq > 0;
@@ -164,6 +185,8 @@ impl Sessions {
             s.id = session;
             s.seq = seq.max(s.seq) + 1;
             s.sent.clear();
+            s.endpoints = Some(table.clone());
+            s.endpoints_at = Some(std::time::Instant::now());
             // The whole set in one answer, however large: a node stops every task a full set
             // does not list.
             let mut tasks = Vec::with_capacity(now.len());
@@ -180,6 +203,7 @@ impl Sessions {
                 tasks,
                 removed: Vec::new(),
                 index: st.applied(),
+                endpoints: Some(table.to_vec()),
             });
         }
         let removed: Vec<TaskId> = s
@@ -200,8 +224,21 @@ impl Sessions {
                 }
             }
         }
-        if tasks.is_empty() && removed.is_empty() {
+        let changed = !s.endpoints.as_ref().is_some_and(|e| Arc::ptr_eq(e, &table))
+            && s.endpoints.as_deref() != Some(&*table);
+        // A change of the table alone waits a little for the next ones (a service scaling
+        // changes it at every task started), then goes with the latest.
+        let due = s
+            .endpoints_at
+            .is_none_or(|at| at.elapsed() >= ENDPOINTS_EVERY);
+        let endpoints =
+            (changed && (due || !tasks.is_empty() || !removed.is_empty())).then(|| table.to_vec());
+        if tasks.is_empty() && removed.is_empty() && endpoints.is_none() {
             return None;
+        }
+        if endpoints.is_some() {
+            s.endpoints = Some(table);
+            s.endpoints_at = Some(std::time::Instant::now());
         }
         for id in &removed {
             s.sent.remove(id);
@@ -214,6 +251,7 @@ impl Sessions {
             tasks,
             removed,
             index: st.applied(),
+            endpoints,
         })
     }
 }

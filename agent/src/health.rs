@@ -46,6 +46,11 @@ impl Checker {
         }
     }
 
+    /// Whether the task's health is checked at all.
+    pub fn checks(&self) -> bool {
+        !matches!(self, Checker::None)
+    }
+
     /// The health a task has when it starts running.
     pub fn initial(&self) -> Health {
         match self {

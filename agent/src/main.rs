@@ -121,6 +121,10 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
         seed: None,
         wal_faults: Default::default(),
         executors,
+        ingress: Some(
+            a.ingress_addr
+                .unwrap_or_else(|| a.advertise.unwrap_or(a.listen).ip()),
+        ),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -143,7 +147,25 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
         }
         let data = store::DataDir::open(&cli.data_dir)?;
         let socket = data.socket();
+        let dns = match a.dns_addr {
+            Some(addr) => Some(
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--dns-addr: cannot listen on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         let agent = agent::Agent::start(data, opts).await?;
+        if let Some(socket) = dns {
+            eprintln!(
+                "shoal agent: name server on {}",
+                a.dns_addr.map(|d| d.to_string()).unwrap_or_default()
+            );
+            tokio::spawn(shoal_agent::dns::serve(
+                socket,
+                std::sync::Arc::downgrade(&agent),
+            ));
+        }
         eprintln!(
             "shoal agent: QUIC on {}, control socket {}",
             a.listen,

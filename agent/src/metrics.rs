@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::gossip::SwimCounters;
+use crate::mesh::{BackendStats, PortStatus};
 use crate::raft_driver::RaftStatus;
 
 /// Everything one scrape shows, taken at one moment.
@@ -45,6 +46,8 @@ pub struct Snapshot {
     pub tasks: BTreeMap<String, usize>,
     /// Tasks this node knows of, and those of them it runs now.
     pub node_tasks: Option<(usize, usize)>,
+    /// The routing mesh on this node: its ports, and its backends' counters.
+    pub ingress: Option<(Vec<PortStatus>, Vec<BackendStats>)>,
 }
 
 /// Writes metric families: each family's `# HELP` and `# TYPE` once, then its samples.
@@ -215,6 +218,9 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(c) = &s.swim {
         render_swim(&mut w, c);
     }
+    if let Some((ports, backends)) = &s.ingress {
+        render_ingress(&mut w, ports, backends);
+    }
     for (name, value) in &s.transport {
         let (metric, help) = transport_metric(name);
         w.counter(&metric, help, *value);
@@ -233,6 +239,91 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     w.out
+}
+
+/// A metric family of the mesh's backends: name, kind, help, and the counter it shows.
+type BackendFamily = (&'static str, Kind, &'static str, fn(&BackendStats) -> u64);
+
+fn render_ingress(w: &mut Writer, ports: &[PortStatus], backends: &[BackendStats]) {
+    let samples: Vec<(Vec<(&str, &str)>, f64)> = ports
+        .iter()
+        .map(|p| {
+            (
+                vec![("service", p.service.as_str()), ("port", p.port.as_str())],
+                flag(p.error.is_empty()),
+            )
+        })
+        .collect();
+    w.family(
+        "shoal_ingress_listening",
+        Kind::Gauge,
+        "Ingress ports of this node: 1 if listening, 0 if the port could not be bound.",
+        &samples,
+    );
+    let samples: Vec<(Vec<(&str, &str)>, f64)> = ports
+        .iter()
+        .map(|p| {
+            (
+                vec![("service", p.service.as_str()), ("port", p.port.as_str())],
+                p.backends as f64,
+            )
+        })
+        .collect();
+    w.family(
+        "shoal_ingress_backends",
+        Kind::Gauge,
+        "Ready tasks behind each ingress port.",
+        &samples,
+    );
+    let families: [BackendFamily; 5] = [
+        (
+            "shoal_ingress_active_connections",
+            Kind::Gauge,
+            "Connections (UDP flows) open now through this node's mesh, by service and backend.",
+            |b| b.active,
+        ),
+        (
+            "shoal_ingress_connections_total",
+            Kind::Counter,
+            "Connections (UDP flows) made through this node's mesh, by service and backend.",
+            |b| b.connections,
+        ),
+        (
+            "shoal_ingress_received_bytes_total",
+            Kind::Counter,
+            "Bytes from clients to tasks through this node's mesh, by service and backend.",
+            |b| b.bytes_in,
+        ),
+        (
+            "shoal_ingress_sent_bytes_total",
+            Kind::Counter,
+            "Bytes from tasks to clients through this node's mesh, by service and backend.",
+            |b| b.bytes_out,
+        ),
+        (
+            "shoal_ingress_failures_total",
+            Kind::Counter,
+            "Connections to a backend that failed (refused, timed out, unreachable).",
+            |b| b.failures,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let samples: Vec<(Vec<(&str, &str)>, f64)> = backends
+            .iter()
+            .map(|b| {
+                (
+                    vec![
+                        ("service", b.service.as_str()),
+                        ("port", b.port.as_str()),
+                        ("task", b.task.as_str()),
+                        ("backend", b.backend.as_str()),
+                    ],
+                    value(b) as f64,
+                )
+            })
+            .collect();
+        w.family(name, kind, help, &samples);
+    }
 }
 
 fn render_raft(w: &mut Writer, r: &RaftStatus) {
@@ -468,8 +559,40 @@ mod tests {
             services: Some(2),
             tasks: BTreeMap::from([("running".into(), 5), ("failed".into(), 1)]),
             node_tasks: Some((3, 2)),
+            ingress: Some((
+                vec![PortStatus {
+                    service: "web".into(),
+                    port: "8080/tcp".into(),
+                    backends: 2,
+                    error: String::new(),
+                }],
+                vec![BackendStats {
+                    service: "web".into(),
+                    port: "8080/tcp".into(),
+                    task: "00000000000000aa".into(),
+                    backend: "10.0.0.2:30001".into(),
+                    active: 1,
+                    connections: 12,
+                    bytes_in: 300,
+                    bytes_out: 4000,
+                    failures: 2,
+                }],
+            )),
         });
         let l = lines(&text);
+        let web =
+            r#"service="web",port="8080/tcp",task="00000000000000aa",backend="10.0.0.2:30001""#;
+        for want in [
+            "shoal_ingress_listening{service=\"web\",port=\"8080/tcp\"} 1".to_string(),
+            "shoal_ingress_backends{service=\"web\",port=\"8080/tcp\"} 2".to_string(),
+            format!("shoal_ingress_active_connections{{{web}}} 1"),
+            format!("shoal_ingress_connections_total{{{web}}} 12"),
+            format!("shoal_ingress_received_bytes_total{{{web}}} 300"),
+            format!("shoal_ingress_sent_bytes_total{{{web}}} 4000"),
+            format!("shoal_ingress_failures_total{{{web}}} 2"),
+        ] {
+            assert!(l.contains(&&*want), "missing {want:?} in:\n{text}");
+        }
         for want in [
             "shoal_services 2",
             "shoal_tasks{state=\"running\"} 5",

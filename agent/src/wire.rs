@@ -214,6 +214,10 @@ pub struct Assignments {
     /// (from another manager) ignores an older one rather than stop tasks it does not list yet.
     #[serde(default)]
     pub index: u64,
+    /// Every service's endpoints (the routing mesh's and the name server's table), when it
+    /// changed since the last answer (always with a whole set); `None`: as before.
+    #[serde(default)]
+    pub endpoints: Option<Vec<shoal_cluster::ServiceEndpoints>>,
 }
 
 /// What a reader has seen of a task's output: lines up to `timestamp_ms`, and how many of the

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::agent::Member;
 use crate::api::Response;
 use crate::health::Checker;
+use crate::mesh::Mesh;
 use crate::task_files::{TaskFiles, Written};
 use crate::wire::{AgentRequest, Assignment, Assignments, TaskFile};
 
@@ -91,6 +92,14 @@ impl Executors {
 /// Tasks prepared and started at once on a node.
 const MAX_CONCURRENT_STARTS: usize = 8;
 
+/// How long a task in the routing mesh keeps running after it is told to stop, before its
+/// stop signal: the time every node takes to hear of the stop and send it nothing new.
+pub const MESH_DRAIN: Duration = Duration::from_secs(2);
+
+/// The longest a task in the mesh without a health check is waited for to accept connections
+/// before it is reported running all the same.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
 /// Most lines of one task in one answer to `service logs`.
 pub const MAX_LOG_LINES: usize = 10_000;
 /// Most bytes of output in one answer.
@@ -124,21 +133,36 @@ pub struct Runner {
     cluster_id: String,
     /// Where the tasks' secrets and configs go.
     files: TaskFiles,
+    /// This node's share of the routing mesh (none in simulations).
+    mesh: Option<Arc<Mesh>>,
+    /// The node's advertised IP, where the mesh reaches its tasks.
+    ip: std::net::IpAddr,
 }
 
-/// The secrets and configs of a task about to start, as its assignment brought them.
+/// What a task about to start gets from its assignment besides its run: its secrets and
+/// configs, and how long it is drained from the routing mesh before it is stopped.
 #[derive(Default)]
 struct Secrets {
     files: Vec<TaskFile>,
     /// Those the spec names that no longer exist.
     missing: String,
+    /// How long the task goes on after it is told to stop, taking no new connections from
+    /// the mesh (every node hears of the stop) while those it has finish; zero if it is not
+    /// in the mesh.
+    drain: Duration,
 }
 
 impl Secrets {
     fn of(a: &Assignment) -> Secrets {
+        let in_mesh = a.spec.as_ref().is_some_and(|s| {
+            s.ports
+                .iter()
+                .any(|p| p.mode == shoal_cluster::PublishMode::Ingress)
+        });
         Secrets {
             files: a.files.clone(),
             missing: a.missing.clone(),
+            drain: if in_mesh { MESH_DRAIN } else { Duration::ZERO },
         }
     }
 }
@@ -214,14 +238,27 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec, cluster_id: &str) ->
             env.push((k.to_string(), v));
         }
     }
-    // A process binds its host-mode ports itself: it is told them (`SHOAL_PORT_<TARGET>`, and
-    // `PORT` for the first), unless its spec sets them.
-    if spec.runtime == shoal_cluster::Runtime::Process {
-        let host = spec
-            .ports
-            .iter()
-            .filter(|p| p.mode == shoal_cluster::PublishMode::Host);
-        for (i, p) in host.enumerate() {
+    // The ports the task answers on, on this node: a host-mode port as published; an ingress
+    // one (the mesh's, on every node) on a port of this node's that the engine picks for a
+    // container and that is found free for a process.
+    let process = spec.runtime == shoal_cluster::Runtime::Process;
+    let ports: Vec<shoal_executor::HostPort> = spec
+        .ports
+        .iter()
+        .map(|p| shoal_executor::HostPort {
+            published: match p.mode {
+                shoal_cluster::PublishMode::Host => p.published,
+                shoal_cluster::PublishMode::Ingress if process => free_port(p.udp),
+                shoal_cluster::PublishMode::Ingress => 0,
+            },
+            target: p.target,
+            udp: p.udp,
+        })
+        .collect();
+    // A process binds its ports itself: it is told them (`SHOAL_PORT_<TARGET>`, and `PORT`
+    // for the first), unless its spec sets them.
+    if process {
+        for (i, p) in ports.iter().enumerate() {
             let mut vars = vec![format!("SHOAL_PORT_{}", p.target)];
             if i == 0 {
                 vars.push("PORT".to_string());
@@ -275,19 +312,21 @@ fn task_run(a: &Assignment, spec: &shoal_cluster::TaskSpec, cluster_id: &str) ->
                 read_only: m.read_only,
             })
             .collect(),
-        // Ingress ports are the routing mesh's; only host-mode ones bind on the task's node.
-        ports: spec
-            .ports
-            .iter()
-            .filter(|p| p.mode == shoal_cluster::PublishMode::Host)
-            .map(|p| shoal_executor::HostPort {
-                published: p.published,
-                target: p.target,
-                udp: p.udp,
-            })
-            .collect(),
+        ports,
         health: health_config(&spec.health),
     }
+}
+
+/// A port of this node nothing listens on now, for a process task's ingress port (0 if none
+/// could be found: the task then gets no port, and the mesh no backend in it).
+fn free_port(udp: bool) -> u16 {
+    let any = (std::net::Ipv4Addr::UNSPECIFIED, 0);
+    let found = if udp {
+        std::net::UdpSocket::bind(any).and_then(|s| s.local_addr())
+    } else {
+        std::net::TcpListener::bind(any).and_then(|s| s.local_addr())
+    };
+    found.map(|a| a.port()).unwrap_or(0)
 }
 
 /// The ports a started task answers on: as the runtime bound them (a container's, with the
@@ -348,7 +387,11 @@ fn parse_task_id(s: &str) -> Option<TaskId> {
 
 impl Runner {
     /// Starts the runner of `member`: adoption, the assignment loop and the reporter.
-    pub fn start(member: &Arc<Member>, executors: Executors) -> Arc<Runner> {
+    pub fn start(
+        member: &Arc<Member>,
+        executors: Executors,
+        mesh: Option<Arc<Mesh>>,
+    ) -> Arc<Runner> {
         let (tx, rx) = mpsc::unbounded_channel();
         for e in &executors.0 {
             e.set_node(&shoal_cluster::node_id_string(member.id));
@@ -360,6 +403,8 @@ impl Runner {
             starts: tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS),
             tasks: Mutex::new(HashMap::new()),
             reports: tx,
+            mesh,
+            ip: member.advertise.ip(),
         });
         let span = tracing::info_span!("tasks", node = %shoal_cluster::node_id_string(member.id));
         tokio::spawn(tracing::Instrument::instrument(
@@ -377,8 +422,13 @@ impl Runner {
         let _ = self.reports.send(r);
     }
 
+    /// This node's routing mesh, if it has one.
+    pub fn mesh(&self) -> Option<&Arc<Mesh>> {
+        self.mesh.as_ref()
+    }
+
     async fn run(self: Arc<Self>, member: Weak<Member>) {
-        if self.executors.0.is_empty() {
+        if self.executors.0.is_empty() && self.mesh.is_none() {
             return;
         }
         // What an earlier run of the agent left.
@@ -420,6 +470,9 @@ impl Runner {
         };
         loop {
             if *stop.borrow() {
+                if let Some(mesh) = &self.mesh {
+                    mesh.close();
+                }
                 self.stop_all().await;
                 return;
             }
@@ -470,6 +523,9 @@ impl Runner {
             removed = a.removed.len(),
             "assignments"
         );
+        if let (Some(mesh), Some(table)) = (&self.mesh, a.endpoints) {
+            mesh.update(table);
+        }
         if a.full {
             let listed: std::collections::HashSet<TaskId> =
                 a.tasks.iter().map(|t| t.task.id).collect();
@@ -579,7 +635,13 @@ impl Runner {
             return;
         }
         let run = match (&a.spec, &found) {
-            (Some(spec), _) => Some(task_run(&a, spec, &self.cluster_id)),
+            (Some(spec), Some((_, t))) => {
+                // Running already: on the ports it was given then.
+                let mut run = task_run(&a, spec, &self.cluster_id);
+                run.ports = t.run.ports.clone();
+                Some(run)
+            }
+            (Some(spec), None) => Some(task_run(&a, spec, &self.cluster_id)),
             (None, Some((_, t))) => Some(t.run.clone()),
             (None, None) => None,
         };
@@ -646,6 +708,7 @@ impl Runner {
         };
         let key = run.task_id.clone();
         let process = runtime == "process";
+        let drain = secrets.drain;
         // The Running report, kept to report health changes with the same details.
         let mut running = report(id, TaskState::Running, "started");
         let checker;
@@ -713,6 +776,11 @@ impl Runner {
                     Ok(details) => {
                         checker = Checker::of(run.health.as_ref(), exec.as_ref(), details.checked);
                         running.status.ports = bound_ports(&run, &details);
+                        if !drain.is_zero() && !checker.checks() {
+                            // In the mesh without a check of its own: running once it answers,
+                            // so that the mesh (and a start-first update) waits for it.
+                            self.answering(&running.status.ports, &mut stop).await;
+                        }
                         running.status.pid = details.pid.unwrap_or(0);
                         running.status.container_id = details.container_id.unwrap_or_default();
                         // A checked task counts as running once healthy (Swarm's rule).
@@ -751,6 +819,12 @@ impl Runner {
                 }
             },
             () = stopped => {
+                if !drain.is_zero() {
+                    // Out of the mesh first: the stop every node hears of takes the task out of
+                    // their tables; its open connections go on meanwhile, then get the grace.
+                    tracing::debug!(task = %key, "draining the task from the mesh");
+                    tokio::time::sleep(drain).await;
+                }
                 tracing::debug!(task = %key, "stopping the task");
                 let r = exec.shutdown(&key, run.stop_grace).await;
                 let mut rep = report(id, TaskState::Shutdown, "shutdown");
@@ -770,6 +844,30 @@ impl Runner {
                     format!("task: unhealthy: {why}")
                 };
                 self.send(r);
+            }
+        }
+    }
+
+    /// Waits until every TCP port a task answers on accepts a connection on this node's
+    /// address, at most [`READY_WAIT`] (a task that never listens is running all the same, and
+    /// the mesh passes it over), or until the task is to stop.
+    async fn answering(&self, ports: &[shoal_cluster::TaskPort], stop: &mut watch::Receiver<bool>) {
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        for p in ports.iter().filter(|p| !p.udp && p.published != 0) {
+            let at = std::net::SocketAddr::new(self.ip, p.published);
+            loop {
+                if *stop.borrow() || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                let tried = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect(at),
+                )
+                .await;
+                if matches!(tried, Ok(Ok(_))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

@@ -31,6 +31,7 @@ async fn agent(dir: &std::path::Path, name: &str, faults: WalFaults) -> Arc<Agen
         seed: None,
         wal_faults: faults,
         executors: Default::default(),
+        ingress: None,
     };
     Agent::start(DataDir::open(&dir.join(name)).unwrap(), opts)
         .await

@@ -481,9 +481,9 @@ fn a_stack_of_containers_from_a_docs_style_file() {
     engine.clean(&["docs_web", "docs_worker"]);
 }
 
-/// The seed's example (`../shared/seed/`), as it is but for its port: `"4000:80"` means the
-/// routing mesh, which shoal does not have yet (that form is refused with a hint, see the unit
-/// tests), so the port is published in host mode on a port the engine picks. The image and its
+/// The seed's example (`../shared/seed/`), as it is but for its port: `"4000:80"` would take
+/// port 4000 on the routing mesh of the test machine, so the port is published in host mode on
+/// a port the engine picks (the mesh has its own tests). The image and its
 /// command come from a second file, as operators adapt a stack to a site.
 const SEED: &str = r#"version: "3"
 services:

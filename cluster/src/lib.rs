@@ -13,6 +13,7 @@
 mod command;
 mod compat;
 mod error;
+mod ingress;
 mod reconcile;
 mod secrets;
 mod service;
@@ -23,6 +24,7 @@ mod validate;
 
 pub use command::{Command, NodeUpdate, RequestId, MAX_BATCH, MAX_COMMAND_SIZE};
 pub use error::ClusterError;
+pub use ingress::{ingress_ports, ServiceEndpoints, TaskEndpoint, INGRESS_AUTO_PORTS};
 pub use reconcile::{reconcile, Action, RaftView, Reconciliation};
 pub use secrets::{
     validate_refs, Secret, SecretId, SecretKind, SecretRef, SecretSpec, MAX_SECRETS,

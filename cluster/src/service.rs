@@ -437,7 +437,8 @@ pub enum PublishMode {
 /// A published port (`-p published=8080,target=80,mode=host`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortConfig {
-    /// The port on the node (0: the engine picks one, host mode only).
+    /// The port on the node (0: the engine picks one in host mode; in ingress mode the
+    /// cluster gives one from 30000-32767 when the service is created).
     pub published: u16,
     /// The port in the container.
     pub target: u16,
@@ -754,12 +755,6 @@ fn validate_container_fields(t: &TaskSpec) -> Result<(), ClusterError> {
                 "port {}: a process task binds its host-mode ports itself, so it needs a \
                  published port (-p published=PORT,target={},mode=host)",
                 p.target, p.target
-            )));
-        }
-        if p.mode == PublishMode::Ingress {
-            return Err(invalid(format!(
-                "port {}: ingress mode needs the routing mesh, which shoal does not have yet; publish with mode=host (-p published={},target={},mode=host)",
-                p.published, p.published, p.target
             )));
         }
         if p.published != 0
@@ -1408,9 +1403,9 @@ mod tests {
         let mut bad = ok.clone();
         bad.task.ports.push(host);
         assert!(err(&bad).contains("published twice"));
-        let mut bad = ok.clone();
-        bad.task.ports[0].mode = PublishMode::Ingress;
-        assert!(err(&bad).contains("mode=host"));
+        let mut ingress = ok.clone();
+        ingress.task.ports[0].mode = PublishMode::Ingress;
+        ingress.validate().unwrap();
         let mut bad = ok.clone();
         bad.task.ports[0].target = 0;
         assert!(err(&bad).contains("target port"));

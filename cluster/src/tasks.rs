@@ -224,6 +224,8 @@ impl ClusterState {
         self.check_initialized()?;
         spec.validate()?;
         self.check_refs(&spec.task.secrets)?;
+        let mut spec = spec.clone();
+        self.place_ingress_ports(&mut spec, None)?;
         if self.name_taken(&spec.name, None) {
             return Err(ClusterError::Invalid(format!(
                 "service {} already exists",
@@ -244,7 +246,7 @@ impl ClusterState {
             Service {
                 id,
                 version: index,
-                spec: spec.clone(),
+                spec,
                 previous: None,
                 versions: Default::default(),
                 created_at_ms: at_ms,
@@ -266,6 +268,8 @@ impl ClusterState {
         let current = self.service_at(id, expected, "update")?;
         spec.validate()?;
         self.check_refs(&spec.task.secrets)?;
+        let mut spec = spec.clone();
+        self.place_ingress_ports(&mut spec, Some(id))?;
         if spec.name != current.spec.name {
             return Err(ClusterError::Invalid(
                 "a service's name cannot be changed".into(),
@@ -280,7 +284,7 @@ impl ClusterState {
         // New tasks to roll out: a new update (a paused one goes on with this spec).
         let status = (spec.task != current.spec.task)
             .then(|| UpdateStatus::started(UpdateState::Updating, at_ms, "update in progress"));
-        self.replace_spec(index, id, spec.clone(), status, at_ms);
+        self.replace_spec(index, id, spec, status, at_ms);
         Ok(())
     }
 
@@ -340,12 +344,14 @@ impl ClusterState {
         at_ms: u64,
     ) -> Result<(), ClusterError> {
         let current = self.service_at(id, expected, "rollback")?;
-        let Some(previous) = current.previous.clone() else {
+        let Some(mut previous) = current.previous.clone() else {
             return Err(ClusterError::Invalid(format!(
                 "service {} has no previous spec to roll back to",
                 current.spec.name
             )));
         };
+        // Another service may have taken one of its ports since.
+        self.place_ingress_ports(&mut previous, Some(id))?;
         let status = UpdateStatus::started(UpdateState::RollbackStarted, at_ms, message);
         self.replace_spec(index, id, previous, Some(status), at_ms);
         Ok(())

@@ -123,6 +123,7 @@ pub fn host_with_gossip(
                 seed: Some(seed.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64 + 1)),
                 wal_faults: Default::default(),
                 executors,
+                ingress: None,
             };
             let agent = Agent::start(data, opts).await?;
             let (tx, mut rx) = mpsc::unbounded_channel::<Call>();

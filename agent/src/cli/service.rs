@@ -259,7 +259,8 @@ pub struct CreateArgs {
     /// Containers: attach a mount, type=bind|volume,source=…,target=…[,readonly] (repeatable)
     #[arg(long = "mount", value_name = "MOUNT")]
     pub mounts: Vec<String>,
-    /// Containers: publish a port, published=8080,target=80,mode=host (repeatable)
+    /// Publish a port: 8080:80[/udp] on every node (the routing mesh), or
+    /// published=,target=,protocol=tcp|udp,mode=ingress|host (repeatable)
     #[arg(short, long = "publish", value_name = "PORT")]
     pub publish: Vec<String>,
     /// Give tasks a secret: NAME or source=NAME,target=PATH,uid=,gid=,mode= (repeatable)
@@ -1377,6 +1378,33 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
             &format!("{}", f64::from(c.max_failure_ppm) / 1e6),
         );
         field(order, c.order.name());
+    }
+    if let Some(e) = s.endpoints.as_ref().filter(|e| !e.tasks.is_empty()) {
+        // Where the mesh and the name server send `NAME` and `tasks.NAME`.
+        field("Endpoints:", "");
+        for t in &e.tasks {
+            let ports: Vec<String> = t
+                .ports
+                .iter()
+                .map(|p| {
+                    let proto = if p.udp { "udp" } else { "tcp" };
+                    format!("{}:{}->{}/{proto}", t.ip, p.published, p.target)
+                })
+                .collect();
+            let ports = if ports.is_empty() {
+                t.ip.clone()
+            } else {
+                ports.join(",")
+            };
+            let state = if t.ready { "ready" } else { "not ready" };
+            field(
+                " ",
+                &format!(
+                    "{} {ports} ({state})",
+                    &shoal_cluster::object_id_string(t.task)[..12]
+                ),
+            );
+        }
     }
     out
 }

@@ -311,20 +311,9 @@ networks:
 "#;
 
     #[test]
-    fn the_seed_example_maps_and_its_ingress_port_is_refused_clearly() {
+    fn the_seed_example_maps_with_its_ingress_port() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "docker-compose.yml", SEED);
-        let err = load_stack("getstarted", &[f], env(&[])).unwrap_err();
-        assert!(err.contains("service web"), "{err}");
-        assert!(err.contains("port 4000"), "{err}");
-        assert!(err.contains("routing mesh"), "{err}");
-        assert!(err.contains("mode=host"), "{err}");
-
-        let host = SEED.replace(
-            "      - \"4000:80\"",
-            "      - target: 80\n        published: 4000\n        mode: host",
-        );
-        let f = write(dir.path(), "docker-compose.yml", &host);
         let stack = load_stack("getstarted", &[f], env(&[])).unwrap();
         assert_eq!(stack.services.len(), 1);
         let s = &stack.services[0];
@@ -341,8 +330,12 @@ networks:
         assert_eq!(s.task.restart.condition, RestartCondition::OnFailure);
         assert_eq!(s.task.ports.len(), 1);
         assert_eq!(
-            (s.task.ports[0].published, s.task.ports[0].target),
-            (4000, 80)
+            (
+                s.task.ports[0].published,
+                s.task.ports[0].target,
+                s.task.ports[0].mode
+            ),
+            (4000, 80, shoal_cluster::PublishMode::Ingress)
         );
         // The service's networks key and the top-level networks are both named, not dropped
         // silently.

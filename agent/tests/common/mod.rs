@@ -82,7 +82,11 @@ impl Out {
 }
 
 fn free_port() -> String {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    free_port_on("127.0.0.1")
+}
+
+fn free_port_on(ip: &str) -> String {
+    let s = UdpSocket::bind(format!("{ip}:0")).expect("a free port");
     s.local_addr().expect("addr").to_string()
 }
 
@@ -120,8 +124,30 @@ impl Cluster {
         Self::start_with_env(n, &[])
     }
 
+    /// `n` agents each on its own loopback address (127.A.B.1 … 127.A.B.n, A and B drawn at
+    /// random), as if on separate machines: a port one of them opens (the routing mesh's) is
+    /// its own, and each answers DNS on port 53 of its address (`--dns-addr`).
+    pub fn start_on_own_addresses(n: usize) -> Cluster {
+        let (a, b) = (1 + rand_u64() % 250, 1 + rand_u64() % 250);
+        Self::start_at(n, &[], |i| format!("127.{a}.{b}.{}", i + 1))
+    }
+
+    /// The IP of agent `i`.
+    pub fn ip(&self, i: usize) -> String {
+        let listen = &self.nodes[i].listen;
+        listen
+            .rsplit_once(':')
+            .map(|(ip, _)| ip)
+            .unwrap_or(listen)
+            .to_string()
+    }
+
     /// Like [`Cluster::start`], every agent with these environment variables.
     pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_at(n, env, |_| "127.0.0.1".to_string())
+    }
+
+    fn start_at(n: usize, env: &[(&str, &str)], ip: impl Fn(usize) -> String) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut c = Cluster {
             tmp,
@@ -133,12 +159,18 @@ impl Cluster {
         };
         for i in 1..=n {
             let dir = c.tmp.path().join(format!("node-{i}"));
+            let ip = ip(i - 1);
+            let args = if ip == "127.0.0.1" {
+                Vec::new()
+            } else {
+                vec!["--dns-addr".to_string(), format!("{ip}:53")]
+            };
             c.nodes.push(Node {
                 name: format!("node-{i}"),
                 dir,
-                listen: free_port(),
+                listen: free_port_on(&ip),
                 metrics: free_tcp_port(),
-                args: Vec::new(),
+                args,
                 child: None,
             });
         }
