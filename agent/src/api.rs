@@ -226,7 +226,57 @@ pub struct ServiceView {
     pub desired: u64,
     /// Where it answers: its ingress ports and its running tasks' addresses.
     #[serde(default)]
-    pub endpoints: Option<shoal_cluster::ServiceEndpoints>,
+    pub endpoints: Option<EndpointsView>,
+}
+
+/// Where a service answers, as `service inspect` and `GET /v1/services/NAME/endpoints` show
+/// it (what the mesh and the name server use).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointsView {
+    /// The service's id (16 hex digits).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its ingress-mode ports: every node listens on `published`.
+    pub ports: Vec<shoal_cluster::PortConfig>,
+    /// Its running tasks.
+    pub tasks: Vec<TaskEndpointView>,
+}
+
+/// A running task of a service, where it is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEndpointView {
+    /// The task's id (16 hex digits).
+    pub task: String,
+    /// Its node's id (16 hex digits).
+    pub node: String,
+    /// Its node's address.
+    pub ip: String,
+    /// The ports it answers on, on its node.
+    pub ports: Vec<shoal_cluster::TaskPort>,
+    /// Whether the mesh sends it connections (running, healthy or unchecked, not stopping).
+    pub ready: bool,
+}
+
+impl From<shoal_cluster::ServiceEndpoints> for EndpointsView {
+    fn from(e: shoal_cluster::ServiceEndpoints) -> Self {
+        EndpointsView {
+            id: shoal_cluster::object_id_string(e.id),
+            name: e.name,
+            ports: e.ports,
+            tasks: e
+                .tasks
+                .into_iter()
+                .map(|t| TaskEndpointView {
+                    task: shoal_cluster::object_id_string(t.task),
+                    node: shoal_cluster::node_id_string(t.node),
+                    ip: t.ip,
+                    ports: t.ports,
+                    ready: t.ready,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A line of `service logs`.

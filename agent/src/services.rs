@@ -42,7 +42,7 @@ pub fn service_view(st: &ClusterState, s: &Service) -> ServiceView {
             ServiceMode::Replicated { replicas } => replicas,
             ServiceMode::Global => live,
         },
-        endpoints: st.service_endpoints(s.id),
+        endpoints: st.service_endpoints(s.id).map(Into::into),
     }
 }
 

@@ -303,6 +303,10 @@ fn the_mesh_answers_everywhere_through_updates_and_node_loss() {
     assert_eq!(r.status, 200, "{body}");
     let e: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(e["name"], "web");
+    assert!(
+        ids.iter().any(|t| e["tasks"][0]["task"] == *t),
+        "task ids as service ps shows them: {body}"
+    );
     assert_eq!(e["tasks"].as_array().unwrap().len(), 3, "{body}");
     assert_eq!(e["ports"][0]["published"], port);
 

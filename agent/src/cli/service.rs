@@ -1399,10 +1399,7 @@ pub fn inspect_pretty(s: &ServiceView) -> String {
             let state = if t.ready { "ready" } else { "not ready" };
             field(
                 " ",
-                &format!(
-                    "{} {ports} ({state})",
-                    &shoal_cluster::object_id_string(t.task)[..12]
-                ),
+                &format!("{} {ports} ({state})", &t.task[..t.task.len().min(12)]),
             );
         }
     }
