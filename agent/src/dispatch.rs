@@ -164,7 +164,7 @@ impl Sessions {
         let now = node_tasks(&st, node);
         let table = {
             let mut cached = self.endpoints.lock().expect("endpoints");
-            if cached.0 != st.applied() || cached.0 == 0 {
+            if cached.0 != st.applied() {
                 *cached = (st.applied(), Arc::new(st.endpoints()));
             }
             cached.1.clone()

@@ -65,6 +65,8 @@ struct Route {
     udp: bool,
     state: RwLock<Arc<RouteState>>,
     turn: AtomicUsize,
+    /// Bumped at each new state: a UDP flow checks its backend only when it moved.
+    generation: AtomicU64,
 }
 
 impl Route {
@@ -224,13 +226,17 @@ impl Mesh {
         }
         for (key, state) in wanted {
             match inner.listeners.get(&key) {
-                Some(l) => *l.route.state.write().expect("route") = Arc::new(state),
+                Some(l) => {
+                    *l.route.state.write().expect("route") = Arc::new(state);
+                    l.route.generation.fetch_add(1, Ordering::Relaxed);
+                }
                 None => {
                     let route = Arc::new(Route {
                         published: key.0,
                         udp: key.1,
                         state: RwLock::new(Arc::new(state)),
                         turn: AtomicUsize::new(0),
+                        generation: AtomicU64::new(0),
                     });
                     let mut l = Listener {
                         route,
@@ -426,11 +432,11 @@ async fn serve_tcp(mesh: Arc<Mesh>, route: Arc<Route>, listener: TcpListener) {
 
 /// One client connection: a backend found (trying the next at once when one refuses), then
 /// bytes copied both ways until either side closes.
-async fn proxy_tcp(mesh: Arc<Mesh>, route: Arc<Route>, client: TcpStream) {
+async fn proxy_tcp(mesh: Arc<Mesh>, route: Arc<Route>, mut client: TcpStream) {
     let mut st = route.state.read().expect("route").clone();
     let mut tried = Vec::new();
     let waiting = Instant::now();
-    let (backend, upstream) = loop {
+    let (backend, mut upstream) = loop {
         let Some(j) = mesh.pick(&route, &st, &tried) else {
             // Every backend refused, or there is none (the table is changing: a task being
             // replaced, a node just down): the client waits a little for the next table.
@@ -454,7 +460,6 @@ async fn proxy_tcp(mesh: Arc<Mesh>, route: Arc<Route>, client: TcpStream) {
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let active = Active::new(backend);
-    let (mut client, mut upstream) = (client, upstream);
     let (client_read, client_write) = client.split();
     let (task_read, task_write) = upstream.split();
     tokio::join!(
@@ -495,6 +500,8 @@ struct Flow {
     upstream: Arc<UdpSocket>,
     backend: Arc<Backend>,
     alive: Arc<AtomicBool>,
+    /// The route's generation when the backend was last found in it.
+    checked: u64,
 }
 
 async fn serve_udp(mesh: Arc<Mesh>, route: Arc<Route>, socket: Arc<UdpSocket>) {
@@ -527,6 +534,7 @@ async fn serve_udp(mesh: Arc<Mesh>, route: Arc<Route>, socket: Arc<UdpSocket>) {
                     continue;
                 }
             }
+            let checked = route.generation.load(Ordering::Relaxed);
             let st = route.state.read().expect("route").clone();
             let Some(j) = mesh.pick(&route, &st, &[]) else {
                 continue;
@@ -548,6 +556,7 @@ async fn serve_udp(mesh: Arc<Mesh>, route: Arc<Route>, socket: Arc<UdpSocket>) {
                 upstream: Arc::new(upstream),
                 backend: backend.clone(),
                 alive: Arc::new(AtomicBool::new(true)),
+                checked,
             };
             tokio::spawn(udp_replies(
                 mesh.clone(),
@@ -559,10 +568,14 @@ async fn serve_udp(mesh: Arc<Mesh>, route: Arc<Route>, socket: Arc<UdpSocket>) {
             ));
             flows.insert(peer, flow);
         }
-        let Some(flow) = flows.get(&peer) else {
+        let Some(flow) = flows.get_mut(&peer) else {
             continue;
         };
-        if !route.serves(&flow.backend) {
+        let generation = route.generation.load(Ordering::Relaxed);
+        if flow.checked != generation && route.serves(&flow.backend) {
+            flow.checked = generation;
+        }
+        if flow.checked != generation {
             // Its task left the table (stopped, drained, its node down): the flow goes to
             // another one from its next datagram.
             flow.alive.store(false, Ordering::Relaxed);

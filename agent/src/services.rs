@@ -42,7 +42,8 @@ pub fn service_view(st: &ClusterState, s: &Service) -> ServiceView {
             ServiceMode::Replicated { replicas } => replicas,
             ServiceMode::Global => live,
         },
-        endpoints: st.service_endpoints(s.id).map(Into::into),
+        // Only `service inspect` shows them (its caller fills them in): not computed for a list.
+        endpoints: None,
     }
 }
 
@@ -206,7 +207,10 @@ impl Member {
                     }
                     Request::ServiceInspect { service } => match st.resolve_service(service) {
                         Ok(s) => Response::Service {
-                            service: Box::new(service_view(st, s)),
+                            service: Box::new(ServiceView {
+                                endpoints: st.service_endpoints(s.id).map(Into::into),
+                                ..service_view(st, s)
+                            }),
                         },
                         Err(e) => Response::error(e),
                     },
