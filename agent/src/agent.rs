@@ -1066,7 +1066,10 @@ impl Member {
 
     fn info(&self, listen: SocketAddr) -> crate::api::InfoView {
         let members = self.members_by_state();
-        let (leader, term, commit, applied, voters, role) = match self.raft() {
+        let ids = |set: &std::collections::BTreeSet<u64>| -> Vec<String> {
+            set.iter().map(|v| node_id_string(*v)).collect()
+        };
+        let (leader, term, commit, applied, voters, outgoing, role) = match self.raft() {
             Some(h) => {
                 let s = h.status.borrow().clone();
                 (
@@ -1074,15 +1077,12 @@ impl Member {
                     s.term,
                     s.commit,
                     s.applied,
-                    s.membership
-                        .voters
-                        .iter()
-                        .map(|v| node_id_string(*v))
-                        .collect(),
+                    ids(&s.membership.voters),
+                    ids(&s.membership.outgoing),
                     "manager",
                 )
             }
-            None => (String::new(), 0, 0, 0, Vec::new(), "worker"),
+            None => (String::new(), 0, 0, 0, Vec::new(), Vec::new(), "worker"),
         };
         crate::api::InfoView {
             swarm: "active".into(),
@@ -1094,6 +1094,7 @@ impl Member {
             commit_index: commit,
             applied_index: applied,
             voters,
+            outgoing_voters: outgoing,
             members,
             listen_addr: listen.to_string(),
         }

@@ -21,6 +21,7 @@
 //! | `POST /v1/nodes/{node}/demote` | [`Request::NodeDemote`] |
 //! | `DELETE /v1/nodes/{node}?force=true` | [`Request::NodeRemove`] |
 //! | `POST /v1/nodes/{node}/update` body [`NodeUpdateRequest`] | [`Request::NodeUpdate`] |
+//! | `POST /v1/test/clock` body `{"offset_ms":…, "rate":…}` (only with `SHOAL_TEST_HOOKS=1`) | [`crate::test_clock`] |
 
 use std::collections::BTreeMap;
 
@@ -356,6 +357,10 @@ pub struct NodeUpdateRequest {
     /// `--role`.
     #[serde(default)]
     pub role: Option<Role>,
+    /// Apply only if the node is still at this version (compare-and-set, like Docker's
+    /// `?version=`); a node changed since fails with a version mismatch. The CLI sends none.
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// An answer.
@@ -536,6 +541,10 @@ pub struct InfoView {
     pub applied_index: u64,
     /// Raft voters (managers).
     pub voters: Vec<String>,
+    /// The outgoing configuration's voters while a membership change is in joint consensus;
+    /// empty otherwise.
+    #[serde(default)]
+    pub outgoing_voters: Vec<String>,
     /// Members by SWIM state: alive, suspect, dead, left.
     pub members: BTreeMap<String, usize>,
     /// The QUIC listen address.
@@ -555,6 +564,7 @@ impl InfoView {
             commit_index: 0,
             applied_index: 0,
             voters: Vec::new(),
+            outgoing_voters: Vec::new(),
             members: BTreeMap::new(),
             listen_addr,
         }

@@ -810,6 +810,7 @@ fn update_request(
         label_add: label_add.to_vec(),
         label_rm: label_rm.to_vec(),
         role,
+        version: None,
     })
 }
 
@@ -1684,6 +1685,7 @@ ID                   HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS   ENGINE 
             commit_index: 1,
             applied_index: 1,
             voters: vec![],
+            outgoing_voters: vec![],
             members: BTreeMap::new(),
             listen_addr: "127.0.0.1:4242".into(),
         };
@@ -1742,6 +1744,7 @@ ID                   HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS   ENGINE 
                 label_add: vec!["zone=eu-1".into(), "ssd".into()],
                 label_rm: vec!["old".into()],
                 role: Some(Role::Manager),
+                version: None,
             }
         );
     }

@@ -58,11 +58,13 @@ pub enum ClientError {
     #[error(
         "the shoal agent at {} did not answer within {} s",
         .path.display(),
-        IO_TIMEOUT.as_secs()
+        .after.as_secs_f64()
     )]
     Timeout {
         /// The socket.
         path: PathBuf,
+        /// How long it waited.
+        after: Duration,
     },
     /// The request could not be built.
     #[error("cannot send the request: {0}")]
@@ -146,6 +148,29 @@ pub fn exchange(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<HttpResponse, ClientError> {
+    exchange_within(socket, method, path, body, IO_TIMEOUT)
+}
+
+/// [`call`] with `timeout` for each read and write instead of [`IO_TIMEOUT`] (test clients
+/// that must tell an unknown outcome from a slow one).
+pub fn call_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    decode(exchange_within(socket, method, path, body, timeout)?)
+}
+
+/// [`exchange`] with `timeout` for each read and write instead of [`IO_TIMEOUT`].
+pub fn exchange_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<HttpResponse, ClientError> {
     let request = build_request(method, path, body)?;
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.to_path_buf(),
@@ -154,18 +179,15 @@ pub fn exchange(
     let io_error = |source: io::Error| match source.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
             path: socket.to_path_buf(),
+            after: timeout,
         },
         _ => ClientError::Io {
             path: socket.to_path_buf(),
             source,
         },
     };
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(io_error)?;
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(io_error)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
     // No half-close after the request: some servers take a read EOF as the client going away.
     stream.write_all(&request).map_err(io_error)?;
     stream.flush().map_err(io_error)?;

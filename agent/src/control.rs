@@ -112,9 +112,13 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
                 },
             ),
         )
-        .route("/metrics", get(metrics))
-        .with_state(agent);
-    axum::serve(listener, app).await?;
+        .route("/metrics", get(metrics));
+    let app = if crate::test_clock::enabled() {
+        app.route("/v1/test/clock", post(test_clock))
+    } else {
+        app
+    };
+    axum::serve(listener, app.with_state(agent)).await?;
     Ok(())
 }
 
@@ -122,10 +126,13 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
 /// Prometheus-style scrapers on other machines.
 pub async fn serve_metrics(agent: Arc<Agent>, addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(agent);
-    axum::serve(listener, app).await?;
+    let app = Router::new().route("/metrics", get(metrics));
+    let app = if crate::test_clock::enabled() {
+        app.route("/v1/test/clock", post(test_clock))
+    } else {
+        app
+    };
+    axum::serve(listener, app.with_state(agent)).await?;
     Ok(())
 }
 
@@ -138,6 +145,27 @@ async fn metrics(AxState(a): Ax) -> axum::response::Response {
         a.metrics().await,
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct ClockBody {
+    offset_ms: i64,
+    rate: f64,
+}
+
+/// `POST /v1/test/clock` (only with `SHOAL_TEST_HOOKS=1`): skews this agent's clocks.
+async fn test_clock(Json(b): Json<ClockBody>) -> axum::response::Response {
+    match crate::test_clock::set(b.offset_ms, b.rate) {
+        Ok(()) => {
+            tracing::warn!(
+                offset_ms = b.offset_ms,
+                rate = b.rate,
+                "test clock hook: clocks skewed"
+            );
+            (StatusCode::OK, Json(Response::ok(""))).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(Response::error(e))).into_response(),
+    }
 }
 
 /// The request id of a call, if it carries a well-formed one.
@@ -881,6 +909,7 @@ impl Member {
                     availability: update.availability,
                     labels_rm: update.label_rm.clone(),
                     desired_role: update.role,
+                    expected_version: update.version,
                     ..Default::default()
                 };
                 for spec in &update.label_add {

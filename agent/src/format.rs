@@ -530,6 +530,7 @@ mod tests {
             commit_index: 40,
             applied_index: 39,
             voters: vec!["8a4c2401a63e94c5".into(), "9472f713ebe5df46".into()],
+            outgoing_voters: vec![],
             members: [("alive".to_string(), 2), ("dead".to_string(), 1)]
                 .into_iter()
                 .collect(),

@@ -25,5 +25,6 @@ pub mod sim_executor;
 pub mod stack;
 pub mod store;
 pub mod task_files;
+pub mod test_clock;
 pub mod wire;
 pub mod worker;

@@ -6,7 +6,8 @@
 //! listeners follow services being created, scaled, updated and removed as soon as the node
 //! hears of it. Balancing: least outstanding connections among ready tasks (running, healthy
 //! or unchecked, not being stopped), the ties taken in turn; a backend that refuses or does
-//! not answer is skipped for [`DOWN_FOR`] and the connection tried on another one at once.
+//! not answer is skipped for [`DOWN_FOR`] and the connection tried on another one at once (one
+//! that took a request and closed without answering is skipped too, for the client's retry).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -462,20 +463,31 @@ async fn proxy_tcp(mesh: Arc<Mesh>, route: Arc<Route>, mut client: TcpStream) {
     let active = Active::new(backend);
     let (client_read, client_write) = client.split();
     let (task_read, task_write) = upstream.split();
-    tokio::join!(
+    let (asked, answered) = tokio::join!(
         pipe(client_read, task_write, &active.0.bytes_in),
         pipe(task_read, client_write, &active.0.bytes_out),
     );
+    // A task that took a request and closed without a byte of answer is failing (dying, say,
+    // with its listener still open): pass it over for a while, so the client's retry goes to
+    // another one.
+    if asked > 0 && answered == 0 {
+        mesh.failed(
+            &active.0,
+            &std::io::Error::other("closed the connection without answering"),
+        );
+    }
 }
 
 /// Copies one direction of a proxied connection until its reader ends, then passes the end on
-/// (a half-close, so the other direction goes on). The buffer starts small (most connections
-/// carry a few kilobytes) and grows once a read fills it (a bulk transfer).
+/// (a half-close, so the other direction goes on); returns the bytes copied. The buffer starts
+/// small (most connections carry a few kilobytes) and grows once a read fills it (a bulk
+/// transfer).
 async fn pipe(
     mut from: tokio::net::tcp::ReadHalf<'_>,
     mut to: tokio::net::tcp::WriteHalf<'_>,
     counter: &AtomicU64,
-) {
+) -> u64 {
+    let mut total = 0u64;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; SMALL_BUFFER];
     loop {
@@ -487,11 +499,13 @@ async fn pipe(
             break;
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        total += n as u64;
         if n == buf.len() && buf.len() < LARGE_BUFFER {
             buf = vec![0u8; LARGE_BUFFER];
         }
     }
     let _ = to.shutdown().await;
+    total
 }
 
 /// A client's UDP flow: its own socket towards its backend (so that replies find the client),

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -169,11 +169,10 @@ fn snapshot_trailing(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Milliseconds since the Unix epoch (recorded in commands by the proposer).
+/// Milliseconds since the Unix epoch (recorded in commands by the proposer); skewed by the
+/// test clock hook when a test set it.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::test_clock::wall_ms()
 }
 
 /// Opens the WAL in `dir` and starts the replica's task. Storage errors at start are returned;
@@ -280,7 +279,7 @@ pub fn start(
         failed: None,
         rejected_not_member: 0,
         rejected_malformed: 0,
-        last_tick: Instant::now(),
+        last_tick: crate::test_clock::now(),
         orch: Orchestration::default(),
         removed_by_leader: false,
         leader_since: None,
@@ -563,7 +562,7 @@ impl Driver {
     /// Delivers one tick per elapsed tick interval since the last one (the core's contract:
     /// ticks missed while the process was paused come before any other input).
     fn catch_up_ticks(&mut self) {
-        let now = Instant::now();
+        let now = crate::test_clock::now();
         let mut due = 0u32;
         while self.last_tick + TICK <= now && due < 100_000 {
             self.last_tick += TICK;

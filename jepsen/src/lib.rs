@@ -10,4 +10,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod campaign;
+pub mod checker;
+pub mod db;
+pub mod history;
+pub mod nemesis;
+pub mod netem;
+pub mod report;
+pub mod run;
 pub mod testbed;
+pub mod workload;

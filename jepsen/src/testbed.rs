@@ -147,19 +147,30 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent of `net` with data under `root`, its log in `root/<netns>.log`.
-    pub fn start(shoal: &Path, net: &NodeNet, root: &Path) -> Result<Agent, String> {
-        let dir = root.join(&net.netns);
+    /// Starts the agent of `net` with its data in `dir`, its standard error appended to `log`.
+    /// The test hooks are on (`SHOAL_TEST_HOOKS=1`: the clock nemesis) and QUIC sends one
+    /// datagram at a time (`SHOAL_QUIC_GSO=0`: a packet netem drops is one datagram).
+    pub fn start(shoal: &Path, net: &NodeNet, dir: &Path, log: &Path) -> Result<Agent, String> {
         let listen = format!("{}:4700", net.ip);
-        let log = std::fs::File::create(root.join(format!("{}.log", net.netns)))
-            .map_err(|e| format!("log: {e}"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("log {}: {e}", log.display()))?;
         let child = net
             .command(shoal)
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(dir)
             .args(["agent", "--listen", &listen, "--hostname"])
             .arg(format!("n{}", net.index))
             .args(["--gossip", "local", "--docker-host", "none"])
+            .env("SHOAL_TEST_HOOKS", "1")
+            .env("SHOAL_QUIC_GSO", "0")
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -167,7 +178,7 @@ impl Agent {
             .map_err(|e| format!("cannot start the agent of {}: {e}", net.netns))?;
         let mut a = Agent {
             net: net.clone(),
-            dir,
+            dir: dir.to_path_buf(),
             listen,
             child: Some(child),
         };
@@ -178,15 +189,36 @@ impl Agent {
     fn wait_answering(&mut self, shoal: &Path) -> Result<(), String> {
         let start = Instant::now();
         while cli(shoal, &self.dir, &["info"]).is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > Duration::from_secs(60) {
                 return Err(format!("the agent of {} did not answer", self.net.netns));
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(format!("the agent of {} exited: {status}", self.net.netns));
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
     }
 
-    /// kill -9.
+    /// Its control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("shoal.sock")
+    }
+
+    /// Its process id while it runs (`ip netns exec` execs the agent: same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends it a signal by name (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) -> Result<(), String> {
+        let pid = self.pid().ok_or("the agent is not running")?;
+        run("kill", &[&format!("-{name}"), &pid.to_string()])
+    }
+
+    /// kill -9, and reap it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -199,6 +231,58 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs a command inside a node's namespace, its failure an error naming it.
+pub fn run_in(net: &NodeNet, program: &str, args: &[&str]) -> Result<(), String> {
+    let out = net
+        .command(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program} in {}: {e}", net.netns))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {} in {}: {}",
+            args.join(" "),
+            net.netns,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `program` inside a node's namespace with `input` on its standard input.
+pub fn run_in_with_input(
+    net: &NodeNet,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = net
+        .command(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program} in {}: {e}", net.netns))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("{program}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} in {}: {}\n{input}",
+            net.netns,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the CLI against the agent whose data directory is `dir` (the control socket is a
@@ -243,12 +327,17 @@ pub fn form(shoal: &Path, agents: &[Agent], managers: usize) -> Result<(), Strin
         if ready == agents.len() {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(120) {
+        if start.elapsed() > Duration::from_secs(180) {
             return Err(format!(
-                "{ready} of {} nodes Ready after 120 s",
+                "{ready} of {} nodes Ready after 180 s",
                 agents.len()
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Runs a command in the private namespace itself (the bridge side), its failure an error.
+pub fn host_run(program: &str, args: &[&str]) -> Result<(), String> {
+    run(program, args)
 }

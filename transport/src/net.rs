@@ -1640,8 +1640,16 @@ fn quic_transport_config() -> quinn::TransportConfig {
     t.datagram_receive_buffer_size(Some(1 << 20));
     t.max_concurrent_uni_streams(MEMBER_UNI_STREAMS.into());
     t.max_concurrent_bidi_streams(MEMBER_BIDI_STREAMS.into());
+    // `SHOAL_QUIC_GSO=0` (the Jepsen suite, under netem): one datagram per send, so that a
+    // dropped, duplicated or corrupted packet is one datagram, not a whole segmented batch.
+    if std::env::var(QUIC_GSO_ENV).as_deref() == Ok("0") {
+        t.enable_segmentation_offload(false);
+    }
     t
 }
+
+/// The environment variable that turns QUIC's UDP segmentation offload off when `0`.
+pub const QUIC_GSO_ENV: &str = "SHOAL_QUIC_GSO";
 
 fn quic_client_transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(quic_transport_config())
