@@ -99,83 +99,75 @@ pub fn registers(ops: &[Op]) -> Verdict {
     }
 }
 
-/// Names what went wrong on a non-linearizable key, looking for the simplest explanation:
-/// a read of a value nobody wrote (`phantom-read`), an acknowledged write that no later read
-/// ever saw while later reads returned older values (`lost-write`), or a read that returned a
-/// value older than a write acknowledged before it began (`stale-read`).
+/// Names what went wrong on a non-linearizable key (every write writes a value of its own, so
+/// a read names the write it saw), looking for the simplest explanation: a read of a value
+/// nobody wrote (`phantom-read`); a read that returned a value older than an acknowledged write
+/// that began after that value's write ended and ended before the read began — `lost-write`
+/// when no read ever saw the newer write, `stale-read` when others did; else
+/// `nonlinearizable`.
 pub fn name_anomaly(ops: &[&Op]) -> (&'static str, String) {
     let writes: Vec<&&Op> = ops
         .iter()
         .filter(|o| (o.f == "write" || o.f == "cas") && o.outcome != Outcome::Fail)
         .collect();
-    let reads: Vec<&&Op> = ops
+    let mut reads: Vec<&&Op> = ops
         .iter()
         .filter(|o| o.f == "read" && o.outcome == Outcome::Ok)
         .collect();
+    reads.sort_by_key(|r| r.start_ns);
+    let show = |v: Option<u64>| v.map_or("nothing".to_string(), |v| v.to_string());
+    let at = |ns: u64| ns as f64 / 1e9;
     for r in &reads {
-        if let Some(v) = r.result {
-            if !writes
+        // The write the read saw (None: the register's initial absence).
+        let source = match r.result {
+            None => None,
+            Some(v) => match writes
                 .iter()
-                .any(|w| w.value == Some(v) && w.start_ns <= r.end_ns)
+                .find(|w| w.value == Some(v) && w.start_ns <= r.end_ns)
             {
-                return (
-                    "phantom-read",
-                    format!(
-                        "process {} read {v}, which no write before it wrote",
-                        r.process
-                    ),
-                );
-            }
-        }
-    }
-    for w in writes.iter().filter(|w| w.outcome == Outcome::Ok) {
-        // Reads that began after the write was acknowledged, and saw a value every write of
-        // which ended before the write began (nothing concurrent could explain it).
-        let stale: Vec<&&&Op> = reads
-            .iter()
-            .filter(|r| r.start_ns > w.end_ns)
-            .filter(|r| {
-                r.result != w.value
-                    && writes
-                        .iter()
-                        .filter(|x| x.value == r.result)
-                        .all(|x| x.outcome == Outcome::Ok && x.end_ns < w.start_ns)
-            })
-            .collect();
-        let Some(first) = stale.first() else {
+                Some(w) => Some(*w),
+                None => {
+                    return (
+                        "phantom-read",
+                        format!(
+                            "process {} read {v} at {:.3} s, which no write before it wrote",
+                            r.process,
+                            at(r.start_ns)
+                        ),
+                    )
+                }
+            },
+        };
+        // An acknowledged write wholly after the source and wholly before the read.
+        let newer = writes.iter().find(|w| {
+            w.outcome == Outcome::Ok
+                && w.value != r.result
+                && w.end_ns < r.start_ns
+                && source.is_none_or(|s| s.outcome == Outcome::Ok && s.end_ns < w.start_ns)
+        });
+        let Some(w) = newer else {
             continue;
         };
-        let seen_later = reads
-            .iter()
-            .any(|r| r.start_ns > w.end_ns && r.result == w.value);
-        let show = |v: Option<u64>| v.map_or("nothing".to_string(), |v| v.to_string());
-        return if seen_later {
+        let seen = reads.iter().any(|x| x.result == w.value);
+        let what = format!(
+            "process {} wrote {} (acknowledged at {:.3} s); process {} then read {} (at {:.3} s), \
+             an older value",
+            w.process,
+            show(w.value),
+            at(w.end_ns),
+            r.process,
+            show(r.result),
+            at(r.start_ns)
+        );
+        return if seen {
             (
                 "stale-read",
-                format!(
-                    "process {} wrote {} (acknowledged at {:.3} s); process {} then read {} \
-                     (at {:.3} s), an older value, though other reads saw the write",
-                    w.process,
-                    show(w.value),
-                    w.end_ns as f64 / 1e9,
-                    first.process,
-                    show(first.result),
-                    first.start_ns as f64 / 1e9
-                ),
+                format!("{what}, though other reads saw the write"),
             )
         } else {
             (
                 "lost-write",
-                format!(
-                    "process {} wrote {} (acknowledged at {:.3} s) and no later read saw it; \
-                     process {} read {} (at {:.3} s), an older value",
-                    w.process,
-                    show(w.value),
-                    w.end_ns as f64 / 1e9,
-                    first.process,
-                    show(first.result),
-                    first.start_ns as f64 / 1e9
-                ),
+                format!("{what}, and no read ever saw the write"),
             )
         };
     }

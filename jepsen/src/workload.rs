@@ -6,7 +6,8 @@
 //!   (nodes the membership nemesis never removes); writes are `node update --label-add`,
 //!   compare-and-set reads the node (linearizable) and updates it only at the version read, so
 //!   a success means the label still held the value read; reads are linearizable node
-//!   inspects. Each client moves to a new key every [`OPS_PER_KEY`] operations.
+//!   inspects. The clients all move to a new key every [`KEY_PERIOD`], each making at most
+//!   [`OPS_PER_KEY`] operations on it.
 //! * `services`: creates services with unique names, scales them (at the version read) and
 //!   removes them; the final check wants every acknowledged create present, every
 //!   acknowledged remove absent, and the replicas running.
@@ -23,8 +24,14 @@ use shoal_sim::rng::Rng;
 use crate::db::{call, CallError, Db, OP_TIMEOUT};
 use crate::history::{Op, Outcome};
 
-/// Operations one client makes on a key before it moves on to the next.
+/// Most operations one client makes on a key.
 pub const OPS_PER_KEY: u64 = 30;
+
+/// The register labels, spread over the key nodes (a node holds at most 64 labels).
+pub const KEY_SLOTS: u64 = 45;
+
+/// How long the clients work on one key before they all move on to the next.
+pub const KEY_PERIOD: Duration = Duration::from_secs(1);
 
 /// Register keys live on these nodes (1-based; fewer with fewer nodes).
 pub const KEY_NODES: usize = 3;
@@ -92,6 +99,18 @@ impl Target {
     fn next(&mut self) {
         self.node = self.node % self.n + 1;
     }
+
+    /// Moves on to the next node after an error that says this one cannot serve: down, not
+    /// a manager, or not answering in time.
+    fn after(&mut self, e: &CallError) {
+        let m = e.message();
+        if m.contains("not a swarm manager")
+            || m.contains("connect")
+            || outcome_of(e) == Outcome::Info
+        {
+            self.next();
+        }
+    }
 }
 
 fn outcome_of(e: &CallError) -> Outcome {
@@ -111,20 +130,37 @@ pub fn register_client(db: &Db, rec: &Recorder, process: u64, seed: u64, stop: &
     let mut target = Target { node: home, n };
     let key_nodes = KEY_NODES.min(n);
     let mut count = 0u64;
+    let (mut key_now, mut on_key) = (u64::MAX, 0u64);
     while !stop.load(Ordering::Relaxed) {
-        let k = count / OPS_PER_KEY;
+        // Every client works on the same key at the same time (the key changes every
+        // KEY_PERIOD), at most OPS_PER_KEY operations each, so that the keys' histories stay
+        // concurrent yet small enough to check.
+        let k = rec.start.elapsed().as_millis() as u64 / KEY_PERIOD.as_millis() as u64;
+        if k != key_now {
+            (key_now, on_key) = (k, 0);
+        }
+        if on_key >= OPS_PER_KEY {
+            let next = KEY_PERIOD * (k as u32 + 1);
+            std::thread::sleep(next.saturating_sub(rec.start.elapsed()).min(KEY_PERIOD));
+            continue;
+        }
+        on_key += 1;
         count += 1;
         if count.is_multiple_of(100) {
             target.node = home;
         }
-        let owner = 1 + (k as usize % key_nodes);
-        let key = format!("r{k}");
+        // A node holds at most 64 labels: the registers are KEY_SLOTS labels used in turn, a
+        // key's history going on where it left off KEY_SLOTS periods before.
+        let slot = k % KEY_SLOTS;
+        let owner = 1 + (slot as usize % key_nodes);
+        let key = format!("r{slot}");
         let f = match rng.below(10) {
             0..=3 => "read",
             4..=6 => "write",
             _ => "cas",
         };
-        let value = 1 + rng.below(5);
+        // Every write writes a value of its own, so that a read names the write it saw.
+        let value = (process + 1) * 1_000_000_000 + count;
         let node = target.node;
         let socket = db.node(node).socket();
         let start_ns = rec.now_ns();
@@ -187,13 +223,7 @@ pub fn register_client(db: &Db, rec: &Recorder, process: u64, seed: u64, stop: &
         if let Err(e) = result {
             op.outcome = outcome_of(&e);
             op.error = Some(e.message().to_string());
-            let m = e.message();
-            if m.contains("not a swarm manager")
-                || m.contains("connect")
-                || op.outcome == Outcome::Info
-            {
-                target.next();
-            }
+            target.after(&e);
         }
         rec.op(op);
         std::thread::sleep(Duration::from_millis(rng.below(20)));
@@ -282,13 +312,7 @@ pub fn services_client(db: &Db, rec: &Recorder, process: u64, seed: u64, stop: &
                 if f == "remove" && e.message().contains("not found") {
                     live.retain(|s| *s != name);
                 }
-                let m = e.message();
-                if m.contains("not a swarm manager")
-                    || m.contains("connect")
-                    || op.outcome == Outcome::Info
-                {
-                    target.next();
-                }
+                target.after(e);
             }
         }
         rec.op(op);

@@ -4,20 +4,14 @@
 
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn a_short_run_under_every_nemesis_is_valid_and_reported() {
     let jepsen = env!("CARGO_BIN_EXE_shoal-jepsen");
-    let shoal = std::path::Path::new(jepsen).parent().unwrap().join("shoal");
-    let root = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&root.stdout).trim() != "0" || !shoal.exists() {
-        assert!(
-            std::env::var("SHOAL_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "SHOAL_REQUIRE_NETNS=1 but not root, or {} missing",
-            shoal.display()
-        );
-        eprintln!("skipping the short Jepsen run: it needs root and the shoal binary");
+    let Some(shoal) = common::shoal_or_skip("the short Jepsen run") else {
         return;
-    }
+    };
     let store = tempfile::tempdir().unwrap();
     let out = Command::new(jepsen)
         .args([

@@ -3,23 +3,13 @@
 
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn three_agents_form_a_swarm_in_private_namespaces_and_leave_nothing() {
-    let shoal = std::path::Path::new(env!("CARGO_BIN_EXE_shoal-jepsen"))
-        .parent()
-        .unwrap()
-        .join("shoal");
-    let root = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&root.stdout).trim() != "0" || !shoal.exists() {
-        // CI runs as root with the workspace built; a developer without root is told why.
-        assert!(
-            std::env::var("SHOAL_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "SHOAL_REQUIRE_NETNS=1 but not root, or {} missing",
-            shoal.display()
-        );
-        eprintln!("skipping the test bed: it needs root and the shoal binary");
+    let Some(shoal) = common::shoal_or_skip("the test bed") else {
         return;
-    }
+    };
     let before = std::fs::read_dir("/run/netns")
         .map(|d| d.count())
         .unwrap_or(0);
