@@ -80,14 +80,17 @@ pub fn registers(ops: &[Op]) -> Verdict {
             ),
             failing_key: Some(name_of(key)),
         },
-        CheckResult::NotLinearizable { key, .. } => {
+        CheckResult::NotLinearizable { key, ops } => {
             let name = name_of(key);
             let key_ops: Vec<&Op> = reg
                 .iter()
                 .copied()
                 .filter(|o| o.key.as_deref() == Some(name.as_str()))
                 .collect();
-            let (anomaly, why) = name_anomaly(&key_ops);
+            let (anomaly, why) = match localize(&ops) {
+                Some(named) => named,
+                None => name_anomaly(&key_ops),
+            };
             Verdict {
                 checker: "linearizable-registers".into(),
                 valid: Validity::False,
@@ -96,6 +99,125 @@ pub fn registers(ops: &[Op]) -> Verdict {
                 failing_key: Some(name),
             }
         }
+    }
+}
+
+/// Finds where a non-linearizable key's history first goes wrong and what one change would
+/// explain it: the shortest prefix (by completion) with no linearization ends with the op that
+/// could not be placed. If the history up to it becomes linearizable when one acknowledged
+/// write before it is taken as never having happened, and no read ever saw that write, the
+/// write was lost (`lost-write`); if it becomes linearizable without that op, a read, the read
+/// was stale (`stale-read`).
+pub fn localize(ops: &[Operation]) -> Option<(&'static str, String)> {
+    let lin = |h: &[Operation]| {
+        matches!(
+            linearizability::check_with_budget(h, STEPS_PER_KEY / 10),
+            CheckResult::Linearizable
+        )
+    };
+    let mut done: Vec<&Operation> = ops.iter().filter(|o| o.ok.is_some()).collect();
+    done.sort_by_key(|o| o.end_ns);
+    let prefix = |n: usize| -> Vec<Operation> {
+        let cut = done[n - 1].end_ns;
+        let mut h: Vec<Operation> = done[..n].iter().map(|o| (*o).clone()).collect();
+        h.extend(
+            ops.iter()
+                .filter(|o| o.ok.is_none() && o.start_ns <= cut)
+                .cloned(),
+        );
+        h
+    };
+    if done.is_empty() || lin(&prefix(done.len())) {
+        return None;
+    }
+    // The shortest failing prefix: all shorter ones are linearizable.
+    let (mut lo, mut hi) = (1usize, done.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if lin(&prefix(mid)) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let culprit = done[lo - 1];
+    let failing = prefix(lo);
+    let show = |v: Option<u64>| v.map_or("nothing".to_string(), |v| v.to_string());
+    let at = |ns: u64| ns as f64 / 1e9;
+    // The latest acknowledged writes before the culprit, newest first.
+    let mut writes: Vec<usize> = (0..failing.len())
+        .filter(|&i| {
+            let o = &failing[i];
+            o.op != OpKind::Get && o.ok == Some(true) && o.end_ns < culprit.start_ns
+        })
+        .collect();
+    writes.sort_by_key(|&i| std::cmp::Reverse(failing[i].end_ns));
+    writes.truncate(50);
+    for i in writes {
+        let w = &failing[i];
+        let seen = w.value.is_some()
+            && ops.iter().any(|o| {
+                (o.op == OpKind::Get && o.result == w.value)
+                    || (o.op == OpKind::Cas && o.expected == w.value)
+            });
+        if seen {
+            continue;
+        }
+        let mut h = failing.clone();
+        h[i].ok = None;
+        h[i].end_ns = u64::MAX;
+        if lin(&h) {
+            return Some((
+                "lost-write",
+                format!(
+                    "process {} wrote {} (acknowledged at {:.3} s) and no read ever saw it; \
+                     process {} {} at {:.3} s, which only fits if that write never happened",
+                    w.client,
+                    show(w.value),
+                    at(w.end_ns),
+                    culprit.client,
+                    describe(culprit),
+                    at(culprit.start_ns)
+                ),
+            ));
+        }
+    }
+    if culprit.op == OpKind::Get {
+        let without: Vec<Operation> = failing
+            .iter()
+            .filter(|o| **o != *culprit)
+            .cloned()
+            .collect();
+        if lin(&without) {
+            return Some((
+                "stale-read",
+                format!(
+                    "process {} read {} at {:.3} s: a value no order of the operations allows \
+                     then (older than a write acknowledged before the read began)",
+                    culprit.client,
+                    show(culprit.result),
+                    at(culprit.start_ns)
+                ),
+            ));
+        }
+    }
+    Some((
+        "nonlinearizable",
+        format!(
+            "no order explains process {}'s {} at {:.3} s",
+            culprit.client,
+            describe(culprit),
+            at(culprit.start_ns)
+        ),
+    ))
+}
+
+fn describe(o: &Operation) -> String {
+    let show = |v: Option<u64>| v.map_or("nothing".to_string(), |v| v.to_string());
+    match o.op {
+        OpKind::Get => format!("read of {}", show(o.result)),
+        OpKind::Put => format!("write of {}", show(o.value)),
+        OpKind::Cas => format!("compare-and-set {} to {}", show(o.expected), show(o.value)),
     }
 }
 

@@ -154,6 +154,37 @@ fn default_shoal() -> PathBuf {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Re-checks the registers of a saved run: `shoal-jepsen check RUN_DIR`.
+    if args.first().map(String::as_str) == Some("check") {
+        let Some(dir) = args.get(1) else {
+            eprintln!("usage: shoal-jepsen check RUN_DIR");
+            return ExitCode::from(2);
+        };
+        let text = match std::fs::read_to_string(std::path::Path::new(dir).join("history.jsonl")) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("shoal-jepsen: {dir}/history.jsonl: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let ops: Vec<shoal_jepsen::history::Op> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<shoal_jepsen::history::Record>(l).ok())
+            .filter_map(|r| match r {
+                shoal_jepsen::history::Record::Op(o) => Some(o),
+                _ => None,
+            })
+            .collect();
+        let v = shoal_jepsen::checker::registers(&ops);
+        println!(
+            "{} {:?} {} {}",
+            v.checker,
+            v.valid,
+            v.anomaly.unwrap_or_default(),
+            v.detail
+        );
+        return ExitCode::from(v.valid.exit_code());
+    }
     // The packet-fault server, started by the suite inside a node's namespace.
     if args.first().map(String::as_str) == Some("__netem") {
         let served = shoal_jepsen::netem::Spec::parse(&args[1..])
