@@ -809,10 +809,14 @@ impl Driver {
                         *self.state.write().expect("state") = restored;
                         self.refresh_addrs();
                     }
-                    Effect::SnapshotWanted { .. } => {
+                    Effect::SnapshotWanted { applied } => {
+                        // The state as of the effects handled so far is the state at `applied`
+                        // (the core's applied index when it asked). The core may have applied
+                        // more since, in effects further down this list: labelling the snapshot
+                        // with that later index would leave those entries out of it for good
+                        // (a restart from it, or a follower sent it, would miss them).
                         let data = self.state.read().expect("state").snapshot();
-                        let index = self.node.applied_index();
-                        if let Err(e) = self.node.snapshot_taken(index, data) {
+                        if let Err(e) = self.node.snapshot_taken(applied, data) {
                             tracing::debug!("snapshot not taken: {e}");
                         }
                     }
