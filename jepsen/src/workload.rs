@@ -113,6 +113,24 @@ impl Target {
     }
 }
 
+/// An operation just invoked on `key`: ok until its answer says otherwise.
+fn begun(process: u64, workload: &str, f: &str, key: String, node: usize, start_ns: u64) -> Op {
+    Op {
+        process,
+        workload: workload.into(),
+        f: f.into(),
+        key: Some(key),
+        value: None,
+        expected: None,
+        result: None,
+        node,
+        start_ns,
+        end_ns: 0,
+        outcome: Outcome::Ok,
+        error: None,
+    }
+}
+
 fn outcome_of(e: &CallError) -> Outcome {
     match e {
         CallError::Fail(_) => Outcome::Fail,
@@ -164,20 +182,14 @@ pub fn register_client(db: &Db, rec: &Recorder, process: u64, seed: u64, stop: &
         let node = target.node;
         let socket = db.node(node).socket();
         let start_ns = rec.now_ns();
-        let mut op = Op {
+        let mut op = begun(
             process,
-            workload: "register".into(),
-            f: f.into(),
-            key: Some(format!("n{owner}/{key}")),
-            value: None,
-            expected: None,
-            result: None,
+            "register",
+            f,
+            format!("n{owner}/{key}"),
             node,
             start_ns,
-            end_ns: 0,
-            outcome: Outcome::Ok,
-            error: None,
-        };
+        );
         let node_path = format!("/v1/nodes/n{owner}");
         let update_path = format!("/v1/nodes/n{owner}/update");
         let read = |socket: &std::path::Path| -> Result<(u64, Option<u64>), CallError> {
@@ -258,20 +270,8 @@ pub fn services_client(db: &Db, rec: &Recorder, process: u64, seed: u64, stop: &
                 rng.below(4),
             ),
         };
-        let mut op = Op {
-            process,
-            workload: "services".into(),
-            f: f.into(),
-            key: Some(name.clone()),
-            value: (f != "remove").then_some(replicas),
-            expected: None,
-            result: None,
-            node,
-            start_ns,
-            end_ns: 0,
-            outcome: Outcome::Ok,
-            error: None,
-        };
+        let mut op = begun(process, "services", f, name.clone(), node, start_ns);
+        op.value = (f != "remove").then_some(replicas);
         let result: Result<(), CallError> = match f {
             "create" => {
                 let spec = service_spec(&name, replicas);
