@@ -209,14 +209,14 @@ impl Node {
     }
 
     fn info(&self) -> Option<InfoView> {
-        match client::call(&self.socket(), "GET", "/v1/info", None) {
+        match client::call(self.socket(), "GET", "/v1/info", None) {
             Ok(Response::Info(i)) => Some(i),
             _ => None,
         }
     }
 
     fn nodes(&self) -> Option<Vec<NodeView>> {
-        match client::call(&self.socket(), "GET", "/v1/nodes", None) {
+        match client::call(self.socket(), "GET", "/v1/nodes", None) {
             Ok(Response::Nodes { nodes, .. }) => Some(nodes),
             _ => None,
         }
@@ -228,7 +228,7 @@ impl Node {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Response, String> {
-        match client::call(&self.socket(), method, path, body.as_ref()) {
+        match client::call(self.socket(), method, path, body.as_ref()) {
             Ok(Response::Error { message }) => Err(format!("{}: {message}", self.name)),
             Ok(r) => Ok(r),
             Err(e) => Err(format!("{}: {e}", self.name)),
@@ -848,7 +848,7 @@ fn print_counters(c: &Cluster, i: usize, when: &str) {
         "shoal_swim_refutations_total",
         "shoal_swim_members{state=\"alive\"}",
     ];
-    let Ok(r) = client::exchange(&c.nodes[i].socket(), "GET", "/metrics", None) else {
+    let Ok(r) = client::exchange(c.nodes[i].socket(), "GET", "/metrics", None) else {
         return;
     };
     let text = String::from_utf8_lossy(&r.body);

@@ -347,7 +347,7 @@ impl Node {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Response, String> {
-        match client::call(&self.socket(), method, path, body.as_ref()) {
+        match client::call(self.socket(), method, path, body.as_ref()) {
             Ok(Response::Error { message }) => Err(format!("{}: {message}", self.name)),
             Ok(r) => Ok(r),
             Err(e) => Err(format!("{}: {e}", self.name)),
@@ -356,7 +356,7 @@ impl Node {
 
     fn answers(&self) -> bool {
         matches!(
-            client::call(&self.socket(), "GET", "/v1/info", None),
+            client::call(self.socket(), "GET", "/v1/info", None),
             Ok(Response::Info(_))
         )
     }
@@ -522,7 +522,7 @@ fn wait_ready(c: &Cluster, count: usize, every: Duration) -> Option<()> {
 
 /// Node `i`'s Raft term and the leader it names (hostname), from its own API.
 fn term_and_leader(c: &Cluster, i: usize) -> (u64, String) {
-    let info = match client::call(&c.nodes[i].socket(), "GET", "/v1/info", None) {
+    let info = match client::call(c.nodes[i].socket(), "GET", "/v1/info", None) {
         Ok(Response::Info(info)) => info,
         _ => return (0, String::new()),
     };

@@ -999,6 +999,15 @@ impl Member {
         }
     }
 
+    /// The certificate this node presents and the cluster CA certificate (DER), for the TLS of
+    /// the control API on TCP.
+    pub(crate) fn tls_identity(&self) -> (NodeIdentity, Vec<u8>) {
+        (
+            self.identity.lock().expect("identity").clone(),
+            self.ca_der.clone(),
+        )
+    }
+
     /// A linearizable read barrier on this node's replica (it must lead).
     pub(crate) async fn read_barrier(&self) -> Result<(), String> {
         let h = self.raft().ok_or("this node is not a manager")?;

@@ -21,6 +21,9 @@
 //! | `POST /v1/nodes/{node}/demote` | [`Request::NodeDemote`] |
 //! | `DELETE /v1/nodes/{node}?force=true` | [`Request::NodeRemove`] |
 //! | `POST /v1/nodes/{node}/update` body [`NodeUpdateRequest`] | [`Request::NodeUpdate`] |
+//! | `POST /v1/swarm/ca/client-certs` body `{"name":…, "read_only":bool, "csr":hex, "expiry_secs":…}` | [`Request::ClientCertIssue`] |
+//! | `GET /v1/swarm/ca/client-certs` | [`Request::ClientCertList`] |
+//! | `DELETE /v1/swarm/ca/client-certs/{name}` | [`Request::ClientCertRemove`] |
 //! | `POST /v1/test/clock` body `{"offset_ms":…, "rate":…}` (only with `SHOAL_TEST_HOOKS=1`) | [`crate::test_clock`] |
 
 use std::collections::BTreeMap;
@@ -199,6 +202,25 @@ pub enum Request {
         /// Secret or config.
         kind: shoal_cluster::SecretKind,
         /// Id, id prefix or name.
+        name: String,
+    },
+    /// `swarm ca client-cert`: an operator certificate for a signing request the CLI made (the
+    /// operator's key never leaves the operator's machine).
+    ClientCertIssue {
+        /// The operator (the certificate's CN).
+        name: String,
+        /// List and inspect only.
+        read_only: bool,
+        /// The PKCS#10 request, DER as hex.
+        csr: String,
+        /// Validity, in seconds.
+        expiry_secs: u64,
+    },
+    /// `swarm ca client-cert ls`.
+    ClientCertList,
+    /// `swarm ca client-cert rm NAME`: the operator's certificates are refused from now on.
+    ClientCertRemove {
+        /// The operator.
         name: String,
     },
 }
@@ -440,6 +462,20 @@ pub enum Response {
         key: String,
         /// Whether the swarm's settings just changed (autolock turned on).
         updated: bool,
+    },
+    /// `swarm ca client-cert`: the new certificate, and the CA that verifies the agents.
+    ClientCert {
+        /// The operator certificate, PEM.
+        cert_pem: String,
+        /// The cluster CA certificate, PEM.
+        ca_pem: String,
+        /// As recorded in the cluster.
+        operator: shoal_cluster::Operator,
+    },
+    /// `swarm ca client-cert ls`.
+    ClientCerts {
+        /// By name, then expiry.
+        certs: Vec<shoal_cluster::Operator>,
     },
 }
 

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::json;
 use shoal_cluster::{parse_label, validate_label, Availability, Role};
 
@@ -18,6 +18,7 @@ use crate::api::{NodeUpdateRequest, NodeView, Response};
 use crate::client::{self, encode_segment};
 use crate::format;
 
+pub mod context;
 pub mod secret;
 pub mod service;
 pub mod stack;
@@ -29,28 +30,45 @@ pub const SOCKET_NAME: &str = "shoal.sock";
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, propagate_version = true)]
 pub struct Cli {
-    /// The agent to talk to: unix:///path/to/shoal.sock [default: <DATA_DIR>/shoal.sock]
+    /// The agent to talk to: unix:///path/to/shoal.sock, or tcp://HOST:PORT (an agent's
+    /// --api-addr, with --tls-dir) [default: the current context, else <DATA_DIR>/shoal.sock]
     #[arg(
         short = 'H',
         long = "host",
         env = "SHOAL_HOST",
         global = true,
-        value_name = "unix:///PATH"
+        value_name = "URL"
     )]
     pub host: Option<String>,
 
-    /// The agent's state directory (Raft log, certificates, control socket)
-    #[arg(
-        long,
-        env = "SHOAL_DATA_DIR",
-        global = true,
-        default_value = "/var/lib/shoal"
-    )]
-    pub data_dir: PathBuf,
+    /// The context to use (`shoal context ls`) instead of the current one
+    #[arg(long, env = "SHOAL_CONTEXT", global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// For a tcp:// --host: the directory with ca.pem, cert.pem and key.pem
+    #[arg(long, env = "SHOAL_TLS_DIR", global = true, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// The agent's state directory (Raft log, certificates, control socket); given, the CLI
+    /// talks to that agent rather than the current context [default: /var/lib/shoal]
+    #[arg(long, env = "SHOAL_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where an agent keeps its state unless `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
+
+impl Cli {
+    /// The data directory: `--data-dir` (or `SHOAL_DATA_DIR`), else [`DEFAULT_DATA_DIR`].
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
 }
 
 /// The commands.
@@ -94,6 +112,17 @@ pub enum Command {
         #[command(subcommand)]
         cmd: secret::SecretCmd,
     },
+    /// Manage contexts: the agents this CLI talks to (create, ls, use, show, rm)
+    Context {
+        /// The context command.
+        #[command(subcommand)]
+        cmd: context::ContextCmd,
+    },
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Show what the agent knows about itself and its swarm
     Info {
         /// Output format: text (docker info's Swarm section) or json
@@ -131,6 +160,17 @@ pub struct AgentArgs {
     /// [default: only on the control socket]
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Also serve the control API on this TCP address with mutual TLS, for operators'
+    /// certificates (`shoal swarm ca client-cert`), e.g. 0.0.0.0:2376 [default: only the socket]
+    #[arg(long, value_name = "ADDR")]
+    pub api_addr: Option<SocketAddr>,
+
+    /// Serve the live cluster view (a web page) on this TCP address, e.g. 127.0.0.1:8080:
+    /// plain HTTP on loopback, else only to operator certificates (as --api-addr)
+    /// [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub web_addr: Option<SocketAddr>,
 
     /// The IP the routing mesh's ingress ports listen on [default: the advertised address's]
     #[arg(long, value_name = "IP")]
@@ -215,6 +255,92 @@ pub enum SwarmCmd {
     },
     /// Unlock this restarted manager (the key is read from standard input)
     Unlock,
+    /// Manage the swarm's certificate authority: operators' client certificates
+    Ca {
+        /// The CA command.
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+/// `shoal swarm ca …`.
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Issue, list or remove operators' client certificates (for `shoal agent --api-addr`)
+    #[command(name = "client-cert", args_conflicts_with_subcommands = true)]
+    ClientCert {
+        /// ls or rm; none: issue a certificate
+        #[command(subcommand)]
+        cmd: Option<ClientCertCmd>,
+        /// Issue: the options.
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
+}
+
+/// `shoal swarm ca client-cert --name … --out …`.
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// The operator's name (the certificate's CN)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The directory to write ca.pem, cert.pem and key.pem to (created, mode 0700)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// admin (everything) or read-only (list and inspect)
+    #[arg(long, default_value = "admin", value_parser = ["admin", "read-only"])]
+    pub role: String,
+    /// How long the certificate is valid: 30d, 12h, 90m, 3600s (at most 365d)
+    #[arg(long, default_value = "30d")]
+    pub expiry: String,
+}
+
+/// `shoal swarm ca client-cert ls|rm`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCertCmd {
+    /// List the client certificates in force
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove an operator's client certificates: refused from the next request on
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The operators' names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `30d`, `12h`, `90m`, `3600s` (or bare seconds) as seconds.
+pub fn parse_expiry(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid expiry {text:?}: expected a number and d, h, m or s"))?;
+    let unit = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("invalid expiry {text:?}: the unit is d, h, m or s")),
+    };
+    let secs = n
+        .checked_mul(unit)
+        .ok_or_else(|| format!("invalid expiry {text:?}: too long"))?;
+    let (min, max) = (
+        crate::remote::MIN_CLIENT_CERT_SECS,
+        crate::remote::MAX_CLIENT_CERT_SECS,
+    );
+    if !(min..=max).contains(&secs) {
+        return Err(format!(
+            "invalid expiry {text:?}: between {min}s and {}d",
+            max / 86_400
+        ));
+    }
+    Ok(secs)
 }
 
 /// What `swarm init --autolock`, `swarm update --autolock=true` and `swarm unlock-key` say.
@@ -250,7 +376,9 @@ pub enum NodeCmd {
         /// Only print ids
         #[arg(short)]
         quiet: bool,
-        /// Output format: table or json (one object per line)
+        /// Output format: table, json (one object per line), or a template such as
+        /// '{{.ID}} {{.Hostname}}' (fields ID, Hostname, Status, Availability, ManagerStatus,
+        /// EngineVersion, Self; `table …` adds a header)
         #[arg(long)]
         format: Option<String>,
         /// Filter: role=manager|worker, name=…, id=…, label=KEY[=VALUE] (repeatable)
@@ -313,17 +441,28 @@ pub enum NodeCmd {
     },
 }
 
-/// The control socket to use: `-H unix:///path` (or a bare absolute path), else
-/// `<data-dir>/shoal.sock`.
-pub fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
-    let Some(host) = &cli.host else {
-        return Ok(cli.data_dir.join(SOCKET_NAME));
-    };
-    let path = host.strip_prefix("unix://").unwrap_or(host);
-    if path.starts_with('/') && path.len() > 1 {
-        Ok(PathBuf::from(path))
-    } else {
-        Err(format!("unsupported host {host:?}: expected unix:///path"))
+/// The agent to talk to: `-H` (a socket, or tcp:// with `--tls-dir`), else `--context`, else
+/// `--data-dir`'s socket if given, else the current context, else `/var/lib/shoal/shoal.sock`.
+pub fn endpoint(cli: &Cli) -> Result<client::Endpoint, String> {
+    match (&cli.host, &cli.context) {
+        (Some(_), Some(_)) => Err(
+            "conflicting options: either --host (SHOAL_HOST) or --context (SHOAL_CONTEXT), not both"
+                .into(),
+        ),
+        (Some(host), None) => context::host_endpoint(host, cli.tls_dir.as_deref()),
+        (None, Some(name)) => context::Store::open()?.endpoint(name, &cli.data_dir()),
+        // An agent named by its data directory is that agent, whatever the current context.
+        (None, None) if cli.data_dir.is_some() => {
+            Ok(client::Endpoint::Unix(cli.data_dir().join(SOCKET_NAME)))
+        }
+        (None, None) => {
+            let Ok(store) = context::Store::open() else {
+                // No home directory: only the local agent.
+                return Ok(client::Endpoint::Unix(cli.data_dir().join(SOCKET_NAME)));
+            };
+            let current = store.current()?;
+            store.endpoint(&current, &cli.data_dir())
+        }
     }
 }
 
@@ -354,8 +493,24 @@ pub fn run_with(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         ));
         return 2;
     }
-    let result = socket_path(cli).and_then(|socket| {
-        let agent = Agent { socket };
+    // Commands that need no agent.
+    match &cli.command {
+        Command::Context { cmd } => {
+            if let Err(e) = context::context(cli, cmd, &mut ui) {
+                ui.error(&e);
+            }
+            return i32::from(ui.failed);
+        }
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "shoal", &mut script);
+            ui.print(&String::from_utf8_lossy(&script));
+            return i32::from(ui.failed);
+        }
+        _ => {}
+    }
+    let result = endpoint(cli).and_then(|endpoint| {
+        let agent = Agent { endpoint };
         match &cli.command {
             Command::Swarm { cmd } => swarm(&agent, cmd, &mut ui),
             Command::Node { cmd } => node(&agent, cmd, &mut ui),
@@ -368,7 +523,10 @@ pub fn run_with(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                 secret::secret(&agent, shoal_cluster::SecretKind::Config, cmd, &mut ui)
             }
             Command::Info { format } => info(&agent, format.as_deref(), &mut ui),
-            Command::Agent(_) | Command::Demo(_) => Ok(()),
+            Command::Agent(_)
+            | Command::Demo(_)
+            | Command::Context { .. }
+            | Command::Completion { .. } => Ok(()),
         }
     });
     if let Err(e) = result {
@@ -446,9 +604,9 @@ fn clean_text(text: &str) -> String {
         .collect()
 }
 
-/// The agent at a socket.
+/// The agent the CLI talks to.
 struct Agent {
-    socket: PathBuf,
+    endpoint: client::Endpoint,
 }
 
 impl Agent {
@@ -459,7 +617,7 @@ impl Agent {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, String> {
-        match client::call(&self.socket, method, path, body) {
+        match client::call(&self.endpoint, method, path, body) {
             Ok(Response::Error { message }) if message.trim().is_empty() => {
                 Err("the agent refused the request without giving a reason".into())
             }
@@ -510,6 +668,8 @@ fn unexpected(wanted: &str, got: &Response) -> String {
         Response::Error { .. } => "an error",
         Response::Secrets { .. } => "a secret or config list",
         Response::UnlockKey { .. } => "an unlock key",
+        Response::ClientCert { .. } => "a client certificate",
+        Response::ClientCerts { .. } => "a client certificate list",
     };
     format!("unexpected answer from the agent: expected {wanted}, got {kind}")
 }
@@ -661,6 +821,92 @@ fn swarm(agent: &Agent, cmd: &SwarmCmd, ui: &mut Ui<'_>) -> Result<(), String> {
             let message = agent.ok("POST", &path, None)?;
             ui.print(&message);
         }
+        SwarmCmd::Ca {
+            cmd: CaCmd::ClientCert { cmd, issue },
+        } => client_cert(agent, cmd.as_ref(), issue, ui)?,
+    }
+    Ok(())
+}
+
+/// `swarm ca client-cert [ls|rm]`.
+fn client_cert(
+    agent: &Agent,
+    cmd: Option<&ClientCertCmd>,
+    issue: &IssueArgs,
+    ui: &mut Ui<'_>,
+) -> Result<(), String> {
+    match cmd {
+        Some(ClientCertCmd::Ls) => {
+            let certs = match agent.call("GET", "/v1/swarm/ca/client-certs", None)? {
+                Response::ClientCerts { certs } => certs,
+                other => return Err(unexpected("a client certificate list", &other)),
+            };
+            ui.print(&format::client_cert_table(&certs));
+        }
+        Some(ClientCertCmd::Rm { names }) => {
+            let mut failed = Vec::new();
+            for name in names {
+                let path = format!("/v1/swarm/ca/client-certs/{}", encode_segment(name));
+                match agent.ok("DELETE", &path, None) {
+                    Ok(_) => ui.print(name),
+                    Err(e) => failed.push(e),
+                }
+            }
+            if !failed.is_empty() {
+                return Err(failed.join("; "));
+            }
+        }
+        None => {
+            let name = issue
+                .name
+                .as_deref()
+                .ok_or("--name is required (the operator's name)")?;
+            let out = issue
+                .out
+                .as_deref()
+                .ok_or("--out is required (the directory for the certificate and key)")?;
+            shoal_cluster::validate_operator_name(name).map_err(|e| e.to_string())?;
+            let expiry_secs = parse_expiry(&issue.expiry)?;
+            let key_path = out.join("key.pem");
+            if key_path.exists() {
+                return Err(format!(
+                    "{} exists: give another --out directory",
+                    key_path.display()
+                ));
+            }
+            // The key is made here and never sent: the manager signs a request for it.
+            let key = shoal_transport::pki::NodeKey::generate().map_err(|e| e.to_string())?;
+            let csr = key.operator_csr_der(name).map_err(|e| e.to_string())?;
+            let body = json!({
+                "name": name,
+                "read_only": issue.role == "read-only",
+                "csr": crate::remote::encode_hex(&csr),
+                "expiry_secs": expiry_secs,
+            });
+            let (cert_pem, ca_pem, operator) =
+                match agent.call("POST", "/v1/swarm/ca/client-certs", Some(&body))? {
+                    Response::ClientCert {
+                        cert_pem,
+                        ca_pem,
+                        operator,
+                    } => (cert_pem, ca_pem, operator),
+                    other => return Err(unexpected("a client certificate", &other)),
+                };
+            context::create_private_dir(out)?;
+            context::write_file(&key_path, key.to_pem().as_bytes(), 0o600)?;
+            context::write_file(&out.join("cert.pem"), cert_pem.as_bytes(), 0o644)?;
+            context::write_file(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
+            ui.print(&format!(
+                "Client certificate for {} ({}, serial {}, valid until {}) written to {}: ca.pem, cert.pem, key.pem.\n\
+                 To use it: shoal context create NAME --host tcp://MANAGER:PORT --tls-dir {}",
+                operator.name,
+                if operator.read_only { "read-only" } else { "admin" },
+                operator.serial,
+                format::rfc3339_utc(operator.not_after_ms),
+                out.display(),
+                out.display(),
+            ));
+        }
     }
     Ok(())
 }
@@ -679,15 +925,9 @@ fn node(agent: &Agent, cmd: &NodeCmd, ui: &mut Ui<'_>) -> Result<(), String> {
             filters,
             stale,
         } => {
-            let json = match format.as_deref() {
-                None | Some("table") => false,
-                Some("json") => true,
-                Some(other) => {
-                    return Err(format!(
-                        "unsupported format {other:?}: expected table or json"
-                    ))
-                }
-            };
+            let json = format.as_deref() == Some("json");
+            service::check_format(format.as_deref())?;
+            let template = service::custom(format.as_deref()).filter(|_| !json);
             // Check the filters before asking anything.
             format::filter_nodes(Vec::new(), filters)?;
             let path = with_flag("/v1/nodes".into(), "stale", *stale);
@@ -700,6 +940,8 @@ fn node(agent: &Agent, cmd: &NodeCmd, ui: &mut Ui<'_>) -> Result<(), String> {
                 format::nodes_json(&self_id, &nodes)
             } else if *quiet {
                 format::node_ids(&nodes)
+            } else if let Some(t) = template {
+                format::nodes_template(t, &self_id, &nodes)?
             } else {
                 format::node_table(&self_id, &nodes)
             };
@@ -981,37 +1223,59 @@ mod tests {
     fn host_forms() {
         let cli = |host: Option<&str>| Cli {
             host: host.map(str::to_string),
-            data_dir: PathBuf::from("/srv/shoal"),
+            context: None,
+            tls_dir: None,
+            data_dir: Some(PathBuf::from("/srv/shoal")),
             command: Command::Info { format: None },
         };
+        let unix = |c: &Cli| match endpoint(c) {
+            Ok(client::Endpoint::Unix(p)) => Ok(p),
+            Ok(other) => Err(format!("not a socket: {other}")),
+            Err(e) => Err(e),
+        };
         assert_eq!(
-            socket_path(&cli(None)).unwrap(),
-            PathBuf::from("/srv/shoal/shoal.sock")
-        );
-        assert_eq!(
-            socket_path(&cli(Some("unix:///run/a.sock"))).unwrap(),
+            unix(&cli(Some("unix:///run/a.sock"))).unwrap(),
             PathBuf::from("/run/a.sock")
         );
         assert_eq!(
-            socket_path(&cli(Some("/run/b.sock"))).unwrap(),
+            unix(&cli(Some("/run/b.sock"))).unwrap(),
             PathBuf::from("/run/b.sock")
         );
-        for bad in [
-            "tcp://127.0.0.1:2375",
-            "unix://relative.sock",
-            "unix://",
-            "x.sock",
-            "",
-        ] {
+        for bad in ["unix://relative.sock", "unix://", "x.sock", ""] {
             assert_eq!(
-                socket_path(&cli(Some(bad))).unwrap_err(),
-                format!("unsupported host {bad:?}: expected unix:///path"),
+                unix(&cli(Some(bad))).unwrap_err(),
+                format!("unsupported host {bad:?}: expected unix:///path or tcp://host:port"),
             );
         }
+        assert!(unix(&cli(Some("tcp://127.0.0.1:2375")))
+            .unwrap_err()
+            .contains("--tls-dir"));
+        let mut both = cli(Some("/run/a.sock"));
+        both.context = Some("prod".into());
+        assert!(endpoint(&both).unwrap_err().contains("conflicting options"));
         let parsed = parse(&["shoal", "node", "ls", "-H", "unix:///tmp/x.sock"]);
         assert_eq!(parsed.host.as_deref(), Some("unix:///tmp/x.sock"));
         let parsed = parse(&["shoal", "--data-dir", "/d", "info"]);
-        assert_eq!(parsed.data_dir, PathBuf::from("/d"));
+        assert_eq!(parsed.data_dir(), PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn expiry_forms() {
+        assert_eq!(parse_expiry("30d").unwrap(), 30 * 86_400);
+        assert_eq!(parse_expiry("12h").unwrap(), 12 * 3_600);
+        assert_eq!(parse_expiry("90m").unwrap(), 5_400);
+        assert_eq!(parse_expiry("3600").unwrap(), 3_600);
+        for bad in [
+            "",
+            "d",
+            "10x",
+            "59s",
+            "366d",
+            "99999999999999999999d",
+            "-1d",
+        ] {
+            assert!(parse_expiry(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -1470,6 +1734,57 @@ mod tests {
             "{}",
             lines[2]
         );
+
+        // --format: docker's field names, templates and `table`.
+        let (code, out, _, _) = run_against(
+            &[
+                "service",
+                "ps",
+                "web",
+                "--format",
+                "{{.ID}} {{.Name}} {{.DesiredState}}",
+            ],
+            vec![(200, serde_json::json!({"result": "tasks", "tasks": tasks}))],
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                0,
+                "aaaaaaaaaaaa web.1 Running\nbbbbbbbbbbbb web.1 Shutdown\n"
+            )
+        );
+        let (code, out, _, _) = run_against(
+            &[
+                "service",
+                "ls",
+                "--format",
+                "table {{.Name}}\t{{.Replicas}}",
+            ],
+            vec![(
+                200,
+                serde_json::json!({"result": "services", "services": [view]}),
+            )],
+        );
+        assert_eq!((code, out.as_str()), (0, "NAME   REPLICAS\nweb    1/2\n"));
+        // A bad template is refused before anything is asked.
+        let (code, _, err, seen) =
+            run_against(&["service", "ls", "--format", "{{.Nope"], Vec::new());
+        assert_eq!(code, 1);
+        assert!(err.contains("unclosed action"), "{err}");
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn completion_scripts() {
+        for shell in ["bash", "zsh", "fish"] {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = run_with(&parse(&["shoal", "completion", shell]), &mut out, &mut err);
+            let script = String::from_utf8(out).unwrap();
+            assert_eq!(code, 0, "{shell}");
+            for word in ["swarm", "service", "context", "format"] {
+                assert!(script.contains(word), "{shell}: {word}");
+            }
+        }
     }
 
     #[test]
@@ -1496,8 +1811,8 @@ mod tests {
                 "invalid label empty key",
             ),
             (
-                &["node", "ls", "--format", "{{.ID}}"],
-                "unsupported format \"{{.ID}}\": expected table or json",
+                &["node", "ls", "--format", "{{.ID"],
+                "template: unclosed action in \"{{.ID\"",
             ),
             (&["node", "ls", "-f", "xyz=1"], "invalid filter 'xyz'"),
             (
@@ -1535,7 +1850,7 @@ mod tests {
         assert_eq!(code, 1);
         assert_eq!(
             String::from_utf8(err).unwrap(),
-            "Error: unsupported host \"tcp://x\": expected unix:///path\n"
+            "Error: invalid host \"tcp://x\": the port is missing\n"
         );
     }
 

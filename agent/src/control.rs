@@ -52,6 +52,12 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     }
+    axum::serve(listener, router(agent)).await?;
+    Ok(())
+}
+
+/// Every route of the control API, on `agent` (the Unix socket and `--api-addr` serve the same).
+pub fn router(agent: Arc<Agent>) -> Router {
     let app = Router::new()
         .route("/v1/info", get(info))
         .route("/v1/swarm/init", post(init))
@@ -112,14 +118,21 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
                 },
             ),
         )
+        .route(
+            "/v1/swarm/ca/client-certs",
+            get(client_cert_list).post(client_cert_issue),
+        )
+        .route(
+            "/v1/swarm/ca/client-certs/{name}",
+            delete(client_cert_remove),
+        )
         .route("/metrics", get(metrics));
     let app = if crate::test_clock::enabled() {
         app.route("/v1/test/clock", post(test_clock))
     } else {
         app
     };
-    axum::serve(listener, app.with_state(agent)).await?;
-    Ok(())
+    app.with_state(agent)
 }
 
 /// Serves `GET /metrics` only (nothing that reads or changes the cluster) on a TCP address, for
@@ -229,9 +242,47 @@ struct InitBody {
 }
 
 #[derive(Deserialize)]
+struct ClientCertBody {
+    name: String,
+    #[serde(default)]
+    read_only: bool,
+    csr: String,
+    expiry_secs: u64,
+}
+
+#[derive(Deserialize)]
 struct JoinBody {
     token: String,
     remote_addr: String,
+}
+
+async fn client_cert_list(AxState(a): Ax) -> axum::response::Response {
+    answer(&a, Request::ClientCertList).await
+}
+
+async fn client_cert_issue(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    Json(b): Json<ClientCertBody>,
+) -> axum::response::Response {
+    with_rid!(
+        a,
+        headers,
+        Request::ClientCertIssue {
+            name: b.name,
+            read_only: b.read_only,
+            csr: b.csr,
+            expiry_secs: b.expiry_secs,
+        }
+    )
+}
+
+async fn client_cert_remove(
+    AxState(a): Ax,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> axum::response::Response {
+    with_rid!(a, headers, Request::ClientCertRemove { name })
 }
 
 async fn info(AxState(a): Ax) -> axum::response::Response {
@@ -818,6 +869,7 @@ impl Member {
                     return crate::services::secret_created(h, *kind, &spec.name)
                 }
                 Request::SecretRemove { name, .. } => return Response::ok(name.clone()),
+                Request::ClientCertRemove { name } => return Response::ok(name.clone()),
                 _ => {}
             },
             None => {}
@@ -1009,6 +1061,9 @@ impl Member {
             | Request::SecretList { .. }
             | Request::SecretInspect { .. }
             | Request::SecretRemove { .. }) => self.on_leader_services(h, r, rid).await,
+            r @ (Request::ClientCertIssue { .. }
+            | Request::ClientCertList
+            | Request::ClientCertRemove { .. }) => self.on_leader_operators(h, r, rid).await,
         }
     }
 

@@ -177,7 +177,7 @@ fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Response, String> {
-    match client::call(&p.socket(), method, path, body.as_ref()) {
+    match client::call(p.socket(), method, path, body.as_ref()) {
         Ok(Response::Error { message }) => Err(message),
         Ok(r) => Ok(r),
         Err(e) => Err(e.to_string()),

@@ -5,6 +5,8 @@
 //! is shown with control characters replaced by `?`, so that a hostile name cannot drive the
 //! terminal.
 
+pub mod template;
+
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -164,16 +166,7 @@ struct NodeLine<'a> {
 /// `EngineVersion` and `Self` (true for the node that answered).
 pub fn nodes_json(self_id: &str, nodes: &[NodeView]) -> String {
     let mut out = String::new();
-    for n in sorted(nodes) {
-        let line = NodeLine {
-            id: &n.id,
-            hostname: &n.hostname,
-            status: &n.status,
-            availability: &n.availability,
-            manager_status: &n.manager_status,
-            engine_version: &n.engine_version,
-            is_self: !self_id.is_empty() && n.id == self_id,
-        };
+    for line in node_lines(self_id, nodes) {
         // Serializing plain strings and a bool cannot fail.
         if let Ok(json) = serde_json::to_string(&line) {
             out.push_str(&json);
@@ -181,6 +174,28 @@ pub fn nodes_json(self_id: &str, nodes: &[NodeView]) -> String {
         }
     }
     out
+}
+
+/// `node ls --format TEMPLATE`: the template applied to each node in table order (fields as
+/// in [`nodes_json`]).
+pub fn nodes_template(template: &str, self_id: &str, nodes: &[NodeView]) -> Result<String, String> {
+    template::render_rows(template, &node_lines(self_id, nodes))
+}
+
+/// The nodes in table order, with docker's field names.
+fn node_lines<'a>(self_id: &str, nodes: &'a [NodeView]) -> Vec<NodeLine<'a>> {
+    sorted(nodes)
+        .into_iter()
+        .map(|n| NodeLine {
+            id: &n.id,
+            hostname: &n.hostname,
+            status: &n.status,
+            availability: &n.availability,
+            manager_status: &n.manager_status,
+            engine_version: &n.engine_version,
+            is_self: !self_id.is_empty() && n.id == self_id,
+        })
+        .collect()
 }
 
 /// Parses `--filter` values and keeps the nodes that pass them all.
@@ -426,6 +441,21 @@ pub fn human_bytes(bytes: u64) -> String {
         text.truncate(trimmed);
     }
     format!("{text}{}", UNITS[unit])
+}
+
+/// `swarm ca client-cert ls`: one row per certificate in force.
+pub fn client_cert_table(certs: &[shoal_cluster::Operator]) -> String {
+    let mut rows: Vec<[Cow<'_, str>; 4]> =
+        vec![["NAME", "ACCESS", "SERIAL", "EXPIRES"].map(Cow::Borrowed)];
+    for c in certs {
+        rows.push([
+            clean(&c.name),
+            Cow::Borrowed(if c.read_only { "read-only" } else { "admin" }),
+            clean(&c.serial),
+            Cow::Owned(rfc3339_utc(c.not_after_ms)),
+        ]);
+    }
+    render_table(&rows)
 }
 
 /// Unix milliseconds as an RFC 3339 UTC timestamp with milliseconds:

@@ -98,7 +98,7 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
             a.listen
         ));
     }
-    let mut executors = match process_executor(&cli.data_dir) {
+    let mut executors = match process_executor(&cli.data_dir()) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
@@ -145,7 +145,7 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
                 opts.executors.engine_version()
             );
         }
-        let data = store::DataDir::open(&cli.data_dir)?;
+        let data = store::DataDir::open(&cli.data_dir())?;
         let socket = data.socket();
         let dns = match a.dns_addr {
             Some(addr) => Some(
@@ -181,9 +181,35 @@ fn run_agent(cli: &cli::Cli, a: &cli::AgentArgs) -> ExitCode {
                 None => std::future::pending().await,
             }
         };
+        let remote = async {
+            match a.api_addr {
+                Some(addr) => {
+                    eprintln!("shoal agent: control API with mutual TLS on tcp://{addr}");
+                    let app = control::router(agent.clone());
+                    shoal_agent::remote::serve_api(agent.clone(), addr, app).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let web = async {
+            match a.web_addr {
+                Some(addr) => {
+                    let scheme = if addr.ip().is_loopback() {
+                        "http"
+                    } else {
+                        "https"
+                    };
+                    eprintln!("shoal agent: cluster view on {scheme}://{addr}/");
+                    shoal_agent::web::serve(agent.clone(), addr).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = control::serve(agent.clone(), &socket) => r,
+            r = web => r.map_err(|e| e.context("--web-addr")),
             r = scrape => r.map_err(|e| e.context("--metrics-addr")),
+            r = remote => r.map_err(|e| e.context("--api-addr")),
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
         }

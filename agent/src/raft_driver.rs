@@ -513,6 +513,21 @@ impl Driver {
             }
             let now = (self.node.term(), self.node.role());
             if now != spanned {
+                // Leadership changes are what an operator (or a Jepsen finding) reads first.
+                let leader = shoal_raft::Role::Leader;
+                if now.1 == leader && spanned.1 != leader {
+                    tracing::info!(
+                        term = now.0,
+                        index = self.node.last_index(),
+                        "became the Raft leader"
+                    );
+                } else if spanned.1 == leader && now.1 != leader {
+                    tracing::info!(
+                        term = now.0,
+                        was = spanned.0,
+                        "stepped down as the Raft leader"
+                    );
+                }
                 span = self.span();
                 spanned = now;
             }

@@ -254,6 +254,21 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// `swarm ca client-cert`: an operator certificate was issued (recorded by serial, so that
+    /// it can be removed).
+    AddOperator {
+        /// The certificate.
+        operator: crate::operators::Operator,
+        /// When.
+        at_ms: u64,
+    },
+    /// `swarm ca client-cert rm NAME`: every certificate of that operator is refused from now.
+    RemoveOperator {
+        /// The operator.
+        name: String,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -338,7 +353,9 @@ impl Command {
             | Command::UpdateSettings { .. }
             | Command::CreateSecret { .. }
             | Command::RemoveSecret { .. }
-            | Command::SetUnlockKey { .. } => None,
+            | Command::SetUnlockKey { .. }
+            | Command::AddOperator { .. }
+            | Command::RemoveOperator { .. } => None,
         }
     }
 }

@@ -14,6 +14,7 @@ mod command;
 mod compat;
 mod error;
 mod ingress;
+mod operators;
 mod reconcile;
 mod secrets;
 mod service;
@@ -25,6 +26,7 @@ mod validate;
 pub use command::{Command, NodeUpdate, RequestId, MAX_BATCH, MAX_COMMAND_SIZE};
 pub use error::ClusterError;
 pub use ingress::{ingress_ports, ServiceEndpoints, TaskEndpoint, INGRESS_AUTO_PORTS};
+pub use operators::{validate_operator_name, Operator, MAX_OPERATORS, MAX_OPERATOR_NAME};
 pub use reconcile::{reconcile, Action, RaftView, Reconciliation};
 pub use secrets::{
     validate_refs, Secret, SecretId, SecretKind, SecretRef, SecretSpec, MAX_SECRETS,

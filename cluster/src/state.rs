@@ -14,7 +14,7 @@ use crate::types::{
 };
 
 /// Version byte in front of every snapshot (3: services, tasks and settings).
-pub const SNAPSHOT_VERSION: u8 = 9;
+pub const SNAPSHOT_VERSION: u8 = 10;
 
 /// Request ids remembered for retries (the oldest are forgotten first). A retry arrives within
 /// seconds; this many writes take far longer on any real cluster.
@@ -50,6 +50,8 @@ pub struct ClusterState {
     pub(crate) settings: Settings,
     /// Secrets and configs, by id.
     pub(crate) secrets: BTreeMap<crate::secrets::SecretId, crate::secrets::Secret>,
+    /// Operators' client certificates, by serial.
+    pub(crate) operators: BTreeMap<String, crate::operators::Operator>,
     /// Task ids per (service, slot) for replicated services and per (service, node) for global
     /// ones, oldest first (derived; rebuilt on restore).
     #[serde(skip)]
@@ -174,6 +176,9 @@ impl ClusterState {
 
     fn apply_one(&mut self, index: u64, cmd: &Command) -> Result<(), ClusterError> {
         if let Some(result) = self.apply_service_command(index, cmd) {
+            return result;
+        }
+        if let Some(result) = self.apply_operator_command(cmd) {
             return result;
         }
         let mut next = None;
@@ -368,6 +373,9 @@ impl ClusterState {
             | Command::RemoveSecret { .. } => {
                 unreachable!("service commands are applied by apply_service_command")
             }
+            Command::AddOperator { .. } | Command::RemoveOperator { .. } => {
+                unreachable!("operator commands are applied by apply_operator_command")
+            }
             Command::ForceNewCluster { survivor, at_ms } => {
                 self.initialized()?;
                 self.existing(*survivor)?;
@@ -429,12 +437,18 @@ impl ClusterState {
         }
         let (&version, body) = bytes.split_first().ok_or_else(|| err("empty".into()))?;
         let body: std::borrow::Cow<'_, [u8]> = match version {
-            SNAPSHOT_VERSION | 6 | 7 | 8 => body.into(),
-            // Version 5 is version 6 without the secrets, its last field: an empty map (a zero
-            // length) completes it, so that a cluster keeps its state across the upgrade.
-            5 => {
+            SNAPSHOT_VERSION => body.into(),
+            // Version 9 is version 10 without the operators, its last field, and version 5 is
+            // version 6 without the secrets, the field before: an empty map (a zero length) for
+            // each completes them, so that a cluster keeps its state across the upgrade.
+            6..=9 => {
                 let mut b = body.to_vec();
                 b.push(0);
+                b.into()
+            }
+            5 => {
+                let mut b = body.to_vec();
+                b.extend_from_slice(&[0, 0]);
                 b.into()
             }
             _ => return Err(err(format!("unknown version {version}"))),

@@ -368,6 +368,8 @@ fn version_7(s: &ClusterState) -> Vec<u8> {
     assert_eq!(empty[at], 0, "the empty key's length");
     let mut v7 = empty;
     v7.remove(at);
+    // Nor the operators map (version 10) at the end.
+    assert_eq!(v7.pop(), Some(0), "the empty operators map");
     v7[0] = 7;
     v7
 }

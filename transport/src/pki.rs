@@ -47,6 +47,9 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::AttributeTypeAndValue;
 
+mod operator;
+pub use operator::*;
+
 /// A node's identity in the cluster. Certificates show it as 16 lowercase hex digits.
 pub type NodeId = u64;
 
@@ -1266,25 +1269,46 @@ fn check_peer(
     Ok(())
 }
 
-/// Server side: verifies client certificates when presented (chain to the cluster CA, validity,
-/// cluster, denylist) but lets clients without a certificate finish the handshake.
+/// Which clients a server's verifier accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Clients {
+    /// Members (node certificates, not denied); clients without a certificate finish the
+    /// handshake too (joiners), and the application checks who may do what.
+    Nodes,
+    /// Operators of the control API on TCP: an operator certificate is required.
+    Operators,
+}
+
+/// Server side: verifies client certificates (chain to the cluster CA, validity, cluster, and
+/// what [`Clients`] says).
 #[derive(Debug)]
 struct ClusterClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     cluster_id: ClusterId,
     denylist: Denylist,
+    clients: Clients,
 }
 
 impl ClusterClientVerifier {
-    fn new(ca_der: &[u8], cluster_id: ClusterId, denylist: Denylist) -> Result<Self> {
-        let inner = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
-            .allow_unauthenticated()
+    fn new(
+        ca_der: &[u8],
+        cluster_id: ClusterId,
+        denylist: Denylist,
+        clients: Clients,
+    ) -> Result<Self> {
+        let builder = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider());
+        let builder = match clients {
+            Clients::Nodes => builder.allow_unauthenticated(),
+            Clients::Operators => builder,
+        };
+        let inner = builder
             .build()
             .map_err(|e| PkiError::Verifier(e.to_string()))?;
         Ok(ClusterClientVerifier {
             inner,
             cluster_id,
             denylist,
+            clients,
         })
     }
 }
@@ -1295,7 +1319,7 @@ impl ClientCertVerifier for ClusterClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.clients == Clients::Operators
     }
 
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
@@ -1310,7 +1334,11 @@ impl ClientCertVerifier for ClusterClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_peer(end_entity, self.cluster_id, &self.denylist).map_err(rejected)?;
+        match self.clients {
+            Clients::Nodes => check_peer(end_entity, self.cluster_id, &self.denylist),
+            Clients::Operators => check_operator(end_entity, self.cluster_id),
+        }
+        .map_err(rejected)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -1402,15 +1430,27 @@ impl ServerCertVerifier for ClusterServerVerifier {
     }
 }
 
-/// Client side for a joiner: trusts only the CA whose digest the join token carries, and only
-/// a manager certificate issued by it.
+/// The CA a client trusts for a node's server certificate.
 #[derive(Debug)]
-struct JoinServerVerifier {
-    expected_ca_digest: [u8; 32],
+enum TrustedCa {
+    /// The CA the server sends after its own certificate, if its SHA-256 is this (a joiner's
+    /// token).
+    Digest([u8; 32]),
+    /// This CA certificate (DER), which the client holds (an operator).
+    Der(Vec<u8>),
+}
+
+/// Client side for a joiner or an operator: the server must present a node certificate (a
+/// manager's, if `role` says so) of the trusted CA's cluster, signed by it and valid now. The
+/// name dialled is not checked: the node's own name, written in its certificate, is.
+#[derive(Debug)]
+struct NodeServerVerifier {
+    ca: TrustedCa,
+    role: Option<Role>,
     provider: Arc<CryptoProvider>,
 }
 
-impl JoinServerVerifier {
+impl NodeServerVerifier {
     fn check(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -1418,19 +1458,32 @@ impl JoinServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<()> {
-        let (ca, below_ca) = intermediates.split_last().ok_or_else(|| {
-            PkiError::Certificate(
-                "the server sent no CA certificate after its own, so it cannot be checked against the join token"
-                    .to_string(),
-            )
-        })?;
-        let found = sha256(ca);
-        if found != self.expected_ca_digest {
-            return Err(PkiError::CaDigestMismatch {
-                expected: self.expected_ca_digest,
-                found,
-            });
-        }
+        let (ca, below_ca): (&[u8], Vec<CertificateDer<'_>>) = match &self.ca {
+            TrustedCa::Digest(expected) => {
+                let (ca, below_ca) = intermediates.split_last().ok_or_else(|| {
+                    PkiError::Certificate(
+                        "the server sent no CA certificate after its own, so it cannot be checked against the join token"
+                            .to_string(),
+                    )
+                })?;
+                let found = sha256(ca);
+                if found != *expected {
+                    return Err(PkiError::CaDigestMismatch {
+                        expected: *expected,
+                        found,
+                    });
+                }
+                (ca.as_ref(), below_ca.to_vec())
+            }
+            TrustedCa::Der(der) => (
+                der.as_slice(),
+                intermediates
+                    .iter()
+                    .filter(|c| c.as_ref() != der.as_slice())
+                    .cloned()
+                    .collect(),
+            ),
+        };
         let ca_cluster = cluster_of_ca(ca)?;
         let node = NodeCertificate::parse(end_entity)?;
         if node.cluster_id != ca_cluster {
@@ -1439,10 +1492,10 @@ impl JoinServerVerifier {
                 found: node.cluster_id,
             });
         }
-        if node.role != Role::Manager {
+        if let Some(role) = self.role.filter(|r| *r != node.role) {
             return Err(PkiError::WrongRole {
                 node_id: node.node_id,
-                expected: Role::Manager,
+                expected: role,
                 found: node.role,
             });
         }
@@ -1453,17 +1506,26 @@ impl JoinServerVerifier {
         let name = ServerName::try_from(node.server_name())
             .map_err(|e| PkiError::Certificate(format!("invalid server name: {e}")))?;
         verifier
-            .verify_server_cert(end_entity, below_ca, &name, ocsp_response, now)
+            .verify_server_cert(end_entity, &below_ca, &name, ocsp_response, now)
             .map_err(|e| {
                 PkiError::Certificate(format!(
-                    "the manager certificate does not verify against the token's CA: {e}"
+                    "the {} certificate does not verify against the {}: {e}",
+                    if self.role == Some(Role::Manager) {
+                        "manager"
+                    } else {
+                        "node"
+                    },
+                    match self.ca {
+                        TrustedCa::Digest(_) => "token's CA",
+                        TrustedCa::Der(_) => "cluster CA",
+                    }
                 ))
             })?;
         Ok(())
     }
 }
 
-impl ServerCertVerifier for JoinServerVerifier {
+impl ServerCertVerifier for NodeServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -1545,7 +1607,7 @@ pub fn server_config(
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig> {
     let cluster_id = identity_cluster(identity, ca_der)?;
-    let verifier = ClusterClientVerifier::new(ca_der, cluster_id, denylist)?;
+    let verifier = ClusterClientVerifier::new(ca_der, cluster_id, denylist, Clients::Nodes)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -1589,8 +1651,9 @@ pub fn join_client_config(
     expected_ca_digest: [u8; 32],
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ClientConfig> {
-    let verifier = JoinServerVerifier {
-        expected_ca_digest,
+    let verifier = NodeServerVerifier {
+        ca: TrustedCa::Digest(expected_ca_digest),
+        role: Some(Role::Manager),
         provider: provider(),
     };
     build_client_config(Arc::new(verifier), None, alpn)

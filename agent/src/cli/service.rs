@@ -19,7 +19,7 @@ use shoal_cluster::{
 use super::{unexpected, Agent, Ui};
 use crate::api::{Response, ServiceView, TaskView};
 use crate::client::encode_segment;
-use crate::format::{clean, human_bytes, render_table, rfc3339_utc};
+use crate::format::{clean, human_bytes, render_table, rfc3339_utc, template};
 
 /// `shoal service …`.
 #[derive(Debug, Subcommand)]
@@ -35,6 +35,10 @@ pub enum ServiceCmd {
         /// Filter: name=…, id=…, mode=replicated|global (repeatable)
         #[arg(short, long = "filter", value_name = "FILTER")]
         filters: Vec<String>,
+        /// Output format: table, json, or a template such as '{{.ID}} {{.Name}}' (fields ID,
+        /// Name, Mode, Replicas, Image, Ports; `table …` adds a header)
+        #[arg(long)]
+        format: Option<String>,
     },
     /// List the tasks of one or more services
     Ps {
@@ -47,6 +51,10 @@ pub enum ServiceCmd {
         /// Filter: desired-state=running|shutdown|accepted, node=…, name=…, id=… (repeatable)
         #[arg(short, long = "filter", value_name = "FILTER")]
         filters: Vec<String>,
+        /// Output format: table, json, or a template such as '{{.ID}} {{.Name}}' (fields ID,
+        /// Name, Image, Node, DesiredState, CurrentState, Error, Ports, Current)
+        #[arg(long)]
+        format: Option<String>,
         /// Service ids, id prefixes or names
         #[arg(required = true, value_name = "SERVICE")]
         services: Vec<String>,
@@ -1072,34 +1080,123 @@ fn mode_name(s: &ServiceSpec) -> &'static str {
     }
 }
 
-/// `service ls`.
-pub fn service_table(services: &[ServiceView]) -> String {
-    let mut rows: Vec<[Cow<'_, str>; 6]> =
-        vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"].map(Cow::Borrowed)];
-    for s in services {
-        rows.push([
-            Cow::Borrowed(short(&s.id, false)),
-            clean(&s.spec.name),
-            Cow::Borrowed(mode_name(&s.spec)),
-            Cow::Owned(match &s.update_status {
+/// Checks a `--format` before anything is asked: `table`, `json` or a template.
+pub(crate) fn check_format(format: Option<&str>) -> Result<(), String> {
+    match format {
+        None | Some("table") | Some("json") => Ok(()),
+        Some(t) => template::Template::parse(t).map(|_| ()),
+    }
+}
+
+/// The template (or `json`) a `--format` asks for; `None` for the built-in table.
+pub(crate) fn custom(format: Option<&str>) -> Option<&str> {
+    format.filter(|f| *f != "table")
+}
+
+/// A row of `service ls`, named as docker's `--format` fields.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceRow {
+    /// The short id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// `replicated` or `global`.
+    pub mode: String,
+    /// `running/desired`, with the update state while one is under way.
+    pub replicas: String,
+    /// The image or command's program.
+    pub image: String,
+    /// The published ports.
+    pub ports: String,
+}
+
+/// The rows of `service ls`.
+pub fn service_rows(services: &[ServiceView]) -> Vec<ServiceRow> {
+    services
+        .iter()
+        .map(|s| ServiceRow {
+            id: short(&s.id, false).to_string(),
+            name: clean(&s.spec.name).into_owned(),
+            mode: mode_name(&s.spec).to_string(),
+            replicas: match &s.update_status {
                 Some(u) if u.state != UpdateState::Completed => {
                     format!("{}/{} ({})", s.running, s.desired, u.state.name())
                 }
                 _ => format!("{}/{}", s.running, s.desired),
-            }),
-            clean(&s.spec.task.image),
-            Cow::Owned(
-                s.spec
-                    .task
-                    .ports
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        ]);
+            },
+            image: clean(&s.spec.task.image).into_owned(),
+            ports: s
+                .spec
+                .task
+                .ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        })
+        .collect()
+}
+
+/// `service ls`.
+pub fn service_table(services: &[ServiceView]) -> String {
+    let mut rows: Vec<[Cow<'_, str>; 6]> =
+        vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"].map(Cow::Borrowed)];
+    for r in service_rows(services) {
+        rows.push([r.id, r.name, r.mode, r.replicas, r.image, r.ports].map(Cow::Owned));
     }
     render_table(&rows)
+}
+
+/// A row of `service ps` and `node ps`, named as docker's `--format` fields.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskRow {
+    /// The (short) id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// `service.slot` (history rows as ` \_ service.slot` in the table only).
+    pub name: String,
+    /// The image or command's program.
+    pub image: String,
+    /// The node's hostname.
+    pub node: String,
+    /// What the orchestrator wants.
+    pub desired_state: String,
+    /// What the task is, and since when.
+    pub current_state: String,
+    /// Why it failed, if it did.
+    pub error: String,
+    /// The ports it answers on.
+    pub ports: String,
+    /// Whether this is the slot's current task (not history).
+    pub current: bool,
+}
+
+/// The rows of `service ps` and `node ps`.
+pub fn task_rows(tasks: &[TaskView], no_trunc: bool, now: u64) -> Vec<TaskRow> {
+    tasks
+        .iter()
+        .map(|t| TaskRow {
+            id: short(&t.id, no_trunc).to_string(),
+            name: clean(&t.name).into_owned(),
+            image: clean(&t.image).into_owned(),
+            node: clean(&t.node).into_owned(),
+            desired_state: t.desired_state.clone(),
+            current_state: format!("{} {}", t.state, ago(t.state_since_ms, now)),
+            error: if t.err.is_empty() {
+                String::new()
+            } else if no_trunc || t.err.chars().count() <= 29 {
+                format!("\"{}\"", clean(&t.err))
+            } else {
+                let cut: String = clean(&t.err).chars().take(26).collect();
+                format!("\"{cut}…\"")
+            },
+            ports: clean(&t.ports).into_owned(),
+            current: t.current,
+        })
+        .collect()
 }
 
 /// `service ps` and `node ps`: history rows (older tasks of a slot) as ` \_ name`.
@@ -1115,30 +1212,25 @@ pub fn task_table(tasks: &[TaskView], no_trunc: bool, now: u64) -> String {
         "PORTS",
     ]
     .map(Cow::Borrowed)];
-    for t in tasks {
-        let name = if t.current {
-            clean(&t.name).into_owned()
+    for r in task_rows(tasks, no_trunc, now) {
+        let name = if r.current {
+            r.name
         } else {
-            format!(" \\_ {}", clean(&t.name))
+            format!(" \\_ {}", r.name)
         };
-        let err = if t.err.is_empty() {
-            String::new()
-        } else if no_trunc || t.err.chars().count() <= 29 {
-            format!("\"{}\"", clean(&t.err))
-        } else {
-            let cut: String = clean(&t.err).chars().take(26).collect();
-            format!("\"{cut}…\"")
-        };
-        rows.push([
-            Cow::Borrowed(short(&t.id, no_trunc)),
-            Cow::Owned(name),
-            clean(&t.image),
-            clean(&t.node),
-            Cow::Borrowed(t.desired_state.as_str()),
-            Cow::Owned(format!("{} {}", t.state, ago(t.state_since_ms, now))),
-            Cow::Owned(err),
-            clean(&t.ports),
-        ]);
+        rows.push(
+            [
+                r.id,
+                name,
+                r.image,
+                r.node,
+                r.desired_state,
+                r.current_state,
+                r.error,
+                r.ports,
+            ]
+            .map(Cow::Owned),
+        );
     }
     render_table(&rows)
 }
@@ -1504,7 +1596,12 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
                 converge(agent, &id, ui, !a.quiet, false)?;
             }
         }
-        ServiceCmd::Ls { quiet, filters } => {
+        ServiceCmd::Ls {
+            quiet,
+            filters,
+            format,
+        } => {
+            check_format(format.as_deref())?;
             let mut services = match agent.call("GET", "/v1/services", None)? {
                 Response::Services { services } => services,
                 other => return Err(unexpected("a service list", &other)),
@@ -1523,6 +1620,8 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
             if *quiet {
                 let ids: String = services.iter().map(|s| format!("{}\n", s.id)).collect();
                 ui.print(&ids);
+            } else if let Some(t) = custom(format.as_deref()) {
+                ui.print(&template::render_rows(t, &service_rows(&services))?);
             } else {
                 ui.print(&service_table(&services));
             }
@@ -1531,8 +1630,10 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
             no_trunc,
             quiet,
             filters,
+            format,
             services,
         } => {
+            check_format(format.as_deref())?;
             for s in services {
                 check_service_arg(s)?;
             }
@@ -1543,6 +1644,11 @@ pub(super) fn service(agent: &Agent, cmd: &ServiceCmd, ui: &mut Ui<'_>) -> Resul
                     .map(|t| format!("{}\n", short(&t.id, *no_trunc)))
                     .collect();
                 ui.print(&ids);
+            } else if let Some(t) = custom(format.as_deref()) {
+                ui.print(&template::render_rows(
+                    t,
+                    &task_rows(&list, *no_trunc, now_ms()),
+                )?);
             } else {
                 ui.print(&task_table(&list, *no_trunc, now_ms()));
             }

@@ -103,18 +103,10 @@ fn free_tcp_port() -> String {
 
 /// `GET path` over plain HTTP/1.1 to `addr`; returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let r = shoal_agent::client::parse_response(&raw).expect("an HTTP answer");
+    let endpoint = shoal_agent::client::Endpoint::Http(addr.to_string());
+    let r =
+        shoal_agent::client::exchange_within(endpoint, "GET", path, None, Duration::from_secs(10))
+            .expect("an HTTP answer");
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
@@ -145,6 +137,24 @@ impl Cluster {
     /// Like [`Cluster::start`], every agent with these environment variables.
     pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
         Self::start_at(n, env, |_| "127.0.0.1".to_string())
+    }
+
+    /// Like [`Cluster::start`], agent `i` (from 0) also given `args(i)`.
+    pub fn start_with_args(n: usize, args: impl Fn(usize) -> Vec<String>) -> Cluster {
+        let mut c = Self::start_at(0, &[], |_| "127.0.0.1".to_string());
+        for _ in 0..n {
+            let i = c.nodes.len();
+            c.nodes.push(Node {
+                name: format!("node-{}", i + 1),
+                dir: c.tmp.path().join(format!("node-{}", i + 1)),
+                listen: free_port(),
+                metrics: free_tcp_port(),
+                args: args(i),
+                child: None,
+            });
+            c.spawn(i);
+        }
+        c
     }
 
     fn start_at(n: usize, env: &[(&str, &str)], ip: impl Fn(usize) -> String) -> Cluster {
