@@ -159,10 +159,81 @@ async fn events(
 pub async fn serve(agent: Arc<Agent>, addr: SocketAddr) -> anyhow::Result<()> {
     let app = router(agent.clone());
     if addr.ip().is_loopback() {
+        // A web page elsewhere must not read the view through DNS rebinding: on plain HTTP
+        // only requests naming a loopback host are answered.
+        let app = app.layer(axum::middleware::from_fn(local_host_only));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         axum::serve(listener, app).await?;
         Ok(())
     } else {
         crate::remote::serve_api(agent, addr, app).await
+    }
+}
+
+/// Refuses a request whose `Host` is not a loopback name or address (DNS rebinding).
+async fn local_host_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if is_loopback_host(host) {
+        next.run(req).await
+    } else {
+        (
+            axum::http::StatusCode::FORBIDDEN,
+            "the cluster view on a loopback address answers only to a loopback Host (localhost, 127.0.0.1, [::1])",
+        )
+            .into_response()
+    }
+}
+
+/// Whether a `Host` header (name or address, with an optional port) is this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, tail)) if tail.is_empty() || tail.starts_with(':') => inside,
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_are_local() {
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "[::1]",
+            "127.3.4.5:1",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "[::2]:80",
+            "[::1]x",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:80",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
     }
 }
