@@ -31,7 +31,8 @@ pub const SOCKET_NAME: &str = "shoal.sock";
 #[command(name = "shoal", version, propagate_version = true)]
 pub struct Cli {
     /// The agent to talk to: unix:///path/to/shoal.sock, or tcp://HOST:PORT (an agent's
-    /// --api-addr, with --tls-dir) [default: the current context, else <DATA_DIR>/shoal.sock]
+    /// --api-addr, with --tls-dir; several managers comma-separated, the first that answers is
+    /// used) [default: the current context, else <DATA_DIR>/shoal.sock]
     #[arg(
         short = 'H',
         long = "host",

@@ -32,6 +32,10 @@ pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// How long one request may take, connection and TLS handshake included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long to wait for a TCP connection to one of several managers before trying the next
+/// (a host that is down may drop the SYN rather than refuse it).
+pub const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The TLS server name sent to a remote agent. It is not checked: the agent proves it is a node
 /// of the operator's cluster with a certificate signed by the cluster CA.
 const TLS_SERVER_NAME: &str = "api.shoal";
@@ -41,7 +45,8 @@ const TLS_SERVER_NAME: &str = "api.shoal";
 pub enum Endpoint {
     /// The agent's Unix socket, on this machine.
     Unix(PathBuf),
-    /// An agent's `--api-addr`, reached with an operator certificate (mutual TLS).
+    /// An agent's `--api-addr`, reached with an operator certificate (mutual TLS); with several
+    /// addresses, the first one that accepts a connection.
     Tls(Arc<Remote>),
     /// Plain HTTP on TCP, `HOST:PORT` (the metrics address, the web view on loopback).
     Http(String),
@@ -57,7 +62,10 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Unix(path) => write!(f, "{}", path.display()),
-            Endpoint::Tls(remote) => write!(f, "tcp://{}", host_port(&remote.host, remote.port)),
+            Endpoint::Tls(remote) => {
+                let urls: Vec<String> = remote.addrs.iter().map(|(h, p)| tcp_url(h, *p)).collect();
+                write!(f, "{}", urls.join(","))
+            }
             Endpoint::Http(addr) => write!(f, "http://{addr}"),
         }
     }
@@ -87,21 +95,20 @@ impl From<&Endpoint> for Endpoint {
     }
 }
 
-/// `host:port`, with an IPv6 host in brackets.
-fn host_port(host: &str, port: u16) -> String {
+/// `tcp://host:port`, with an IPv6 host in brackets.
+fn tcp_url(host: &str, port: u16) -> String {
     if host.contains(':') {
-        format!("[{host}]:{port}")
+        format!("tcp://[{host}]:{port}")
     } else {
-        format!("{host}:{port}")
+        format!("tcp://{host}:{port}")
     }
 }
 
-/// A remote agent and the operator credentials that reach it.
+/// A remote agent (or several managers of one swarm, tried in order) and the operator
+/// credentials that reach it.
 pub struct Remote {
-    /// Host name or IP address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
+    /// Host name or IP address, and TCP port, of each agent; never empty.
+    pub addrs: Vec<(String, u16)>,
     /// The operator certificate presented.
     pub operator: OperatorCertificate,
     config: Arc<rustls::ClientConfig>,
@@ -111,8 +118,7 @@ impl Remote {
     /// Credentials from PEM text: the cluster CA certificate, the operator's certificate and
     /// its private key. Fails (with the reason) when they do not belong together.
     pub fn new(
-        host: &str,
-        port: u16,
+        addrs: Vec<(String, u16)>,
         ca_pem: &str,
         cert_pem: &str,
         key_pem: &str,
@@ -123,16 +129,26 @@ impl Remote {
             .map_err(|e| format!("the client certificate: {e}"))?;
         let key = NodeKey::from_pem(key_pem).map_err(|e| format!("the client key: {e}"))?;
         let config = pki::api_client_config(&ca, &operator, &key).map_err(|e| e.to_string())?;
-        if host.is_empty() {
+        if addrs.is_empty() || addrs.iter().any(|(h, _)| h.is_empty()) {
             return Err("the host is empty".into());
         }
         Ok(Remote {
-            host: host.to_string(),
-            port,
+            addrs,
             operator,
             config: Arc::new(config),
         })
     }
+}
+
+/// Splits `tcp://HOST:PORT[,tcp://HOST:PORT…]` (several managers of one swarm) into hosts and
+/// ports.
+pub fn parse_tcp_urls(urls: &str) -> Result<Vec<(String, u16)>, String> {
+    const MAX_HOSTS: usize = 16;
+    let list: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if list.len() > MAX_HOSTS {
+        return Err(format!("too many hosts in {urls:?}: at most {MAX_HOSTS}"));
+    }
+    list.into_iter().map(parse_tcp_url).collect()
 }
 
 /// Splits `tcp://HOST:PORT` (IPv6 in brackets) into host and port.
@@ -370,9 +386,9 @@ async fn send(
             over(endpoint, stream, request).await
         }
         Endpoint::Tls(remote) => {
-            let stream = tokio::net::TcpStream::connect((remote.host.as_str(), remote.port))
-                .await
-                .map_err(connect_error)?;
+            let (stream, one) = connect_first(remote).await.map_err(connect_error)?;
+            // Errors from here on name the agent that answered.
+            let endpoint = &one;
             let _ = stream.set_nodelay(true);
             let name = rustls::pki_types::ServerName::try_from(TLS_SERVER_NAME)
                 .map_err(|e| ClientError::Request(e.to_string()))?;
@@ -383,6 +399,46 @@ async fn send(
             over(endpoint, tls, request).await
         }
     }
+}
+
+/// A TCP connection to the first of `remote`'s agents that accepts one (each given
+/// [`FAILOVER_CONNECT_TIMEOUT`] when there are several), with that agent as an endpoint of
+/// its own. Only a failed connection moves on: nothing has been sent, so nothing can be done
+/// twice. With every agent down, the last error.
+async fn connect_first(remote: &Arc<Remote>) -> io::Result<(tokio::net::TcpStream, Endpoint)> {
+    let several = remote.addrs.len() > 1;
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
+    for (host, port) in &remote.addrs {
+        let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+        let result = if several {
+            tokio::time::timeout(FAILOVER_CONNECT_TIMEOUT, connect)
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+        } else {
+            connect.await
+        };
+        match result {
+            Ok(stream) => {
+                let one = if several {
+                    Endpoint::Tls(Arc::new(Remote {
+                        addrs: vec![(host.clone(), *port)],
+                        operator: remote.operator.clone(),
+                        config: remote.config.clone(),
+                    }))
+                } else {
+                    Endpoint::Tls(remote.clone())
+                };
+                return Ok((stream, one));
+            }
+            Err(e) => {
+                if several {
+                    tracing::debug!("{}: {e}; trying the next manager", tcp_url(host, *port));
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// One HTTP/1.1 exchange on an open stream.
@@ -926,6 +982,21 @@ mod tests {
         ] {
             assert!(parse_tcp_url(bad).is_err(), "{bad}");
         }
+        // Several managers, in the order given.
+        assert_eq!(
+            parse_tcp_urls("tcp://10.0.0.1:2376, tcp://[::1]:2376,tcp://m3:1").unwrap(),
+            vec![
+                ("10.0.0.1".to_string(), 2376),
+                ("::1".to_string(), 2376),
+                ("m3".to_string(), 1)
+            ]
+        );
+        assert_eq!(parse_tcp_urls("tcp://a:1").unwrap().len(), 1);
+        for bad in ["tcp://a:1,", "tcp://a:1,b:2", ",tcp://a:1"] {
+            assert!(parse_tcp_urls(bad).is_err(), "{bad}");
+        }
+        let many = vec!["tcp://a:1"; 17].join(",");
+        assert!(parse_tcp_urls(&many).unwrap_err().contains("at most 16"));
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn raw_tls_request(port: u16, dir: &Path) -> Result<String, String> {
 #[test]
 fn operators_drive_a_cluster_remotely_with_client_certificates() {
     let _g = serial();
-    let (c, ports) = cluster_with_api(3);
+    let (mut c, ports) = cluster_with_api(3);
     let tmp = c.tmp.path().to_path_buf();
     let home = tmp.join("laptop");
     std::fs::create_dir_all(&home).unwrap();
@@ -352,6 +352,46 @@ fn operators_drive_a_cluster_remotely_with_client_certificates() {
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
     drop(other);
     let _ = other_ports;
+
+    // Several managers in one context: the first that accepts a connection answers, so the
+    // operator goes on when the manager they used dies.
+    let all = format!("{},{},{}", host(0), host(1), host(2));
+    operator(
+        &home,
+        &[
+            "context",
+            "create",
+            "ha",
+            "--host",
+            &all,
+            "--tls-dir",
+            alice.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let ls = operator(&home, &["context", "ls"]).ok();
+    assert!(ls.contains(&all), "{ls}");
+    c.kill(0);
+    c.wait("the swarm answering through the other managers", || {
+        let out = operator(&home, &["--context", "ha", "node", "ls"]);
+        (out.code == 0 && out.stdout.contains("Leader")).then_some(out.stdout)
+    });
+    let err = operator(
+        &home,
+        &[
+            "-H",
+            &host(0),
+            "--tls-dir",
+            alice.to_str().unwrap(),
+            "node",
+            "ls",
+        ],
+    )
+    .err();
+    assert!(
+        err.contains("cannot connect to the shoal agent at"),
+        "{err}"
+    );
 
     // Back to the local agent.
     operator(&home, &["context", "use", "default"]).ok();

@@ -16,7 +16,7 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
 use super::{Cli, Ui, SOCKET_NAME};
-use crate::client::{parse_tcp_url, Endpoint, Remote};
+use crate::client::{parse_tcp_urls, Endpoint, Remote};
 use crate::format;
 
 /// The context that is the local agent.
@@ -33,7 +33,8 @@ const MAX_PEM_BYTES: u64 = 64 << 10;
 pub enum ContextCmd {
     /// Create a context: a remote agent and the client certificate that reaches it
     Create {
-        /// The agent: tcp://HOST:PORT (its --api-addr) or unix:///PATH
+        /// The agent: tcp://HOST:PORT (its --api-addr; several managers comma-separated, tried
+        /// in order when one cannot be reached) or unix:///PATH
         #[arg(long, value_name = "URL")]
         host: String,
         /// The directory holding ca.pem, cert.pem and key.pem (`swarm ca client-cert --out`);
@@ -223,11 +224,12 @@ impl Store {
             return Err(format!("context {:?} already exists", meta.name));
         }
         let tls = if meta.host.starts_with("tcp://") {
+            // The hosts first: a typo is the likelier mistake.
+            let addrs = parse_tcp_urls(&meta.host)?;
             let dir = tls_dir.ok_or("a tcp:// host needs --tls-dir (ca.pem, cert.pem, key.pem)")?;
             let files = TlsFiles::read(dir)?;
             // Fails here, not at the first command, if they do not belong together.
-            let (host, port) = parse_tcp_url(&meta.host)?;
-            Remote::new(&host, port, &files.ca, &files.cert, &files.key)?;
+            Remote::new(addrs, &files.ca, &files.cert, &files.key)?;
             Some(files)
         } else {
             if tls_dir.is_some() {
@@ -305,12 +307,12 @@ impl TlsFiles {
 /// `tcp://HOST:PORT` with the TLS files of `tls_dir`.
 pub fn host_endpoint(host: &str, tls_dir: Option<&Path>) -> Result<Endpoint, String> {
     if host.starts_with("tcp://") {
-        let (h, port) = parse_tcp_url(host)?;
+        let addrs = parse_tcp_urls(host)?;
         let dir = tls_dir.ok_or_else(|| {
             format!("{host}: a tcp:// host needs --tls-dir (or a context made with shoal context create)")
         })?;
         let files = TlsFiles::read(dir)?;
-        let remote = Remote::new(&h, port, &files.ca, &files.cert, &files.key)?;
+        let remote = Remote::new(addrs, &files.ca, &files.cert, &files.key)?;
         return Ok(Endpoint::Tls(std::sync::Arc::new(remote)));
     }
     let path = host.strip_prefix("unix://").unwrap_or(host);
