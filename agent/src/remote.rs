@@ -37,6 +37,72 @@ const MAX_CSR_BYTES: usize = 4096;
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most connections served at once on `--api-addr` (or a non-loopback `--web-addr`): each holds
+/// a file descriptor the agent's Raft log and sockets also need.
+pub const MAX_API_CONNECTIONS: usize = 512;
+
+/// Most connections from one IP address still in the TLS handshake, i.e. not yet proven an
+/// operator: a peer without a certificate cannot take everyone's share.
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
+
+/// The connections of `--api-addr` being served, and those per address still in the handshake.
+#[derive(Default)]
+struct Slots {
+    open: usize,
+    handshaking: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// Counts a connection and, until [`Slot::authenticated`], its address's handshake.
+struct Slot {
+    slots: Arc<std::sync::Mutex<Slots>>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Slots {
+    /// A slot for a connection from `ip`, if it is under both limits.
+    fn take(this: &Arc<std::sync::Mutex<Slots>>, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut s = this.lock().expect("slots");
+        let shaking = s.handshaking.get(&ip).copied().unwrap_or(0);
+        if s.open >= MAX_API_CONNECTIONS || shaking >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        s.open += 1;
+        *s.handshaking.entry(ip).or_default() += 1;
+        Some(Slot {
+            slots: this.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    fn release_handshake(&mut self, ip: std::net::IpAddr) {
+        if let Some(n) = self.handshaking.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.handshaking.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// The handshake is over: the address's handshake count goes down, the connection stays.
+    fn authenticated(&mut self) {
+        if let Some(ip) = self.ip.take() {
+            self.slots.lock().expect("slots").release_handshake(ip);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().expect("slots");
+        s.open -= 1;
+        if let Some(ip) = self.ip.take() {
+            s.release_handshake(ip);
+        }
+    }
+}
+
 /// Whether a read-only certificate may send this request: reads, except the join tokens and
 /// the unlock key (secrets in all but name); the task list and logs, which are reads sent as
 /// POST.
@@ -99,6 +165,7 @@ pub fn refusal(
 /// Connections are refused until this node is part of a swarm (it has no certificate before).
 pub async fn serve_api(agent: Arc<Agent>, addr: SocketAddr, app: Router) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let slots = Arc::new(std::sync::Mutex::new(Slots::default()));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -109,10 +176,16 @@ pub async fn serve_api(agent: Arc<Agent>, addr: SocketAddr, app: Router) -> anyh
                 continue;
             }
         };
+        // Over a limit: closed at once, so that a flood costs no descriptor for long.
+        let Some(slot) = Slots::take(&slots, peer.ip()) else {
+            tracing::debug!(%peer, "--api-addr: too many connections, closed");
+            drop(tcp);
+            continue;
+        };
         let agent = agent.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            if let Err(why) = serve_connection(agent, app, tcp).await {
+            if let Err(why) = serve_connection(agent, app, tcp, slot).await {
                 tracing::debug!(%peer, "--api-addr connection: {why}");
             }
         });
@@ -135,6 +208,7 @@ async fn serve_connection(
     agent: Arc<Agent>,
     app: Router,
     tcp: tokio::net::TcpStream,
+    mut slot: Slot,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&agent).await?));
@@ -144,6 +218,7 @@ async fn serve_connection(
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     let cert = pki::peer_operator(tls.get_ref().1.peer_certificates().unwrap_or_default())
         .map_err(|e| e.to_string())?;
+    slot.authenticated();
     let cert = Arc::new(cert);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (agent, app, cert) = (agent.clone(), app.clone(), cert.clone());
@@ -404,6 +479,40 @@ mod tests {
         // A worker checks nothing, so it answers nothing.
         let why = refusal(None, &alice, 10, &get, "/v1/info").unwrap().1;
         assert!(why.contains("not a swarm manager"), "{why}");
+    }
+
+    #[test]
+    fn connections_are_limited_per_address_until_authenticated_and_in_all() {
+        let slots = Arc::new(std::sync::Mutex::new(Slots::default()));
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let mut held: Vec<Slot> = (0..MAX_HANDSHAKES_PER_IP)
+            .map(|_| Slots::take(&slots, a).unwrap())
+            .collect();
+        // One address in the handshake cannot take more, another still can.
+        assert!(Slots::take(&slots, a).is_none());
+        drop(Slots::take(&slots, b).unwrap());
+        // An authenticated connection no longer counts against its address.
+        held[0].authenticated();
+        held.push(Slots::take(&slots, a).unwrap());
+        assert!(Slots::take(&slots, a).is_none());
+        // Closing gives the slots back.
+        held.clear();
+        let s = slots.lock().unwrap();
+        assert_eq!(s.open, 0);
+        assert!(s.handshaking.is_empty());
+        drop(s);
+        // The overall limit holds whoever connects.
+        let mut all = Vec::new();
+        for i in 0..MAX_API_CONNECTIONS {
+            let ip = std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+            let mut slot = Slots::take(&slots, ip).unwrap();
+            slot.authenticated();
+            all.push(slot);
+        }
+        assert!(Slots::take(&slots, b).is_none());
+        all.pop();
+        assert!(Slots::take(&slots, b).is_some());
     }
 
     #[test]

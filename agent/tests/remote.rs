@@ -324,6 +324,34 @@ fn operators_drive_a_cluster_remotely_with_client_certificates() {
         (out.code != 0 && out.stderr.contains("was removed from the swarm")).then_some(())
     });
 
+    // A flood of connections that never finish the handshake, more than the agent serves at
+    // once, all from one address: the agent keeps a few for it and still serves the operator.
+    let flood = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut held = Vec::new();
+            for _ in 0..shoal_agent::remote::MAX_API_CONNECTIONS + 40 {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                if let Ok(s) = socket
+                    .connect(format!("127.0.0.1:{}", ports[1]).parse().unwrap())
+                    .await
+                {
+                    held.push(s.into_std().unwrap());
+                }
+            }
+            held
+        });
+    assert!(flood.len() > shoal_agent::remote::MAX_API_CONNECTIONS, "{}", flood.len());
+    let out = operator(
+        &home,
+        &["-H", &host(1), "--tls-dir", alice.to_str().unwrap(), "node", "ls"],
+    );
+    assert_eq!(out.code, 0, "served during a flood: {}", out.stderr);
+    drop(flood);
+
     // Another cluster: its agent is refused by the operator, and its operator by ours.
     let (other, other_ports) = cluster_with_api(1);
     let mallory = tmp.join("mallory-tls");
