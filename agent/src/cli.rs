@@ -881,7 +881,7 @@ fn client_cert(
             let body = json!({
                 "name": name,
                 "read_only": issue.role == "read-only",
-                "csr": crate::remote::encode_hex(&csr),
+                "csr": crate::keys::hex(&csr),
                 "expiry_secs": expiry_secs,
             });
             let (cert_pem, ca_pem, operator) =

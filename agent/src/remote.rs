@@ -388,19 +388,7 @@ fn decode_hex(text: &str, max: usize) -> Result<Vec<u8>, String> {
             "the signing request must be hex, at most {max} bytes"
         ));
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| "the signing request is not hex".to_string())
-        })
-        .collect()
-}
-
-/// Lowercase hex of `bytes`.
-pub fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::keys::unhex(text).ok_or_else(|| "the signing request is not hex".to_string())
 }
 
 #[cfg(test)]
@@ -518,7 +506,7 @@ mod tests {
     #[test]
     fn hex_round_trips_and_is_bounded() {
         let bytes = [0u8, 1, 0xab, 0xff];
-        assert_eq!(decode_hex(&encode_hex(&bytes), 8).unwrap(), bytes);
+        assert_eq!(decode_hex(&crate::keys::hex(&bytes), 8).unwrap(), bytes);
         assert_eq!(decode_hex("ABff", 8).unwrap(), [0xab, 0xff]);
         assert!(decode_hex("abc", 8).is_err());
         assert!(decode_hex("zz", 8).is_err());

@@ -344,10 +344,21 @@ fn operators_drive_a_cluster_remotely_with_client_certificates() {
             }
             held
         });
-    assert!(flood.len() > shoal_agent::remote::MAX_API_CONNECTIONS, "{}", flood.len());
+    assert!(
+        flood.len() > shoal_agent::remote::MAX_API_CONNECTIONS,
+        "{}",
+        flood.len()
+    );
     let out = operator(
         &home,
-        &["-H", &host(1), "--tls-dir", alice.to_str().unwrap(), "node", "ls"],
+        &[
+            "-H",
+            &host(1),
+            "--tls-dir",
+            alice.to_str().unwrap(),
+            "node",
+            "ls",
+        ],
     );
     assert_eq!(out.code, 0, "served during a flood: {}", out.stderr);
     drop(flood);
